@@ -1,0 +1,89 @@
+"""API keys and project scoping."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.db import SessionDep
+from app.errors import AppError
+from app.models import ApiKey, Project, utcnow
+
+KEY_PREFIX = "rnl_"
+DEFAULT_PROJECT = "default"
+
+
+def hash_key(key: str) -> str:
+    # Keys are 256-bit random tokens, so a fast hash is enough (no dictionary attack is possible).
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_or_create_project(session: Session, name: str) -> Project:
+    project = session.scalar(select(Project).where(Project.name == name))
+    if project is None:
+        project = Project(name=name)
+        session.add(project)
+        session.flush()
+    return project
+
+
+def create_key(session: Session, project_name: str) -> tuple[str, ApiKey]:
+    """Create a key for the project (created if new); returns the plain key, shown once."""
+    project = get_or_create_project(session, project_name)
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(project_id=project.id, prefix=plain[:12], key_hash=hash_key(plain))
+    session.add(row)
+    session.commit()
+    return plain, row
+
+
+def list_keys(session: Session) -> list[tuple[ApiKey, str]]:
+    rows = session.execute(
+        select(ApiKey, Project.name).join(Project, Project.id == ApiKey.project_id).order_by(ApiKey.created_at)
+    )
+    return [(key, name) for key, name in rows]
+
+
+def revoke_key(session: Session, key_id_or_prefix: str) -> int:
+    result = session.execute(
+        update(ApiKey)
+        .where((ApiKey.id == key_id_or_prefix) | (ApiKey.prefix == key_id_or_prefix))
+        .where(ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    session.commit()
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def _unauthorized(message: str) -> AppError:
+    err = AppError(401, "unauthorized", message)
+    return err
+
+
+def current_project(request: Request, session: SessionDep) -> Project:
+    """The project of the request's API key (or the default project when auth is off)."""
+    if not get_settings().auth_enabled:
+        project = get_or_create_project(session, DEFAULT_PROJECT)
+        session.commit()
+        return project
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise _unauthorized("missing Authorization header; send 'Authorization: Bearer <api key>'")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("Authorization header must be 'Bearer <api key>'")
+    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
+    if row is None or row.revoked_at is not None:
+        raise _unauthorized("invalid or revoked API key")
+    project = session.get(Project, row.project_id)
+    assert project is not None
+    return project
+
+
+CurrentProject = Annotated[Project, Depends(current_project)]

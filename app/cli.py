@@ -1,0 +1,148 @@
+"""The ``rnnlab`` command: migrations, API keys, and the api / worker / embedded processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="rnnlab: train and evaluate recurrent neural networks.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations up to the latest revision."""
+    from app.migrate import upgrade_database
+
+    upgrade_database()
+    typer.echo("database is up to date", err=True)
+
+
+@keys_app.command("create")
+def keys_create(project: Annotated[str, typer.Option(help="Project the key belongs to (created if new).")]) -> None:
+    """Create an API key; prints the key alone on stdout (it is stored hashed and shown only once)."""
+    from app.auth import create_key
+    from app.db import new_session
+
+    with new_session() as session:
+        plain, _ = create_key(session, project)
+    typer.echo(plain)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (prefix, project, created, revoked)."""
+    from app.auth import list_keys
+    from app.db import new_session
+
+    with new_session() as session:
+        for key, project in list_keys(session):
+            revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
+            typer.echo(f"{key.id}\t{key.prefix}…\t{project}\t{key.created_at.isoformat()}\trevoked={revoked}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix, as shown by 'keys list'.")]) -> None:
+    """Revoke an API key."""
+    from app.auth import revoke_key
+    from app.db import new_session
+
+    with new_session() as session:
+        count = revoke_key(session, key)
+    if not count:
+        typer.echo(f"no active key matches {key!r}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {count} key(s)", err=True)
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="Defaults to RNNLAB_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="Defaults to RNNLAB_PORT.")] = None,
+) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn
+
+    from app.config import get_settings
+
+    settings = get_settings()
+    uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+
+
+def worker_argv(queues: str, concurrency: int | None, pool: str | None) -> list[str]:
+    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
+            "--queues", queues, "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    if pool:
+        argv += ["--pool", pool]
+    return argv
+
+
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues: default, gpu.")] = "default",
+    concurrency: Annotated[int | None, typer.Option(help="Parallel jobs (RNNLAB_WORKER_CONCURRENCY).")] = None,
+    pool: Annotated[str | None, typer.Option(help="Celery pool; 'solo' for GPU workers.")] = None,
+) -> None:
+    """Run a Celery worker that trains jobs. GPU workers: --queues gpu --pool solo, one per GPU."""
+    if "gpu" in queues.split(",") and pool is None:
+        pool = "solo"  # CUDA cannot be initialised in a forked child
+    os.execv(sys.executable, worker_argv(queues, concurrency, pool))
+
+
+@app.command()
+def up() -> None:
+    """Embedded default: apply migrations, then run the API and one real worker process until Ctrl-C."""
+    from app.config import get_settings
+    from app.migrate import upgrade_database
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade_database()
+    worker_proc = subprocess.Popen(worker_argv("default,gpu", settings.worker_concurrency, None))
+    api_proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api"])
+    typer.echo(
+        f"rnnlab is up: http://{settings.host}:{settings.port}/ (docs at /docs); data in {settings.home}. "
+        "Create a key with: rnnlab keys create --project demo. Ctrl-C stops.",
+        err=True,
+    )
+    procs = [api_proc, worker_proc]
+    stopping = False
+
+    def _stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for p in procs:
+            try:
+                p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                p.kill()
+    code = next((p.returncode for p in procs if p.returncode not in (0, None, -signal.SIGTERM)), 0)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

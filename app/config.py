@@ -1,0 +1,67 @@
+"""One home for configuration: every setting comes from an ``RNNLAB_*`` environment variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Process settings; read once per process (see :func:`get_settings`)."""
+
+    model_config = SettingsConfigDict(env_prefix="RNNLAB_", extra="ignore")
+
+    home: Path = Field(default=Path(".rnnlab"), description="Directory for the embedded database, broker and files.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite under home.")
+    broker_url: str = Field(default="", description="Celery broker URL; empty means the embedded broker under home.")
+    storage_dir: Path | None = Field(default=None, description="Where datasets and models are stored.")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    auth_enabled: bool = True
+    max_upload_bytes: int = Field(default=1024**3, ge=1)
+    upload_chunk_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    # Job execution and recovery.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float | None = Field(default=None, description="Defaults to a third of lease_seconds.")
+    recovery_interval_seconds: float = Field(default=5.0, gt=0)
+    redispatch_after_seconds: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    worker_concurrency: int = Field(default=1, ge=1)
+    torch_threads: int | None = Field(default=None, ge=1)
+    broker_visibility_timeout_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    embedded_broker_poll_seconds: float = Field(default=0.1, gt=0)
+    max_sweep_jobs: int = Field(default=500, ge=1)
+    sse_poll_seconds: float = Field(default=0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        if self.storage_dir is None:
+            self.storage_dir = self.home / "storage"
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'rnnlab.db'}"
+        if self.heartbeat_seconds is None:
+            self.heartbeat_seconds = max(self.lease_seconds / 3, 0.2)
+        return self
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def storage_root(self) -> Path:
+        assert self.storage_dir is not None
+        return self.storage_dir
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import sqlalchemy as sa
+
+from app.config import Settings
+
+
+def test_settings_defaults_to_embedded_sqlite(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("RNNLAB_HOME", str(tmp_path))
+    s = Settings()
+    assert s.database_url == f"sqlite:///{tmp_path / 'rnnlab.db'}"
+    assert s.embedded_broker
+    assert s.max_upload_bytes == 1024**3
+    assert s.port == 8000
+
+
+def test_settings_read_postgres_url(monkeypatch) -> None:
+    monkeypatch.setenv("RNNLAB_DATABASE_URL", "postgresql+psycopg://u@h/db")
+    monkeypatch.setenv("RNNLAB_BROKER_URL", "redis://h:6379/0")
+    monkeypatch.setenv("RNNLAB_PORT", "9000")
+    s = Settings()
+    assert s.database_url.startswith("postgresql+psycopg://")
+    assert not s.embedded_broker and s.port == 9000
+
+
+def test_migrations_create_every_table(env) -> None:
+    from app.db import get_engine
+    from app.models import Base
+
+    names = set(sa.inspect(get_engine()).get_table_names())
+    assert {t.name for t in Base.metadata.sorted_tables} <= names
+    assert "alembic_version" in names
+
+
+def test_healthz_and_readyz(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    body = client.get("/readyz").json()
+    assert body["status"] == "ready" and body["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_readyz_503_when_database_unreachable(tmp_path, monkeypatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import configure
+
+    configure(monkeypatch, tmp_path, database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with TestClient(create_app()) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["error"]["code"] == "not_ready"
+    assert "database" in r.json()["error"]["message"]
+
+
+def test_readyz_503_when_broker_unreachable(sqlite_env, monkeypatch, tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    import worker.celery_app as celery_module
+    from app.main import create_app
+    from tests.conftest import configure
+
+    configure(monkeypatch, tmp_path / "home", broker_url="redis://127.0.0.1:1/0")
+    monkeypatch.setattr(celery_module, "celery_app", celery_module.make_celery())
+    with TestClient(create_app()) as c:
+        r = c.get("/readyz")
+    assert r.status_code == 503 and "broker" in r.json()["error"]["message"]
+
+
+def test_auth_required_everywhere_under_api(client, auth) -> None:
+    for path in ("/api/v1/datasets", "/api/v1/jobs", "/api/v1/sweeps"):
+        missing = client.get(path)
+        assert missing.status_code == 401, path
+        assert missing.json()["error"]["code"] == "unauthorized"
+        wrong = client.get(path, headers={"Authorization": "Bearer rnl_wrong"})
+        assert wrong.status_code == 401
+        assert client.get(path, headers={"Authorization": "Basic abc"}).status_code == 401
+        assert client.get(path, headers=auth).status_code == 200, path
+
+
+def test_revoked_key_is_refused(client) -> None:
+    from app.auth import create_key, revoke_key
+    from app.db import new_session
+
+    with new_session() as session:
+        plain, row = create_key(session, "gamma")
+        assert client.get("/api/v1/datasets", headers={"Authorization": f"Bearer {plain}"}).status_code == 200
+        assert revoke_key(session, row.prefix) == 1
+    assert client.get("/api/v1/datasets", headers={"Authorization": f"Bearer {plain}"}).status_code == 401
+
+
+def test_keys_are_stored_hashed(env) -> None:
+    from app.auth import create_key
+    from app.db import new_session
+    from app.models import ApiKey
+
+    with new_session() as session:
+        plain, _ = create_key(session, "delta")
+        stored = session.scalars(sa.select(ApiKey.key_hash)).all()
+    assert plain not in stored and all(len(h) == 64 for h in stored)
+
+
+def test_cli_keys_create_prints_key_alone(env) -> None:
+    import os
+
+    run_env = {**os.environ, **env}
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--project", "cli-proj"],
+        capture_output=True, text=True, env=run_env, check=True,
+    )
+    lines = out.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rnl_")
+    listed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "list"], capture_output=True, text=True, env=run_env, check=True
+    )
+    assert "cli-proj" in listed.stdout and lines[0] not in listed.stdout
+    prefix = lines[0][:12]
+    subprocess.run([sys.executable, "-m", "app.cli", "keys", "revoke", prefix], env=run_env, check=True)
+    listed = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "list"], capture_output=True, text=True, env=run_env, check=True
+    )
+    assert "revoked=-" not in listed.stdout
+
+
+def test_framework_422_uses_the_error_body(client, auth) -> None:
+    r = client.get("/api/v1/datasets?limit=100000", headers=auth)
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "validation_error" and err["details"][0]["field"] == "limit"

@@ -1,0 +1,75 @@
+"""From a dataset and a spec to split, scaled arrays — and the cheap pre-flight check the API runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .layouts import Data, Examples, build_examples
+from .scaling import Scaler, fit_scaler
+from .spec import JobSpec
+from .splits import Split, purge_windows, split_indices
+
+
+@dataclass
+class PreparedData:
+    examples: Examples
+    split: Split
+    x_scaler: Scaler
+    y_scaler: Scaler | None  # None for classification
+    notes: list[str] = field(default_factory=list)
+
+    def x_scaled(self, part: str) -> np.ndarray:
+        assert self.examples.x is not None
+        idx = self.split.parts()[part]
+        return self.x_scaler.transform(self.examples.x[idx]).astype(np.float32)
+
+    def y_original(self, part: str) -> np.ndarray:
+        assert self.examples.y is not None
+        return self.examples.y[self.split.parts()[part]]
+
+    def y_scaled(self, part: str) -> np.ndarray:
+        y = self.y_original(part)
+        return y if self.y_scaler is None else self.y_scaler.transform(y).astype(np.float32)
+
+
+def _split(spec: JobSpec, examples: Examples, rng: np.random.Generator) -> Split:
+    d = spec.data
+    series = d.layout == "series"
+    assert d.split.method is not None  # filled in by the spec validator
+    return split_indices(
+        d.split.method,
+        examples.n,
+        val_fraction=d.split.val_fraction,
+        test_fraction=d.split.test_fraction,
+        rng=rng,
+        group=examples.group,
+        time=examples.time if series else None,
+        labels=examples.y if spec.task == "classification" else None,
+        split_labels=examples.split_labels,
+        purge=purge_windows(d.horizon, d.stride) if series else 0,
+        group_names=examples.group_names,
+    )
+
+
+def prepare_data(spec: JobSpec, data: Data, rng: np.random.Generator) -> PreparedData:
+    """Build examples, split them and fit the scalers on the training part only."""
+    examples = build_examples(spec, data)
+    split = _split(spec, examples, rng)
+    assert examples.x is not None and examples.y is not None
+    notes = list(split.notes)
+    if spec.data.layout == "series" and spec.data.split.method == "random":
+        notes.append("random split of overlapping windows: test targets can appear inside training inputs; "
+                     "prefer split.method 'temporal' for honest forecast scores")
+    x_scaler = fit_scaler(examples.x[split.train], spec.data.scaling)
+    y_scaler = None
+    if spec.task != "classification":
+        y_scaler = fit_scaler(examples.y[split.train], spec.data.scaling)
+    return PreparedData(examples, split, x_scaler, y_scaler, notes)
+
+
+def check_spec_fits(spec: JobSpec, data: Data) -> None:
+    """Raise ``DataError`` for anything the data cannot satisfy, without building windows or training."""
+    examples = build_examples(spec, data, materialize=False)
+    _split(spec, examples, np.random.default_rng(spec.training.seed))

@@ -1,0 +1,282 @@
+"""The four data layouts of API.md turned into examples ``x [N, T, F]`` and targets ``y``.
+
+Every builder has a cheap planning mode (``materialize=False``) that only counts examples and
+reads what the split needs, so ``check_spec_fits`` never builds the windows of a large dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import DataError
+from .spec import JobSpec
+from .tables import (
+    encode_classes,
+    is_numeric,
+    label_column,
+    normalize_split_labels,
+    numeric_column,
+    require_column,
+    split_label_column,
+)
+
+Data = pa.Table | dict[str, np.ndarray]
+
+
+@dataclass
+class Examples:
+    """Examples in original units. ``x``/``y`` are ``None`` when only planned (not materialized)."""
+
+    n: int
+    x: np.ndarray | None  # float32 [N, T, F]
+    # float64 [N, H] for forecast/regression; int64 class index [N] for classification
+    y: np.ndarray | None
+    steps: int
+    feature_names: list[str]
+    classes: list[Any] | None
+    group: np.ndarray  # int64 [N]: which series an example comes from (temporal split is per series)
+    time: np.ndarray  # int64 [N]: position in time (series: index of the first target step)
+    split_labels: np.ndarray | None  # train / val / test / "" (excluded) from the split column
+    group_names: list[str] = field(default_factory=lambda: ["all"])
+    target_history: np.ndarray | None = None  # float64 [N, T] the target's lookback (series only)
+    series_targets: list[np.ndarray] = field(default_factory=list)  # each series' target (series only)
+
+
+def build_examples(spec: JobSpec, data: Data, *, materialize: bool = True) -> Examples:
+    layout = spec.data.layout
+    if layout == "arrays":
+        if not isinstance(data, dict):
+            raise DataError("layout 'arrays' needs an .npz dataset (arrays X and y)", field="data.layout")
+        return _arrays(spec, data, materialize)
+    if isinstance(data, dict):
+        raise DataError(
+            f"layout '{layout}' needs a table (.csv or .parquet); this dataset holds arrays",
+            field="data.layout",
+        )
+    builders = {"series": _series, "sequences": _sequences, "wide": _wide}
+    return builders[layout](spec, data, materialize)
+
+
+def _column_split(spec: JobSpec, table: pa.Table) -> np.ndarray | None:
+    if spec.data.split.method != "column":
+        return None
+    assert spec.data.split.column is not None  # the spec validator guarantees it for tables
+    return split_label_column(table, spec.data.split.column)
+
+
+def _group_runs(table: pa.Table, group_column: str | None, order_column: str | None) -> tuple[
+    np.ndarray, list[tuple[str, int, int]]
+]:
+    """Row order sorted by (group, order) and the [start, stop) run of each group in it."""
+    keys: list[tuple[str, str]] = []
+    for name, field_name in ((group_column, "data.group_column"), (order_column, "data.order_column")):
+        if name is not None:
+            column = require_column(table, name, field_name)
+            if column.null_count:
+                raise DataError(f"{column.null_count} missing values in column '{name}'", field=field_name)
+            keys.append((name, "ascending"))
+    n = table.num_rows
+    if not keys:
+        return np.arange(n), [("all", 0, n)]
+    order = np.asarray(pc.sort_indices(table.select([k for k, _ in keys]), sort_keys=keys))
+    if group_column is None:
+        return order, [("all", 0, n)]
+    groups = table.column(group_column).take(pa.array(order)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if n else np.array([], dtype=np.int64)
+    stops = np.r_[starts[1:], n]
+    return order, [(str(groups[a]), int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
+
+
+def _series(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
+    d = spec.data
+    lookback, horizon, stride = d.lookback, d.horizon, d.stride
+    features = d.features or [d.target]
+    target = numeric_column(table, d.target, "data.target", "target")
+    columns = [
+        target if name == d.target else numeric_column(table, name, "data.features", "feature")
+        for name in features
+    ]
+    split_rows = _column_split(spec, table)
+    order, runs = _group_runs(table, d.group_column, d.order_column)
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    histories: list[np.ndarray] = []
+    series_targets: list[np.ndarray] = []
+    groups: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for g, (name, a, b) in enumerate(runs):
+        rows = order[a:b]
+        length = b - a
+        if length < lookback + horizon:
+            label = "the series" if name == "all" else f"series '{name}'"
+            raise DataError(
+                f"window of lookback+horizon={lookback + horizon} steps is longer than {label} "
+                f"({length} rows); lower data.lookback or data.horizon",
+                field="data.lookback",
+            )
+        count = (length - lookback - horizon) // stride + 1
+        starts = np.arange(count) * stride
+        groups.append(np.full(count, g, dtype=np.int64))
+        times.append(starts + lookback)
+        if split_rows is not None:
+            s = split_rows[rows]
+            first, last = s[starts + lookback], s[starts + lookback + horizon - 1]
+            # A window whose targets straddle two parts would leak; it belongs to none.
+            labels.append(np.where(first == last, first, ""))
+        if materialize:
+            y_series = target[rows]
+            series_targets.append(y_series)
+            values = np.stack([c[rows] for c in columns], axis=1).astype(np.float32)
+            windows = np.lib.stride_tricks.sliding_window_view(values, lookback, axis=0)  # [W, F, T]
+            xs.append(windows[starts].transpose(0, 2, 1))
+            ys.append(np.lib.stride_tricks.sliding_window_view(y_series[lookback:], horizon)[starts])
+            histories.append(np.lib.stride_tricks.sliding_window_view(y_series, lookback)[starts])
+    return Examples(
+        n=int(sum(len(g) for g in groups)),
+        x=np.ascontiguousarray(np.concatenate(xs)) if materialize else None,
+        y=np.concatenate(ys).astype(np.float64) if materialize else None,
+        steps=lookback,
+        feature_names=list(features),
+        classes=None,
+        group=np.concatenate(groups),
+        time=np.concatenate(times),
+        split_labels=np.concatenate(labels) if split_rows is not None else None,
+        group_names=[name for name, _, _ in runs],
+        target_history=np.concatenate(histories) if materialize else None,
+        series_targets=series_targets,
+    )
+
+
+def _targets(spec: JobSpec, values: np.ndarray) -> tuple[np.ndarray, list[Any] | None]:
+    if spec.task == "classification":
+        return encode_classes(values, "data.target")
+    if values.dtype.kind not in "fiub":
+        raise DataError(f"target '{spec.data.target}' is not numeric; task '{spec.task}' needs numbers",
+                        field="data.target")
+    return values.astype(np.float64).reshape(len(values), -1), None
+
+
+def _default_features(table: pa.Table, exclude: set[str]) -> list[str]:
+    return [n for n in table.column_names if n not in exclude and is_numeric(table.column(n))]
+
+
+def _sequences(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
+    d = spec.data
+    assert d.sequence_column is not None and d.order_column is not None
+    exclude = {d.target, d.sequence_column, d.order_column, d.group_column, d.split.column}
+    features = d.features or _default_features(table, {e for e in exclude if e})
+    if not features:
+        raise DataError("no numeric feature columns besides the target; set data.features",
+                        field="data.features")
+    order, runs = _group_runs(table, d.sequence_column, d.order_column)
+    lengths = np.array([b - a for _, a, b in runs])
+    if lengths.min() != lengths.max():
+        raise DataError(
+            f"sequences have different lengths ({lengths.min()} to {lengths.max()} steps); "
+            "this layout needs equal lengths — pad or trim them before uploading",
+            field="data.sequence_column",
+        )
+    steps = int(lengths[0])
+    starts = np.array([a for _, a, _ in runs])
+    raw_target = label_column(table, d.target, "data.target")[order]
+    first_target = raw_target[starts]
+    if not np.all(raw_target.reshape(len(runs), steps) == first_target[:, None]):
+        raise DataError(f"target '{d.target}' changes within a sequence; it must be constant per sequence",
+                        field="data.target")
+    y, classes = _targets(spec, first_target)
+    split_rows = _column_split(spec, table)
+    labels = None
+    if split_rows is not None:
+        per_step = split_rows[order].reshape(len(runs), steps)
+        if not np.all(per_step == per_step[:, :1]):
+            raise DataError("the split column changes within a sequence", field="data.split.column")
+        labels = per_step[:, 0]
+    x = None
+    if materialize:
+        x = np.stack(
+            [numeric_column(table, f, "data.features", "feature")[order] for f in features], axis=1
+        ).astype(np.float32).reshape(len(runs), steps, len(features))
+    n = len(runs)
+    return Examples(n=n, x=x, y=y, steps=steps, feature_names=list(features), classes=classes,
+                    group=np.zeros(n, dtype=np.int64), time=np.arange(n), split_labels=labels)
+
+
+def _wide(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
+    d = spec.data
+    exclude = {d.target, d.split.column, d.group_column, d.sequence_column, d.order_column}
+    step_columns = d.features or [n for n in table.column_names if n not in exclude]
+    if not step_columns:
+        raise DataError("no step columns besides the target", field="data.features")
+    for name in step_columns:
+        column = require_column(table, name, "data.features")
+        if not is_numeric(column):
+            raise DataError(
+                f"wide layout step column '{name}' is not numeric (type {column.type}); "
+                "list the step columns in data.features",
+                field="data.features",
+            )
+    y, classes = _targets(spec, label_column(table, d.target, "data.target"))
+    x = None
+    if materialize:
+        x = np.stack([numeric_column(table, c, "data.features", "step column") for c in step_columns],
+                     axis=1).astype(np.float32)[:, :, None]
+    n = table.num_rows
+    return Examples(n=n, x=x, y=y, steps=len(step_columns), feature_names=["value"], classes=classes,
+                    group=np.zeros(n, dtype=np.int64), time=np.arange(n),
+                    split_labels=_column_split(spec, table))
+
+
+def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> Examples:
+    for key in ("X", "y"):
+        if key not in arrays:
+            raise DataError(f"array '{key}' not found; arrays are: {', '.join(arrays)}", field="data.layout")
+    x_raw, y_raw = arrays["X"], arrays["y"]
+    if x_raw.ndim not in (2, 3) or x_raw.dtype.kind not in "fiub":
+        raise DataError(f"array X must be numeric shaped [N, T, F] or [N, T]; got {x_raw.dtype} "
+                        f"{list(x_raw.shape)}", field="data.layout")
+    n, steps = x_raw.shape[0], x_raw.shape[1]
+    num_features = x_raw.shape[2] if x_raw.ndim == 3 else 1
+    if y_raw.shape[0] != n or y_raw.ndim not in (1, 2):
+        raise DataError(f"array y must be shaped [N] or [N, H] with N={n}; got {list(y_raw.shape)}",
+                        field="data.target")
+    if spec.task == "classification" and y_raw.ndim != 1:
+        raise DataError(f"classification needs y shaped [N]; got {list(y_raw.shape)}", field="data.target")
+    names = spec.data.features or [f"x{i}" for i in range(num_features)]
+    if len(names) != num_features:
+        raise DataError(f"data.features names {len(names)} features but X has {num_features}",
+                        field="data.features")
+    if x_raw.dtype.kind == "f":
+        missing = int(np.isnan(x_raw).sum())
+        if missing:
+            raise DataError(f"{missing} missing values in array 'X'; fill or drop them before training",
+                            field="data.features")
+    labels = y_raw
+    if y_raw.dtype.kind == "f":
+        missing = int(np.isnan(y_raw).sum())
+        if missing:
+            raise DataError(f"{missing} missing values in array 'y'", field="data.target")
+    elif y_raw.dtype.kind in "SU":
+        labels = y_raw.astype(str).astype(object)
+    if spec.task == "classification":
+        y, classes = encode_classes(labels, "data.target")
+    else:
+        y, classes = _targets(spec, labels)
+    split_labels = None
+    if spec.data.split.method == "column":
+        if "split" not in arrays:
+            raise DataError("split.method 'column' needs an array 'split' of train / val / test",
+                            field="data.split.method")
+        if arrays["split"].shape != (n,):
+            raise DataError(f"array 'split' must be shaped [{n}]", field="data.split.column")
+        split_labels = normalize_split_labels(arrays["split"], "array 'split'")
+    x = None
+    if materialize:
+        x = np.ascontiguousarray(x_raw.reshape(n, steps, num_features), dtype=np.float32)
+    return Examples(n=n, x=x, y=y, steps=steps, feature_names=list(names), classes=classes,
+                    group=np.zeros(n, dtype=np.int64), time=np.arange(n), split_labels=split_labels)

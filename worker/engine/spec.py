@@ -1,0 +1,161 @@
+"""The job spec (API.md ``JobSpec``): the single pydantic definition the API and the engine share."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+Layout = Literal["series", "sequences", "wide", "arrays"]
+Task = Literal["forecast", "regression", "classification"]
+SplitMethod = Literal["temporal", "random", "stratified", "column"]
+Loss = Literal["mse", "mae", "huber", "cross_entropy"]
+
+REGRESSION_LOSSES: tuple[str, ...] = ("mse", "mae", "huber")
+
+
+class _Strict(BaseModel):
+    # Unknown fields are rejected so a typo never silently falls back to a default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSpec(_Strict):
+    """How examples are divided into train / val / test.
+
+    ``method`` left out means ``temporal`` for the ``series`` layout and ``random`` otherwise.
+    """
+
+    method: SplitMethod | None = None
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    column: str | None = None
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> SplitSpec:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1 (got {self.val_fraction} + "
+                f"{self.test_fraction}); nothing would be left for training"
+            )
+        return self
+
+
+class DataSpec(_Strict):
+    layout: Layout
+    target: str = Field(min_length=1)
+    features: list[str] | None = None
+    sequence_column: str | None = None
+    order_column: str | None = None
+    group_column: str | None = None
+    lookback: int = Field(24, ge=1, le=100_000)
+    horizon: int = Field(1, ge=1, le=10_000)
+    stride: int = Field(1, ge=1)
+    scaling: Literal["standard", "minmax", "none"] = "standard"
+    season_period: int | None = Field(None, ge=2, description="period for the seasonal naive baseline")
+    split: SplitSpec = Field(default_factory=SplitSpec, validate_default=True)
+
+    @field_validator("features")
+    @classmethod
+    def _features_not_empty(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(value) == 0:
+            raise ValueError("features must name at least one column, or be null for the default")
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("features must not repeat a column")
+        return value
+
+    @field_validator("split")
+    @classmethod
+    def _split_fits_layout(cls, split: SplitSpec, info: ValidationInfo) -> SplitSpec:
+        layout = info.data.get("layout")
+        if split.method is None:
+            split = split.model_copy(update={"method": "temporal" if layout == "series" else "random"})
+        if split.method == "column" and layout != "arrays" and not split.column:
+            raise ValueError(
+                "split.method 'column' needs split.column: the column holding train / val / test"
+            )
+        return split
+
+    @model_validator(mode="after")
+    def _sequences_columns(self) -> DataSpec:
+        if self.layout == "sequences":
+            missing = [n for n in ("sequence_column", "order_column") if getattr(self, n) is None]
+            if missing:
+                raise ValueError(
+                    "layout 'sequences' needs " + " and ".join(f"data.{n}" for n in missing)
+                    + " (which column names the sequence, which orders its steps)"
+                )
+        return self
+
+
+class ModelSpec(_Strict):
+    cell: Literal["rnn", "lstm", "gru"] = "lstm"
+    hidden_size: int = Field(64, ge=1, le=4096)
+    num_layers: int = Field(1, ge=1, le=8)
+    bidirectional: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(50, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop", "adagrad"] = "adam"
+    learning_rate: float = Field(0.001, gt=0.0, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    loss: Loss | None = Field(None, description="null: cross_entropy for classification, mse otherwise")
+    gradient_clip: float | None = Field(1.0, gt=0.0)
+    early_stopping_patience: int | None = Field(10, ge=1)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class EvaluationSpec(_Strict):
+    bootstrap_samples: int = Field(1000, ge=0, le=100_000)
+    attribution: bool = True
+
+
+class JobSpec(_Strict):
+    name: str | None = Field(None, max_length=200)
+    dataset_id: str = Field(min_length=1)
+    task: Task
+    data: DataSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec, validate_default=True)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("data")
+    @classmethod
+    def _data_fits_task(cls, data: DataSpec, info: ValidationInfo) -> DataSpec:
+        task = info.data.get("task")
+        if task is None:  # task itself failed validation; that error is reported already
+            return data
+        if task == "forecast" and data.layout != "series":
+            raise ValueError(f"task 'forecast' needs data.layout 'series' (got '{data.layout}')")
+        if data.layout == "series" and task != "forecast":
+            raise ValueError(f"data.layout 'series' is for task 'forecast' (got task '{task}')")
+        if data.split.method == "stratified" and task != "classification":
+            raise ValueError("data.split.method 'stratified' needs task 'classification'")
+        return data
+
+    @field_validator("training")
+    @classmethod
+    def _loss_fits_task(cls, training: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        task = info.data.get("task")
+        if task is None:
+            return training
+        if training.loss is None:
+            default = "cross_entropy" if task == "classification" else "mse"
+            return training.model_copy(update={"loss": default})
+        if task == "classification" and training.loss != "cross_entropy":
+            raise ValueError(
+                f"training.loss '{training.loss}' is a regression loss; classification uses 'cross_entropy'"
+            )
+        if task != "classification" and training.loss not in REGRESSION_LOSSES:
+            raise ValueError(
+                f"training.loss '{training.loss}' is for classification; task '{task}' takes one of "
+                + ", ".join(REGRESSION_LOSSES)
+            )
+        return training
+
+    def normalized(self) -> dict[str, Any]:
+        """The spec as stored: plain JSON types, every default filled in."""
+        return self.model_dump(mode="json")
