@@ -93,6 +93,10 @@ def configure(monkeypatch: pytest.MonkeyPatch, home: Path, **env: str) -> None:
         monkeypatch.setenv(f"RNNLAB_{key.upper()}", value)
     get_settings.cache_clear()
     reset_engine()
+    import worker.celery_app as celery_module
+
+    # The Celery app reads its broker from Settings once; rebuild it for this test's settings.
+    monkeypatch.setattr(celery_module, "celery_app", celery_module.make_celery())
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -154,3 +158,36 @@ def auth(env: dict[str, str]) -> dict[str, str]:
 def other_auth(env: dict[str, str]) -> dict[str, str]:
     """Headers with a key of another project, 'beta'."""
     return {"Authorization": f"Bearer {make_key('beta')}"}
+
+
+def _redis_db_url(base: str) -> str:
+    # A database number of its own per test session keeps parallel local runs apart.
+    db = 1 + os.getpid() % 14
+    return base.rsplit("/", 1)[0] + f"/{db}"
+
+
+@pytest.fixture(scope="module")
+def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """SQLite + the embedded broker + real worker processes (started by each test as needed)."""
+    from tests.stack import running_stack
+
+    tmp = tmp_path_factory.mktemp("embedded")
+    with pytest.MonkeyPatch.context() as mp, running_stack({"RNNLAB_HOME": str(tmp / "home")}, tmp, mp) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def distributed_stack(
+    tmp_path_factory: pytest.TempPathFactory, postgres_schema_url: str, redis_url: str
+) -> Iterator[object]:
+    """PostgreSQL + Redis + real worker processes, as in docker-compose.yml."""
+    from tests.stack import running_stack
+
+    tmp = tmp_path_factory.mktemp("distributed")
+    env = {
+        "RNNLAB_HOME": str(tmp / "home"),
+        "RNNLAB_DATABASE_URL": postgres_schema_url,
+        "RNNLAB_BROKER_URL": _redis_db_url(redis_url),
+    }
+    with pytest.MonkeyPatch.context() as mp, running_stack(env, tmp, mp) as stack:
+        yield stack

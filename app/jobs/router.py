@@ -1,3 +1,141 @@
-from fastapi import APIRouter
+"""Routes of /api/v1/jobs: validate, call one service function, return a schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from app.auth import CurrentProject
+from app.config import get_settings
+from app.db import SessionDep, new_session
+from app.jobs import service
+from app.jobs.schemas import JobMetrics, JobPage, JobRead, PredictRequest, PredictResponse
+from app.models import FINISHED_STATUSES, EpochMetric, Job
+from app.pagination import PageParams, page_params
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@router.post("", status_code=201, response_model=JobRead)
+def create_job(
+    project: CurrentProject,
+    session: SessionDep,
+    payload: Annotated[dict[str, Any], Body(description="A JobSpec (see API.md).")],
+) -> JobRead:
+    """Validate the spec against its dataset, store the job (queued), then enqueue it."""
+    return JobRead.from_row(service.create_job(session, project, payload))
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    project: CurrentProject,
+    session: SessionDep,
+    page: Annotated[PageParams, Depends(page_params)],
+    status: Annotated[list[Status] | None, Query(description="Repeatable.")] = None,
+    dataset_id: str | None = None,
+    task: Literal["forecast", "regression", "classification"] | None = None,
+    cell: Literal["rnn", "lstm", "gru"] | None = None,
+    sweep_id: str | None = None,
+    where: Annotated[str | None, Query(description='e.g. test.rmse < 0.5 and model.cell in ("lstm","gru")')] = None,
+    sort: Annotated[str, Query(description="created_at, -created_at, test.rmse, -val.accuracy, …")] = "-created_at",
+) -> JobPage:
+    jobs, cursor = service.list_jobs(
+        session, project, page, statuses=list(status or []), dataset_id=dataset_id, task=task, cell=cell,
+        sweep_id=sweep_id, where=where, sort=sort,
+    )
+    return JobPage(items=[JobRead.from_row(j) for j in jobs], next_cursor=cursor)
+
+
+@router.get("/{job_id}", response_model=JobRead)
+def get_job(job_id: str, project: CurrentProject, session: SessionDep) -> JobRead:
+    return JobRead.from_row(service.get_job(session, project, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobRead)
+def cancel_job(job_id: str, project: CurrentProject, session: SessionDep) -> JobRead:
+    """A queued job is cancelled at once; a running one stops within one epoch."""
+    return JobRead.from_row(service.cancel_job(session, project, job_id))
+
+
+@router.get("/{job_id}/metrics", response_model=JobMetrics)
+def job_metrics(job_id: str, project: CurrentProject, session: SessionDep) -> JobMetrics:
+    return JobMetrics.model_validate({"job_id": job_id, "series": service.job_metrics(session, project, job_id)})
+
+
+@router.get("/{job_id}/evaluation")
+def job_evaluation(job_id: str, project: CurrentProject, session: SessionDep) -> JSONResponse:
+    return JSONResponse(service.job_evaluation(session, project, job_id))
+
+
+@router.get("/{job_id}/model", response_class=FileResponse)
+def job_model(job_id: str, project: CurrentProject, session: SessionDep) -> FileResponse:
+    """The trained model: torch.save of {state_dict, spec, scalers, …}; load with weights_only=True."""
+    path = service.model_path(session, project, job_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"rnnlab-{job_id}.pt")
+
+
+@router.post("/{job_id}/predict", response_model=PredictResponse)
+def job_predict(job_id: str, body: PredictRequest, project: CurrentProject, session: SessionDep) -> PredictResponse:
+    return PredictResponse(job_id=job_id, predictions=service.predict(session, project, job_id, body.inputs))
+
+
+def _snapshot(job_id: str, after_epoch: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    with new_session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        status = JobRead.from_row(job).model_dump(mode="json", include={"id", "status", "progress", "attempts", "error"})
+        rows = session.query(EpochMetric).filter(EpochMetric.job_id == job_id, EpochMetric.epoch > after_epoch)
+        epochs: dict[int, dict[str, dict[str, float | None]]] = {}
+        for row in rows.order_by(EpochMetric.epoch):
+            epochs.setdefault(row.epoch, {}).setdefault(row.split, {})[row.name] = row.value
+    return status, [{"epoch": e, "metrics": m} for e, m in sorted(epochs.items())]
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+@router.get("/{job_id}/events")
+async def job_events(job_id: str, request: Request, project: CurrentProject, session: SessionDep) -> StreamingResponse:
+    """Server-Sent Events: ``status`` on every change, ``epoch`` per finished epoch, ``end`` when done."""
+    service.get_job(session, project, job_id)
+    session.close()
+    poll_seconds = get_settings().sse_poll_seconds
+
+    async def stream() -> AsyncIterator[str]:
+        last_status: dict[str, Any] | None = None
+        last_epoch = 0
+        attempt = None
+        idle = 0.0
+        while True:
+            status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
+            if status["attempts"] != attempt:
+                # A retried job restarts its epochs from 1.
+                attempt, last_epoch = status["attempts"], 0
+                status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
+            for item in epochs:
+                last_epoch = max(last_epoch, item["epoch"])
+                yield _sse("epoch", item)
+            if status != last_status:
+                yield _sse("status", status)
+                last_status = status
+                idle = 0.0
+            if status["status"] in FINISHED_STATUSES:
+                yield _sse("end", {"status": status["status"]})
+                return
+            if await request.is_disconnected():
+                return
+            await asyncio.sleep(poll_seconds)
+            idle += poll_seconds
+            if idle >= 15:
+                yield ": keep-alive\n\n"
+                idle = 0.0
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

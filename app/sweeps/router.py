@@ -1,3 +1,49 @@
-from fastapi import APIRouter
+"""Routes of /api/v1/sweeps: validate, call one service function, return a schema."""
 
-router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from app.auth import CurrentProject
+from app.db import SessionDep
+from app.pagination import PageParams, page_params
+from app.sweeps import service
+from app.sweeps.leaderboard import router as leaderboard_router
+from app.sweeps.schemas import SweepCancel, SweepCreate, SweepPage, SweepRead
+
+sweeps_router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+
+@sweeps_router.post("", status_code=201, response_model=SweepRead)
+def create_sweep(body: SweepCreate, project: CurrentProject, session: SessionDep) -> SweepRead:
+    """One job per (setting, seed), every spec checked against the dataset before anything is stored."""
+    sweep = service.create_sweep(session, project, body)
+    return service.read_sweep(session, project, sweep.id)
+
+
+@sweeps_router.get("", response_model=SweepPage)
+def list_sweeps(
+    project: CurrentProject, session: SessionDep, page: Annotated[PageParams, Depends(page_params)]
+) -> SweepPage:
+    items, cursor = service.list_sweeps(session, project, page)
+    return SweepPage(items=items, next_cursor=cursor)
+
+
+@sweeps_router.get("/{sweep_id}", response_model=SweepRead)
+def get_sweep(sweep_id: str, project: CurrentProject, session: SessionDep) -> SweepRead:
+    """The sweep, its jobs, and statistics over the seeds of each setting (succeeded jobs so far)."""
+    return service.read_sweep(session, project, sweep_id)
+
+
+@sweeps_router.post("/{sweep_id}/cancel", status_code=202, response_model=SweepCancel)
+def cancel_sweep(sweep_id: str, project: CurrentProject, session: SessionDep) -> SweepCancel:
+    """Queued jobs are cancelled at once; running ones stop within one epoch."""
+    return service.cancel_sweep(session, project, sweep_id)
+
+
+# What app.main includes: the sweep routes and the dataset leaderboard (under /datasets).
+router = APIRouter()
+router.include_router(sweeps_router)
+router.include_router(leaderboard_router)

@@ -1,0 +1,18 @@
+# CPU image for the api, the migrations and the workers (one image, three commands).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    RNNLAB_HOME=/data RNNLAB_HOST=0.0.0.0
+WORKDIR /app
+
+# CPU torch first, from PyTorch's CPU index, so the torch>=2.4 range never pulls a CUDA build.
+RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
+COPY pyproject.toml README.md alembic.ini ./
+COPY app ./app
+COPY worker ./worker
+COPY migrations ./migrations
+RUN pip install -e . && useradd --create-home rnnlab && mkdir -p /data && chown rnnlab /data
+USER rnnlab
+VOLUME ["/data"]
+EXPOSE 8000
+CMD ["rnnlab", "api"]

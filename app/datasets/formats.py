@@ -1,0 +1,106 @@
+"""Which uploads are datasets: filename rules, and formats told apart by extension and content."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from app.errors import AppError
+
+DatasetFormat = Literal["csv", "csv.gz", "parquet", "npz"]
+
+# Longest suffix first, so "data.csv.gz" is csv.gz and not an unknown ".gz".
+EXTENSIONS: dict[str, DatasetFormat] = {
+    ".csv.gz": "csv.gz",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".npz": "npz",
+}
+ACCEPTED = ", ".join(EXTENSIONS)
+
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header, or the end record of an empty zip
+SNIFF_BYTES = 4096
+MAX_FILENAME_CHARS = 255
+
+
+def validate_filename(filename: str) -> str:
+    """The upload's filename, refused when it could be mistaken for a path.
+
+    It is only ever shown back to the user (storage keys are content-derived), but a name with
+    separators or ``..`` is a sign of a confused or hostile client, so it is refused rather than cleaned.
+    """
+    if not filename.strip():
+        raise AppError(
+            422, "invalid_filename", "the 'file' part has an empty filename; send e.g. filename=\"data.csv\""
+        )
+    bad = [ch for ch in ("/", "\\", "\x00") if ch in filename]
+    if bad or ".." in filename or any(ord(ch) < 32 for ch in filename):
+        raise AppError(
+            422,
+            "invalid_filename",
+            f"filename {filename!r} must be a plain file name without path separators, '..' "
+            "or control characters",
+            {"filename": filename},
+        )
+    if len(filename) > MAX_FILENAME_CHARS:
+        raise AppError(
+            422, "invalid_filename", f"filename is {len(filename)} characters long; the limit is {MAX_FILENAME_CHARS}"
+        )
+    return filename
+
+
+def format_from_filename(filename: str) -> DatasetFormat:
+    """The format its extension claims; 415 when the extension is not one we accept."""
+    lowered = filename.lower()
+    for suffix, fmt in EXTENSIONS.items():
+        if lowered.endswith(suffix) and len(lowered) > len(suffix):
+            return fmt
+    raise AppError(
+        415,
+        "unsupported_format",
+        f"{filename!r} is not a supported dataset format; accepted formats: {ACCEPTED}",
+        {"filename": filename, "accepted": list(EXTENSIONS)},
+    )
+
+
+def stem(filename: str) -> str:
+    """The filename without its dataset extension: the default dataset name."""
+    lowered = filename.lower()
+    for suffix in EXTENSIONS:
+        if lowered.endswith(suffix):
+            return filename[: -len(suffix)]
+    return filename
+
+
+def sniff_format(head: bytes) -> DatasetFormat | None:
+    """The format the first bytes reveal; ``None`` for text without a binary signature (CSV)."""
+    if head.startswith(GZIP_MAGIC):
+        return "csv.gz"
+    if head.startswith(PARQUET_MAGIC):
+        return "parquet"
+    if head.startswith(ZIP_MAGICS):
+        return "npz"
+    return None
+
+
+def check_content_matches(filename: str, claimed: DatasetFormat, head: bytes) -> None:
+    """Refuse content that is not what its extension says (415), e.g. a zip renamed to ``.csv``."""
+    sniffed = sniff_format(head)
+    if claimed == "csv":
+        if sniffed is not None:
+            raise _mismatch(filename, claimed, f"{sniffed} data")
+        if b"\x00" in head:
+            raise _mismatch(filename, claimed, "binary data")
+    elif sniffed != claimed:
+        raise _mismatch(filename, claimed, f"{sniffed} data" if sniffed else "something else")
+
+
+def _mismatch(filename: str, claimed: DatasetFormat, found: str) -> AppError:
+    return AppError(
+        415,
+        "unsupported_format",
+        f"{filename!r} is named like {claimed} but its content looks like {found}; "
+        f"accepted formats: {ACCEPTED}",
+        {"filename": filename, "claimed": claimed, "accepted": list(EXTENSIONS)},
+    )

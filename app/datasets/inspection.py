@@ -1,0 +1,424 @@
+"""Validating and describing uploaded content, and turning tables into the Parquet the workers read.
+
+Everything here streams: CSV is read block by block and written to Parquet batch by batch, gzip
+is decompressed chunk by chunk, Parquet is scanned one column at a time and NPZ members are
+described from their ``.npy`` headers without loading their data.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import math
+import re
+import sys
+import zipfile
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from app.datasets.formats import DatasetFormat
+from app.datasets.upload import too_large
+from app.errors import AppError
+
+READ_CHUNK_BYTES = 1024 * 1024
+CSV_BLOCK_BYTES = 1024 * 1024
+# Batches are gathered to about this size before they become one Parquet row group.
+ROW_GROUP_BYTES = 16 * 1024 * 1024
+MAX_ERROR_SNIPPET_CHARS = 200
+
+
+@dataclass
+class InspectedContent:
+    """What an upload holds, and the file (still temporary) to store for the workers."""
+
+    stored_path: Path
+    suffix: str  # extension of the stored blob: ".parquet" or ".npz"
+    num_rows: int | None = None
+    columns: list[dict[str, Any]] | None = None
+    arrays: dict[str, list[int]] | None = None
+
+
+def inspect_upload(
+    path: Path, fmt: DatasetFormat, filename: str, work_dir: Path, max_bytes: int
+) -> InspectedContent:
+    """Validate the uploaded file at ``path`` and describe it.
+
+    Tables are converted to Parquet inside ``work_dir`` (a private temporary directory the caller
+    removes afterwards); Parquet and NPZ uploads are stored as they came.
+    """
+    if fmt == "npz":
+        return InspectedContent(stored_path=path, suffix=".npz", arrays=inspect_npz(path, filename, max_bytes))
+    if fmt == "parquet":
+        num_rows, columns = inspect_parquet(path, filename)
+        return InspectedContent(stored_path=path, suffix=".parquet", num_rows=num_rows, columns=columns)
+    csv_path = path
+    if fmt == "csv.gz":
+        csv_path = work_dir / "decompressed.csv"
+        decompress_gzip(path, csv_path, filename, max_bytes)
+    else:
+        check_utf8_file(path, filename)
+    parquet_path = work_dir / "table.parquet"
+    num_rows, columns = convert_csv_to_parquet(csv_path, parquet_path, filename)
+    return InspectedContent(stored_path=parquet_path, suffix=".parquet", num_rows=num_rows, columns=columns)
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+
+class Utf8Checker:
+    """Incremental UTF-8 validation that can say where the first bad byte is (offset and line)."""
+
+    def __init__(self, filename: str) -> None:
+        self._filename = filename
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._offset = 0
+        self._newlines = 0
+
+    def feed(self, chunk: bytes, final: bool = False) -> None:
+        buffered = len(self._decoder.getstate()[0])
+        if not buffered and chunk.isascii():
+            pass  # the common case needs no decoding at all
+        else:
+            try:
+                self._decoder.decode(chunk, final)
+            except UnicodeDecodeError as exc:
+                # exc.object is the decoder's buffered bytes followed by this chunk; buffered bytes are
+                # part of a multi-byte sequence, never a newline.
+                offset = self._offset - buffered + exc.start
+                line = self._newlines + exc.object.count(b"\n", 0, exc.start) + 1
+                bad = exc.object[exc.start : exc.start + 4]
+                raise AppError(
+                    422,
+                    "invalid_encoding",
+                    f"{self._filename!r} is not valid UTF-8: byte offset {offset} (line {line}) "
+                    f"starts {bad!r}; save the file as UTF-8",
+                    {"byte_offset": offset, "line": line},
+                ) from exc
+        self._offset += len(chunk)
+        self._newlines += chunk.count(b"\n")
+
+
+def check_utf8_file(path: Path, filename: str) -> None:
+    checker = Utf8Checker(filename)
+    with path.open("rb") as f:
+        while chunk := f.read(READ_CHUNK_BYTES):
+            checker.feed(chunk)
+    checker.feed(b"", final=True)
+
+
+def decompress_gzip(src: Path, dst: Path, filename: str, max_bytes: int) -> None:
+    """Decompress ``src`` into ``dst``, refusing output past ``max_bytes`` (a zip bomb) or bad UTF-8."""
+    checker = Utf8Checker(filename)
+    written = 0
+    try:
+        with gzip.open(src, "rb") as f, dst.open("wb") as out:
+            while chunk := f.read(READ_CHUNK_BYTES):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise too_large(max_bytes, f"{filename!r} decompressed")
+                checker.feed(chunk)
+                out.write(chunk)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise AppError(422, "invalid_gzip", f"{filename!r} is not a valid gzip file: {exc}") from exc
+    checker.feed(b"", final=True)
+    if written == 0:
+        raise AppError(422, "empty_file", f"{filename!r} decompresses to an empty file")
+
+
+# -- tables --------------------------------------------------------------------------------------
+
+
+def dtype_name(dtype: pa.DataType) -> str:
+    """A short, stable name for a column type: int64, float64, string, bool, timestamp, date, …"""
+    if pa.types.is_dictionary(dtype):
+        return dtype_name(dtype.value_type)
+    if pa.types.is_floating(dtype):
+        return f"float{dtype.bit_width}"
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype):
+        return "string"
+    if pa.types.is_boolean(dtype):
+        return "bool"
+    if pa.types.is_timestamp(dtype):
+        return "timestamp"
+    if pa.types.is_date(dtype):
+        return "date"
+    if pa.types.is_time(dtype):
+        return "time"
+    return str(dtype)
+
+
+def _column_summaries(schema: pa.Schema, missing: list[int]) -> list[dict[str, Any]]:
+    return [
+        {"name": f.name, "dtype": dtype_name(f.type), "missing": int(m)}
+        for f, m in zip(schema, missing, strict=True)
+    ]
+
+
+def _check_column_names(names: list[str], filename: str) -> None:
+    if not names:
+        raise AppError(422, "no_columns", f"{filename!r} has no columns")
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
+        shown = ", ".join(repr(n) for n in duplicates)
+        raise AppError(
+            422,
+            "duplicate_columns",
+            f"{filename!r} has duplicate column names: {shown}; column names must be unique",
+            {"duplicates": duplicates},
+        )
+
+
+def _no_rows(filename: str, names: list[str]) -> AppError:
+    return AppError(
+        422,
+        "no_rows",
+        f"{filename!r} has a header ({', '.join(names[:20])}) but no data rows",
+        {"columns": names},
+    )
+
+
+_CONVERSION_ERROR = re.compile(r"In CSV column #(\d+): .*CSV conversion error")
+
+
+def _widened(dtype: pa.DataType) -> pa.DataType | None:
+    """The next, wider type to try when a later block holds a value the inferred type cannot take."""
+    if pa.types.is_null(dtype) or pa.types.is_integer(dtype):
+        return pa.float64()
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return None
+    return pa.string()
+
+
+class _ConversionFailed(Exception):
+    def __init__(self, column: str, dtype: pa.DataType, cause: pa.ArrowInvalid) -> None:
+        super().__init__(str(cause))
+        self.column, self.dtype, self.cause = column, dtype, cause
+
+
+def convert_csv_to_parquet(src: Path, dst: Path, filename: str) -> tuple[int, list[dict[str, Any]]]:
+    """Write the CSV at ``src`` as Parquet at ``dst``; returns the row count and column summaries.
+
+    Types are inferred from the first block. If a later block holds a value that does not fit (a
+    word in a column of numbers), that column is widened (int → float → string) and the file is
+    read again, so a late surprise costs a pass but never a failed upload.
+    """
+    column_types: dict[str, pa.DataType] = {}
+    while True:
+        try:
+            return _write_parquet(src, dst, filename, column_types)
+        except _ConversionFailed as failed:
+            wider = _widened(failed.dtype)
+            if wider is None:
+                raise _unparseable(src, filename, failed.cause) from failed.cause
+            column_types[failed.column] = wider
+
+
+def _write_parquet(
+    src: Path, dst: Path, filename: str, column_types: dict[str, pa.DataType]
+) -> tuple[int, list[dict[str, Any]]]:
+    try:
+        reader = pa_csv.open_csv(
+            src,
+            read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            convert_options=pa_csv.ConvertOptions(column_types=column_types, strings_can_be_null=True),
+        )
+    except pa.ArrowInvalid as exc:
+        raise _unparseable(src, filename, exc) from exc
+    schema = reader.schema
+    _check_column_names(schema.names, filename)
+    missing = [0] * len(schema)
+    num_rows = 0
+    pending: list[pa.RecordBatch] = []
+    pending_bytes = 0
+    with pq.ParquetWriter(dst, schema) as writer:
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            except pa.ArrowInvalid as exc:
+                match = _CONVERSION_ERROR.search(str(exc))
+                if match and int(match.group(1)) < len(schema):
+                    index = int(match.group(1))
+                    raise _ConversionFailed(schema.names[index], schema.types[index], exc) from exc
+                raise _unparseable(src, filename, exc) from exc
+            num_rows += batch.num_rows
+            for i, column in enumerate(batch.columns):
+                missing[i] += column.null_count
+            pending.append(batch)
+            pending_bytes += batch.nbytes
+            if pending_bytes >= ROW_GROUP_BYTES:
+                writer.write_table(pa.Table.from_batches(pending, schema))
+                pending, pending_bytes = [], 0
+        if pending:
+            writer.write_table(pa.Table.from_batches(pending, schema))
+    if num_rows == 0:
+        raise _no_rows(filename, schema.names)
+    return num_rows, _column_summaries(schema, missing)
+
+
+def _unparseable(src: Path, filename: str, exc: pa.ArrowInvalid) -> AppError:
+    message = str(exc)
+    if "Empty CSV file" in message:
+        return AppError(422, "empty_file", f"{filename!r} holds no CSV header or rows")
+    details: dict[str, Any] = {"reason": message[:MAX_ERROR_SNIPPET_CHARS]}
+    location = locate_bad_row(src)
+    if location is not None:
+        line, problem = location
+        details["line"] = line
+        return AppError(422, "unparseable_csv", f"{filename!r} cannot be parsed: line {line}: {problem}", details)
+    return AppError(422, "unparseable_csv", f"{filename!r} cannot be parsed: {message[:300]}", details)
+
+
+def locate_bad_row(path: Path) -> tuple[int, str] | None:
+    """The first line (1-based) whose record has a different field count than the header, and why.
+
+    Only on the error path: Arrow says what is wrong but not where, so the file is read again
+    with the csv module, one record at a time.
+    """
+    previous_limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            expected: int | None = None
+            last_line = 0
+            try:
+                for row in reader:
+                    start_line = last_line + 1
+                    last_line = reader.line_num
+                    if not row:
+                        continue
+                    if expected is None:
+                        expected = len(row)
+                    elif len(row) != expected:
+                        snippet = ",".join(row)[:MAX_ERROR_SNIPPET_CHARS]
+                        return start_line, f"expected {expected} fields, found {len(row)}: {snippet!r}"
+            except csv.Error as exc:
+                return reader.line_num, str(exc)
+    finally:
+        csv.field_size_limit(previous_limit)
+    return None
+
+
+def inspect_parquet(path: Path, filename: str) -> tuple[int, list[dict[str, Any]]]:
+    """Open the Parquet file, then read every column once (validating its pages) to count missing values."""
+    try:
+        with pq.ParquetFile(path) as parquet:
+            schema = parquet.schema_arrow
+            _check_column_names(schema.names, filename)
+            num_rows = parquet.metadata.num_rows
+            if num_rows == 0:
+                raise _no_rows(filename, schema.names)
+            missing = []
+            for name in schema.names:
+                count = 0
+                for batch in parquet.iter_batches(columns=[name], batch_size=65536):
+                    count += batch.column(0).null_count
+                missing.append(count)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise AppError(
+            422, "invalid_parquet", f"{filename!r} is not a readable Parquet file: {str(exc)[:300]}"
+        ) from exc
+    return num_rows, _column_summaries(schema, missing)
+
+
+# -- arrays --------------------------------------------------------------------------------------
+
+
+@dataclass
+class NpyHeader:
+    shape: tuple[int, ...]
+    fortran_order: bool
+    dtype: np.dtype[Any]
+    data_offset: int  # where the array's bytes start inside the member
+
+
+def read_npy_header(member: Any, array: str, filename: str) -> NpyHeader:
+    """Parse an ``.npy`` header from an open zip member without touching the data or unpickling."""
+    try:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except ValueError as exc:
+        raise AppError(
+            422,
+            "invalid_npz",
+            f"array {array!r} in {filename!r} is not a valid .npy array: {exc}",
+            {"array": array},
+        ) from exc
+    return NpyHeader(tuple(int(n) for n in shape), bool(fortran), dtype, member.tell())
+
+
+def inspect_npz(path: Path, filename: str, max_bytes: int) -> dict[str, list[int]]:
+    """Array names and shapes from the member headers; refuses object arrays and non-array members.
+
+    Every member is read through once (in chunks) so a corrupt archive fails here, by its CRC,
+    rather than in a worker; arrays are never loaded and nothing is unpickled.
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise AppError(422, "invalid_npz", f"{filename!r} is not a valid .npz (zip) archive: {exc}") from exc
+    with archive:
+        members = [info for info in archive.infolist() if not info.is_dir()]
+        if not members:
+            raise AppError(422, "no_arrays", f"{filename!r} holds no arrays")
+        declared = sum(info.file_size for info in members)
+        if declared > max_bytes:
+            raise too_large(max_bytes, f"the .npz archive's arrays ({declared} bytes uncompressed)")
+        arrays: dict[str, list[int]] = {}
+        for info in members:
+            if not info.filename.endswith(".npy"):
+                raise AppError(
+                    422,
+                    "invalid_npz",
+                    f"member {info.filename!r} is not an .npy array; an .npz holds only arrays "
+                    "(np.savez / np.savez_compressed)",
+                    {"member": info.filename},
+                )
+            name = info.filename[: -len(".npy")]
+            if name in arrays:
+                raise AppError(422, "invalid_npz", f"array {name!r} appears twice in the archive")
+            try:
+                with archive.open(info) as member:
+                    header = read_npy_header(member, name, filename)
+                    if header.dtype.hasobject:
+                        raise AppError(
+                            422,
+                            "object_array",
+                            f"array {name!r} has an object dtype ({header.dtype}), which needs pickle; "
+                            "pickled data is refused. Save it with a numeric, bool or string dtype",
+                            {"array": name, "dtype": str(header.dtype)},
+                        )
+                    expected = math.prod(header.shape) * header.dtype.itemsize
+                    actual = info.file_size - header.data_offset
+                    if actual != expected:
+                        raise AppError(
+                            422,
+                            "invalid_npz",
+                            f"array {name!r} holds {actual} bytes but its header "
+                            f"({header.dtype}, shape {list(header.shape)}) needs {expected}",
+                            {"array": name},
+                        )
+                    while member.read(READ_CHUNK_BYTES):
+                        pass
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+                raise AppError(
+                    422, "invalid_npz", f"array {name!r} is corrupt: {exc}", {"array": name}
+                ) from exc
+            arrays[name] = list(header.shape)
+    return arrays

@@ -1,0 +1,313 @@
+"""Dataset operations: every query and storage action of the domain lives here.
+
+Blobs are content-addressed by the upload's SHA-256 (``datasets/ab/abcd….parquet``), so identical
+content is stored once whichever project sends it. A project that uploads content it already has
+gets its existing dataset back (HTTP 200 instead of 201); another project gets its own row pointing
+at the same blob, which is deleted only with the last row that references it.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import zipfile
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import exists, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+
+from app.config import get_settings
+from app.datasets.formats import stem
+from app.datasets.inspection import InspectedContent, inspect_upload, read_npy_header
+from app.datasets.schemas import ArrayPreview, ColumnInfo, DatasetPreview
+from app.datasets.upload import ReceivedUpload, receive_upload
+from app.errors import AppError, not_found
+from app.models import Dataset, Job, Sweep
+from app.pagination import PageParams, fetch_page
+from app.storage import LocalStorage, get_storage
+
+ACTIVE_JOB_STATUSES = ("queued", "running")
+MAX_PREVIEW_VALUES_PER_ARRAY = 10_000
+
+
+def storage_key(sha256: str, suffix: str) -> str:
+    return f"datasets/{sha256[:2]}/{sha256}{suffix}"
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def get_dataset(session: Session, project_id: str, dataset_id: str) -> Dataset:
+    """The project's dataset; 404 ``dataset_not_found`` when it is missing or another project's."""
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project_id))
+    if dataset is None:
+        raise not_found("dataset", dataset_id)
+    return dataset
+
+
+def list_datasets(session: Session, project_id: str, params: PageParams) -> tuple[list[Dataset], str | None]:
+    """One page of the project's datasets, newest first."""
+    query = (
+        select(Dataset)
+        .where(Dataset.project_id == project_id)
+        .order_by(Dataset.created_at.desc(), Dataset.id.desc())
+    )
+    return fetch_page(session, query, params)
+
+
+def dataset_path(dataset: Dataset) -> Path:
+    """The stored blob: Parquet for tables (whatever was uploaded), the original file for ``.npz``."""
+    path = get_storage().path(dataset.storage_key)
+    if not path.exists():
+        raise AppError(
+            503, "dataset_file_missing", f"the stored file of dataset '{dataset.id}' is missing from storage"
+        )
+    return path
+
+
+def load_dataset_data(
+    dataset: Dataset, columns: list[str] | None = None
+) -> pa.Table | dict[str, np.ndarray[Any, Any]]:
+    """The dataset's content: a ``pyarrow.Table`` for tables, ``{name: array}`` for ``.npz``.
+
+    ``columns`` selects table columns (or arrays) to read; unknown names raise a 422 naming them.
+    Arrays are loaded with ``allow_pickle=False``: an upload is never unpickled.
+    """
+    path = dataset_path(dataset)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files) if columns is None else columns
+            _check_known(names, list(npz.files), "array")
+            return {name: npz[name] for name in names}
+    if columns is not None:
+        _check_known(columns, pq.read_schema(path).names, "column")
+    return pq.read_table(path, columns=columns)
+
+
+def _check_known(requested: list[str], available: list[str], kind: str) -> None:
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise AppError(
+            422,
+            f"{kind}_not_found",
+            f"{kind} {', '.join(repr(n) for n in unknown)} not found; {kind}s are: {', '.join(available)}",
+            {"unknown": unknown, "available": available},
+        )
+
+
+# -- uploading -----------------------------------------------------------------------------------
+
+
+async def upload_dataset(session: Session, project_id: str, request: Request) -> tuple[Dataset, bool]:
+    """Receive a multipart upload and record it; returns the dataset and whether it is new.
+
+    The request's transaction is ended first so no database connection idles while a large file
+    streams in; the upload, inspection and conversion run off the event loop.
+    """
+    settings = get_settings()
+    await anyio.to_thread.run_sync(session.commit)
+    upload = await receive_upload(request, get_storage(), settings.max_upload_bytes, settings.upload_chunk_bytes)
+    return await anyio.to_thread.run_sync(create_dataset, session, project_id, upload)
+
+
+def create_dataset(session: Session, project_id: str, upload: ReceivedUpload) -> tuple[Dataset, bool]:
+    """Validate, describe and store a received upload (whose temporary file this consumes)."""
+    storage = get_storage()
+    work_dir = Path(tempfile.mkdtemp(dir=storage.root / "tmp", prefix="dataset-"))
+    try:
+        mine = session.scalar(
+            select(Dataset)
+            .where(
+                Dataset.project_id == project_id,
+                Dataset.sha256 == upload.sha256,
+                Dataset.format == upload.format,
+            )
+            .order_by(Dataset.created_at)
+            .limit(1)
+        )
+        if mine is not None and storage.exists(mine.storage_key):
+            return mine, False
+        row = _new_row(session, project_id, upload, storage, work_dir)
+        return row, True
+    finally:
+        upload.path.unlink(missing_ok=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _new_row(
+    session: Session, project_id: str, upload: ReceivedUpload, storage: LocalStorage, work_dir: Path
+) -> Dataset:
+    max_bytes = get_settings().max_upload_bytes
+    # Another project's identical upload was already checked and converted: share its blob.
+    twin = session.scalar(
+        select(Dataset).where(Dataset.sha256 == upload.sha256, Dataset.format == upload.format).limit(1)
+    )
+    content: InspectedContent | None = None
+    if twin is not None and storage.exists(twin.storage_key):
+        key, num_rows, columns, arrays = twin.storage_key, twin.num_rows, twin.columns, twin.arrays
+    else:
+        content = inspect_upload(upload.path, upload.format, upload.filename, work_dir, max_bytes)
+        key = storage_key(upload.sha256, content.suffix)
+        num_rows, columns, arrays = content.num_rows, content.columns, content.arrays
+    row = Dataset(
+        project_id=project_id,
+        name=upload.name or stem(upload.filename),
+        filename=upload.filename,
+        format=upload.format,
+        size_bytes=upload.size_bytes,
+        sha256=upload.sha256,
+        storage_key=key,
+        num_rows=num_rows,
+        columns=columns,
+        arrays=arrays,
+    )
+    session.add(row)
+    # The row is committed before the blob is moved into place: a concurrent delete of the last
+    # other row sharing this blob then sees our row and keeps the blob.
+    session.commit()
+    try:
+        if content is None and not storage.exists(key):
+            # The shared blob vanished between the check and the commit (its last row was deleted).
+            content = inspect_upload(upload.path, upload.format, upload.filename, work_dir, max_bytes)
+        if content is not None:
+            storage.put_file(content.stored_path, key)
+    except BaseException:
+        session.delete(row)
+        session.commit()
+        raise
+    return row
+
+
+# -- deleting ------------------------------------------------------------------------------------
+
+
+def delete_dataset(session: Session, project_id: str, dataset_id: str) -> None:
+    """Delete the dataset, and its blob when no other dataset shares it.
+
+    409 ``dataset_in_use`` while a queued or running job uses it; 409 ``dataset_referenced`` while
+    finished jobs or sweeps still refer to it (they keep their dataset for reproducibility).
+    """
+    dataset = get_dataset(session, project_id, dataset_id)
+    active = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.dataset_id == dataset.id, Job.status.in_(ACTIVE_JOB_STATUSES))
+            .order_by(Job.created_at)
+            .limit(20)
+        )
+    )
+    if active:
+        raise _in_use(dataset.id, active)
+    jobs = session.scalar(select(func.count()).select_from(Job).where(Job.dataset_id == dataset.id)) or 0
+    sweeps = session.scalar(select(func.count()).select_from(Sweep).where(Sweep.dataset_id == dataset.id)) or 0
+    if jobs or sweeps:
+        raise AppError(
+            409,
+            "dataset_referenced",
+            f"dataset '{dataset.id}' is referenced by {jobs} finished job(s) and {sweeps} sweep(s); "
+            "delete those first",
+            {"jobs": jobs, "sweeps": sweeps},
+        )
+    key = dataset.storage_key
+    session.delete(dataset)
+    try:
+        session.commit()
+    except IntegrityError as exc:  # a job was created for it since the check above
+        session.rollback()
+        raise _in_use(dataset_id, []) from exc
+    shared = session.scalar(select(exists().where(Dataset.storage_key == key)))
+    if not shared:
+        get_storage().delete(key)
+
+
+def _in_use(dataset_id: str, job_ids: list[str]) -> AppError:
+    shown = f": {', '.join(job_ids)}" if job_ids else ""
+    return AppError(
+        409,
+        "dataset_in_use",
+        f"dataset '{dataset_id}' is used by queued or running jobs{shown}; cancel them or wait until "
+        "they finish",
+        {"job_ids": job_ids},
+    )
+
+
+# -- previewing ----------------------------------------------------------------------------------
+
+
+def preview_dataset(dataset: Dataset, rows: int) -> DatasetPreview:
+    """The first ``rows`` rows of a table, or the first ``rows`` entries of each ``.npz`` array."""
+    path = dataset_path(dataset)
+    columns = [ColumnInfo.model_validate(c) for c in dataset.columns] if dataset.columns else None
+    preview = DatasetPreview(id=dataset.id, format=dataset.format, num_rows=dataset.num_rows, columns=columns)
+    if path.suffix == ".npz":
+        preview.arrays = _preview_arrays(path, dataset.filename, rows)
+    else:
+        preview.rows = _preview_table(path, rows)
+    return preview
+
+
+def _preview_table(path: Path, rows: int) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with pq.ParquetFile(path) as parquet:
+        for batch in parquet.iter_batches(batch_size=rows):
+            out.extend(batch.slice(0, rows - len(out)).to_pylist())
+            if len(out) >= rows:
+                break
+    return [{key: jsonable(value) for key, value in row.items()} for row in out]
+
+
+def _preview_arrays(path: Path, filename: str, rows: int) -> dict[str, ArrayPreview]:
+    previews: dict[str, ArrayPreview] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            with archive.open(info) as member:
+                header = read_npy_header(member, name, filename)
+                shape, dtype = header.shape, header.dtype
+                if not shape:  # a 0-d array: its single value
+                    value = np.frombuffer(member.read(dtype.itemsize), dtype=dtype).reshape(())
+                    previews[name] = ArrayPreview(
+                        shape=[], dtype=str(dtype), head=jsonable(value.tolist()), shown=1
+                    )
+                    continue
+                per_entry = math.prod(shape[1:])
+                shown = min(rows, shape[0], MAX_PREVIEW_VALUES_PER_ARRAY // max(per_entry, 1))
+                head = None
+                if shown > 0 and (not header.fortran_order or len(shape) == 1):
+                    data = member.read(shown * per_entry * dtype.itemsize)
+                    head = jsonable(np.frombuffer(data, dtype=dtype).reshape((shown, *shape[1:])).tolist())
+                else:
+                    shown = 0  # Fortran-ordered rows are not contiguous; the shape and dtype must do
+                previews[name] = ArrayPreview(shape=list(shape), dtype=str(dtype), head=head, shown=shown)
+    return previews
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON values for a preview: NaN/inf become null, dates ISO strings, bytes text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, complex):
+        return [value.real, value.imag]
+    return value

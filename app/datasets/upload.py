@@ -1,0 +1,286 @@
+"""Receiving a multipart upload as a stream: the ``file`` part goes to a temporary file, hashed as it arrives.
+
+Starlette's own form parsing spools the whole body before the route runs and has no size limit, so
+the body is parsed here, chunk by chunk, with ``python_multipart``: the size limit stops an upload
+the moment it is crossed, and memory holds one chunk at a time whatever the file size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import anyio.to_thread
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from app.datasets.formats import (
+    SNIFF_BYTES,
+    DatasetFormat,
+    check_content_matches,
+    format_from_filename,
+    validate_filename,
+)
+from app.errors import AppError
+from app.storage import LocalStorage
+
+FILE_FIELD = "file"
+NAME_FIELD = "name"
+MAX_NAME_CHARS = 300
+# Room for the boundaries, part headers and the small `name` field around the file itself.
+MULTIPART_OVERHEAD_BYTES = 1024 * 1024
+MAX_TEXT_FIELD_BYTES = 4096
+
+
+@dataclass
+class ReceivedUpload:
+    """The ``file`` part, written to a temporary file in storage; the caller owns (and deletes) it."""
+
+    path: Path
+    filename: str
+    format: DatasetFormat
+    name: str | None
+    size_bytes: int
+    sha256: str
+
+
+def too_large(limit_bytes: int, what: str = "the file") -> AppError:
+    return AppError(
+        413,
+        "file_too_large",
+        f"{what} exceeds the upload limit of {limit_bytes} bytes (RNNLAB_MAX_UPLOAD_BYTES)",
+        {"limit_bytes": limit_bytes},
+    )
+
+
+def _decode_param(raw: bytes) -> str:
+    # Browsers and curl send UTF-8 names; parse_options_header hands back the raw bytes as latin-1.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+class MultipartUploadSink:
+    """Synchronous multipart parser callbacks: feed raw body bytes with :meth:`write`, then :meth:`finish`.
+
+    Any error leaves nothing behind: the temporary file is removed by :meth:`discard`, which the
+    caller runs on every failure path.
+    """
+
+    def __init__(self, boundary: bytes, storage: LocalStorage, max_file_bytes: int) -> None:
+        self._storage = storage
+        self._max_file_bytes = max_file_bytes
+        self._max_body_bytes = max_file_bytes + MULTIPART_OVERHEAD_BYTES
+        self._body_bytes = 0
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._on_part_begin,
+                "on_header_field": self._on_header_field,
+                "on_header_value": self._on_header_value,
+                "on_header_end": self._on_header_end,
+                "on_headers_finished": self._on_headers_finished,
+                "on_part_data": self._on_part_data,
+                "on_part_end": self._on_part_end,
+                "on_end": self._on_end,
+            },
+        )
+        self._headers: dict[bytes, bytes] = {}
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._part: str | None = None  # "file", "name" or None for parts we ignore
+        self._ended = False
+
+        self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._filename: str | None = None
+        self._format: DatasetFormat | None = None
+        self._sha = hashlib.sha256()
+        self._size = 0
+        self._head = bytearray()
+        self._head_checked = False
+        self._name = bytearray()
+        self._name_seen = False
+
+    # -- feeding -------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self._body_bytes += len(data)
+        if self._body_bytes > self._max_body_bytes:
+            raise too_large(self._max_file_bytes, "the request body")
+        try:
+            self._parser.write(data)
+        except MultipartParseError as exc:
+            raise AppError(400, "invalid_multipart", f"malformed multipart/form-data body: {exc}") from exc
+
+    def finish(self) -> ReceivedUpload:
+        """Check the body was complete and return the upload (still a temporary file)."""
+        try:
+            self._parser.finalize()
+        except MultipartParseError as exc:
+            raise AppError(400, "invalid_multipart", f"malformed multipart/form-data body: {exc}") from exc
+        if self._path is None or self._filename is None or self._format is None:
+            raise AppError(
+                422,
+                "validation_error",
+                "file: field required; send the dataset as the multipart form field 'file'",
+                [{"field": FILE_FIELD, "message": "Field required", "type": "missing"}],
+            )
+        if not self._ended:
+            raise AppError(
+                400, "invalid_multipart", "the multipart body ended before its closing boundary; upload truncated"
+            )
+        if self._size == 0:
+            raise AppError(422, "empty_file", f"{self._filename!r} is empty (0 bytes)")
+        name = self._name.decode("utf-8", errors="replace").strip() if self._name_seen else ""
+        if len(name) > MAX_NAME_CHARS:
+            raise AppError(422, "validation_error", f"name: at most {MAX_NAME_CHARS} characters")
+        return ReceivedUpload(
+            path=self._path,
+            filename=self._filename,
+            format=self._format,
+            name=name or None,
+            size_bytes=self._size,
+            sha256=self._sha.hexdigest(),
+        )
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+
+    # -- parser callbacks ----------------------------------------------------------------------
+    def _on_part_begin(self) -> None:
+        self._headers = {}
+        self._part = None
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition"))
+        field = _decode_param(options.get(b"name", b""))
+        if field == FILE_FIELD:
+            self._begin_file(options.get(b"filename"))
+        elif field == NAME_FIELD:
+            if self._name_seen:
+                raise AppError(422, "validation_error", "name: send the 'name' field once")
+            self._name_seen = True
+            self._part = NAME_FIELD
+        else:
+            self._part = None  # unknown fields are read past and ignored
+
+    def _begin_file(self, raw_filename: bytes | None) -> None:
+        if self._path is not None:
+            raise AppError(422, "validation_error", "file: send exactly one 'file' part per upload")
+        if raw_filename is None:
+            raise AppError(
+                422,
+                "invalid_filename",
+                "the 'file' part has no filename; the extension tells the format (e.g. data.csv)",
+            )
+        filename = validate_filename(_decode_param(raw_filename))
+        fmt = format_from_filename(filename)  # unknown extensions are refused before any byte is stored
+        self._filename, self._format = filename, fmt
+        self._path = self._storage.temp_path(suffix=".upload")
+        self._file = self._path.open("wb")
+        self._part = FILE_FIELD
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._part == FILE_FIELD:
+            assert self._file is not None
+            chunk = data[start:end]
+            self._size += len(chunk)
+            if self._size > self._max_file_bytes:
+                raise too_large(self._max_file_bytes)
+            self._sha.update(chunk)
+            self._file.write(chunk)
+            if not self._head_checked:
+                self._head += chunk[: SNIFF_BYTES - len(self._head)]
+                if len(self._head) >= SNIFF_BYTES:
+                    self._check_head()
+        elif self._part == NAME_FIELD:
+            self._name += data[start:end]
+            if len(self._name) > MAX_TEXT_FIELD_BYTES:
+                raise AppError(422, "validation_error", f"name: at most {MAX_NAME_CHARS} characters")
+
+    def _on_part_end(self) -> None:
+        if self._part == FILE_FIELD and self._file is not None:
+            self._file.close()
+            self._file = None
+            if not self._head_checked and self._size:
+                self._check_head()
+        self._part = None
+
+    def _on_end(self) -> None:
+        self._ended = True
+
+    def _check_head(self) -> None:
+        # A renamed zip or gzip is refused as soon as its first bytes arrive, not after the whole upload.
+        assert self._filename is not None and self._format is not None
+        check_content_matches(self._filename, self._format, bytes(self._head))
+        self._head_checked = True
+
+
+def multipart_boundary(request: Request, max_file_bytes: int) -> bytes:
+    """The body's multipart boundary, after refusing what is not a multipart upload or is too large."""
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    if content_type != b"multipart/form-data":
+        shown = content_type.decode("latin-1") or "none"
+        raise AppError(
+            415,
+            "unsupported_media_type",
+            f"send the dataset as multipart/form-data with a 'file' field (Content-Type was {shown})",
+        )
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise AppError(400, "invalid_multipart", "the multipart/form-data Content-Type has no boundary")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_file_bytes + MULTIPART_OVERHEAD_BYTES:
+        # Refused from the headers alone, before a single byte of the body is read.
+        raise too_large(max_file_bytes, f"the request body ({declared} bytes)")
+    return boundary
+
+
+async def receive_upload(
+    request: Request, storage: LocalStorage, max_file_bytes: int, chunk_bytes: int
+) -> ReceivedUpload:
+    """Stream the request body into a temporary file in storage; the caller must delete ``path``.
+
+    Body chunks are gathered to ``chunk_bytes`` and handed to a worker thread, which parses,
+    hashes and writes them, so the event loop never blocks on disk I/O.
+    """
+    sink = MultipartUploadSink(multipart_boundary(request, max_file_bytes), storage, max_file_bytes)
+    try:
+        pending: list[bytes] = []
+        pending_bytes = 0
+        async for chunk in request.stream():
+            pending.append(chunk)
+            pending_bytes += len(chunk)
+            if pending_bytes >= chunk_bytes:
+                data = b"".join(pending)
+                pending.clear()
+                pending_bytes = 0
+                await anyio.to_thread.run_sync(sink.write, data)
+        if pending:
+            await anyio.to_thread.run_sync(sink.write, b"".join(pending))
+        return await anyio.to_thread.run_sync(sink.finish)
+    except ClientDisconnect as exc:
+        sink.discard()
+        raise AppError(400, "upload_interrupted", "the client disconnected before the upload finished") from exc
+    except BaseException:
+        sink.discard()
+        raise

@@ -1,0 +1,100 @@
+"""Job schemas by role. The spec itself is the engine's JobSpec: one definition for API and worker."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from app.models import Job
+from worker.engine.spec import JobSpec
+
+__all__ = ["JobSpec", "JobRead", "JobProgress", "JobError", "PredictRequest", "PredictResponse"]
+
+
+class JobProgress(BaseModel):
+    epoch: int
+    epochs: int
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobRead(BaseModel):
+    id: str
+    name: str | None
+    status: str
+    spec: dict[str, Any]
+    dataset_id: str
+    sweep_id: str | None
+    setting: dict[str, Any] | None = None
+    progress: JobProgress
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    device: str | None
+    queue: str
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    train_seconds: float | None
+    summary: dict[str, Any] | None
+    error: JobError | None
+
+    @classmethod
+    def from_row(cls, job: Job) -> JobRead:
+        epochs = job.progress_epochs or int(job.spec.get("training", {}).get("epochs", 0))
+        return cls(
+            id=job.id,
+            name=job.name,
+            status=job.status,
+            spec=job.spec,
+            dataset_id=job.dataset_id,
+            sweep_id=job.sweep_id,
+            setting=job.setting,
+            progress=JobProgress(epoch=job.progress_epoch, epochs=epochs),
+            attempts=job.attempts,
+            max_attempts=job.max_attempts,
+            cancel_requested=job.cancel_requested,
+            device=job.device,
+            queue=job.queue,
+            worker=job.worker_id,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            train_seconds=job.train_seconds,
+            summary=job.summary,
+            error=JobError(type=job.error_type, message=job.error_message or "") if job.error_type else None,
+        )
+
+
+class JobPage(BaseModel):
+    items: list[JobRead]
+    next_cursor: str | None = None
+
+
+class MetricSeries(BaseModel):
+    name: str
+    split: str
+    epochs: list[int]
+    values: list[float | None]
+
+
+class JobMetrics(BaseModel):
+    job_id: str
+    series: list[MetricSeries]
+
+
+class PredictRequest(BaseModel):
+    inputs: list[Any] = Field(
+        description="Input windows in original units: [N, T, F] (or [N, T] for one feature)."
+    )
+
+
+class PredictResponse(BaseModel):
+    job_id: str
+    predictions: Any

@@ -1,0 +1,237 @@
+"""Job queries and commands. Routes call these; these call state transitions and the dispatcher."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.datasets.service import get_dataset, load_dataset_data
+from app.errors import AppError, not_found, validation_details, validation_message
+from app.jobs import state
+from app.jobs.query import apply_sort, parse_where
+from app.models import Dataset, EpochMetric, Evaluation, Job, Project, utcnow
+from app.pagination import PageParams, fetch_page
+from app.storage import get_storage
+from worker.celery_app import DEFAULT_QUEUE, GPU_QUEUE
+from worker.engine import DataError, JobSpec, check_spec_fits
+
+
+def parse_spec(payload: Any, prefix: str = "") -> JobSpec:
+    """Validate a raw spec; a 422 whose details name each bad field (``prefix`` for nested specs)."""
+    try:
+        return JobSpec.model_validate(payload)
+    except ValidationError as exc:
+        details = validation_details(list(exc.errors()))
+        for d in details:
+            d["field"] = f"{prefix}{d['field']}" if d["field"] else prefix.rstrip(".")
+        raise AppError(422, "invalid_spec", validation_message(details), details) from exc
+
+
+def _needed_columns(spec: JobSpec, dataset: Dataset) -> list[str] | None:
+    if dataset.format == "npz" or spec.data.features is None:
+        return None
+    d = spec.data
+    names = [d.target, *d.features, d.sequence_column, d.order_column, d.group_column, d.split.column]
+    known = {c["name"] for c in dataset.columns or []}
+    wanted = [n for n in dict.fromkeys(names) if n]
+    # Unknown names are reported by the engine's check with the list of columns; load all for that.
+    return wanted if all(n in known for n in wanted) else None
+
+
+def check_spec_against_dataset(spec: JobSpec, dataset: Dataset, data: Any | None = None) -> Any:
+    """422 naming the field when the spec cannot run on this dataset. Returns the loaded data for reuse."""
+    if data is None:
+        data = load_dataset_data(dataset, _needed_columns(spec, dataset))
+    try:
+        check_spec_fits(spec, data)
+    except DataError as exc:
+        raise AppError(
+            422,
+            "spec_does_not_fit_dataset",
+            str(exc),
+            [{"field": exc.field, "message": str(exc), "type": "dataset_mismatch"}],
+        ) from exc
+    return data
+
+
+def queue_for(spec: JobSpec) -> str:
+    # GPU jobs wait for a GPU worker; 'auto' runs wherever a worker is free.
+    return GPU_QUEUE if spec.device == "cuda" else DEFAULT_QUEUE
+
+
+def new_job(
+    project: Project,
+    spec: JobSpec,
+    *,
+    sweep_id: str | None = None,
+    setting: dict[str, Any] | None = None,
+) -> Job:
+    """A queued job row for a validated spec (not yet added to a session)."""
+    return Job(
+        project_id=project.id,
+        dataset_id=spec.dataset_id,
+        sweep_id=sweep_id,
+        setting=setting,
+        setting_key=json.dumps(setting, sort_keys=True) if setting is not None else None,
+        name=spec.name,
+        status="queued",
+        spec=spec.normalized(),
+        task=spec.task,
+        cell=spec.model.cell,
+        queue=queue_for(spec),
+        progress_epochs=spec.training.epochs,
+        max_attempts=get_settings().max_attempts,
+        dispatched_at=utcnow(),
+    )
+
+
+def dispatch(jobs: Sequence[Job]) -> None:
+    """Send committed jobs to the broker (after the commit, so a worker always finds the row)."""
+    from app.jobs.dispatch import dispatch_jobs
+
+    dispatch_jobs([(job.id, job.queue) for job in jobs])
+
+
+def create_job(session: Session, project: Project, payload: Any) -> Job:
+    spec = parse_spec(payload)
+    dataset = get_dataset(session, project.id, spec.dataset_id)
+    check_spec_against_dataset(spec, dataset)
+    job = new_job(project, spec)
+    session.add(job)
+    session.commit()
+    dispatch([job])
+    return job
+
+
+def get_job(session: Session, project: Project, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.project_id != project.id:
+        raise not_found("job", job_id)
+    return job
+
+
+def list_jobs(
+    session: Session,
+    project: Project,
+    page: PageParams,
+    *,
+    statuses: list[str] | None = None,
+    dataset_id: str | None = None,
+    task: str | None = None,
+    cell: str | None = None,
+    sweep_id: str | None = None,
+    where: str | None = None,
+    sort: str = "-created_at",
+) -> tuple[list[Job], str | None]:
+    query: Select[Any] = select(Job).where(Job.project_id == project.id)
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
+    if dataset_id:
+        query = query.where(Job.dataset_id == dataset_id)
+    if task:
+        query = query.where(Job.task == task)
+    if cell:
+        query = query.where(Job.cell == cell)
+    if sweep_id:
+        query = query.where(Job.sweep_id == sweep_id)
+    if where:
+        query = query.where(parse_where(where))
+    return fetch_page(session, apply_sort(query, sort), page)
+
+
+def cancel_job(session: Session, project: Project, job_id: str) -> Job:
+    job = get_job(session, project, job_id)
+    if job.status in ("succeeded", "failed", "cancelled"):
+        raise AppError(409, "job_finished", f"job '{job_id}' already finished with status '{job.status}'")
+    state.request_cancel(session, job)
+    return job
+
+
+def job_metrics(session: Session, project: Project, job_id: str) -> list[dict[str, Any]]:
+    get_job(session, project, job_id)
+    return metric_series(session, [job_id])[job_id]
+
+
+def metric_series(
+    session: Session, job_ids: list[str], names: list[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Per job, one series per (metric, split) ordered by epoch. ``names`` filters ``split.metric``."""
+    query = select(EpochMetric).where(EpochMetric.job_id.in_(job_ids))
+    rows = session.scalars(query.order_by(EpochMetric.job_id, EpochMetric.name, EpochMetric.split, EpochMetric.epoch))
+    out: dict[str, dict[tuple[str, str], dict[str, Any]]] = {j: {} for j in job_ids}
+    wanted = set(names or [])
+    for row in rows:
+        if wanted and f"{row.split}.{row.name}" not in wanted:
+            continue
+        series = out[row.job_id].setdefault(
+            (row.name, row.split), {"name": row.name, "split": row.split, "epochs": [], "values": []}
+        )
+        series["epochs"].append(row.epoch)
+        series["values"].append(row.value)
+    return {j: list(s.values()) for j, s in out.items()}
+
+
+def _require_succeeded(job: Job, what: str) -> None:
+    if job.status != "succeeded":
+        raise AppError(
+            409,
+            f"{what}_not_ready",
+            f"job '{job.id}' is {job.status}; its {what} exists once it has succeeded",
+            {"status": job.status},
+        )
+
+
+def job_evaluation(session: Session, project: Project, job_id: str) -> dict[str, Any]:
+    job = get_job(session, project, job_id)
+    _require_succeeded(job, "evaluation")
+    row = session.get(Evaluation, job_id)
+    if row is None:
+        raise AppError(409, "evaluation_not_ready", f"job '{job_id}' has no evaluation")
+    return row.body
+
+
+def model_path(session: Session, project: Project, job_id: str) -> Path:
+    job = get_job(session, project, job_id)
+    _require_succeeded(job, "model")
+    if not job.artifact_key or not get_storage().exists(job.artifact_key):
+        raise AppError(409, "model_not_ready", f"job '{job_id}' has no stored model")
+    return get_storage().path(job.artifact_key)
+
+
+@lru_cache(maxsize=16)
+def _predictor(path: str, mtime: float) -> Any:
+    import torch
+
+    from worker.engine import load_predictor
+
+    artifact = torch.load(path, map_location="cpu", weights_only=True)
+    return load_predictor(artifact)
+
+
+def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) -> Any:
+    import numpy as np
+
+    path = model_path(session, project, job_id)
+    try:
+        array = np.asarray(inputs, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise AppError(
+            422, "invalid_inputs", "inputs must be a rectangular array of numbers shaped [N, T, F] or [N, T]"
+        ) from exc
+    if array.ndim not in (2, 3) or array.shape[0] == 0:
+        raise AppError(422, "invalid_inputs", f"inputs must be shaped [N, T, F] or [N, T]; got {list(array.shape)}")
+    if not np.isfinite(array).all():
+        raise AppError(422, "invalid_inputs", "inputs contain NaN or infinite values")
+    predictor = _predictor(str(path), path.stat().st_mtime)
+    try:
+        return predictor.predict(array)
+    except DataError as exc:
+        raise AppError(422, "invalid_inputs", str(exc), [{"field": "inputs", "message": str(exc)}]) from exc

@@ -1,0 +1,188 @@
+"""Every job state transition, in one place.
+
+Each transition is one conditional UPDATE, so two processes can never both win it: only a queued
+job can be claimed, only the holder of the current attempt can heartbeat or finish it, and a
+redelivered message for a job someone else holds changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.models import Job, utcnow
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Proof that a worker holds one attempt of a job."""
+
+    job_id: str
+    worker_id: str
+    attempt: int
+
+
+def _held(claim: Claim) -> Any:
+    return and_(
+        Job.id == claim.job_id,
+        Job.status == "running",
+        Job.worker_id == claim.worker_id,
+        Job.attempts == claim.attempt,
+    )
+
+
+def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> Claim | None:
+    """queued → running for this worker, with a lease; None when the job is not claimable."""
+    now = utcnow()
+    job = session.get(Job, job_id)
+    if job is None or job.status != "queued" or job.cancel_requested:
+        return None
+    attempt = job.attempts + 1
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "queued", Job.attempts == job.attempts)
+        .values(
+            status="running",
+            worker_id=worker_id,
+            attempts=attempt,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+            progress_epoch=0,
+            error_type=None,
+            error_message=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    return Claim(job_id, worker_id, attempt)
+
+
+def renew_lease(session: Session, claim: Claim, lease_seconds: float, **values: Any) -> bool | None:
+    """Extend the lease (and set progress fields). Returns cancel_requested, or None if the claim is lost."""
+    row = session.execute(
+        update(Job)
+        .where(_held(claim))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds), **values)
+        .returning(Job.cancel_requested)
+        .execution_options(synchronize_session=False)
+    ).first()
+    session.commit()
+    return None if row is None else bool(row[0])
+
+
+def finish_job(
+    session: Session, claim: Claim, status: str, *, commit: bool = True, **values: Any
+) -> bool:
+    """running → succeeded / failed / cancelled, only for the holder of the claim."""
+    assert status in ("succeeded", "failed", "cancelled")
+    result = session.execute(
+        update(Job)
+        .where(_held(claim))
+        .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if commit:
+        session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def release_job(session: Session, claim: Claim) -> bool:
+    """running → queued again, for a worker shutting down before it finished (warm restart)."""
+    result = session.execute(
+        update(Job)
+        .where(_held(claim))
+        .values(status="queued", worker_id=None, lease_expires_at=None, dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def request_cancel(session: Session, job: Job) -> str:
+    """Cancel a queued job now; ask a running one to stop at its next epoch. Returns the new status."""
+    if job.status == "queued":
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "queued")
+            .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        session.refresh(job)
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            return "cancelled"
+    if job.status == "running":
+        session.execute(
+            update(Job).where(Job.id == job.id, Job.status == "running").values(cancel_requested=True)
+        )
+        session.commit()
+    session.refresh(job)
+    return job.status
+
+
+def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """Running jobs whose lease expired: requeue them (attempts left) or fail them ('worker lost').
+
+    Returns (requeued ids, failed ids). A job whose cancel was requested is cancelled instead.
+    """
+    now = now or utcnow()
+    expired = list(
+        session.execute(
+            select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.worker_id).where(
+                Job.status == "running", Job.lease_expires_at < now
+            )
+        )
+    )
+    requeued: list[str] = []
+    failed: list[str] = []
+    for job_id, attempts, max_attempts, cancel_requested, worker_id in expired:
+        still = and_(Job.id == job_id, Job.status == "running", Job.attempts == attempts, Job.lease_expires_at < now)
+        if cancel_requested:
+            values: dict[str, Any] = {"status": "cancelled", "finished_at": now, "lease_expires_at": None}
+        elif attempts >= max_attempts:
+            values = {
+                "status": "failed",
+                "finished_at": now,
+                "lease_expires_at": None,
+                "error_type": "worker_lost",
+                "error_message": (
+                    f"worker lost: the worker running this job ({worker_id}) stopped responding "
+                    f"on each of {attempts} attempts (RNNLAB_MAX_ATTEMPTS={max_attempts}); "
+                    "the job may need more memory than a worker has"
+                ),
+            }
+        else:
+            values = {"status": "queued", "worker_id": None, "lease_expires_at": None, "dispatched_at": None}
+        result = session.execute(update(Job).where(still).values(**values).execution_options(synchronize_session=False))
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            (requeued if values["status"] == "queued" else failed).append(job_id)
+    session.commit()
+    return requeued, failed
+
+
+def jobs_to_dispatch(session: Session, older_than: datetime) -> list[tuple[str, str]]:
+    """Queued jobs never dispatched, or last dispatched before ``older_than``: (id, queue)."""
+    rows = session.execute(
+        select(Job.id, Job.queue)
+        .where(
+            Job.status == "queued",
+            Job.cancel_requested.is_(False),
+            or_(Job.dispatched_at.is_(None), Job.dispatched_at < older_than),
+        )
+        .order_by(Job.created_at)
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+def mark_dispatched(session: Session, job_ids: list[str]) -> None:
+    if job_ids:
+        session.execute(
+            update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(dispatched_at=utcnow())
+        )
+        session.commit()

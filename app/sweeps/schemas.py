@@ -1,0 +1,189 @@
+"""Sweep and leaderboard schemas by role."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+
+
+class SweepCreate(BaseModel):
+    """A base JobSpec, a grid of dotted spec paths to value lists, and the seeds to run each setting with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, max_length=200)
+    base: dict[str, Any] = Field(description="A JobSpec (see API.md); the grid's paths override its fields.")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description='Dotted spec paths to the values to try, e.g. {"model.hidden_size": [32, 64]}. '
+        "Empty: one setting (the base), for a pure seed-stability study.",
+    )
+    seeds: list[Seed] = Field(
+        default=[0, 1, 2], min_length=1, description="training.seed of each run of a setting."
+    )
+    search: Literal["grid", "random"] = "grid"
+    max_jobs: int = Field(
+        100,
+        ge=1,
+        description="grid: upper bound on settings × seeds (more is refused). "
+        "random: how many distinct settings to draw (all of them when the grid has fewer).",
+    )
+    random_seed: int = Field(
+        0, ge=0, description="Seeds the draw of a random search (same seed, same settings)."
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seeds must not repeat; repeated: {repeated}")
+        return seeds
+
+
+class SweepProgress(BaseModel):
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    total: int = 0
+    finished: int = Field(0, description="succeeded + failed + cancelled")
+
+
+class SweepJob(BaseModel):
+    id: str
+    setting: dict[str, Any]
+    setting_key: str
+    seed: int
+    status: str
+    main_metric: float | None = Field(description="The job's final test value of the sweep's main metric.")
+
+
+class MetricSummary(BaseModel):
+    n: int
+    mean: float
+    std: float | None = Field(description="Sample standard deviation over seeds (ddof=1); null when n < 2.")
+    min: float
+    max: float
+    ci: list[float] | None = Field(
+        description="95% Student t interval of the mean over seeds; null when n < 2."
+    )
+
+
+class SettingReport(BaseModel):
+    setting_key: str
+    setting: dict[str, Any]
+    rank: int | None = Field(description="1 = best mean of the main metric; null without results yet.")
+    jobs: int = Field(description="Jobs of this setting (one per seed).")
+    n: int = Field(description="Succeeded jobs counted in the statistics.")
+    metrics: dict[str, MetricSummary] = Field(description="Final test metrics over the succeeded seeds.")
+    seed_cv: float | None = Field(
+        description="Coefficient of variation std / |mean| of the main metric over seeds."
+    )
+    high_seed_variance: bool = Field(description="seed_cv above the report's high_seed_cv_threshold.")
+
+
+class SettingRef(BaseModel):
+    setting_key: str
+    setting: dict[str, Any]
+    n: int
+    mean: float
+    ci: list[float] | None
+
+
+class BestSetting(BaseModel):
+    best: SettingRef
+    runner_up: SettingRef | None
+    distinguishable: bool | None = Field(
+        description="true: the 95% intervals of best and runner-up do not overlap; false: they do; "
+        "null: fewer than two succeeded seeds on either side, or no runner-up."
+    )
+    explanation: str
+
+
+class ValueMean(BaseModel):
+    value: Any
+    mean: float = Field(description="Mean of the setting means that have this value.")
+    settings: int
+
+
+class ParameterReport(BaseModel):
+    values: list[ValueMean]
+    range: float = Field(description="max - min of the per-value means, in the main metric's units.")
+    share_of_variance: float | None = Field(
+        description="Between-value sum of squares / total sum of squares of the setting means (0..1); "
+        "null when the setting means do not vary."
+    )
+
+
+class SweepReport(BaseModel):
+    split: Literal["test"] = "test"
+    main_metric: str
+    lower_is_better: bool
+    confidence_level: float
+    high_seed_cv_threshold: float
+    total: int = Field(description="Jobs in the sweep.")
+    finished: int = Field(description="Jobs that ended (succeeded, failed or cancelled).")
+    succeeded: int = Field(description="Jobs whose metrics are counted; the rest are left out.")
+    complete: bool = Field(description="Every job has ended; until then the statistics can still change.")
+    settings: list[SettingReport] = Field(description="Best first; settings without results last.")
+    best: BestSetting | None
+    parameters: dict[str, ParameterReport]
+
+
+class SweepSummary(BaseModel):
+    id: str
+    name: str | None
+    dataset_id: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    search: str
+    max_jobs: int
+    created_at: datetime
+    progress: SweepProgress
+
+
+class SweepRead(SweepSummary):
+    jobs: list[SweepJob]
+    report: SweepReport
+
+
+class SweepPage(BaseModel):
+    items: list[SweepSummary]
+    next_cursor: str | None = None
+
+
+class SweepCancel(BaseModel):
+    id: str
+    cancelled: int = Field(description="Queued jobs cancelled at once.")
+    cancel_requested: int = Field(description="Running jobs asked to stop within one epoch.")
+    progress: SweepProgress
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int
+    job_id: str
+    name: str | None
+    cell: str
+    sweep_id: str | None
+    setting: dict[str, Any] | None
+    metric: str
+    value: float
+    interval: list[float] | None = Field(
+        description="95% bootstrap interval from the evaluation (test split only)."
+    )
+    comparison: dict[str, Any] | None = Field(description="Baseline comparison from the evaluation.")
+    finished_at: datetime | None
+
+
+class Leaderboard(BaseModel):
+    dataset_id: str
+    metric: str
+    lower_is_better: bool
+    items: list[LeaderboardEntry]

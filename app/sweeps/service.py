@@ -1,0 +1,325 @@
+"""Sweep commands and queries. Routes call these; jobs are created through app.jobs.service."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+from app.datasets.service import get_dataset, load_dataset_data
+from app.errors import AppError, not_found, validation_message
+from app.jobs import state
+from app.jobs.query import metric_value
+from app.jobs.service import check_spec_against_dataset, dispatch, new_job, parse_spec
+from app.models import FINISHED_STATUSES, JOB_STATUSES, Evaluation, Job, JobMetric, Project, Sweep, new_id
+from app.pagination import PageParams, fetch_page
+from app.sweeps import grid as grids
+from app.sweeps.report import SweepJobRow, build_report, lower_is_better
+from app.sweeps.schemas import (
+    Leaderboard,
+    LeaderboardEntry,
+    SweepCancel,
+    SweepCreate,
+    SweepJob,
+    SweepProgress,
+    SweepRead,
+    SweepSummary,
+)
+from worker.engine.metrics import main_metric
+from worker.engine.spec import JobSpec
+
+# Job.setting_key holds the setting as JSON in a String(500) column.
+SETTING_KEY_MAX_CHARS = 500
+
+# --- creating ------------------------------------------------------------------------------------
+
+
+def _planned_settings(body: SweepCreate) -> list[dict[str, int]]:
+    """The settings to run, refused (422) when settings × seeds exceeds max_jobs or the server's bound."""
+    size = grids.grid_size(body.grid)
+    settings_count = size if body.search == "grid" else min(body.max_jobs, size)
+    jobs_count = settings_count * len(body.seeds)
+    server_max = get_settings().max_sweep_jobs
+    how_many = (
+        f"this sweep would create {jobs_count} jobs ({settings_count} settings × {len(body.seeds)} seeds)"
+    )
+    if body.search == "grid" and jobs_count > body.max_jobs:
+        raise AppError(
+            422,
+            "too_many_jobs",
+            f"{how_many}, more than max_jobs={body.max_jobs}; raise max_jobs, shrink the grid or use "
+            "search 'random'",
+            {
+                "jobs": jobs_count,
+                "settings": settings_count,
+                "seeds": len(body.seeds),
+                "max_jobs": body.max_jobs,
+            },
+        )
+    if jobs_count > server_max:
+        raise AppError(
+            422,
+            "too_many_jobs",
+            f"{how_many}, more than this server allows per sweep ({server_max}, RNNLAB_MAX_SWEEP_JOBS)",
+            {"jobs": jobs_count, "settings": settings_count, "seeds": len(body.seeds), "limit": server_max},
+        )
+    return grids.enumerate_settings(body.grid, body.search, body.max_jobs, body.random_seed)
+
+
+def _parse_setting_spec(raw: dict[str, Any], indices: dict[str, int], setting: dict[str, Any]) -> JobSpec:
+    """parse_spec, with each error's field renamed to the grid value (or base field) that caused it."""
+    try:
+        return parse_spec(raw)
+    except AppError as exc:
+        details = [{**d, "field": grids.blame_field(d["field"], indices)} for d in (exc.details or [])]
+        for d in details:
+            d["setting"] = setting
+        raise AppError(422, exc.code, validation_message(details), details) from exc
+
+
+def _check_setting_fits(
+    spec: JobSpec, dataset: Any, data: Any, indices: dict[str, int], setting: dict[str, Any]
+) -> Any:
+    try:
+        return check_spec_against_dataset(spec, dataset, data)
+    except AppError as exc:
+        details = [
+            {**d, "field": grids.blame_field(d.get("field") or "", indices), "setting": setting}
+            for d in (exc.details or [])
+        ]
+        fields = ", ".join(d["field"] for d in details)
+        raise AppError(exc.status_code, exc.code, f"{fields}: {exc.message}", details) from exc
+
+
+def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep:
+    """Validate every (setting, seed) spec against the dataset, then store the sweep and all its jobs
+    in one commit, then enqueue them. One bad value → 422 naming it, and nothing is stored."""
+    grids.check_grid(body.grid)
+    plan = _planned_settings(body)
+    sweep_id = new_id()
+    dataset = None
+    data: Any = None
+    jobs: list[Job] = []
+    for indices in plan:
+        setting = {path: body.grid[path][i] for path, i in indices.items()}
+        if len(json.dumps(setting, sort_keys=True)) > SETTING_KEY_MAX_CHARS:
+            raise grids.grid_error(
+                f"setting {json.dumps(setting, sort_keys=True)[:80]}… is longer than {SETTING_KEY_MAX_CHARS} "
+                "characters as JSON; sweep fewer or shorter values",
+                "grid",
+            )
+        specs = []
+        for seed in body.seeds:
+            raw = grids.build_spec(body.base, setting, seed)
+            if raw.get("name") is None and body.name:
+                raw["name"] = body.name
+            specs.append(_parse_setting_spec(raw, indices, setting))
+        if dataset is None:
+            dataset = get_dataset(session, project.id, specs[0].dataset_id)
+            if any(path == "data" or path.startswith("data.") for path in body.grid):
+                # Swept data fields may need other columns than the first setting: load them all once.
+                data = load_dataset_data(dataset, None)
+        # The seed changes neither the windows nor the split sizes: one fit check per setting.
+        data = _check_setting_fits(specs[0], dataset, data, indices, setting)
+        jobs += [new_job(project, spec, sweep_id=sweep_id, setting=setting) for spec in specs]
+    assert dataset is not None  # the plan has at least one setting
+    sweep = Sweep(
+        id=sweep_id,
+        project_id=project.id,
+        dataset_id=dataset.id,
+        name=body.name,
+        base_spec=body.base,  # as sent: the jobs hold the normalized specs
+        grid=body.grid,
+        seeds=body.seeds,
+        search=body.search,
+        max_jobs=body.max_jobs,
+    )
+    session.add(sweep)
+    session.flush()  # the sweep row first: jobs reference it
+    session.add_all(jobs)
+    session.commit()
+    dispatch(jobs)
+    return sweep
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def get_sweep(session: Session, project: Project, sweep_id: str) -> Sweep:
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None or sweep.project_id != project.id:
+        raise not_found("sweep", sweep_id)
+    return sweep
+
+
+def progress_by_sweep(session: Session, sweep_ids: list[str]) -> dict[str, SweepProgress]:
+    """Job counts by status for each sweep, in one grouped query."""
+    counts: dict[str, dict[str, int]] = {sid: {} for sid in sweep_ids}
+    if sweep_ids:
+        rows = session.execute(
+            select(Job.sweep_id, Job.status, func.count())
+            .where(Job.sweep_id.in_(sweep_ids))
+            .group_by(Job.sweep_id, Job.status)
+        )
+        for sweep_id, status, count in rows:
+            counts[str(sweep_id)][status] = int(count)
+    return {sid: _progress(c) for sid, c in counts.items()}
+
+
+def _progress(counts: dict[str, int]) -> SweepProgress:
+    by_status = {s: counts.get(s, 0) for s in JOB_STATUSES}
+    return SweepProgress(
+        **by_status,
+        total=sum(by_status.values()),
+        finished=sum(by_status[s] for s in FINISHED_STATUSES),
+    )
+
+
+def _summary(sweep: Sweep, progress: SweepProgress) -> SweepSummary:
+    return SweepSummary(
+        id=sweep.id,
+        name=sweep.name,
+        dataset_id=sweep.dataset_id,
+        base=sweep.base_spec,
+        grid=sweep.grid,
+        seeds=sweep.seeds,
+        search=sweep.search,
+        max_jobs=sweep.max_jobs,
+        created_at=sweep.created_at,
+        progress=progress,
+    )
+
+
+def list_sweeps(
+    session: Session, project: Project, page: PageParams
+) -> tuple[list[SweepSummary], str | None]:
+    query: Select[Any] = (
+        select(Sweep).where(Sweep.project_id == project.id).order_by(Sweep.created_at.desc(), Sweep.id.desc())
+    )
+    sweeps, cursor = fetch_page(session, query, page)
+    progress = progress_by_sweep(session, [s.id for s in sweeps])
+    return [_summary(s, progress[s.id]) for s in sweeps], cursor
+
+
+def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
+    """The sweep, its jobs and the report over the jobs that have succeeded so far."""
+    sweep = get_sweep(session, project, sweep_id)
+    main = main_metric(str(sweep.base_spec.get("task")))
+    job_rows = session.execute(
+        select(Job.id, Job.setting, Job.setting_key, Job.status, Job.spec, Job.created_at)
+        .where(Job.sweep_id == sweep.id)
+        .order_by(Job.created_at, Job.id)
+    ).all()
+    # Final test metrics of succeeded jobs only: a running or failed job has none that count.
+    metric_rows = session.execute(
+        select(JobMetric.job_id, JobMetric.name, JobMetric.value)
+        .join(Job, Job.id == JobMetric.job_id)
+        .where(Job.sweep_id == sweep.id, Job.status == "succeeded", JobMetric.split == "test")
+    ).all()
+    metrics: dict[str, dict[str, float | None]] = {}
+    for job_id, name, value in metric_rows:
+        metrics.setdefault(job_id, {})[name] = value
+    rows = [
+        SweepJobRow(
+            id=job_id,
+            setting=setting or {},
+            setting_key=setting_key or "{}",
+            seed=int(spec.get("training", {}).get("seed", 0)),
+            status=status,
+            test_metrics=metrics.get(job_id, {}),
+        )
+        for job_id, setting, setting_key, status, spec, _ in job_rows
+    ]
+    progress = _progress({s: sum(1 for r in rows if r.status == s) for s in JOB_STATUSES})
+    report = build_report(rows, list(sweep.grid), main)
+    jobs = [
+        SweepJob(
+            id=r.id,
+            setting=r.setting,
+            setting_key=r.setting_key,
+            seed=r.seed,
+            status=r.status,
+            main_metric=r.test_metrics.get(main),
+        )
+        for r in rows
+    ]
+    return SweepRead(**_summary(sweep, progress).model_dump(), jobs=jobs, report=report)
+
+
+# --- cancelling ----------------------------------------------------------------------------------
+
+
+def cancel_sweep(session: Session, project: Project, sweep_id: str) -> SweepCancel:
+    """Cancel the sweep's queued jobs now and ask its running ones to stop within one epoch."""
+    sweep = get_sweep(session, project, sweep_id)
+    active = list(
+        session.scalars(select(Job).where(Job.sweep_id == sweep.id, Job.status.in_(("queued", "running"))))
+    )
+    cancelled = requested = 0
+    for job in active:
+        outcome = state.request_cancel(session, job)
+        if outcome == "cancelled":
+            cancelled += 1
+        elif outcome == "running":
+            requested += 1
+    return SweepCancel(
+        id=sweep.id,
+        cancelled=cancelled,
+        cancel_requested=requested,
+        progress=progress_by_sweep(session, [sweep.id])[sweep.id],
+    )
+
+
+# --- leaderboard ---------------------------------------------------------------------------------
+
+
+def leaderboard(session: Session, project: Project, dataset_id: str, metric: str, limit: int) -> Leaderboard:
+    """The best succeeded jobs on one of the project's datasets, by a final metric in its natural order."""
+    dataset = get_dataset(session, project.id, dataset_id)
+    column = metric_value(metric)
+    if column is None:
+        raise AppError(
+            422,
+            "invalid_metric",
+            f"metric must be split.name like test.rmse or val.accuracy; got {metric!r}",
+            [{"field": "metric", "message": "expected split.name", "type": "invalid_metric"}],
+        )
+    split, _, name = metric.partition(".")
+    lower = lower_is_better(name)
+    value = column.label("value")
+    rows = session.execute(
+        select(Job, value)
+        .where(Job.project_id == project.id, Job.dataset_id == dataset.id, Job.status == "succeeded")
+        .where(column.is_not(None))
+        .order_by(value.asc() if lower else value.desc(), Job.finished_at, Job.id)
+        .limit(limit)
+    ).all()
+    ids = [job.id for job, _ in rows]
+    bodies: dict[str, dict[str, Any]] = dict(
+        session.execute(select(Evaluation.job_id, Evaluation.body).where(Evaluation.job_id.in_(ids))).all()
+    )
+    items = []
+    for rank, (job, metric_value_) in enumerate(rows, start=1):
+        body: dict[str, Any] = bodies.get(job.id) or {}
+        interval = ((body.get("intervals") or {}).get(split) or {}).get(name)
+        if not isinstance(interval, list | tuple) or len(interval) != 2 or None in interval:
+            interval = None
+        items.append(
+            LeaderboardEntry(
+                rank=rank,
+                job_id=job.id,
+                name=job.name,
+                cell=job.cell,
+                sweep_id=job.sweep_id,
+                setting=job.setting,
+                metric=metric,
+                value=float(metric_value_),
+                interval=list(interval) if interval is not None else None,
+                comparison=body.get("comparison"),
+                finished_at=job.finished_at,
+            )
+        )
+    return Leaderboard(dataset_id=dataset.id, metric=metric, lower_is_better=lower, items=items)

@@ -1,0 +1,273 @@
+"""The main loop end to end with real worker processes: embedded default and PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import update
+
+from tests.stack import ROOT, Stack, forecast_spec, sine_csv
+
+pytestmark = pytest.mark.integration
+
+
+def _check_full_result(stack: Stack, job_id: str) -> None:
+    job = stack.job(job_id)
+    assert job["status"] == "succeeded", job
+    assert job["attempts"] == 1 and job["progress"]["epoch"] == job["progress"]["epochs"] == 3
+    assert job["summary"]["test"]["rmse"] > 0 and job["started_at"] and job["finished_at"]
+    assert job["device"] == "cpu" and job["error"] is None
+
+    series = stack.client.get(f"/api/v1/jobs/{job_id}/metrics", headers=stack.headers).json()["series"]
+    train_loss = next(s for s in series if s["name"] == "loss" and s["split"] == "train")
+    assert train_loss["epochs"] == [1, 2, 3] and all(v > 0 for v in train_loss["values"])
+
+    evaluation = stack.client.get(f"/api/v1/jobs/{job_id}/evaluation", headers=stack.headers).json()
+    assert evaluation["main_metric"] == "rmse"
+    assert set(evaluation["metrics"]) == {"train", "val", "test"}
+    low, high = evaluation["intervals"]["test"]["rmse"]
+    assert low <= evaluation["metrics"]["test"]["rmse"] <= high
+    assert "naive" in evaluation["baselines"]
+
+    # Final metrics are queryable across jobs.
+    listed = stack.client.get("/api/v1/jobs?where=test.rmse > 0&sort=test.rmse", headers=stack.headers).json()
+    assert job_id in [j["id"] for j in listed["items"]]
+
+    r = stack.client.get(f"/api/v1/jobs/{job_id}/model", headers=stack.headers)
+    assert r.status_code == 200
+    artifact = torch.load(io.BytesIO(r.content), weights_only=True)
+    assert artifact["spec"]["model"]["cell"] == "gru" and artifact["state_dict"]
+
+    window = np.sin(2 * np.pi * np.arange(12) / 25).reshape(1, 12, 1).tolist()
+    r = stack.client.post(f"/api/v1/jobs/{job_id}/predict", headers=stack.headers, json={"inputs": window})
+    assert r.status_code == 200, r.text
+    assert np.asarray(r.json()["predictions"], dtype=float).size == 1
+    bad = stack.client.post(f"/api/v1/jobs/{job_id}/predict", headers=stack.headers, json={"inputs": [[[1, 2]]]})
+    assert bad.status_code == 422
+
+
+def _events(stack: Stack, job_id: str) -> list[tuple[str, dict]]:
+    events = []
+    with stack.client.stream("GET", f"/api/v1/jobs/{job_id}/events", headers=stack.headers) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        name = None
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") and name:
+                events.append((name, json.loads(line[6:])))
+    return events
+
+
+# --- embedded default ------------------------------------------------------------------------
+
+
+def test_embedded_loop_end_to_end(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    stack.start_worker()
+    ds = stack.upload_csv("sine.csv", sine_csv(300))
+    job = stack.submit(forecast_spec(ds))
+    events = _events(stack, job["id"])  # streams until the job ends
+    kinds = [e[0] for e in events]
+    assert kinds[0] == "status" and kinds[-1] == "end" and events[-1][1]["status"] == "succeeded"
+    assert [e[1]["epoch"] for e in events if e[0] == "epoch"] == [1, 2, 3]
+    assert "running" in [e[1]["status"] for e in events if e[0] == "status"] or kinds.count("status") >= 1
+    _check_full_result(stack, job["id"])
+
+
+def test_cancel_running_job_within_an_epoch_and_worker_is_freed(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    if not stack.workers:
+        stack.start_worker()
+    ds = stack.upload_csv("long.csv", sine_csv(2000))
+    spec = forecast_spec(ds, epochs=2000, early_stopping_patience=None)
+    job = stack.submit(spec)
+    stack.wait(job["id"], ("running",), predicate=lambda j: j["progress"]["epoch"] >= 1)
+    r = stack.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=stack.headers)
+    assert r.status_code == 202
+    started = time.monotonic()
+    done = stack.wait(job["id"], timeout=60)
+    assert done["status"] == "cancelled" and done["progress"]["epoch"] < 2000
+    assert time.monotonic() - started < 30
+    follow = stack.submit(forecast_spec(ds))  # the worker took the next job
+    assert stack.wait(follow["id"])["status"] == "succeeded"
+
+
+def test_training_failure_is_reported_without_a_stack_trace(embedded_stack: Stack) -> None:
+    stack = embedded_stack
+    if not stack.workers:
+        stack.start_worker()
+    rng = np.random.default_rng(0)
+    values = 1e30 * rng.standard_normal(300)
+    ds = stack.upload_csv("huge.csv", "value\n" + "\n".join(f"{v:.6e}" for v in values) + "\n")
+    spec = forecast_spec(ds, optimizer="sgd", learning_rate=10.0, gradient_clip=None)
+    spec["data"]["scaling"] = "none"
+    job = stack.wait(stack.submit(spec)["id"])
+    assert job["status"] == "failed", job
+    assert job["error"]["type"] == "diverged"
+    assert "Traceback" not in job["error"]["message"] and "learning" in job["error"]["message"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_embedded_default_as_a_user_starts_it(tmp_path) -> None:
+    """`rnnlab up` (what `make up` runs): API + a real worker on SQLite and the embedded broker."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env.update({"RNNLAB_HOME": str(tmp_path / "home"), "RNNLAB_PORT": str(port), "RNNLAB_TORCH_THREADS": "1"})
+    rnnlab = [sys.executable, "-m", "app.cli"]
+    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
+    up = subprocess.Popen([*rnnlab, "up"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError((tmp_path / "up.log").read_text())
+        key = subprocess.run([*rnnlab, "keys", "create", "--project", "demo"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        headers = {"Authorization": f"Bearer {key}"}
+        ds = httpx.post(f"{base}/api/v1/datasets", headers=headers,
+                        files={"file": ("sine.csv", sine_csv(300).encode(), "text/csv")}).json()
+        job = httpx.post(f"{base}/api/v1/jobs", headers=headers, json=forecast_spec(ds["id"])).json()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            status = httpx.get(f"{base}/api/v1/jobs/{job['id']}", headers=headers).json()["status"]
+            if status in ("succeeded", "failed", "cancelled"):
+                break
+            time.sleep(0.5)
+        assert status == "succeeded", (tmp_path / "up.log").read_text()[-4000:]
+    finally:
+        up.send_signal(signal.SIGINT)  # Ctrl-C stops both processes cleanly
+        try:
+            code = up.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    assert code == 0, (tmp_path / "up.log").read_text()[-4000:]
+    leftover = subprocess.run(["pgrep", "-f", f"RNNLAB_HOME={tmp_path}"], capture_output=True)
+    assert leftover.stdout == b""
+
+
+# --- distributed: PostgreSQL + Redis ---------------------------------------------------------
+
+
+def test_distributed_loop_end_to_end(distributed_stack: Stack) -> None:
+    stack = distributed_stack
+    stack.start_worker(concurrency=2)
+    ds = stack.upload_csv("sine.csv", sine_csv(300))
+    jobs = [stack.submit(forecast_spec(ds)) for _ in range(2)]
+    for job in jobs:
+        stack.wait(job["id"])
+    _check_full_result(stack, jobs[0]["id"])
+
+
+def test_killed_worker_job_runs_again_on_a_live_worker(distributed_stack: Stack) -> None:
+    stack = distributed_stack
+    stack.stop_all()
+    victim = stack.start_worker()
+    ds = stack.upload_csv("long.csv", sine_csv(1500))
+    job = stack.submit(forecast_spec(ds, epochs=12, early_stopping_patience=None))
+    stack.wait(job["id"], ("running",), predicate=lambda j: j["progress"]["epoch"] >= 1)
+    stack.kill_worker(victim)  # kill -9 the whole worker, pool children included
+    survivor = stack.start_worker()
+    done = stack.wait(job["id"], timeout=180)
+    assert done["status"] == "succeeded" and done["attempts"] == 2, done
+    assert done["progress"]["epoch"] == 12
+    series = stack.client.get(f"/api/v1/jobs/{job['id']}/metrics", headers=stack.headers).json()["series"]
+    assert next(s for s in series if s["name"] == "loss")["epochs"] == list(range(1, 13))  # no mixed attempts
+    assert survivor.poll() is None
+
+
+def test_job_fails_as_worker_lost_after_max_attempts(distributed_stack: Stack) -> None:
+    from app.db import new_session
+    from app.models import Job
+
+    stack = distributed_stack
+    stack.stop_all()
+    victim = stack.start_worker()
+    ds = stack.upload_csv("long2.csv", sine_csv(1500))
+    job = stack.submit(forecast_spec(ds, epochs=500, early_stopping_patience=None))
+    with new_session() as session:
+        session.execute(update(Job).where(Job.id == job["id"]).values(max_attempts=1))
+        session.commit()
+    stack.wait(job["id"], ("running",))
+    stack.kill_worker(victim)
+    stack.start_worker()  # its recovery loop notices the dead lease
+    done = stack.wait(job["id"], timeout=60)
+    assert done["status"] == "failed" and done["error"]["type"] == "worker_lost" and done["attempts"] == 1
+
+
+def test_jobs_lost_by_redis_are_redispatched_from_sql(distributed_stack: Stack) -> None:
+    import redis
+
+    stack = distributed_stack
+    stack.stop_all()
+    ds = stack.upload_csv("sine3.csv", sine_csv(300))
+    jobs = [stack.submit(forecast_spec(ds)) for _ in range(2)]
+    client = redis.Redis.from_url(stack.env["RNNLAB_BROKER_URL"])
+    assert client.llen("default") >= 2
+    client.flushall()  # Redis restarted without persistence
+    assert client.llen("default") == 0
+    stack.start_worker()
+    for job in jobs:
+        done = stack.wait(job["id"], timeout=120)
+        assert done["status"] == "succeeded" and done["attempts"] == 1
+
+
+def test_api_restart_does_not_touch_running_jobs(distributed_stack: Stack) -> None:
+    stack = distributed_stack
+    if not stack.workers:
+        stack.start_worker()
+    port = _free_port()
+    env = {**os.environ, **stack.env, "RNNLAB_PORT": str(port)}
+    base = f"http://127.0.0.1:{port}"
+
+    def start_api() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        raise AssertionError("api did not start")
+
+    api = start_api()
+    ds = stack.upload_csv("sine4.csv", sine_csv(1200))
+    job = httpx.post(f"{base}/api/v1/jobs", headers=stack.headers,
+                     json=forecast_spec(ds, epochs=8, early_stopping_patience=None)).json()
+    stack.wait(job["id"], ("running",))
+    api.send_signal(signal.SIGKILL)
+    api.wait()
+    api = start_api()
+    try:
+        done = stack.wait(job["id"], timeout=120)
+        assert done["status"] == "succeeded" and done["attempts"] == 1
+        assert httpx.get(f"{base}/api/v1/jobs/{job['id']}", headers=stack.headers).json()["status"] == "succeeded"
+    finally:
+        api.kill()
+        api.wait()

@@ -1,0 +1,201 @@
+"""Job submission, validation, listing and cancel through the API (no worker needed)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from app.config import get_settings
+from app.db import new_session
+from app.jobs import state
+from app.jobs.dispatch import broker_job_ids, recover_jobs
+from app.models import Job, JobMetric, utcnow
+from tests.stack import forecast_spec, sine_csv
+
+
+def upload(client, auth, name: str, text: str) -> str:
+    r = client.post("/api/v1/datasets", headers=auth, files={"file": (name, text.encode(), "text/csv")})
+    assert r.status_code in (200, 201), r.text
+    return r.json()["id"]
+
+
+@pytest.fixture
+def sine(client, auth) -> str:
+    return upload(client, auth, "sine.csv", sine_csv(200))
+
+
+def queued_files() -> list[Path]:
+    return list((get_settings().broker_dir / "queue").glob("*.msg"))
+
+
+def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
+    r = client.post("/api/v1/jobs", headers=auth, json={
+        "dataset_id": sine, "task": "forecast", "data": {"layout": "series", "target": "value"},
+    })
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert job["status"] == "queued" and job["attempts"] == 0
+    spec = job["spec"]
+    assert spec["model"] == {"cell": "lstm", "hidden_size": 64, "num_layers": 1, "bidirectional": False, "dropout": 0.0}
+    assert spec["training"]["loss"] == "mse" and spec["data"]["split"]["method"] == "temporal"
+    assert job["progress"] == {"epoch": 0, "epochs": 50}
+    assert job["id"] in (broker_job_ids() or set())  # the embedded broker holds it (task id = job id)
+    assert client.get(f"/api/v1/jobs/{job['id']}", headers=auth).json()["spec"] == spec
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"model": {"hidden_size": 5000}}, "model.hidden_size"),
+        ({"model": {"num_layers": 9}}, "model.num_layers"),
+        ({"training": {"epochs": 0}}, "training.epochs"),
+        ({"training": {"batch_size": 70000}}, "training.batch_size"),
+        ({"data": {"layout": "series", "target": "value", "lookback": 100001}}, "data.lookback"),
+        ({"model": {"cell": "transformer"}}, "model.cell"),
+        ({"colour": "red"}, "colour"),
+        ({"data": {"layout": "series"}}, "data.target"),
+    ],
+)
+def test_invalid_spec_is_422_naming_the_field(client, auth, sine, change, field) -> None:
+    spec = {"dataset_id": sine, "task": "forecast", "data": {"layout": "series", "target": "value"}, **change}
+    r = client.post("/api/v1/jobs", headers=auth, json=spec)
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["code"] == "invalid_spec"
+    assert any(d["field"] == field for d in err["details"]), err
+    with new_session() as session:
+        assert session.scalars(select(Job)).first() is None
+
+
+def test_spec_that_does_not_fit_the_dataset(client, auth, sine) -> None:
+    base = {"dataset_id": sine, "task": "forecast"}
+    r = client.post("/api/v1/jobs", headers=auth, json={**base, "data": {"layout": "series", "target": "temp"}})
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "spec_does_not_fit_dataset" and "temp" in err["message"]
+    assert err["details"][0]["field"] == "data.target"
+    r = client.post("/api/v1/jobs", headers=auth, json={**base, "data": {"layout": "series", "target": "value", "lookback": 500}})
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"].startswith("data.")
+
+
+def test_one_class_target_and_non_numeric_wide_columns(client, auth) -> None:
+    one_class = "label,s1,s2,s3\n" + "\n".join(f"a,{i},{i + 1},{i + 2}" for i in range(30)) + "\n"
+    ds = upload(client, auth, "one.csv", one_class)
+    r = client.post("/api/v1/jobs", headers=auth, json={
+        "dataset_id": ds, "task": "classification", "data": {"layout": "wide", "target": "label"}})
+    assert r.status_code == 422 and "class" in r.json()["error"]["message"]
+    wide = "label,s1,s2,s3\n" + "\n".join(f"{i % 2},{i},x{i},{i + 2}" for i in range(30)) + "\n"
+    ds = upload(client, auth, "wide.csv", wide)
+    r = client.post("/api/v1/jobs", headers=auth, json={
+        "dataset_id": ds, "task": "classification", "data": {"layout": "wide", "target": "label"}})
+    assert r.status_code == 422 and "s2" in r.json()["error"]["message"], r.text
+
+
+def test_other_projects_cannot_see_or_use(client, auth, other_auth, sine) -> None:
+    r = client.post("/api/v1/jobs", headers=other_auth, json=forecast_spec(sine))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "dataset_not_found"
+    job = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()
+    for path in ("", "/metrics", "/evaluation", "/model"):
+        assert client.get(f"/api/v1/jobs/{job['id']}{path}", headers=other_auth).status_code == 404
+    assert client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=other_auth).status_code == 404
+    assert client.get("/api/v1/jobs", headers=other_auth).json()["items"] == []
+
+
+def test_cancel_queued_job_at_once_and_finished_job_409(client, auth, sine) -> None:
+    job = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()
+    r = client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert r.status_code == 202 and r.json()["status"] == "cancelled"
+    assert r.json()["finished_at"] is not None
+    again = client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=auth)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished"
+    # A worker that picks the message up afterwards cannot claim it.
+    with new_session() as session:
+        assert state.claim_job(session, job["id"], "w1", 10) is None
+
+
+def test_results_of_unfinished_job_are_409(client, auth, sine) -> None:
+    job = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()
+    for path in ("/evaluation", "/model"):
+        r = client.get(f"/api/v1/jobs/{job['id']}{path}", headers=auth)
+        assert r.status_code == 409 and r.json()["error"]["details"] == {"status": "queued"}
+    r = client.post(f"/api/v1/jobs/{job['id']}/predict", headers=auth, json={"inputs": [[[0.0]]]})
+    assert r.status_code == 409
+    assert client.get(f"/api/v1/jobs/{job['id']}/metrics", headers=auth).json()["series"] == []
+
+
+def _set_metric(job_id: str, split: str, name: str, value: float, status: str = "succeeded") -> None:
+    with new_session() as session:
+        session.add(JobMetric(job_id=job_id, split=split, name=name, value=value))
+        session.execute(update(Job).where(Job.id == job_id).values(status=status))
+        session.commit()
+
+
+def test_list_filters_sort_where_and_pagination(client, auth, sine) -> None:
+    ids = []
+    for cell, rmse in (("lstm", 0.3), ("gru", 0.2), ("rnn", 0.9)):
+        spec = forecast_spec(sine)
+        spec["model"]["cell"] = cell
+        ids.append(client.post("/api/v1/jobs", headers=auth, json=spec).json()["id"])
+        _set_metric(ids[-1], "test", "rmse", rmse)
+    get = lambda q: client.get(f"/api/v1/jobs?{q}", headers=auth)  # noqa: E731
+    assert [j["id"] for j in get("sort=test.rmse").json()["items"]] == [ids[1], ids[0], ids[2]]
+    assert [j["id"] for j in get("sort=-test.rmse").json()["items"]] == [ids[2], ids[0], ids[1]]
+    assert [j["id"] for j in get("cell=gru").json()["items"]] == [ids[1]]
+    assert len(get("status=succeeded&status=queued&task=forecast").json()["items"]) == 3
+    assert get("status=queued").json()["items"] == []
+    where = 'test.rmse < 0.5 and model.cell in ("lstm", "gru")'
+    assert {j["id"] for j in get(f"where={where}").json()["items"]} == {ids[0], ids[1]}
+    assert {j["id"] for j in get('where=model.hidden_size = 8 and (test.rmse > 0.5 or model.cell = "gru")').json()["items"]} == {ids[1], ids[2]}
+    bad = get("where=test.rmse <<< 3")
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_where"
+    assert get("where=colour = 1").status_code == 400
+    assert get("sort=shoe_size").status_code == 400
+    page1 = get("limit=2").json()
+    page2 = get(f"limit=2&cursor={page1['next_cursor']}").json()
+    assert len(page1["items"]) == 2 and len(page2["items"]) == 1 and page2["next_cursor"] is None
+    assert {j["id"] for j in page1["items"] + page2["items"]} == set(ids)
+    assert get("cursor=garbage").status_code == 400
+
+
+def test_claim_is_exclusive_and_leases_expire(client, auth, sine) -> None:
+    job_id = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()["id"]
+    with new_session() as session:
+        first = state.claim_job(session, job_id, "w1", lease_seconds=60)
+        assert first is not None and first.attempt == 1
+        assert state.claim_job(session, job_id, "w2", lease_seconds=60) is None  # redelivery does nothing
+        assert state.renew_lease(session, first, 60) is False
+        stale = state.Claim(job_id, "w2", 1)
+        assert state.renew_lease(session, stale, 60) is None and not state.finish_job(session, stale, "succeeded")
+        # Lease expiry with attempts left → queued again; the old holder's claim is void.
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+        assert state.expire_leases(session) == ([job_id], [])
+        assert session.get(Job, job_id).status == "queued"
+        assert not state.finish_job(session, first, "succeeded")
+        second = state.claim_job(session, job_id, "w2", lease_seconds=60)
+        assert second is not None and second.attempt == 2
+        # Out of attempts → failed with a reason a user can read.
+        session.execute(update(Job).where(Job.id == job_id).values(
+            max_attempts=2, lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+        assert state.expire_leases(session) == ([], [job_id])
+        session.expire_all()
+        job = session.get(Job, job_id)
+        assert job.status == "failed" and job.error_type == "worker_lost"
+        assert "worker lost" in job.error_message
+
+
+def test_recovery_redispatches_jobs_the_broker_lost(client, auth, sine) -> None:
+    job_id = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()["id"]
+    for f in queued_files():
+        f.unlink()  # the broker lost the message
+    assert job_id not in (broker_job_ids() or set())
+    with new_session() as session:  # past the dispatch grace period
+        session.execute(update(Job).values(dispatched_at=utcnow() - timedelta(seconds=60)))
+        session.commit()
+    assert recover_jobs()["dispatched"] == [job_id]
+    assert job_id in (broker_job_ids() or set())
+    assert recover_jobs()["dispatched"] == []  # held by the broker again: not sent twice

@@ -1,0 +1,230 @@
+"""The thin shell around the engine: claim → load → train and evaluate → persist.
+
+Everything here talks to SQL and storage; the engine itself knows nothing of either.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import threading
+from typing import Any
+
+from sqlalchemy import delete, insert
+
+from app.config import get_settings
+from app.db import new_session
+from app.jobs import state
+from app.models import Dataset, EpochMetric, Evaluation, Job, JobMetric
+from app.storage import get_storage
+
+log = logging.getLogger(__name__)
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobFailure(Exception):
+    """A failure with a type and a message a user can act on (stored on the job, no stack trace)."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+def classify_error(exc: BaseException) -> JobFailure:
+    """Map an exception from loading or training to (error.type, message)."""
+    from worker.engine import DataError, TrainingDiverged
+
+    if isinstance(exc, JobFailure):
+        return exc
+    if isinstance(exc, DataError):
+        return JobFailure("data_error", str(exc))
+    if isinstance(exc, TrainingDiverged):
+        return JobFailure("diverged", str(exc))
+    text = str(exc)
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return JobFailure(
+            "out_of_memory",
+            "ran out of memory while training; lower training.batch_size, model.hidden_size or data.lookback",
+        )
+    return JobFailure("internal_error", f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500])
+
+
+class Heartbeat(threading.Thread):
+    """Keeps the lease alive between epochs and notices a cancel request or a lost claim."""
+
+    def __init__(self, claim: state.Claim, lease_seconds: float, interval_seconds: float) -> None:
+        super().__init__(name=f"heartbeat-{claim.job_id}", daemon=True)
+        self.claim = claim
+        self.lease_seconds = lease_seconds
+        self.interval_seconds = interval_seconds
+        self.cancel_requested = False
+        self.lost = False
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_seconds):
+            try:
+                with new_session() as session:
+                    result = state.renew_lease(session, self.claim, self.lease_seconds)
+            except Exception as exc:  # a database hiccup: try again next beat
+                log.warning("heartbeat for job %s failed: %s", self.claim.job_id, exc)
+                continue
+            if result is None:
+                self.lost = True
+                return
+            self.cancel_requested = result
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def _metric_rows(job_id: str, values: dict[str, dict[str, Any]], epoch: int | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for split, metrics in values.items():
+        if not isinstance(metrics, dict):
+            continue
+        for name, value in metrics.items():
+            if value is None or isinstance(value, int | float):
+                row = {"job_id": job_id, "split": split, "name": name, "value": value}
+                if epoch is not None:
+                    row["epoch"] = epoch
+                rows.append(row)
+    return rows
+
+
+def run_job(job_id: str, worker_id: str | None = None) -> str | None:
+    """Run one job if it can be claimed; returns its final status (None when not claimed)."""
+    from worker.engine import EpochReport, JobSpec, train_and_evaluate
+
+    settings = get_settings()
+    worker_id = worker_id or worker_identity()
+    with new_session() as session:
+        claim = state.claim_job(session, job_id, worker_id, settings.lease_seconds)
+        if claim is None:
+            log.info("job %s not claimable (already taken, finished or cancelled); skipping", job_id)
+            return None
+        job = session.get(Job, job_id)
+        assert job is not None
+        dataset = session.get(Dataset, job.dataset_id)
+        spec_dict = dict(job.spec)
+        epochs = int(spec_dict["training"]["epochs"])
+        # Metrics of an earlier, lost attempt would mix with this one's.
+        session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
+        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id))
+        session.execute(delete(Evaluation).where(Evaluation.job_id == job_id))
+        session.commit()
+
+    heartbeat = Heartbeat(claim, settings.lease_seconds, float(settings.heartbeat_seconds or 1.0))
+    heartbeat.start()
+    log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker_id)
+    try:
+        if dataset is None:
+            raise JobFailure("data_error", f"dataset '{job.dataset_id}' no longer exists")
+        from app.datasets.service import load_dataset_data
+
+        spec = JobSpec.model_validate(spec_dict)
+        data = load_dataset_data(dataset)
+        device = resolve_device(spec.device)
+        with new_session() as session:
+            state.renew_lease(session, claim, settings.lease_seconds, device=device, progress_epochs=epochs)
+
+        def on_epoch(report: EpochReport) -> None:
+            with new_session() as session:
+                rows = _metric_rows(job_id, report.metrics, report.epoch)
+                if rows:
+                    session.execute(insert(EpochMetric), rows)
+                cancel = state.renew_lease(
+                    session, claim, settings.lease_seconds, progress_epoch=report.epoch
+                )
+            if cancel is None:
+                heartbeat.lost = True
+            elif cancel:
+                heartbeat.cancel_requested = True
+
+        result = train_and_evaluate(
+            spec,
+            data,
+            on_epoch=on_epoch,
+            should_stop=lambda: heartbeat.cancel_requested or heartbeat.lost,
+            device=device,
+        )
+    except Exception as exc:
+        failure = classify_error(exc)
+        if not isinstance(exc, JobFailure):
+            log.exception("job %s failed", job_id)
+        heartbeat.stop()
+        with new_session() as session:
+            finish_ok = state.finish_job(
+                session, claim, "failed", error_type=failure.error_type, error_message=failure.message
+            )
+        return "failed" if finish_ok else None
+    finally:
+        heartbeat.stop()
+
+    if heartbeat.lost:
+        log.warning("job %s: lease lost to another worker; discarding this attempt", job_id)
+        return None
+    if result.cancelled:
+        with new_session() as session:
+            state.finish_job(session, claim, "cancelled", summary=result.summary or None)
+        return "cancelled"
+    return persist_result(claim, result)
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise JobFailure(
+                "device_unavailable",
+                "device 'cuda' requested but this worker has no usable GPU; use device 'auto' or 'cpu', "
+                "or run a GPU worker (rnnlab worker --queues gpu)",
+            )
+        return "cuda"
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cpu"
+
+
+def persist_result(claim: state.Claim, result: Any) -> str | None:
+    """Write artifact, evaluation, final metrics and status; the status write is guarded by the claim."""
+    import torch
+
+    storage = get_storage()
+    key = f"models/{claim.job_id}.pt"
+    buffer = io.BytesIO()
+    torch.save(result.artifact, buffer)
+    tmp = storage.temp_path(".pt")
+    tmp.write_bytes(buffer.getvalue())
+    storage.put_file(tmp, key)
+
+    evaluation = result.evaluation or {}
+    final_rows = _metric_rows(claim.job_id, evaluation.get("metrics", {}))
+    with new_session() as session:
+        if final_rows:
+            session.execute(insert(JobMetric), final_rows)
+        session.add(Evaluation(job_id=claim.job_id, body=evaluation))
+        ok = state.finish_job(
+            session,
+            claim,
+            "succeeded",
+            commit=False,
+            summary=result.summary,
+            artifact_key=key,
+            train_seconds=result.train_seconds,
+            progress_epoch=result.epochs_run,
+            device=result.device,
+        )
+        if ok:
+            session.commit()
+            return "succeeded"
+        session.rollback()
+    log.warning("job %s: claim lost before results were saved; discarding this attempt", claim.job_id)
+    return None

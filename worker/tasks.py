@@ -1,0 +1,72 @@
+"""Celery tasks: they take ids, never payloads, and do nothing for a job they cannot claim."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+
+from app.config import get_settings
+from app.jobs.dispatch import RUN_JOB_TASK, recover_jobs
+from worker.celery_app import celery_app
+
+log = logging.getLogger(__name__)
+_recovery_stop = threading.Event()
+
+
+@celery_app.task(name=RUN_JOB_TASK)
+def run_job_task(job_id: str) -> str | None:
+    from worker.runner import run_job
+
+    return run_job(job_id)
+
+
+def _set_torch_threads() -> None:
+    import os
+
+    import torch
+
+    settings = get_settings()
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.worker_concurrency)
+    # Forked children with the parent's intra-op pool can hang; fix the count explicitly.
+    torch.set_num_threads(threads)
+
+
+@worker_init.connect
+def _init_worker(**_: object) -> None:
+    """The main process (it runs the jobs itself with --pool=solo)."""
+    _set_torch_threads()
+
+
+@worker_process_init.connect
+def _init_child(**_: object) -> None:
+    """Each pool process: its own DB engine (never inherit one across fork) and a bounded thread count."""
+    from app.db import reset_engine
+
+    reset_engine()
+    _set_torch_threads()
+
+
+def _recovery_loop() -> None:
+    interval = get_settings().recovery_interval_seconds
+    while not _recovery_stop.wait(interval):
+        try:
+            recover_jobs()
+        except Exception:
+            log.exception("recovery pass failed; retrying in %.1f s", interval)
+
+
+@worker_ready.connect
+def _start_recovery(**_: object) -> None:
+    """Every worker runs the recovery loop; its conditional UPDATEs make concurrent loops safe."""
+    try:
+        recover_jobs()
+    except Exception:
+        log.exception("first recovery pass failed")
+    threading.Thread(target=_recovery_loop, name="rnnlab-recovery", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_recovery(**_: object) -> None:
+    _recovery_stop.set()
