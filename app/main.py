@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from app.config import get_settings
+from app.dashboard.router import router as dashboard_router
 from app.datasets.router import router as datasets_router
 from app.db import get_engine
 from app.errors import error_body, install_error_handlers
+from app.jobs.router import metrics_router
 from app.jobs.router import router as jobs_router
 from app.sweeps.router import router as sweeps_router
 
@@ -60,8 +62,10 @@ def create_app() -> FastAPI:
     api = APIRouter(prefix="/api/v1")
     api.include_router(datasets_router)
     api.include_router(jobs_router)
+    api.include_router(metrics_router)
     api.include_router(sweeps_router)
     app.include_router(api)
+    app.include_router(dashboard_router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
@@ -77,4 +81,42 @@ def create_app() -> FastAPI:
             )
         return JSONResponse({"status": "ready", "checks": {k: "ok" for k in checks}})
 
+    @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+    def prometheus_metrics() -> PlainTextResponse:
+        """Prometheus text format: jobs by status and queue, datasets, readiness."""
+        return PlainTextResponse(prometheus_text(), media_type="text/plain; version=0.0.4")
+
     return app
+
+
+def prometheus_text() -> str:
+    from sqlalchemy import func, select
+
+    from app.db import new_session
+    from app.models import JOB_STATUSES, Dataset, Job
+
+    lines = [
+        "# HELP rnnlab_jobs Jobs by status and queue.",
+        "# TYPE rnnlab_jobs gauge",
+    ]
+    with new_session() as session:
+        counts = {(s, q): n for s, q, n in session.execute(
+            select(Job.status, Job.queue, func.count()).group_by(Job.status, Job.queue))}
+        datasets = session.scalar(select(func.count()).select_from(Dataset)) or 0
+        attempts = session.scalar(select(func.coalesce(func.sum(Job.attempts - 1), 0)).where(Job.attempts > 1)) or 0
+    queues = sorted({q for _, q in counts} | {"default"})
+    for status in JOB_STATUSES:
+        for queue in queues:
+            lines.append(f'rnnlab_jobs{{status="{status}",queue="{queue}"}} {counts.get((status, queue), 0)}')
+    lines += [
+        "# HELP rnnlab_job_retries_total Extra attempts jobs needed after a lost worker.",
+        "# TYPE rnnlab_job_retries_total counter",
+        f"rnnlab_job_retries_total {attempts}",
+        "# HELP rnnlab_datasets Stored datasets.",
+        "# TYPE rnnlab_datasets gauge",
+        f"rnnlab_datasets {datasets}",
+        "# HELP rnnlab_ready 1 when the database and the broker answer.",
+        "# TYPE rnnlab_ready gauge",
+        f"rnnlab_ready {int(database_ready() is None and broker_ready() is None)}",
+    ]
+    return "\n".join(lines) + "\n"

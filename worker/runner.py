@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import delete, insert
@@ -147,6 +148,7 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
             elif cancel:
                 heartbeat.cancel_requested = True
 
+        engine_started = time.perf_counter()
         result = train_and_evaluate(
             spec,
             data,
@@ -154,6 +156,7 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
             should_stop=lambda: heartbeat.cancel_requested or heartbeat.lost,
             device=device,
         )
+        engine_seconds = time.perf_counter() - engine_started
     except Exception as exc:
         failure = classify_error(exc)
         if not isinstance(exc, JobFailure):
@@ -174,6 +177,11 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         with new_session() as session:
             state.finish_job(session, claim, "cancelled", summary=result.summary or None)
         return "cancelled"
+    result.summary["timings"] = {
+        "engine_seconds": round(engine_seconds, 4),
+        "train_seconds": round(result.train_seconds, 4),
+        "evaluation_seconds": round(result.evaluation_seconds, 4),
+    }
     return persist_result(claim, result)
 
 

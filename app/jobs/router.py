@@ -139,3 +139,18 @@ async def job_events(job_id: str, request: Request, project: CurrentProject, ses
                 idle = 0.0
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+metrics_router = APIRouter(prefix="/metrics", tags=["dashboards"])
+
+
+@metrics_router.get("")
+def compare_metrics(
+    project: CurrentProject,
+    session: SessionDep,
+    job_id: Annotated[list[str], Query(description="Repeatable: the jobs to compare (max 50).")],
+    name: Annotated[list[str] | None, Query(description="Repeatable split.metric, e.g. val.loss.")] = None,
+    max_points: Annotated[int, Query(ge=2, le=10000)] = 500,
+) -> dict[str, Any]:
+    """Several jobs' per-epoch histories at once, each series downsampled to at most max_points."""
+    return {"jobs": service.compare_metrics(session, project, job_id, name, max_points)}

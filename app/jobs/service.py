@@ -235,3 +235,29 @@ def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) 
         return predictor.predict(array)
     except DataError as exc:
         raise AppError(422, "invalid_inputs", str(exc), [{"field": "inputs", "message": str(exc)}]) from exc
+
+
+def downsample(epochs: list[int], values: list[float | None], max_points: int) -> tuple[list[int], list[float | None]]:
+    """Evenly spaced points, always keeping the first and the last epoch."""
+    if len(epochs) <= max_points:
+        return epochs, values
+    step = (len(epochs) - 1) / (max_points - 1)
+    picks = sorted({round(i * step) for i in range(max_points)})
+    return [epochs[i] for i in picks], [values[i] for i in picks]
+
+
+def compare_metrics(
+    session: Session, project: Project, job_ids: list[str], names: list[str] | None, max_points: int
+) -> list[dict[str, Any]]:
+    if len(job_ids) > 50:
+        raise AppError(400, "too_many_jobs", f"compare at most 50 jobs at once (got {len(job_ids)})")
+    jobs = [get_job(session, project, job_id) for job_id in dict.fromkeys(job_ids)]
+    series = metric_series(session, [j.id for j in jobs], names)
+    out = []
+    for job in jobs:
+        items = []
+        for s in series[job.id]:
+            epochs, values = downsample(s["epochs"], s["values"], max_points)
+            items.append({**s, "epochs": epochs, "values": values})
+        out.append({"job_id": job.id, "name": job.name, "status": job.status, "series": items})
+    return out

@@ -199,3 +199,32 @@ def test_recovery_redispatches_jobs_the_broker_lost(client, auth, sine) -> None:
     assert recover_jobs()["dispatched"] == [job_id]
     assert job_id in (broker_job_ids() or set())
     assert recover_jobs()["dispatched"] == []  # held by the broker again: not sent twice
+
+
+def test_compare_metrics_downsamples_and_scopes(client, auth, other_auth, sine) -> None:
+    from app.models import EpochMetric
+
+    ids = [client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()["id"] for _ in range(2)]
+    with new_session() as session:
+        for job_id in ids:
+            session.add_all(
+                EpochMetric(job_id=job_id, epoch=e, split=split, name="loss", value=1.0 / e)
+                for e in range(1, 1001) for split in ("train", "val")
+            )
+        session.commit()
+    r = client.get(f"/api/v1/metrics?job_id={ids[0]}&job_id={ids[1]}&name=val.loss&max_points=100", headers=auth)
+    assert r.status_code == 200, r.text
+    jobs = r.json()["jobs"]
+    assert [j["job_id"] for j in jobs] == ids
+    (series,) = jobs[0]["series"]
+    assert series["split"] == "val" and len(series["epochs"]) == 100
+    assert series["epochs"][0] == 1 and series["epochs"][-1] == 1000
+    assert series["values"][-1] == 1.0 / 1000
+    assert client.get(f"/api/v1/metrics?job_id={ids[0]}", headers=other_auth).status_code == 404
+
+
+def test_prometheus_metrics(client, auth, sine) -> None:
+    client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine))
+    text = client.get("/metrics").text
+    assert 'rnnlab_jobs{status="queued",queue="default"} 1' in text
+    assert "rnnlab_datasets 1" in text and "rnnlab_ready 1" in text

@@ -1,0 +1,132 @@
+// rnnlab dashboard: plain JS over the REST API (the key stays in this browser's localStorage).
+const $ = (sel) => document.querySelector(sel);
+const state = { key: localStorage.getItem("rnnlab.key") || "", selected: null, timer: null };
+const COLORS = ["#2f6fde", "#e0662d", "#2a9d5b", "#9b4dca", "#c9a227", "#d3365d"];
+
+async function api(path, options = {}) {
+  const response = await fetch(`/api/v1${path}`, {
+    ...options,
+    headers: { Authorization: `Bearer ${state.key}`, "Content-Type": "application/json", ...(options.headers || {}) },
+  });
+  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
+  if (!response.ok) throw new Error(body?.error?.message || `HTTP ${response.status}`);
+  return body;
+}
+
+function say(text) { $("#message").textContent = text || ""; }
+function fmt(x) { return x === null || x === undefined ? "–" : (Math.abs(x) >= 100 ? x.toFixed(1) : x.toPrecision(4)); }
+function el(tag, attrs = {}, text = "") {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text) node.textContent = text;
+  return node;
+}
+
+async function loadJobs() {
+  if (!state.key) { say("Enter an API key to see your jobs."); return; }
+  const status = $("#status-filter").value;
+  try {
+    const page = await api(`/jobs?limit=100${status ? `&status=${status}` : ""}`);
+    const tbody = $("#jobs tbody");
+    tbody.replaceChildren();
+    for (const job of page.items) {
+      const row = el("tr", { "data-id": job.id });
+      if (job.id === state.selected) row.classList.add("selected");
+      const main = job.task === "classification" ? "accuracy" : "rmse";
+      const test = job.summary?.test?.[main];
+      row.append(
+        el("td", {}, job.name || job.id.slice(0, 8)),
+        Object.assign(el("td"), { innerHTML: `<span class="status ${job.status}">${job.status}</span>` }),
+        el("td", {}, job.spec.model.cell),
+        el("td", {}, `${job.progress.epoch}/${job.progress.epochs}`),
+        el("td", {}, test === undefined ? "–" : `${main} ${fmt(test)}`),
+        el("td", {}, new Date(job.created_at).toLocaleString()),
+      );
+      row.addEventListener("click", () => selectJob(job.id));
+      tbody.append(row);
+    }
+    const sweeps = await api("/sweeps?limit=50").catch(() => ({ items: [] }));
+    $("#sweeps").replaceChildren(...sweeps.items.map((s) => el("li", {}, `${s.name || s.id} — ${s.id}`)));
+    say(page.items.length ? "" : "No jobs yet: POST /api/v1/jobs to start one.");
+  } catch (err) { say(err.message); }
+}
+
+function drawCurves(series) {
+  const svg = $("#curves");
+  svg.replaceChildren();
+  const lines = series.filter((s) => s.name === "loss");
+  const all = lines.flatMap((s) => s.values.filter((v) => v !== null));
+  if (!all.length) { $("#legend").textContent = "no epochs yet"; return; }
+  const maxEpoch = Math.max(...lines.flatMap((s) => s.epochs));
+  const lo = Math.min(...all), hi = Math.max(...all);
+  const x = (e) => 40 + (e - 1) / Math.max(maxEpoch - 1, 1) * 540;
+  const y = (v) => 220 - (v - lo) / (hi - lo || 1) * 200;
+  const legend = [];
+  lines.forEach((s, i) => {
+    const points = s.epochs.map((e, j) => `${x(e)},${y(s.values[j])}`).join(" ");
+    svg.append(Object.assign(document.createElementNS("http://www.w3.org/2000/svg", "polyline"), {}));
+    const line = svg.lastChild;
+    line.setAttribute("points", points);
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", COLORS[i % COLORS.length]);
+    line.setAttribute("stroke-width", "2");
+    legend.push(`<span style="color:${COLORS[i % COLORS.length]}">■ ${s.split} ${s.name}</span>`);
+  });
+  legend.push(`<span>min ${fmt(lo)} · max ${fmt(hi)} · ${maxEpoch} epochs</span>`);
+  $("#legend").innerHTML = legend.join("");
+}
+
+function renderEvaluation(ev) {
+  const box = $("#evaluation");
+  if (!ev) { box.textContent = "Available when the job has succeeded."; $("#attribution").textContent = ""; return; }
+  const main = ev.main_metric;
+  const rows = Object.entries(ev.metrics.test || {}).map(([name, v]) => {
+    const ci = ev.intervals?.test?.[name];
+    return `<tr><td>${name}</td><td>${fmt(ev.metrics.train?.[name])}</td><td>${fmt(ev.metrics.val?.[name])}</td>` +
+      `<td><b>${fmt(v)}</b></td><td>${ci ? `[${fmt(ci[0])}, ${fmt(ci[1])}]` : "–"}</td></tr>`;
+  }).join("");
+  const baselines = Object.entries(ev.comparison || {}).map(([name, c]) =>
+    `<li class="${c.beats ? "beats" : "loses"}">${c.beats ? "beats" : "does not beat"} ${name}: ` +
+    `${main} ${fmt(c.model)} vs ${fmt(c.baseline)}</li>`).join("");
+  box.innerHTML = `<table><thead><tr><th>metric</th><th>train</th><th>val</th><th>test</th><th>95% CI</th></tr></thead>` +
+    `<tbody>${rows}</tbody></table><ul>${baselines}</ul>`;
+  const attr = ev.attribution;
+  if (!attr || !attr.importance) { $("#attribution").textContent = "No attribution for this job."; return; }
+  const peak = Math.max(...attr.importance.flat(), 1e-12);
+  const heat = el("div", { class: "heat", style: `grid-template-columns: repeat(${attr.features.length}, 1fr)` });
+  for (const row of attr.importance) {
+    for (const v of row) heat.append(el("div", { style: `background: rgba(47,111,222,${(v / peak).toFixed(3)})`, title: fmt(v) }));
+  }
+  const shares = Object.entries(attr.feature_importance || {}).map(([f, v]) => `${f}: ${(100 * v).toFixed(1)}%`).join(" · ");
+  $("#attribution").replaceChildren(el("p", {}, `time steps (rows, oldest first) × features (${attr.features.join(", ")}) — ${shares}`), heat);
+}
+
+async function selectJob(id) {
+  state.selected = id;
+  document.querySelectorAll("#jobs tbody tr").forEach((r) => r.classList.toggle("selected", r.dataset.id === id));
+  $("#detail").hidden = false;
+  try {
+    const job = await api(`/jobs/${id}`);
+    $("#detail-title").textContent = job.name || job.id;
+    $("#detail-status").innerHTML = `<span class="status ${job.status}">${job.status}</span> epoch ${job.progress.epoch}/${job.progress.epochs}` +
+      ` · attempts ${job.attempts} · ${job.spec.model.cell} h=${job.spec.model.hidden_size}` + (job.error ? ` · <b>${job.error.type}</b>: ${job.error.message}` : "");
+    $("#cancel-job").hidden = !["queued", "running"].includes(job.status);
+    drawCurves((await api(`/jobs/${id}/metrics`)).series);
+    renderEvaluation(job.status === "succeeded" ? await api(`/jobs/${id}/evaluation`) : null);
+  } catch (err) { say(err.message); }
+}
+
+$("#key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.key = $("#api-key").value.trim();
+  localStorage.setItem("rnnlab.key", state.key);
+  loadJobs();
+});
+$("#refresh").addEventListener("click", loadJobs);
+$("#status-filter").addEventListener("change", loadJobs);
+$("#cancel-job").addEventListener("click", async () => {
+  try { await api(`/jobs/${state.selected}/cancel`, { method: "POST" }); selectJob(state.selected); } catch (err) { say(err.message); }
+});
+$("#api-key").value = state.key;
+loadJobs();
+state.timer = setInterval(() => { loadJobs(); if (state.selected) selectJob(state.selected); }, 3000);
