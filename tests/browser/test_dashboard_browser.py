@@ -1,0 +1,81 @@
+"""The dashboard in a real headless Chromium, against a real API process with a finished job."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import IN_CI, configure, make_key
+from tests.stack import ROOT, forecast_spec, sine_csv
+
+CHROMIUM = os.environ.get("RNNLAB_TEST_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_dashboard_shows_jobs_curves_and_evaluation(sqlite_env, monkeypatch, tmp_path: Path) -> None:
+    if not shutil.which(CHROMIUM):
+        if IN_CI:
+            pytest.fail(f"Chromium not found at {CHROMIUM} (CI=true: .ci/run installs it)")
+        pytest.skip(f"Chromium not found at {CHROMIUM}; apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    from worker.runner import run_job
+
+    home = Path(sqlite_env["RNNLAB_HOME"])
+    configure(monkeypatch, home, torch_threads="1")
+    key = make_key("browser")
+    port = _free_port()
+    env = {**os.environ, "RNNLAB_HOME": str(home), "RNNLAB_PORT": str(port)}
+    api = subprocess.Popen([sys.executable, "-m", "app.cli", "api"], cwd=ROOT, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        headers = {"Authorization": f"Bearer {key}"}
+        ds = httpx.post(f"{base}/api/v1/datasets", headers=headers,
+                        files={"file": ("sine.csv", sine_csv(300).encode(), "text/csv")}).json()["id"]
+        spec = forecast_spec(ds, epochs=4)
+        spec["name"] = "browser-gru"
+        spec["evaluation"]["attribution"] = True
+        job = httpx.post(f"{base}/api/v1/jobs", headers=headers, json=spec).json()
+        assert run_job(job["id"], "test-worker") == "succeeded"  # the worker shell, in this process
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(base + "/")
+            page.fill("#api-key", key)
+            page.click("#key-form button")
+            row = page.locator("#jobs tbody tr", has_text="browser-gru")
+            row.wait_for(timeout=10_000)
+            assert "succeeded" in row.inner_text() and "4/4" in row.inner_text()
+            row.click()
+            page.locator("#evaluation table").wait_for(timeout=10_000)
+            assert "rmse" in page.inner_text("#evaluation")
+            assert "naive" in page.inner_text("#evaluation")
+            assert page.locator("#curves polyline").count() >= 2  # train and val loss
+            assert page.locator("#attribution .heat div").count() == 12  # 12 steps × 1 feature
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            browser.close()
+    finally:
+        api.terminate()
+        api.wait(timeout=20)
