@@ -81,9 +81,9 @@ def current_project(request: Request, session: SessionDep) -> Project:
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
     if row is None or row.revoked_at is not None:
         raise _unauthorized("invalid or revoked API key")
-    project = session.get(Project, row.project_id)
-    assert project is not None
-    return project
+    owner = session.get(Project, row.project_id)
+    assert owner is not None
+    return owner
 
 
 CurrentProject = Annotated[Project, Depends(current_project)]

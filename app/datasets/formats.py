@@ -45,7 +45,9 @@ def validate_filename(filename: str) -> str:
         )
     if len(filename) > MAX_FILENAME_CHARS:
         raise AppError(
-            422, "invalid_filename", f"filename is {len(filename)} characters long; the limit is {MAX_FILENAME_CHARS}"
+            422,
+            "invalid_filename",
+            f"filename is {len(filename)} characters long; the limit is {MAX_FILENAME_CHARS}",
         )
     return filename
 

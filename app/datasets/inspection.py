@@ -34,6 +34,8 @@ CSV_BLOCK_BYTES = 1024 * 1024
 # Batches are gathered to about this size before they become one Parquet row group.
 ROW_GROUP_BYTES = 16 * 1024 * 1024
 MAX_ERROR_SNIPPET_CHARS = 200
+# zstd: smaller and, on the tables measured, faster to write than snappy; every pyarrow build reads it.
+PARQUET_COMPRESSION = "zstd"
 
 
 @dataclass
@@ -56,7 +58,9 @@ def inspect_upload(
     removes afterwards); Parquet and NPZ uploads are stored as they came.
     """
     if fmt == "npz":
-        return InspectedContent(stored_path=path, suffix=".npz", arrays=inspect_npz(path, filename, max_bytes))
+        return InspectedContent(
+            stored_path=path, suffix=".npz", arrays=inspect_npz(path, filename, max_bytes)
+        )
     if fmt == "parquet":
         num_rows, columns = inspect_parquet(path, filename)
         return InspectedContent(stored_path=path, suffix=".parquet", num_rows=num_rows, columns=columns)
@@ -239,7 +243,7 @@ def _write_parquet(
     num_rows = 0
     pending: list[pa.RecordBatch] = []
     pending_bytes = 0
-    with pq.ParquetWriter(dst, schema) as writer:
+    with pq.ParquetWriter(dst, schema, compression=PARQUET_COMPRESSION) as writer:
         while True:
             try:
                 batch = reader.read_next_batch()
@@ -275,7 +279,9 @@ def _unparseable(src: Path, filename: str, exc: pa.ArrowInvalid) -> AppError:
     if location is not None:
         line, problem = location
         details["line"] = line
-        return AppError(422, "unparseable_csv", f"{filename!r} cannot be parsed: line {line}: {problem}", details)
+        return AppError(
+            422, "unparseable_csv", f"{filename!r} cannot be parsed: line {line}: {problem}", details
+        )
     return AppError(422, "unparseable_csv", f"{filename!r} cannot be parsed: {message[:300]}", details)
 
 

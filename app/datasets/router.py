@@ -26,7 +26,10 @@ _UPLOAD_BODY: dict[str, Any] = {
                     "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary", "description": f"One of {ACCEPTED}."},
-                        "name": {"type": "string", "description": "Defaults to the filename without extension."},
+                        "name": {
+                            "type": "string",
+                            "description": "Defaults to the filename without extension.",
+                        },
                     },
                 }
             }
@@ -40,7 +43,12 @@ _UPLOAD_BODY: dict[str, Any] = {
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetRead,
     openapi_extra=_UPLOAD_BODY,
-    responses={200: {"description": "This project already has identical content: that dataset.", "model": DatasetRead}},
+    responses={
+        200: {
+            "description": "This project already has identical content: that dataset.",
+            "model": DatasetRead,
+        }
+    },
     summary="Upload a dataset (.csv, .csv.gz, .parquet, .npz)",
 )
 async def upload_dataset(

@@ -49,7 +49,9 @@ def storage_key(sha256: str, suffix: str) -> str:
 
 def get_dataset(session: Session, project_id: str, dataset_id: str) -> Dataset:
     """The project's dataset; 404 ``dataset_not_found`` when it is missing or another project's."""
-    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project_id))
+    dataset = session.scalar(
+        select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project_id)
+    )
     if dataset is None:
         raise not_found("dataset", dataset_id)
     return dataset
@@ -116,7 +118,9 @@ async def upload_dataset(session: Session, project_id: str, request: Request) ->
     """
     settings = get_settings()
     await anyio.to_thread.run_sync(session.commit)
-    upload = await receive_upload(request, get_storage(), settings.max_upload_bytes, settings.upload_chunk_bytes)
+    upload = await receive_upload(
+        request, get_storage(), settings.max_upload_bytes, settings.upload_chunk_bytes
+    )
     return await anyio.to_thread.run_sync(create_dataset, session, project_id, upload)
 
 
@@ -209,7 +213,9 @@ def delete_dataset(session: Session, project_id: str, dataset_id: str) -> None:
     if active:
         raise _in_use(dataset.id, active)
     jobs = session.scalar(select(func.count()).select_from(Job).where(Job.dataset_id == dataset.id)) or 0
-    sweeps = session.scalar(select(func.count()).select_from(Sweep).where(Sweep.dataset_id == dataset.id)) or 0
+    sweeps = (
+        session.scalar(select(func.count()).select_from(Sweep).where(Sweep.dataset_id == dataset.id)) or 0
+    )
     if jobs or sweeps:
         raise AppError(
             409,

@@ -131,7 +131,9 @@ class MultipartUploadSink:
             )
         if not self._ended:
             raise AppError(
-                400, "invalid_multipart", "the multipart body ended before its closing boundary; upload truncated"
+                400,
+                "invalid_multipart",
+                "the multipart body ended before its closing boundary; upload truncated",
             )
         if self._size == 0:
             raise AppError(422, "empty_file", f"{self._filename!r} is empty (0 bytes)")
@@ -280,7 +282,9 @@ async def receive_upload(
         return await anyio.to_thread.run_sync(sink.finish)
     except ClientDisconnect as exc:
         sink.discard()
-        raise AppError(400, "upload_interrupted", "the client disconnected before the upload finished") from exc
+        raise AppError(
+            400, "upload_interrupted", "the client disconnected before the upload finished"
+        ) from exc
     except BaseException:
         sink.discard()
         raise

@@ -29,7 +29,7 @@ def parse_spec(payload: Any, prefix: str = "") -> JobSpec:
     try:
         return JobSpec.model_validate(payload)
     except ValidationError as exc:
-        details = validation_details(list(exc.errors()))
+        details = validation_details(exc.errors())
         for d in details:
             d["field"] = f"{prefix}{d['field']}" if d["field"] else prefix.rstrip(".")
         raise AppError(422, "invalid_spec", validation_message(details), details) from exc
@@ -39,7 +39,7 @@ def _needed_columns(spec: JobSpec, dataset: Dataset) -> list[str] | None:
     if dataset.format == "npz" or spec.data.features is None:
         return None
     d = spec.data
-    names = [d.target, *d.features, d.sequence_column, d.order_column, d.group_column, d.split.column]
+    names = [d.target, *(d.features or []), d.sequence_column, d.order_column, d.group_column, d.split.column]
     known = {c["name"] for c in dataset.columns or []}
     wanted = [n for n in dict.fromkeys(names) if n]
     # Unknown names are reported by the engine's check with the list of columns; load all for that.
