@@ -23,6 +23,7 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check app worker tests bench
+	$(BIN)/ruff format --check app worker tests bench
 	$(BIN)/mypy app worker
 
 bench: setup

@@ -77,8 +77,20 @@ def api(
 
 
 def worker_argv(queues: str, concurrency: int | None, pool: str | None) -> list[str]:
-    argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
-            "--queues", queues, "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.celery_app:celery_app",
+        "worker",
+        "--queues",
+        queues,
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     if pool:

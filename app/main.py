@@ -20,6 +20,8 @@ from app.jobs.router import router as jobs_router
 from app.sweeps.router import router as sweeps_router
 
 log = logging.getLogger(__name__)
+# A temp file untouched this long belongs to no upload in flight (uploads write continuously).
+STALE_TEMP_SECONDS = 3600.0
 
 
 def database_ready() -> str | None:
@@ -46,7 +48,12 @@ def broker_ready() -> str | None:
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    from app.storage import get_storage
+
     get_settings().storage_root.mkdir(parents=True, exist_ok=True)
+    removed = get_storage().remove_stale_temp_files(STALE_TEMP_SECONDS)
+    if removed:
+        log.info("removed %d temp files left by an interrupted upload", removed)
     yield
 
 
@@ -100,8 +107,10 @@ def prometheus_text() -> str:
         "# TYPE rnnlab_jobs gauge",
     ]
     with new_session() as session:
-        counts = {(s, q): n for s, q, n in session.execute(
-            select(Job.status, Job.queue, func.count()).group_by(Job.status, Job.queue))}
+        counts = {
+            (s, q): n
+            for s, q, n in session.execute(select(Job.status, Job.queue, func.count()).group_by(Job.status, Job.queue))
+        }
         datasets = session.scalar(select(func.count()).select_from(Dataset)) or 0
         attempts = session.scalar(select(func.coalesce(func.sum(Job.attempts - 1), 0)).where(Job.attempts > 1)) or 0
     queues = sorted({q for _, q in counts} | {"default"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from app.config import get_settings
@@ -34,6 +35,19 @@ class LocalStorage:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
+
+    def remove_stale_temp_files(self, max_age_seconds: float) -> int:
+        """Delete temp files a crashed process left behind (older than any upload in flight)."""
+        cutoff = time.time() - max_age_seconds
+        removed = 0
+        for path in (self.root / "tmp").iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()

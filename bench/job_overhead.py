@@ -61,9 +61,7 @@ def run_deployment(label: str, env: dict[str, str], jobs: int) -> float:
         text=True,
     ).stdout.strip()
     procs = [
-        subprocess.Popen(
-            [*py, "api"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        ),
+        subprocess.Popen([*py, "api"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen(
             [*py, "worker", "--concurrency", "1"],
             cwd=ROOT,
@@ -83,9 +81,7 @@ def run_deployment(label: str, env: dict[str, str], jobs: int) -> float:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.2)
-            ds = client.post("/api/v1/datasets", files={"file": ("sine.csv", sine_csv(), "text/csv")}).json()[
-                "id"
-            ]
+            ds = client.post("/api/v1/datasets", files={"file": ("sine.csv", sine_csv(), "text/csv")}).json()["id"]
             spec = {
                 "dataset_id": ds,
                 "task": "forecast",
@@ -123,9 +119,7 @@ def run_deployment(label: str, env: dict[str, str], jobs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=7)
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/15")

@@ -28,9 +28,7 @@ MIB = 1024 * 1024
 
 def write_csv(path: Path, size_bytes: int) -> int:
     """A CSV of ``size_bytes`` or a little less: a 4-column block written over and over."""
-    block = "".join(
-        f"{i},s{i % 17},{i * 0.37:.3f},{'true' if i % 3 else 'false'}\n" for i in range(40_000)
-    ).encode()
+    block = "".join(f"{i},s{i % 17},{i * 0.37:.3f},{'true' if i % 3 else 'false'}\n" for i in range(40_000)).encode()
     header = b"step,series,value,flag\n"
     blocks = max(1, (size_bytes - len(header)) // len(block))
     with path.open("wb") as f:
@@ -69,9 +67,7 @@ def wait_ready(base_url: str, server: subprocess.Popen[bytes], timeout_s: float 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=1024, help="CSV size in MiB (default 1024)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to put the CSV and RNNLAB_HOME")
     args = parser.parse_args()
@@ -117,9 +113,7 @@ def main() -> int:
 
         with source.open("rb") as f, httpx.Client(timeout=None) as client:
             start = time.perf_counter()
-            response = client.post(
-                f"{base_url}/api/v1/datasets", files={"file": ("bench.csv", f, "text/csv")}
-            )
+            response = client.post(f"{base_url}/api/v1/datasets", files={"file": ("bench.csv", f, "text/csv")})
             elapsed = time.perf_counter() - start
         if response.status_code != 201:
             print(f"upload failed: {response.status_code} {response.text}", file=sys.stderr)

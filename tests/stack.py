@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,26 +42,43 @@ class Stack:
     log_dir: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start_worker(self, *, concurrency: int = 1, queues: str = "default", name: str | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, *, concurrency: int = 1, queues: str = "default", name: str | None = None
+    ) -> subprocess.Popen[bytes]:
         index = len(self.workers)
         log = open(self.log_dir / f"worker-{index}.log", "wb")  # noqa: SIM115 - closed with the process
         argv = [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker",
-            "--queues", queues, "--concurrency", str(concurrency), "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", "--hostname", name or f"w{index}-{os.getpid()}@%h",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app:celery_app",
+            "worker",
+            "--queues",
+            queues,
+            "--concurrency",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname",
+            name or f"w{index}-{os.getpid()}@%h",
         ]
         proc = subprocess.Popen(
-            argv, cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill -9 takes the pool children too
         )
         self.workers.append(proc)
         return proc
 
     def kill_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=30)
 
     def stop_all(self) -> None:
@@ -87,7 +104,8 @@ class Stack:
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         r = self.client.post(
-            "/api/v1/datasets", headers=self.headers,
+            "/api/v1/datasets",
+            headers=self.headers,
             files={"file": (name, buf.getvalue(), "application/octet-stream")},
         )
         assert r.status_code in (200, 201), r.text
@@ -103,8 +121,13 @@ class Stack:
         assert r.status_code == 200, r.text
         return dict(r.json())
 
-    def wait(self, job_id: str, statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
-             timeout: float = 120.0, predicate: Any = None) -> dict[str, Any]:
+    def wait(
+        self,
+        job_id: str,
+        statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+        timeout: float = 120.0,
+        predicate: Any = None,
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         job: dict[str, Any] = {}
         while time.monotonic() < deadline:

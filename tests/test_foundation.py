@@ -108,7 +108,10 @@ def test_cli_keys_create_prints_key_alone(env) -> None:
     run_env = {**os.environ, **env}
     out = subprocess.run(
         [sys.executable, "-m", "app.cli", "keys", "create", "--project", "cli-proj"],
-        capture_output=True, text=True, env=run_env, check=True,
+        capture_output=True,
+        text=True,
+        env=run_env,
+        check=True,
     )
     lines = out.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith("rnl_")
@@ -129,3 +132,21 @@ def test_framework_422_uses_the_error_body(client, auth) -> None:
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["code"] == "validation_error" and err["details"][0]["field"] == "limit"
+
+
+def test_api_start_removes_temp_files_left_by_a_crash(sqlite_env) -> None:
+    import os
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.storage import get_storage
+
+    storage = get_storage()
+    stale, fresh = storage.temp_path(".csv"), storage.temp_path(".csv")
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    with TestClient(create_app()):
+        pass
+    assert not stale.exists() and fresh.exists()

@@ -140,9 +140,7 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
                 rows = _metric_rows(job_id, report.metrics, report.epoch)
                 if rows:
                     session.execute(insert(EpochMetric), rows)
-                cancel = state.renew_lease(
-                    session, claim, settings.lease_seconds, progress_epoch=report.epoch
-                )
+                cancel = state.renew_lease(session, claim, settings.lease_seconds, progress_epoch=report.epoch)
             if cancel is None:
                 heartbeat.lost = True
             elif cancel:

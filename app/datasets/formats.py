@@ -39,8 +39,7 @@ def validate_filename(filename: str) -> str:
         raise AppError(
             422,
             "invalid_filename",
-            f"filename {filename!r} must be a plain file name without path separators, '..' "
-            "or control characters",
+            f"filename {filename!r} must be a plain file name without path separators, '..' or control characters",
             {"filename": filename},
         )
     if len(filename) > MAX_FILENAME_CHARS:
@@ -102,7 +101,6 @@ def _mismatch(filename: str, claimed: DatasetFormat, found: str) -> AppError:
     return AppError(
         415,
         "unsupported_format",
-        f"{filename!r} is named like {claimed} but its content looks like {found}; "
-        f"accepted formats: {ACCEPTED}",
+        f"{filename!r} is named like {claimed} but its content looks like {found}; accepted formats: {ACCEPTED}",
         {"filename": filename, "claimed": claimed, "accepted": list(EXTENSIONS)},
     )

@@ -49,18 +49,14 @@ class InspectedContent:
     arrays: dict[str, list[int]] | None = None
 
 
-def inspect_upload(
-    path: Path, fmt: DatasetFormat, filename: str, work_dir: Path, max_bytes: int
-) -> InspectedContent:
+def inspect_upload(path: Path, fmt: DatasetFormat, filename: str, work_dir: Path, max_bytes: int) -> InspectedContent:
     """Validate the uploaded file at ``path`` and describe it.
 
     Tables are converted to Parquet inside ``work_dir`` (a private temporary directory the caller
     removes afterwards); Parquet and NPZ uploads are stored as they came.
     """
     if fmt == "npz":
-        return InspectedContent(
-            stored_path=path, suffix=".npz", arrays=inspect_npz(path, filename, max_bytes)
-        )
+        return InspectedContent(stored_path=path, suffix=".npz", arrays=inspect_npz(path, filename, max_bytes))
     if fmt == "parquet":
         num_rows, columns = inspect_parquet(path, filename)
         return InspectedContent(stored_path=path, suffix=".parquet", num_rows=num_rows, columns=columns)
@@ -162,8 +158,7 @@ def dtype_name(dtype: pa.DataType) -> str:
 
 def _column_summaries(schema: pa.Schema, missing: list[int]) -> list[dict[str, Any]]:
     return [
-        {"name": f.name, "dtype": dtype_name(f.type), "missing": int(m)}
-        for f, m in zip(schema, missing, strict=True)
+        {"name": f.name, "dtype": dtype_name(f.type), "missing": int(m)} for f, m in zip(schema, missing, strict=True)
     ]
 
 
@@ -279,9 +274,7 @@ def _unparseable(src: Path, filename: str, exc: pa.ArrowInvalid) -> AppError:
     if location is not None:
         line, problem = location
         details["line"] = line
-        return AppError(
-            422, "unparseable_csv", f"{filename!r} cannot be parsed: line {line}: {problem}", details
-        )
+        return AppError(422, "unparseable_csv", f"{filename!r} cannot be parsed: line {line}: {problem}", details)
     return AppError(422, "unparseable_csv", f"{filename!r} cannot be parsed: {message[:300]}", details)
 
 
@@ -423,8 +416,6 @@ def inspect_npz(path: Path, filename: str, max_bytes: int) -> dict[str, list[int
                     while member.read(READ_CHUNK_BYTES):
                         pass
             except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-                raise AppError(
-                    422, "invalid_npz", f"array {name!r} is corrupt: {exc}", {"array": name}
-                ) from exc
+                raise AppError(422, "invalid_npz", f"array {name!r} is corrupt: {exc}", {"array": name}) from exc
             arrays[name] = list(header.shape)
     return arrays

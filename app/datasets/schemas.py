@@ -10,9 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class ColumnInfo(BaseModel):
     name: str
-    dtype: str = Field(
-        description="int64, float64, string, bool, timestamp, date, … ('null' when all missing)"
-    )
+    dtype: str = Field(description="int64, float64, string, bool, timestamp, date, … ('null' when all missing)")
     missing: int = Field(description="Missing (null/empty/NA/NaN) values in the column.")
 
 
@@ -22,9 +20,7 @@ class DatasetRead(BaseModel):
     id: str
     name: str
     filename: str
-    format: str = Field(
-        description="Uploaded format: csv, csv.gz, parquet or npz (tables are stored as Parquet)."
-    )
+    format: str = Field(description="Uploaded format: csv, csv.gz, parquet or npz (tables are stored as Parquet).")
     size_bytes: int = Field(description="Size of the uploaded file.")
     sha256: str = Field(description="SHA-256 of the uploaded file.")
     created_at: datetime

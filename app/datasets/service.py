@@ -49,9 +49,7 @@ def storage_key(sha256: str, suffix: str) -> str:
 
 def get_dataset(session: Session, project_id: str, dataset_id: str) -> Dataset:
     """The project's dataset; 404 ``dataset_not_found`` when it is missing or another project's."""
-    dataset = session.scalar(
-        select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project_id)
-    )
+    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project_id))
     if dataset is None:
         raise not_found("dataset", dataset_id)
     return dataset
@@ -60,9 +58,7 @@ def get_dataset(session: Session, project_id: str, dataset_id: str) -> Dataset:
 def list_datasets(session: Session, project_id: str, params: PageParams) -> tuple[list[Dataset], str | None]:
     """One page of the project's datasets, newest first."""
     query = (
-        select(Dataset)
-        .where(Dataset.project_id == project_id)
-        .order_by(Dataset.created_at.desc(), Dataset.id.desc())
+        select(Dataset).where(Dataset.project_id == project_id).order_by(Dataset.created_at.desc(), Dataset.id.desc())
     )
     return fetch_page(session, query, params)
 
@@ -77,9 +73,7 @@ def dataset_path(dataset: Dataset) -> Path:
     return path
 
 
-def load_dataset_data(
-    dataset: Dataset, columns: list[str] | None = None
-) -> pa.Table | dict[str, np.ndarray[Any, Any]]:
+def load_dataset_data(dataset: Dataset, columns: list[str] | None = None) -> pa.Table | dict[str, np.ndarray[Any, Any]]:
     """The dataset's content: a ``pyarrow.Table`` for tables, ``{name: array}`` for ``.npz``.
 
     ``columns`` selects table columns (or arrays) to read; unknown names raise a 422 naming them.
@@ -118,9 +112,7 @@ async def upload_dataset(session: Session, project_id: str, request: Request) ->
     """
     settings = get_settings()
     await anyio.to_thread.run_sync(session.commit)
-    upload = await receive_upload(
-        request, get_storage(), settings.max_upload_bytes, settings.upload_chunk_bytes
-    )
+    upload = await receive_upload(request, get_storage(), settings.max_upload_bytes, settings.upload_chunk_bytes)
     return await anyio.to_thread.run_sync(create_dataset, session, project_id, upload)
 
 
@@ -213,15 +205,12 @@ def delete_dataset(session: Session, project_id: str, dataset_id: str) -> None:
     if active:
         raise _in_use(dataset.id, active)
     jobs = session.scalar(select(func.count()).select_from(Job).where(Job.dataset_id == dataset.id)) or 0
-    sweeps = (
-        session.scalar(select(func.count()).select_from(Sweep).where(Sweep.dataset_id == dataset.id)) or 0
-    )
+    sweeps = session.scalar(select(func.count()).select_from(Sweep).where(Sweep.dataset_id == dataset.id)) or 0
     if jobs or sweeps:
         raise AppError(
             409,
             "dataset_referenced",
-            f"dataset '{dataset.id}' is referenced by {jobs} finished job(s) and {sweeps} sweep(s); "
-            "delete those first",
+            f"dataset '{dataset.id}' is referenced by {jobs} finished job(s) and {sweeps} sweep(s); delete those first",
             {"jobs": jobs, "sweeps": sweeps},
         )
     key = dataset.storage_key
@@ -241,8 +230,7 @@ def _in_use(dataset_id: str, job_ids: list[str]) -> AppError:
     return AppError(
         409,
         "dataset_in_use",
-        f"dataset '{dataset_id}' is used by queued or running jobs{shown}; cancel them or wait until "
-        "they finish",
+        f"dataset '{dataset_id}' is used by queued or running jobs{shown}; cancel them or wait until they finish",
         {"job_ids": job_ids},
     )
 
@@ -282,9 +270,7 @@ def _preview_arrays(path: Path, filename: str, rows: int) -> dict[str, ArrayPrev
                 shape, dtype = header.shape, header.dtype
                 if not shape:  # a 0-d array: its single value
                     value = np.frombuffer(member.read(dtype.itemsize), dtype=dtype).reshape(())
-                    previews[name] = ArrayPreview(
-                        shape=[], dtype=str(dtype), head=jsonable(value.tolist()), shown=1
-                    )
+                    previews[name] = ArrayPreview(shape=[], dtype=str(dtype), head=jsonable(value.tolist()), shown=1)
                     continue
                 per_entry = math.prod(shape[1:])
                 shown = min(rows, shape[0], MAX_PREVIEW_VALUES_PER_ARRAY // max(per_entry, 1))

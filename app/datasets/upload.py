@@ -282,9 +282,7 @@ async def receive_upload(
         return await anyio.to_thread.run_sync(sink.finish)
     except ClientDisconnect as exc:
         sink.discard()
-        raise AppError(
-            400, "upload_interrupted", "the client disconnected before the upload finished"
-        ) from exc
+        raise AppError(400, "upload_interrupted", "the client disconnected before the upload finished") from exc
     except BaseException:
         sink.discard()
         raise

@@ -116,5 +116,3 @@ def recover_jobs() -> dict[str, list[str]]:
     if requeued or failed or sent:
         log.info("recovery: requeued %s, failed %s, dispatched %s", requeued, failed, sent)
     return {"requeued": requeued, "failed": failed, "dispatched": sent}
-
-

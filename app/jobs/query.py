@@ -49,7 +49,7 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise _bad(f"cannot read the filter at character {pos + 1}: {text[pos:pos + 20]!r}")
+            raise _bad(f"cannot read the filter at character {pos + 1}: {text[pos : pos + 20]!r}")
         pos = m.end()
         kind = m.lastgroup
         value = m.group(kind or "")
@@ -72,11 +72,7 @@ def metric_value(field: str) -> ColumnElement[Any] | None:
     if split not in METRIC_SPLITS or not name or "." in name:
         return None
     m = aliased(JobMetric)
-    return (
-        select(m.value)
-        .where(m.job_id == Job.id, m.split == split, m.name == name)
-        .scalar_subquery()
-    )
+    return select(m.value).where(m.job_id == Job.id, m.split == split, m.name == name).scalar_subquery()
 
 
 def field_expression(field: str, sample: Any) -> ColumnElement[Any]:
@@ -200,7 +196,9 @@ def apply_sort(query: Select[Any], sort: str) -> Select[Any]:
         column = metric_value(field)
         if column is None:
             raise AppError(
-                400, "invalid_sort", f"cannot sort by {field!r}; use created_at, finished_at, or a metric like test.rmse"
+                400,
+                "invalid_sort",
+                f"cannot sort by {field!r}; use created_at, finished_at, or a metric like test.rmse",
             )
     ordered = column.desc() if descending else column.asc()
     return query.order_by(column.is_(None), ordered, Job.id)

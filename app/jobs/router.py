@@ -47,8 +47,16 @@ def list_jobs(
     sort: Annotated[str, Query(description="created_at, -created_at, test.rmse, -val.accuracy, …")] = "-created_at",
 ) -> JobPage:
     jobs, cursor = service.list_jobs(
-        session, project, page, statuses=list(status or []), dataset_id=dataset_id, task=task, cell=cell,
-        sweep_id=sweep_id, where=where, sort=sort,
+        session,
+        project,
+        page,
+        statuses=list(status or []),
+        dataset_id=dataset_id,
+        task=task,
+        cell=cell,
+        sweep_id=sweep_id,
+        where=where,
+        sort=sort,
     )
     return JobPage(items=[JobRead.from_row(j) for j in jobs], next_cursor=cursor)
 
@@ -90,7 +98,9 @@ def _snapshot(job_id: str, after_epoch: int) -> tuple[dict[str, Any], list[dict[
     with new_session() as session:
         job = session.get(Job, job_id)
         assert job is not None
-        status = JobRead.from_row(job).model_dump(mode="json", include={"id", "status", "progress", "attempts", "error"})
+        status = JobRead.from_row(job).model_dump(
+            mode="json", include={"id", "status", "progress", "attempts", "error"}
+        )
         rows = session.query(EpochMetric).filter(EpochMetric.job_id == job_id, EpochMetric.epoch > after_epoch)
         epochs: dict[int, dict[str, dict[str, float | None]]] = {}
         for row in rows.order_by(EpochMetric.epoch):

@@ -90,9 +90,7 @@ class JobMetrics(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    inputs: list[Any] = Field(
-        description="Input windows in original units: [N, T, F] (or [N, T] for one feature)."
-    )
+    inputs: list[Any] = Field(description="Input windows in original units: [N, T, F] (or [N, T] for one feature).")
 
 
 class PredictResponse(BaseModel):

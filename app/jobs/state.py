@@ -76,9 +76,7 @@ def renew_lease(session: Session, claim: Claim, lease_seconds: float, **values: 
     return None if row is None else bool(row[0])
 
 
-def finish_job(
-    session: Session, claim: Claim, status: str, *, commit: bool = True, **values: Any
-) -> bool:
+def finish_job(session: Session, claim: Claim, status: str, *, commit: bool = True, **values: Any) -> bool:
     """running → succeeded / failed / cancelled, only for the holder of the claim."""
     assert status in ("succeeded", "failed", "cancelled")
     result = session.execute(
@@ -118,9 +116,7 @@ def request_cancel(session: Session, job: Job) -> str:
         if result.rowcount == 1:  # type: ignore[attr-defined]
             return "cancelled"
     if job.status == "running":
-        session.execute(
-            update(Job).where(Job.id == job.id, Job.status == "running").values(cancel_requested=True)
-        )
+        session.execute(update(Job).where(Job.id == job.id, Job.status == "running").values(cancel_requested=True))
         session.commit()
     session.refresh(job)
     return job.status
@@ -182,7 +178,5 @@ def jobs_to_dispatch(session: Session, older_than: datetime) -> list[tuple[str, 
 
 def mark_dispatched(session: Session, job_ids: list[str]) -> None:
     if job_ids:
-        session.execute(
-            update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(dispatched_at=utcnow())
-        )
+        session.execute(update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(dispatched_at=utcnow()))
         session.commit()

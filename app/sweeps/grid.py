@@ -48,9 +48,7 @@ def check_grid(grid: Mapping[str, Sequence[Any]]) -> None:
         if path not in SPEC_PATHS:
             leaves = sorted(p for p in SPEC_PATHS if p.startswith(path.split(".")[0] + "."))
             hint = f"; paths under '{path.split('.')[0]}' are: {', '.join(leaves)}" if leaves else ""
-            raise grid_error(
-                f"grid path '{path}' is not a JobSpec field{hint}", f"grid.{path}", "unknown_grid_path"
-            )
+            raise grid_error(f"grid path '{path}' is not a JobSpec field{hint}", f"grid.{path}", "unknown_grid_path")
         if len(values) == 0:
             raise grid_error(f"grid path '{path}' has no values; give at least one", f"grid.{path}")
         seen: set[str] = set()
@@ -65,9 +63,7 @@ def check_grid(grid: Mapping[str, Sequence[Any]]) -> None:
     for path in grid:
         for other in grid:
             if other != path and other.startswith(path + "."):
-                raise grid_error(
-                    f"grid paths '{path}' and '{other}' overlap; sweep one or the other", f"grid.{other}"
-                )
+                raise grid_error(f"grid paths '{path}' and '{other}' overlap; sweep one or the other", f"grid.{other}")
 
 
 _SAMPLE_MAX_POPULATION = 2**62

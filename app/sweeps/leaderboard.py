@@ -19,9 +19,7 @@ def dataset_leaderboard(
     dataset_id: str,
     project: CurrentProject,
     session: SessionDep,
-    metric: Annotated[
-        str, Query(description="A final metric, split.name: test.rmse, test.accuracy, …")
-    ] = "test.rmse",
+    metric: Annotated[str, Query(description="A final metric, split.name: test.rmse, test.accuracy, …")] = "test.rmse",
     limit: Annotated[int, Query(ge=1, le=500)] = 10,
 ) -> Leaderboard:
     """Sorted in the metric's natural direction (errors and losses ascending, scores descending)."""

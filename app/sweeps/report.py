@@ -95,9 +95,7 @@ def build_report(rows: list[SweepJobRow], swept_paths: list[str], main_metric: s
         runner_key = str(ranked.runner_up) if ranked.runner_up is not None else None
         best = BestSetting(
             best=_ref(best_key, settings[best_key], main_summaries[best_key]),
-            runner_up=_ref(runner_key, settings[runner_key], main_summaries[runner_key])
-            if runner_key
-            else None,
+            runner_up=_ref(runner_key, settings[runner_key], main_summaries[runner_key]) if runner_key else None,
             distinguishable=ranked.distinguishable,
             explanation=ranked.explanation,
         )

@@ -22,9 +22,7 @@ class SweepCreate(BaseModel):
         description='Dotted spec paths to the values to try, e.g. {"model.hidden_size": [32, 64]}. '
         "Empty: one setting (the base), for a pure seed-stability study.",
     )
-    seeds: list[Seed] = Field(
-        default=[0, 1, 2], min_length=1, description="training.seed of each run of a setting."
-    )
+    seeds: list[Seed] = Field(default=[0, 1, 2], min_length=1, description="training.seed of each run of a setting.")
     search: Literal["grid", "random"] = "grid"
     max_jobs: int = Field(
         100,
@@ -32,9 +30,7 @@ class SweepCreate(BaseModel):
         description="grid: upper bound on settings × seeds (more is refused). "
         "random: how many distinct settings to draw (all of them when the grid has fewer).",
     )
-    random_seed: int = Field(
-        0, ge=0, description="Seeds the draw of a random search (same seed, same settings)."
-    )
+    random_seed: int = Field(0, ge=0, description="Seeds the draw of a random search (same seed, same settings).")
 
     @field_validator("seeds")
     @classmethod
@@ -70,9 +66,7 @@ class MetricSummary(BaseModel):
     std: float | None = Field(description="Sample standard deviation over seeds (ddof=1); null when n < 2.")
     min: float
     max: float
-    ci: list[float] | None = Field(
-        description="95% Student t interval of the mean over seeds; null when n < 2."
-    )
+    ci: list[float] | None = Field(description="95% Student t interval of the mean over seeds; null when n < 2.")
 
 
 class SettingReport(BaseModel):
@@ -82,9 +76,7 @@ class SettingReport(BaseModel):
     jobs: int = Field(description="Jobs of this setting (one per seed).")
     n: int = Field(description="Succeeded jobs counted in the statistics.")
     metrics: dict[str, MetricSummary] = Field(description="Final test metrics over the succeeded seeds.")
-    seed_cv: float | None = Field(
-        description="Coefficient of variation std / |mean| of the main metric over seeds."
-    )
+    seed_cv: float | None = Field(description="Coefficient of variation std / |mean| of the main metric over seeds.")
     high_seed_variance: bool = Field(description="seed_cv above the report's high_seed_cv_threshold.")
 
 
@@ -175,9 +167,7 @@ class LeaderboardEntry(BaseModel):
     setting: dict[str, Any] | None
     metric: str
     value: float
-    interval: list[float] | None = Field(
-        description="95% bootstrap interval from the evaluation (test split only)."
-    )
+    interval: list[float] | None = Field(description="95% bootstrap interval from the evaluation (test split only).")
     comparison: dict[str, Any] | None = Field(description="Baseline comparison from the evaluation.")
     finished_at: datetime | None
 

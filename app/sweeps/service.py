@@ -43,15 +43,12 @@ def _planned_settings(body: SweepCreate) -> list[dict[str, int]]:
     settings_count = size if body.search == "grid" else min(body.max_jobs, size)
     jobs_count = settings_count * len(body.seeds)
     server_max = get_settings().max_sweep_jobs
-    how_many = (
-        f"this sweep would create {jobs_count} jobs ({settings_count} settings × {len(body.seeds)} seeds)"
-    )
+    how_many = f"this sweep would create {jobs_count} jobs ({settings_count} settings × {len(body.seeds)} seeds)"
     if body.search == "grid" and jobs_count > body.max_jobs:
         raise AppError(
             422,
             "too_many_jobs",
-            f"{how_many}, more than max_jobs={body.max_jobs}; raise max_jobs, shrink the grid or use "
-            "search 'random'",
+            f"{how_many}, more than max_jobs={body.max_jobs}; raise max_jobs, shrink the grid or use search 'random'",
             {
                 "jobs": jobs_count,
                 "settings": settings_count,
@@ -193,9 +190,7 @@ def _summary(sweep: Sweep, progress: SweepProgress) -> SweepSummary:
     )
 
 
-def list_sweeps(
-    session: Session, project: Project, page: PageParams
-) -> tuple[list[SweepSummary], str | None]:
+def list_sweeps(session: Session, project: Project, page: PageParams) -> tuple[list[SweepSummary], str | None]:
     query: Select[Any] = (
         select(Sweep).where(Sweep.project_id == project.id).order_by(Sweep.created_at.desc(), Sweep.id.desc())
     )
@@ -255,9 +250,7 @@ def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
 def cancel_sweep(session: Session, project: Project, sweep_id: str) -> SweepCancel:
     """Cancel the sweep's queued jobs now and ask its running ones to stop within one epoch."""
     sweep = get_sweep(session, project, sweep_id)
-    active = list(
-        session.scalars(select(Job).where(Job.sweep_id == sweep.id, Job.status.in_(("queued", "running"))))
-    )
+    active = list(session.scalars(select(Job).where(Job.sweep_id == sweep.id, Job.status.in_(("queued", "running")))))
     cancelled = requested = 0
     for job in active:
         outcome = state.request_cancel(session, job)

@@ -150,9 +150,7 @@ class Ranked:
     explanation: str
 
 
-def rank_settings(
-    summaries: Mapping[Hashable, Summary], lower_is_better: bool
-) -> tuple[list[Hashable], Ranked | None]:
+def rank_settings(summaries: Mapping[Hashable, Summary], lower_is_better: bool) -> tuple[list[Hashable], Ranked | None]:
     """Settings ordered best first by mean; the best compared with the runner-up.
 
     ``distinguishable`` is True when their 95% intervals do not overlap, False when they do, and

@@ -40,8 +40,13 @@ def test_dashboard_shows_jobs_curves_and_evaluation(sqlite_env, monkeypatch, tmp
     key = make_key("browser")
     port = _free_port()
     env = {**os.environ, "RNNLAB_HOME": str(home), "RNNLAB_PORT": str(port)}
-    api = subprocess.Popen([sys.executable, "-m", "app.cli", "api"], cwd=ROOT, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "api"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -51,8 +56,9 @@ def test_dashboard_shows_jobs_curves_and_evaluation(sqlite_env, monkeypatch, tmp
             except httpx.HTTPError:
                 time.sleep(0.2)
         headers = {"Authorization": f"Bearer {key}"}
-        ds = httpx.post(f"{base}/api/v1/datasets", headers=headers,
-                        files={"file": ("sine.csv", sine_csv(300).encode(), "text/csv")}).json()["id"]
+        ds = httpx.post(
+            f"{base}/api/v1/datasets", headers=headers, files={"file": ("sine.csv", sine_csv(300).encode(), "text/csv")}
+        ).json()["id"]
         spec = forecast_spec(ds, epochs=4)
         spec["name"] = "browser-gru"
         spec["evaluation"]["attribution"] = True

@@ -112,9 +112,7 @@ def test_corrupt_gzip_is_422(client, auth) -> None:
 
 def test_ragged_csv_names_the_line(client, auth) -> None:
     content = b'a,b,c\n1,2,3\n4,"five\nand more",6\n7,8\n9,10,11\n'
-    err = assert_error(
-        upload(client, auth, "ragged.csv", content), 422, "unparseable_csv", "line 5", "expected 3"
-    )
+    err = assert_error(upload(client, auth, "ragged.csv", content), 422, "unparseable_csv", "line 5", "expected 3")
     assert err["details"]["line"] == 5
     assert_nothing_left()
 
@@ -127,9 +125,7 @@ def test_ragged_csv_gz_names_the_line(client, auth) -> None:
 
 def test_non_utf8_text_names_the_byte_offset_and_line(client, auth) -> None:
     content = "name,city\nAnn,Köln\n".encode() + b"Bob,K\xf6ln\n"  # the last line is Latin-1
-    err = assert_error(
-        upload(client, auth, "cities.csv", content), 422, "invalid_encoding", "UTF-8", "line 3"
-    )
+    err = assert_error(upload(client, auth, "cities.csv", content), 422, "invalid_encoding", "UTF-8", "line 3")
     assert err["details"] == {"byte_offset": content.index(b"\xf6"), "line": 3}
     assert_nothing_left()
 
@@ -209,9 +205,7 @@ def test_file_part_without_a_filename(client, auth) -> None:
     boundary = "xyz"
     body = f'--{boundary}\r\nContent-Disposition: form-data; name="file"\r\n\r\na\n1\n\r\n--{boundary}--\r\n'
     headers = {**auth, "content-type": f"multipart/form-data; boundary={boundary}"}
-    assert_error(
-        client.post(UPLOAD_URL, headers=headers, content=body), 422, "invalid_filename", "no filename"
-    )
+    assert_error(client.post(UPLOAD_URL, headers=headers, content=body), 422, "invalid_filename", "no filename")
     assert_nothing_left()
 
 
@@ -225,9 +219,7 @@ def test_truncated_multipart_body_is_400(client, auth) -> None:
     boundary = "xyz"
     body = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.csv"\r\n\r\na\n1\n'
     headers = {**auth, "content-type": f"multipart/form-data; boundary={boundary}"}
-    assert_error(
-        client.post(UPLOAD_URL, headers=headers, content=body), 400, "invalid_multipart", "truncated"
-    )
+    assert_error(client.post(UPLOAD_URL, headers=headers, content=body), 400, "invalid_multipart", "truncated")
     assert_nothing_left()
 
 

@@ -102,6 +102,4 @@ def test_upload_larger_than_allowed_memory_streams(sqlite_env, tmp_path) -> None
     assert python_peak < PYTHON_PEAK_LIMIT_BYTES, f"Python peak {python_peak / 2**20:.1f} MiB"
     growth = peak_rss - baseline_rss
     print(f"python peak {python_peak / 2**20:.1f} MiB, RSS growth {growth / 2**20:.1f} MiB")
-    assert growth < RSS_GROWTH_LIMIT_BYTES, (
-        f"RSS grew {growth / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB file"
-    )
+    assert growth < RSS_GROWTH_LIMIT_BYTES, f"RSS grew {growth / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB file"

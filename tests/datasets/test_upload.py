@@ -157,8 +157,6 @@ def test_other_project_same_content_shares_the_blob(client, auth, other_auth) ->
     # The blob outlives the first row and goes with the last.
     assert client.delete(f"/api/v1/datasets/{mine['id']}", headers=auth).status_code == 204
     assert len(storage_files()) == 1
-    assert (
-        client.get(f"/api/v1/datasets/{theirs.json()['id']}/preview", headers=other_auth).status_code == 200
-    )
+    assert client.get(f"/api/v1/datasets/{theirs.json()['id']}/preview", headers=other_auth).status_code == 200
     assert client.delete(f"/api/v1/datasets/{theirs.json()['id']}", headers=other_auth).status_code == 204
     assert storage_files() == []

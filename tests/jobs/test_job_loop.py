@@ -145,11 +145,18 @@ def test_embedded_default_as_a_user_starts_it(tmp_path) -> None:
             time.sleep(0.5)
         else:
             raise AssertionError((tmp_path / "up.log").read_text())
-        key = subprocess.run([*rnnlab, "keys", "create", "--project", "demo"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, check=True).stdout.strip()
+        key = subprocess.run(
+            [*rnnlab, "keys", "create", "--project", "demo"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         headers = {"Authorization": f"Bearer {key}"}
-        ds = httpx.post(f"{base}/api/v1/datasets", headers=headers,
-                        files={"file": ("sine.csv", sine_csv(300).encode(), "text/csv")}).json()
+        ds = httpx.post(
+            f"{base}/api/v1/datasets", headers=headers, files={"file": ("sine.csv", sine_csv(300).encode(), "text/csv")}
+        ).json()
         job = httpx.post(f"{base}/api/v1/jobs", headers=headers, json=forecast_spec(ds["id"])).json()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -245,8 +252,13 @@ def test_api_restart_does_not_touch_running_jobs(distributed_stack: Stack) -> No
     base = f"http://127.0.0.1:{port}"
 
     def start_api() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "api"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -258,8 +270,9 @@ def test_api_restart_does_not_touch_running_jobs(distributed_stack: Stack) -> No
 
     api = start_api()
     ds = stack.upload_csv("sine4.csv", sine_csv(1200))
-    job = httpx.post(f"{base}/api/v1/jobs", headers=stack.headers,
-                     json=forecast_spec(ds, epochs=8, early_stopping_patience=None)).json()
+    job = httpx.post(
+        f"{base}/api/v1/jobs", headers=stack.headers, json=forecast_spec(ds, epochs=8, early_stopping_patience=None)
+    ).json()
     stack.wait(job["id"], ("running",))
     api.send_signal(signal.SIGKILL)
     api.wait()

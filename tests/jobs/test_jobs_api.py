@@ -32,9 +32,15 @@ def queued_files() -> list[Path]:
 
 
 def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
-    r = client.post("/api/v1/jobs", headers=auth, json={
-        "dataset_id": sine, "task": "forecast", "data": {"layout": "series", "target": "value"},
-    })
+    r = client.post(
+        "/api/v1/jobs",
+        headers=auth,
+        json={
+            "dataset_id": sine,
+            "task": "forecast",
+            "data": {"layout": "series", "target": "value"},
+        },
+    )
     assert r.status_code == 201, r.text
     job = r.json()
     assert job["status"] == "queued" and job["attempts"] == 0
@@ -77,20 +83,28 @@ def test_spec_that_does_not_fit_the_dataset(client, auth, sine) -> None:
     err = r.json()["error"]
     assert err["code"] == "spec_does_not_fit_dataset" and "temp" in err["message"]
     assert err["details"][0]["field"] == "data.target"
-    r = client.post("/api/v1/jobs", headers=auth, json={**base, "data": {"layout": "series", "target": "value", "lookback": 500}})
+    r = client.post(
+        "/api/v1/jobs", headers=auth, json={**base, "data": {"layout": "series", "target": "value", "lookback": 500}}
+    )
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"].startswith("data.")
 
 
 def test_one_class_target_and_non_numeric_wide_columns(client, auth) -> None:
     one_class = "label,s1,s2,s3\n" + "\n".join(f"a,{i},{i + 1},{i + 2}" for i in range(30)) + "\n"
     ds = upload(client, auth, "one.csv", one_class)
-    r = client.post("/api/v1/jobs", headers=auth, json={
-        "dataset_id": ds, "task": "classification", "data": {"layout": "wide", "target": "label"}})
+    r = client.post(
+        "/api/v1/jobs",
+        headers=auth,
+        json={"dataset_id": ds, "task": "classification", "data": {"layout": "wide", "target": "label"}},
+    )
     assert r.status_code == 422 and "class" in r.json()["error"]["message"]
     wide = "label,s1,s2,s3\n" + "\n".join(f"{i % 2},{i},x{i},{i + 2}" for i in range(30)) + "\n"
     ds = upload(client, auth, "wide.csv", wide)
-    r = client.post("/api/v1/jobs", headers=auth, json={
-        "dataset_id": ds, "task": "classification", "data": {"layout": "wide", "target": "label"}})
+    r = client.post(
+        "/api/v1/jobs",
+        headers=auth,
+        json={"dataset_id": ds, "task": "classification", "data": {"layout": "wide", "target": "label"}},
+    )
     assert r.status_code == 422 and "s2" in r.json()["error"]["message"], r.text
 
 
@@ -148,7 +162,9 @@ def test_list_filters_sort_where_and_pagination(client, auth, sine) -> None:
     assert get("status=queued").json()["items"] == []
     where = 'test.rmse < 0.5 and model.cell in ("lstm", "gru")'
     assert {j["id"] for j in get(f"where={where}").json()["items"]} == {ids[0], ids[1]}
-    assert {j["id"] for j in get('where=model.hidden_size = 8 and (test.rmse > 0.5 or model.cell = "gru")').json()["items"]} == {ids[1], ids[2]}
+    assert {
+        j["id"] for j in get('where=model.hidden_size = 8 and (test.rmse > 0.5 or model.cell = "gru")').json()["items"]
+    } == {ids[1], ids[2]}
     bad = get("where=test.rmse <<< 3")
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_where"
     assert get("where=colour = 1").status_code == 400
@@ -178,8 +194,9 @@ def test_claim_is_exclusive_and_leases_expire(client, auth, sine) -> None:
         second = state.claim_job(session, job_id, "w2", lease_seconds=60)
         assert second is not None and second.attempt == 2
         # Out of attempts → failed with a reason a user can read.
-        session.execute(update(Job).where(Job.id == job_id).values(
-            max_attempts=2, lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(
+            update(Job).where(Job.id == job_id).values(max_attempts=2, lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
         session.commit()
         assert state.expire_leases(session) == ([], [job_id])
         session.expire_all()
@@ -209,7 +226,8 @@ def test_compare_metrics_downsamples_and_scopes(client, auth, other_auth, sine) 
         for job_id in ids:
             session.add_all(
                 EpochMetric(job_id=job_id, epoch=e, split=split, name="loss", value=1.0 / e)
-                for e in range(1, 1001) for split in ("train", "val")
+                for e in range(1, 1001)
+                for split in ("train", "val")
             )
         session.commit()
     r = client.get(f"/api/v1/metrics?job_id={ids[0]}&job_id={ids[1]}&name=val.loss&max_points=100", headers=auth)

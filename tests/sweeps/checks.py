@@ -31,9 +31,7 @@ def wait_for_sweep(stack: Stack, sweep_id: str, timeout: float = 300.0) -> dict[
         if sweep["progress"]["finished"] == sweep["progress"]["total"]:
             return sweep
         time.sleep(0.5)
-    raise AssertionError(
-        f"sweep {sweep_id} did not finish in {timeout}s: {sweep['progress']}\n{stack.worker_logs()}"
-    )
+    raise AssertionError(f"sweep {sweep_id} did not finish in {timeout}s: {sweep['progress']}\n{stack.worker_logs()}")
 
 
 def create_sweep(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
@@ -77,9 +75,7 @@ def check_sweep_statistics_by_hand(stack: Stack) -> None:
             half = t_975(2) * std / math.sqrt(3)
             m = got["metrics"][name]
             assert m["n"] == 3
-            assert m["mean"] == pytest.approx(mean, rel=1e-9) and m["std"] == pytest.approx(
-                std, rel=1e-7, abs=1e-12
-            )
+            assert m["mean"] == pytest.approx(mean, rel=1e-9) and m["std"] == pytest.approx(std, rel=1e-7, abs=1e-12)
             assert (m["min"], m["max"]) == pytest.approx((values.min(), values.max()))
             assert m["ci"] == pytest.approx([mean - half, mean + half], rel=1e-7, abs=1e-12)
             if name == "rmse":
@@ -102,15 +98,11 @@ def check_sweep_statistics_by_hand(stack: Stack) -> None:
     assert {j["id"] for j in listed} == set(evaluations)
 
     # The leaderboard of the dataset: the same jobs, best test rmse first, with interval and comparison.
-    board = stack.client.get(
-        f"/api/v1/datasets/{ds}/leaderboard?metric=test.rmse&limit=4", headers=stack.headers
-    )
+    board = stack.client.get(f"/api/v1/datasets/{ds}/leaderboard?metric=test.rmse&limit=4", headers=stack.headers)
     assert board.status_code == 200, board.text
     items = board.json()["items"]
     expected = sorted(evaluations, key=lambda j: evaluations[j]["metrics"]["test"]["rmse"])[:4]
-    assert [i["value"] for i in items] == pytest.approx(
-        [evaluations[j]["metrics"]["test"]["rmse"] for j in expected]
-    )
+    assert [i["value"] for i in items] == pytest.approx([evaluations[j]["metrics"]["test"]["rmse"] for j in expected])
     for item in items:
         evaluation = evaluations[item["job_id"]]
         assert item["interval"] == pytest.approx(evaluation["intervals"]["test"]["rmse"])

@@ -97,11 +97,7 @@ def test_best_and_runner_up_distinguishable_when_intervals_do_not_overlap() -> N
     order, ranked = stats.rank_settings({"a": a, "b": b}, lower_is_better=True)
     assert order == ["a", "b"] and ranked is not None
     assert ranked.best == "a" and ranked.runner_up == "b" and ranked.distinguishable is True
-    assert (
-        "do not overlap" in ranked.explanation
-        and "[0.751" in ranked.explanation
-        and "[1.751" in ranked.explanation
-    )
+    assert "do not overlap" in ranked.explanation and "[0.751" in ranked.explanation and "[1.751" in ranked.explanation
 
     order, ranked = stats.rank_settings({"a": a, "b": b}, lower_is_better=False)
     assert order == ["b", "a"] and ranked is not None and ranked.best == "b"
@@ -153,9 +149,7 @@ def test_report_counts_only_succeeded_jobs_and_flags_seed_variance() -> None:
     assert report.lower_is_better and report.high_seed_cv_threshold == 0.1
     first, second = report.settings
     assert first.setting == s32 and first.rank == 1 and first.n == 3 and first.jobs == 3
-    assert first.metrics["rmse"].mean == pytest.approx(1.0) and first.metrics["rmse"].std == pytest.approx(
-        0.05
-    )
+    assert first.metrics["rmse"].mean == pytest.approx(1.0) and first.metrics["rmse"].std == pytest.approx(0.05)
     assert first.metrics["mae"].mean == pytest.approx(0.5)
     assert first.seed_cv == pytest.approx(0.05) and first.high_seed_variance is False
     assert second.n == 2 and second.jobs == 4 and second.metrics["rmse"].mean == 2.5

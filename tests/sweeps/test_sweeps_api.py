@@ -64,18 +64,14 @@ def refused(client: Any, auth: dict[str, str], body: dict[str, Any], code: str) 
 
 
 def test_grid_sweep_creates_one_job_per_setting_and_seed(client, auth, sine) -> None:
-    sweep = create(
-        client, auth, sweep_body(sine, {"model.hidden_size": [4, 8], "model.cell": ["gru", "lstm"]})
-    )
+    sweep = create(client, auth, sweep_body(sine, {"model.hidden_size": [4, 8], "model.cell": ["gru", "lstm"]}))
     assert sweep["progress"]["queued"] == sweep["progress"]["total"] == 12
     assert sweep["grid"] == {"model.hidden_size": [4, 8], "model.cell": ["gru", "lstm"]}
     assert sweep["seeds"] == [0, 1, 2] and sweep["search"] == "grid" and sweep["base"]["dataset_id"] == sine
     pairs = {(json.dumps(j["setting"], sort_keys=True), j["seed"]) for j in sweep["jobs"]}
     assert len(pairs) == 12
     assert {j["setting_key"] for j in sweep["jobs"]} == {
-        json.dumps({"model.hidden_size": h, "model.cell": c}, sort_keys=True)
-        for h in (4, 8)
-        for c in ("gru", "lstm")
+        json.dumps({"model.hidden_size": h, "model.cell": c}, sort_keys=True) for h in (4, 8) for c in ("gru", "lstm")
     }
     report = sweep["report"]
     assert report["succeeded"] == 0 and report["total"] == 12 and report["best"] is None
@@ -211,9 +207,7 @@ def test_sweeps_of_other_projects_are_not_found(client, auth, other_auth, sine) 
 
 
 def test_list_is_paginated_newest_first(client, auth, sine) -> None:
-    ids = [
-        create(client, auth, {**sweep_body(sine, {}), "name": f"s{i}", "seeds": [0]})["id"] for i in range(3)
-    ]
+    ids = [create(client, auth, {**sweep_body(sine, {}), "name": f"s{i}", "seeds": [0]})["id"] for i in range(3)]
     page = client.get("/api/v1/sweeps?limit=2", headers=auth).json()
     assert [s["id"] for s in page["items"]] == ids[::-1][:2] and page["next_cursor"]
     assert page["items"][0]["progress"]["total"] == 1
@@ -248,9 +242,7 @@ def finish(job_id: str, test_metrics: dict[str, float], status: str = "succeeded
     with new_session() as session:
         session.execute(update(Job).where(Job.id == job_id).values(status=status, finished_at=utcnow()))
         if status == "succeeded":
-            session.add_all(
-                JobMetric(job_id=job_id, split="test", name=k, value=v) for k, v in test_metrics.items()
-            )
+            session.add_all(JobMetric(job_id=job_id, split="test", name=k, value=v) for k, v in test_metrics.items())
             session.add(JobMetric(job_id=job_id, split="val", name="rmse", value=99.0))  # not counted: val
             session.add(Evaluation(job_id=job_id, body={"main_metric": "rmse", **evaluation}))
         session.commit()
@@ -311,8 +303,7 @@ def test_report_statistics_by_hand(client, auth, sine) -> None:
     listed = {j["id"]: j for j in report["jobs"]}
     assert listed[by_setting[8][0]["id"]]["main_metric"] == 0.20
     assert (
-        listed[by_setting[4][3]["id"]]["main_metric"] is None
-        and listed[by_setting[4][3]["id"]]["status"] == "failed"
+        listed[by_setting[4][3]["id"]]["main_metric"] is None and listed[by_setting[4][3]["id"]]["status"] == "failed"
     )
 
 
@@ -323,9 +314,7 @@ def test_leaderboard_order_and_fields(client, auth, sine) -> None:
     sweep = create(client, auth, sweep_body(sine, {"model.cell": ["gru", "lstm"]}, seeds=[0, 1]))
     values = [0.5, 0.2, 0.4, 0.3]
     for job, rmse in zip(sweep["jobs"], values, strict=True):
-        comparison = {
-            "naive": {"metric": "rmse", "model": rmse, "baseline": 0.6, "improvement": 0.1, "beats": True}
-        }
+        comparison = {"naive": {"metric": "rmse", "model": rmse, "baseline": 0.6, "improvement": 0.1, "beats": True}}
         finish(
             job["id"],
             {"rmse": rmse, "r2": 1 - rmse},
@@ -342,9 +331,7 @@ def test_leaderboard_order_and_fields(client, auth, sine) -> None:
     items = board["items"]
     assert [i["value"] for i in items] == [0.2, 0.3, 0.4] and [i["rank"] for i in items] == [1, 2, 3]
     top = items[0]
-    assert (
-        top["job_id"] == sweep["jobs"][1]["id"] and top["cell"] == sweep["jobs"][1]["setting"]["model.cell"]
-    )
+    assert top["job_id"] == sweep["jobs"][1]["id"] and top["cell"] == sweep["jobs"][1]["setting"]["model.cell"]
     assert top["setting"] == sweep["jobs"][1]["setting"] and top["sweep_id"] == sweep["id"] and top["name"]
     assert top["interval"] == pytest.approx([0.15, 0.25]) and top["comparison"]["naive"]["beats"] is True
     assert lone["id"] not in [i["job_id"] for i in items]

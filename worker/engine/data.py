@@ -60,8 +60,10 @@ def prepare_data(spec: JobSpec, data: Data, rng: np.random.Generator) -> Prepare
     assert examples.x is not None and examples.y is not None
     notes = list(split.notes)
     if spec.data.layout == "series" and spec.data.split.method == "random":
-        notes.append("random split of overlapping windows: test targets can appear inside training inputs; "
-                     "prefer split.method 'temporal' for honest forecast scores")
+        notes.append(
+            "random split of overlapping windows: test targets can appear inside training inputs; "
+            "prefer split.method 'temporal' for honest forecast scores"
+        )
     x_scaler = fit_scaler(examples.x[split.train], spec.data.scaling)
     y_scaler = None
     if spec.task != "classification":

@@ -7,7 +7,7 @@ reads what the split needs, so ``check_spec_fits`` never builds the windows of a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,7 @@ from .tables import (
     split_label_column,
 )
 
-Data = pa.Table | dict[str, np.ndarray]
+Data: TypeAlias = pa.Table | dict[str, np.ndarray]
 
 
 @dataclass
@@ -69,9 +69,9 @@ def _column_split(spec: JobSpec, table: pa.Table) -> np.ndarray | None:
     return split_label_column(table, spec.data.split.column)
 
 
-def _group_runs(table: pa.Table, group_column: str | None, order_column: str | None) -> tuple[
-    np.ndarray, list[tuple[str, int, int]]
-]:
+def _group_runs(
+    table: pa.Table, group_column: str | None, order_column: str | None
+) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
     """Row order sorted by (group, order) and the [start, stop) run of each group in it."""
     keys: list[tuple[str, str]] = []
     for name, field_name in ((group_column, "data.group_column"), (order_column, "data.order_column")):
@@ -98,8 +98,7 @@ def _series(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
     features = d.features or [d.target]
     target = numeric_column(table, d.target, "data.target", "target")
     columns = [
-        target if name == d.target else numeric_column(table, name, "data.features", "feature")
-        for name in features
+        target if name == d.target else numeric_column(table, name, "data.features", "feature") for name in features
     ]
     split_rows = _column_split(spec, table)
     order, runs = _group_runs(table, d.group_column, d.order_column)
@@ -157,8 +156,10 @@ def _targets(spec: JobSpec, values: np.ndarray) -> tuple[np.ndarray, list[Any] |
     if spec.task == "classification":
         return encode_classes(values, "data.target")
     if values.dtype.kind not in "fiub":
-        raise DataError(f"target '{spec.data.target}' is not numeric; task '{spec.task}' needs numbers",
-                        field="data.target")
+        raise DataError(
+            f"target '{spec.data.target}' is not numeric; task '{spec.task}' needs numbers",
+            field="data.target",
+        )
     return values.astype(np.float64).reshape(len(values), -1), None
 
 
@@ -172,8 +173,7 @@ def _sequences(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
     exclude = {d.target, d.sequence_column, d.order_column, d.group_column, d.split.column}
     features = d.features or _default_features(table, {e for e in exclude if e})
     if not features:
-        raise DataError("no numeric feature columns besides the target; set data.features",
-                        field="data.features")
+        raise DataError("no numeric feature columns besides the target; set data.features", field="data.features")
     order, runs = _group_runs(table, d.sequence_column, d.order_column)
     lengths = np.array([b - a for _, a, b in runs])
     if lengths.min() != lengths.max():
@@ -187,8 +187,10 @@ def _sequences(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
     raw_target = label_column(table, d.target, "data.target")[order]
     first_target = raw_target[starts]
     if not np.all(raw_target.reshape(len(runs), steps) == first_target[:, None]):
-        raise DataError(f"target '{d.target}' changes within a sequence; it must be constant per sequence",
-                        field="data.target")
+        raise DataError(
+            f"target '{d.target}' changes within a sequence; it must be constant per sequence",
+            field="data.target",
+        )
     y, classes = _targets(spec, first_target)
     split_rows = _column_split(spec, table)
     labels = None
@@ -199,12 +201,23 @@ def _sequences(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
         labels = per_step[:, 0]
     x = None
     if materialize:
-        x = np.stack(
-            [numeric_column(table, f, "data.features", "feature")[order] for f in features], axis=1
-        ).astype(np.float32).reshape(len(runs), steps, len(features))
+        x = (
+            np.stack([numeric_column(table, f, "data.features", "feature")[order] for f in features], axis=1)
+            .astype(np.float32)
+            .reshape(len(runs), steps, len(features))
+        )
     n = len(runs)
-    return Examples(n=n, x=x, y=y, steps=steps, feature_names=list(features), classes=classes,
-                    group=np.zeros(n, dtype=np.int64), time=np.arange(n), split_labels=labels)
+    return Examples(
+        n=n,
+        x=x,
+        y=y,
+        steps=steps,
+        feature_names=list(features),
+        classes=classes,
+        group=np.zeros(n, dtype=np.int64),
+        time=np.arange(n),
+        split_labels=labels,
+    )
 
 
 def _wide(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
@@ -224,12 +237,21 @@ def _wide(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
     y, classes = _targets(spec, label_column(table, d.target, "data.target"))
     x = None
     if materialize:
-        x = np.stack([numeric_column(table, c, "data.features", "step column") for c in step_columns],
-                     axis=1).astype(np.float32)[:, :, None]
+        x = np.stack([numeric_column(table, c, "data.features", "step column") for c in step_columns], axis=1).astype(
+            np.float32
+        )[:, :, None]
     n = table.num_rows
-    return Examples(n=n, x=x, y=y, steps=len(step_columns), feature_names=["value"], classes=classes,
-                    group=np.zeros(n, dtype=np.int64), time=np.arange(n),
-                    split_labels=_column_split(spec, table))
+    return Examples(
+        n=n,
+        x=x,
+        y=y,
+        steps=len(step_columns),
+        feature_names=["value"],
+        classes=classes,
+        group=np.zeros(n, dtype=np.int64),
+        time=np.arange(n),
+        split_labels=_column_split(spec, table),
+    )
 
 
 def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> Examples:
@@ -238,24 +260,28 @@ def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> 
             raise DataError(f"array '{key}' not found; arrays are: {', '.join(arrays)}", field="data.layout")
     x_raw, y_raw = arrays["X"], arrays["y"]
     if x_raw.ndim not in (2, 3) or x_raw.dtype.kind not in "fiub":
-        raise DataError(f"array X must be numeric shaped [N, T, F] or [N, T]; got {x_raw.dtype} "
-                        f"{list(x_raw.shape)}", field="data.layout")
+        raise DataError(
+            f"array X must be numeric shaped [N, T, F] or [N, T]; got {x_raw.dtype} {list(x_raw.shape)}",
+            field="data.layout",
+        )
     n, steps = x_raw.shape[0], x_raw.shape[1]
     num_features = x_raw.shape[2] if x_raw.ndim == 3 else 1
     if y_raw.shape[0] != n or y_raw.ndim not in (1, 2):
-        raise DataError(f"array y must be shaped [N] or [N, H] with N={n}; got {list(y_raw.shape)}",
-                        field="data.target")
+        raise DataError(
+            f"array y must be shaped [N] or [N, H] with N={n}; got {list(y_raw.shape)}", field="data.target"
+        )
     if spec.task == "classification" and y_raw.ndim != 1:
         raise DataError(f"classification needs y shaped [N]; got {list(y_raw.shape)}", field="data.target")
     names = spec.data.features or [f"x{i}" for i in range(num_features)]
     if len(names) != num_features:
-        raise DataError(f"data.features names {len(names)} features but X has {num_features}",
-                        field="data.features")
+        raise DataError(f"data.features names {len(names)} features but X has {num_features}", field="data.features")
     if x_raw.dtype.kind == "f":
         missing = int(np.isnan(x_raw).sum())
         if missing:
-            raise DataError(f"{missing} missing values in array 'X'; fill or drop them before training",
-                            field="data.features")
+            raise DataError(
+                f"{missing} missing values in array 'X'; fill or drop them before training",
+                field="data.features",
+            )
     labels = y_raw
     if y_raw.dtype.kind == "f":
         missing = int(np.isnan(y_raw).sum())
@@ -263,20 +289,28 @@ def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> 
             raise DataError(f"{missing} missing values in array 'y'", field="data.target")
     elif y_raw.dtype.kind in "SU":
         labels = y_raw.astype(str).astype(object)
-    if spec.task == "classification":
-        y, classes = encode_classes(labels, "data.target")
-    else:
-        y, classes = _targets(spec, labels)
+    y, classes = _targets(spec, labels)
     split_labels = None
     if spec.data.split.method == "column":
         if "split" not in arrays:
-            raise DataError("split.method 'column' needs an array 'split' of train / val / test",
-                            field="data.split.method")
+            raise DataError(
+                "split.method 'column' needs an array 'split' of train / val / test",
+                field="data.split.method",
+            )
         if arrays["split"].shape != (n,):
             raise DataError(f"array 'split' must be shaped [{n}]", field="data.split.column")
         split_labels = normalize_split_labels(arrays["split"], "array 'split'")
     x = None
     if materialize:
         x = np.ascontiguousarray(x_raw.reshape(n, steps, num_features), dtype=np.float32)
-    return Examples(n=n, x=x, y=y, steps=steps, feature_names=list(names), classes=classes,
-                    group=np.zeros(n, dtype=np.int64), time=np.arange(n), split_labels=split_labels)
+    return Examples(
+        n=n,
+        x=x,
+        y=y,
+        steps=steps,
+        feature_names=list(names),
+        classes=classes,
+        group=np.zeros(n, dtype=np.int64),
+        time=np.arange(n),
+        split_labels=split_labels,
+    )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
 from .spec import ModelSpec
 
-CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 class RecurrentModel(nn.Module):
@@ -17,7 +20,7 @@ class RecurrentModel(nn.Module):
         super().__init__()
         # nn.RNNBase warns when dropout is set with a single layer (it only acts between layers).
         between_layers = spec.dropout if spec.num_layers > 1 else 0.0
-        kwargs = {"nonlinearity": "tanh"} if spec.cell == "rnn" else {}
+        kwargs: dict[str, Any] = {"nonlinearity": "tanh"} if spec.cell == "rnn" else {}
         self.rnn = CELLS[spec.cell](
             input_size=num_features,
             hidden_size=spec.hidden_size,
@@ -28,7 +31,8 @@ class RecurrentModel(nn.Module):
             **kwargs,
         )
         self.directions = 2 if spec.bidirectional else 1
-        self.dropout = nn.Dropout(spec.dropout)
+        # Identity when unused: saves a kernel per step of the training loop.
+        self.dropout: nn.Module = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.head = nn.Linear(spec.hidden_size * self.directions, num_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,3 +42,14 @@ class RecurrentModel(nn.Module):
         # h_n is [layers * directions, B, H]; the last layer's directions are the final entries.
         last = hidden[-self.directions :].transpose(0, 1).reshape(x.shape[0], -1)
         return self.head(self.dropout(last))
+
+
+def forward_in_chunks(model: nn.Module, x: torch.Tensor, chunk: int = 4_096) -> torch.Tensor:
+    """Eval-mode outputs for many examples without holding every activation at once."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([model(x[s : s + chunk]) for s in range(0, x.shape[0], chunk)]) if len(x) else model(x)
+    finally:
+        model.train(was_training)

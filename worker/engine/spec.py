@@ -26,8 +26,8 @@ class SplitSpec(_Strict):
     """
 
     method: SplitMethod | None = None
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.15, gt=0.0, lt=1.0)
+    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.15, gt=0.0, lt=1.0)
     column: str | None = None
 
     @model_validator(mode="after")
@@ -47,11 +47,11 @@ class DataSpec(_Strict):
     sequence_column: str | None = None
     order_column: str | None = None
     group_column: str | None = None
-    lookback: int = Field(24, ge=1, le=100_000)
-    horizon: int = Field(1, ge=1, le=10_000)
-    stride: int = Field(1, ge=1)
+    lookback: int = Field(default=24, ge=1, le=100_000)
+    horizon: int = Field(default=1, ge=1, le=10_000)
+    stride: int = Field(default=1, ge=1)
     scaling: Literal["standard", "minmax", "none"] = "standard"
-    season_period: int | None = Field(None, ge=2, description="period for the seasonal naive baseline")
+    season_period: int | None = Field(default=None, ge=2, description="period for the seasonal naive baseline")
     split: SplitSpec = Field(default_factory=SplitSpec, validate_default=True)
 
     @field_validator("features")
@@ -70,9 +70,7 @@ class DataSpec(_Strict):
         if split.method is None:
             split = split.model_copy(update={"method": "temporal" if layout == "series" else "random"})
         if split.method == "column" and layout != "arrays" and not split.column:
-            raise ValueError(
-                "split.method 'column' needs split.column: the column holding train / val / test"
-            )
+            raise ValueError("split.method 'column' needs split.column: the column holding train / val / test")
         return split
 
     @model_validator(mode="after")
@@ -81,7 +79,8 @@ class DataSpec(_Strict):
             missing = [n for n in ("sequence_column", "order_column") if getattr(self, n) is None]
             if missing:
                 raise ValueError(
-                    "layout 'sequences' needs " + " and ".join(f"data.{n}" for n in missing)
+                    "layout 'sequences' needs "
+                    + " and ".join(f"data.{n}" for n in missing)
                     + " (which column names the sequence, which orders its steps)"
                 )
         return self
@@ -89,31 +88,31 @@ class DataSpec(_Strict):
 
 class ModelSpec(_Strict):
     cell: Literal["rnn", "lstm", "gru"] = "lstm"
-    hidden_size: int = Field(64, ge=1, le=4096)
-    num_layers: int = Field(1, ge=1, le=8)
+    hidden_size: int = Field(default=64, ge=1, le=4096)
+    num_layers: int = Field(default=1, ge=1, le=8)
     bidirectional: bool = False
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class TrainingSpec(_Strict):
-    epochs: int = Field(50, ge=1, le=10_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
+    epochs: int = Field(default=50, ge=1, le=10_000)
+    batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop", "adagrad"] = "adam"
-    learning_rate: float = Field(0.001, gt=0.0, le=10.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    loss: Loss | None = Field(None, description="null: cross_entropy for classification, mse otherwise")
-    gradient_clip: float | None = Field(1.0, gt=0.0)
-    early_stopping_patience: int | None = Field(10, ge=1)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    learning_rate: float = Field(default=0.001, gt=0.0, le=10.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    loss: Loss | None = Field(default=None, description="null: cross_entropy for classification, mse otherwise")
+    gradient_clip: float | None = Field(default=1.0, gt=0.0)
+    early_stopping_patience: int | None = Field(default=10, ge=1)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
 class EvaluationSpec(_Strict):
-    bootstrap_samples: int = Field(1000, ge=0, le=100_000)
+    bootstrap_samples: int = Field(default=1000, ge=0, le=100_000)
     attribution: bool = True
 
 
 class JobSpec(_Strict):
-    name: str | None = Field(None, max_length=200)
+    name: str | None = Field(default=None, max_length=200)
     dataset_id: str = Field(min_length=1)
     task: Task
     data: DataSpec

@@ -80,8 +80,7 @@ def split_indices(
         split = _column(split_labels, val_fraction, rng, time)
     else:
         raise ValueError(f"unknown split method {method!r}")
-    split.train, split.val, split.test = (np.sort(p).astype(np.int64) for p in (split.train, split.val,
-                                                                                   split.test))
+    split.train, split.val, split.test = (np.sort(p).astype(np.int64) for p in (split.train, split.val, split.test))
     assert_disjoint(split)
     return split
 
@@ -109,7 +108,7 @@ def _temporal(
         parts["val"].append(members[start : start + n_val])
         start += n_val + (purge if n_val else 0)
         parts["test"].append(members[start : start + n_test])
-    split = Split(*(np.concatenate(parts[p]) for p in PARTS))
+    split = Split(np.concatenate(parts["train"]), np.concatenate(parts["val"]), np.concatenate(parts["test"]))
     if purge:
         split.notes.append(
             f"temporal split dropped {purge} window(s) at each boundary so that forecast targets of "
@@ -128,18 +127,16 @@ def _stratified(labels: np.ndarray, val_fraction: float, test_fraction: float, r
         parts["train"].append(members[:n_train])
         parts["val"].append(members[n_train : n_train + n_val])
         parts["test"].append(members[n_train + n_val :])
-    split = Split(*(np.concatenate(parts[p]) for p in PARTS))
+    split = Split(np.concatenate(parts["train"]), np.concatenate(parts["val"]), np.concatenate(parts["test"]))
     if len(split.test) == 0 or len(split.train) == 0:
         raise DataError(
-            f"only {len(labels)} examples: too few for a stratified split with "
-            f"test_fraction {test_fraction}",
+            f"only {len(labels)} examples: too few for a stratified split with test_fraction {test_fraction}",
             field="data.split",
         )
     return split
 
 
-def _column(split_labels: np.ndarray, val_fraction: float, rng: np.random.Generator,
-            time: np.ndarray | None) -> Split:
+def _column(split_labels: np.ndarray, val_fraction: float, rng: np.random.Generator, time: np.ndarray | None) -> Split:
     train, val, test = (np.flatnonzero(split_labels == p) for p in PARTS)
     if len(train) == 0 or len(test) == 0:
         raise DataError(
@@ -154,8 +151,10 @@ def _column(split_labels: np.ndarray, val_fraction: float, rng: np.random.Genera
         # Time-ordered data gives validation its latest training examples; otherwise a random subset.
         order = np.argsort(time[train], kind="stable") if time is not None else rng.permutation(len(train))
         val, train = train[order[-n_val:]], train[order[:-n_val]]
-        notes.append(f"the split column has no val rows: {n_val} training examples were set aside for "
-                     "validation (early stopping never sees test data)")
+        notes.append(
+            f"the split column has no val rows: {n_val} training examples were set aside for "
+            "validation (early stopping never sees test data)"
+        )
     excluded = int(np.sum(split_labels == ""))
     if excluded:
         notes.append(f"{excluded} window(s) whose targets straddle two parts of the split column were dropped")

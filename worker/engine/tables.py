@@ -15,9 +15,7 @@ MAX_CLASSES = 1000
 
 def require_column(table: pa.Table, name: str, field: str) -> pa.ChunkedArray:
     if name not in table.column_names:
-        raise DataError(
-            f"column '{name}' not found; columns are: {', '.join(table.column_names)}", field=field
-        )
+        raise DataError(f"column '{name}' not found; columns are: {', '.join(table.column_names)}", field=field)
     return table.column(name)
 
 
@@ -41,9 +39,7 @@ def count_missing(column: pa.ChunkedArray) -> int:
 def refuse_missing(column: pa.ChunkedArray, name: str, field: str) -> None:
     missing = count_missing(column)
     if missing:
-        raise DataError(
-            f"{missing} missing values in column '{name}'; fill or drop them before training", field=field
-        )
+        raise DataError(f"{missing} missing values in column '{name}'; fill or drop them before training", field=field)
 
 
 def numeric_column(table: pa.Table, name: str, field: str, role: str = "column") -> np.ndarray:
@@ -72,8 +68,7 @@ def encode_classes(labels: np.ndarray, field: str) -> tuple[np.ndarray, list[Any
         raise DataError(f"target has one class ({value!r}); classification needs at least two", field=field)
     if len(classes) > MAX_CLASSES:
         raise DataError(
-            f"target has {len(classes)} distinct values (at most {MAX_CLASSES} classes); "
-            "is this a regression task?",
+            f"target has {len(classes)} distinct values (at most {MAX_CLASSES} classes); is this a regression task?",
             field=field,
         )
     values = classes.tolist()

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from worker.engine.metrics import (
+    bootstrap_intervals,
+    bootstrap_weight_chunks,
+    classification_scores,
+    point_metrics,
+)
+
+
+def test_regression_metrics_by_hand() -> None:
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    pred = np.array([1.0, 3.0, 2.0, 6.0])
+    m = point_metrics("regression", y[:, None], pred[:, None], naive_scale=2.0)
+    assert m["mae"] == pytest.approx(1.0)
+    assert m["rmse"] == pytest.approx(math.sqrt(1.5))
+    assert m["smape"] == pytest.approx(100 * (0 + 2 / 5 + 2 / 5 + 4 / 10) / 4)
+    assert m["mape"] == pytest.approx(100 * (0 + 1 / 2 + 1 / 3 + 2 / 4) / 4)
+    assert m["r2"] == pytest.approx(1 - 6 / 5)
+    assert m["mase"] == pytest.approx(0.5)
+
+
+def test_mape_is_null_when_a_true_value_is_zero_and_horizon_is_flattened() -> None:
+    y = np.array([[0.0, 1.0], [2.0, 3.0]])
+    pred = np.array([[1.0, 1.0], [2.0, 1.0]])
+    m = point_metrics("forecast", y, pred)
+    assert m["mape"] is None and m["mase"] is None
+    assert m["mae"] == pytest.approx(3 / 4)
+    assert m["r2"] == pytest.approx(1 - 5 / 5)
+
+
+def test_classification_metrics_by_hand() -> None:
+    y = np.array([0, 0, 1, 1])
+    proba = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.8, 0.2]])
+    m = point_metrics("classification", y, proba)
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["balanced_accuracy"] == pytest.approx(0.5)
+    assert m["macro_f1"] == pytest.approx(0.5)
+    assert m["log_loss"] == pytest.approx(-(math.log(0.9) + math.log(0.4) + math.log(0.7) + math.log(0.2)) / 4)
+    assert m["auroc"] == pytest.approx(0.75)
+    assert m["ece"] == pytest.approx((0.1 + 0.6 + 0.3 + 0.8) / 4)
+
+
+def brute_force_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    wins = [1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(scores[positive], scores[~positive])]
+    return float(np.mean(wins))
+
+
+def test_macro_one_vs_rest_auroc_with_ties_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    proba = rng.dirichlet(np.ones(3), 60).round(1)  # rounding creates ties
+    proba /= proba.sum(axis=1, keepdims=True)
+    expected = np.mean([brute_force_auc(proba[:, c], y == c) for c in range(3)])
+    assert point_metrics("classification", y, proba)["auroc"] == pytest.approx(expected)
+
+
+def test_imbalanced_balanced_accuracy_and_f1() -> None:
+    y = np.array([0, 0, 0, 1])
+    proba = np.array([[1.0, 0.0]] * 4)  # always class 0
+    m = point_metrics("classification", y, proba)
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["balanced_accuracy"] == pytest.approx(0.5)
+    assert m["macro_f1"] == pytest.approx((2 * 3 / (2 * 3 + 1) + 0.0) / 2)
+
+
+def test_auroc_is_null_when_a_class_is_absent() -> None:
+    y = np.array([0, 0, 1])
+    proba = np.full((3, 3), 1 / 3)
+    assert point_metrics("classification", y, proba)["auroc"] is None
+
+
+def test_weights_equal_repeating_examples() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 10)
+    proba = rng.dirichlet(np.ones(2), 10)
+    weights = np.array([[2.0, 0, 1, 1, 3, 0, 1, 1, 0, 1]])
+    repeated = np.repeat(np.arange(10), weights[0].astype(int))
+    weighted = classification_scores(y, proba, weights)
+    direct = point_metrics("classification", y[repeated], proba[repeated])
+    for name, value in direct.items():
+        assert weighted[name][0] == pytest.approx(value), name
+
+
+def test_bootstrap_weights_are_resample_counts() -> None:
+    chunks = list(bootstrap_weight_chunks(7, 25, np.random.default_rng(0)))
+    weights = np.concatenate(chunks)
+    assert weights.shape == (25, 7) and np.all(weights.sum(axis=1) == 7)
+
+
+def test_bootstrap_intervals_are_seeded_and_contain_the_estimate() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.standard_normal((300, 1))
+    pred = y + 0.3 * rng.standard_normal((300, 1))
+    first = bootstrap_intervals("regression", y, pred, 500, np.random.default_rng(5))
+    second = bootstrap_intervals("regression", y, pred, 500, np.random.default_rng(5))
+    assert first == second
+    point = point_metrics("regression", y, pred)
+    for name in ("mae", "rmse", "r2", "smape"):
+        low, high = first[name]  # type: ignore[misc]
+        assert low < point[name] < high  # type: ignore[operator]
+
+
+def test_bootstrap_coverage_is_close_to_nominal() -> None:
+    # MAE of predicting 0 for N(0, 1) targets has expectation sqrt(2 / pi).
+    rng = np.random.default_rng(42)
+    truth = math.sqrt(2 / math.pi)
+    hits = 0
+    trials = 200
+    for _ in range(trials):
+        y = rng.standard_normal((200, 1))
+        interval = bootstrap_intervals("regression", y, np.zeros_like(y), 400, rng)["mae"]
+        assert interval is not None
+        hits += interval[0] <= truth <= interval[1]
+    assert 0.88 <= hits / trials <= 0.99

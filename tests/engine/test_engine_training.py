@@ -1,0 +1,216 @@
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from worker.engine import DataError, EpochReport, TrainingDiverged, load_predictor, train_and_evaluate
+
+from .engine_fixtures import make_spec, separable_arrays, sine_table
+
+
+def assert_plain_json(value: Any) -> None:
+    json.dumps(value, allow_nan=False)
+
+
+def test_lstm_beats_the_naive_baseline_on_a_sine_wave() -> None:
+    spec = make_spec(
+        "forecast",
+        {"layout": "series", "target": "value", "lookback": 24, "horizon": 3},
+        training={"epochs": 8, "learning_rate": 0.01},
+        evaluation={"bootstrap_samples": 200, "attribution": True},
+    )
+    reports: list[EpochReport] = []
+    result = train_and_evaluate(spec, sine_table(), on_epoch=reports.append)
+    evaluation = result.evaluation
+    assert evaluation is not None and not result.cancelled
+    assert [r.epoch for r in reports] == list(range(1, result.epochs_run + 1))
+    assert set(reports[0].metrics["val"]) == {"loss", "rmse"}
+    assert evaluation["comparison"]["naive"]["beats"] is True
+    assert evaluation["comparison"]["mean"]["beats"] is True
+    assert evaluation["metrics"]["test"]["rmse"] < 0.5 * evaluation["baselines"]["naive"]["rmse"]
+    assert "seasonal_naive" in evaluation["baselines"]  # period 20 detected
+    low, high = evaluation["intervals"]["test"]["rmse"]
+    assert low <= evaluation["metrics"]["test"]["rmse"] <= high
+    attribution = evaluation["attribution"]
+    assert len(attribution["importance"]) == 24 and attribution["features"] == ["value"]
+    assert sum(attribution["step_importance"]) == pytest.approx(1.0)
+    assert result.summary["test"]["rmse"] == evaluation["metrics"]["test"]["rmse"]
+    assert result.num_examples == evaluation["num_examples"]
+    assert_plain_json(evaluation)
+    assert_plain_json(result.summary)
+
+
+def test_separable_classification_is_above_95_percent() -> None:
+    spec = make_spec(
+        "classification",
+        {"layout": "arrays", "target": "y", "split": {"method": "stratified"}},
+        model={"cell": "gru"},
+        training={"epochs": 6},
+    )
+    result = train_and_evaluate(spec, separable_arrays())
+    evaluation = result.evaluation
+    assert evaluation is not None
+    assert evaluation["metrics"]["test"]["accuracy"] > 0.95
+    assert set(evaluation["baselines"]) == {"majority_class", "nearest_neighbour"}
+    assert evaluation["comparison"]["majority_class"]["beats"] is True
+    matrix = evaluation["confusion_matrix"]
+    assert matrix["labels"] == ["0", "1"] and sum(map(sum, matrix["matrix"])) == result.num_examples["test"]
+    assert evaluation["generalization_gap"]["metric"] == "accuracy"
+    assert_plain_json(evaluation)
+
+
+def test_same_seed_same_metrics() -> None:
+    spec = make_spec(
+        "classification",
+        {"layout": "arrays", "target": "y"},
+        model={"cell": "lstm", "num_layers": 2, "dropout": 0.3},
+        training={"epochs": 2},
+    )
+    data = separable_arrays(n=200)
+    first, second = train_and_evaluate(spec, data), train_and_evaluate(spec, data)
+    assert first.evaluation == second.evaluation
+    for name, tensor in first.artifact["state_dict"].items():
+        assert torch.equal(tensor, second.artifact["state_dict"][name]), name
+    other = make_spec(
+        "classification",
+        {"layout": "arrays", "target": "y"},
+        model={"cell": "lstm", "num_layers": 2, "dropout": 0.3},
+        training={"epochs": 2, "seed": 1},
+    )
+    assert train_and_evaluate(other, data).evaluation != first.evaluation
+
+
+def test_early_stopping_restores_the_best_weights() -> None:
+    spec = make_spec(
+        "forecast",
+        {"layout": "series", "target": "value", "lookback": 12},
+        model={"cell": "rnn"},
+        training={"epochs": 40, "learning_rate": 0.05, "early_stopping_patience": 2, "optimizer": "sgd"},
+    )
+    reports: list[EpochReport] = []
+    result = train_and_evaluate(spec, sine_table(noise=0.3), on_epoch=reports.append)
+    assert result.evaluation is not None
+    best = min(reports, key=lambda r: r.metrics["val"]["loss"])
+    assert result.best_epoch == best.epoch
+    assert result.epochs_run <= result.best_epoch + 2
+    assert result.evaluation["metrics"]["val"]["rmse"] == pytest.approx(best.metrics["val"]["rmse"], rel=1e-4)
+
+
+def test_should_stop_cancels_within_an_epoch() -> None:
+    spec = make_spec("forecast", {"layout": "series", "target": "value"}, training={"epochs": 50})
+    calls: list[int] = []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        return len(calls) >= 2
+
+    result = train_and_evaluate(spec, sine_table(), should_stop=should_stop)
+    assert result.cancelled and result.epochs_run == 2 and result.evaluation is None
+    assert result.artifact["format"] == "rnnlab.model/1"
+
+
+def test_divergence_is_reported() -> None:
+    table = pa.table({"value": np.linspace(1e18, 1e19, 200)})
+    spec = make_spec(
+        "forecast",
+        {"layout": "series", "target": "value", "lookback": 5, "scaling": "none"},
+        training={"gradient_clip": None},
+    )
+    with pytest.raises(TrainingDiverged, match="epoch 1; lower training.learning_rate"):
+        train_and_evaluate(spec, table)
+
+
+def save_and_load(artifact: dict[str, Any]) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    torch.save(artifact, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_artifact_round_trip_and_predictions() -> None:
+    data = separable_arrays(n=200, steps=8, features=3)
+    labels = np.where(data["y"] == 1, "yes", "no")
+    split = np.array(["train"] * 140 + ["val"] * 30 + ["test"] * 30)
+    arrays = {"X": data["X"], "y": labels, "split": split}
+    spec = make_spec(
+        "classification",
+        {"layout": "arrays", "target": "y", "split": {"method": "column"}},
+        model={"bidirectional": True},
+        training={"epochs": 4},
+    )
+    result = train_and_evaluate(spec, arrays)
+    assert result.evaluation is not None
+    predictor = load_predictor(save_and_load(result.artifact))
+    out = predictor.predict(data["X"][170:])
+    assert len(out["labels"]) == 30 and len(out["probabilities"][0]) == 2
+    accuracy = np.mean(np.array(out["labels"]) == labels[170:])
+    assert accuracy == pytest.approx(result.evaluation["metrics"]["test"]["accuracy"])
+    with pytest.raises(DataError, match=r"expected inputs shaped \[N, 8, 3\].*got \[2, 7, 3\]"):
+        predictor.predict(np.zeros((2, 7, 3)))
+
+
+def test_forecast_predictor_returns_original_units() -> None:
+    table = pa.table({"value": 100.0 + 10.0 * np.sin(np.arange(400) / 3.0)})
+    spec = make_spec(
+        "forecast",
+        {"layout": "series", "target": "value", "lookback": 10, "horizon": 2},
+        training={"epochs": 6},
+    )
+    result = train_and_evaluate(spec, table)
+    predictor = load_predictor(save_and_load(result.artifact))
+    window = table.column("value").to_numpy()[:10]
+    prediction = np.array(predictor.predict(window[None, :]))
+    assert prediction.shape == (1, 2)
+    assert abs(prediction[0, 0] - table.column("value").to_numpy()[10]) < 5.0
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_layouts_end_to_end(cell: str) -> None:
+    rng = np.random.default_rng(0)
+    # Long-format sequences: 40 sequences x 6 steps, target = mean of x.
+    seq = np.repeat(np.arange(40), 6)
+    x = rng.standard_normal(240)
+    target = np.repeat(x.reshape(40, 6).mean(axis=1), 6)
+    table = pa.table({"seq": seq, "t": np.tile(np.arange(6), 40), "x": x, "y": target})
+    data = {"layout": "sequences", "target": "y", "sequence_column": "seq", "order_column": "t"}
+    spec = make_spec("regression", data, model={"cell": cell, "num_layers": 2}, training={"epochs": 2})
+    result = train_and_evaluate(spec, table)
+    assert result.evaluation is not None and set(result.evaluation["baselines"]) == {"mean", "linear_ar"}
+    assert_plain_json(result.evaluation)
+    wide = pa.table({**{f"s{i}": rng.standard_normal(60) for i in range(5)}, "label": ["a", "b", "c"] * 20})
+    spec = make_spec(
+        "classification",
+        {"layout": "wide", "target": "label"},
+        model={"cell": cell},
+        evaluation={"attribution": True},
+    )
+    result = train_and_evaluate(spec, wide)
+    assert result.evaluation is not None and result.evaluation["attribution"]["features"] == ["value"]
+    assert_plain_json(result.evaluation)
+
+
+def test_missing_cuda_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    spec = make_spec("forecast", {"layout": "series", "target": "value"})
+    with pytest.raises(DataError, match="no CUDA device"):
+        train_and_evaluate(spec, sine_table(), device="cuda")
+
+
+def test_without_validation_part_the_final_weights_are_kept() -> None:
+    spec = make_spec(
+        "classification",
+        {"layout": "arrays", "target": "y", "split": {"val_fraction": 0.0}},
+        training={"epochs": 3},
+    )
+    result = train_and_evaluate(spec, separable_arrays(n=120))
+    assert result.evaluation is not None
+    assert result.num_examples["val"] == 0 and result.best_epoch == result.epochs_run == 3
+    assert result.evaluation["metrics"]["val"] == {}
+    assert any("no validation part" in note for note in result.evaluation["notes"])

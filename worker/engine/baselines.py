@@ -1,0 +1,145 @@
+"""Reference predictors scored on exactly the same test examples as the network."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import PreparedData
+
+MAX_LSTSQ_ROWS = 50_000
+MAX_AR_LAGS = 256
+MAX_LINEAR_INPUTS = 2_000
+MAX_NEIGHBOUR_EXAMPLES = 20_000
+MAX_SEASON_SAMPLES = 20_000
+SEASON_MIN_ACF = 0.3
+# Bound the [test chunk x training examples] distance matrix (float32 elements).
+_MAX_DISTANCE_ELEMENTS = 4_000_000
+
+
+def naive_forecast(history: np.ndarray, horizon: int) -> np.ndarray:
+    """The last observed value repeated over the horizon; ``history`` is [N, T]."""
+    return np.repeat(history[:, -1:], horizon, axis=1)
+
+
+def seasonal_naive_forecast(history: np.ndarray, horizon: int, period: int) -> np.ndarray:
+    """Each future step copies the value one (or more) whole periods earlier inside the window."""
+    steps = history.shape[1]
+    ahead = np.arange(1, horizon + 1)
+    source = steps - 1 + ahead - period * np.ceil(ahead / period).astype(np.int64)
+    return history[:, source]
+
+
+def detect_season_period(series: np.ndarray, max_lag: int) -> int | None:
+    """The lag (>= 2) of the highest local autocorrelation peak above ``SEASON_MIN_ACF``, if any."""
+    values = series[-MAX_SEASON_SAMPLES:].astype(np.float64)
+    values = values - values.mean()
+    max_lag = min(max_lag, len(values) // 2)
+    variance = float(values @ values)
+    if max_lag < 3 or variance <= 0:
+        return None
+    acf = np.array([values[: len(values) - k] @ values[k:] / variance for k in range(max_lag + 1)])
+    peaks = [k for k in range(2, max_lag) if acf[k] >= acf[k - 1] and acf[k] >= acf[k + 1] and acf[k] > SEASON_MIN_ACF]
+    return max(peaks, key=lambda k: acf[k]) if peaks else None
+
+
+def fit_least_squares(inputs: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """Coefficients (intercept last) of ``targets ~ inputs``; True when rows were subsampled."""
+    capped = len(inputs) > MAX_LSTSQ_ROWS
+    if capped:
+        rows = rng.choice(len(inputs), MAX_LSTSQ_ROWS, replace=False)
+        inputs, targets = inputs[rows], targets[rows]
+    design = np.hstack([inputs, np.ones((len(inputs), 1))])
+    coef, *_ = np.linalg.lstsq(design, targets, rcond=None)
+    return coef, capped
+
+
+def predict_least_squares(coef: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    return inputs @ coef[:-1] + coef[-1]
+
+
+def forecast_baselines(
+    prep: PreparedData, season_period: int | None, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    ex = prep.examples
+    assert ex.target_history is not None and ex.y is not None
+    horizon = ex.y.shape[1]
+    train, test = prep.split.train, prep.split.test
+    history = ex.target_history
+    notes: list[str] = []
+    preds = {"naive": naive_forecast(history[test], horizon)}
+    period = season_period
+    if period is None:
+        # Detect on the training stretch of the longest series only, so test data never informs it.
+        lengths = [len(s) for s in ex.series_targets]
+        g = int(np.argmax(lengths))
+        in_group = train[ex.group[train] == g]
+        end = int(ex.time[in_group].max()) + horizon if len(in_group) else 0
+        period = detect_season_period(ex.series_targets[g][:end], ex.steps)
+        if period is not None:
+            notes.append(f"seasonal_naive uses period {period}, detected from the training autocorrelation")
+    if period is None:
+        notes.append("seasonal_naive omitted: no data.season_period given and no season detected")
+    elif period > ex.steps:
+        notes.append(f"seasonal_naive omitted: season_period {period} exceeds lookback {ex.steps}")
+    else:
+        preds["seasonal_naive"] = seasonal_naive_forecast(history[test], horizon, period)
+    preds["mean"] = np.full((len(test), horizon), ex.y[train].mean())
+    lags = min(ex.steps, MAX_AR_LAGS)
+    coef, capped = fit_least_squares(history[train, -lags:], ex.y[train], rng)
+    preds["linear_ar"] = predict_least_squares(coef, history[test, -lags:])
+    if lags < ex.steps:
+        notes.append(f"linear_ar uses the last {lags} lags of the lookback")
+    if capped:
+        notes.append(f"linear_ar was fitted on {MAX_LSTSQ_ROWS} sampled training windows")
+    return preds, notes
+
+
+def regression_baselines(prep: PreparedData, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], list[str]]:
+    y_train = prep.y_original("train")
+    test = prep.split.test
+    preds = {"mean": np.repeat(y_train.mean(axis=0, keepdims=True), len(test), axis=0)}
+    ex = prep.examples
+    inputs = ex.steps * len(ex.feature_names)
+    if inputs > MAX_LINEAR_INPUTS:
+        return preds, [f"linear_ar omitted: {inputs} flattened inputs exceed {MAX_LINEAR_INPUTS}"]
+    notes = ["linear_ar for regression is least squares on the flattened, scaled inputs"]
+    flat_train = prep.x_scaled("train").reshape(len(prep.split.train), -1).astype(np.float64)
+    coef, capped = fit_least_squares(flat_train, y_train, rng)
+    flat_test = prep.x_scaled("test").reshape(len(test), -1).astype(np.float64)
+    preds["linear_ar"] = predict_least_squares(coef, flat_test)
+    if capped:
+        notes.append(f"linear_ar was fitted on {MAX_LSTSQ_ROWS} sampled training examples")
+    return preds, notes
+
+
+def nearest_neighbour_labels(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray) -> np.ndarray:
+    """1-NN by Euclidean distance, in chunks of test rows so the distance matrix stays bounded."""
+    train_sq = (train_x**2).sum(axis=1)
+    chunk = max(1, _MAX_DISTANCE_ELEMENTS // max(len(train_x), 1))
+    out = np.empty(len(test_x), dtype=train_y.dtype)
+    for start in range(0, len(test_x), chunk):
+        block = test_x[start : start + chunk]
+        # ||a - b||^2 = ||a||^2 - 2ab + ||b||^2; ||a||^2 is constant per row, so it can be dropped.
+        distances = train_sq[None, :] - 2.0 * block @ train_x.T
+        out[start : start + chunk] = train_y[distances.argmin(axis=1)]
+    return out
+
+
+def classification_baselines(
+    prep: PreparedData, num_classes: int, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Class probabilities [N_test, C] of each baseline."""
+    y_train = prep.y_original("train")
+    n_test = len(prep.split.test)
+    frequencies = np.bincount(y_train, minlength=num_classes) / len(y_train)
+    # Training class frequencies: argmax is the majority class, and log loss stays meaningful.
+    majority = np.repeat(frequencies[None, :], n_test, axis=0)
+    notes = []
+    train_x = prep.x_scaled("train").reshape(len(y_train), -1)
+    if len(train_x) > MAX_NEIGHBOUR_EXAMPLES:
+        rows = rng.choice(len(train_x), MAX_NEIGHBOUR_EXAMPLES, replace=False)
+        train_x, y_train = train_x[rows], y_train[rows]
+        notes.append(f"nearest_neighbour searches {MAX_NEIGHBOUR_EXAMPLES} sampled training examples")
+    test_x = prep.x_scaled("test").reshape(n_test, -1)
+    neighbour = np.eye(num_classes)[nearest_neighbour_labels(train_x, y_train, test_x)]
+    return {"majority_class": majority, "nearest_neighbour": neighbour}, notes

@@ -1,0 +1,133 @@
+"""``train_and_evaluate``: the one call the worker makes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import PreparedData, prepare_data
+from .errors import DataError
+from .evaluation import evaluate
+from .layouts import Data
+from .models import RecurrentModel
+from .spec import JobSpec
+from .training import EpochReport, fit
+
+ARTIFACT_FORMAT = "rnnlab.model/1"
+
+
+@dataclass
+class EngineResult:
+    cancelled: bool
+    best_epoch: int
+    epochs_run: int
+    device: str  # "cpu" / "cuda"
+    train_seconds: float  # the epoch loop only (training and per-epoch validation)
+    summary: dict[str, Any]  # {"best_epoch", "train": {metric: value}, "val": {...}, "test": {...}}
+    evaluation: dict[str, Any] | None  # None when cancelled
+    artifact: dict[str, Any]  # torch.save-able, loadable with weights_only=True
+    num_examples: dict[str, int]
+    evaluation_seconds: float = 0.0
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise DataError("device 'cuda' was requested but this worker has no CUDA device", field="device")
+    return torch.device(requested)
+
+
+def _num_outputs(spec: JobSpec, prep: PreparedData) -> int:
+    if spec.task == "classification":
+        assert prep.examples.classes is not None
+        return len(prep.examples.classes)
+    assert prep.examples.y is not None
+    return int(prep.examples.y.shape[1])
+
+
+def build_artifact(spec: JobSpec, prep: PreparedData, model: torch.nn.Module) -> dict[str, Any]:
+    """Plain types and CPU tensors only, so ``torch.load(..., weights_only=True)`` reads it back."""
+    return {
+        "format": ARTIFACT_FORMAT,
+        "spec": spec.normalized(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "scalers": {
+            "x": prep.x_scaler.to_dict(),
+            "y": prep.y_scaler.to_dict() if prep.y_scaler is not None else None,
+        },
+        "classes": list(prep.examples.classes) if prep.examples.classes is not None else None,
+        "input": {"steps": prep.examples.steps, "features": list(prep.examples.feature_names)},
+    }
+
+
+def train_and_evaluate(
+    spec: JobSpec,
+    data: Data,
+    *,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: str | None = None,
+) -> EngineResult:
+    """Prepare the data, train with early stopping, evaluate on the test part and package the model.
+
+    ``on_epoch`` is called after every epoch; ``should_stop`` right after it — returning True ends
+    training with ``cancelled=True`` and no evaluation. Raises ``DataError`` when the data does not
+    fit the spec and ``TrainingDiverged`` when the loss stops being finite; CUDA OOM propagates.
+    """
+    target = resolve_device(device or spec.device)
+    seed = spec.training.seed
+    prep = prepare_data(spec, data, np.random.default_rng(seed))
+    tensors = {part: torch.from_numpy(prep.x_scaled(part)).to(target).contiguous() for part in ("train", "val", "test")}
+    targets = {
+        part: torch.from_numpy(np.ascontiguousarray(prep.y_scaled(part))).to(target)
+        for part in ("train", "val", "test")
+    }
+    if spec.task != "classification":
+        targets = {part: y.float() for part, y in targets.items()}
+    y_scale = None
+    if prep.y_scaler is not None:
+        y_scale = torch.as_tensor(prep.y_scaler.scale, dtype=torch.float32, device=target)
+    # Seed a forked RNG so model init and dropout are reproducible without touching the caller's state.
+    cuda_devices = [target.index or 0] if target.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        model = RecurrentModel(spec.model, len(prep.examples.feature_names), _num_outputs(spec, prep)).to(target)
+        generator = torch.Generator(device=target).manual_seed(seed)
+        has_val = len(prep.split.val) > 0
+        outcome = fit(
+            model,
+            spec.training,
+            (tensors["train"], targets["train"]),
+            (tensors["val"], targets["val"]) if has_val else None,
+            y_scale=y_scale,
+            generator=generator,
+            on_epoch=on_epoch,
+            should_stop=should_stop,
+        )
+    num_examples = {part: int(len(idx)) for part, idx in prep.split.parts().items()}
+    artifact = build_artifact(spec, prep, model)
+    evaluation = None
+    summary: dict[str, Any] = {"best_epoch": outcome.best_epoch, "train": {}, "val": {}, "test": {}}
+    started = time.perf_counter()
+    if not outcome.cancelled:
+        # A separate stream from the data split's, so evaluation settings never change the split.
+        evaluation = evaluate(spec, prep, model, tensors, np.random.default_rng([seed, 1]))
+        summary.update(evaluation["metrics"])
+    return EngineResult(
+        cancelled=outcome.cancelled,
+        best_epoch=outcome.best_epoch,
+        epochs_run=outcome.epochs_run,
+        device=target.type,
+        train_seconds=outcome.train_seconds,
+        summary=summary,
+        evaluation=evaluation,
+        artifact=artifact,
+        num_examples=num_examples,
+        evaluation_seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,194 @@
+"""Metrics in original units, with vectorized bootstrap confidence intervals.
+
+Every metric is computed from per-resample example weights ``w [B, N]`` (how often each example is
+drawn), so the point estimate (``w = 1``) and all bootstrap resamples share one code path and the
+resamples run as matrix products instead of a Python loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+
+REGRESSION_METRICS = ("mae", "rmse", "smape", "mase", "r2", "mape")
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "auroc", "ece")
+LOWER_IS_BETTER = {"mae", "rmse", "smape", "mase", "mape", "log_loss", "ece"}
+ECE_BINS = 15
+_PROBABILITY_FLOOR = 1e-15
+# Bound the [resamples x examples] weight matrix held at once (float64 elements).
+_MAX_WEIGHT_ELEMENTS = 4_000_000
+
+
+def main_metric(task: str) -> str:
+    return "accuracy" if task == "classification" else "rmse"
+
+
+def json_float(value: float | np.floating | None) -> float | None:
+    """A plain float, or None for missing / NaN / infinite values (JSON has no NaN)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    ok = den != 0
+    return np.where(ok, num / np.where(ok, den, 1.0), np.nan)
+
+
+def regression_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, weights: np.ndarray, naive_scale: float | None
+) -> dict[str, np.ndarray]:
+    """Per-resample regression metrics; ``y_*`` are [N, H] in original units, ``weights`` [B, N].
+
+    MAPE is left out when a true value is 0; MASE when ``naive_scale`` is missing or 0.
+    """
+    y_true = y_true.reshape(len(y_true), -1).astype(np.float64)
+    y_pred = y_pred.reshape(len(y_pred), -1).astype(np.float64)
+    outputs = y_true.shape[1]
+    err = y_pred - y_true
+    abs_err = np.abs(err)
+    denom = np.abs(y_true) + np.abs(y_pred)
+    smape_terms = np.where(denom > 0, 2.0 * abs_err / np.where(denom > 0, denom, 1.0), 0.0)
+    total = weights.sum(axis=1)
+    mae = weights @ abs_err.mean(axis=1) / total
+    mse = weights @ (err**2).mean(axis=1) / total
+    sum_y = weights @ y_true.sum(axis=1)
+    sum_y2 = weights @ (y_true**2).sum(axis=1)
+    sst = sum_y2 - sum_y**2 / (total * outputs)
+    sse = weights @ (err**2).sum(axis=1)
+    scores = {
+        "mae": mae,
+        "rmse": np.sqrt(mse),
+        "smape": 100.0 * (weights @ smape_terms.mean(axis=1)) / total,
+        "r2": 1.0 - _safe_divide(sse, np.where(sst > 1e-12 * np.maximum(sum_y2, 1.0), sst, 0.0)),
+    }
+    if naive_scale:
+        scores["mase"] = mae / naive_scale
+    if np.all(y_true != 0):
+        scores["mape"] = 100.0 * (weights @ (abs_err / np.abs(y_true)).mean(axis=1)) / total
+    return scores
+
+
+def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUROC per resample: P(score_pos > score_neg) + 0.5 P(tie), with example weights."""
+    order = np.argsort(scores, kind="stable")
+    ranked = scores[order]
+    pos = positive[order].astype(np.float64)
+    starts = np.flatnonzero(np.r_[True, ranked[1:] != ranked[:-1]])  # tied scores form one group
+    w = weights[:, order]
+    w_pos = np.add.reduceat(w * pos, starts, axis=1)
+    w_neg = np.add.reduceat(w * (1.0 - pos), starts, axis=1)
+    neg_below = np.cumsum(w_neg, axis=1) - w_neg
+    wins = (w_pos * (neg_below + 0.5 * w_neg)).sum(axis=1)
+    return _safe_divide(wins, w_pos.sum(axis=1) * w_neg.sum(axis=1))
+
+
+def classification_scores(y_true: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-resample classification metrics; ``y_true`` class indices [N], ``proba`` [N, C]."""
+    n, num_classes = proba.shape
+    pred = proba.argmax(axis=1)
+    correct = (pred == y_true).astype(np.float64)
+    true_onehot = np.eye(num_classes)[y_true]
+    pred_onehot = np.eye(num_classes)[pred]
+    total = weights.sum(axis=1)
+    tp = weights @ (true_onehot * correct[:, None])
+    support = weights @ true_onehot
+    predicted = weights @ pred_onehot
+    present = support > 0
+    recall = np.where(present, tp / np.where(present, support, 1.0), 0.0)
+    f1_den = support + predicted  # = 2TP + FP + FN
+    seen = f1_den > 0
+    f1 = np.where(seen, 2.0 * tp / np.where(seen, f1_den, 1.0), 0.0)
+    p_true = np.clip(proba[np.arange(n), y_true], _PROBABILITY_FLOOR, 1.0)
+    confidence = proba.max(axis=1)
+    bins = np.minimum((confidence * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    bin_gap = weights @ (np.eye(ECE_BINS)[bins] * (correct - confidence)[:, None])
+    if num_classes == 2:
+        auroc = _weighted_auc(proba[:, 1], y_true == 1, weights)
+    else:
+        auroc = np.mean([_weighted_auc(proba[:, c], y_true == c, weights) for c in range(num_classes)], axis=0)
+    return {
+        "accuracy": weights @ correct / total,
+        "balanced_accuracy": recall.sum(axis=1) / present.sum(axis=1),
+        "macro_f1": f1.sum(axis=1) / np.maximum(seen.sum(axis=1), 1),
+        "log_loss": weights @ -np.log(p_true) / total,
+        "auroc": auroc,
+        "ece": np.abs(bin_gap).sum(axis=1) / total,
+    }
+
+
+def scores(
+    task: str, y_true: np.ndarray, pred: np.ndarray, weights: np.ndarray, naive_scale: float | None = None
+) -> dict[str, np.ndarray]:
+    if task == "classification":
+        return classification_scores(y_true, pred, weights)
+    return regression_scores(y_true, pred, weights, naive_scale)
+
+
+def point_metrics(
+    task: str, y_true: np.ndarray, pred: np.ndarray, naive_scale: float | None = None
+) -> dict[str, float | None]:
+    """Every metric of the task; ``None`` where it is undefined (see ``undefined_metric_notes``)."""
+    values = scores(task, y_true, pred, np.ones((1, len(y_true))), naive_scale)
+    names = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    return {name: json_float(values[name][0]) if name in values else None for name in names}
+
+
+def undefined_metric_notes(task: str, y_true: np.ndarray, part: str, num_classes: int | None = None) -> list[str]:
+    """Why a metric of ``part`` is None, in words."""
+    notes = []
+    if task == "classification":
+        absent = num_classes is not None and len(np.unique(y_true)) < num_classes
+        if absent:
+            notes.append(f"auroc on {part} is null: not every class occurs in the {part} examples")
+    elif np.any(y_true == 0):
+        notes.append(f"mape on {part} is null: a true value is 0")
+    return notes
+
+
+def bootstrap_weight_chunks(n: int, samples: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Resample counts ``[b, n]`` (rows sum to n), in chunks that bound memory."""
+    chunk = max(1, min(samples, _MAX_WEIGHT_ELEMENTS // max(n, 1)))
+    done = 0
+    while done < samples:
+        b = min(chunk, samples - done)
+        draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+        yield np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
+        done += b
+
+
+def bootstrap_intervals(
+    task: str,
+    y_true: np.ndarray,
+    pred: np.ndarray,
+    samples: int,
+    rng: np.random.Generator,
+    naive_scale: float | None = None,
+    level: float = 0.95,
+) -> dict[str, list[float] | None]:
+    """Percentile bootstrap intervals over examples for every metric of the task."""
+    names = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    if samples == 0 or len(y_true) == 0:
+        return {}
+    collected: dict[str, list[np.ndarray]] = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for weights in bootstrap_weight_chunks(len(y_true), samples, rng):
+            for name, values in scores(task, y_true, pred, weights, naive_scale).items():
+                collected.setdefault(name, []).append(values)
+    tail = 100.0 * (1.0 - level) / 2.0
+    intervals: dict[str, list[float] | None] = {}
+    for name in names:
+        if name not in collected:
+            intervals[name] = None
+            continue
+        values = np.concatenate(collected[name])
+        values = values[np.isfinite(values)]
+        if len(values) < 0.5 * samples:  # undefined in most resamples (e.g. a class rarely drawn)
+            intervals[name] = None
+            continue
+        low, high = np.percentile(values, [tail, 100.0 - tail])
+        intervals[name] = [float(low), float(high)]
+    return intervals
