@@ -10,7 +10,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from app.cli import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,24 +48,7 @@ class Stack:
     ) -> subprocess.Popen[bytes]:
         index = len(self.workers)
         log = open(self.log_dir / f"worker-{index}.log", "wb")  # noqa: SIM115 - closed with the process
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker.celery_app:celery_app",
-            "worker",
-            "--queues",
-            queues,
-            "--concurrency",
-            str(concurrency),
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--hostname",
-            name or f"w{index}-{os.getpid()}@%h",
-        ]
+        argv = worker_argv(queues, concurrency, None) + ["--hostname", name or f"w{index}-{os.getpid()}@%h"]
         proc = subprocess.Popen(
             argv,
             cwd=ROOT,

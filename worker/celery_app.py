@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from app.config import Settings, get_settings
 
@@ -52,7 +52,12 @@ def make_celery(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         worker_concurrency=settings.worker_concurrency,
         task_default_queue=DEFAULT_QUEUE,
-        task_queues=[Queue(DEFAULT_QUEUE), Queue(GPU_QUEUE)],
+        # Each queue its own exchange and routing key: with a shared default exchange both queues
+        # would be bound to the same key and CPU workers would receive GPU jobs.
+        task_queues=[
+            Queue(DEFAULT_QUEUE, Exchange(DEFAULT_QUEUE, type="direct"), routing_key=DEFAULT_QUEUE),
+            Queue(GPU_QUEUE, Exchange(GPU_QUEUE, type="direct"), routing_key=GPU_QUEUE),
+        ],
         task_create_missing_queues=False,
         worker_hijack_root_logger=False,
         # Workers talk to each other through SQL, not broadcasts; this also keeps the

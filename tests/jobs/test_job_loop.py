@@ -284,3 +284,23 @@ def test_api_restart_does_not_touch_running_jobs(distributed_stack: Stack) -> No
     finally:
         api.kill()
         api.wait()
+
+
+def test_cuda_jobs_wait_on_the_gpu_queue_not_on_cpu_workers(distributed_stack: Stack) -> None:
+    import redis
+
+    stack = distributed_stack
+    stack.stop_all()
+    client = redis.Redis.from_url(stack.env["RNNLAB_BROKER_URL"])
+    client.flushdb()
+    ds = stack.upload_csv("sine5.csv", sine_csv(300))
+    spec = forecast_spec(ds)
+    spec["device"] = "cuda"
+    job = stack.submit(spec)
+    assert job["queue"] == "gpu"
+    assert client.llen("gpu") == 1 and client.llen("default") == 0
+    stack.start_worker(queues="default")  # a CPU worker must leave it alone
+    cpu_job = stack.submit(forecast_spec(ds))
+    assert stack.wait(cpu_job["id"])["status"] == "succeeded"
+    assert stack.job(job["id"])["status"] == "queued" and client.llen("gpu") == 1
+    assert stack.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=stack.headers).json()["status"] == "cancelled"
