@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -88,12 +89,40 @@ def create_app() -> FastAPI:
             )
         return JSONResponse({"status": "ready", "checks": {k: "ok" for k in checks}})
 
+    app.openapi = lambda: openapi_with_job_spec(app)  # type: ignore[method-assign]
+
     @app.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
     def prometheus_metrics() -> PlainTextResponse:
         """Prometheus text format: jobs by status and queue, datasets, readiness."""
         return PlainTextResponse(prometheus_text(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def openapi_with_job_spec(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the JobSpec schema documented where routes take it as raw JSON.
+
+    Routes read specs as plain JSON so that their errors name spec fields (and, for sweeps, the
+    grid value that caused them); this puts the schema back into the docs.
+    """
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    from worker.engine.spec import JobSpec
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    spec_schema = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components.update(spec_schema.pop("$defs", {}))
+    components["JobSpec"] = spec_schema
+    body = schema["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    body["schema"] = {"$ref": "#/components/schemas/JobSpec"}
+    sweep = components.get("SweepCreate", {}).get("properties", {})
+    if "base" in sweep:
+        sweep["base"] = {"$ref": "#/components/schemas/JobSpec", "description": sweep["base"].get("description", "")}
+    app.openapi_schema = schema
+    return schema
 
 
 def prometheus_text() -> str:

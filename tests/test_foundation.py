@@ -150,3 +150,13 @@ def test_api_start_removes_temp_files_left_by_a_crash(sqlite_env) -> None:
     with TestClient(create_app()):
         pass
     assert not stale.exists() and fresh.exists()
+
+
+def test_openapi_documents_the_job_spec(client) -> None:
+    doc = client.get("/openapi.json").json()
+    body = doc["paths"]["/api/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/JobSpec"}
+    job_spec = doc["components"]["schemas"]["JobSpec"]
+    assert {"dataset_id", "task", "data", "model", "training"} <= set(job_spec["properties"])
+    assert "ModelSpec" in doc["components"]["schemas"]
+    assert client.get("/docs").status_code == 200
