@@ -64,6 +64,12 @@ def test_dashboard_shows_jobs_curves_and_evaluation(sqlite_env, monkeypatch, tmp
         spec["evaluation"]["attribution"] = True
         job = httpx.post(f"{base}/api/v1/jobs", headers=headers, json=spec).json()
         assert run_job(job["id"], "test-worker") == "succeeded"  # the worker shell, in this process
+        sweep = httpx.post(f"{base}/api/v1/sweeps", headers=headers, json={
+            "name": "size-sweep", "base": forecast_spec(ds, epochs=2),
+            "grid": {"model.hidden_size": [4, 8]}, "seeds": [0, 1],
+        }).json()
+        for sweep_job in sweep["jobs"]:
+            assert run_job(sweep_job["id"], "test-worker") == "succeeded"
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -80,6 +86,11 @@ def test_dashboard_shows_jobs_curves_and_evaluation(sqlite_env, monkeypatch, tmp
             assert "naive" in page.inner_text("#evaluation")
             assert page.locator("#curves polyline").count() >= 2  # train and val loss
             assert page.locator("#attribution .heat div").count() == 12  # 12 steps × 1 feature
+            page.locator("#sweeps li", has_text="size-sweep").click()
+            page.locator("#sweep-settings tbody tr").nth(1).wait_for(timeout=10_000)
+            table = page.inner_text("#sweep-settings")
+            assert "model.hidden_size=4" in table and "model.hidden_size=8" in table and "2/2" in table
+            assert "share of variance" in page.inner_text("#sweep-parameters")
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             browser.close()
     finally:

@@ -46,7 +46,11 @@ async function loadJobs() {
       tbody.append(row);
     }
     const sweeps = await api("/sweeps?limit=50").catch(() => ({ items: [] }));
-    $("#sweeps").replaceChildren(...sweeps.items.map((s) => el("li", {}, `${s.name || s.id} — ${s.id}`)));
+    $("#sweeps").replaceChildren(...sweeps.items.map((s) => {
+      const item = el("li", { "data-id": s.id }, `${s.name || s.id} — ${s.progress.finished}/${s.progress.total} finished`);
+      item.addEventListener("click", () => selectSweep(s.id));
+      return item;
+    }));
     say(page.items.length ? "" : "No jobs yet: POST /api/v1/jobs to start one.");
   } catch (err) { say(err.message); }
 }
@@ -101,6 +105,37 @@ function renderEvaluation(ev) {
   $("#attribution").replaceChildren(el("p", {}, `time steps (rows, oldest first) × features (${attr.features.join(", ")}) — ${shares}`), heat);
 }
 
+async function selectSweep(id) {
+  state.sweep = id;
+  $("#sweep-detail").hidden = false;
+  try {
+    const sweep = await api(`/sweeps/${id}`);
+    const report = sweep.report;
+    const m = report.main_metric;
+    $("#sweep-title").textContent = `Sweep ${sweep.name || sweep.id}`;
+    $("#sweep-progress").textContent = `${report.succeeded} of ${report.total} jobs succeeded` +
+      (report.complete ? "" : " (still running: statistics can change)") +
+      ` · ${m}, ${report.lower_is_better ? "lower" : "higher"} is better`;
+    $("#sweep-best").textContent = report.best ? report.best.explanation : "No finished jobs yet.";
+    const rows = report.settings.map((s) => {
+      const stat = s.metrics[m];
+      const tr = el("tr");
+      tr.append(
+        el("td", {}, s.rank ?? "–"),
+        el("td", {}, Object.entries(s.setting).map(([k, v]) => `${k}=${v}`).join(", ") || "base"),
+        el("td", {}, `${s.n}/${s.jobs}`),
+        el("td", {}, stat ? `${fmt(stat.mean)} ± ${fmt(stat.std)}` : "–"),
+        el("td", {}, stat?.ci ? `[${fmt(stat.ci[0])}, ${fmt(stat.ci[1])}]` : "–"),
+        el("td", { class: s.high_seed_variance ? "loses" : "" }, s.seed_cv === null ? "–" : fmt(s.seed_cv)),
+      );
+      return tr;
+    });
+    $("#sweep-settings tbody").replaceChildren(...rows);
+    $("#sweep-parameters").replaceChildren(...Object.entries(report.parameters).map(([path, p]) =>
+      el("li", {}, `${path}: range ${fmt(p.range)}, share of variance ${p.share_of_variance === null ? "–" : (100 * p.share_of_variance).toFixed(0) + "%"}`)));
+  } catch (err) { say(err.message); }
+}
+
 async function selectJob(id) {
   state.selected = id;
   document.querySelectorAll("#jobs tbody tr").forEach((r) => r.classList.toggle("selected", r.dataset.id === id));
@@ -129,4 +164,8 @@ $("#cancel-job").addEventListener("click", async () => {
 });
 $("#api-key").value = state.key;
 loadJobs();
-state.timer = setInterval(() => { loadJobs(); if (state.selected) selectJob(state.selected); }, 3000);
+state.timer = setInterval(() => {
+  loadJobs();
+  if (state.selected) selectJob(state.selected);
+  if (state.sweep) selectSweep(state.sweep);
+}, 3000);
