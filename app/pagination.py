@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 from app.errors import AppError
 
 T = TypeVar("T")
+# Cursors only ever hold offsets this API produced; anything beyond is forged (and would overflow SQL).
+MAX_OFFSET = 2**31 - 1
 
 
 class Page(BaseModel, Generic[T]):
@@ -38,7 +40,7 @@ def _decode(cursor: str | None) -> int:
         return 0
     try:
         offset = json.loads(base64.urlsafe_b64decode(cursor.encode()).decode())["o"]
-        if not isinstance(offset, int) or offset < 0:
+        if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
             raise ValueError
         return offset
     except Exception as exc:  # any malformed cursor is the client's error

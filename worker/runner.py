@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from sqlalchemy import delete, insert
+from sqlalchemy.exc import DBAPIError
 
 from app.config import get_settings
 from app.db import new_session
@@ -39,10 +40,13 @@ class JobFailure(Exception):
 
 def classify_error(exc: BaseException) -> JobFailure:
     """Map an exception from loading or training to (error.type, message)."""
+    from app.errors import AppError
     from worker.engine import DataError, TrainingDiverged
 
     if isinstance(exc, JobFailure):
         return exc
+    if isinstance(exc, AppError):  # e.g. the dataset's stored file is missing
+        return JobFailure("data_error", exc.message)
     if isinstance(exc, DataError):
         return JobFailure("data_error", str(exc))
     if isinstance(exc, TrainingDiverged):
@@ -136,11 +140,13 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
             state.renew_lease(session, claim, settings.lease_seconds, device=device, progress_epochs=epochs)
 
         def on_epoch(report: EpochReport) -> None:
-            with new_session() as session:
-                rows = _metric_rows(job_id, report.metrics, report.epoch)
-                if rows:
-                    session.execute(insert(EpochMetric), rows)
-                cancel = state.renew_lease(session, claim, settings.lease_seconds, progress_epoch=report.epoch)
+            try:
+                cancel = record_epoch(claim, report.epoch, report.metrics, settings.lease_seconds)
+            except DBAPIError as exc:
+                # A database hiccup must not fail the job: the lease covers the gap, and the
+                # heartbeat keeps trying. This epoch's metrics are lost, the training is not.
+                log.warning("job %s: could not record epoch %d: %s", job_id, report.epoch, exc)
+                return
             if cancel is None:
                 heartbeat.lost = True
             elif cancel:
@@ -160,10 +166,14 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         if not isinstance(exc, JobFailure):
             log.exception("job %s failed", job_id)
         heartbeat.stop()
-        with new_session() as session:
-            finish_ok = state.finish_job(
-                session, claim, "failed", error_type=failure.error_type, error_message=failure.message
-            )
+        try:
+            with new_session() as session:
+                finish_ok = state.finish_job(
+                    session, claim, "failed", error_type=failure.error_type, error_message=failure.message
+                )
+        except DBAPIError:
+            log.exception("job %s: could not record its failure; the lease will expire and it runs again", job_id)
+            return None
         return "failed" if finish_ok else None
     finally:
         heartbeat.stop()
@@ -180,7 +190,32 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         "train_seconds": round(result.train_seconds, 4),
         "evaluation_seconds": round(result.evaluation_seconds, 4),
     }
-    return persist_result(claim, result)
+    try:
+        return persist_result(claim, result)
+    except DBAPIError:
+        # Nothing was committed; the lease expires and another attempt runs the job again.
+        log.exception("job %s: could not save its results; the lease will expire and it runs again", job_id)
+        return None
+
+
+def record_epoch(
+    claim: state.Claim, epoch: int, metrics: dict[str, dict[str, Any]], lease_seconds: float
+) -> bool | None:
+    """Renew the lease and store one epoch's metrics in one transaction, only while the claim holds.
+
+    Returns cancel_requested, or None when the claim is lost (then nothing is written, so a
+    stale attempt can never mix its metrics into the attempt that replaced it).
+    """
+    with new_session() as session:
+        cancel = state.renew_lease(session, claim, lease_seconds, commit=False, progress_epoch=epoch)
+        if cancel is None:
+            session.rollback()
+            return None
+        rows = _metric_rows(claim.job_id, metrics, epoch)
+        if rows:
+            session.execute(insert(EpochMetric), rows)
+        session.commit()
+    return cancel
 
 
 def resolve_device(requested: str) -> str:
@@ -200,11 +235,15 @@ def resolve_device(requested: str) -> str:
 
 
 def persist_result(claim: state.Claim, result: Any) -> str | None:
-    """Write artifact, evaluation, final metrics and status; the status write is guarded by the claim."""
+    """Write artifact, evaluation, final metrics and status; all of it only while the claim holds.
+
+    The artifact goes to a key of its own attempt, so a stale attempt can never overwrite the
+    model of the attempt that succeeded.
+    """
     import torch
 
     storage = get_storage()
-    key = f"models/{claim.job_id}.pt"
+    key = f"models/{claim.job_id}-{claim.attempt}.pt"
     buffer = io.BytesIO()
     torch.save(result.artifact, buffer)
     tmp = storage.temp_path(".pt")
@@ -214,9 +253,6 @@ def persist_result(claim: state.Claim, result: Any) -> str | None:
     evaluation = result.evaluation or {}
     final_rows = _metric_rows(claim.job_id, evaluation.get("metrics", {}))
     with new_session() as session:
-        if final_rows:
-            session.execute(insert(JobMetric), final_rows)
-        session.add(Evaluation(job_id=claim.job_id, body=evaluation))
         ok = state.finish_job(
             session,
             claim,
@@ -228,9 +264,13 @@ def persist_result(claim: state.Claim, result: Any) -> str | None:
             progress_epoch=result.epochs_run,
             device=result.device,
         )
-        if ok:
-            session.commit()
-            return "succeeded"
-        session.rollback()
-    log.warning("job %s: claim lost before results were saved; discarding this attempt", claim.job_id)
-    return None
+        if not ok:
+            session.rollback()
+            storage.delete(key)
+            log.warning("job %s: claim lost before results were saved; discarding this attempt", claim.job_id)
+            return None
+        if final_rows:
+            session.execute(insert(JobMetric), final_rows)
+        session.add(Evaluation(job_id=claim.job_id, body=evaluation))
+        session.commit()
+    return "succeeded"

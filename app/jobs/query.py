@@ -10,7 +10,9 @@ normalized spec (``model.hidden_size``, ``training.learning_rate``). Operators: 
 
 from __future__ import annotations
 
+import operator
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, and_, exists, not_, or_, select
@@ -75,20 +77,64 @@ def metric_value(field: str) -> ColumnElement[Any] | None:
     return select(m.value).where(m.job_id == Job.id, m.split == split, m.name == name).scalar_subquery()
 
 
-def field_expression(field: str, sample: Any) -> ColumnElement[Any]:
+STRING_COLUMNS = {"status", "task", "name", "dataset_id", "sweep_id", "device", "model.cell"}
+TIME_COLUMNS = {"created_at", "finished_at"}
+MAX_NESTING = 32
+OPERATORS = {
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _coerce(field: str, value: Any, kind: str) -> Any:
+    """The value as the field's type, or 400 naming the mismatch (never a database cast error)."""
+    if value is None:
+        return None
+    if kind == "string" and isinstance(value, str):
+        return value
+    if kind == "number" and isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    if kind == "boolean" and isinstance(value, bool):
+        return value
+    if kind == "time" and isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    wanted = {
+        "string": "a quoted string",
+        "number": "a number",
+        "boolean": "true or false",
+        "time": 'an ISO 8601 time like "2026-01-31T12:00:00Z"',
+    }[kind]
+    raise _bad(f"{field} compares with {wanted}; got {value!r}")
+
+
+def field_expression(field: str, sample: Any) -> tuple[ColumnElement[Any], str]:
+    """The SQL expression for a field and the kind of value it compares with."""
     if field in JOB_COLUMNS:
-        return JOB_COLUMNS[field]  # type: ignore[return-value]
+        kind = "string" if field in STRING_COLUMNS else "time" if field in TIME_COLUMNS else "number"
+        return JOB_COLUMNS[field], kind  # type: ignore[return-value]
     metric = metric_value(field)
     if metric is not None:
-        return metric
+        return metric, "number"
     path = tuple(field.split("."))
     if path[0] in ("data", "model", "training", "evaluation") and len(path) >= 2:
+        # Spec values are typed by what they are compared with; the spec schema fixes each path's
+        # type, so a mismatched comparison simply matches nothing.
         element = Job.spec[path]
         if isinstance(sample, bool):
-            return element.as_boolean()
-        if isinstance(sample, float | int):
-            return element.as_float()
-        return element.as_string()
+            return element.as_boolean(), "boolean"
+        if isinstance(sample, int | float):
+            return element.as_float(), "number"
+        return element.as_string(), "string"
     raise _bad(
         f"unknown field {field!r}; use a final metric like test.rmse, a spec path like model.hidden_size, "
         f"or one of: {', '.join(sorted(JOB_COLUMNS))}"
@@ -97,6 +143,7 @@ def field_expression(field: str, sample: Any) -> ColumnElement[Any]:
 
 class _Parser:
     def __init__(self, tokens: list[tuple[str, Any]]) -> None:
+        self.depth = 0
         self.tokens = tokens
         self.i = 0
 
@@ -125,6 +172,15 @@ class _Parser:
         return node
 
     def atom(self) -> ColumnElement[bool]:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _bad(f"the filter nests deeper than {MAX_NESTING} levels")
+        try:
+            return self._atom()
+        finally:
+            self.depth -= 1
+
+    def _atom(self) -> ColumnElement[bool]:
         if self.peek() == "not":
             self.take("not")
             return not_(self.atom())
@@ -141,27 +197,23 @@ class _Parser:
                 self.take("not")
             self.take("in")
             values = self.value_list()
-            column = field_expression(field, values[0] if values else "")
-            clause = column.in_(values)
+            column, kind = field_expression(field, values[0])
+            if any(v is None for v in values):
+                raise _bad(f"null cannot be in a list; use {field} = null")
+            clause = column.in_([_coerce(field, v, kind) for v in values])
             return not_(clause) if negate else clause
         op = self.take("op")
         value = self.take("value")
-        column = field_expression(field, value)
+        column, kind = field_expression(field, value)
         if value is None:
             if op in ("=", "=="):
                 return column.is_(None)
             if op == "!=":
                 return column.is_not(None)
             raise _bad(f"null can only be compared with = or != (field {field!r})")
-        return {
-            "=": column == value,
-            "==": column == value,
-            "!=": column != value,
-            "<": column < value,
-            "<=": column <= value,
-            ">": column > value,
-            ">=": column >= value,
-        }[op]
+        if kind == "boolean" and op not in ("=", "==", "!="):
+            raise _bad(f"{field} is true or false: compare it with = or !=")
+        return OPERATORS[op](column, _coerce(field, value, kind))
 
     def value_list(self) -> list[Any]:
         if self.take("punct") != "(":

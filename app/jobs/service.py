@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Select, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -144,7 +145,16 @@ def list_jobs(
         query = query.where(Job.sweep_id == sweep_id)
     if where:
         query = query.where(parse_where(where))
-    return fetch_page(session, apply_sort(query, sort), page)
+    try:
+        return fetch_page(session, apply_sort(query, sort), page)
+    except DBAPIError as exc:
+        # e.g. PostgreSQL refusing to read a spec path holding text as a number (data.target > 5)
+        session.rollback()
+        if not where:
+            raise
+        raise AppError(
+            400, "invalid_where", f"the filter compares a field with a value of another type: {where}"
+        ) from exc
 
 
 def cancel_job(session: Session, project: Project, job_id: str) -> Job:

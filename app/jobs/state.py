@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.models import FINISHED_STATUSES as FINISHED
 from app.models import Job, utcnow
 
 
@@ -63,7 +64,9 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
     return Claim(job_id, worker_id, attempt)
 
 
-def renew_lease(session: Session, claim: Claim, lease_seconds: float, **values: Any) -> bool | None:
+def renew_lease(
+    session: Session, claim: Claim, lease_seconds: float, *, commit: bool = True, **values: Any
+) -> bool | None:
     """Extend the lease (and set progress fields). Returns cancel_requested, or None if the claim is lost."""
     row = session.execute(
         update(Job)
@@ -72,7 +75,8 @@ def renew_lease(session: Session, claim: Claim, lease_seconds: float, **values: 
         .returning(Job.cancel_requested)
         .execution_options(synchronize_session=False)
     ).first()
-    session.commit()
+    if commit:
+        session.commit()
     return None if row is None else bool(row[0])
 
 
@@ -90,76 +94,97 @@ def finish_job(session: Session, claim: Claim, status: str, *, commit: bool = Tr
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def release_job(session: Session, claim: Claim) -> bool:
-    """running → queued again, for a worker shutting down before it finished (warm restart)."""
-    result = session.execute(
-        update(Job)
-        .where(_held(claim))
-        .values(status="queued", worker_id=None, lease_expires_at=None, dispatched_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined]
-
-
 def request_cancel(session: Session, job: Job) -> str:
-    """Cancel a queued job now; ask a running one to stop at its next epoch. Returns the new status."""
-    if job.status == "queued":
+    """Cancel a queued job now; ask a running one to stop at its next epoch. Returns the new status.
+
+    The job can move between the two checks (claimed, or requeued by lease expiry), so try again
+    until one of the guarded updates applies or the job has finished.
+    """
+    for _ in range(5):
         result = session.execute(
             update(Job)
             .where(Job.id == job.id, Job.status == "queued")
             .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
             .execution_options(synchronize_session=False)
         )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            result = session.execute(
+                update(Job)
+                .where(Job.id == job.id, Job.status == "running")
+                .values(cancel_requested=True)
+                .execution_options(synchronize_session=False)
+            )
         session.commit()
         session.refresh(job)
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            return "cancelled"
-    if job.status == "running":
-        session.execute(update(Job).where(Job.id == job.id, Job.status == "running").values(cancel_requested=True))
-        session.commit()
-    session.refresh(job)
+        if result.rowcount == 1 or job.status in FINISHED:  # type: ignore[attr-defined]
+            break
     return job.status
 
 
-def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[str], list[str]]:
-    """Running jobs whose lease expired: requeue them (attempts left) or fail them ('worker lost').
-
-    Returns (requeued ids, failed ids). A job whose cancel was requested is cancelled instead.
-    """
-    now = now or utcnow()
-    expired = list(
+def expired_leases(session: Session, now: datetime) -> list[Any]:
+    """Running jobs whose lease ran out: rows of (id, attempts, max_attempts, cancel_requested, worker_id)."""
+    return list(
         session.execute(
             select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.worker_id).where(
                 Job.status == "running", Job.lease_expires_at < now
             )
         )
     )
+
+
+def settle_expired(session: Session, row: Any, now: datetime) -> str | None:
+    """Requeue (attempts left), fail ('worker lost') or cancel one expired job; the new status or None.
+
+    Guarded by everything that was read, cancel_requested included: a cancel or a renewal that
+    lands in between makes the update miss, and the next pass decides again.
+    """
+    job_id, attempts, max_attempts, cancel_requested, worker_id = row
+    still = and_(
+        Job.id == job_id,
+        Job.status == "running",
+        Job.attempts == attempts,
+        Job.lease_expires_at < now,
+        Job.cancel_requested.is_(bool(cancel_requested)),
+    )
+    if cancel_requested:
+        values: dict[str, Any] = {"status": "cancelled", "finished_at": now, "lease_expires_at": None}
+    elif attempts >= max_attempts:
+        values = {
+            "status": "failed",
+            "finished_at": now,
+            "lease_expires_at": None,
+            "error_type": "worker_lost",
+            "error_message": (
+                f"worker lost: the worker running this job (last {worker_id}) stopped renewing its "
+                f"lease on each of {attempts} attempts (RNNLAB_MAX_ATTEMPTS={max_attempts}): it crashed, "
+                "was killed (often for using more memory than the machine has: try a smaller "
+                "batch_size, hidden_size or lookback) or lost its database connection"
+            ),
+        }
+    else:
+        values = {"status": "queued", "worker_id": None, "lease_expires_at": None, "dispatched_at": None}
+    result = session.execute(update(Job).where(still).values(**values).execution_options(synchronize_session=False))
+    return str(values["status"]) if result.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """Settle every expired lease. Returns (requeued ids, ids that ended: failed or cancelled)."""
+    now = now or utcnow()
     requeued: list[str] = []
-    failed: list[str] = []
-    for job_id, attempts, max_attempts, cancel_requested, worker_id in expired:
-        still = and_(Job.id == job_id, Job.status == "running", Job.attempts == attempts, Job.lease_expires_at < now)
-        if cancel_requested:
-            values: dict[str, Any] = {"status": "cancelled", "finished_at": now, "lease_expires_at": None}
-        elif attempts >= max_attempts:
-            values = {
-                "status": "failed",
-                "finished_at": now,
-                "lease_expires_at": None,
-                "error_type": "worker_lost",
-                "error_message": (
-                    f"worker lost: the worker running this job ({worker_id}) stopped responding "
-                    f"on each of {attempts} attempts (RNNLAB_MAX_ATTEMPTS={max_attempts}); "
-                    "the job may need more memory than a worker has"
-                ),
-            }
-        else:
-            values = {"status": "queued", "worker_id": None, "lease_expires_at": None, "dispatched_at": None}
-        result = session.execute(update(Job).where(still).values(**values).execution_options(synchronize_session=False))
-        if result.rowcount == 1:  # type: ignore[attr-defined]
-            (requeued if values["status"] == "queued" else failed).append(job_id)
+    ended: list[str] = []
+    for row in expired_leases(session, now):
+        status = settle_expired(session, row, now)
+        if status:
+            (requeued if status == "queued" else ended).append(row[0])
+    # A queued job whose cancel was requested (a cancel that raced a requeue) is simply cancelled.
+    session.execute(
+        update(Job)
+        .where(Job.status == "queued", Job.cancel_requested.is_(True))
+        .values(status="cancelled", finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
-    return requeued, failed
+    return requeued, ended
 
 
 def jobs_to_dispatch(session: Session, older_than: datetime) -> list[tuple[str, str]]:

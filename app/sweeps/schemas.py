@@ -27,10 +27,13 @@ class SweepCreate(BaseModel):
     max_jobs: int = Field(
         100,
         ge=1,
+        le=1_000_000,
         description="grid: upper bound on settings × seeds (more is refused). "
         "random: how many distinct settings to draw (all of them when the grid has fewer).",
     )
-    random_seed: int = Field(0, ge=0, description="Seeds the draw of a random search (same seed, same settings).")
+    random_seed: int = Field(
+        0, ge=0, le=2**63 - 1, description="Seeds the draw of a random search (same seed, same settings)."
+    )
 
     @field_validator("seeds")
     @classmethod

@@ -100,6 +100,7 @@ def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep
     dataset = None
     data: Any = None
     jobs: list[Job] = []
+    seen: dict[str, dict[str, Any]] = {}
     for indices in plan:
         setting = {path: body.grid[path][i] for path, i in indices.items()}
         if len(json.dumps(setting, sort_keys=True)) > SETTING_KEY_MAX_CHARS:
@@ -114,6 +115,16 @@ def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep
             if raw.get("name") is None and body.name:
                 raw["name"] = body.name
             specs.append(_parse_setting_spec(raw, indices, setting))
+        # Values that differ as JSON but not as a spec (1 and 1.0) would run the same setting twice
+        # and count it twice in the ranking.
+        normalized = json.dumps(specs[0].normalized(), sort_keys=True)
+        if normalized in seen:
+            raise grids.grid_error(
+                f"settings {json.dumps(seen[normalized], sort_keys=True)} and {json.dumps(setting, sort_keys=True)} "
+                "give the same job spec; remove the repeated value",
+                "grid",
+            )
+        seen[normalized] = setting
         if dataset is None:
             dataset = get_dataset(session, project.id, specs[0].dataset_id)
             if any(path == "data" or path.startswith("data.") for path in body.grid):

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
 
+from app.db import new_session
+from app.models import Job
 from tests.conftest import IN_CI, configure, make_key
 from tests.stack import ROOT, forecast_spec, sine_csv
 
@@ -64,12 +67,31 @@ def test_dashboard_shows_jobs_curves_and_evaluation(sqlite_env, monkeypatch, tmp
         spec["evaluation"]["attribution"] = True
         job = httpx.post(f"{base}/api/v1/jobs", headers=headers, json=spec).json()
         assert run_job(job["id"], "test-worker") == "succeeded"  # the worker shell, in this process
-        sweep = httpx.post(f"{base}/api/v1/sweeps", headers=headers, json={
-            "name": "size-sweep", "base": forecast_spec(ds, epochs=2),
-            "grid": {"model.hidden_size": [4, 8]}, "seeds": [0, 1],
-        }).json()
+        sweep = httpx.post(
+            f"{base}/api/v1/sweeps",
+            headers=headers,
+            json={
+                "name": "size-sweep",
+                "base": forecast_spec(ds, epochs=2),
+                "grid": {"model.hidden_size": [4, 8]},
+                "seeds": [0, 1],
+            },
+        ).json()
         for sweep_job in sweep["jobs"]:
             assert run_job(sweep_job["id"], "test-worker") == "succeeded"
+        # A failed job whose message carries markup (messages quote column names users chose).
+        bad = httpx.post(f"{base}/api/v1/jobs", headers=headers, json={**spec, "name": "xss-job"}).json()
+        with new_session() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == bad["id"])
+                .values(
+                    status="failed",
+                    error_type="data_error",
+                    error_message="feature '<img id=injected src=x onerror=\"document.title=1\">' is not numeric",
+                )
+            )
+            session.commit()
 
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -91,6 +113,10 @@ def test_dashboard_shows_jobs_curves_and_evaluation(sqlite_env, monkeypatch, tmp
             table = page.inner_text("#sweep-settings")
             assert "model.hidden_size=4" in table and "model.hidden_size=8" in table and "2/2" in table
             assert "share of variance" in page.inner_text("#sweep-parameters")
+            page.locator("#jobs tbody tr", has_text="xss-job").click()
+            page.locator("#detail-status", has_text="data_error").wait_for(timeout=10_000)
+            assert "<img id=injected" in page.inner_text("#detail-status")  # shown as text
+            assert page.locator("#injected").count() == 0
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             browser.close()
     finally:

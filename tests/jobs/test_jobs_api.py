@@ -246,3 +246,147 @@ def test_prometheus_metrics(client, auth, sine) -> None:
     text = client.get("/metrics").text
     assert 'rnnlab_jobs{status="queued",queue="default"} 1' in text
     assert "rnnlab_datasets 1" in text and "rnnlab_ready 1" in text
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "model.bidirectional = true",
+        "evaluation.attribution != false",
+        'created_at > "2024-01-01"',
+        'finished_at = null or created_at < "2999-01-01T00:00:00+00:00"',
+        'data.target = "value"',
+        "training.learning_rate in (0.001, 0.01)",
+    ],
+)
+def test_where_accepts_typed_comparisons(client, auth, sine, where) -> None:
+    client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine))
+    r = client.get("/api/v1/jobs", params={"where": where}, headers=auth)
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    ("where", "says"),
+    [
+        ("model.bidirectional < true", "true or false"),
+        ("created_at > 5", "ISO 8601"),
+        ('finished_at = "x"', "ISO 8601"),
+        ("status = 1", "quoted string"),
+        ('attempts = "x"', "number"),
+        ('test.rmse = "abc"', "number"),
+        ("model.cell in (1, 2)", "quoted string"),
+        ("(" * 400 + "status = 'queued'" + ")" * 400, "nests deeper"),
+        ("data.target > 5", "another type"),
+    ],
+)
+def test_where_refuses_mismatched_types_with_400(client, auth, sine, backend, where, says) -> None:
+    client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine))
+    r = client.get("/api/v1/jobs", params={"where": where}, headers=auth)
+    if where == "data.target > 5" and backend == "sqlite":
+        # SQLite compares text and numbers without a cast error: the filter just matches nothing.
+        assert r.status_code == 200 and r.json()["items"] == []
+        return
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "invalid_where" and says in r.json()["error"]["message"]
+
+
+def test_forged_cursor_is_400(client, auth) -> None:
+    import base64
+    import json
+
+    forged = base64.urlsafe_b64encode(json.dumps({"o": 10**20}).encode()).decode()
+    for path in ("/api/v1/jobs", "/api/v1/datasets", "/api/v1/sweeps"):
+        r = client.get(path, params={"cursor": forged}, headers=auth)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_cursor", path
+
+
+def test_cancel_racing_a_requeue_never_leaves_a_job_stuck(client, auth, sine) -> None:
+    job_id = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()["id"]
+    with new_session() as session:
+        assert state.claim_job(session, job_id, "w1", lease_seconds=60) is not None
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+        now = utcnow()
+        (row,) = state.expired_leases(session, now)  # recovery reads the row: no cancel yet
+        session.commit()
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=auth)  # the user cancels in between
+    assert r.status_code == 202 and r.json()["cancel_requested"]
+    with new_session() as session:
+        assert state.settle_expired(session, row, now) is None  # the stale decision does not apply
+        session.commit()
+        assert state.expire_leases(session) == ([], [job_id])  # the next pass cancels it
+        assert session.get(Job, job_id).status == "cancelled"
+        # The other interleaving: requeued first, then a cancel request on a queued job.
+        other = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()["id"]
+        session.execute(update(Job).where(Job.id == other).values(cancel_requested=True))
+        session.commit()
+        state.expire_leases(session)
+        session.expire_all()
+        assert session.get(Job, other).status == "cancelled"
+
+
+def _npz(client, auth, **arrays) -> str:
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    r = client.post(
+        "/api/v1/datasets", headers=auth, files={"file": ("a.npz", buf.getvalue(), "application/octet-stream")}
+    )
+    assert r.status_code in (200, 201), r.text
+    return r.json()["id"]
+
+
+def test_data_problems_are_refused_before_queueing(client, auth) -> None:
+    import numpy as np
+
+    def submit(ds: str, task: str, data: dict) -> dict:
+        r = client.post("/api/v1/jobs", headers=auth, json={"dataset_id": ds, "task": task, "data": data})
+        assert r.status_code == 422, r.text
+        return r.json()["error"]
+
+    inf = upload(client, auth, "inf.csv", "value\n" + "\n".join(["1.0", "inf"] * 50) + "\n")
+    err = submit(inf, "forecast", {"layout": "series", "target": "value", "lookback": 4})
+    assert "infinite" in err["message"] and err["details"][0]["field"] == "data.target"
+
+    wide = upload(
+        client,
+        auth,
+        "wide-missing.csv",
+        "label,s1,s2\n" + "\n".join(f"{i % 2},{i},{'' if i == 7 else i}" for i in range(40)) + "\n",
+    )
+    err = submit(wide, "classification", {"layout": "wide", "target": "label"})
+    assert "missing" in err["message"] and "s2" in err["message"]
+
+    seq = upload(
+        client,
+        auth,
+        "seq.csv",
+        "sid,step,label,f\n"
+        + "\n".join(f"{i // 4},{i % 4},{(i // 4) % 2},{'x' if i == 5 else i}" for i in range(80))
+        + "\n",
+    )
+    err = submit(
+        seq,
+        "classification",
+        {"layout": "sequences", "target": "label", "features": ["f"], "sequence_column": "sid", "order_column": "step"},
+    )
+    assert "'f'" in err["message"] and err["details"][0]["field"] == "data.features"
+
+    empty_steps = _npz(client, auth, X=np.zeros((20, 0, 3)), y=np.arange(20) % 2)
+    err = submit(empty_steps, "classification", {"layout": "arrays", "target": "y"})
+    assert "at least one time step" in err["message"]
+
+    inf_x = _npz(client, auth, X=np.full((20, 5, 2), np.inf), y=np.arange(20) % 2)
+    assert "infinite" in submit(inf_x, "classification", {"layout": "arrays", "target": "y"})["message"]
+
+
+def test_huge_numbers_are_refused_not_500(client, auth, sine) -> None:
+    spec = forecast_spec(sine)
+    spec["data"]["stride"] = 10**30
+    r = client.post("/api/v1/jobs", headers=auth, json=spec)
+    assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "data.stride"
+    r = client.post("/api/v1/sweeps", headers=auth, json={"base": forecast_spec(sine), "max_jobs": 10**30})
+    assert r.status_code == 422

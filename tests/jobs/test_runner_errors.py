@@ -33,3 +33,102 @@ def test_cuda_without_a_gpu_is_a_clear_failure() -> None:
         resolve_device("cuda")
     assert info.value.error_type == "device_unavailable" and "gpu" in info.value.message
     assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+
+
+# --- stale attempts and database hiccups (the worker shell, run in this process) ----------------
+
+from datetime import timedelta  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from sqlalchemy import func, select, update  # noqa: E402
+from sqlalchemy.exc import OperationalError  # noqa: E402
+
+from app.db import new_session  # noqa: E402
+from app.jobs import state  # noqa: E402
+from app.models import EpochMetric, Job, utcnow  # noqa: E402
+from app.storage import get_storage  # noqa: E402
+from tests.stack import forecast_spec, sine_csv  # noqa: E402
+
+
+@pytest.fixture
+def job_id(client, auth) -> str:
+    r = client.post("/api/v1/datasets", headers=auth, files={"file": ("s.csv", sine_csv(200).encode(), "text/csv")})
+    return client.post("/api/v1/jobs", headers=auth, json=forecast_spec(r.json()["id"])).json()["id"]
+
+
+def _replace_attempt(job_id: str) -> tuple[state.Claim, state.Claim]:
+    """Worker A claims, its lease expires, worker B claims the retry."""
+    with new_session() as session:
+        stale = state.claim_job(session, job_id, "A", lease_seconds=60)
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+        state.expire_leases(session)
+        current = state.claim_job(session, job_id, "B", lease_seconds=60)
+    assert stale is not None and current is not None
+    return stale, current
+
+
+def test_a_stale_attempt_writes_no_epoch_metrics(job_id) -> None:
+    from worker.runner import record_epoch
+
+    stale, current = _replace_attempt(job_id)
+    assert record_epoch(stale, 1, {"train": {"loss": 1.0}}, 60) is None
+    assert record_epoch(current, 1, {"train": {"loss": 0.5}}, 60) is False
+    with new_session() as session:
+        rows = session.scalars(select(EpochMetric).where(EpochMetric.job_id == job_id)).all()
+    assert [(r.epoch, r.value) for r in rows] == [(1, 0.5)]
+
+
+def test_a_stale_attempt_cannot_overwrite_the_model(job_id) -> None:
+    from worker.runner import persist_result
+
+    stale, current = _replace_attempt(job_id)
+    result = SimpleNamespace(
+        artifact={"format": "rnnlab.model/1", "state_dict": {"w": torch.zeros(2)}},
+        evaluation={"metrics": {"test": {"rmse": 0.1}}},
+        summary={"test": {"rmse": 0.1}},
+        train_seconds=0.1,
+        epochs_run=1,
+        device="cpu",
+    )
+    assert persist_result(current, result) == "succeeded"
+    assert persist_result(stale, result) is None
+    storage = get_storage()
+    assert storage.exists(f"models/{job_id}-2.pt") and not storage.exists(f"models/{job_id}-1.pt")
+    with new_session() as session:
+        job = session.get(Job, job_id)
+        assert job.status == "succeeded" and job.artifact_key == f"models/{job_id}-2.pt"
+
+
+def test_a_database_hiccup_during_an_epoch_does_not_fail_the_job(job_id, monkeypatch) -> None:
+    import worker.runner as runner
+
+    real = runner.record_epoch
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OperationalError("UPDATE jobs …", {}, Exception("server closed the connection unexpectedly"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "record_epoch", flaky)
+    assert runner.run_job(job_id, "w1") == "succeeded"
+    with new_session() as session:
+        epochs = session.scalars(
+            select(func.count(func.distinct(EpochMetric.epoch))).where(EpochMetric.job_id == job_id)
+        ).one()
+    assert calls["n"] == 3 and epochs == 2  # epoch 2's metrics were lost, the job was not
+
+
+def test_missing_dataset_file_is_a_data_error(job_id) -> None:
+    from app.models import Dataset
+    from worker.runner import run_job
+
+    with new_session() as session:
+        dataset = session.get(Dataset, session.get(Job, job_id).dataset_id)
+        get_storage().delete(dataset.storage_key)
+    assert run_job(job_id, "w1") == "failed"
+    with new_session() as session:
+        job = session.get(Job, job_id)
+    assert job.error_type == "data_error" and "missing" in job.error_message

@@ -345,3 +345,22 @@ def test_leaderboard_order_and_fields(client, auth, sine) -> None:
         r = client.get(f"/api/v1/datasets/{sine}/leaderboard?metric={bad}", headers=auth)
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_metric", bad
     assert client.get("/api/v1/datasets/nope/leaderboard", headers=auth).status_code == 404
+
+
+def test_values_giving_the_same_spec_are_refused(client, auth) -> None:
+    from app.db import new_session
+    from app.models import Job, Sweep
+    from tests.stack import forecast_spec, sine_csv
+
+    ds = client.post(
+        "/api/v1/datasets", headers=auth, files={"file": ("s.csv", sine_csv(200).encode(), "text/csv")}
+    ).json()["id"]
+    r = client.post(
+        "/api/v1/sweeps",
+        headers=auth,
+        json={"base": forecast_spec(ds), "grid": {"training.learning_rate": [1, 1.0]}, "seeds": [0]},
+    )
+    assert r.status_code == 422, r.text
+    assert "same job spec" in r.json()["error"]["message"]
+    with new_session() as session:
+        assert session.query(Sweep).count() == 0 and session.query(Job).count() == 0

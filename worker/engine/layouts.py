@@ -21,6 +21,7 @@ from .tables import (
     label_column,
     normalize_split_labels,
     numeric_column,
+    refuse_non_finite,
     require_column,
     split_label_column,
 )
@@ -160,7 +161,9 @@ def _targets(spec: JobSpec, values: np.ndarray) -> tuple[np.ndarray, list[Any] |
             f"target '{spec.data.target}' is not numeric; task '{spec.task}' needs numbers",
             field="data.target",
         )
-    return values.astype(np.float64).reshape(len(values), -1), None
+    target = values.astype(np.float64).reshape(len(values), -1)
+    refuse_non_finite(target, f"target '{spec.data.target}'", "data.target")
+    return target, None
 
 
 def _default_features(table: pa.Table, exclude: set[str]) -> list[str]:
@@ -199,13 +202,12 @@ def _sequences(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
         if not np.all(per_step == per_step[:, :1]):
             raise DataError("the split column changes within a sequence", field="data.split.column")
         labels = per_step[:, 0]
+    # Read (and so check: numeric, no missing or infinite values) every feature even when only
+    # planning, so a bad column is refused before the job is queued.
+    columns = [numeric_column(table, f, "data.features", "feature") for f in features]
     x = None
     if materialize:
-        x = (
-            np.stack([numeric_column(table, f, "data.features", "feature")[order] for f in features], axis=1)
-            .astype(np.float32)
-            .reshape(len(runs), steps, len(features))
-        )
+        x = np.stack([c[order] for c in columns], axis=1).astype(np.float32).reshape(len(runs), steps, len(features))
     n = len(runs)
     return Examples(
         n=n,
@@ -235,11 +237,11 @@ def _wide(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
                 field="data.features",
             )
     y, classes = _targets(spec, label_column(table, d.target, "data.target"))
+    # Checked when planning too (missing or infinite values are refused before queueing).
+    columns = [numeric_column(table, c, "data.features", "step column") for c in step_columns]
     x = None
     if materialize:
-        x = np.stack([numeric_column(table, c, "data.features", "step column") for c in step_columns], axis=1).astype(
-            np.float32
-        )[:, :, None]
+        x = np.stack(columns, axis=1).astype(np.float32)[:, :, None]
     n = table.num_rows
     return Examples(
         n=n,
@@ -266,6 +268,11 @@ def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> 
         )
     n, steps = x_raw.shape[0], x_raw.shape[1]
     num_features = x_raw.shape[2] if x_raw.ndim == 3 else 1
+    if steps == 0 or num_features == 0:
+        raise DataError(
+            f"array X needs at least one time step and one feature; got shape {list(x_raw.shape)}",
+            field="data.layout",
+        )
     if y_raw.shape[0] != n or y_raw.ndim not in (1, 2):
         raise DataError(
             f"array y must be shaped [N] or [N, H] with N={n}; got {list(y_raw.shape)}", field="data.target"
@@ -282,11 +289,13 @@ def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> 
                 f"{missing} missing values in array 'X'; fill or drop them before training",
                 field="data.features",
             )
+    refuse_non_finite(x_raw, "array 'X'", "data.features")
     labels = y_raw
     if y_raw.dtype.kind == "f":
         missing = int(np.isnan(y_raw).sum())
         if missing:
             raise DataError(f"{missing} missing values in array 'y'", field="data.target")
+        refuse_non_finite(y_raw, "array 'y'", "data.target")
     elif y_raw.dtype.kind in "SU":
         labels = y_raw.astype(str).astype(object)
     y, classes = _targets(spec, labels)

@@ -49,9 +49,11 @@ class DataSpec(_Strict):
     group_column: str | None = None
     lookback: int = Field(default=24, ge=1, le=100_000)
     horizon: int = Field(default=1, ge=1, le=10_000)
-    stride: int = Field(default=1, ge=1)
+    stride: int = Field(default=1, ge=1, le=100_000)
     scaling: Literal["standard", "minmax", "none"] = "standard"
-    season_period: int | None = Field(default=None, ge=2, description="period for the seasonal naive baseline")
+    season_period: int | None = Field(
+        default=None, ge=2, le=100_000, description="period for the seasonal naive baseline"
+    )
     split: SplitSpec = Field(default_factory=SplitSpec, validate_default=True)
 
     @field_validator("features")
@@ -99,7 +101,7 @@ class TrainingSpec(_Strict):
     batch_size: int = Field(default=64, ge=1, le=65_536)
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop", "adagrad"] = "adam"
     learning_rate: float = Field(default=0.001, gt=0.0, le=10.0)
-    weight_decay: float = Field(default=0.0, ge=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0, le=100.0)
     loss: Loss | None = Field(default=None, description="null: cross_entropy for classification, mse otherwise")
     gradient_clip: float | None = Field(default=1.0, gt=0.0)
     early_stopping_patience: int | None = Field(default=10, ge=1)

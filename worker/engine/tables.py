@@ -42,13 +42,33 @@ def refuse_missing(column: pa.ChunkedArray, name: str, field: str) -> None:
         raise DataError(f"{missing} missing values in column '{name}'; fill or drop them before training", field=field)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def refuse_non_finite(values: np.ndarray, name: str, field: str) -> None:
+    """Infinite values, or values the float32 model inputs cannot hold, are data errors, not divergence."""
+    if values.dtype.kind != "f" or values.size == 0:
+        return
+    bad = int(np.count_nonzero(~np.isfinite(values) & ~np.isnan(values)))
+    if bad:
+        raise DataError(f"{bad} infinite values in {name}; replace or drop them before training", field=field)
+    too_large = int(np.count_nonzero(np.abs(values) > FLOAT32_MAX))
+    if too_large:
+        raise DataError(
+            f"{too_large} values in {name} exceed the float32 range (±{FLOAT32_MAX:.3g}); rescale them",
+            field=field,
+        )
+
+
 def numeric_column(table: pa.Table, name: str, field: str, role: str = "column") -> np.ndarray:
-    """The column as float64, refusing non-numeric types and missing values."""
+    """The column as float64, refusing non-numeric types, missing and infinite values."""
     column = require_column(table, name, field)
     if not is_numeric(column):
         raise DataError(f"{role} '{name}' is not numeric (type {column.type})", field=field)
     refuse_missing(column, name, field)
-    return np.asarray(pc.cast(column, pa.float64()).to_numpy(), dtype=np.float64)
+    values = np.asarray(pc.cast(column, pa.float64()).to_numpy(), dtype=np.float64)
+    refuse_non_finite(values, f"column '{name}'", field)
+    return values
 
 
 def label_column(table: pa.Table, name: str, field: str) -> np.ndarray:

@@ -13,6 +13,11 @@ async function api(path, options = {}) {
   return body;
 }
 
+// Everything a user or a dataset can name (job names, columns, error messages) goes through esc().
+function esc(value) {
+  return String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
 function say(text) { $("#message").textContent = text || ""; }
 function fmt(x) { return x === null || x === undefined ? "–" : (Math.abs(x) >= 100 ? x.toFixed(1) : x.toPrecision(4)); }
 function el(tag, attrs = {}, text = "") {
@@ -36,7 +41,7 @@ async function loadJobs() {
       const test = job.summary?.test?.[main];
       row.append(
         el("td", {}, job.name || job.id.slice(0, 8)),
-        Object.assign(el("td"), { innerHTML: `<span class="status ${job.status}">${job.status}</span>` }),
+        Object.assign(el("td"), { innerHTML: `<span class="status ${esc(job.status)}">${esc(job.status)}</span>` }),
         el("td", {}, job.spec.model.cell),
         el("td", {}, `${job.progress.epoch}/${job.progress.epochs}`),
         el("td", {}, test === undefined ? "–" : `${main} ${fmt(test)}`),
@@ -74,7 +79,7 @@ function drawCurves(series) {
     line.setAttribute("fill", "none");
     line.setAttribute("stroke", COLORS[i % COLORS.length]);
     line.setAttribute("stroke-width", "2");
-    legend.push(`<span style="color:${COLORS[i % COLORS.length]}">■ ${s.split} ${s.name}</span>`);
+    legend.push(`<span style="color:${COLORS[i % COLORS.length]}">■ ${esc(s.split)} ${esc(s.name)}</span>`);
   });
   legend.push(`<span>min ${fmt(lo)} · max ${fmt(hi)} · ${maxEpoch} epochs</span>`);
   $("#legend").innerHTML = legend.join("");
@@ -86,12 +91,12 @@ function renderEvaluation(ev) {
   const main = ev.main_metric;
   const rows = Object.entries(ev.metrics.test || {}).map(([name, v]) => {
     const ci = ev.intervals?.test?.[name];
-    return `<tr><td>${name}</td><td>${fmt(ev.metrics.train?.[name])}</td><td>${fmt(ev.metrics.val?.[name])}</td>` +
+    return `<tr><td>${esc(name)}</td><td>${fmt(ev.metrics.train?.[name])}</td><td>${fmt(ev.metrics.val?.[name])}</td>` +
       `<td><b>${fmt(v)}</b></td><td>${ci ? `[${fmt(ci[0])}, ${fmt(ci[1])}]` : "–"}</td></tr>`;
   }).join("");
   const baselines = Object.entries(ev.comparison || {}).map(([name, c]) =>
-    `<li class="${c.beats ? "beats" : "loses"}">${c.beats ? "beats" : "does not beat"} ${name}: ` +
-    `${main} ${fmt(c.model)} vs ${fmt(c.baseline)}</li>`).join("");
+    `<li class="${c.beats ? "beats" : "loses"}">${c.beats ? "beats" : "does not beat"} ${esc(name)}: ` +
+    `${esc(main)} ${fmt(c.model)} vs ${fmt(c.baseline)}</li>`).join("");
   box.innerHTML = `<table><thead><tr><th>metric</th><th>train</th><th>val</th><th>test</th><th>95% CI</th></tr></thead>` +
     `<tbody>${rows}</tbody></table><ul>${baselines}</ul>`;
   const attr = ev.attribution;
@@ -143,8 +148,10 @@ async function selectJob(id) {
   try {
     const job = await api(`/jobs/${id}`);
     $("#detail-title").textContent = job.name || job.id;
-    $("#detail-status").innerHTML = `<span class="status ${job.status}">${job.status}</span> epoch ${job.progress.epoch}/${job.progress.epochs}` +
-      ` · attempts ${job.attempts} · ${job.spec.model.cell} h=${job.spec.model.hidden_size}` + (job.error ? ` · <b>${job.error.type}</b>: ${job.error.message}` : "");
+    $("#detail-status").innerHTML = `<span class="status ${esc(job.status)}">${esc(job.status)}</span> ` +
+      `epoch ${job.progress.epoch}/${job.progress.epochs} · attempts ${job.attempts} · ` +
+      `${esc(job.spec.model.cell)} h=${esc(job.spec.model.hidden_size)}` +
+      (job.error ? ` · <b>${esc(job.error.type)}</b>: ${esc(job.error.message)}` : "");
     $("#cancel-job").hidden = !["queued", "running"].includes(job.status);
     drawCurves((await api(`/jobs/${id}/metrics`)).series);
     renderEvaluation(job.status === "succeeded" ? await api(`/jobs/${id}/evaluation`) : null);
