@@ -25,8 +25,23 @@ from app.storage import get_storage
 log = logging.getLogger(__name__)
 
 
+# The worker process this code runs under: its main process's host and pid. Set by the Celery
+# worker at start (before the pool forks), so every pool child shares it.
+_worker_node: dict[str, str] = {}
+
+
+def set_worker_node() -> str:
+    _worker_node["node"] = f"{socket.gethostname()}:{os.getpid()}"
+    return _worker_node["node"]
+
+
+def worker_node() -> str:
+    return _worker_node.get("node") or set_worker_node()
+
+
 def worker_identity() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``host:main-pid/process-pid``: which worker (for release on shutdown) and which process."""
+    return f"{worker_node()}/{os.getpid()}"
 
 
 class JobFailure(Exception):
@@ -69,6 +84,7 @@ class Heartbeat(threading.Thread):
         self.lease_seconds = lease_seconds
         self.interval_seconds = interval_seconds
         self.cancel_requested = False
+        self.release_requested = False
         self.lost = False
         self._stop_event = threading.Event()
 
@@ -80,10 +96,21 @@ class Heartbeat(threading.Thread):
             except Exception as exc:  # a database hiccup: try again next beat
                 log.warning("heartbeat for job %s failed: %s", self.claim.job_id, exc)
                 continue
-            if result is None:
-                self.lost = True
+            if not self.apply(result):
                 return
-            self.cancel_requested = result
+
+    def apply(self, status: state.LeaseStatus | None) -> bool:
+        """Take in what a lease renewal said; False once the claim is lost."""
+        if status is None:
+            self.lost = True
+            return False
+        self.cancel_requested = self.cancel_requested or status.cancel_requested
+        self.release_requested = self.release_requested or status.release_requested
+        return True
+
+    @property
+    def should_stop(self) -> bool:
+        return self.cancel_requested or self.release_requested or self.lost
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -141,23 +168,18 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
 
         def on_epoch(report: EpochReport) -> None:
             try:
-                cancel = record_epoch(claim, report.epoch, report.metrics, settings.lease_seconds)
+                heartbeat.apply(record_epoch(claim, report.epoch, report.metrics, settings.lease_seconds))
             except DBAPIError as exc:
                 # A database hiccup must not fail the job: the lease covers the gap, and the
                 # heartbeat keeps trying. This epoch's metrics are lost, the training is not.
                 log.warning("job %s: could not record epoch %d: %s", job_id, report.epoch, exc)
-                return
-            if cancel is None:
-                heartbeat.lost = True
-            elif cancel:
-                heartbeat.cancel_requested = True
 
         engine_started = time.perf_counter()
         result = train_and_evaluate(
             spec,
             data,
             on_epoch=on_epoch,
-            should_stop=lambda: heartbeat.cancel_requested or heartbeat.lost,
+            should_stop=lambda: heartbeat.should_stop,
             device=device,
         )
         engine_seconds = time.perf_counter() - engine_started
@@ -181,6 +203,8 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
     if heartbeat.lost:
         log.warning("job %s: lease lost to another worker; discarding this attempt", job_id)
         return None
+    if result.cancelled and heartbeat.release_requested and not heartbeat.cancel_requested:
+        return release(claim)
     if result.cancelled:
         with new_session() as session:
             state.finish_job(session, claim, "cancelled", summary=result.summary or None)
@@ -198,24 +222,39 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         return None
 
 
+def release(claim: state.Claim) -> str | None:
+    """Hand the job back to the queue (its worker is shutting down) and send it to the broker again."""
+    from app.jobs.dispatch import dispatch_jobs
+
+    with new_session() as session:
+        released = state.release_job(session, claim)
+        job = session.get(Job, claim.job_id)
+        queue = job.queue if job else "default"
+    if not released:
+        return None
+    log.info("job %s: released at shutdown; it will run again from the start", claim.job_id)
+    dispatch_jobs([(claim.job_id, queue)])
+    return "queued"
+
+
 def record_epoch(
     claim: state.Claim, epoch: int, metrics: dict[str, dict[str, Any]], lease_seconds: float
-) -> bool | None:
+) -> state.LeaseStatus | None:
     """Renew the lease and store one epoch's metrics in one transaction, only while the claim holds.
 
-    Returns cancel_requested, or None when the claim is lost (then nothing is written, so a
-    stale attempt can never mix its metrics into the attempt that replaced it).
+    None when the claim is lost: then nothing is written, so a stale attempt can never mix its
+    metrics into the attempt that replaced it.
     """
     with new_session() as session:
-        cancel = state.renew_lease(session, claim, lease_seconds, commit=False, progress_epoch=epoch)
-        if cancel is None:
+        status = state.renew_lease(session, claim, lease_seconds, commit=False, progress_epoch=epoch)
+        if status is None:
             session.rollback()
             return None
         rows = _metric_rows(claim.job_id, metrics, epoch)
         if rows:
             session.execute(insert(EpochMetric), rows)
         session.commit()
-    return cancel
+    return status
 
 
 def resolve_device(requested: str) -> str:

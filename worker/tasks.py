@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from app.config import get_settings
 from app.jobs.dispatch import RUN_JOB_TASK, recover_jobs
@@ -36,7 +36,27 @@ def _set_torch_threads() -> None:
 @worker_init.connect
 def _init_worker(**_: object) -> None:
     """The main process (it runs the jobs itself with --pool=solo)."""
+    from worker.runner import set_worker_node
+
+    set_worker_node()  # before the pool forks: children inherit it
     _set_torch_threads()
+
+
+@worker_shutting_down.connect
+def _release_running_jobs(**_: object) -> None:
+    """Warm shutdown: this worker's running jobs stop at their next epoch and go back to the queue
+    (no attempt used), instead of holding the shutdown until they finish."""
+    from app.db import new_session
+    from app.jobs import state
+    from worker.runner import worker_node
+
+    try:
+        with new_session() as session:
+            count = state.request_release(session, worker_node() + "/")
+        if count:
+            log.info("shutting down: asked %d running job(s) to go back to the queue", count)
+    except Exception:
+        log.exception("could not ask running jobs to release; their leases will expire instead")
 
 
 @worker_process_init.connect

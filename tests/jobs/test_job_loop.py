@@ -304,3 +304,23 @@ def test_cuda_jobs_wait_on_the_gpu_queue_not_on_cpu_workers(distributed_stack: S
     assert stack.wait(cpu_job["id"])["status"] == "succeeded"
     assert stack.job(job["id"])["status"] == "queued" and client.llen("gpu") == 1
     assert stack.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=stack.headers).json()["status"] == "cancelled"
+
+
+def test_warm_shutdown_hands_the_running_job_back_without_using_an_attempt(distributed_stack: Stack) -> None:
+    stack = distributed_stack
+    stack.stop_all()
+    leaving = stack.start_worker()
+    ds = stack.upload_csv("long3.csv", sine_csv(1500))
+    job = stack.submit(forecast_spec(ds, epochs=2000, early_stopping_patience=None))
+    stack.wait(job["id"], ("running",), predicate=lambda j: j["progress"]["epoch"] >= 1)
+    started = time.monotonic()
+    leaving.send_signal(signal.SIGTERM)  # warm shutdown, as Ctrl-C or `docker stop` does
+    leaving.wait(timeout=60)
+    assert time.monotonic() - started < 30  # did not wait for 2000 epochs
+    back = stack.job(job["id"])
+    assert back["status"] == "queued" and back["attempts"] == 0, back
+    stack.start_worker()
+    rerun = stack.wait(job["id"], ("running",), predicate=lambda j: j["progress"]["epoch"] >= 1)
+    assert rerun["attempts"] == 1
+    stack.client.post(f"/api/v1/jobs/{job['id']}/cancel", headers=stack.headers)
+    assert stack.wait(job["id"])["status"] == "cancelled"
