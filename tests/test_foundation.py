@@ -160,3 +160,18 @@ def test_openapi_documents_the_job_spec(client) -> None:
     assert {"dataset_id", "task", "data", "model", "training"} <= set(job_spec["properties"])
     assert "ModelSpec" in doc["components"]["schemas"]
     assert client.get("/docs").status_code == 200
+
+
+def test_migrations_downgrade_and_upgrade_again(env) -> None:
+    from alembic import command
+
+    from app.db import get_engine, reset_engine
+    from app.migrate import alembic_config, upgrade_database
+
+    reset_engine()
+    command.downgrade(alembic_config(), "base")
+    assert set(sa.inspect(get_engine()).get_table_names()) <= {"alembic_version"}
+    upgrade_database()
+    reset_engine()
+    columns = {c["name"] for c in sa.inspect(get_engine()).get_columns("jobs")}
+    assert "release_requested" in columns
