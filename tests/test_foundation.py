@@ -175,3 +175,9 @@ def test_migrations_downgrade_and_upgrade_again(env) -> None:
     reset_engine()
     columns = {c["name"] for c in sa.inspect(get_engine()).get_columns("jobs")}
     assert "release_requested" in columns
+
+
+def test_api_process_does_not_import_torch_until_it_predicts() -> None:
+    # Validation needs only NumPy and pyarrow; torch (≈200 MB) loads on the first /predict.
+    code = "import sys, app.main; app.main.create_app(); assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
