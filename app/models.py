@@ -19,7 +19,6 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
-    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -148,9 +147,6 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    # Set when the holding worker shuts down: the job stops at its next epoch and goes back to the
-    # queue without using up an attempt.
-    release_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

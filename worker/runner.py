@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import multiprocessing
 import os
 import socket
 import threading
@@ -25,23 +26,27 @@ from app.storage import get_storage
 log = logging.getLogger(__name__)
 
 
-# The worker process this code runs under: its main process's host and pid. Set by the Celery
-# worker at start (before the pool forks), so every pool child shares it.
-_worker_node: dict[str, str] = {}
+# Set when this worker begins a warm shutdown. It lives in shared memory created before the pool
+# forks (see worker.tasks), so the pool processes that run jobs see the main process set it.
+_shutdown_flag: Any = None
 
 
-def set_worker_node() -> str:
-    _worker_node["node"] = f"{socket.gethostname()}:{os.getpid()}"
-    return _worker_node["node"]
+def install_shutdown_flag() -> None:
+    global _shutdown_flag
+    _shutdown_flag = multiprocessing.Value("b", 0, lock=False)
 
 
-def worker_node() -> str:
-    return _worker_node.get("node") or set_worker_node()
+def begin_shutdown() -> None:
+    if _shutdown_flag is not None:
+        _shutdown_flag.value = 1
+
+
+def shutting_down() -> bool:
+    return bool(_shutdown_flag is not None and _shutdown_flag.value)
 
 
 def worker_identity() -> str:
-    """``host:main-pid/process-pid``: which worker (for release on shutdown) and which process."""
-    return f"{worker_node()}/{os.getpid()}"
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class JobFailure(Exception):
@@ -84,7 +89,6 @@ class Heartbeat(threading.Thread):
         self.lease_seconds = lease_seconds
         self.interval_seconds = interval_seconds
         self.cancel_requested = False
-        self.release_requested = False
         self.lost = False
         self._stop_event = threading.Event()
 
@@ -99,18 +103,17 @@ class Heartbeat(threading.Thread):
             if not self.apply(result):
                 return
 
-    def apply(self, status: state.LeaseStatus | None) -> bool:
+    def apply(self, cancel_requested: bool | None) -> bool:
         """Take in what a lease renewal said; False once the claim is lost."""
-        if status is None:
+        if cancel_requested is None:
             self.lost = True
             return False
-        self.cancel_requested = self.cancel_requested or status.cancel_requested
-        self.release_requested = self.release_requested or status.release_requested
+        self.cancel_requested = self.cancel_requested or cancel_requested
         return True
 
     @property
     def should_stop(self) -> bool:
-        return self.cancel_requested or self.release_requested or self.lost
+        return self.cancel_requested or self.lost or shutting_down()
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -136,6 +139,11 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
 
     settings = get_settings()
     worker_id = worker_id or worker_identity()
+    if shutting_down():
+        # Leave it queued: the broker message is acknowledged, and recovery sends the job again to a
+        # live worker (or to this one once it is back).
+        log.info("job %s: not starting it, this worker is shutting down", job_id)
+        return None
     with new_session() as session:
         claim = state.claim_job(session, job_id, worker_id, settings.lease_seconds)
         if claim is None:
@@ -203,7 +211,7 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
     if heartbeat.lost:
         log.warning("job %s: lease lost to another worker; discarding this attempt", job_id)
         return None
-    if result.cancelled and heartbeat.release_requested and not heartbeat.cancel_requested:
+    if result.cancelled and shutting_down() and not heartbeat.cancel_requested:
         return release(claim)
     if result.cancelled:
         with new_session() as session:
@@ -223,27 +231,25 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
 
 
 def release(claim: state.Claim) -> str | None:
-    """Hand the job back to the queue (its worker is shutting down) and send it to the broker again."""
-    from app.jobs.dispatch import dispatch_jobs
+    """Hand the job back to the queue: its worker is shutting down.
 
+    It is not sent to the broker from here (this worker's consumer may still be taking
+    messages); the recovery loop of a live worker, or of this one when it starts again, sends it.
+    """
     with new_session() as session:
-        released = state.release_job(session, claim)
-        job = session.get(Job, claim.job_id)
-        queue = job.queue if job else "default"
-    if not released:
-        return None
-    log.info("job %s: released at shutdown; it will run again from the start", claim.job_id)
-    dispatch_jobs([(claim.job_id, queue)])
+        if not state.release_job(session, claim):
+            return None
+    log.info("job %s: handed back to the queue at shutdown; it will run again from the start", claim.job_id)
     return "queued"
 
 
 def record_epoch(
     claim: state.Claim, epoch: int, metrics: dict[str, dict[str, Any]], lease_seconds: float
-) -> state.LeaseStatus | None:
+) -> bool | None:
     """Renew the lease and store one epoch's metrics in one transaction, only while the claim holds.
 
-    None when the claim is lost: then nothing is written, so a stale attempt can never mix its
-    metrics into the attempt that replaced it.
+    Returns cancel_requested, or None when the claim is lost: then nothing is written, so a stale
+    attempt can never mix its metrics into the attempt that replaced it.
     """
     with new_session() as session:
         status = state.renew_lease(session, claim, lease_seconds, commit=False, progress_epoch=epoch)

@@ -35,28 +35,21 @@ def _set_torch_threads() -> None:
 
 @worker_init.connect
 def _init_worker(**_: object) -> None:
-    """The main process (it runs the jobs itself with --pool=solo)."""
-    from worker.runner import set_worker_node
+    """The main process, before the pool forks (it runs the jobs itself with --pool=solo)."""
+    from worker.runner import install_shutdown_flag
 
-    set_worker_node()  # before the pool forks: children inherit it
+    install_shutdown_flag()  # shared memory: the pool processes inherit it
     _set_torch_threads()
 
 
 @worker_shutting_down.connect
-def _release_running_jobs(**_: object) -> None:
-    """Warm shutdown: this worker's running jobs stop at their next epoch and go back to the queue
-    (no attempt used), instead of holding the shutdown until they finish."""
-    from app.db import new_session
-    from app.jobs import state
-    from worker.runner import worker_node
+def _hand_jobs_back(**_: object) -> None:
+    """Warm shutdown: running jobs stop at their next epoch and go back to the queue (their attempt
+    given back) instead of holding the shutdown until they finish; no new job is started."""
+    from worker.runner import begin_shutdown
 
-    try:
-        with new_session() as session:
-            count = state.request_release(session, worker_node() + "/")
-        if count:
-            log.info("shutting down: asked %d running job(s) to go back to the queue", count)
-    except Exception:
-        log.exception("could not ask running jobs to release; their leases will expire instead")
+    _recovery_stop.set()  # a dying worker must not send jobs it could still pick up itself
+    begin_shutdown()
 
 
 @worker_process_init.connect

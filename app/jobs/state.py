@@ -27,14 +27,6 @@ class Claim:
     attempt: int
 
 
-@dataclass(frozen=True)
-class LeaseStatus:
-    """What the holder of a lease learns when it renews it."""
-
-    cancel_requested: bool
-    release_requested: bool
-
-
 def _held(claim: Claim) -> Any:
     return and_(
         Job.id == claim.job_id,
@@ -61,7 +53,6 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             started_at=now,
             progress_epoch=0,
-            release_requested=False,
             error_type=None,
             error_message=None,
         )
@@ -75,18 +66,18 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
 
 def renew_lease(
     session: Session, claim: Claim, lease_seconds: float, *, commit: bool = True, **values: Any
-) -> LeaseStatus | None:
-    """Extend the lease (and set progress fields). None when the claim is lost."""
+) -> bool | None:
+    """Extend the lease (and set progress fields). Returns cancel_requested, or None if the claim is lost."""
     row = session.execute(
         update(Job)
         .where(_held(claim))
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds), **values)
-        .returning(Job.cancel_requested, Job.release_requested)
+        .returning(Job.cancel_requested)
         .execution_options(synchronize_session=False)
     ).first()
     if commit:
         session.commit()
-    return None if row is None else LeaseStatus(bool(row[0]), bool(row[1]))
+    return None if row is None else bool(row[0])
 
 
 def finish_job(session: Session, claim: Claim, status: str, *, commit: bool = True, **values: Any) -> bool:
@@ -103,18 +94,6 @@ def finish_job(session: Session, claim: Claim, status: str, *, commit: bool = Tr
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def request_release(session: Session, worker_prefix: str) -> int:
-    """Ask every job running under this worker (ids starting with ``worker_prefix``) to hand itself back."""
-    result = session.execute(
-        update(Job)
-        .where(Job.status == "running", Job.worker_id.startswith(worker_prefix, autoescape=True))
-        .values(release_requested=True)
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-
 def release_job(session: Session, claim: Claim) -> bool:
     """running → queued for a worker that is shutting down: the attempt it used is given back."""
     result = session.execute(
@@ -125,7 +104,6 @@ def release_job(session: Session, claim: Claim) -> bool:
             worker_id=None,
             lease_expires_at=None,
             dispatched_at=None,
-            release_requested=False,
             attempts=claim.attempt - 1,
             progress_epoch=0,
         )

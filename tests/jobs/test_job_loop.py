@@ -125,28 +125,84 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_embedded_default_as_a_user_starts_it(tmp_path) -> None:
-    """`rnnlab up` (what `make up` runs): API + a real worker on SQLite and the embedded broker."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
-    env.update({"RNNLAB_HOME": str(tmp_path / "home"), "RNNLAB_PORT": str(port), "RNNLAB_TORCH_THREADS": "1"})
-    rnnlab = [sys.executable, "-m", "app.cli"]
-    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
-    up = subprocess.Popen([*rnnlab, "up"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
+class UserSession:
+    """`rnnlab up` in its own process group, stopped the way a terminal's Ctrl-C stops it."""
+
+    def __init__(self, tmp_path, env: dict[str, str]) -> None:
+        self.tmp_path, self.env, self.runs = tmp_path, env, 0
+        self.base = f"http://127.0.0.1:{env['RNNLAB_PORT']}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp_path.glob("up-*.log")))
+
+    def start(self) -> None:
+        self.runs += 1
+        out = open(self.tmp_path / f"up-{self.runs}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "up"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
+                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
-        else:
-            raise AssertionError((tmp_path / "up.log").read_text())
+            time.sleep(0.3)
+        raise AssertionError(self.log())
+
+    def ctrl_c(self) -> float:
+        """SIGINT to the whole process group, as a terminal sends it; returns seconds until all exited."""
+        assert self.proc is not None
+        started = time.monotonic()
+        os.killpg(self.proc.pid, signal.SIGINT)
+        try:
+            code = self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise
+        assert code == 0, self.log()
+        for _ in range(50):  # the API and the worker (and its pool) are gone too
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise AssertionError("processes of `rnnlab up` are still running after Ctrl-C")
+
+    def job(self, headers: dict[str, str], job_id: str) -> dict:
+        return httpx.get(f"{self.base}/api/v1/jobs/{job_id}", headers=headers).json()
+
+    def wait(self, headers: dict[str, str], job_id: str, predicate, timeout: float = 120) -> dict:
+        deadline = time.monotonic() + timeout
+        job: dict = {}
+        while time.monotonic() < deadline:
+            job = self.job(headers, job_id)
+            if predicate(job):
+                return job
+            time.sleep(0.3)
+        raise AssertionError(f"{job}\n{self.log()}")
+
+
+def test_embedded_default_as_a_user_starts_it(tmp_path) -> None:
+    """`rnnlab up` (what `make up` runs): API + a real worker on SQLite and the embedded broker.
+
+    Ctrl-C while a job trains hands it back to the queue with its attempt given back; the next
+    `rnnlab up` runs it again.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env.update({"RNNLAB_HOME": str(tmp_path / "home"), "RNNLAB_PORT": str(_free_port()), "RNNLAB_TORCH_THREADS": "1"})
+    user = UserSession(tmp_path, env)
+    user.start()
+    try:
         key = subprocess.run(
-            [*rnnlab, "keys", "create", "--project", "demo"],
+            [sys.executable, "-m", "app.cli", "keys", "create", "--project", "demo"],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -155,26 +211,29 @@ def test_embedded_default_as_a_user_starts_it(tmp_path) -> None:
         ).stdout.strip()
         headers = {"Authorization": f"Bearer {key}"}
         ds = httpx.post(
-            f"{base}/api/v1/datasets", headers=headers, files={"file": ("sine.csv", sine_csv(300).encode(), "text/csv")}
+            f"{user.base}/api/v1/datasets",
+            headers=headers,
+            files={"file": ("sine.csv", sine_csv(1500).encode(), "text/csv")},
         ).json()
-        job = httpx.post(f"{base}/api/v1/jobs", headers=headers, json=forecast_spec(ds["id"])).json()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            status = httpx.get(f"{base}/api/v1/jobs/{job['id']}", headers=headers).json()["status"]
-            if status in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(0.5)
-        assert status == "succeeded", (tmp_path / "up.log").read_text()[-4000:]
+        job = httpx.post(f"{user.base}/api/v1/jobs", headers=headers, json=forecast_spec(ds["id"])).json()
+        done = user.wait(headers, job["id"], lambda j: j["status"] in ("succeeded", "failed", "cancelled"))
+        assert done["status"] == "succeeded", user.log()
+
+        long = httpx.post(
+            f"{user.base}/api/v1/jobs",
+            headers=headers,
+            json=forecast_spec(ds["id"], epochs=5000, early_stopping_patience=None),
+        ).json()
+        user.wait(headers, long["id"], lambda j: j["status"] == "running" and j["progress"]["epoch"] >= 1)
+        assert user.ctrl_c() < 30  # does not wait for 5000 epochs
+        user.start()
+        rerun = user.wait(headers, long["id"], lambda j: j["status"] == "running" and j["progress"]["epoch"] >= 1)
+        assert rerun["attempts"] == 1, rerun  # the interrupted attempt was given back
+        httpx.post(f"{user.base}/api/v1/jobs/{long['id']}/cancel", headers=headers)
+        assert user.wait(headers, long["id"], lambda j: j["status"] != "running")["status"] == "cancelled"
     finally:
-        up.send_signal(signal.SIGINT)  # Ctrl-C stops both processes cleanly
-        try:
-            code = up.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            raise
-    assert code == 0, (tmp_path / "up.log").read_text()[-4000:]
-    leftover = subprocess.run(["pgrep", "-f", f"RNNLAB_HOME={tmp_path}"], capture_output=True)
-    assert leftover.stdout == b""
+        if user.proc is not None and user.proc.poll() is None:
+            user.ctrl_c()
 
 
 # --- distributed: PostgreSQL + Redis ---------------------------------------------------------

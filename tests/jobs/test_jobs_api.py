@@ -182,7 +182,7 @@ def test_claim_is_exclusive_and_leases_expire(client, auth, sine) -> None:
         first = state.claim_job(session, job_id, "w1", lease_seconds=60)
         assert first is not None and first.attempt == 1
         assert state.claim_job(session, job_id, "w2", lease_seconds=60) is None  # redelivery does nothing
-        assert state.renew_lease(session, first, 60) == state.LeaseStatus(False, False)
+        assert state.renew_lease(session, first, 60) is False
         stale = state.Claim(job_id, "w2", 1)
         assert state.renew_lease(session, stale, 60) is None and not state.finish_job(session, stale, "succeeded")
         # Lease expiry with attempts left → queued again; the old holder's claim is void.

@@ -73,7 +73,7 @@ def test_a_stale_attempt_writes_no_epoch_metrics(job_id) -> None:
 
     stale, current = _replace_attempt(job_id)
     assert record_epoch(stale, 1, {"train": {"loss": 1.0}}, 60) is None
-    assert record_epoch(current, 1, {"train": {"loss": 0.5}}, 60) == state.LeaseStatus(False, False)
+    assert record_epoch(current, 1, {"train": {"loss": 0.5}}, 60) is False
     with new_session() as session:
         rows = session.scalars(select(EpochMetric).where(EpochMetric.job_id == job_id)).all()
     assert [(r.epoch, r.value) for r in rows] == [(1, 0.5)]

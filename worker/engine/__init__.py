@@ -30,7 +30,18 @@ _EXPORTS = {
     "EpochReport": ".training",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DataError",
+    "EngineResult",
+    "EpochReport",
+    "JobSpec",
+    "Predictor",
+    "TrainingDiverged",
+    "check_spec_fits",
+    "load_predictor",
+    "train_and_evaluate",
+]
+assert set(__all__) == set(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
