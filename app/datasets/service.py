@@ -210,7 +210,8 @@ def delete_dataset(session: Session, project_id: str, dataset_id: str) -> None:
         raise AppError(
             409,
             "dataset_referenced",
-            f"dataset '{dataset.id}' is referenced by {jobs} finished job(s) and {sweeps} sweep(s); delete those first",
+            f"dataset '{dataset.id}' is referenced by {jobs} finished job(s) and {sweeps} sweep(s); "
+            "delete them first (DELETE /api/v1/jobs/{id}, DELETE /api/v1/sweeps/{id})",
             {"jobs": jobs, "sweeps": sweeps},
         )
     key = dataset.storage_key

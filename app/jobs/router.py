@@ -7,7 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 
@@ -64,6 +64,13 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobRead)
 def get_job(job_id: str, project: CurrentProject, session: SessionDep) -> JobRead:
     return JobRead.from_row(service.get_job(session, project, job_id))
+
+
+@router.delete("/{job_id}", status_code=204)
+def delete_job(job_id: str, project: CurrentProject, session: SessionDep) -> Response:
+    """Delete a finished job, its metrics, evaluation and model (409 while queued or running)."""
+    service.delete_job(session, project, job_id)
+    return Response(status_code=204)
 
 
 @router.post("/{job_id}/cancel", status_code=202, response_model=JobRead)

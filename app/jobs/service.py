@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, select
+from sqlalchemy import Select, delete, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -18,7 +18,7 @@ from app.datasets.service import get_dataset, load_dataset_data
 from app.errors import AppError, not_found, validation_details, validation_message
 from app.jobs import state
 from app.jobs.query import apply_sort, parse_where
-from app.models import Dataset, EpochMetric, Evaluation, Job, Project, utcnow
+from app.models import FINISHED_STATUSES, Dataset, EpochMetric, Evaluation, Job, Project, utcnow
 from app.pagination import PageParams, fetch_page
 from app.storage import get_storage
 from worker.celery_app import DEFAULT_QUEUE, GPU_QUEUE
@@ -163,6 +163,38 @@ def cancel_job(session: Session, project: Project, job_id: str) -> Job:
         raise AppError(409, "job_finished", f"job '{job_id}' already finished with status '{job.status}'")
     state.request_cancel(session, job)
     return job
+
+
+def delete_jobs(session: Session, jobs: Sequence[Job]) -> None:
+    """Delete finished jobs with their metrics, evaluations (database cascade) and model files."""
+    active = [j.id for j in jobs if j.status in ("queued", "running")]
+    if active:
+        raise AppError(
+            409,
+            "job_active",
+            f"job(s) {', '.join(active[:5])} are still queued or running; cancel them first",
+            {"jobs": active},
+        )
+    keys = [j.artifact_key for j in jobs if j.artifact_key]
+    # Guarded by status: a job cannot have started since the check (finished jobs never restart).
+    ids = [j.id for j in jobs]
+    session.execute(delete(Job).where(Job.id.in_(ids), Job.status.in_(FINISHED_STATUSES)))
+    session.commit()
+    storage = get_storage()
+    for key in keys:
+        storage.delete(key)
+
+
+def delete_job(session: Session, project: Project, job_id: str) -> None:
+    job = get_job(session, project, job_id)
+    if job.sweep_id is not None:
+        raise AppError(
+            409,
+            "job_in_sweep",
+            f"job '{job_id}' belongs to sweep '{job.sweep_id}'; delete the sweep instead",
+            {"sweep_id": job.sweep_id},
+        )
+    delete_jobs(session, [job])
 
 
 def job_metrics(session: Session, project: Project, job_id: str) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from app.auth import CurrentProject
 from app.db import SessionDep
@@ -41,6 +41,13 @@ def get_sweep(sweep_id: str, project: CurrentProject, session: SessionDep) -> Sw
 def cancel_sweep(sweep_id: str, project: CurrentProject, session: SessionDep) -> SweepCancel:
     """Queued jobs are cancelled at once; running ones stop within one epoch."""
     return service.cancel_sweep(session, project, sweep_id)
+
+
+@sweeps_router.delete("/{sweep_id}", status_code=204)
+def delete_sweep(sweep_id: str, project: CurrentProject, session: SessionDep) -> Response:
+    """Delete the sweep and its jobs once none is queued or running (cancel it first)."""
+    service.delete_sweep(session, project, sweep_id)
+    return Response(status_code=204)
 
 
 # What app.main includes: the sweep routes and the dataset leaderboard (under /datasets).

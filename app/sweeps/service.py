@@ -13,7 +13,7 @@ from app.datasets.service import get_dataset, load_dataset_data
 from app.errors import AppError, not_found, validation_message
 from app.jobs import state
 from app.jobs.query import metric_value
-from app.jobs.service import check_spec_against_dataset, dispatch, new_job, parse_spec
+from app.jobs.service import check_spec_against_dataset, delete_jobs, dispatch, new_job, parse_spec
 from app.models import FINISHED_STATUSES, JOB_STATUSES, Evaluation, Job, JobMetric, Project, Sweep, new_id
 from app.pagination import PageParams, fetch_page
 from app.sweeps import grid as grids
@@ -275,6 +275,14 @@ def cancel_sweep(session: Session, project: Project, sweep_id: str) -> SweepCanc
         cancel_requested=requested,
         progress=progress_by_sweep(session, [sweep.id])[sweep.id],
     )
+
+
+def delete_sweep(session: Session, project: Project, sweep_id: str) -> None:
+    """Delete a sweep whose jobs have all finished, with those jobs (409 while any is queued or running)."""
+    sweep = get_sweep(session, project, sweep_id)
+    delete_jobs(session, list(session.scalars(select(Job).where(Job.sweep_id == sweep.id))))
+    session.delete(sweep)
+    session.commit()
 
 
 # --- leaderboard ---------------------------------------------------------------------------------

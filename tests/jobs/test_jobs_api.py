@@ -390,3 +390,44 @@ def test_huge_numbers_are_refused_not_500(client, auth, sine) -> None:
     assert r.status_code == 422 and r.json()["error"]["details"][0]["field"] == "data.stride"
     r = client.post("/api/v1/sweeps", headers=auth, json={"base": forecast_spec(sine), "max_jobs": 10**30})
     assert r.status_code == 422
+
+
+def test_delete_finished_jobs_then_the_dataset(client, auth, other_auth, sine) -> None:
+    from app.storage import get_storage
+
+    job_id = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()["id"]
+    r = client.delete(f"/api/v1/jobs/{job_id}", headers=auth)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "job_active"
+    r = client.delete(f"/api/v1/datasets/{sine}", headers=auth)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "dataset_in_use"
+    _set_metric(job_id, "test", "rmse", 0.5)  # finished, with a final metric
+    storage = get_storage()
+    model = storage.temp_path(".pt")
+    storage.put_file(model, f"models/{job_id}-1.pt")
+    with new_session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(artifact_key=f"models/{job_id}-1.pt"))
+        session.commit()
+    assert client.delete(f"/api/v1/datasets/{sine}", headers=auth).json()["error"]["code"] == "dataset_referenced"
+    assert client.delete(f"/api/v1/jobs/{job_id}", headers=other_auth).status_code == 404
+    assert client.delete(f"/api/v1/jobs/{job_id}", headers=auth).status_code == 204
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=auth).status_code == 404
+    assert not storage.exists(f"models/{job_id}-1.pt")
+    with new_session() as session:
+        assert session.scalars(select(JobMetric).where(JobMetric.job_id == job_id)).first() is None
+    assert client.delete(f"/api/v1/datasets/{sine}", headers=auth).status_code == 204
+
+
+def test_delete_sweep_with_its_jobs(client, auth, sine) -> None:
+    sweep = client.post(
+        "/api/v1/sweeps",
+        headers=auth,
+        json={"base": forecast_spec(sine), "grid": {"model.hidden_size": [4, 8]}, "seeds": [0]},
+    ).json()
+    job_ids = [j["id"] for j in sweep["jobs"]]
+    assert client.delete(f"/api/v1/jobs/{job_ids[0]}", headers=auth).json()["error"]["code"] == "job_in_sweep"
+    assert client.delete(f"/api/v1/sweeps/{sweep['id']}", headers=auth).json()["error"]["code"] == "job_active"
+    client.post(f"/api/v1/sweeps/{sweep['id']}/cancel", headers=auth)
+    assert client.delete(f"/api/v1/sweeps/{sweep['id']}", headers=auth).status_code == 204
+    assert client.get(f"/api/v1/sweeps/{sweep['id']}", headers=auth).status_code == 404
+    assert all(client.get(f"/api/v1/jobs/{j}", headers=auth).status_code == 404 for j in job_ids)
+    assert client.delete(f"/api/v1/datasets/{sine}", headers=auth).status_code == 204
