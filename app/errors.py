@@ -38,12 +38,19 @@ def _loc_to_field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts)
 
 
+def _detail(error: Any) -> dict[str, Any]:
+    loc, kind, message = tuple(error.get("loc", ())), error.get("type", ""), str(error.get("msg", ""))
+    if kind == "json_invalid":
+        at = loc[1] if len(loc) > 1 else "?"
+        return {"field": "body", "message": f"request body is not valid JSON (at character {at})", "type": kind}
+    # Our own validators raise ValueError; pydantic prefixes their text with "Value error, ".
+    message = message.removeprefix("Value error, ")
+    return {"field": _loc_to_field(loc), "message": message, "type": kind}
+
+
 def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """Pydantic errors as ``[{field, message, type}]`` with dotted field names."""
-    return [
-        {"field": _loc_to_field(e.get("loc", ())), "message": e.get("msg", ""), "type": e.get("type", "")}
-        for e in errors
-    ]
+    return [_detail(e) for e in errors]
 
 
 def validation_message(details: list[dict[str, Any]]) -> str:

@@ -181,3 +181,17 @@ def test_api_process_does_not_import_torch_until_it_predicts() -> None:
     # Validation needs only NumPy and pyarrow; torch (≈200 MB) loads on the first /predict.
     code = "import sys, app.main; app.main.create_app(); assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_invalid_json_and_validator_messages_read_well(client, auth) -> None:
+    r = client.post(
+        "/api/v1/jobs", headers={**auth, "Content-Type": "application/json"}, content=b'{"task": "forecast",,}'
+    )
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["details"][0]["field"] == "body" and "not valid JSON" in err["message"]
+    r = client.post("/api/v1/jobs", headers=auth, json={
+        "dataset_id": "x", "task": "regression", "data": {"layout": "series", "target": "v"}})
+    assert r.status_code == 422
+    message = r.json()["error"]["message"]
+    assert "Value error" not in message and "series" in message and "forecast" in message

@@ -20,6 +20,7 @@ from sqlalchemy.orm import aliased
 
 from app.errors import AppError
 from app.models import Job, JobMetric
+from worker.engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
 METRIC_SPLITS = ("train", "val", "test")
 JOB_COLUMNS = {
@@ -68,11 +69,22 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
     return tokens
 
 
-def metric_value(field: str) -> ColumnElement[Any] | None:
-    """A correlated scalar for a final metric like ``test.rmse``, or None if ``field`` is not one."""
+KNOWN_METRICS = (*REGRESSION_METRICS, *CLASSIFICATION_METRICS)
+
+
+def metric_value(field: str, code: str = "invalid_where", status: int = 400) -> ColumnElement[Any] | None:
+    """A correlated scalar for a final metric like ``test.rmse``, or None if ``field`` is not one.
+
+    A known split with an unknown metric name (``test.rsme``) is an error naming the known ones,
+    not a filter that silently matches nothing.
+    """
     split, _, name = field.partition(".")
     if split not in METRIC_SPLITS or not name or "." in name:
         return None
+    if name not in KNOWN_METRICS:
+        raise AppError(
+            status, code, f"unknown metric {name!r} in {field!r}; metrics are: {', '.join(KNOWN_METRICS)}"
+        )
     m = aliased(JobMetric)
     return select(m.value).where(m.job_id == Job.id, m.split == split, m.name == name).scalar_subquery()
 
@@ -245,7 +257,7 @@ def apply_sort(query: Select[Any], sort: str) -> Select[Any]:
     if field in ("created_at", "finished_at", "name", "status", "attempts"):
         column: Any = JOB_COLUMNS[field]
     else:
-        column = metric_value(field)
+        column = metric_value(field, code="invalid_sort")
         if column is None:
             raise AppError(
                 400,

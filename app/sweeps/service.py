@@ -291,7 +291,7 @@ def delete_sweep(session: Session, project: Project, sweep_id: str) -> None:
 def leaderboard(session: Session, project: Project, dataset_id: str, metric: str, limit: int) -> Leaderboard:
     """The best succeeded jobs on one of the project's datasets, by a final metric in its natural order."""
     dataset = get_dataset(session, project.id, dataset_id)
-    column = metric_value(metric)
+    column = metric_value(metric, code="invalid_metric", status=422)
     if column is None:
         raise AppError(
             422,

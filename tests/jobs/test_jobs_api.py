@@ -431,3 +431,12 @@ def test_delete_sweep_with_its_jobs(client, auth, sine) -> None:
     assert client.get(f"/api/v1/sweeps/{sweep['id']}", headers=auth).status_code == 404
     assert all(client.get(f"/api/v1/jobs/{j}", headers=auth).status_code == 404 for j in job_ids)
     assert client.delete(f"/api/v1/datasets/{sine}", headers=auth).status_code == 204
+
+
+def test_unknown_metric_names_are_errors_not_empty_results(client, auth, sine) -> None:
+    r = client.get("/api/v1/jobs", params={"where": "test.rsme < 1"}, headers=auth)
+    assert r.status_code == 400 and "rmse" in r.json()["error"]["message"]  # lists the known metrics
+    r = client.get("/api/v1/jobs", params={"sort": "test.nope"}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_sort"
+    r = client.get(f"/api/v1/datasets/{sine}/leaderboard", params={"metric": "test.nope"}, headers=auth)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_metric"
