@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,13 +25,33 @@ def migrate() -> None:
     typer.echo("database is up to date", err=True)
 
 
+def _database_session() -> Any:
+    """A session, or a clear exit when the database has not been created yet."""
+    import sqlalchemy as sa
+
+    from app.config import get_settings
+    from app.db import new_session
+
+    session = new_session()
+    try:
+        session.execute(sa.text("SELECT 1 FROM api_keys WHERE 1 = 0"))
+    except sa.exc.DBAPIError:
+        session.close()
+        typer.echo(
+            f"the database at {get_settings().database_url} is not initialised: run `rnnlab migrate`, or start "
+            "`rnnlab up` (which migrates) first — from the directory whose .rnnlab/ you use, or with RNNLAB_HOME set",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    return session
+
+
 @keys_app.command("create")
 def keys_create(project: Annotated[str, typer.Option(help="Project the key belongs to (created if new).")]) -> None:
     """Create an API key; prints the key alone on stdout (it is stored hashed and shown only once)."""
     from app.auth import create_key
-    from app.db import new_session
 
-    with new_session() as session:
+    with _database_session() as session:
         plain, _ = create_key(session, project)
     typer.echo(plain)
 
@@ -40,9 +60,8 @@ def keys_create(project: Annotated[str, typer.Option(help="Project the key belon
 def keys_list() -> None:
     """List API keys (prefix, project, created, revoked)."""
     from app.auth import list_keys
-    from app.db import new_session
 
-    with new_session() as session:
+    with _database_session() as session:
         for key, project in list_keys(session):
             revoked = key.revoked_at.isoformat() if key.revoked_at else "-"
             typer.echo(f"{key.id}\t{key.prefix}…\t{project}\t{key.created_at.isoformat()}\trevoked={revoked}")
@@ -52,9 +71,8 @@ def keys_list() -> None:
 def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix, as shown by 'keys list'.")]) -> None:
     """Revoke an API key."""
     from app.auth import revoke_key
-    from app.db import new_session
 
-    with new_session() as session:
+    with _database_session() as session:
         count = revoke_key(session, key)
     if not count:
         typer.echo(f"no active key matches {key!r}", err=True)

@@ -190,8 +190,23 @@ def test_invalid_json_and_validator_messages_read_well(client, auth) -> None:
     assert r.status_code == 422
     err = r.json()["error"]
     assert err["details"][0]["field"] == "body" and "not valid JSON" in err["message"]
-    r = client.post("/api/v1/jobs", headers=auth, json={
-        "dataset_id": "x", "task": "regression", "data": {"layout": "series", "target": "v"}})
+    r = client.post(
+        "/api/v1/jobs",
+        headers=auth,
+        json={"dataset_id": "x", "task": "regression", "data": {"layout": "series", "target": "v"}},
+    )
     assert r.status_code == 422
     message = r.json()["error"]["message"]
     assert "Value error" not in message and "series" in message and "forecast" in message
+
+
+def test_cli_on_an_uninitialised_database_says_what_to_do(tmp_path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env["RNNLAB_HOME"] = str(tmp_path / "empty")
+    out = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--project", "p"], capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 1 and out.stdout == ""
+    assert "rnnlab migrate" in out.stderr and "Traceback" not in out.stderr

@@ -82,9 +82,7 @@ def metric_value(field: str, code: str = "invalid_where", status: int = 400) -> 
     if split not in METRIC_SPLITS or not name or "." in name:
         return None
     if name not in KNOWN_METRICS:
-        raise AppError(
-            status, code, f"unknown metric {name!r} in {field!r}; metrics are: {', '.join(KNOWN_METRICS)}"
-        )
+        raise AppError(status, code, f"unknown metric {name!r} in {field!r}; metrics are: {', '.join(KNOWN_METRICS)}")
     m = aliased(JobMetric)
     return select(m.value).where(m.job_id == Job.id, m.split == split, m.name == name).scalar_subquery()
 
