@@ -39,8 +39,11 @@ async function loadJobs() {
       if (job.id === state.selected) row.classList.add("selected");
       const main = job.task === "classification" ? "accuracy" : "rmse";
       const test = job.summary?.test?.[main];
+      // Sweep jobs share a name: say which setting and seed each one is.
+      const setting = job.setting ? Object.entries(job.setting).map(([k, v]) => `${k.split(".").pop()}=${v}`).join(" ") : "";
+      const label = (job.name || job.id.slice(0, 8)) + (job.sweep_id ? ` · ${setting} seed ${job.spec.training.seed}` : "");
       row.append(
-        el("td", {}, job.name || job.id.slice(0, 8)),
+        el("td", {}, label),
         Object.assign(el("td"), { innerHTML: `<span class="status ${esc(job.status)}">${esc(job.status)}</span>` }),
         el("td", {}, job.spec.model.cell),
         el("td", {}, `${job.progress.epoch}/${job.progress.epochs}`),
@@ -65,11 +68,15 @@ function drawCurves(series) {
   svg.replaceChildren();
   const lines = series.filter((s) => s.name === "loss");
   const all = lines.flatMap((s) => s.values.filter((v) => v !== null));
-  if (!all.length) { $("#legend").textContent = "no epochs yet"; return; }
+  svg.style.display = all.length ? "" : "none";
+  if (!all.length) { $("#legend").textContent = "No epochs recorded yet."; return; }
   const maxEpoch = Math.max(...lines.flatMap((s) => s.epochs));
   const lo = Math.min(...all), hi = Math.max(...all);
+  // Losses that fall by orders of magnitude read better on a log scale.
+  const logScale = lo > 0 && hi / lo > 20;
+  const t = logScale ? Math.log10 : (v) => v;
   const x = (e) => 40 + (e - 1) / Math.max(maxEpoch - 1, 1) * 540;
-  const y = (v) => 220 - (v - lo) / (hi - lo || 1) * 200;
+  const y = (v) => 220 - (t(v) - t(lo)) / (t(hi) - t(lo) || 1) * 200;
   const legend = [];
   lines.forEach((s, i) => {
     const points = s.epochs.map((e, j) => `${x(e)},${y(s.values[j])}`).join(" ");
@@ -81,13 +88,17 @@ function drawCurves(series) {
     line.setAttribute("stroke-width", "2");
     legend.push(`<span style="color:${COLORS[i % COLORS.length]}">■ ${esc(s.split)} ${esc(s.name)}</span>`);
   });
-  legend.push(`<span>min ${fmt(lo)} · max ${fmt(hi)} · ${maxEpoch} epochs</span>`);
+  legend.push(`<span>min ${fmt(lo)} · max ${fmt(hi)} · ${maxEpoch} epochs${logScale ? " · log scale" : ""}</span>`);
   $("#legend").innerHTML = legend.join("");
 }
 
-function renderEvaluation(ev) {
+function renderEvaluation(ev, status) {
   const box = $("#evaluation");
-  if (!ev) { box.textContent = "Available when the job has succeeded."; $("#attribution").textContent = ""; return; }
+  if (!ev) {
+    box.textContent = ["queued", "running"].includes(status) ? "Available when the job has succeeded." : `None: the job ${status}.`;
+    $("#attribution").textContent = "–";
+    return;
+  }
   const main = ev.main_metric;
   const rows = Object.entries(ev.metrics.test || {}).map(([name, v]) => {
     const ci = ev.intervals?.test?.[name];
@@ -154,7 +165,7 @@ async function selectJob(id) {
       (job.error ? ` · <b>${esc(job.error.type)}</b>: ${esc(job.error.message)}` : "");
     $("#cancel-job").hidden = !["queued", "running"].includes(job.status);
     drawCurves((await api(`/jobs/${id}/metrics`)).series);
-    renderEvaluation(job.status === "succeeded" ? await api(`/jobs/${id}/evaluation`) : null);
+    renderEvaluation(job.status === "succeeded" ? await api(`/jobs/${id}/evaluation`) : null, job.status);
   } catch (err) { say(err.message); }
 }
 
