@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import text
 
 from app.config import get_settings
@@ -59,7 +60,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    # FastAPIOffline serves /docs and /redoc from packaged assets: self-hosted machines often have
+    # no route to the CDN that FastAPI's default pages load Swagger UI from.
+    app = FastAPIOffline(
         title="rnnlab",
         version="0.1.0",
         description="Train and evaluate recurrent neural networks.",

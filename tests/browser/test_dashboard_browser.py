@@ -118,6 +118,13 @@ def test_dashboard_shows_jobs_curves_and_evaluation(sqlite_env, monkeypatch, tmp
             assert "<img id=injected" in page.inner_text("#detail-status")  # shown as text
             assert page.locator("#injected").count() == 0
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            # The API docs render from local assets (no CDN on a self-hosted machine).
+            cdn_requests: list[str] = []
+            page.on("request", lambda r: cdn_requests.append(r.url) if not r.url.startswith(base) else None)
+            page.goto(base + "/docs")
+            page.locator(".swagger-ui .title", has_text="rnnlab").wait_for(timeout=15_000)
+            assert page.locator(".opblock-summary-path", has_text="/api/v1/jobs").count() > 0
+            assert cdn_requests == []
             browser.close()
     finally:
         api.terminate()
