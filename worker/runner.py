@@ -171,8 +171,11 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         spec = JobSpec.model_validate(spec_dict)
         data = load_dataset_data(dataset)
         device = resolve_device(spec.device)
-        with new_session() as session:
-            state.renew_lease(session, claim, settings.lease_seconds, device=device, progress_epochs=epochs)
+        try:
+            with new_session() as session:
+                state.renew_lease(session, claim, settings.lease_seconds, device=device, progress_epochs=epochs)
+        except DBAPIError as exc:  # only informational fields; the heartbeat keeps the lease
+            log.warning("job %s: could not record its device: %s", job_id, exc)
 
         def on_epoch(report: EpochReport) -> None:
             try:
@@ -211,23 +214,43 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
     if heartbeat.lost:
         log.warning("job %s: lease lost to another worker; discarding this attempt", job_id)
         return None
-    if result.cancelled and shutting_down() and not heartbeat.cancel_requested:
-        return release(claim)
-    if result.cancelled:
-        with new_session() as session:
-            state.finish_job(session, claim, "cancelled", summary=result.summary or None)
-        return "cancelled"
     result.summary["timings"] = {
         "engine_seconds": round(engine_seconds, 4),
         "train_seconds": round(result.train_seconds, 4),
         "evaluation_seconds": round(result.evaluation_seconds, 4),
     }
     try:
-        return persist_result(claim, result)
+        return conclude(claim, result, cancel_requested=heartbeat.cancel_requested)
     except DBAPIError:
         # Nothing was committed; the lease expires and another attempt runs the job again.
-        log.exception("job %s: could not save its results; the lease will expire and it runs again", job_id)
+        log.exception("job %s: could not record how it ended; the lease will expire and it runs again", job_id)
         return None
+
+
+def conclude(claim: state.Claim, result: Any, *, cancel_requested: bool) -> str | None:
+    """Record how a finished engine run ends: handed back, cancelled, or its results saved."""
+    if result.cancelled and shutting_down() and not cancel_requested:
+        return release(claim)
+    if result.cancelled:
+        with new_session() as session:
+            state.finish_job(session, claim, "cancelled", summary=result.summary or None)
+        return "cancelled"
+    try:
+        return persist_result(claim, result)
+    except DBAPIError:
+        raise
+    except Exception as exc:  # the model could not be stored (disk full, storage unreachable)
+        log.exception("job %s: could not store its results", claim.job_id)
+        with new_session() as session:
+            ok = state.finish_job(
+                session,
+                claim,
+                "failed",
+                error_type="storage_error",
+                error_message=f"the trained model could not be stored ({type(exc).__name__}: {exc}); "
+                "check the free space and permissions of RNNLAB_STORAGE_DIR, then submit the job again",
+            )
+        return "failed" if ok else None
 
 
 def release(claim: state.Claim) -> str | None:
@@ -292,8 +315,11 @@ def persist_result(claim: state.Claim, result: Any) -> str | None:
     buffer = io.BytesIO()
     torch.save(result.artifact, buffer)
     tmp = storage.temp_path(".pt")
-    tmp.write_bytes(buffer.getvalue())
-    storage.put_file(tmp, key)
+    try:
+        tmp.write_bytes(buffer.getvalue())
+        storage.put_file(tmp, key)
+    finally:
+        tmp.unlink(missing_ok=True)
 
     evaluation = result.evaluation or {}
     final_rows = _metric_rows(claim.job_id, evaluation.get("metrics", {}))
@@ -314,8 +340,12 @@ def persist_result(claim: state.Claim, result: Any) -> str | None:
             storage.delete(key)
             log.warning("job %s: claim lost before results were saved; discarding this attempt", claim.job_id)
             return None
-        if final_rows:
-            session.execute(insert(JobMetric), final_rows)
-        session.add(Evaluation(job_id=claim.job_id, body=evaluation))
-        session.commit()
+        try:
+            if final_rows:
+                session.execute(insert(JobMetric), final_rows)
+            session.add(Evaluation(job_id=claim.job_id, body=evaluation))
+            session.commit()
+        except BaseException:
+            storage.delete(key)  # nothing points at it
+            raise
     return "succeeded"

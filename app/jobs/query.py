@@ -114,10 +114,9 @@ def _coerce(field: str, value: Any, kind: str) -> Any:
     if kind == "time" and isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
-        except ValueError:
+            return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
+        except (ValueError, OverflowError):
             pass
-        else:
-            return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
     wanted = {
         "string": "a quoted string",
         "number": "a number",
@@ -237,9 +236,17 @@ class _Parser:
         return values
 
 
+MAX_WHERE_CHARS = 4000
+MAX_COMPARISONS = 64
+
+
 def parse_where(text: str) -> ColumnElement[bool]:
     """Parse a filter into a SQL condition on Job; 400 ``invalid_where`` naming what is wrong."""
+    if len(text) > MAX_WHERE_CHARS:
+        raise _bad(f"the filter is longer than {MAX_WHERE_CHARS} characters")
     parser = _Parser(_tokenize(text))
+    if sum(1 for kind, _ in parser.tokens if kind in ("op", "in")) > MAX_COMPARISONS:
+        raise _bad(f"the filter has more than {MAX_COMPARISONS} comparisons")
     if not parser.tokens:
         raise _bad("empty filter")
     node = parser.expr()

@@ -101,12 +101,14 @@ def job_predict(job_id: str, body: PredictRequest, project: CurrentProject, sess
     return PredictResponse(job_id=job_id, predictions=service.predict(session, project, job_id, body.inputs))
 
 
-def _snapshot(job_id: str, after_epoch: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _snapshot(job_id: str, after_epoch: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The job's status (None once it is deleted) and its epochs after ``after_epoch``."""
     with new_session() as session:
         job = session.get(Job, job_id)
-        assert job is not None
+        if job is None:
+            return None, []
         status = JobRead.from_row(job).model_dump(
-            mode="json", include={"id", "status", "progress", "attempts", "error"}
+            mode="json", include={"id", "status", "progress", "attempts", "started_at", "error"}
         )
         rows = session.query(EpochMetric).filter(EpochMetric.job_id == job_id, EpochMetric.epoch > after_epoch)
         epochs: dict[int, dict[str, dict[str, float | None]]] = {}
@@ -129,14 +131,19 @@ async def job_events(job_id: str, request: Request, project: CurrentProject, ses
     async def stream() -> AsyncIterator[str]:
         last_status: dict[str, Any] | None = None
         last_epoch = 0
-        attempt = None
+        run: tuple[Any, Any] | None = None
         idle = 0.0
         while True:
             status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
-            if status["attempts"] != attempt:
-                # A retried job restarts its epochs from 1.
-                attempt, last_epoch = status["attempts"], 0
+            if status is None:
+                yield _sse("end", {"status": "deleted"})
+                return
+            if (status["attempts"], status["started_at"]) != run:
+                # A retried or handed-back job restarts its epochs from 1; every claim sets started_at.
+                run, last_epoch = (status["attempts"], status["started_at"]), 0
                 status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
+                if status is None:
+                    continue
             for item in epochs:
                 last_epoch = max(last_epoch, item["epoch"])
                 yield _sse("epoch", item)

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Select, delete, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError as SQLDataError
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -147,8 +147,9 @@ def list_jobs(
         query = query.where(parse_where(where))
     try:
         return fetch_page(session, apply_sort(query, sort), page)
-    except DBAPIError as exc:
-        # e.g. PostgreSQL refusing to read a spec path holding text as a number (data.target > 5)
+    except SQLDataError as exc:
+        # PostgreSQL refusing to read a spec path holding text as a number (data.target > 5); any
+        # other database error is not the filter's fault and stays a 500.
         session.rollback()
         if not where:
             raise
@@ -272,7 +273,10 @@ def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) 
         raise AppError(422, "invalid_inputs", f"inputs must be shaped [N, T, F] or [N, T]; got {list(array.shape)}")
     if not np.isfinite(array).all():
         raise AppError(422, "invalid_inputs", "inputs contain NaN or infinite values")
-    predictor = _predictor(str(path), path.stat().st_mtime)
+    try:
+        predictor = _predictor(str(path), path.stat().st_mtime)
+    except FileNotFoundError as exc:  # deleted since the check
+        raise not_found("job", job_id) from exc
     try:
         return predictor.predict(array)
     except DataError as exc:

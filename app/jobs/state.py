@@ -45,7 +45,12 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
     attempt = job.attempts + 1
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "queued", Job.attempts == job.attempts)
+        .where(
+            Job.id == job_id,
+            Job.status == "queued",
+            Job.attempts == job.attempts,
+            Job.cancel_requested.is_(False),  # re-checked: the row read above may be stale
+        )
         .values(
             status="running",
             worker_id=worker_id,

@@ -277,6 +277,9 @@ def test_where_accepts_typed_comparisons(client, auth, sine, where) -> None:
         ("model.cell in (1, 2)", "quoted string"),
         ("(" * 400 + "status = 'queued'" + ")" * 400, "nests deeper"),
         ("data.target > 5", "another type"),
+        ('created_at > "0001-01-01T00:00:00+01:00"', "ISO 8601"),
+        (" or ".join(["attempts = 1"] * 3000), "longer than"),
+        (" or ".join(["attempts=1"] * 100), "comparisons"),
     ],
 )
 def test_where_refuses_mismatched_types_with_400(client, auth, sine, backend, where, says) -> None:

@@ -40,7 +40,7 @@ def test_cuda_without_a_gpu_is_a_clear_failure() -> None:
 from datetime import timedelta  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-from sqlalchemy import func, select, update  # noqa: E402
+from sqlalchemy import delete, func, select, update  # noqa: E402
 from sqlalchemy.exc import OperationalError  # noqa: E402
 
 from app.db import new_session  # noqa: E402
@@ -132,3 +132,84 @@ def test_missing_dataset_file_is_a_data_error(job_id) -> None:
     with new_session() as session:
         job = session.get(Job, job_id)
     assert job.error_type == "data_error" and "missing" in job.error_message
+
+
+def test_a_database_hiccup_before_training_does_not_fail_the_job(job_id, monkeypatch) -> None:
+    import worker.runner as runner
+
+    real = state.renew_lease
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        if "device" in kwargs and calls["n"] == 0:
+            calls["n"] += 1
+            raise OperationalError("UPDATE jobs …", {}, Exception("server closed the connection unexpectedly"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner.state, "renew_lease", flaky)
+    assert runner.run_job(job_id, "w1") == "succeeded" and calls["n"] == 1
+
+
+def test_a_model_that_cannot_be_stored_fails_the_job_clearly(job_id, monkeypatch) -> None:
+    import errno
+
+    import worker.runner as runner
+    from app.storage import LocalStorage
+
+    def disk_full(self, source, key):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(LocalStorage, "put_file", disk_full)
+    assert runner.run_job(job_id, "w1") == "failed"
+    with new_session() as session:
+        job = session.get(Job, job_id)
+    assert job.error_type == "storage_error" and "RNNLAB_STORAGE_DIR" in job.error_message
+    storage = get_storage()
+    assert list((storage.root / "tmp").iterdir()) == [] and not (storage.root / "models").exists()
+
+
+def test_event_stream_follows_a_job_handed_back_and_claimed_again(client, auth, job_id) -> None:
+    import json
+    import threading
+    import time
+
+    events: list[tuple[str, dict]] = []
+
+    def listen() -> None:
+        with client.stream("GET", f"/api/v1/jobs/{job_id}/events", headers=auth) as r:
+            name = None
+            for line in r.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: ") and name:
+                    events.append((name, json.loads(line[6:])))
+
+    def wait_for(predicate) -> None:
+        deadline = time.monotonic() + 20
+        while not predicate():
+            assert time.monotonic() < deadline, events
+            time.sleep(0.05)
+
+    from worker.runner import record_epoch
+
+    with new_session() as session:
+        first = state.claim_job(session, job_id, "w1", lease_seconds=60)
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    for epoch in (1, 2, 3):
+        record_epoch(first, epoch, {"train": {"loss": 1.0}}, 60)
+    wait_for(lambda: sum(1 for e in events if e[0] == "epoch") >= 3)
+    with new_session() as session:  # the worker shuts down: handed back, then claimed elsewhere
+        assert state.release_job(session, first)
+        second = state.claim_job(session, job_id, "w2", lease_seconds=60)
+        session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
+        session.commit()
+    assert second.attempt == first.attempt  # the attempt was given back
+    for epoch in (1, 2, 3, 4):
+        record_epoch(second, epoch, {"train": {"loss": 0.5}}, 60)
+    wait_for(lambda: any(e[0] == "epoch" and e[1]["epoch"] == 4 for e in events))
+    with new_session() as session:
+        state.finish_job(session, second, "cancelled")
+    listener.join(timeout=20)
+    new_run = [e[1]["epoch"] for e in events if e[0] == "epoch" and e[1]["metrics"]["train"]["loss"] == 0.5]
+    assert new_run == [1, 2, 3, 4] and events[-1] == ("end", {"status": "cancelled"})
