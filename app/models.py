@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -86,7 +87,11 @@ class ApiKey(Base):
 
 class Dataset(Base):
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_project_created", "project_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_datasets_project_created", "project_id", "created_at"),
+        # Identical content is one dataset per project, also when two uploads race.
+        UniqueConstraint("project_id", "sha256", "format", name="uq_datasets_project_content"),
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))

@@ -121,23 +121,36 @@ def create_dataset(session: Session, project_id: str, upload: ReceivedUpload) ->
     storage = get_storage()
     work_dir = Path(tempfile.mkdtemp(dir=storage.root / "tmp", prefix="dataset-"))
     try:
-        mine = session.scalar(
-            select(Dataset)
-            .where(
-                Dataset.project_id == project_id,
-                Dataset.sha256 == upload.sha256,
-                Dataset.format == upload.format,
-            )
-            .order_by(Dataset.created_at)
-            .limit(1)
-        )
-        if mine is not None and storage.exists(mine.storage_key):
+        mine = _same_content(session, project_id, upload)
+        if mine is not None:
+            if not storage.exists(mine.storage_key):  # its blob was lost: store it again
+                content = inspect_upload(
+                    upload.path, upload.format, upload.filename, work_dir, get_settings().max_upload_bytes
+                )
+                storage.put_file(content.stored_path, mine.storage_key)
             return mine, False
-        row = _new_row(session, project_id, upload, storage, work_dir)
-        return row, True
+        try:
+            return _new_row(session, project_id, upload, storage, work_dir), True
+        except IntegrityError:
+            # An identical upload to this project committed first (the unique constraint).
+            session.rollback()
+            winner = _same_content(session, project_id, upload)
+            if winner is None:
+                raise
+            return winner, False
     finally:
         upload.path.unlink(missing_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _same_content(session: Session, project_id: str, upload: ReceivedUpload) -> Dataset | None:
+    return session.scalar(
+        select(Dataset).where(
+            Dataset.project_id == project_id,
+            Dataset.sha256 == upload.sha256,
+            Dataset.format == upload.format,
+        )
+    )
 
 
 def _new_row(

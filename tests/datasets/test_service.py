@@ -62,3 +62,37 @@ def test_load_npz_arrays(client, auth) -> None:
     with pytest.raises(AppError) as caught:
         load_dataset_data(dataset, ["split"])
     assert caught.value.code == "array_not_found"
+
+
+def test_identical_uploads_racing_give_one_dataset(client, auth, monkeypatch) -> None:
+    import app.datasets.service as service
+
+    content = csv_bytes(["t,value", "1,0.5", "2,0.7"])
+    first = upload(client, auth, "d.csv", content)
+    assert first.status_code == 201
+    # The second upload's duplicate check runs before the first one committed: it sees nothing.
+    real = service._same_content
+    calls = {"n": 0}
+
+    def stale_then_real(*args, **kwargs):
+        calls["n"] += 1
+        return None if calls["n"] == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "_same_content", stale_then_real)
+    second = upload(client, auth, "d.csv", content)
+    assert second.status_code == 200 and second.json()["id"] == first.json()["id"]
+    assert client.get("/api/v1/datasets", headers=auth).json()["items"].__len__() == 1
+
+
+def test_reupload_restores_a_lost_blob(client, auth) -> None:
+    from app.models import Dataset
+    from app.storage import get_storage
+
+    content = csv_bytes(["t,value", "1,0.5", "2,0.7"])
+    dataset_id = upload(client, auth, "d.csv", content).json()["id"]
+    with new_session() as session:
+        key = session.get(Dataset, dataset_id).storage_key
+    get_storage().delete(key)
+    again = upload(client, auth, "d.csv", content)
+    assert again.status_code == 200 and again.json()["id"] == dataset_id
+    assert get_storage().exists(key)
