@@ -128,6 +128,16 @@ def worker(
     os.execv(sys.executable, worker_argv(queues, concurrency, pool))
 
 
+def _own_group_tied_to_parent() -> None:
+    """In the child before exec: a process group of its own, and SIGTERM when the parent dies."""
+    os.setpgrp()
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 @app.command()
 def up() -> None:
     """Embedded default: apply migrations, then run the API and one real worker process until Ctrl-C."""
@@ -137,8 +147,13 @@ def up() -> None:
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade_database()
-    worker_proc = subprocess.Popen(worker_argv("default,gpu", settings.worker_concurrency, None))
-    api_proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api"])
+    # The children get their own process group, so a terminal's Ctrl-C reaches only this process,
+    # which stops them with one SIGTERM each (Celery treats a SIGINT as a failed exit, and two
+    # signals as a request for a cold shutdown); they also stop if this process dies.
+    worker_proc = subprocess.Popen(
+        worker_argv("default,gpu", settings.worker_concurrency, None), preexec_fn=_own_group_tied_to_parent
+    )
+    api_proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api"], preexec_fn=_own_group_tied_to_parent)
     typer.echo(
         f"rnnlab is up: http://{settings.host}:{settings.port}/ (docs at /docs); data in {settings.home}. "
         "Create a key with: rnnlab keys create --project demo. Ctrl-C stops.",
@@ -166,8 +181,12 @@ def up() -> None:
                 p.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 p.kill()
-    code = next((p.returncode for p in procs if p.returncode not in (0, None, -signal.SIGTERM)), 0)
-    raise typer.Exit(code)
+    codes = {"api": api_proc.returncode, "worker": worker_proc.returncode}
+    failed = {name: c for name, c in codes.items() if c not in (0, None, -signal.SIGTERM, -signal.SIGINT)}
+    if failed:
+        typer.echo(f"stopped with errors: {failed}", err=True)
+        raise typer.Exit(next(iter(failed.values())) % 256 or 1)
+    typer.echo("rnnlab stopped", err=True)
 
 
 def main() -> None:

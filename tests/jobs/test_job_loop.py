@@ -157,9 +157,38 @@ class UserSession:
             time.sleep(0.3)
         raise AssertionError(self.log())
 
-    def ctrl_c(self) -> float:
-        """SIGINT to the whole process group, as a terminal sends it; returns seconds until all exited."""
+    def descendants(self) -> set[int]:
         assert self.proc is not None
+        found: set[int] = set()
+        frontier = [self.proc.pid]
+        while frontier:
+            out = subprocess.run(["pgrep", "-P", str(frontier.pop())], capture_output=True, text=True).stdout
+            children = {int(pid) for pid in out.split()}
+            frontier += list(children - found)
+            found |= children
+        return found
+
+    def all_gone(self, pids: set[int], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            alive = set()
+            for pid in pids:
+                try:
+                    os.kill(pid, 0)
+                    with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone for our purpose
+                        if stat.read().split()[2] != "Z":
+                            alive.add(pid)
+                except (ProcessLookupError, FileNotFoundError):
+                    pass
+            if not alive:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def ctrl_c(self) -> float:
+        """SIGINT to the foreground process group, as a terminal sends it; seconds until all exited."""
+        assert self.proc is not None
+        children = self.descendants()
         started = time.monotonic()
         os.killpg(self.proc.pid, signal.SIGINT)
         try:
@@ -168,13 +197,8 @@ class UserSession:
             os.killpg(self.proc.pid, signal.SIGKILL)
             raise
         assert code == 0, self.log()
-        for _ in range(50):  # the API and the worker (and its pool) are gone too
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                return time.monotonic() - started
-            time.sleep(0.1)
-        raise AssertionError("processes of `rnnlab up` are still running after Ctrl-C")
+        assert children and self.all_gone(children, 10), "the API or the worker outlived `rnnlab up`"
+        return time.monotonic() - started
 
     def job(self, headers: dict[str, str], job_id: str) -> dict:
         return httpx.get(f"{self.base}/api/v1/jobs/{job_id}", headers=headers).json()
@@ -234,6 +258,18 @@ def test_embedded_default_as_a_user_starts_it(tmp_path) -> None:
     finally:
         if user.proc is not None and user.proc.poll() is None:
             user.ctrl_c()
+
+
+def test_killing_rnnlab_up_takes_its_api_and_worker_down(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env.update({"RNNLAB_HOME": str(tmp_path / "home"), "RNNLAB_PORT": str(_free_port()), "RNNLAB_TORCH_THREADS": "1"})
+    user = UserSession(tmp_path, env)
+    user.start()
+    children = user.descendants()
+    assert user.proc is not None and len(children) >= 2
+    user.proc.kill()  # kill -9: no chance to stop its children itself
+    user.proc.wait()
+    assert user.all_gone(children, 40), user.log()
 
 
 # --- distributed: PostgreSQL + Redis ---------------------------------------------------------
