@@ -15,7 +15,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, not_, or_, select
 from sqlalchemy.orm import aliased
 
 from app.errors import AppError
@@ -271,7 +271,3 @@ def apply_sort(query: Select[Any], sort: str) -> Select[Any]:
             )
     ordered = column.desc() if descending else column.asc()
     return query.order_by(column.is_(None), ordered, Job.id)
-
-
-def has_metric(split: str, name: str) -> ColumnElement[bool]:
-    return exists().where(JobMetric.job_id == Job.id, JobMetric.split == split, JobMetric.name == name)

@@ -15,9 +15,9 @@ from app.auth import CurrentProject
 from app.config import get_settings
 from app.db import SessionDep, new_session
 from app.jobs import service
-from app.jobs.schemas import JobMetrics, JobPage, JobRead, PredictRequest, PredictResponse
+from app.jobs.schemas import JobMetrics, JobRead, PredictRequest, PredictResponse
 from app.models import FINISHED_STATUSES, EpochMetric, Job
-from app.pagination import PageParams, page_params
+from app.pagination import Page, PageParams, page_params
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -33,7 +33,7 @@ def create_job(
     return JobRead.from_row(service.create_job(session, project, payload))
 
 
-@router.get("", response_model=JobPage)
+@router.get("", response_model=Page[JobRead])
 def list_jobs(
     project: CurrentProject,
     session: SessionDep,
@@ -45,7 +45,7 @@ def list_jobs(
     sweep_id: str | None = None,
     where: Annotated[str | None, Query(description='e.g. test.rmse < 0.5 and model.cell in ("lstm","gru")')] = None,
     sort: Annotated[str, Query(description="created_at, -created_at, test.rmse, -val.accuracy, …")] = "-created_at",
-) -> JobPage:
+) -> Page[JobRead]:
     jobs, cursor = service.list_jobs(
         session,
         project,
@@ -58,7 +58,7 @@ def list_jobs(
         where=where,
         sort=sort,
     )
-    return JobPage(items=[JobRead.from_row(j) for j in jobs], next_cursor=cursor)
+    return Page[JobRead](items=[JobRead.from_row(j) for j in jobs], next_cursor=cursor)
 
 
 @router.get("/{job_id}", response_model=JobRead)

@@ -72,11 +72,6 @@ class JobRead(BaseModel):
         )
 
 
-class JobPage(BaseModel):
-    items: list[JobRead]
-    next_cursor: str | None = None
-
-
 class MetricSeries(BaseModel):
     name: str
     split: str

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Response
 
 from app.auth import CurrentProject
 from app.db import SessionDep
-from app.pagination import PageParams, page_params
+from app.pagination import Page, PageParams, page_params
 from app.sweeps import service
 from app.sweeps.leaderboard import router as leaderboard_router
-from app.sweeps.schemas import SweepCancel, SweepCreate, SweepPage, SweepRead
+from app.sweeps.schemas import SweepCancel, SweepCreate, SweepRead, SweepSummary
 
 sweeps_router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
@@ -23,12 +23,12 @@ def create_sweep(body: SweepCreate, project: CurrentProject, session: SessionDep
     return service.read_sweep(session, project, sweep.id)
 
 
-@sweeps_router.get("", response_model=SweepPage)
+@sweeps_router.get("", response_model=Page[SweepSummary])
 def list_sweeps(
     project: CurrentProject, session: SessionDep, page: Annotated[PageParams, Depends(page_params)]
-) -> SweepPage:
+) -> Page[SweepSummary]:
     items, cursor = service.list_sweeps(session, project, page)
-    return SweepPage(items=items, next_cursor=cursor)
+    return Page[SweepSummary](items=items, next_cursor=cursor)
 
 
 @sweeps_router.get("/{sweep_id}", response_model=SweepRead)

@@ -149,11 +149,6 @@ class SweepRead(SweepSummary):
     report: SweepReport
 
 
-class SweepPage(BaseModel):
-    items: list[SweepSummary]
-    next_cursor: str | None = None
-
-
 class SweepCancel(BaseModel):
     id: str
     cancelled: int = Field(description="Queued jobs cancelled at once.")
