@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -66,6 +68,35 @@ def _unauthorized(message: str) -> AppError:
     return err
 
 
+# key hash → (monotonic expiry, project): saves the key lookup on most requests. Only valid keys are
+# kept, and never longer than auth_cache_seconds, so a revoked key stops working within that time
+# in every API process (each has its own cache).
+_known_keys: dict[str, tuple[float, Project]] = {}
+_known_keys_lock = threading.Lock()
+MAX_CACHED_KEYS = 10_000
+
+
+def _cached_project(key_hash: str) -> Project | None:
+    entry = _known_keys.get(key_hash)
+    if entry is None or entry[0] < time.monotonic():
+        return None
+    return entry[1]
+
+
+def _remember_project(key_hash: str, project: Project, seconds: float) -> None:
+    # A detached copy: the request's session closes, and routes only read project.id.
+    copy = Project(id=project.id, name=project.name, created_at=project.created_at)
+    with _known_keys_lock:
+        if len(_known_keys) >= MAX_CACHED_KEYS:
+            _known_keys.clear()
+        _known_keys[key_hash] = (time.monotonic() + seconds, copy)
+
+
+def forget_cached_keys() -> None:
+    with _known_keys_lock:
+        _known_keys.clear()
+
+
 def current_project(request: Request, session: SessionDep) -> Project:
     """The project of the request's API key (or the default project when auth is off)."""
     if not get_settings().auth_enabled:
@@ -78,11 +109,20 @@ def current_project(request: Request, session: SessionDep) -> Project:
         raise _unauthorized("missing Authorization header; send 'Authorization: Bearer <api key>'")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("Authorization header must be 'Bearer <api key>'")
-    row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(token.strip())))
-    if row is None or row.revoked_at is not None:
+    key_hash = hash_key(token.strip())
+    cache_seconds = get_settings().auth_cache_seconds
+    cached = _cached_project(key_hash) if cache_seconds > 0 else None
+    if cached is not None:
+        return cached
+    owner = session.scalar(
+        select(Project)
+        .join(ApiKey, ApiKey.project_id == Project.id)
+        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+    )
+    if owner is None:
         raise _unauthorized("invalid or revoked API key")
-    owner = session.get(Project, row.project_id)
-    assert owner is not None
+    if cache_seconds > 0:
+        _remember_project(key_hash, owner, cache_seconds)
     return owner
 
 

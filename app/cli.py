@@ -80,18 +80,41 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="Key id or prefix, as sh
     typer.echo(f"revoked {count} key(s)", err=True)
 
 
+def default_api_workers() -> int:
+    """One API process per CPU this process may run on, at most 4 (the database is the limit beyond)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
 @app.command()
 def api(
     host: Annotated[str | None, typer.Option(help="Defaults to RNNLAB_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Defaults to RNNLAB_PORT.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="API processes; defaults to RNNLAB_API_WORKERS, else one per CPU (max 4)."),
+    ] = None,
 ) -> None:
-    """Serve the HTTP API (uvicorn)."""
+    """Serve the HTTP API (uvicorn), in several processes when the machine has the cores."""
     import uvicorn
 
     from app.config import get_settings
 
     settings = get_settings()
-    uvicorn.run("app.main:create_app", factory=True, host=host or settings.host, port=port or settings.port)
+    processes = workers or settings.api_workers or default_api_workers()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=processes,
+        # httptools and uvloop, as uvicorn[standard] installs them (and picks them when present).
+        http="auto",
+        loop="auto",
+    )
 
 
 def worker_argv(queues: str, concurrency: int | None, pool: str | None) -> list[str]:

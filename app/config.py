@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     auth_enabled: bool = True
+    auth_cache_seconds: float = Field(
+        default=2.0, ge=0, le=60, description="How long a valid key is trusted without a lookup (revocation delay)."
+    )
+    api_workers: int | None = Field(default=None, ge=1, le=64, description="API processes; default from CPUs.")
+    gc_freeze: bool = Field(default=True, description="gc.freeze() after start-up, with higher GC thresholds.")
     max_upload_bytes: int = Field(default=1024**3, ge=1)
     upload_chunk_bytes: int = Field(default=1024 * 1024, ge=1024)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,7 +57,25 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     removed = get_storage().remove_stale_temp_files(STALE_TEMP_SECONDS)
     if removed:
         log.info("removed %d temp files left by an interrupted upload", removed)
+    if get_settings().gc_freeze:
+        freeze_startup_objects()
     yield
+
+
+# Young-generation threshold: the default 700 allocations runs a collection every few requests.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def freeze_startup_objects() -> None:
+    """Move everything alive after start-up out of the collector's reach, and collect less often.
+
+    The imported modules, routes and pydantic schemas are hundreds of thousands of objects that
+    never die; every full collection walked all of them (~70 ms, the p95 spikes of the read
+    routes). Frozen, a full collection sees only what requests allocated since.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def create_app() -> FastAPI:

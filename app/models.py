@@ -130,7 +130,13 @@ FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        Index("ix_jobs_project_created", "project_id", "created_at"),
+        # One index per sort of GET /jobs, each ending in id: keyset pages on (sort value, id) read
+        # straight down the index, from page 1 to page 1,000 alike (see app/jobs/query.py).
+        Index("ix_jobs_project_created_id", "project_id", "created_at", "id"),
+        Index("ix_jobs_project_finished_id", "project_id", "finished_at", "id"),
+        Index("ix_jobs_project_name_id", "project_id", "name", "id"),
+        Index("ix_jobs_project_status_id", "project_id", "status", "id"),
+        Index("ix_jobs_project_attempts_id", "project_id", "attempts", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
     )
 
@@ -178,12 +184,20 @@ class EpochMetric(Base):
 
 
 class JobMetric(Base):
-    """A final metric of a finished job; indexed so jobs can be filtered and sorted by it."""
+    """A final value of a job, one row per (project, job, split, metric): what GET /jobs filters and sorts on.
+
+    ``split`` is ``train``/``val``/``test`` for the final evaluation, and ``best.train``/``best.val``
+    or ``last.train``/``last.val`` for the epoch metrics at the best and at the last epoch. Only
+    numbers are stored (a missing value has no row), so the index below reads in sort order.
+    """
 
     __tablename__ = "job_metrics"
-    __table_args__ = (Index("ix_job_metrics_split_name_value", "split", "name", "value"),)
+    __table_args__ = (
+        Index("ix_job_metrics_project_split_name_value", "project_id", "split", "name", "value", "job_id"),
+    )
 
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    project_id: Mapped[str] = mapped_column(String(32))
     split: Mapped[str] = mapped_column(String(16), primary_key=True)
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)

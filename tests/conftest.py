@@ -89,6 +89,9 @@ def _prepare_database(url: str) -> None:
 def configure(monkeypatch: pytest.MonkeyPatch, home: Path, **env: str) -> None:
     """Point this process's Settings at ``home`` (plus extra RNNLAB_* values) and forget cached state."""
     monkeypatch.setenv("RNNLAB_HOME", str(home))
+    # gc.freeze() in the test process would keep every earlier test's garbage alive; the API
+    # processes the tests start keep the default (tests/test_api_processes.py checks it).
+    monkeypatch.setenv("RNNLAB_GC_FREEZE", "false")
     for key, value in env.items():
         monkeypatch.setenv(f"RNNLAB_{key.upper()}", value)
     get_settings.cache_clear()

@@ -80,15 +80,27 @@ def test_auth_required_everywhere_under_api(client, auth) -> None:
         assert client.get(path, headers=auth).status_code == 200, path
 
 
-def test_revoked_key_is_refused(client) -> None:
+def test_revoked_key_stops_working_within_the_auth_cache_time(client) -> None:
+    import time
+
     from app.auth import create_key, revoke_key
+    from app.config import get_settings
     from app.db import new_session
 
+    cache_seconds = get_settings().auth_cache_seconds
+    assert 0 < cache_seconds <= 5  # the default: cached briefly, revocation within a few seconds
     with new_session() as session:
         plain, row = create_key(session, "gamma")
-        assert client.get("/api/v1/datasets", headers={"Authorization": f"Bearer {plain}"}).status_code == 200
+        headers = {"Authorization": f"Bearer {plain}"}
+        assert client.get("/api/v1/datasets", headers=headers).status_code == 200  # now cached
         assert revoke_key(session, row.prefix) == 1
-    assert client.get("/api/v1/datasets", headers={"Authorization": f"Bearer {plain}"}).status_code == 401
+    revoked_at = time.monotonic()
+    while (r := client.get("/api/v1/datasets", headers=headers)).status_code == 200:
+        assert time.monotonic() - revoked_at < cache_seconds + 0.5, "a revoked key outlived the auth cache"
+        time.sleep(0.05)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+    # A key never seen is checked at once (only valid keys are cached).
+    assert client.get("/api/v1/datasets", headers={"Authorization": "Bearer rnl_unknown"}).status_code == 401
 
 
 def test_keys_are_stored_hashed(env) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from app.config import get_settings
 from app.db import new_session
 from app.jobs import state
+from app.jobs.final_values import record_final_values
 from app.models import Dataset, EpochMetric, Evaluation, Job, JobMetric
 from app.storage import get_storage
 
@@ -322,7 +323,6 @@ def persist_result(claim: state.Claim, result: Any) -> str | None:
         tmp.unlink(missing_ok=True)
 
     evaluation = result.evaluation or {}
-    final_rows = _metric_rows(claim.job_id, evaluation.get("metrics", {}))
     with new_session() as session:
         ok = state.finish_job(
             session,
@@ -341,8 +341,9 @@ def persist_result(claim: state.Claim, result: Any) -> str | None:
             log.warning("job %s: claim lost before results were saved; discarding this attempt", claim.job_id)
             return None
         try:
-            if final_rows:
-                session.execute(insert(JobMetric), final_rows)
+            record_final_values(
+                session, claim.job_id, evaluation.get("metrics", {}), (result.summary or {}).get("best_epoch")
+            )
             session.add(Evaluation(job_id=claim.job_id, body=evaluation))
             session.commit()
         except BaseException:

@@ -3,7 +3,9 @@
     test.rmse < 0.5 and model.cell in ("lstm", "gru")
     (val.accuracy >= 0.9 or status = "failed") and training.seed != 3
 
-Fields: ``<split>.<metric>`` of final metrics (train/val/test), the job columns ``status``,
+Fields: ``<split>.<metric>`` of final metrics (train/val/test), ``best.<split>.<metric>`` and
+``last.<split>.<metric>`` for the epoch metrics (loss, rmse or accuracy) of train/val at the best
+and at the last epoch, the job columns ``status``,
 ``task``, ``name``, ``dataset_id``, ``sweep_id``, ``device``, ``attempts``, and any dotted path of the
 normalized spec (``model.hidden_size``, ``training.learning_rate``). Operators: = == != < <= > >= in, not in.
 """
@@ -19,10 +21,10 @@ from sqlalchemy import ColumnElement, Select, and_, not_, or_, select
 from sqlalchemy.orm import aliased
 
 from app.errors import AppError
+from app.jobs.final_values import EPOCH_SCOPES, EPOCH_SPLITS, FINAL_SPLITS
 from app.models import Job, JobMetric
 from worker.engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
-METRIC_SPLITS = ("train", "val", "test")
 JOB_COLUMNS = {
     "status": Job.status,
     "task": Job.task,
@@ -70,21 +72,61 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
 
 
 KNOWN_METRICS = (*REGRESSION_METRICS, *CLASSIFICATION_METRICS)
+# What the engine reports per epoch (train: loss; val: loss and rmse or accuracy).
+EPOCH_METRICS = ("loss", "rmse", "accuracy")
 
 
-def metric_value(field: str, code: str = "invalid_where", status: int = 400) -> ColumnElement[Any] | None:
-    """A correlated scalar for a final metric like ``test.rmse``, or None if ``field`` is not one.
+def metric_key(field: str, code: str = "invalid_where", status: int = 400) -> tuple[str, str] | None:
+    """The (split, name) row of job_metrics a field like ``test.rmse`` or ``best.val.loss`` reads, or None.
 
     A known split with an unknown metric name (``test.rsme``) is an error naming the known ones,
     not a filter that silently matches nothing.
     """
-    split, _, name = field.partition(".")
-    if split not in METRIC_SPLITS or not name or "." in name:
+    parts = field.split(".")
+    if parts[0] in FINAL_SPLITS and len(parts) == 2:
+        split, name = parts
+        if name not in KNOWN_METRICS:
+            hint = f"; per-epoch values are best.{split}.{name} and last.{split}.{name}" if name == "loss" else ""
+            raise AppError(
+                status, code, f"unknown metric {name!r} in {field!r}; metrics are: {', '.join(KNOWN_METRICS)}{hint}"
+            )
+        return split, name
+    if parts[0] in EPOCH_SCOPES:
+        if len(parts) != 3 or parts[1] not in EPOCH_SPLITS or parts[2] not in EPOCH_METRICS:
+            raise AppError(
+                status,
+                code,
+                f"unknown epoch value {field!r}; use {parts[0]}.<split>.<metric> with split "
+                f"{' or '.join(EPOCH_SPLITS)} and metric one of: {', '.join(EPOCH_METRICS)} (e.g. {parts[0]}.val.loss)",
+            )
+        return f"{parts[0]}.{parts[1]}", parts[2]
+    return None
+
+
+def metric_value(field: str, code: str = "invalid_where", status: int = 400) -> ColumnElement[Any] | None:
+    """A correlated scalar for a final metric like ``test.rmse`` (one job at a time), or None if not one."""
+    key = metric_key(field, code, status)
+    if key is None or key[0] not in FINAL_SPLITS:
         return None
-    if name not in KNOWN_METRICS:
-        raise AppError(status, code, f"unknown metric {name!r} in {field!r}; metrics are: {', '.join(KNOWN_METRICS)}")
     m = aliased(JobMetric)
-    return select(m.value).where(m.job_id == Job.id, m.split == split, m.name == name).scalar_subquery()
+    return select(m.value).where(m.job_id == Job.id, m.split == key[0], m.name == key[1]).scalar_subquery()
+
+
+class MetricJoins:
+    """One LEFT JOIN of job_metrics per metric a filter names (a primary-key lookup per job)."""
+
+    def __init__(self) -> None:
+        self.aliases: dict[tuple[str, str], Any] = {}
+
+    def value(self, key: tuple[str, str]) -> ColumnElement[Any]:
+        if key not in self.aliases:
+            self.aliases[key] = aliased(JobMetric, name=f"where_{len(self.aliases)}")
+        return self.aliases[key].value  # type: ignore[no-any-return]
+
+    def apply(self, query: Select[Any]) -> Select[Any]:
+        for (split, name), alias in self.aliases.items():
+            query = query.outerjoin(alias, and_(alias.job_id == Job.id, alias.split == split, alias.name == name))
+        return query
 
 
 STRING_COLUMNS = {"status", "task", "name", "dataset_id", "sweep_id", "device", "model.cell"}
@@ -126,14 +168,14 @@ def _coerce(field: str, value: Any, kind: str) -> Any:
     raise _bad(f"{field} compares with {wanted}; got {value!r}")
 
 
-def field_expression(field: str, sample: Any) -> tuple[ColumnElement[Any], str]:
+def field_expression(field: str, sample: Any, joins: MetricJoins) -> tuple[ColumnElement[Any], str]:
     """The SQL expression for a field and the kind of value it compares with."""
     if field in JOB_COLUMNS:
         kind = "string" if field in STRING_COLUMNS else "time" if field in TIME_COLUMNS else "number"
         return JOB_COLUMNS[field], kind  # type: ignore[return-value]
-    metric = metric_value(field)
-    if metric is not None:
-        return metric, "number"
+    key = metric_key(field)
+    if key is not None:
+        return joins.value(key), "number"
     path = tuple(field.split("."))
     if path[0] in ("data", "model", "training", "evaluation") and len(path) >= 2:
         # Spec values are typed by what they are compared with; the spec schema fixes each path's
@@ -145,13 +187,15 @@ def field_expression(field: str, sample: Any) -> tuple[ColumnElement[Any], str]:
             return element.as_float(), "number"
         return element.as_string(), "string"
     raise _bad(
-        f"unknown field {field!r}; use a final metric like test.rmse, a spec path like model.hidden_size, "
+        f"unknown field {field!r}; use a final metric like test.rmse, an epoch value like best.val.loss, "
+        "a spec path like model.hidden_size, "
         f"or one of: {', '.join(sorted(JOB_COLUMNS))}"
     )
 
 
 class _Parser:
     def __init__(self, tokens: list[tuple[str, Any]]) -> None:
+        self.joins = MetricJoins()
         self.depth = 0
         self.tokens = tokens
         self.i = 0
@@ -206,14 +250,14 @@ class _Parser:
                 self.take("not")
             self.take("in")
             values = self.value_list()
-            column, kind = field_expression(field, values[0])
+            column, kind = field_expression(field, values[0], self.joins)
             if any(v is None for v in values):
                 raise _bad(f"null cannot be in a list; use {field} = null")
             clause = column.in_([_coerce(field, v, kind) for v in values])
             return not_(clause) if negate else clause
         op = self.take("op")
         value = self.take("value")
-        column, kind = field_expression(field, value)
+        column, kind = field_expression(field, value, self.joins)
         if value is None:
             if op in ("=", "=="):
                 return column.is_(None)
@@ -240,8 +284,8 @@ MAX_WHERE_CHARS = 4000
 MAX_COMPARISONS = 64
 
 
-def parse_where(text: str) -> ColumnElement[bool]:
-    """Parse a filter into a SQL condition on Job; 400 ``invalid_where`` naming what is wrong."""
+def apply_where(query: Select[Any], text: str) -> Select[Any]:
+    """Filter a query on Job by a ``where`` text; 400 ``invalid_where`` naming what is wrong."""
     if len(text) > MAX_WHERE_CHARS:
         raise _bad(f"the filter is longer than {MAX_WHERE_CHARS} characters")
     parser = _Parser(_tokenize(text))
@@ -252,22 +296,4 @@ def parse_where(text: str) -> ColumnElement[bool]:
     node = parser.expr()
     if parser.i != len(parser.tokens):
         raise _bad(f"unexpected {parser.tokens[parser.i][1]!r} in the filter")
-    return node
-
-
-def apply_sort(query: Select[Any], sort: str) -> Select[Any]:
-    """Order by a job column or a final metric (``test.rmse``, ``-created_at``); missing values last."""
-    descending = sort.startswith("-")
-    field = sort.lstrip("-+")
-    if field in ("created_at", "finished_at", "name", "status", "attempts"):
-        column: Any = JOB_COLUMNS[field]
-    else:
-        column = metric_value(field, code="invalid_sort")
-        if column is None:
-            raise AppError(
-                400,
-                "invalid_sort",
-                f"cannot sort by {field!r}; use created_at, finished_at, or a metric like test.rmse",
-            )
-    ordered = column.desc() if descending else column.asc()
-    return query.order_by(column.is_(None), ordered, Job.id)
+    return parser.joins.apply(query).where(node)

@@ -17,9 +17,11 @@ from app.config import get_settings
 from app.datasets.service import get_dataset, load_dataset_data
 from app.errors import AppError, not_found, validation_details, validation_message
 from app.jobs import state
-from app.jobs.query import apply_sort, parse_where
-from app.models import FINISHED_STATUSES, Dataset, EpochMetric, Evaluation, Job, Project, utcnow
-from app.pagination import PageParams, fetch_page
+from app.jobs.history import metric_series
+from app.jobs.paging import fetch_jobs_page
+from app.jobs.query import apply_where
+from app.models import FINISHED_STATUSES, Dataset, Evaluation, Job, Project, utcnow
+from app.pagination import PageParams
 from app.storage import get_storage
 from worker.celery_app import DEFAULT_QUEUE, GPU_QUEUE
 from worker.engine import DataError, JobSpec, check_spec_fits
@@ -144,9 +146,9 @@ def list_jobs(
     if sweep_id:
         query = query.where(Job.sweep_id == sweep_id)
     if where:
-        query = query.where(parse_where(where))
+        query = apply_where(query, where)
     try:
-        return fetch_page(session, apply_sort(query, sort), page)
+        return fetch_jobs_page(session, query, project.id, sort, page)
     except SQLDataError as exc:
         # PostgreSQL refusing to read a spec path holding text as a number (data.target > 5); any
         # other database error is not the filter's fault and stays a 500.
@@ -201,25 +203,6 @@ def delete_job(session: Session, project: Project, job_id: str) -> None:
 def job_metrics(session: Session, project: Project, job_id: str) -> list[dict[str, Any]]:
     get_job(session, project, job_id)
     return metric_series(session, [job_id])[job_id]
-
-
-def metric_series(
-    session: Session, job_ids: list[str], names: list[str] | None = None
-) -> dict[str, list[dict[str, Any]]]:
-    """Per job, one series per (metric, split) ordered by epoch. ``names`` filters ``split.metric``."""
-    query = select(EpochMetric).where(EpochMetric.job_id.in_(job_ids))
-    rows = session.scalars(query.order_by(EpochMetric.job_id, EpochMetric.name, EpochMetric.split, EpochMetric.epoch))
-    out: dict[str, dict[tuple[str, str], dict[str, Any]]] = {j: {} for j in job_ids}
-    wanted = set(names or [])
-    for row in rows:
-        if wanted and f"{row.split}.{row.name}" not in wanted:
-            continue
-        series = out[row.job_id].setdefault(
-            (row.name, row.split), {"name": row.name, "split": row.split, "epochs": [], "values": []}
-        )
-        series["epochs"].append(row.epoch)
-        series["values"].append(row.value)
-    return {j: list(s.values()) for j, s in out.items()}
 
 
 def _require_succeeded(job: Job, what: str) -> None:
@@ -283,27 +266,11 @@ def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) 
         raise AppError(422, "invalid_inputs", str(exc), [{"field": "inputs", "message": str(exc)}]) from exc
 
 
-def downsample(epochs: list[int], values: list[float | None], max_points: int) -> tuple[list[int], list[float | None]]:
-    """Evenly spaced points, always keeping the first and the last epoch."""
-    if len(epochs) <= max_points:
-        return epochs, values
-    step = (len(epochs) - 1) / (max_points - 1)
-    picks = sorted({round(i * step) for i in range(max_points)})
-    return [epochs[i] for i in picks], [values[i] for i in picks]
-
-
 def compare_metrics(
     session: Session, project: Project, job_ids: list[str], names: list[str] | None, max_points: int
 ) -> list[dict[str, Any]]:
     if len(job_ids) > 50:
         raise AppError(400, "too_many_jobs", f"compare at most 50 jobs at once (got {len(job_ids)})")
     jobs = [get_job(session, project, job_id) for job_id in dict.fromkeys(job_ids)]
-    series = metric_series(session, [j.id for j in jobs], names)
-    out = []
-    for job in jobs:
-        items = []
-        for s in series[job.id]:
-            epochs, values = downsample(s["epochs"], s["values"], max_points)
-            items.append({**s, "epochs": epochs, "values": values})
-        out.append({"job_id": job.id, "name": job.name, "status": job.status, "series": items})
-    return out
+    series = metric_series(session, [j.id for j in jobs], names, max_points)
+    return [{"job_id": j.id, "name": j.name, "status": j.status, "series": series[j.id]} for j in jobs]

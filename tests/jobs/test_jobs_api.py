@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import new_session
@@ -140,9 +141,15 @@ def test_results_of_unfinished_job_are_409(client, auth, sine) -> None:
     assert client.get(f"/api/v1/jobs/{job['id']}/metrics", headers=auth).json()["series"] == []
 
 
+def _project_of(session: Session, job_id: str) -> str:
+    return session.scalars(select(Job.project_id).where(Job.id == job_id)).one()
+
+
 def _set_metric(job_id: str, split: str, name: str, value: float, status: str = "succeeded") -> None:
     with new_session() as session:
-        session.add(JobMetric(job_id=job_id, split=split, name=name, value=value))
+        session.add(
+            JobMetric(job_id=job_id, project_id=_project_of(session, job_id), split=split, name=name, value=value)
+        )
         session.execute(update(Job).where(Job.id == job_id).values(status=status))
         session.commit()
 

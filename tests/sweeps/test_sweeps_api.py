@@ -15,7 +15,8 @@ from sqlalchemy import func, select, update
 
 from app.config import get_settings
 from app.db import new_session
-from app.models import Evaluation, Job, JobMetric, Sweep, utcnow
+from app.jobs.final_values import record_final_values
+from app.models import Evaluation, Job, Sweep, utcnow
 from tests.stack import forecast_spec, sine_csv
 
 # Student t quantile for two degrees of freedom, in closed form: (2p - 1) / sqrt(2p(1 - p)).
@@ -242,8 +243,8 @@ def finish(job_id: str, test_metrics: dict[str, float], status: str = "succeeded
     with new_session() as session:
         session.execute(update(Job).where(Job.id == job_id).values(status=status, finished_at=utcnow()))
         if status == "succeeded":
-            session.add_all(JobMetric(job_id=job_id, split="test", name=k, value=v) for k, v in test_metrics.items())
-            session.add(JobMetric(job_id=job_id, split="val", name="rmse", value=99.0))  # not counted: val
+            # not counted: val
+            record_final_values(session, job_id, {"test": test_metrics, "val": {"rmse": 99.0}}, best_epoch=None)
             session.add(Evaluation(job_id=job_id, body={"main_metric": "rmse", **evaluation}))
         session.commit()
 

@@ -1,0 +1,180 @@
+"""Sorted, keyset-paged job lists: every sort reads an index in order, from page 1 to page 1,000.
+
+A page is the rows after the previous page's last (sort value, id), not an offset, so its cost
+does not grow with the page number. Jobs missing the sort value (no ``test.rmse``, not finished)
+come after all the others, newest first: the list runs in two phases, the values read in order
+from their index, then the missing ones down ``ix_jobs_project_created_id``. The cursor says
+which phase and where in it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, Select, String, and_, literal, tuple_
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+
+from app.errors import AppError
+from app.jobs.query import metric_key
+from app.models import Job, JobMetric
+from app.pagination import PageParams
+
+Kind = Literal["time", "number", "string"]
+Phase = Literal["v", "n"]  # jobs with the sort value, then jobs without it
+# Job columns GET /jobs sorts by: (column, kind, nullable). Each has an index (project_id, column, id).
+JOB_SORTS: dict[str, tuple[InstrumentedAttribute[Any], Kind, bool]] = {
+    "created_at": (Job.created_at, "time", False),
+    "finished_at": (Job.finished_at, "time", True),
+    "name": (Job.name, "string", True),
+    "status": (Job.status, "string", False),
+    "attempts": (Job.attempts, "number", False),
+}
+MAX_CURSOR_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class SortKey:
+    text: str  # as the client wrote it, e.g. "-test.rmse"
+    field: str
+    descending: bool
+    metric: tuple[str, str] | None  # (split, name) in job_metrics, or None for a job column
+    kind: Kind
+    nullable: bool
+
+
+@dataclass(frozen=True)
+class Cursor:
+    phase: Phase
+    value: Any
+    job_id: str
+
+
+def parse_sort(sort: str) -> SortKey:
+    descending = sort.startswith("-")
+    field = sort.lstrip("-+")
+    if field in JOB_SORTS:
+        _, kind, nullable = JOB_SORTS[field]
+        return SortKey(sort, field, descending, None, kind, nullable)
+    key = metric_key(field, code="invalid_sort")
+    if key is None:
+        raise AppError(
+            400,
+            "invalid_sort",
+            f"cannot sort by {field!r}; use {', '.join(JOB_SORTS)}, a final metric like test.rmse, or an epoch "
+            "value like best.val.loss (prefix - for descending)",
+        )
+    return SortKey(sort, field, descending, key, "number", True)
+
+
+def _bad_cursor(message: str = "cursor is not a next_cursor returned by this API") -> AppError:
+    return AppError(400, "invalid_cursor", message)
+
+
+def _decode_value(kind: Kind, raw: Any) -> Any:
+    if kind == "time" and isinstance(raw, str):
+        moment = datetime.fromisoformat(raw)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if kind == "number" and isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+        return raw
+    if kind == "string" and isinstance(raw, str):
+        return raw
+    raise ValueError(raw)
+
+
+def decode_cursor(text: str | None, sort: SortKey) -> Cursor | None:
+    """The position a next_cursor points at; 400 ``invalid_cursor`` for anything this API did not write."""
+    if not text:
+        return None
+    if len(text) > MAX_CURSOR_CHARS:
+        raise _bad_cursor()
+    try:
+        body = json.loads(base64.urlsafe_b64decode(text.encode()).decode())
+        phase, raw, job_id, sorted_by = body["p"], body["k"], body["i"], body["s"]
+    except Exception as exc:  # any malformed cursor is the client's error
+        raise _bad_cursor() from exc
+    if sorted_by != sort.text:
+        raise _bad_cursor(f"this cursor pages a list sorted by {sorted_by!r}, not {sort.text!r}; keep the sort")
+    if phase not in ("v", "n") or not isinstance(job_id, str) or len(job_id) > 64:
+        raise _bad_cursor()
+    try:
+        value = _decode_value("time" if phase == "n" else sort.kind, raw)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _bad_cursor() from exc
+    return Cursor(phase, value, job_id)
+
+
+def encode_cursor(sort: SortKey, phase: Phase, value: Any, job_id: str) -> str:
+    raw = value.isoformat() if isinstance(value, datetime) else value
+    body = {"s": sort.text, "p": phase, "k": raw, "i": job_id}
+    return base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
+
+
+def _after(value_column: Any, id_column: Any, descending: bool, cursor: Cursor) -> ColumnElement[bool]:
+    """(value, id) strictly after the cursor in the list's order: a range on the sort index."""
+    position = tuple_(value_column, id_column)
+    bound = tuple_(literal(cursor.value, value_column.type), literal(cursor.job_id, String))
+    return position < bound if descending else position > bound
+
+
+def with_values(query: Select[Any], sort: SortKey, project_id: str, cursor: Cursor | None) -> Select[Any]:
+    """Jobs that have the sort value, in (value, id) order, after ``cursor``."""
+    if sort.metric is None:
+        column: Any = JOB_SORTS[sort.field][0]
+        tiebreak: Any = Job.id
+        if sort.nullable:
+            query = query.where(column.is_not(None))
+    else:
+        split, name = sort.metric
+        value = aliased(JobMetric, name="sort_value")
+        # project_id, split and name fix the index prefix; the rows then come in value order.
+        query = query.join(
+            value,
+            and_(value.job_id == Job.id, value.project_id == project_id, value.split == split, value.name == name),
+        ).where(value.value.is_not(None))
+        column, tiebreak = value.value, value.job_id
+    if cursor is not None:
+        query = query.where(_after(column, tiebreak, sort.descending, cursor))
+    order = (column.desc(), tiebreak.desc()) if sort.descending else (column.asc(), tiebreak.asc())
+    return query.add_columns(column).order_by(*order)
+
+
+def without_values(query: Select[Any], sort: SortKey, cursor: Cursor | None) -> Select[Any]:
+    """Jobs missing the sort value, newest first, after ``cursor``."""
+    if sort.metric is None:
+        query = query.where(JOB_SORTS[sort.field][0].is_(None))
+    else:
+        split, name = sort.metric
+        value = aliased(JobMetric, name="sort_missing")
+        query = query.outerjoin(value, and_(value.job_id == Job.id, value.split == split, value.name == name)).where(
+            value.value.is_(None)
+        )
+    if cursor is not None:
+        query = query.where(_after(Job.created_at, Job.id, True, cursor))
+    return query.add_columns(Job.created_at).order_by(Job.created_at.desc(), Job.id.desc())
+
+
+def fetch_jobs_page(
+    session: Session, query: Select[Any], project_id: str, sort_text: str, page: PageParams
+) -> tuple[list[Job], str | None]:
+    """One page of an already filtered ``select(Job)``, sorted by ``sort_text``; returns the next cursor."""
+    sort = parse_sort(sort_text)
+    cursor = decode_cursor(page.cursor, sort)
+    wanted = page.limit + 1  # one more than the page says whether another page follows
+    rows: list[tuple[Job, Any, Phase]] = []
+    if cursor is None or cursor.phase == "v":
+        statement = with_values(query, sort, project_id, cursor).limit(wanted)
+        rows += [(job, value, "v") for job, value in session.execute(statement)]
+    if len(rows) < wanted and sort.nullable:
+        after = cursor if cursor is not None and cursor.phase == "n" else None
+        statement = without_values(query, sort, after).limit(wanted - len(rows))
+        rows += [(job, created, "n") for job, created in session.execute(statement)]
+    next_cursor = None
+    if len(rows) > page.limit:
+        job, value, phase = rows[page.limit - 1]
+        next_cursor = encode_cursor(sort, phase, value, job.id)
+    return [job for job, _, _ in rows[: page.limit]], next_cursor
