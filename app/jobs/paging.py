@@ -150,9 +150,11 @@ def without_values(query: Select[Any], sort: SortKey, cursor: Cursor | None) -> 
     else:
         split, name = sort.metric
         value = aliased(JobMetric, name="sort_missing")
-        query = query.outerjoin(value, and_(value.job_id == Job.id, value.split == split, value.name == name)).where(
-            value.value.is_(None)
-        )
+        # An anti-join (no row with a value), which PostgreSQL runs as key lookups down the time index.
+        query = query.outerjoin(
+            value,
+            and_(value.job_id == Job.id, value.split == split, value.name == name, value.value.is_not(None)),
+        ).where(value.job_id.is_(None))
     if cursor is not None:
         query = query.where(_after(Job.created_at, Job.id, True, cursor))
     return query.add_columns(Job.created_at).order_by(Job.created_at.desc(), Job.id.desc())

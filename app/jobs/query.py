@@ -113,9 +113,14 @@ def metric_value(field: str, code: str = "invalid_where", status: int = 400) -> 
 
 
 class MetricJoins:
-    """One LEFT JOIN of job_metrics per metric a filter names (a primary-key lookup per job)."""
+    """One LEFT JOIN of job_metrics per metric a filter names.
 
-    def __init__(self) -> None:
+    Per job it is a primary-key lookup; with the project in the condition the planner may also
+    range-scan the (project, split, name, value) index for a selective filter instead.
+    """
+
+    def __init__(self, project_id: str | None) -> None:
+        self.project_id = project_id
         self.aliases: dict[tuple[str, str], Any] = {}
 
     def value(self, key: tuple[str, str]) -> ColumnElement[Any]:
@@ -125,10 +130,14 @@ class MetricJoins:
 
     def apply(self, query: Select[Any]) -> Select[Any]:
         for (split, name), alias in self.aliases.items():
-            query = query.outerjoin(alias, and_(alias.job_id == Job.id, alias.split == split, alias.name == name))
+            condition = and_(alias.job_id == Job.id, alias.split == split, alias.name == name)
+            if self.project_id is not None:
+                condition = and_(condition, alias.project_id == self.project_id)
+            query = query.outerjoin(alias, condition)
         return query
 
 
+SPEC_SECTIONS = ("data", "model", "training", "evaluation")
 STRING_COLUMNS = {"status", "task", "name", "dataset_id", "sweep_id", "device", "model.cell"}
 TIME_COLUMNS = {"created_at", "finished_at"}
 MAX_NESTING = 32
@@ -177,7 +186,7 @@ def field_expression(field: str, sample: Any, joins: MetricJoins) -> tuple[Colum
     if key is not None:
         return joins.value(key), "number"
     path = tuple(field.split("."))
-    if path[0] in ("data", "model", "training", "evaluation") and len(path) >= 2:
+    if path[0] in SPEC_SECTIONS and len(path) >= 2:
         # Spec values are typed by what they are compared with; the spec schema fixes each path's
         # type, so a mismatched comparison simply matches nothing.
         element = Job.spec[path]
@@ -194,8 +203,8 @@ def field_expression(field: str, sample: Any, joins: MetricJoins) -> tuple[Colum
 
 
 class _Parser:
-    def __init__(self, tokens: list[tuple[str, Any]]) -> None:
-        self.joins = MetricJoins()
+    def __init__(self, tokens: list[tuple[str, Any]], project_id: str | None) -> None:
+        self.joins = MetricJoins(project_id)
         self.depth = 0
         self.tokens = tokens
         self.i = 0
@@ -284,11 +293,11 @@ MAX_WHERE_CHARS = 4000
 MAX_COMPARISONS = 64
 
 
-def apply_where(query: Select[Any], text: str) -> Select[Any]:
-    """Filter a query on Job by a ``where`` text; 400 ``invalid_where`` naming what is wrong."""
+def apply_where(query: Select[Any], text: str, project_id: str | None = None) -> Select[Any]:
+    """Filter a query on Job (of ``project_id``) by a ``where`` text; 400 ``invalid_where`` naming what is wrong."""
     if len(text) > MAX_WHERE_CHARS:
         raise _bad(f"the filter is longer than {MAX_WHERE_CHARS} characters")
-    parser = _Parser(_tokenize(text))
+    parser = _Parser(_tokenize(text), project_id)
     if sum(1 for kind, _ in parser.tokens if kind in ("op", "in")) > MAX_COMPARISONS:
         raise _bad(f"the filter has more than {MAX_COMPARISONS} comparisons")
     if not parser.tokens:

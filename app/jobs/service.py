@@ -146,7 +146,10 @@ def list_jobs(
     if sweep_id:
         query = query.where(Job.sweep_id == sweep_id)
     if where:
-        query = apply_where(query, where)
+        # PostgreSQL may range-scan a selective metric filter through the value index (it weighs that
+        # with statistics); SQLite has none and would sort every match, so it gets only the key lookups.
+        dialect = session.get_bind().dialect.name
+        query = apply_where(query, where, project.id if dialect == "postgresql" else None)
     try:
         return fetch_jobs_page(session, query, project.id, sort, page)
     except SQLDataError as exc:
