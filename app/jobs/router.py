@@ -18,6 +18,7 @@ from app.jobs import service
 from app.jobs.schemas import JobMetrics, JobRead, PredictRequest, PredictResponse
 from app.models import FINISHED_STATUSES, EpochMetric, Job
 from app.pagination import Page, PageParams, page_params
+from app.responses import OrjsonResponse
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -79,9 +80,9 @@ def cancel_job(job_id: str, project: CurrentProject, session: SessionDep) -> Job
     return JobRead.from_row(service.cancel_job(session, project, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=JobMetrics)
-def job_metrics(job_id: str, project: CurrentProject, session: SessionDep) -> JobMetrics:
-    return JobMetrics.model_validate({"job_id": job_id, "series": service.job_metrics(session, project, job_id)})
+@router.get("/{job_id}/metrics", response_model=JobMetrics, response_class=OrjsonResponse)
+def job_metrics(job_id: str, project: CurrentProject, session: SessionDep) -> OrjsonResponse:
+    return OrjsonResponse({"job_id": job_id, "series": service.job_metrics(session, project, job_id)})
 
 
 @router.get("/{job_id}/evaluation")
@@ -168,13 +169,13 @@ async def job_events(job_id: str, request: Request, project: CurrentProject, ses
 metrics_router = APIRouter(prefix="/metrics", tags=["dashboards"])
 
 
-@metrics_router.get("")
+@metrics_router.get("", response_class=OrjsonResponse)
 def compare_metrics(
     project: CurrentProject,
     session: SessionDep,
     job_id: Annotated[list[str], Query(description="Repeatable: the jobs to compare (max 50).")],
     name: Annotated[list[str] | None, Query(description="Repeatable split.metric, e.g. val.loss.")] = None,
     max_points: Annotated[int, Query(ge=2, le=10000)] = 500,
-) -> dict[str, Any]:
+) -> OrjsonResponse:
     """Several jobs' per-epoch histories at once, each series downsampled to at most max_points."""
-    return {"jobs": service.compare_metrics(session, project, job_id, name, max_points)}
+    return OrjsonResponse({"jobs": service.compare_metrics(session, project, job_id, name, max_points)})

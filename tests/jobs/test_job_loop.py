@@ -43,6 +43,13 @@ def _check_full_result(stack: Stack, job_id: str) -> None:
     # Final metrics are queryable across jobs.
     listed = stack.client.get("/api/v1/jobs?where=test.rmse > 0&sort=test.rmse", headers=stack.headers).json()
     assert job_id in [j["id"] for j in listed["items"]]
+    # …and so are the best and the last epoch's values the worker wrote with them.
+    best = job["summary"]["best_epoch"]
+    val_loss = next(s for s in series if s["name"] == "loss" and s["split"] == "val")
+    at_best = val_loss["values"][val_loss["epochs"].index(best)]
+    query = f"where=best.val.loss = {at_best!r} and last.val.loss = {val_loss['values'][-1]!r}&sort=-best.val.loss"
+    listed = stack.client.get(f"/api/v1/jobs?{query}", headers=stack.headers).json()
+    assert job_id in [j["id"] for j in listed["items"]], listed
 
     r = stack.client.get(f"/api/v1/jobs/{job_id}/model", headers=stack.headers)
     assert r.status_code == 200

@@ -1,0 +1,18 @@
+"""A JSON response encoded with orjson, for the routes that return many numbers (metric histories).
+
+Measured in bench/queries.py: a 10-job history encodes ~8× faster than with pydantic (what FastAPI
+uses for a declared return type) and ~80× faster than the standard json module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi.responses import JSONResponse
+
+
+class OrjsonResponse(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        # NaN and infinity become null, as JSON has no spelling for them.
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)

@@ -1,0 +1,114 @@
+"""The API process: several uvicorn workers by default when there are cores, and gc.freeze() after start-up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from app.cli import default_api_workers
+from tests.stack import ROOT
+
+
+def test_default_api_workers_follow_the_cpus(monkeypatch) -> None:
+    for cpus, workers in ((1, 1), (2, 2), (3, 3), (16, 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        assert default_api_workers() == workers
+
+
+def _children(pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(tmp_path, args: list[str], extra_env: dict[str, str] | None = None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    port = _free_port()
+    env.update({"RNNLAB_HOME": str(tmp_path / "home"), "RNNLAB_PORT": str(port), **(extra_env or {})})
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError("the API did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+
+
+def _uvicorn_workers(pid: int) -> set[int]:
+    """The children uvicorn spawned to serve (multiprocessing spawn), each a process of the API."""
+    found = set()
+    for child in _children(pid):
+        with open(f"/proc/{child}/cmdline", "rb") as f:
+            if b"spawn_main" in f.read():
+                found.add(child)
+    return found
+
+
+def test_api_workers_option_runs_that_many_processes(tmp_path) -> None:
+    proc, base = _serve(tmp_path, ["api", "--workers", "2"])
+    try:
+        assert len(_uvicorn_workers(proc.pid)) == 2
+        assert all(httpx.get(f"{base}/healthz").status_code == 200 for _ in range(20))
+    finally:
+        _stop(proc)
+    assert proc.returncode == 0
+
+
+@pytest.mark.skipif(default_api_workers() < 2, reason="one CPU: the default is one API process")
+def test_up_and_api_default_to_several_api_processes(tmp_path) -> None:
+    proc, _ = _serve(tmp_path, ["up"], {"RNNLAB_TORCH_THREADS": "1"})
+    try:
+        apis = [p for p in _children(proc.pid) if _uvicorn_workers(p)]
+        assert len(apis) == 1 and len(_uvicorn_workers(apis[0])) == default_api_workers() >= 2
+    finally:
+        _stop(proc)
+
+
+def test_api_start_freezes_the_gc_with_higher_thresholds() -> None:
+    code = (
+        "import gc; from fastapi.testclient import TestClient; from app.main import create_app, GC_THRESHOLDS\n"
+        "with TestClient(create_app()) as c:\n"
+        "    assert c.get('/healthz').status_code == 200\n"
+        "    assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()\n"
+        "    assert gc.get_threshold() == GC_THRESHOLDS\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as home:
+        env["RNNLAB_HOME"] = home
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
