@@ -145,6 +145,7 @@ def clone_jobs(real_ids: list[str], total: int, backend: str, batch: int) -> Non
                     copy.write_row(row)
         else:
             conn.connection.driver_connection.executemany("INSERT INTO bench_clones VALUES (?, ?, ?, ?, ?)", rows)
+        conn.exec_driver_sql("ANALYZE bench_clones")  # so the planner joins from the clones, batch by batch
     job_columns = [c.name for c in Job.__table__.columns]
     created = sa.cast(clones.c.created_at, Job.created_at.type) if backend == "postgres" else clones.c.created_at
     replaced: dict[str, Any] = {

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, String, and_, literal, tuple_
+from sqlalchemy import ColumnElement, Select, String, and_, literal, select, true, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from app.errors import AppError
@@ -160,20 +160,88 @@ def without_values(query: Select[Any], sort: SortKey, cursor: Cursor | None) -> 
     return query.add_columns(Job.created_at).order_by(Job.created_at.desc(), Job.id.desc())
 
 
+def walked_in_order(query: Select[Any], sort: SortKey, project_id: str, cursor: Cursor | None, phase: Phase) -> Any:
+    """The same rows as with_values / without_values, with the index walk made the only plan (PostgreSQL).
+
+    The outer query reads the sort index in order (with the LIMIT on it, so the planner costs the
+    walk for one page), and each id's job is looked up and filtered in a LATERAL subquery that
+    OFFSET 0 keeps from being merged: the planner cannot turn it into a scan of the table and a
+    sort. For filters whose selectivity PostgreSQL cannot estimate (spec paths in JSON have no
+    statistics; it assumes an equality matches 0.5 % of the rows).
+    """
+    descending = sort.descending if phase == "v" else True
+    key_job = aliased(Job, name="sort_key")
+    conditions: list[ColumnElement[bool]] = []
+    if phase == "n":
+        value_column: Any = key_job.created_at
+        tiebreak: Any = key_job.id
+        conditions.append(key_job.project_id == project_id)
+        if sort.metric is None:
+            query = query.where(JOB_SORTS[sort.field][0].is_(None))
+        else:
+            split, name = sort.metric
+            value = aliased(JobMetric, name="sort_missing")
+            query = query.outerjoin(
+                value,
+                and_(value.job_id == Job.id, value.split == split, value.name == name, value.value.is_not(None)),
+            ).where(value.job_id.is_(None))
+        keys: Any = key_job
+    elif sort.metric is None:
+        value_column = getattr(key_job, sort.field)
+        tiebreak = key_job.id
+        conditions.append(key_job.project_id == project_id)
+        if sort.nullable:
+            conditions.append(value_column.is_not(None))
+        keys = key_job
+    else:
+        split, name = sort.metric
+        key_value = aliased(JobMetric, name="sort_key")
+        value_column, tiebreak = key_value.value, key_value.job_id
+        conditions += [
+            key_value.project_id == project_id,
+            key_value.split == split,
+            key_value.name == name,
+            key_value.value.is_not(None),
+        ]
+        keys = key_value
+    if cursor is not None:
+        conditions.append(_after(value_column, tiebreak, descending, cursor))
+    row = query.where(Job.id == tiebreak).offset(0).lateral("job_row")
+    order = (value_column.desc(), tiebreak.desc()) if descending else (value_column.asc(), tiebreak.asc())
+    return (
+        select(aliased(Job, row), value_column).select_from(keys).join(row, true()).where(*conditions).order_by(*order)
+    )
+
+
 def fetch_jobs_page(
-    session: Session, query: Select[Any], project_id: str, sort_text: str, page: PageParams
+    session: Session,
+    query: Select[Any],
+    project_id: str,
+    sort_text: str,
+    page: PageParams,
+    *,
+    walk_index: bool = False,
 ) -> tuple[list[Job], str | None]:
-    """One page of an already filtered ``select(Job)``, sorted by ``sort_text``; returns the next cursor."""
+    """One page of an already filtered ``select(Job)``, sorted by ``sort_text``; returns the next cursor.
+
+    ``walk_index`` forces the sort index's order on PostgreSQL (see :func:`walked_in_order`).
+    """
     sort = parse_sort(sort_text)
     cursor = decode_cursor(page.cursor, sort)
     wanted = page.limit + 1  # one more than the page says whether another page follows
     rows: list[tuple[Job, Any, Phase]] = []
     if cursor is None or cursor.phase == "v":
-        statement = with_values(query, sort, project_id, cursor).limit(wanted)
+        if walk_index:
+            statement = walked_in_order(query, sort, project_id, cursor, "v").limit(wanted)
+        else:
+            statement = with_values(query, sort, project_id, cursor).limit(wanted)
         rows += [(job, value, "v") for job, value in session.execute(statement)]
     if len(rows) < wanted and sort.nullable:
         after = cursor if cursor is not None and cursor.phase == "n" else None
-        statement = without_values(query, sort, after).limit(wanted - len(rows))
+        if walk_index:
+            statement = walked_in_order(query, sort, project_id, after, "n").limit(wanted - len(rows))
+        else:
+            statement = without_values(query, sort, after).limit(wanted - len(rows))
         rows += [(job, created, "n") for job, created in session.execute(statement)]
     next_cursor = None
     if len(rows) > page.limit:

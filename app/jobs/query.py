@@ -205,6 +205,7 @@ def field_expression(field: str, sample: Any, joins: MetricJoins) -> tuple[Colum
 class _Parser:
     def __init__(self, tokens: list[tuple[str, Any]], project_id: str | None) -> None:
         self.joins = MetricJoins(project_id)
+        self.reads_spec = False  # whether a comparison reads the JSON spec (no index, no statistics)
         self.depth = 0
         self.tokens = tokens
         self.i = 0
@@ -260,6 +261,7 @@ class _Parser:
             self.take("in")
             values = self.value_list()
             column, kind = field_expression(field, values[0], self.joins)
+            self.reads_spec |= field not in JOB_COLUMNS and field.split(".")[0] in SPEC_SECTIONS
             if any(v is None for v in values):
                 raise _bad(f"null cannot be in a list; use {field} = null")
             clause = column.in_([_coerce(field, v, kind) for v in values])
@@ -267,6 +269,7 @@ class _Parser:
         op = self.take("op")
         value = self.take("value")
         column, kind = field_expression(field, value, self.joins)
+        self.reads_spec |= field not in JOB_COLUMNS and field.split(".")[0] in SPEC_SECTIONS
         if value is None:
             if op in ("=", "=="):
                 return column.is_(None)
@@ -293,8 +296,11 @@ MAX_WHERE_CHARS = 4000
 MAX_COMPARISONS = 64
 
 
-def apply_where(query: Select[Any], text: str, project_id: str | None = None) -> Select[Any]:
-    """Filter a query on Job (of ``project_id``) by a ``where`` text; 400 ``invalid_where`` naming what is wrong."""
+def apply_where(query: Select[Any], text: str, project_id: str | None = None) -> tuple[Select[Any], bool]:
+    """Filter a query on Job (of ``project_id``) by a ``where`` text; 400 ``invalid_where`` naming what is wrong.
+
+    Also says whether the filter reads spec paths, whose selectivity a database can only guess.
+    """
     if len(text) > MAX_WHERE_CHARS:
         raise _bad(f"the filter is longer than {MAX_WHERE_CHARS} characters")
     parser = _Parser(_tokenize(text), project_id)
@@ -305,4 +311,4 @@ def apply_where(query: Select[Any], text: str, project_id: str | None = None) ->
     node = parser.expr()
     if parser.i != len(parser.tokens):
         raise _bad(f"unexpected {parser.tokens[parser.i][1]!r} in the filter")
-    return parser.joins.apply(query).where(node)
+    return parser.joins.apply(query).where(node), parser.reads_spec

@@ -135,6 +135,7 @@ def list_jobs(
     sort: str = "-created_at",
 ) -> tuple[list[Job], str | None]:
     query: Select[Any] = select(Job).where(Job.project_id == project.id)
+    walk_index = False
     if statuses:
         query = query.where(Job.status.in_(statuses))
     if dataset_id:
@@ -149,9 +150,12 @@ def list_jobs(
         # PostgreSQL may range-scan a selective metric filter through the value index (it weighs that
         # with statistics); SQLite has none and would sort every match, so it gets only the key lookups.
         dialect = session.get_bind().dialect.name
-        query = apply_where(query, where, project.id if dialect == "postgresql" else None)
+        query, reads_spec = apply_where(query, where, project.id if dialect == "postgresql" else None)
+        # PostgreSQL guesses that `model.hidden_size = 16` matches almost nothing and would scan
+        # and sort; make it walk the sort index instead (SQLite walks it anyway).
+        walk_index = reads_spec and dialect == "postgresql"
     try:
-        return fetch_jobs_page(session, query, project.id, sort, page)
+        return fetch_jobs_page(session, query, project.id, sort, page, walk_index=walk_index)
     except SQLDataError as exc:
         # PostgreSQL refusing to read a spec path holding text as a number (data.target > 5); any
         # other database error is not the filter's fault and stays a 500.

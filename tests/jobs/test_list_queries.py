@@ -91,10 +91,12 @@ def test_every_list_query_reads_an_index_in_order(client, backend, statements) -
         'where=model.cell in ("lstm", "gru") and best.val.loss < 0.5&sort=-test.rmse',
         "where=test.rmse > 0.9 or status = 'failed'&sort=-finished_at",
     ]
-    # A spec path (JSON) has no index and no statistics: PostgreSQL guesses `= 16` matches 0.5% of
-    # the jobs and picks a sequential scan. It is checked on SQLite only (see the README).
-    if backend == "sqlite":
-        queries.append("where=model.hidden_size = 16&sort=best.val.loss")
+    # Spec paths (JSON) have no index and no statistics: PostgreSQL is made to walk the sort index.
+    queries += [
+        "where=model.hidden_size = 16&sort=best.val.loss",
+        "where=model.hidden_size = 16 and training.seed > 10",
+        "where=model.hidden_size in (8, 32) and test.rmse < 0.05&sort=-name",
+    ]
     for query in queries:
         statements.seen.clear()
         statements.settings.clear()
