@@ -44,8 +44,17 @@ def list_jobs(
     task: Literal["forecast", "regression", "classification"] | None = None,
     cell: Literal["rnn", "lstm", "gru"] | None = None,
     sweep_id: str | None = None,
-    where: Annotated[str | None, Query(description='e.g. test.rmse < 0.5 and model.cell in ("lstm","gru")')] = None,
-    sort: Annotated[str, Query(description="created_at, -created_at, test.rmse, -val.accuracy, …")] = "-created_at",
+    where: Annotated[
+        str | None,
+        Query(description='e.g. test.rmse < 0.5 and model.cell in ("lstm","gru"), or best.val.loss < 0.1'),
+    ] = None,
+    sort: Annotated[
+        str,
+        Query(
+            description="created_at, finished_at, name, status, attempts, a final metric (test.rmse) or an epoch "
+            "value (best.val.loss, last.train.loss); - for descending. Jobs missing the value come last."
+        ),
+    ] = "-created_at",
 ) -> Page[JobRead]:
     jobs, cursor = service.list_jobs(
         session,
