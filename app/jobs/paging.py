@@ -19,7 +19,7 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Select, String, and_, literal, select, true, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
-from app.errors import AppError
+from app.errors import AppError, BadRequest
 from app.jobs.query import metric_key
 from app.models import Job, JobMetric
 from app.pagination import PageParams
@@ -62,8 +62,7 @@ def parse_sort(sort: str) -> SortKey:
         return SortKey(sort, field, descending, None, kind, nullable)
     key = metric_key(field, code="invalid_sort")
     if key is None:
-        raise AppError(
-            400,
+        raise BadRequest(
             "invalid_sort",
             f"cannot sort by {field!r}; use {', '.join(JOB_SORTS)}, a final metric like test.rmse, or an epoch "
             "value like best.val.loss (prefix - for descending)",
@@ -72,7 +71,7 @@ def parse_sort(sort: str) -> SortKey:
 
 
 def _bad_cursor(message: str = "cursor is not a next_cursor returned by this API") -> AppError:
-    return AppError(400, "invalid_cursor", message)
+    return BadRequest("invalid_cursor", message)
 
 
 def _decode_value(kind: Kind, raw: Any) -> Any:

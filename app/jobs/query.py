@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, not_, or_, select
 from sqlalchemy.orm import aliased
 
-from app.errors import AppError
+from app.errors import AppError, BadRequest
 from app.jobs.final_values import EPOCH_SCOPES, EPOCH_SPLITS, FINAL_SPLITS
 from app.models import Job, JobMetric
 from worker.engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
@@ -44,7 +44,7 @@ _TOKEN = re.compile(
 
 
 def _bad(message: str) -> AppError:
-    return AppError(400, "invalid_where", message)
+    return BadRequest("invalid_where", message)
 
 
 def _tokenize(text: str) -> list[tuple[str, Any]]:
@@ -76,7 +76,7 @@ KNOWN_METRICS = (*REGRESSION_METRICS, *CLASSIFICATION_METRICS)
 EPOCH_METRICS = ("loss", "rmse", "accuracy")
 
 
-def metric_key(field: str, code: str = "invalid_where", status: int = 400) -> tuple[str, str] | None:
+def metric_key(field: str, code: str = "invalid_where", error: type[AppError] = BadRequest) -> tuple[str, str] | None:
     """The (split, name) row of job_metrics a field like ``test.rmse`` or ``best.val.loss`` reads, or None.
 
     A known split with an unknown metric name (``test.rsme``) is an error naming the known ones,
@@ -87,14 +87,11 @@ def metric_key(field: str, code: str = "invalid_where", status: int = 400) -> tu
         split, name = parts
         if name not in KNOWN_METRICS:
             hint = f"; per-epoch values are best.{split}.{name} and last.{split}.{name}" if name == "loss" else ""
-            raise AppError(
-                status, code, f"unknown metric {name!r} in {field!r}; metrics are: {', '.join(KNOWN_METRICS)}{hint}"
-            )
+            raise error(code, f"unknown metric {name!r} in {field!r}; metrics are: {', '.join(KNOWN_METRICS)}{hint}")
         return split, name
     if parts[0] in EPOCH_SCOPES:
         if len(parts) != 3 or parts[1] not in EPOCH_SPLITS or parts[2] not in EPOCH_METRICS:
-            raise AppError(
-                status,
+            raise error(
                 code,
                 f"unknown epoch value {field!r}; use {parts[0]}.<split>.<metric> with split "
                 f"{' or '.join(EPOCH_SPLITS)} and metric one of: {', '.join(EPOCH_METRICS)} (e.g. {parts[0]}.val.loss)",
@@ -103,9 +100,11 @@ def metric_key(field: str, code: str = "invalid_where", status: int = 400) -> tu
     return None
 
 
-def metric_value(field: str, code: str = "invalid_where", status: int = 400) -> ColumnElement[Any] | None:
+def metric_value(
+    field: str, code: str = "invalid_where", error: type[AppError] = BadRequest
+) -> ColumnElement[Any] | None:
     """A correlated scalar for a final metric like ``test.rmse`` (one job at a time), or None if not one."""
-    key = metric_key(field, code, status)
+    key = metric_key(field, code, error)
     if key is None or key[0] not in FINAL_SPLITS:
         return None
     m = aliased(JobMetric)
