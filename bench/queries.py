@@ -146,6 +146,21 @@ def clone_jobs(real_ids: list[str], total: int, backend: str, batch: int) -> Non
         else:
             conn.connection.driver_connection.executemany("INSERT INTO bench_clones VALUES (?, ?, ?, ?, ?)", rows)
         conn.exec_driver_sql("ANALYZE bench_clones")  # so the planner joins from the clones, batch by batch
+    # The real jobs' epoch rows, copied aside: clones read them from a small table, so PostgreSQL can
+    # load epoch_metrics without its primary key and build the key once at the end (bulk-load style).
+    sources = sa.Table(
+        "bench_source_epochs",
+        sa.MetaData(),
+        *(sa.Column(c.name, c.type) for c in EpochMetric.__table__.columns),
+        sa.Index("ix_bench_source_epochs_job", "job_id"),
+    )
+    sources.drop(engine, checkfirst=True)
+    sources.create(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.insert(sources).from_select(list(sources.c.keys()), sa.select(EpochMetric.__table__)))
+        if backend == "postgres":
+            conn.exec_driver_sql("ANALYZE bench_source_epochs")
+            conn.exec_driver_sql("ALTER TABLE epoch_metrics DROP CONSTRAINT pk_epoch_metrics")
     job_columns = [c.name for c in Job.__table__.columns]
     created = sa.cast(clones.c.created_at, Job.created_at.type) if backend == "postgres" else clones.c.created_at
     replaced: dict[str, Any] = {
@@ -174,13 +189,13 @@ def clone_jobs(real_ids: list[str], total: int, backend: str, batch: int) -> Non
                     ["job_id", "epoch", "split", "name", "value"],
                     sa.select(
                         clones.c.dst,
-                        EpochMetric.epoch,
-                        EpochMetric.split,
-                        EpochMetric.name,
-                        EpochMetric.value * clones.c.factor,
+                        sources.c.epoch,
+                        sources.c.split,
+                        sources.c.name,
+                        sources.c.value * clones.c.factor,
                     )
                     .select_from(clones)
-                    .join(EpochMetric, EpochMetric.job_id == clones.c.src)
+                    .join(sources, sources.c.job_id == clones.c.src)
                     .where(in_batch),
                 )
             )
@@ -200,9 +215,20 @@ def clone_jobs(real_ids: list[str], total: int, backend: str, batch: int) -> Non
                 )
             )
         done = min(low + batch, len(rows))
-        print(f"  cloned {done + len(real_ids)} / {total} jobs", file=sys.stderr, flush=True)
+        print(
+            f"  cloned {done + len(real_ids)} / {total} jobs at {time.strftime('%H:%M:%S')}",
+            file=sys.stderr,
+            flush=True,
+        )
     clones.drop(engine)
+    sources.drop(engine)
     if backend == "postgres":
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "ALTER TABLE epoch_metrics ADD CONSTRAINT pk_epoch_metrics PRIMARY KEY (job_id, epoch, split, name)"
+            )
+        print(f"  epoch_metrics primary key built in {time.perf_counter() - started:.1f} s", file=sys.stderr)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE")  # what autovacuum does on a live server
 
