@@ -89,7 +89,9 @@ def job_metrics(
     job_id: str,
     project: CurrentProject,
     session: SessionDep,
-    format: Annotated[Literal["json", "csv"], Query(description="csv: one row per epoch, one column per split.metric")] = "json",
+    format: Annotated[
+        Literal["json", "csv"], Query(description="csv: one row per epoch, one column per split.metric")
+    ] = "json",
 ) -> JobMetrics | Response:
     series = service.job_metrics(session, project, job_id)
     if format == "csv":

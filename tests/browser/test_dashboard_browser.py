@@ -99,7 +99,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         port = _free_port()
         env = {**os.environ, "RNNLAB_HOME": str(home), "RNNLAB_PORT": str(port)}
         api = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "api"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "app.cli", "api"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -234,6 +238,12 @@ def chart_state(page: Any, element_id: str) -> dict[str, Any]:
     )
 
 
+def first_row_id(page: Any) -> str | None:
+    """The job id (or, for a sweep's group row, the sweep id) of the list's first row."""
+    row = page.locator("#jobs tbody tr").first
+    return row.get_attribute("data-id") or row.get_attribute("data-sweep")
+
+
 def test_job_page_draws_curves_evaluation_and_attribution(site: Site) -> None:
     page = open_page(site, f"/jobs/{site.job}")
     page.locator("#chart-attribution canvas").first.wait_for(timeout=15_000)
@@ -333,7 +343,7 @@ def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:
     group.locator("button.toggle").click()
     assert children.first.is_visible()
     assert "hidden_size=4 · seed 0" in page.inner_text("#jobs")
-    row = page.locator("#jobs tr[data-id='%s']" % site.job)
+    row = page.locator(f"#jobs tr[data-id='{site.job}']")
     assert row.locator("progress").get_attribute("value") == "4" and "4/4" in row.inner_text()
     # Injected markup in a job name is text.
     assert NAME_MARKUP in page.inner_text("#jobs") and page.locator("#nameinj").count() == 0
@@ -345,7 +355,9 @@ def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:
     group = page.locator("tr.group", has_text="size-sweep")
     if not page.locator("tr.child").first.is_visible():
         group.locator("button.toggle").click()
-    column = page.evaluate("[...document.querySelectorAll('#jobs thead th')].findIndex((th) => th.dataset.sort === 'test.rmse')")
+    column = page.evaluate(
+        "[...document.querySelectorAll('#jobs thead th')].findIndex((th) => th.dataset.sort === 'test.rmse')"
+    )
     cells = page.locator(f"#jobs tbody tr:not(.group) td:nth-child({column + 1})").all_inner_texts()
     values = [float(c) for c in cells if c not in ("–", "")]
     assert len(values) == 5 and values == sorted(values)
@@ -364,14 +376,10 @@ def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:
     # Cursor paging, two jobs a page.
     page.goto(f"{site.base}/#/jobs?limit=2")
     page.locator("#jobs tbody tr").first.wait_for()
-    first = page.locator("#jobs tbody tr").first.get_attribute("data-id") or page.locator("#jobs tbody tr").first.get_attribute(
-        "data-sweep"
-    )
+    first = first_row_id(page)
     page.click("#next-page")
     page.locator(".pager span", has_text="page 2").wait_for()
-    second = page.locator("#jobs tbody tr").first.get_attribute("data-id") or page.locator("#jobs tbody tr").first.get_attribute(
-        "data-sweep"
-    )
+    second = first_row_id(page)
     assert first != second
     page.click("text=‹ Previous")
     page.locator(".pager span", has_text="page 1").wait_for()
@@ -508,4 +516,3 @@ def test_empty_states_and_api_docs_offline(site: Site) -> None:
     assert page.locator(".opblock-summary-path", has_text="/api/v1/jobs").count() > 0
     context.close()
     assert_local_only(site)
-

@@ -44,6 +44,8 @@ function jobLabel(job) {
   }
   return job.name || job.id.slice(0, 8);
 }
+// The job list carries the task inside the spec.
+function taskOf(job) { return job.spec?.task; }
 function mainMetric(task) { return task === "classification" ? "accuracy" : "rmse"; }
 function section(title, ...children) { return h("section", {}, title ? h("h2", {}, title) : null, ...children); }
 function tableWrap(table) { return h("div", { class: "table-wrap" }, table); }
@@ -222,7 +224,7 @@ async function loadSweepNames() {
 }
 
 function jobsTable(jobs, sort, setSort, compareButton) {
-  const metrics = [...new Set(jobs.map((j) => mainMetric(j.task)))].flatMap((m) => [`test.${m}`, `val.${m}`]);
+  const metrics = [...new Set(jobs.map((j) => mainMetric(taskOf(j))))].sort().reverse().flatMap((m) => [`test.${m}`, `val.${m}`]);
   const header = (label, key) => {
     if (!key) return h("th", {}, label);
     const active = sort.replace(/^-/, "") === key;
@@ -334,16 +336,16 @@ function renderJobHead(head, job) {
     ? h("button", { type: "button", id: "cancel-job", onclick: async () => { try { await api(`/jobs/${job.id}/cancel`, { method: "POST" }); route(); } catch (err) { say(err.message); } } }, "Cancel")
     : null;
   const sweep = job.sweep_id ? h("span", {}, " · sweep ", h("a", { href: `#/sweeps/${job.sweep_id}` }, state.sweepNames[job.sweep_id]?.name || job.sweep_id.slice(0, 8)), ` · ${jobLabel(job)}`) : null;
-  head.replaceChildren(
+  head.replaceChildren(...[
     h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / ", job.id),
     h("h2", { id: "job-title" }, job.name || job.id, " ", statusPill(job.status), cancel),
     h("p", { id: "job-status" }, progressBar(job), ` · ${job.spec.model.cell} h=${job.spec.model.hidden_size} × ${job.spec.model.num_layers}`,
-      ` · ${job.task} on `, h("a", { href: `#/datasets/${job.dataset_id}` }, "its dataset"), sweep,
+      ` · ${taskOf(job)} on `, h("a", { href: `#/datasets/${job.dataset_id}` }, "its dataset"), sweep,
       ` · attempts ${job.attempts}/${job.max_attempts}`, job.device ? ` · ${job.device}` : "",
       job.train_seconds ? ` · trained in ${fmt(job.train_seconds, 3)} s` : "",
       ` · created ${when(job.created_at)}`, job.finished_at ? ` · finished ${when(job.finished_at)}` : ""),
     job.error ? h("p", { id: "job-error", class: "error" }, h("b", {}, job.error.type), ": ", job.error.message) : null,
-    downloads, modelError);
+    downloads, modelError].filter(Boolean));  // replaceChildren would print a null as "null"
 }
 
 // SSE through fetch: EventSource cannot send an Authorization header, and the key must stay out of URLs.
@@ -414,7 +416,7 @@ function renderEvaluation(view, ev) {
   for (const [name, b] of Object.entries(ev.baselines || {})) if (typeof b?.[main] === "number") baselineValues[name] = b[main];
   const verdicts = h("ul", { class: "verdicts" }, Object.entries(ev.comparison || {}).map(([name, c]) =>
     h("li", { class: c.beats ? "beats" : "loses" }, `${c.beats ? "beats" : "does not beat"} ${name}: ${main} ${fmt(c.model)} vs ${fmt(c.baseline)}`,
-      c.improvement !== null && c.improvement !== undefined ? ` (${fmt(100 * c.improvement, 3)}% better)` : "")));
+      typeof c.improvement === "number" ? ` (${fmt(100 * Math.abs(c.improvement), 3)}% ${c.improvement >= 0 ? "better" : "worse"})` : "")));
   const evalSection = section("Evaluation", h("div", { class: "chart-row" },
     h("div", {}, evaluationTable(ev), verdicts, ev.notes?.length ? h("ul", { class: "notes" }, ev.notes.map((n) => h("li", {}, n))) : null),
     h("div", {}, h("h3", {}, "Against baselines"), chartBox("chart-baselines", 60 + 44 * (1 + Object.keys(baselineValues).length)))));
@@ -423,7 +425,7 @@ function renderEvaluation(view, ev) {
     baselines: baselineValues, lowerIsBetter }));
   if (ev.confusion_matrix) {
     const n = ev.confusion_matrix.labels.length;
-    view.append(section("Confusion matrix (test)", chartBox("chart-confusion", Math.min(120 + 40 * n, 640))));
+    view.append(section("Confusion matrix (test)", h("div", { class: "square" }, chartBox("chart-confusion", Math.min(160 + 48 * n, 640)))));
     mountChart($("#chart-confusion"), Charts.confusion(ev.confusion_matrix));
   }
   const attr = ev.attribution;
@@ -520,7 +522,8 @@ async function sweepView(view, id) {
   const settings = report.settings;
   const labels = settings.map((s) => settingLabel(s.setting));
   const indexOf = new Map(settings.map((s, i) => [s.setting_key, i]));
-  const seeds = sweep.jobs.filter((j) => j.main_metric !== null && indexOf.has(j.setting_key)).map((j) => [indexOf.get(j.setting_key), j.main_metric]);
+  const seeds = sweep.jobs.filter((j) => j.main_metric !== null && indexOf.has(j.setting_key))
+    .map((j) => ({ setting: indexOf.get(j.setting_key), value: j.main_metric, seed: j.seed }));
   const best = report.best;
   const bestText = best
     ? [h("p", { id: "sweep-best" }, best.explanation),
@@ -608,7 +611,7 @@ async function datasetView(view, id) {
     api(`/jobs?dataset_id=${ds.id}&limit=50`),
     fetch("/openapi.json").then((r) => r.json()),
   ]);
-  const task = jobs.items[0]?.task;
+  const task = taskOf(jobs.items[0] || {});
   const metric = `test.${mainMetric(task)}`;
   const columns = ds.columns
     ? tableWrap(h("table", { id: "dataset-columns" }, h("thead", {}, h("tr", {}, ["column", "type", "missing"].map((t) => h("th", {}, t)))),
@@ -627,7 +630,7 @@ async function datasetView(view, id) {
     ? tableWrap(h("table", { id: "dataset-jobs" }, h("thead", {}, h("tr", {}, ["job", "status", "cell", "progress", metric].map((t) => h("th", {}, t)))),
       h("tbody", {}, jobs.items.map((j) => h("tr", {}, h("td", {}, h("a", { href: `#/jobs/${j.id}` }, j.sweep_id ? `${j.name || ""} ${jobLabel(j)}` : j.name || j.id.slice(0, 8))),
         h("td", {}, statusPill(j.status)), h("td", {}, j.spec.model.cell), h("td", {}, progressBar(j)),
-        h("td", { class: "num" }, fmt(j.summary?.test?.[mainMetric(j.task)])))))))
+        h("td", { class: "num" }, fmt(j.summary?.test?.[mainMetric(taskOf(j))])))))))
     : empty("No job uses this dataset yet: start one with the form below.");
   const boardHolder = h("div", { id: "leaderboard" });
   const metricSelect = h("select", { "aria-label": "leaderboard metric", onchange: (e) => loadBoard(e.target.value) },
@@ -637,7 +640,7 @@ async function datasetView(view, id) {
       const board = await api(`/datasets/${ds.id}/leaderboard?metric=${encodeURIComponent(name)}&limit=10`);
       boardHolder.replaceChildren(board.items.length
         ? tableWrap(h("table", {}, h("thead", {}, h("tr", {}, ["rank", "job", "cell", name, "95% CI"].map((t) => h("th", {}, t)))),
-          h("tbody", {}, board.items.map((e) => h("tr", {}, h("td", {}, e.rank), h("td", {}, h("a", { href: `#/jobs/${e.job_id}` }, e.name || e.job_id.slice(0, 8))),
+          h("tbody", {}, board.items.map((e) => h("tr", {}, h("td", {}, e.rank), h("td", {}, h("a", { href: `#/jobs/${e.job_id}` }, `${e.name || e.job_id.slice(0, 8)}${e.setting ? ` · ${settingLabel(e.setting)}` : ""}`)),
             h("td", {}, e.cell), h("td", { class: "num" }, fmt(e.value)), h("td", { class: "num" }, e.interval ? `[${fmt(e.interval[0])}, ${fmt(e.interval[1])}]` : "–"))))))
         : empty(`No succeeded job has ${name} yet.`));
     } catch (err) { boardHolder.replaceChildren(h("p", { class: "error inline" }, err.message)); }
@@ -690,7 +693,9 @@ function newJobForm(ds, openapi) {
   const spec = openapi.components?.schemas?.JobSpec;
   if (!spec) return empty("This server's /openapi.json has no JobSpec schema.");
   const required = new Set([...(spec.required || []).map((r) => r), "data.target", "data.layout"]);
-  const fields = specFields(openapi, spec).filter((f) => f.group || f.path !== "dataset_id");
+  const all = specFields(openapi, spec).filter((f) => f.path !== "dataset_id");
+  // Top-level fields (name, task, device) first, then one group per nested part of the spec.
+  const fields = [...all.filter((f) => !f.group && !f.path.includes(".")), ...all.filter((f) => f.group || f.path.includes("."))];
   const columnList = h("datalist", { id: "column-names" }, (ds.columns || []).map((c) => h("option", { value: c.name })));
   const controls = [];
   const body = [];

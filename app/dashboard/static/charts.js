@@ -59,7 +59,10 @@ const Charts = (() => {
       tooltip: { trigger: "axis", valueFormatter: (v) => fmt(v), axisPointer: { type: "line" } },
       legend: { top: 0, type: "scroll" },
       grid: { left: 64, right: 24, top: 40, bottom: 48 },
-      xAxis: { type: "value", ...axisName("epoch", 28), minInterval: 1, min: 1, max: maxLen <= 1 ? 2 : "dataMax" },
+      // One epoch: centre its point instead of pinning it to the axis.
+      xAxis: maxLen <= 1
+        ? { type: "value", ...axisName("epoch", 28), min: 0, max: 2, interval: 1, axisLabel: { formatter: (v) => (v === 1 ? "1" : "") } }
+        : { type: "value", ...axisName("epoch", 28), minInterval: 1, min: 1, max: "dataMax" },
       yAxis: {
         type: logScale ? "log" : "value",
         ...axisName(yName + (logScale ? " (log scale)" : ""), 52),
@@ -120,6 +123,8 @@ const Charts = (() => {
     const data = names.map((n, i) => ({
       value: i === 0 ? model : values[n],
       itemStyle: { color: i === 0 ? "#2f6fde" : "#9aa3ae" },
+      // The model's CI bar ends past its bar: its value goes inside so the two never overlap.
+      ...(i === 0 ? { label: { position: "insideLeft", color: "#fff" } } : {}),
     }));
     const series = [{ name: metric, type: "bar", data, barMaxWidth: 28, label: { show: true, position: "right", formatter: (p) => fmt(p.value, 3) } }];
     if (interval) series.push(errorBars("95% CI", [[interval[0], interval[1], 0]], true, "#d3365d"));
@@ -209,27 +214,43 @@ const Charts = (() => {
     };
   }
 
-  /** Per-setting mean with its CI as error bars, each seed's value as a point. */
+  /** Per-setting mean with its CI as error bars; each seed's value as a point just right of it. */
   function sweepSettings({ labels, means, intervals, seeds, metric }) {
+    // A value axis with one unit per setting, so seed points can sit beside the mean instead of under it.
+    const rank = {};
+    const seedPoints = seeds.map((s) => {
+      rank[s.setting] = (rank[s.setting] || 0) + 1;
+      return { value: [s.setting + 0.1 + 0.05 * rank[s.setting], s.value], seed: s.seed, setting: s.setting };
+    });
     return {
       backgroundColor: "transparent",
       animation: false,
       tooltip: {
         trigger: "item",
         formatter: (p) => {
-          const label = escapeHtml(labels[Array.isArray(p.value) ? p.value[0] : p.dataIndex]);
-          if (p.seriesType === "custom") return `${label}<br>95% CI [${fmt(p.value[1])}, ${fmt(p.value[2])}]`;
-          return `${label}<br>${escapeHtml(p.seriesName)}: ${fmt(p.value[1])}`;
+          if (p.seriesType === "custom") return `${escapeHtml(labels[p.value[0]])}<br>95% CI [${fmt(p.value[1])}, ${fmt(p.value[2])}]`;
+          if (p.seriesName === "seed") return `${escapeHtml(labels[p.data.setting])}<br>seed ${p.data.seed}: ${fmt(p.value[1])}`;
+          return `${escapeHtml(labels[p.value[0]])}<br>mean: ${fmt(p.value[1])}`;
         },
       },
       legend: { top: 0 },
       grid: { left: 64, right: 24, top: 40, bottom: 64 },
-      xAxis: { type: "category", data: labels, ...axisName("setting", 40), axisLabel: { interval: 0, hideOverlap: true } },
-      yAxis: { type: "value", scale: true, ...axisName(`test ${metric}`, 52), axisLabel: { formatter: (v) => fmt(v, 3) } },
+      xAxis: {
+        type: "value",
+        min: -0.5,
+        max: labels.length - 0.5,
+        ...axisName("setting", 40),
+        splitLine: { show: false },
+        // Ticks and labels at the settings only (customValues, ECharts >= 5.5.1), not at round numbers.
+        axisTick: { customValues: labels.map((_, i) => i) },
+        axisLabel: { customValues: labels.map((_, i) => i), formatter: (v) => labels[v] ?? "", hideOverlap: true },
+      },
+      // onZero off: the x axis spans -0.5.., so the y axis would otherwise cross it at the first setting.
+      yAxis: { type: "value", scale: true, axisLine: { onZero: false }, ...axisName(`test ${metric}`, 52), axisLabel: { formatter: (v) => fmt(v, 3) } },
       series: [
         errorBars("95% CI", intervals.map((ci, i) => (ci ? [i, ci[0], ci[1]] : null)).filter(Boolean), false, "#d3365d"),
         { name: "mean", type: "scatter", symbol: "diamond", symbolSize: 14, data: means.map((m, i) => (m === null ? null : [i, m])).filter(Boolean), z: 11 },
-        { name: "seed", type: "scatter", symbolSize: 7, itemStyle: { opacity: 0.55 }, data: seeds },
+        { name: "seed", type: "scatter", symbolSize: 8, itemStyle: { color: "#e0662d", opacity: 0.8 }, data: seedPoints, z: 12 },
       ],
     };
   }
@@ -252,7 +273,7 @@ const Charts = (() => {
     return {
       backgroundColor: "transparent",
       animation: false,
-      parallel: { left: 48, right: 110, top: 48, bottom: 32 },
+      parallel: { left: 90, right: 150, top: 48, bottom: 32 },
       parallelAxis: axes.map((a) => ({ ...a, nameTextStyle: { fontWeight: "bold" } })),
       visualMap: {
         type: "continuous",
