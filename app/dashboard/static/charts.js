@@ -62,7 +62,9 @@ const Charts = (() => {
       // One epoch: centre its point instead of pinning it to the axis.
       xAxis: maxLen <= 1
         ? { type: "value", ...axisName("epoch", 28), min: 0, max: 2, interval: 1, axisLabel: { formatter: (v) => (v === 1 ? "1" : "") } }
-        : { type: "value", ...axisName("epoch", 28), minInterval: 1, min: 1, max: "dataMax" },
+        : { type: "value", ...axisName("epoch", 28), minInterval: 1, min: 1, max: "dataMax",
+            // The tooltip's heading: "epoch 3", not the axis value "3.00".
+            axisPointer: { label: { formatter: (p) => `epoch ${Math.round(p.value)}` } } },
       yAxis: {
         type: logScale ? "log" : "value",
         ...axisName(yName + (logScale ? " (log scale)" : ""), 52),
