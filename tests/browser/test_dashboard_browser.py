@@ -533,6 +533,12 @@ def test_empty_states_and_api_docs_offline(site: Site) -> None:
     assert page.locator(".empty a[href='/docs']").count() == 1
     assert page.locator("#message").inner_text() == ""
     shoot(page, "jobs-empty")
+    page.click("nav a[data-view=datasets]")
+    page.locator(".empty h3", has_text="No datasets yet").wait_for(timeout=15_000)
+    page.click("nav a[data-view=compare]")
+    page.locator(".empty h2", has_text="Nothing to compare").wait_for(timeout=15_000)
+    page.goto(site.base + "/#/jobs/no-such-job")
+    page.locator(".empty h2", has_text="Not found").wait_for(timeout=15_000)
     page.goto(site.base + "/docs")
     page.locator(".swagger-ui .title", has_text="rnnlab").wait_for(timeout=15_000)
     assert page.locator(".opblock-summary-path", has_text="/api/v1/jobs").count() > 0
