@@ -15,6 +15,7 @@ from app.auth import CurrentProject
 from app.config import get_settings
 from app.db import SessionDep, new_session
 from app.jobs import service
+from app.jobs.export import metrics_csv
 from app.jobs.schemas import JobMetrics, JobRead, Leaderboard, PredictRequest, PredictResponse
 from app.jobs.status import FINISHED, JobStatus
 from app.pagination import Page, PageParams, page_params
@@ -89,9 +90,25 @@ def cancel_job(job_id: str, project: CurrentProject, session: SessionDep) -> Job
     return JobRead.from_row(service.cancel_job(session, project, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=JobMetrics, response_class=OrjsonResponse)
-def job_metrics(job_id: str, project: CurrentProject, session: SessionDep) -> OrjsonResponse:
-    return OrjsonResponse({"job_id": job_id, "series": service.job_metrics(session, project, job_id)})
+@router.get(
+    "/{job_id}/metrics",
+    response_model=JobMetrics,
+    response_class=OrjsonResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"}},
+)
+def job_metrics(
+    job_id: str,
+    project: CurrentProject,
+    session: SessionDep,
+    format: Annotated[
+        Literal["json", "csv"], Query(description="csv: one row per epoch, one column per split.metric")
+    ] = "json",
+) -> Response:
+    series = service.job_metrics(session, project, job_id)
+    if format == "csv":
+        headers = {"Content-Disposition": f'attachment; filename="rnnlab-{job_id}-metrics.csv"'}
+        return Response(metrics_csv(series), media_type="text/csv; charset=utf-8", headers=headers)
+    return OrjsonResponse({"job_id": job_id, "series": series})
 
 
 @router.get("/{job_id}/evaluation", response_model=Evaluation)
