@@ -17,7 +17,8 @@ archive's train/test split for classification; naive, seasonal naive and least-s
 job's own test windows for forecasting. A data set passes when every default run beats the
 reference(s) and its mean is within 3 points of accuracy (10% of MAE) of the best swept setting.
 
-    python bench/quality.py                      # all data sets (about 20-30 min on 2 cores)
+    python bench/quality.py                      # all 9 data sets: long; ArrowHead and OSULeaf dominate
+    python bench/quality.py --sets Lynx Airline ShampooSales co2 nile elnino JapaneseVowels --sweep-seeds 1
     python bench/quality.py --sets ArrowHead Lynx --seeds 2
 
 Last line: ``quality: N/M data sets where every default run beats the baselines and sits within
