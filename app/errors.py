@@ -7,6 +7,7 @@ Code raises a kind (``NotFound``, ``Conflict``, ``InvalidInput``, …) with a st
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -172,8 +173,16 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 
 
+# Pydantic names the member of a union (``int | Literal["auto"]``) that failed in the error location.
+_UNION_MEMBER = re.compile(r"^(constrained-)?(int|float|str|bool|none)$|^literal\[")
+
+
 def _loc_to_field(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    parts = [
+        str(p)
+        for p in loc
+        if p not in ("body", "query", "path", "header") and not (isinstance(p, str) and _UNION_MEMBER.match(p))
+    ]
     return ".".join(parts)
 
 
@@ -188,8 +197,18 @@ def _detail(error: Any) -> dict[str, Any]:
 
 
 def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic errors as ``[{field, message, type}]`` with dotted field names."""
-    return [_detail(e) for e in errors]
+    """Pydantic errors as ``[{field, message, type}]`` with dotted field names; the errors of one
+    union field (a number or "auto") become one detail."""
+    merged: dict[str, dict[str, Any]] = {}
+    details = []
+    for detail in map(_detail, errors):
+        first = merged.get(detail["field"])
+        if first is not None and detail["field"] != "body":
+            first["message"] += " or " + detail["message"].removeprefix("Input should be ")
+            continue
+        merged[detail["field"]] = detail
+        details.append(detail)
+    return details
 
 
 def validation_message(details: list[dict[str, Any]]) -> str:

@@ -30,6 +30,7 @@ from app.pagination import PageParams
 from app.queue import DEFAULT_QUEUE, GPU_QUEUE
 from app.storage import get_storage
 from worker.engine import DataError, JobSpec, check_spec_fits, results
+from worker.engine.defaults import TrainingShape, resolve_defaults
 from worker.engine.metrics import lower_is_better
 
 
@@ -57,10 +58,23 @@ def _needed_columns(spec: JobSpec, dataset: Dataset) -> list[str] | None:
 
 def check_spec_against_dataset(spec: JobSpec, dataset: Dataset, data: Any | None = None) -> Any:
     """422 naming the field when the spec cannot run on this dataset. Returns the loaded data for reuse."""
+    return resolve_spec_for_dataset(spec, dataset, data)[1]
+
+
+def resolve_spec_for_dataset(spec: JobSpec, dataset: Dataset, data: Any | None = None) -> tuple[JobSpec, Any]:
+    """The spec with its "auto" values resolved from the dataset (422 when it cannot run on it), and
+    the loaded data for reuse."""
+    shape, data = fit_spec_to_dataset(spec, dataset, data)
+    return resolve_defaults(spec, shape), data
+
+
+def fit_spec_to_dataset(spec: JobSpec, dataset: Dataset, data: Any | None = None) -> tuple[TrainingShape, Any]:
+    """422 naming the field when the spec cannot run on this dataset; else the sizes its defaults
+    depend on, and the loaded data for reuse."""
     if data is None:
         data = load_dataset_data(dataset, _needed_columns(spec, dataset))
     try:
-        check_spec_fits(spec, data)
+        return check_spec_fits(spec, data), data
     except DataError as exc:
         raise InvalidInput(
             "spec_does_not_fit_dataset",
@@ -109,7 +123,7 @@ def dispatch(jobs: Sequence[Job]) -> None:
 def create_job(session: Session, project: Project, payload: Any) -> Job:
     spec = parse_spec(payload)
     dataset = get_dataset(session, project.id, spec.dataset_id)
-    check_spec_against_dataset(spec, dataset)
+    spec, _ = resolve_spec_for_dataset(spec, dataset)
     job = new_job(project, spec)
     session.add(job)
     session.commit()

@@ -14,7 +14,7 @@ from app.datasets.service import get_dataset
 from app.db import get_scoped
 from app.errors import AppError, InvalidInput, validation_message
 from app.jobs import state
-from app.jobs.service import check_spec_against_dataset, delete_jobs, dispatch, new_job, parse_spec
+from app.jobs.service import delete_jobs, dispatch, fit_spec_to_dataset, new_job, parse_spec
 from app.jobs.status import ACTIVE, FINISHED, JobStatus
 from app.models import Job, JobMetric, Project, Sweep, new_id
 from app.pagination import PageParams, fetch_page
@@ -28,6 +28,7 @@ from app.sweeps.schemas import (
     SweepRead,
     SweepSummary,
 )
+from worker.engine.defaults import TrainingShape, resolve_defaults
 from worker.engine.metrics import main_metric
 from worker.engine.spec import JobSpec
 
@@ -77,9 +78,9 @@ def _parse_setting_spec(raw: dict[str, Any], indices: dict[str, int], setting: d
 
 def _check_setting_fits(
     spec: JobSpec, dataset: Any, data: Any, indices: dict[str, int], setting: dict[str, Any]
-) -> Any:
+) -> tuple[TrainingShape, Any]:
     try:
-        return check_spec_against_dataset(spec, dataset, data)
+        return fit_spec_to_dataset(spec, dataset, data)
     except AppError as exc:
         details = [
             {**d, "field": grids.blame_field(d.get("field") or "", indices), "setting": setting}
@@ -129,7 +130,9 @@ def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep
                 # Swept data fields may need other columns than the first setting: load them all once.
                 data = load_dataset_data(dataset, None)
         # The seed changes neither the windows nor the split sizes: one fit check per setting.
-        data = _check_setting_fits(specs[0], dataset, data, indices, setting)
+        shape, data = _check_setting_fits(specs[0], dataset, data, indices, setting)
+        # Resolved per setting, so the stored specs show the batch size and epochs each one ran.
+        specs = [resolve_defaults(spec, shape) for spec in specs]
         jobs += [new_job(project, spec, sweep_id=sweep_id, setting=setting) for spec in specs]
     assert dataset is not None  # the plan has at least one setting
     sweep = Sweep(

@@ -39,9 +39,14 @@ def test_defaults_are_filled_in() -> None:
         "num_layers": 1,
         "bidirectional": False,
         "dropout": 0.0,
+        "pooling": "auto",
+        "residual": "auto",
+        "forget_gate_bias": "auto",
     }
     assert normalized["training"]["loss"] == "mse"
-    assert normalized["training"]["early_stopping_patience"] == 10
+    # Data-aware values stay "auto" until the job is submitted against a dataset (test_engine_defaults).
+    assert normalized["training"]["early_stopping_patience"] == "auto"
+    assert normalized["training"]["epochs"] == normalized["training"]["batch_size"] == "auto"
     assert normalized["evaluation"] == {"bootstrap_samples": 1000, "attribution": True}
     assert normalized["device"] == "auto"
     # The normalized form validates to the same spec (it is what the API stores).

@@ -47,9 +47,25 @@ def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
     job = r.json()
     assert job["status"] == "queued" and job["attempts"] == 0
     spec = job["spec"]
-    assert spec["model"] == {"cell": "lstm", "hidden_size": 64, "num_layers": 1, "bidirectional": False, "dropout": 0.0}
+    assert spec["model"] == {
+        "cell": "lstm",
+        "hidden_size": 64,
+        "num_layers": 1,
+        "bidirectional": False,
+        "dropout": 0.0,
+        "pooling": "last",
+        "residual": "last_value",
+        "forget_gate_bias": 1.0,
+    }
     assert spec["training"]["loss"] == "mse" and spec["data"]["split"]["method"] == "temporal"
-    assert job["progress"] == {"epoch": 0, "epochs": 50}
+    # Data-aware defaults are resolved at submit time: 200 rows, lookback 24 → 176 windows, of
+    # which 124 train (temporal split 70/15/15) → batch 8 (≈ √124), 16 steps an epoch.
+    training = spec["training"]
+    assert training["batch_size"] == 8 and training["epochs"] == 94  # ⌈1500 steps / 16⌉
+    assert training["early_stopping_patience"] == 47 and training["early_stopping_min_delta"] == 0.001
+    assert training["schedule"] == "one_cycle" and training["warmup_steps"] == 75  # 5% of 94 × 16
+    assert spec["data"]["scaling"] == "standard"
+    assert job["progress"] == {"epoch": 0, "epochs": 94}
     assert job["id"] in (broker_job_ids() or set())  # the embedded broker holds it (task id = job id)
     assert client.get(f"/api/v1/jobs/{job['id']}", headers=auth).json()["spec"] == spec
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .defaults import TrainingShape, resolve_defaults
 from .layouts import Data, Examples, build_examples
 from .scaling import Scaler, fit_scaler
 from .spec import JobSpec
@@ -64,14 +65,27 @@ def prepare_data(spec: JobSpec, data: Data, rng: np.random.Generator) -> Prepare
             "random split of overlapping windows: test targets can appear inside training inputs; "
             "prefer split.method 'temporal' for honest forecast scores"
         )
-    x_scaler = fit_scaler(examples.x[split.train], spec.data.scaling)
+    scaling = spec.data.scaling
+    if scaling == "auto":
+        shape = TrainingShape(len(split.train), len(split.val), len(examples.feature_names), examples.steps)
+        scaling = resolve_defaults(spec, shape).data.scaling
+    x_scaler = fit_scaler(examples.x[split.train], scaling)
     y_scaler = None
     if spec.task != "classification":
-        y_scaler = fit_scaler(examples.y[split.train], spec.data.scaling)
+        # Targets have no steps to normalise over: per-example inputs go with standardised targets.
+        y_scaler = fit_scaler(examples.y[split.train], "standard" if scaling == "per_example" else scaling)
     return PreparedData(examples, split, x_scaler, y_scaler, notes)
 
 
-def check_spec_fits(spec: JobSpec, data: Data) -> None:
-    """Raise ``DataError`` for anything the data cannot satisfy, without building windows or training."""
+def check_spec_fits(spec: JobSpec, data: Data) -> TrainingShape:
+    """Raise ``DataError`` for anything the data cannot satisfy, without building windows or training.
+
+    Returns the sizes the data-aware defaults are derived from.
+    """
     examples = build_examples(spec, data, materialize=False)
-    _split(spec, examples, np.random.default_rng(spec.training.seed))
+    split = _split(spec, examples, np.random.default_rng(spec.training.seed))
+    return TrainingShape(len(split.train), len(split.val), len(examples.feature_names), examples.steps)
+
+
+def training_shape(spec: JobSpec, data: Data) -> TrainingShape:
+    return check_spec_fits(spec, data)

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import PreparedData, prepare_data
+from .data import PreparedData, prepare_data, training_shape
+from .defaults import resolve_defaults, unresolved_fields
 from .errors import DeviceUnavailable
 from .evaluation import evaluate
 from .layouts import Data
@@ -55,6 +56,21 @@ def _num_outputs(spec: JobSpec, prep: PreparedData) -> int:
     return int(prep.examples.y.shape[1])
 
 
+def set_naive_map(model: RecurrentModel, spec: JobSpec, prep: PreparedData) -> None:
+    """The last target input in scaled input units → the naive forecast in scaled output units."""
+    assert prep.y_scaler is not None
+    column = prep.examples.feature_names.index(spec.data.target)
+    x_center, x_scale = prep.x_scaler.center[column], prep.x_scaler.scale[column]
+    slope = x_scale / prep.y_scaler.scale
+    intercept = (x_center - prep.y_scaler.center) / prep.y_scaler.scale
+    device = model.naive_slope.device
+    model.set_naive_map(
+        column,
+        torch.as_tensor(slope, dtype=torch.float32, device=device),
+        torch.as_tensor(intercept, dtype=torch.float32, device=device),
+    )
+
+
 def build_artifact(spec: JobSpec, prep: PreparedData, model: torch.nn.Module) -> dict[str, Any]:
     """Plain types and CPU tensors only, so ``torch.load(..., weights_only=True)`` reads it back."""
     return {
@@ -85,6 +101,8 @@ def train_and_evaluate(
     fit the spec and ``TrainingDiverged`` when the loss stops being finite; CUDA OOM propagates.
     """
     target = resolve_device(device or spec.device)
+    if unresolved_fields(spec):  # the API resolves at submit time; direct callers get the same rules
+        spec = resolve_defaults(spec, training_shape(spec, data))
     seed = spec.training.seed
     prep = prepare_data(spec, data, np.random.default_rng(seed))
     tensors = {part: torch.from_numpy(prep.x_scaled(part)).to(target).contiguous() for part in ("train", "val", "test")}
@@ -102,6 +120,8 @@ def train_and_evaluate(
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         model = RecurrentModel(spec.model, len(prep.examples.feature_names), _num_outputs(spec, prep)).to(target)
+        if model.residual:
+            set_naive_map(model, spec, prep)
         generator = torch.Generator(device=target).manual_seed(seed)
         has_val = len(prep.split.val) > 0
         outcome = fit(
@@ -114,6 +134,7 @@ def train_and_evaluate(
             on_epoch=on_epoch,
             should_stop=should_stop,
         )
+    prep.notes += outcome.notes
     num_examples = {part: int(len(idx)) for part, idx in prep.split.parts().items()}
     artifact = build_artifact(spec, prep, model)
     evaluation = None

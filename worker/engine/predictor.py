@@ -22,7 +22,10 @@ class Predictor:
     def __init__(self, artifact: dict[str, Any], device: str = "cpu") -> None:
         if artifact.get("format") != ARTIFACT_FORMAT:
             raise DataError(f"not an rnnlab model artifact (format {artifact.get('format')!r})")
-        self.spec = JobSpec.model_validate(artifact["spec"])
+        spec = JobSpec.model_validate(artifact["spec"])
+        if spec.model.pooling == "auto":  # saved before pooling existed: the final hidden state
+            spec = spec.model_copy(update={"model": spec.model.model_copy(update={"pooling": "last"})})
+        self.spec = spec
         self.steps: int = artifact["input"]["steps"]
         self.features: list[str] = list(artifact["input"]["features"])
         self.classes: list[Any] | None = artifact["classes"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -10,6 +10,12 @@ Layout = Literal["series", "sequences", "wide", "arrays"]
 Task = Literal["forecast", "regression", "classification"]
 SplitMethod = Literal["temporal", "random", "stratified", "column"]
 Loss = Literal["mse", "mae", "huber", "cross_entropy"]
+Scaling = Literal["standard", "minmax", "none", "per_example"]
+Pooling = Literal["last", "mean", "max"]
+Schedule = Literal["none", "cosine", "one_cycle", "plateau"]
+# "auto" is resolved from the dataset when the job is submitted (``defaults.resolve_defaults``);
+# the stored spec holds the value that ran.
+Auto = Literal["auto"]
 
 REGRESSION_LOSSES: tuple[str, ...] = ("mse", "mae", "huber")
 
@@ -50,7 +56,11 @@ class DataSpec(_Strict):
     lookback: int = Field(default=24, ge=1, le=100_000)
     horizon: int = Field(default=1, ge=1, le=10_000)
     stride: int = Field(default=1, ge=1, le=100_000)
-    scaling: Literal["standard", "minmax", "none"] = "standard"
+    scaling: Scaling | Auto = Field(
+        default="auto",
+        description="per_example z-normalises each example per channel (not for forecast); "
+        "auto: per_example for classification, standard otherwise",
+    )
     season_period: int | None = Field(
         default=None, ge=2, le=100_000, description="period for the seasonal naive baseline"
     )
@@ -76,6 +86,15 @@ class DataSpec(_Strict):
         return split
 
     @model_validator(mode="after")
+    def _per_example_needs_examples(self) -> DataSpec:
+        if self.scaling == "per_example" and self.layout == "series":
+            raise ValueError(
+                "data.scaling 'per_example' would remove each window's level, which a forecast needs; "
+                "use 'standard', 'minmax' or 'none' for layout 'series'"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sequences_columns(self) -> DataSpec:
         if self.layout == "sequences":
             missing = [n for n in ("sequence_column", "order_column") if getattr(self, n) is None]
@@ -94,17 +113,43 @@ class ModelSpec(_Strict):
     num_layers: int = Field(default=1, ge=1, le=8)
     bidirectional: bool = False
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    pooling: Pooling | Auto = Field(
+        default="auto", description="what the head reads from the sequence: the final hidden state, or the mean/max"
+    )
+    residual: Literal["none", "last_value"] | Auto = Field(
+        default="auto",
+        description="forecast only: 'last_value' reads each window relative to its last step and predicts "
+        "the change from the last target value (the naive forecast)",
+    )
+    forget_gate_bias: Annotated[float, Field(ge=-10.0, le=10.0)] | Auto | None = Field(
+        default="auto",
+        description="initial LSTM forget-gate bias (lstm only; null keeps PyTorch's initialisation)",
+    )
 
 
 class TrainingSpec(_Strict):
-    epochs: int = Field(default=50, ge=1, le=10_000)
-    batch_size: int = Field(default=64, ge=1, le=65_536)
+    epochs: Annotated[int, Field(ge=1, le=10_000)] | Auto = Field(
+        default="auto", description="auto: enough epochs for a budget of optimizer steps"
+    )
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] | Auto = Field(
+        default="auto", description="auto: from the number of training examples"
+    )
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop", "adagrad"] = "adam"
     learning_rate: float = Field(default=0.001, gt=0.0, le=10.0)
     weight_decay: float = Field(default=0.0, ge=0.0, le=100.0)
     loss: Loss | None = Field(default=None, description="null: cross_entropy for classification, mse otherwise")
     gradient_clip: float | None = Field(default=1.0, gt=0.0)
-    early_stopping_patience: int | None = Field(default=10, ge=1)
+    early_stopping_patience: Annotated[int, Field(ge=1)] | Auto | None = Field(
+        default="auto", description="epochs without improvement; auto scales with the epochs"
+    )
+    early_stopping_min_delta: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = Field(
+        default="auto",
+        description="relative improvement of the validation loss that resets the patience",
+    )
+    schedule: Schedule | Auto = Field(default="auto", description="learning-rate schedule, stepped per batch")
+    warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] | Auto = Field(
+        default="auto", description="optimizer steps of linear warm-up"
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
 
 
@@ -136,6 +181,16 @@ class JobSpec(_Strict):
         if data.split.method == "stratified" and task != "classification":
             raise ValueError("data.split.method 'stratified' needs task 'classification'")
         return data
+
+    @model_validator(mode="after")
+    def _residual_needs_the_target(self) -> JobSpec:
+        if self.model.residual != "last_value":
+            return self
+        if self.task != "forecast":
+            raise ValueError(f"model.residual 'last_value' is for task 'forecast' (got task '{self.task}')")
+        if self.data.features is not None and self.data.target not in self.data.features:
+            raise ValueError("model.residual 'last_value' needs the target among data.features")
+        return self
 
     @field_validator("training")
     @classmethod

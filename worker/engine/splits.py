@@ -77,7 +77,7 @@ def split_indices(
     elif method == "column":
         if split_labels is None:
             raise DataError("split.method 'column' needs a split column", field="data.split.column")
-        split = _column(split_labels, val_fraction, rng, time)
+        split = _column(split_labels, val_fraction, rng, time, labels)
     else:
         raise ValueError(f"unknown split method {method!r}")
     split.train, split.val, split.test = (np.sort(p).astype(np.int64) for p in (split.train, split.val, split.test))
@@ -128,6 +128,13 @@ def _stratified(labels: np.ndarray, val_fraction: float, test_fraction: float, r
         parts["val"].append(members[n_train : n_train + n_val])
         parts["test"].append(members[n_train + n_val :])
     split = Split(np.concatenate(parts["train"]), np.concatenate(parts["val"]), np.concatenate(parts["test"]))
+    if val_fraction > 0 and len(split.val) == 0 and len(split.train) > 1:
+        # Classes too small for a validation share each: one example of the largest class, so
+        # early stopping still has something to watch.
+        counts = np.bincount(labels[split.train])
+        donor = np.flatnonzero(labels[split.train] == counts.argmax())[0]
+        split.val = split.train[donor : donor + 1]
+        split.train = np.delete(split.train, donor)
     if len(split.test) == 0 or len(split.train) == 0:
         raise DataError(
             f"only {len(labels)} examples: too few for a stratified split with test_fraction {test_fraction}",
@@ -136,7 +143,34 @@ def _stratified(labels: np.ndarray, val_fraction: float, test_fraction: float, r
     return split
 
 
-def _column(split_labels: np.ndarray, val_fraction: float, rng: np.random.Generator, time: np.ndarray | None) -> Split:
+def _carve_stratified(
+    train: np.ndarray, labels: np.ndarray, n_val: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n_val`` of ``train`` for validation, in proportion to the classes; each class keeps a training example."""
+    classes, counts = np.unique(labels[train], return_counts=True)
+    share = n_val * counts / counts.sum()
+    take = np.minimum(np.floor(share).astype(np.int64), counts - 1)
+    # Largest remainders first, then round-robin, until n_val (never a class's last example).
+    for i in np.argsort(-(share - np.floor(share)), kind="stable"):
+        if take.sum() >= n_val:
+            break
+        if take[i] < counts[i] - 1:
+            take[i] += 1
+    val_parts, train_parts = [], []
+    for c, k in zip(classes, take, strict=True):
+        members = rng.permutation(train[labels[train] == c])
+        val_parts.append(members[:k])
+        train_parts.append(members[k:])
+    return np.concatenate(val_parts), np.concatenate(train_parts)
+
+
+def _column(
+    split_labels: np.ndarray,
+    val_fraction: float,
+    rng: np.random.Generator,
+    time: np.ndarray | None,
+    labels: np.ndarray | None = None,
+) -> Split:
     train, val, test = (np.flatnonzero(split_labels == p) for p in PARTS)
     if len(train) == 0 or len(test) == 0:
         raise DataError(
@@ -148,9 +182,13 @@ def _column(split_labels: np.ndarray, val_fraction: float, rng: np.random.Genera
         n_val = max(1, round(len(train) * val_fraction))
         if n_val >= len(train):
             raise DataError("too few train rows to carve out a validation part", field="data.split.column")
-        # Time-ordered data gives validation its latest training examples; otherwise a random subset.
-        order = np.argsort(time[train], kind="stable") if time is not None else rng.permutation(len(train))
-        val, train = train[order[-n_val:]], train[order[:-n_val]]
+        if labels is not None and time is None:
+            # Classification: in proportion to the classes, so a small validation part sees them all.
+            val, train = _carve_stratified(train, labels, n_val, rng)
+        else:
+            # Time-ordered data gives validation its latest training examples; otherwise a random subset.
+            order = np.argsort(time[train], kind="stable") if time is not None else rng.permutation(len(train))
+            val, train = train[order[-n_val:]], train[order[:-n_val]]
         notes.append(
             f"the split column has no val rows: {n_val} training examples were set aside for "
             "validation (early stopping never sees test data)"

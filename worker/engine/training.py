@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -44,10 +44,109 @@ class TrainOutcome:
     epochs_run: int
     cancelled: bool
     train_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+# The training loss must end below this share of a constant prediction's loss to count as learning.
+STUCK_LOSS_SHARE = 0.95
 
 
 def make_optimizer(spec: TrainingSpec, model: nn.Module) -> torch.optim.Optimizer:
     return OPTIMIZERS[spec.optimizer](model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+
+
+class StepSchedule:
+    """The learning rate of ``spec.schedule`` with linear warm-up, stepped after every optimizer step.
+
+    ``none``: warm-up, then constant. ``cosine``: warm-up, then cosine decay to 0 at the planned last
+    step. ``one_cycle``: ``torch.optim.lr_scheduler.OneCycleLR`` peaking at ``learning_rate`` when the
+    warm-up ends (momentum is not cycled). ``plateau``: warm-up, then ``ReduceLROnPlateau`` halving the
+    rate when the monitored loss stalls for a quarter of the early-stopping patience.
+    """
+
+    def __init__(self, spec: TrainingSpec, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
+        assert spec.schedule != "auto" and spec.warmup_steps != "auto"  # resolved before training
+        self.kind = spec.schedule
+        self.optimizer = optimizer
+        self.warmup = min(spec.warmup_steps, total_steps)
+        self.base_lr = spec.learning_rate
+        self.step_count = 0
+        self.per_step: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
+        if self.kind == "one_cycle":
+            self.per_step = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=spec.learning_rate,
+                total_steps=max(total_steps, 2),
+                pct_start=min(max(self.warmup, 1) / max(total_steps, 2), 1.0),
+                anneal_strategy="cos",
+                cycle_momentum=False,
+            )
+        elif self.kind == "cosine":
+            decay = max(total_steps - self.warmup, 1)
+            self.per_step = torch.optim.lr_scheduler.LambdaLR(
+                optimizer,
+                lambda step: self._warmup_factor(step) if step < self.warmup else _cosine(step - self.warmup, decay),
+            )
+        else:
+            if self.warmup:
+                self.per_step = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer, lambda step: self._warmup_factor(step) if step < self.warmup else 1.0
+                )
+            if self.kind == "plateau":
+                patience = spec.early_stopping_patience if isinstance(spec.early_stopping_patience, int) else 8
+                self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    optimizer, mode="min", factor=0.5, patience=max(1, patience // 4)
+                )
+
+    def _warmup_factor(self, step: int) -> float:
+        return (step + 1) / (self.warmup + 1)
+
+    def after_step(self) -> None:
+        self.step_count += 1
+        if self.per_step is not None and self.step_count < _total(self.per_step):
+            self.per_step.step()
+
+    def after_epoch(self, monitored: float) -> None:
+        if self.plateau is not None and self.step_count >= self.warmup:
+            self.plateau.step(monitored)
+
+    def learning_rate(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def _cosine(step: int, steps: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
+
+
+def _total(scheduler: torch.optim.lr_scheduler.LRScheduler) -> int:
+    # OneCycleLR refuses to step past its total; the others run on at their final factor.
+    return int(getattr(scheduler, "total_steps", 1 << 62))
+
+
+def constant_prediction_loss(loss_fn: nn.Module, y: torch.Tensor, classification: bool) -> float:
+    """The training loss of the best input-free prediction: class frequencies, or the mean target."""
+    with torch.no_grad():
+        if classification:
+            counts = torch.bincount(y, minlength=int(y.max()) + 1).double()
+            logits = torch.log(counts.clamp(min=1e-12) / counts.sum()).float()
+            out = logits.expand(y.shape[0], -1)
+        else:
+            out = y.mean(dim=0, keepdim=True).expand_as(y)
+        return float(loss_fn(out, y))
+
+
+def stuck_note(best_train_loss: float, constant_loss: float, classification: bool) -> str | None:
+    """A note when training ended no better than a constant prediction, with the likely fixes."""
+    if not (math.isfinite(constant_loss) and constant_loss > 0) or best_train_loss < STUCK_LOSS_SHARE * constant_loss:
+        return None
+    level = "the majority class" if classification else "the mean target"
+    return (
+        f"the training loss never moved below that of predicting {level} ({best_train_loss:.4g} vs "
+        f"{constant_loss:.4g}): the model learned nothing from the inputs. Likely fixes: more optimizer "
+        "steps (training.epochs 'auto', a smaller batch_size), a higher training.learning_rate, or "
+        "another data.scaling ('per_example' when the shape carries the class, 'standard' when the level does)"
+    )
 
 
 def _validate(
@@ -88,21 +187,33 @@ def fit(
     classification. Loss values are accumulated on the device and read once per epoch.
     """
     assert spec.loss is not None  # filled in by the spec validator
+    epochs, batch_size, patience, min_delta = (
+        spec.epochs,
+        spec.batch_size,
+        spec.early_stopping_patience,
+        spec.early_stopping_min_delta,
+    )
+    assert epochs != "auto" and batch_size != "auto" and patience != "auto" and min_delta != "auto"
     x_train, y_train = train
     n = x_train.shape[0]
     loss_fn = LOSSES[spec.loss]()
     optimizer = make_optimizer(spec, model)
+    schedule = StepSchedule(spec, optimizer, epochs * math.ceil(n / batch_size))
     params = [p for p in model.parameters() if p.requires_grad]
     metric_name = "accuracy" if y_scale is None else "rmse"
     best_loss, best_epoch, best_state, since_best = math.inf, 0, None, 0
+    # The loss that resets the patience: it must beat this by min_delta (relative), so that a tiny,
+    # noisy validation part does not keep training alive on noise.
+    patience_loss = math.inf
+    lowest_train_loss = math.inf
     outcome = TrainOutcome(best_epoch=0, epochs_run=0, cancelled=False, train_seconds=0.0)
-    for epoch in range(1, spec.epochs + 1):
+    for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         model.train()
         loss_sum = torch.zeros((), device=x_train.device)
         perm = torch.randperm(n, generator=generator, device=generator.device).to(x_train.device)
-        for start in range(0, n, spec.batch_size):
-            idx = perm[start : start + spec.batch_size]
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
             xb, yb = x_train[idx], y_train[idx]
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
@@ -110,6 +221,7 @@ def fit(
             if spec.gradient_clip is not None:
                 nn.utils.clip_grad_norm_(params, spec.gradient_clip)
             optimizer.step()
+            schedule.after_step()
             loss_sum += loss.detach() * idx.shape[0]
         stats = [loss_sum / n]
         if val is not None:
@@ -129,23 +241,30 @@ def fit(
         if val is not None:
             metrics["val"] = {"loss": values[1], metric_name: values[2]}
             monitored = values[1]
-        report = EpochReport(epoch=epoch, epochs=spec.epochs, metrics=metrics, seconds=seconds)
+        report = EpochReport(epoch=epoch, epochs=epochs, metrics=metrics, seconds=seconds)
+        lowest_train_loss = min(lowest_train_loss, values[0])
         if monitored < best_loss:
-            best_loss, best_epoch, since_best = monitored, epoch, 0
+            best_loss, best_epoch = monitored, epoch
             if val is not None:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if monitored < patience_loss - min_delta * abs(patience_loss) or patience_loss == math.inf:
+            patience_loss, since_best = monitored, 0
         else:
             since_best += 1
+        schedule.after_epoch(monitored)
         if on_epoch is not None:
             on_epoch(report)
         if should_stop is not None and should_stop():
             outcome.cancelled = True
             break
-        if val is not None and spec.early_stopping_patience is not None and since_best >= spec.early_stopping_patience:
+        if val is not None and patience is not None and since_best >= patience:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     else:  # no validation part: the final weights are the result
         best_epoch = outcome.epochs_run
     outcome.best_epoch = best_epoch
+    note = stuck_note(lowest_train_loss, constant_prediction_loss(loss_fn, y_train, y_scale is None), y_scale is None)
+    if note is not None and not outcome.cancelled:
+        outcome.notes.append(note)
     return outcome

@@ -1,0 +1,340 @@
+"""Model quality of default-spec jobs on public benchmark data, through the real embedded service.
+
+A client, as a new user would be: the bench fetches the ``sktime`` and ``statsmodels`` wheels with
+pip (``.bench/wheels``, git-ignored), turns their UCR/UEA and forecasting data sets into upload
+files (``bench/quality_data.py``), starts the embedded service (``python -m app.cli up``: SQLite,
+the embedded broker and one real worker process running 2 jobs at a time), uploads each file and
+submits, per data set:
+
+- default-spec jobs for 3 seeds × {lstm, gru}: only ``dataset_id``, ``task``, ``data.layout``,
+  ``data.target``, the split column the file has (UCR train/test) or, for a series, the order
+  column, the lookback and the season — everything else left to the data-aware defaults;
+- a small grid sweep around the defaults (learning rate × one option per task, 2 seeds, lstm).
+
+It prints, per data set: the metric, the default runs' mean ± std and min, the best swept
+setting's mean, and the reference computed here from the raw data: 1-NN Euclidean on the
+archive's train/test split for classification; naive, seasonal naive and least-squares AR on the
+job's own test windows for forecasting. A data set passes when every default run beats the
+reference(s) and its mean is within 3 points of accuracy (10% of MAE) of the best swept setting.
+
+    python bench/quality.py                      # all 9 data sets: long; ArrowHead and OSULeaf dominate
+    python bench/quality.py --sets Lynx Airline ShampooSales co2 nile elnino JapaneseVowels --sweep-seeds 1
+    python bench/quality.py --sets ArrowHead Lynx --seeds 2
+
+Last line: ``quality: N/M data sets where every default run beats the baselines and sits within
+3 points (10% MAE) of the best swept setting``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality_data import BenchSet, bench_sets  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CELLS = ("lstm", "gru")
+ACCURACY_TOLERANCE = 0.03  # 3 points of accuracy
+MAE_TOLERANCE = 0.10  # 10% of the best swept MAE
+# The sweep around the defaults: the learning rate, and the option that matters most per family.
+SWEEPS: dict[str, dict[str, list[Any]]] = {
+    "classification": {"training.learning_rate": [0.001, 0.003], "data.scaling": ["per_example", "standard"]},
+    "forecast": {"training.learning_rate": [0.001, 0.003], "model.residual": ["last_value", "none"]},
+}
+
+
+# ---------------------------------------------------------------- references, computed here
+
+
+def nearest_neighbour_accuracy(bench: BenchSet) -> float:
+    """1-NN with Euclidean distance on the archive's train/test split (the UCR reference)."""
+    assert bench.x_train is not None and bench.x_test is not None
+    train = bench.x_train.reshape(len(bench.x_train), -1)
+    test = bench.x_test.reshape(len(bench.x_test), -1)
+    distances = (test**2).sum(1)[:, None] - 2 * test @ train.T + (train**2).sum(1)[None, :]
+    predicted = np.asarray(bench.y_train)[distances.argmin(axis=1)]
+    return float(np.mean(predicted == np.asarray(bench.y_test)))
+
+
+def forecast_references(bench: BenchSet, test_windows: int) -> dict[str, float]:
+    """MAE of naive, seasonal naive and least-squares AR(lookback) on the last ``test_windows``
+    one-step targets (the job's temporal test part), AR fitted on every earlier window."""
+    assert bench.series is not None
+    y = bench.series
+    lookback = int(bench.data["lookback"])
+    targets = np.arange(len(y) - test_windows, len(y))
+    refs = {"naive": float(np.mean(np.abs(y[targets] - y[targets - 1])))}
+    if bench.season is not None:
+        refs["seasonal_naive"] = float(np.mean(np.abs(y[targets] - y[targets - bench.season])))
+    fit_targets = np.arange(lookback, targets[0])
+    design = np.stack([y[t - lookback : t] for t in fit_targets])
+    design = np.hstack([design, np.ones((len(design), 1))])
+    coef, *_ = np.linalg.lstsq(design, y[fit_targets], rcond=None)
+    test_design = np.hstack([np.stack([y[t - lookback : t] for t in targets]), np.ones((len(targets), 1))])
+    refs["ar"] = float(np.mean(np.abs(test_design @ coef - y[targets])))
+    return refs
+
+
+# ---------------------------------------------------------------- the service, as a client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    base_url: str
+    key: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {self.key}"}, timeout=120)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_service(home: Path, concurrency: int) -> Service:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")},
+        "RNNLAB_HOME": str(home),
+        "RNNLAB_PORT": str(port),
+        "RNNLAB_WORKER_CONCURRENCY": str(concurrency),
+        "RNNLAB_TORCH_THREADS": "1",
+    }
+    py = [sys.executable, "-m", "app.cli"]
+    subprocess.run([*py, "migrate"], cwd=ROOT, env=env, check=True, capture_output=True)
+    key = subprocess.run(
+        [*py, "keys", "create", "--project", "quality"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    log = home / "service.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([*py, "up"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    service = Service(f"http://127.0.0.1:{port}", key, process, log)
+    with service.client() as client:
+        for _ in range(600):
+            try:
+                if client.get("/readyz").status_code == 200:
+                    return service
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+    service.stop()
+    raise SystemExit(f"the service did not start; see {log}")
+
+
+def checked(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise SystemExit(
+            f"{response.request.method} {response.request.url.path}: {response.status_code} {response.text}"
+        )
+    return response.json()
+
+
+def default_spec(bench: BenchSet, dataset_id: str, cell: str, seed: int) -> dict[str, Any]:
+    """What a new user writes: the data, the task, the cell and the seed; nothing else."""
+    return {
+        "name": f"{bench.name} default {cell} seed {seed}",
+        "dataset_id": dataset_id,
+        "task": bench.task,
+        "data": bench.data,
+        "model": {"cell": cell},
+        "training": {"seed": seed},
+        "evaluation": {"bootstrap_samples": 200, "attribution": False},
+    }
+
+
+@dataclass
+class Submitted:
+    bench: BenchSet
+    dataset_id: str
+    default_jobs: list[str] = field(default_factory=list)
+    sweep_id: str | None = None
+
+
+def submit(client: httpx.Client, bench: BenchSet, seeds: list[int], sweep_seeds: list[int]) -> Submitted:
+    dataset = checked(client.post("/api/v1/datasets", files={"file": (bench.filename, bench.content, "text/csv")}))
+    submitted = Submitted(bench, dataset["id"])
+    for seed in seeds:
+        for cell in CELLS:
+            job = checked(client.post("/api/v1/jobs", json=default_spec(bench, dataset["id"], cell, seed)))
+            submitted.default_jobs.append(job["id"])
+    if sweep_seeds:
+        base = default_spec(bench, dataset["id"], "lstm", 0)
+        base.pop("training")
+        body = {"name": f"{bench.name} sweep", "base": base, "grid": SWEEPS[bench.task], "seeds": sweep_seeds}
+        submitted.sweep_id = checked(client.post("/api/v1/sweeps", json=body))["id"]
+    return submitted
+
+
+def wait_for(client: httpx.Client, job_ids: list[str]) -> list[dict[str, Any]]:
+    jobs: dict[str, dict[str, Any]] = {}
+    while len(jobs) < len(job_ids):
+        for job_id in job_ids:
+            if job_id not in jobs:
+                job = checked(client.get(f"/api/v1/jobs/{job_id}"))
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    if job["status"] != "succeeded":
+                        raise SystemExit(f"job {job_id} ({job['name']}) {job['status']}: {job.get('error')}")
+                    jobs[job_id] = job
+        if len(jobs) < len(job_ids):
+            time.sleep(2)
+    return [jobs[j] for j in job_ids]
+
+
+def sweep_jobs(client: httpx.Client, sweep_id: str) -> list[str]:
+    page = checked(client.get("/api/v1/jobs", params={"sweep_id": sweep_id, "limit": 500}))
+    return [job["id"] for job in page["items"]]
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@dataclass
+class Row:
+    name: str
+    metric: str
+    defaults: list[float]
+    best_setting: str
+    best_mean: float
+    references: dict[str, float]
+    settings_seen: str
+    collapsed: int
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "accuracy"
+
+    def beats_references(self) -> bool:
+        if self.higher_is_better:
+            return all(v > ref for v in self.defaults for ref in self.references.values())
+        return all(v < ref for v in self.defaults for ref in self.references.values())
+
+    def near_best(self) -> bool:
+        mean = statistics.mean(self.defaults)
+        if self.higher_is_better:
+            return mean >= self.best_mean - ACCURACY_TOLERANCE
+        return mean <= self.best_mean * (1 + MAE_TOLERANCE)
+
+    def passes(self) -> bool:
+        return self.beats_references() and self.near_best()
+
+
+def test_value(job: dict[str, Any], metric: str) -> float:
+    return float(job["summary"]["test"][metric])
+
+
+def score(client: httpx.Client, submitted: Submitted) -> Row:
+    bench = submitted.bench
+    defaults = wait_for(client, submitted.default_jobs)
+    values = [test_value(job, bench.metric) for job in defaults]
+    collapsed, test_windows = 0, 0
+    for job in defaults:
+        evaluation = checked(client.get(f"/api/v1/jobs/{job['id']}/evaluation"))
+        collapsed += any("never moved" in note for note in evaluation.get("notes", []))
+        test_windows = int(evaluation["num_examples"]["test"])
+    by_setting: dict[str, list[float]] = {}
+    if submitted.sweep_id is not None:
+        for job in wait_for(client, sweep_jobs(client, submitted.sweep_id)):
+            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted((job["setting"] or {}).items()))
+            by_setting.setdefault(label, []).append(test_value(job, bench.metric))
+    means = {label: statistics.mean(v) for label, v in by_setting.items()}
+    pick = max if bench.metric == "accuracy" else min
+    best = pick(means, key=lambda label: means[label]) if means else "-"
+    if bench.task == "classification":
+        references = {"1nn_euclidean": nearest_neighbour_accuracy(bench)}
+    else:
+        references = forecast_references(bench, test_windows)
+    resolved = defaults[0]["spec"]
+    settings_seen = (
+        f"batch {resolved['training']['batch_size']}, epochs {resolved['training']['epochs']}, "
+        f"scaling {resolved['data']['scaling']}, schedule {resolved['training']['schedule']}"
+    )
+    return Row(
+        bench.name, bench.metric, values, best, means.get(best, float("nan")), references, settings_seen, collapsed
+    )
+
+
+def format_row(row: Row) -> str:
+    digits = 3 if row.metric == "accuracy" else 2
+    refs = ", ".join(f"{k} {v:.{digits}f}" for k, v in row.references.items())
+    mean, std = statistics.mean(row.defaults), statistics.pstdev(row.defaults)
+    worst = min(row.defaults) if row.higher_is_better else max(row.defaults)
+    verdict = "pass" if row.passes() else ("below reference" if not row.beats_references() else "far from best")
+    return (
+        f"| {row.name} | {row.metric} | {mean:.{digits}f} ± {std:.{digits}f} | {worst:.{digits}f} | "
+        f"{row.best_mean:.{digits}f} ({row.best_setting}) | {refs} | {verdict} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="*", default=None, help="data set names (default: all)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the default-spec jobs")
+    parser.add_argument("--sweep-seeds", type=int, default=2, help="seeds of each swept setting")
+    parser.add_argument("--concurrency", type=int, default=2, help="jobs the worker runs at a time")
+    parser.add_argument("--no-sweep", action="store_true")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    sets = bench_sets(args.sets)
+    seeds = list(range(args.seeds))
+    with tempfile.TemporaryDirectory(prefix="rnnlab-quality-") as tmp:
+        service = start_service(Path(tmp), args.concurrency)
+        try:
+            with service.client() as client:
+                sweep_seeds = [] if args.no_sweep else list(range(args.sweep_seeds))
+                submitted = [submit(client, bench, seeds, sweep_seeds) for bench in sets]
+                rows = []
+                for item in submitted:
+                    rows.append(score(client, item))
+                    # Row by row as data sets finish, so a long run shows its progress.
+                    took = time.perf_counter() - started
+                    print(f"{format_row(rows[-1])}  ({took:.0f} s)", file=sys.stderr, flush=True)
+        finally:
+            service.stop()
+    print("| data set | metric | default mean ± std | worst default | best swept (setting) | reference | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(format_row(row))
+    print()
+    for row in rows:
+        print(f"{row.name}: defaults resolved to {row.settings_seen} (lstm seed 0)")
+        if row.collapsed:
+            print(f"{row.name}: {row.collapsed} default run(s) noted a training loss that never moved")
+    print(f"wall time {time.perf_counter() - started:.0f} s, worker concurrency {args.concurrency}")
+    passed = sum(row.passes() for row in rows)
+    print(
+        f"quality: {passed}/{len(rows)} data sets where every default run beats the baselines and sits within "
+        "3 points (10% MAE) of the best swept setting"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""How the data-aware defaults were chosen: the engine, in-process, on the bench's data sets only.
+
+Runs default-spec jobs (3 seeds × {lstm, gru}) with one option overridden per variant and prints
+the test metric per data set and variant (mean ± std, min), so that each default in
+``worker/engine/defaults.py`` can be read off a measurement. Faster than ``bench/quality.py`` (no
+service), and never used on the held-out data sets.
+
+    python bench/quality_tune.py --sets ArrowHead JapaneseVowels \\
+        --variant base= --variant no_bias=model.forget_gate_bias:null --variant mean=model.pooling:mean
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from quality_data import BenchSet, bench_sets  # noqa: E402
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``name=path:json,path:json`` → (name, {path: value})."""
+    name, _, rest = text.partition("=")
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        path, _, value = item.partition(":")
+        overrides[path] = json.loads(value)
+    return name, overrides
+
+
+def build_spec(bench: BenchSet, cell: str, seed: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "dataset_id": bench.name,
+        "task": bench.task,
+        "data": json.loads(json.dumps(bench.data)),
+        "model": {"cell": cell},
+        "training": {"seed": seed},
+        "evaluation": {"bootstrap_samples": 0, "attribution": False},
+        "device": "cpu",
+    }
+    for path, value in overrides.items():
+        section, name = path.split(".", 1)
+        spec.setdefault(section, {})[name] = value
+    return spec
+
+
+def run_one(args: tuple[str, str, str, int, dict[str, Any]]) -> tuple[str, str, float, float, int]:
+    import pyarrow.csv as pacsv
+    import torch
+
+    from worker.engine import JobSpec, train_and_evaluate
+
+    torch.set_num_threads(1)
+    set_name, variant, cell, seed, overrides = args
+    bench = next(b for b in SETS if b.name == set_name)
+    table = pacsv.read_csv(io.BytesIO(bench.content))
+    spec = JobSpec.model_validate(build_spec(bench, cell, seed, overrides))
+    started = time.perf_counter()
+    result = train_and_evaluate(spec, table)
+    assert result.evaluation is not None
+    value = float(result.evaluation["metrics"]["test"][bench.metric])
+    return set_name, variant, value, time.perf_counter() - started, result.epochs_run
+
+
+SETS: list[BenchSet] = []
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="*", default=None)
+    parser.add_argument("--variant", action="append", default=[], help="name=path:json,… (empty: the defaults)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--cells", nargs="*", default=["lstm", "gru"])
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args()
+    SETS.extend(bench_sets(args.sets))
+    variants = [parse_variant(v) for v in args.variant] or [("base", {})]
+    tasks = [
+        (b.name, name, cell, seed, overrides)
+        for b in SETS
+        for name, overrides in variants
+        for cell in args.cells
+        for seed in range(args.seeds)
+    ]
+    results: dict[tuple[str, str], list[float]] = {}
+    seconds: dict[tuple[str, str], float] = {}
+    with ProcessPoolExecutor(args.workers) as pool:
+        for set_name, variant, value, took, epochs in pool.map(run_one, tasks):
+            results.setdefault((set_name, variant), []).append(value)
+            seconds[(set_name, variant)] = seconds.get((set_name, variant), 0.0) + took
+            print(f"  {set_name} {variant}: {value:.4f} ({took:.0f} s, {epochs} epochs)", flush=True)
+    for b in SETS:
+        for name, _ in variants:
+            values = results[(b.name, name)]
+            print(
+                f"{b.name:16s} {name:14s} {b.metric} {statistics.mean(values):.4f} ± "
+                f"{statistics.pstdev(values):.4f}  min {min(values):.4f} max {max(values):.4f}  "
+                f"({seconds[(b.name, name)]:.0f} s)"
+            )
+
+
+if __name__ == "__main__":
+    main()

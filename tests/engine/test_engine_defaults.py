@@ -1,0 +1,344 @@
+"""Data-aware defaults: resolution rules, schedules, pooling, per-example scaling, residual forecasts."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from worker.engine import JobSpec, load_predictor, train_and_evaluate
+from worker.engine.defaults import PREVIOUS_DEFAULTS, TrainingShape, resolve_defaults, unresolved_fields
+from worker.engine.models import RecurrentModel
+from worker.engine.scaling import Scaler, fit_scaler
+from worker.engine.spec import ModelSpec, TrainingSpec
+from worker.engine.splits import split_indices
+from worker.engine.training import StepSchedule
+
+from .engine_fixtures import separable_arrays, sine_table
+
+
+def bare_spec(task: str = "classification", layout: str = "arrays", **sections: Any) -> JobSpec:
+    """A spec with every default left alone (what a new user sends)."""
+    data = {"layout": layout, "target": "y" if layout != "series" else "value"}
+    body: dict[str, Any] = {"dataset_id": "ds", "task": task, "data": data, "device": "cpu"}
+    for key, value in sections.items():
+        body[key] = {**body.get(key, {}), **value}
+    return JobSpec.model_validate(body)
+
+
+def save_and_load(artifact: dict[str, Any]) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    torch.save(artifact, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+# ---------------------------------------------------------------- resolution rules
+
+
+@pytest.mark.parametrize(
+    ("train_examples", "batch_size", "epochs"),
+    [
+        (31, 8, 375),  # tiny: 4 steps an epoch → 375 epochs for 1,500 steps
+        (1_000, 32, 47),  # medium: √1000 ≈ 32, 32 steps an epoch
+        (200_000, 256, 30),  # large: batch capped at 256, at least 30 epochs
+        (1, 8, 1_000),  # one example: the epoch cap
+    ],
+)
+def test_budget_resolves_from_the_training_set_size(train_examples: int, batch_size: int, epochs: int) -> None:
+    spec = resolve_defaults(bare_spec(), TrainingShape(train_examples, 5))
+    assert spec.training.batch_size == batch_size and spec.training.epochs == epochs
+    steps = epochs * math.ceil(train_examples / batch_size)
+    assert spec.training.warmup_steps == min(500, round(0.05 * steps))
+    assert spec.training.early_stopping_patience == max(10, math.ceil(0.5 * epochs))
+    assert spec.training.early_stopping_min_delta == 0.001
+    assert spec.training.schedule == "one_cycle"
+    assert unresolved_fields(spec) == []
+    # The resolved spec is a plain, valid spec that resolves to itself.
+    assert JobSpec.model_validate(spec.normalized()) == spec
+    assert resolve_defaults(spec, TrainingShape(7, 1)) == spec
+
+
+def test_explicit_values_always_win_over_auto() -> None:
+    explicit = {
+        "batch_size": 16,
+        "early_stopping_patience": 3,
+        "early_stopping_min_delta": 0.0,
+        "schedule": "cosine",
+        "warmup_steps": 7,
+    }
+    spec = resolve_defaults(
+        bare_spec(data={"scaling": "minmax"}, model={"pooling": "max", "forget_gate_bias": 0.5}, training=explicit),
+        TrainingShape(1_000, 100),
+    )
+    assert spec.training.batch_size == 16 and spec.training.epochs == 30  # 63 steps an epoch: the floor
+    for name, value in explicit.items():
+        assert getattr(spec.training, name) == value
+    assert spec.data.scaling == "minmax" and spec.model.pooling == "max" and spec.model.forget_gate_bias == 0.5
+    # Auto epochs follow an explicit batch size: 1,500 steps of 31 examples at batch 4 is 188 epochs.
+    small = resolve_defaults(bare_spec(training={"batch_size": 4}), TrainingShape(31, 5))
+    assert small.training.epochs == 188
+
+
+def test_explicit_epochs_keep_the_previous_behaviour() -> None:
+    spec = resolve_defaults(bare_spec(training={"epochs": 50}), TrainingShape(31, 5))
+    assert spec.training.epochs == 50
+    resolved = {
+        "data.scaling": spec.data.scaling,
+        "model.pooling": spec.model.pooling,
+        "model.forget_gate_bias": spec.model.forget_gate_bias,
+        "model.residual": spec.model.residual,
+        "training.batch_size": spec.training.batch_size,
+        "training.early_stopping_patience": spec.training.early_stopping_patience,
+        "training.early_stopping_min_delta": spec.training.early_stopping_min_delta,
+        "training.schedule": spec.training.schedule,
+        "training.warmup_steps": spec.training.warmup_steps,
+    }
+    assert resolved == PREVIOUS_DEFAULTS
+    # …and explicit values still win there too.
+    mixed = resolve_defaults(bare_spec(training={"epochs": 50, "schedule": "cosine"}), TrainingShape(31, 5))
+    assert mixed.training.schedule == "cosine" and mixed.training.batch_size == 64
+
+
+def test_scaling_pooling_residual_and_bias_depend_on_task_channels_and_length() -> None:
+    univariate = resolve_defaults(bare_spec(), TrainingShape(100, 10, channels=1, steps=251))
+    assert univariate.data.scaling == "per_example"
+    assert univariate.model.forget_gate_bias == 1.0 and univariate.model.pooling == "mean"  # long
+    multichannel = resolve_defaults(bare_spec(), TrainingShape(100, 10, channels=12, steps=29))
+    assert multichannel.data.scaling == "standard"
+    assert multichannel.model.forget_gate_bias is None and multichannel.model.pooling == "last"  # short
+    regression = resolve_defaults(bare_spec("regression"), TrainingShape(100, 10, channels=1))
+    assert regression.data.scaling == "standard" and regression.model.residual == "none"
+    forecast = resolve_defaults(bare_spec("forecast", "series"), TrainingShape(100, 10, steps=100))
+    assert forecast.data.scaling == "standard" and forecast.model.residual == "last_value"
+    assert forecast.model.pooling == "last"  # a forecast reads the end of its window, however long
+    assert forecast.model.forget_gate_bias == 1.0
+    exogenous = bare_spec("forecast", "series", data={"features": ["other"]})
+    assert resolve_defaults(exogenous, TrainingShape(100, 10)).model.residual == "none"
+    gru = resolve_defaults(bare_spec(model={"cell": "gru"}), TrainingShape(100, 10, steps=251))
+    assert gru.model.forget_gate_bias is None
+
+
+def test_specs_refuse_options_that_cannot_apply() -> None:
+    with pytest.raises(ValueError, match="per_example' would remove each window's level"):
+        bare_spec("forecast", "series", data={"scaling": "per_example"})
+    with pytest.raises(ValueError, match="residual 'last_value' is for task 'forecast'"):
+        bare_spec(model={"residual": "last_value"})
+    with pytest.raises(ValueError, match="needs the target among data.features"):
+        bare_spec("forecast", "series", data={"features": ["other"]}, model={"residual": "last_value"})
+
+
+# ---------------------------------------------------------------- validation part
+
+
+def test_stratified_split_always_has_a_validation_example() -> None:
+    labels = np.array([0] * 3 + [1] * 3)  # 15% of 3 rounds to 0 in every class
+    split = split_indices(
+        "stratified", 6, val_fraction=0.15, test_fraction=0.34, rng=np.random.default_rng(0), labels=labels
+    )
+    assert len(split.val) == 1 and len(split.train) + len(split.val) + len(split.test) == 6
+    none = split_indices(
+        "stratified", 6, val_fraction=0.0, test_fraction=0.34, rng=np.random.default_rng(0), labels=labels
+    )
+    assert len(none.val) == 0  # the spec said none
+
+
+def test_split_column_carves_a_stratified_validation_part() -> None:
+    labels = np.array([0] * 30 + [1] * 10 + [2] * 2 + [0] * 20)
+    split_labels = np.array(["train"] * 42 + ["test"] * 20)
+    split = split_indices(
+        "column", 62, val_fraction=0.15, test_fraction=0.15, rng=np.random.default_rng(0),
+        labels=labels, split_labels=split_labels,
+    )  # fmt: skip
+    assert len(split.val) == 6  # round(42 × 0.15)
+    val_counts = np.bincount(labels[split.val], minlength=3)
+    assert val_counts.tolist() == [4, 2, 0] or val_counts.tolist() == [4, 1, 1]
+    assert set(labels[split.train]) == {0, 1, 2}  # every class keeps training examples
+    assert set(split.test) == set(range(42, 62))
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def lr_trace(
+    schedule: str, warmup: int, total: int, patience: int = 8, plateau_losses: list[float] | None = None
+) -> list[float]:
+    spec = TrainingSpec(
+        epochs=1, batch_size=1, schedule=schedule, warmup_steps=warmup, early_stopping_patience=patience,
+        learning_rate=0.1, loss="mse",
+    )  # fmt: skip
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    scheduler = StepSchedule(spec, optimizer, total)
+    trace = []
+    for step in range(total):
+        trace.append(scheduler.learning_rate())
+        optimizer.step()
+        scheduler.after_step()
+        if plateau_losses is not None:
+            scheduler.after_epoch(plateau_losses[step])
+    return trace
+
+
+def test_none_schedule_is_constant_after_a_linear_warmup() -> None:
+    assert lr_trace("none", 0, 5) == pytest.approx([0.1] * 5)
+    assert lr_trace("none", 3, 6) == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    trace = lr_trace("cosine", 2, 12)
+    assert trace[:2] == pytest.approx([0.1 / 3, 0.2 / 3])
+    decay = [0.05 * (1 + math.cos(math.pi * k / 10)) for k in range(10)]
+    assert trace[2:] == pytest.approx(decay)
+
+
+def test_one_cycle_peaks_when_the_warmup_ends_and_anneals() -> None:
+    trace = lr_trace("one_cycle", 10, 100)
+    assert trace[0] == pytest.approx(0.1 / 25)  # OneCycleLR's div_factor
+    peak = int(np.argmax(trace))
+    assert trace[peak] == pytest.approx(0.1) and peak == 9  # the warm-up's last step
+    assert all(a < b for a, b in zip(trace[:peak], trace[1 : peak + 1], strict=True))  # rises during warm-up
+    assert all(a >= b for a, b in zip(trace[peak:], trace[peak + 1 :], strict=False))  # then only falls
+    assert trace[-1] < 1e-3
+
+
+def test_plateau_halves_the_rate_when_the_loss_stalls() -> None:
+    losses = [1.0, 0.9, 0.8] + [0.8] * 6
+    trace = lr_trace("plateau", 0, 9, patience=8, plateau_losses=losses)  # plateau patience 8 // 4 = 2
+    assert trace[:6] == pytest.approx([0.1] * 6)
+    assert trace[6] == pytest.approx(0.05)
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_pooling_modes_read_what_they_say() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 3)
+    models = {
+        pooling: RecurrentModel(ModelSpec(cell="gru", hidden_size=5, pooling=pooling), 3, 2)
+        for pooling in ("last", "mean", "max")
+    }
+    state = models["last"].state_dict()
+    for model in models.values():
+        model.load_state_dict(state)
+    outputs, _ = models["last"].rnn(x)
+    head = models["last"].head
+    torch.testing.assert_close(models["last"](x), head(outputs[:, -1]))
+    torch.testing.assert_close(models["mean"](x), head(outputs.mean(dim=1)))
+    torch.testing.assert_close(models["max"](x), head(outputs.max(dim=1).values))
+
+
+def test_lstm_forget_gate_bias_is_set_and_other_gates_are_not() -> None:
+    torch.manual_seed(0)
+    default = RecurrentModel(ModelSpec(cell="lstm", hidden_size=6, num_layers=2, forget_gate_bias=None), 2, 1)
+    torch.manual_seed(0)
+    biased = RecurrentModel(ModelSpec(cell="lstm", hidden_size=6, num_layers=2, forget_gate_bias=1.0), 2, 1)
+    for layer in range(2):
+        ih, hh = (getattr(biased.rnn, f"bias_{k}_l{layer}") for k in ("ih", "hh"))
+        torch.testing.assert_close(ih[6:12] + hh[6:12], torch.ones(6))
+        for name in ("bias_ih", "bias_hh"):
+            before = getattr(default.rnn, f"{name}_l{layer}")
+            after = getattr(biased.rnn, f"{name}_l{layer}")
+            torch.testing.assert_close(torch.cat([before[:6], before[12:]]), torch.cat([after[:6], after[12:]]))
+
+
+# ---------------------------------------------------------------- per-example scaling and artifacts
+
+
+def test_per_example_scaler_round_trips_as_a_dict() -> None:
+    x = np.random.default_rng(0).standard_normal((5, 9, 2)) * 4 + 3
+    scaler = fit_scaler(x, "per_example")
+    again = Scaler.from_dict(scaler.to_dict())
+    scaled = again.transform(x)
+    np.testing.assert_allclose(scaled.mean(axis=1), 0, atol=1e-12)
+    np.testing.assert_allclose(scaled.std(axis=1), 1, atol=1e-12)
+    assert "per_example" not in fit_scaler(x, "standard").to_dict()  # older artifacts read the same
+    with pytest.raises(ValueError, match="no inverse"):
+        scaler.inverse(x)
+
+
+def test_per_example_scaling_survives_the_artifact_and_ignores_level_and_amplitude() -> None:
+    data = separable_arrays(n=160, steps=10, features=1)
+    # Class 1 is a rising ramp, class 0 a falling one; each example gets its own level and amplitude.
+    rng = np.random.default_rng(1)
+    ramp = np.linspace(-1, 1, 10)[None, :, None]
+    shape = np.where(data["y"][:, None, None] == 1, ramp, -ramp) + 0.1 * rng.standard_normal((160, 10, 1))
+    x = (shape * rng.uniform(0.5, 5, (160, 1, 1)) + rng.uniform(-50, 50, (160, 1, 1))).astype(np.float32)
+    spec = bare_spec(training={"epochs": 40, "batch_size": 16, "learning_rate": 0.01}, data={"scaling": "per_example"})
+    spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"attribution": False})})
+    result = train_and_evaluate(spec, {"X": x, "y": data["y"]})
+    assert result.evaluation is not None and result.evaluation["metrics"]["test"]["accuracy"] > 0.9
+    assert result.artifact["scalers"]["x"]["per_example"] is True
+    predictor = load_predictor(save_and_load(result.artifact))
+    first = predictor.predict(x)
+    moved = predictor.predict(x * 3.0 + 100.0)  # the same shapes, elsewhere and larger
+    np.testing.assert_allclose(first["probabilities"], moved["probabilities"], atol=1e-5)
+    accuracy = np.mean(np.array(first["labels"]) == data["y"])
+    assert accuracy > 0.9
+
+
+def test_residual_forecast_follows_a_level_shift_through_the_artifact() -> None:
+    values = 10.0 * np.sin(np.arange(300) / 4.0) + np.arange(300) * 0.2  # a trend leaves the training range
+    spec = bare_spec(
+        "forecast", "series",
+        data={"lookback": 12, "horizon": 2},
+        model={"hidden_size": 16},
+        training={"epochs": 20, "learning_rate": 0.01, "batch_size": 32},
+        evaluation={"attribution": False, "bootstrap_samples": 0},
+    )  # fmt: skip
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"residual": "last_value"})})
+    result = train_and_evaluate(spec, pa.table({"value": values}))
+    assert result.evaluation is not None
+    assert result.evaluation["comparison"]["naive"]["beats"] is True
+    predictor = load_predictor(save_and_load(result.artifact))
+    window = values[-12:][None, :]
+    shifted = np.array(predictor.predict(window + 500.0))
+    np.testing.assert_allclose(shifted, np.array(predictor.predict(window)) + 500.0, rtol=1e-5)
+
+
+def test_artifacts_saved_before_pooling_existed_still_load() -> None:
+    spec = bare_spec("forecast", "series", training={"epochs": 2}, evaluation={"attribution": False})
+    result = train_and_evaluate(spec, sine_table(n=120))
+    artifact = save_and_load(result.artifact)
+    for name in ("pooling", "forget_gate_bias", "residual"):
+        artifact["spec"]["model"].pop(name)
+    predictor = load_predictor(artifact)
+    assert predictor.model.pooling == "last"
+    assert len(predictor.predict(np.zeros((1, 24)))) == 1
+
+
+# ---------------------------------------------------------------- no silent collapse
+
+
+def test_a_run_that_learns_nothing_says_so_in_the_notes() -> None:
+    data = separable_arrays(n=120)
+    flat = {"X": np.zeros_like(data["X"]), "y": data["y"]}  # no signal at all
+    spec = bare_spec(training={"epochs": 5, "batch_size": 16, "learning_rate": 0.02}, evaluation={"attribution": False})
+    result = train_and_evaluate(spec, flat)
+    assert result.evaluation is not None
+    assert any("never moved below that of predicting the majority class" in n for n in result.evaluation["notes"])
+    learned = train_and_evaluate(spec, data)
+    assert learned.evaluation is not None
+    assert not any("never moved" in n for n in learned.evaluation["notes"])
+
+
+def test_a_default_spec_runs_with_resolved_values_in_its_artifact() -> None:
+    spec = bare_spec(
+        "forecast", "series", model={"hidden_size": 4}, evaluation={"attribution": False, "bootstrap_samples": 0}
+    )
+    reports: list[Any] = []
+    # One epoch is enough to see what ran: stop right after it (the artifact is still built).
+    result = train_and_evaluate(
+        spec, sine_table(n=120), device="cpu", on_epoch=reports.append, should_stop=lambda: True
+    )
+    stored = result.artifact["spec"]
+    # 120 rows, lookback 24 → 96 windows, 68 train → batch 8, 9 steps an epoch → 167 epochs.
+    assert stored["training"]["batch_size"] == 8 and stored["training"]["epochs"] == 167
+    assert stored["training"]["schedule"] == "one_cycle" and stored["model"]["residual"] == "last_value"
+    assert reports[0].epochs == 167 and result.cancelled
