@@ -26,9 +26,9 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check app worker tests bench
-	$(BIN)/ruff format --check app worker tests bench
-	$(BIN)/mypy app worker
+	$(BIN)/ruff check app worker rnnlab tests bench
+	$(BIN)/ruff format --check app worker rnnlab tests bench
+	$(BIN)/mypy app worker rnnlab
 
 bench: setup
 	$(BIN)/python bench/engine_vs_raw.py

@@ -53,7 +53,7 @@ def print_rows(
         return
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(cell(row.get(c)) for c in columns))
     Console(soft_wrap=False).print(table)

@@ -37,7 +37,7 @@ def served(embedded_stack: Stack) -> Iterator[Served]:
 
     from app.main import create_app
 
-    embedded_stack.start_worker()
+    embedded_stack.start_worker(queues="default,gpu")  # a cuda job fails clearly on a CPU-only machine
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
