@@ -189,10 +189,11 @@ JOB_COLUMNS = ["id", "name", "status", "cell", "epoch", "main", "created_at"]
 
 
 def job_row(info: dict[str, Any]) -> dict[str, Any]:
-    """A job as one flat row: the main test metric as ``name=value``."""
+    """A job as one flat row: the main test metric (rmse, or accuracy for classification) as ``name=value``."""
     spec, summary = info.get("spec") or {}, info.get("summary") or {}
     test = summary.get("test") or {}
-    main = next(iter(test.items()), None)
+    name = "accuracy" if spec.get("task") == "classification" else "rmse"
+    main = (name, test[name]) if name in test else None
     progress = info.get("progress") or {}
     return {
         "id": info["id"],
