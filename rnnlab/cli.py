@@ -510,15 +510,10 @@ def predict(
     ] = None,
 ) -> None:
     """Offline prediction, no server: windows cut from INPUT the way the job's layout did, predictions out."""
-    from worker.engine import DataError
     from worker.engine.offline import predict_file, write_table
 
-    try:
-        with reported_errors():
-            table = predict_file(model, input_file)
-    except DataError as exc:
-        stderr.print(f"[red]error[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
+    with reported_errors():  # the engine's DataError is a ValueError: one line, exit 1
+        table = predict_file(model, input_file)
     if out is None:
         import pyarrow.csv as pcsv
 

@@ -280,8 +280,9 @@ class Job:
                     if event.event == "status":
                         self.info.update(event.data)
                         current = (event.data.get("attempts"), event.data.get("started_at"))
-                        if current != run:
-                            run, last_epoch = current, 0
+                        if run is not None and current != run:
+                            last_epoch = 0  # a retried or handed-back job starts its epochs again
+                        run = current
                     if event.event == "epoch":
                         if int(event.data["epoch"]) <= last_epoch:
                             continue

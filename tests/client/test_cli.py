@@ -201,3 +201,19 @@ def test_read_commands_take_every_output_format(served: Served, output: str) -> 
             assert isinstance(json.loads(out.stdout), list)
         if output == "csv":
             assert out.stdout.splitlines()[0].startswith("id,")
+
+
+def test_sweeps_submit_follow_show_report(served: Served, tmp_path: Path) -> None:
+    dataset_id = served.stack.upload_csv("sweep-cli.csv", sine_csv(200))
+    body = tmp_path / "sweep.yaml"
+    base = {**forecast_spec(dataset_id), "training": {"epochs": 2, "batch_size": 32}}
+    body.write_text(json.dumps({"name": "seeds", "base": base, "grid": {"model.hidden_size": [4]}, "seeds": [0, 1]}))
+    followed = rnnlab(served, "sweeps", "submit", str(body), "--follow", "--output", "json")
+    assert followed.returncode == 0, followed.stderr
+    report = json.loads(followed.stdout)
+    assert report["complete"] and report["settings"][0]["n"] == 2
+    sweep_id = re.search(r"submitted sweep (\S+)", followed.stderr).group(1)  # type: ignore[union-attr]
+    jobs = list(csv.DictReader(io.StringIO(rnnlab(served, "sweeps", "show", sweep_id, "--output", "csv").stdout)))
+    assert [row["status"] for row in jobs] == ["succeeded", "succeeded"]
+    table = rnnlab(served, "sweeps", "report", sweep_id)
+    assert table.returncode == 0 and "test rmse over seeds" in table.stdout and "2/2 jobs succeeded" in table.stdout

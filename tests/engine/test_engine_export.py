@@ -197,3 +197,29 @@ def test_offline_classification_and_sequences_files(tmp_path: Path) -> None:
     pcsv.write_csv(long_table.slice(0, 4), short)
     with pytest.raises(DataError, match="sequence '0' has 4 steps; the model takes sequences of 6"):
         predict_file(model, short)
+
+
+def test_series_with_groups_predicts_from_each_series_end(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    n = 120
+    t = np.concatenate([np.arange(n), np.arange(n)])
+    values = np.concatenate([np.sin(np.arange(n) / 3), 5 + np.cos(np.arange(n) / 4)])
+    group = ["a"] * n + ["b"] * n
+    order = rng.permutation(2 * n)  # rows in no particular order: the layout sorts by (group, t)
+    table = pa.table({"g": [group[i] for i in order], "t": t[order], "v": values[order]})
+    spec = make_spec(
+        "forecast",
+        {"layout": "series", "target": "v", "group_column": "g", "order_column": "t", "lookback": 8},
+        model={"cell": "gru", "hidden_size": 4},
+        training={"epochs": 1},
+        evaluation={"bootstrap_samples": 0, "attribution": False},
+    )
+    model_path, csv_path = tmp_path / "m.pt", tmp_path / "g.csv"
+    torch.save(train_and_evaluate(spec, table).artifact, model_path)
+    pcsv.write_csv(table, csv_path)
+    predictions = predict_file(model_path, csv_path)
+    assert predictions.column_names == ["row", "g", "t", "prediction"]
+    last_b = predictions.num_rows - 1
+    assert predictions.column("g")[last_b].as_py() == "b" and predictions.column("t")[last_b].as_py() == n - 1
+    expected = load_predictor(torch.load(model_path, weights_only=True)).predict(values[None, -8:, None])
+    np.testing.assert_allclose(predictions.column("prediction")[last_b].as_py(), expected[0][0], rtol=1e-6)

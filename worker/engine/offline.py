@@ -69,8 +69,9 @@ def _series(spec: JobSpec, steps: int, features: list[str], table: pa.Table) -> 
     order, runs = _group_runs(table, d.group_column, d.order_column)
     xs: list[np.ndarray] = []
     index: dict[str, list[Any]] = {"row": []}
-    if d.group_column:
-        index[d.group_column] = []
+    # The group and the order value of each window's last row say which step it forecasts from.
+    labels = {c: table.column(c).to_pylist() for c in (d.group_column, d.order_column) if c}
+    index.update({c: [] for c in labels})
     for name, a, b in runs:
         rows = order[a:b]
         if b - a < steps:
@@ -81,8 +82,8 @@ def _series(spec: JobSpec, steps: int, features: list[str], table: pa.Table) -> 
         windows = np.lib.stride_tricks.sliding_window_view(values_all[rows], steps, axis=0)  # [W, F, T]
         xs.append(windows[ends - steps + 1].transpose(0, 2, 1))
         index["row"] += rows[ends].tolist()
-        if d.group_column:
-            index[d.group_column] += [name] * len(ends)
+        for column, values in labels.items():
+            index[column] += [values[r] for r in rows[ends]]
     return PredictionWindows(np.ascontiguousarray(np.concatenate(xs)), index)
 
 
