@@ -33,6 +33,7 @@ lint: setup
 bench: setup
 	$(BIN)/python bench/engine_vs_raw.py
 	$(BIN)/python bench/job_overhead.py
+	$(BIN)/python bench/export_models.py
 
 clean:
 	rm -rf $(VENV) .rnnlab

@@ -132,10 +132,13 @@ def export_model(artifact: dict[str, Any], model_format: str) -> bytes:
 class OnnxPredictor:
     """``Predictor``'s interface on an exported ONNX model, run with onnxruntime (no torch graph)."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, threads: int | None = None) -> None:
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
         props = self.session.get_modelmeta().custom_metadata_map
         metadata = {k.removeprefix("rnnlab."): v for k, v in props.items() if k.startswith("rnnlab.")}
         facts = artifact_from_metadata(metadata, {})
