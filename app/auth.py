@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import SessionDep
-from app.errors import AppError
+from app.errors import AppError, Unauthorized
 from app.models import ApiKey, Project, utcnow
 
 KEY_PREFIX = "rnl_"
@@ -62,7 +62,7 @@ def revoke_key(session: Session, key_id_or_prefix: str) -> int:
 
 
 def _unauthorized(message: str) -> AppError:
-    err = AppError(401, "unauthorized", message)
+    err = Unauthorized("unauthorized", message)
     return err
 
 

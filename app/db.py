@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
+from app.errors import not_found
 
 _state: dict[str, Any] = {"pid": None, "engine": None, "factory": None}
 
@@ -51,7 +52,7 @@ def get_engine() -> Engine:
 
 
 def reset_engine() -> None:
-    """Forget the engine (tests change settings between runs)."""
+    """Forget the engine: in a freshly forked worker process, or after the settings changed."""
     if _state["engine"] is not None and _state["pid"] == os.getpid():
         _state["engine"].dispose()
     _state.update(pid=None, engine=None, factory=None)
@@ -72,3 +73,20 @@ def get_db() -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
+
+
+class ProjectScoped(Protocol):
+    id: Any
+    project_id: Any
+
+
+Row = TypeVar("Row", bound=ProjectScoped)
+
+
+def get_scoped(session: Session, model: type[Row], project_id: str, item_id: str, kind: str) -> Row:
+    """The project's row of ``model`` with this id; 404 ``{kind}_not_found`` when it is missing or
+    another project's (the two are indistinguishable on purpose)."""
+    row = session.get(model, item_id)
+    if row is None or row.project_id != project_id:
+        raise not_found(kind, item_id)
+    return row

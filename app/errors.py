@@ -1,32 +1,171 @@
-"""One domain exception type and the handlers that turn every error into the one error body."""
+"""Errors by meaning, the one error body, and the handlers that turn every error into it.
+
+Code raises a kind (``NotFound``, ``Conflict``, ``InvalidInput``, …) with a stable ``code`` from
+:data:`ERROR_CODES`; the kind carries the HTTP status, so no HTTP numbers sit in domain code.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
 
+# Every error code the API answers with: code → (status, when). Served in the OpenAPI docs (the
+# ErrorBody schema) and in docs/api.md; a test checks that code raises no code missing here.
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "invalid_where": (400, "the `where` filter cannot be read or names an unknown field or metric"),
+    "invalid_sort": (400, "the `sort` parameter names an unknown field or metric"),
+    "invalid_cursor": (400, "the `cursor` is not one this server issued"),
+    "invalid_multipart": (400, "the upload is not a readable multipart/form-data body"),
+    "upload_interrupted": (400, "the client disconnected before the upload finished"),
+    "too_many_jobs": (400, "more jobs than allowed in one request (compare) or one sweep (422)"),
+    "invalid_metric": (422, "a metric name that does not exist"),
+    "unauthorized": (401, "no API key, or a key that is unknown or revoked"),
+    "not_found": (404, "no such route or file"),
+    "dataset_not_found": (404, "no dataset with this id in your project"),
+    "job_not_found": (404, "no job with this id in your project"),
+    "sweep_not_found": (404, "no sweep with this id in your project"),
+    "method_not_allowed": (405, "the route exists but not for this method"),
+    "job_finished": (409, "the job already finished (e.g. cancel of a succeeded job)"),
+    "job_active": (409, "the job is queued or running; cancel it first"),
+    "job_in_sweep": (409, "the job belongs to a sweep; delete the sweep instead"),
+    "sweep_active": (409, "the sweep has queued or running jobs; cancel it first"),
+    "evaluation_not_ready": (409, "the job has not succeeded, so it has no evaluation yet"),
+    "model_not_ready": (409, "the job has not succeeded, so it has no model yet"),
+    "dataset_in_use": (409, "a queued or running job uses the dataset"),
+    "dataset_referenced": (409, "finished jobs or sweeps still point at the dataset"),
+    "file_too_large": (413, "the upload (or its decompressed content) is over the size limit"),
+    "too_large": (413, "the request body is over the size limit"),
+    "unsupported_format": (415, "the file is not CSV, CSV.gz, Parquet or NPZ, or its content is not its format"),
+    "unsupported_media_type": (415, "the request is not multipart/form-data"),
+    "validation_error": (422, "the request body or a parameter does not match its schema"),
+    "invalid_spec": (422, "the job spec is invalid; details name each field"),
+    "invalid_grid": (422, "a sweep grid value is invalid; details name it"),
+    "spec_does_not_fit_dataset": (422, "the spec cannot run on this dataset (missing column, too short, …)"),
+    "invalid_inputs": (422, "prediction inputs are not a finite array of the model's shape"),
+    "invalid_filename": (422, "the uploaded file name is empty, a path, or not allowed"),
+    "invalid_encoding": (422, "the text is not UTF-8"),
+    "unparseable_csv": (422, "the CSV cannot be parsed (ragged rows, bad quoting); the message names the line"),
+    "no_columns": (422, "the table has no columns"),
+    "invalid_gzip": (422, "the .csv.gz file is not a readable gzip stream"),
+    "invalid_parquet": (422, "the file is not a readable Parquet file"),
+    "invalid_npz": (422, "the file is not a readable NPZ of numeric arrays"),
+    "no_arrays": (422, "the NPZ holds no arrays"),
+    "object_array": (422, "an NPZ array holds Python objects (pickles are never loaded)"),
+    "duplicate_columns": (422, "two columns have the same name"),
+    "no_rows": (422, "the table has a header but no rows"),
+    "empty_file": (422, "the uploaded file is empty"),
+    "column_not_found": (422, "a column named in the request does not exist in the dataset"),
+    "array_not_found": (422, "an array named in the request does not exist in the NPZ"),
+    "internal_error": (500, "a bug: nothing a client sent should cause it"),
+    "not_ready": (503, "the database or the broker does not answer (readiness)"),
+    "dataset_file_missing": (503, "the dataset's stored file is missing from storage"),
+}
+
 
 class AppError(Exception):
-    """An error a client can act on: carries its HTTP status, a stable code and a message."""
+    """An error a client can act on: a stable code, a message, and optional details.
 
-    def __init__(self, status_code: int, code: str, message: str, details: Any = None) -> None:
+    Raise one of the kinds below; each fixes the HTTP status for its meaning.
+    """
+
+    status_code: ClassVar[int] = 400
+
+    def __init__(self, code: str, message: str, details: Any = None) -> None:
         super().__init__(message)
-        self.status_code = status_code
         self.code = code
         self.message = message
         self.details = details
 
+    def with_message(self, message: str, details: Any = None) -> AppError:
+        """The same kind and code with another message (e.g. naming the sweep value that caused it)."""
+        return type(self)(self.code, message, self.details if details is None else details)
 
-def not_found(kind: str, item_id: str) -> AppError:
-    return AppError(404, f"{kind}_not_found", f"{kind} '{item_id}' not found")
+
+class BadRequest(AppError):
+    """Query parameters that cannot be read (filters, sorts, cursors, multipart framing)."""
+
+    status_code = 400
+
+
+class Unauthorized(AppError):
+    status_code = 401
+
+
+class NotFound(AppError):
+    """Not there, or not in the caller's project (the two are indistinguishable on purpose)."""
+
+    status_code = 404
+
+
+class Conflict(AppError):
+    """The request is valid but the object's state does not allow it now."""
+
+    status_code = 409
+
+
+class TooLarge(AppError):
+    status_code = 413
+
+
+class UnsupportedFormat(AppError):
+    status_code = 415
+
+
+class InvalidInput(AppError):
+    """A body, spec or file that is well-formed but not valid; details name the field."""
+
+    status_code = 422
+
+
+class Unavailable(AppError):
+    """Something the server depends on is missing or down; trying again later may work."""
+
+    status_code = 503
+
+
+def not_found(kind: str, item_id: str) -> NotFound:
+    return NotFound(f"{kind}_not_found", f"{kind} '{item_id}' not found")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="A stable code; the list is in this schema's description.")
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    """The one error body of every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+def error_codes_markdown() -> str:
+    return "\n".join(f"- `{code}` ({status}): {when}" for code, (status, when) in ERROR_CODES.items())
+
+
+ErrorDetail.model_config["json_schema_extra"] = {"description": "Error codes:\n\n" + error_codes_markdown()}
+ErrorDetail.model_rebuild(force=True)
+
+# The statuses every API route may answer besides its success status, for the OpenAPI docs.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "Unreadable query parameter (`invalid_where`, `invalid_sort`, `invalid_cursor`)"),
+        (401, "Missing, unknown or revoked API key"),
+        (404, "Not found in your project"),
+        (409, "Not allowed in the object's current state"),
+        (422, "Invalid body, spec or parameter; `details` names each field"),
+    )
+}
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:

@@ -23,6 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from app.jobs.status import JobStatus
+
 # Stable constraint names, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -123,10 +125,6 @@ class Sweep(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
-
-
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -141,7 +139,7 @@ class Job(Base):
     setting: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     setting_key: Mapped[str | None] = mapped_column(String(500), nullable=True)
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     task: Mapped[str] = mapped_column(String(32))
     cell: Mapped[str] = mapped_column(String(16))

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import Select
 from sqlalchemy.orm import Session
 
-from app.errors import AppError
+from app.errors import BadRequest
 
 T = TypeVar("T")
 # Cursors only ever hold offsets this API produced; anything beyond is forged (and would overflow SQL).
@@ -44,7 +44,7 @@ def _decode(cursor: str | None) -> int:
             raise ValueError
         return offset
     except Exception as exc:  # any malformed cursor is the client's error
-        raise AppError(400, "invalid_cursor", "cursor is not a next_cursor returned by this API") from exc
+        raise BadRequest("invalid_cursor", "cursor is not a next_cursor returned by this API") from exc
 
 
 def _encode(offset: int) -> str:

@@ -93,10 +93,6 @@ def configure(monkeypatch: pytest.MonkeyPatch, home: Path, **env: str) -> None:
         monkeypatch.setenv(f"RNNLAB_{key.upper()}", value)
     get_settings.cache_clear()
     reset_engine()
-    import worker.celery_app as celery_module
-
-    # The Celery app reads its broker from Settings once; rebuild it for this test's settings.
-    monkeypatch.setattr(celery_module, "celery_app", celery_module.make_celery())
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -111,8 +107,8 @@ def env(
     """A migrated, empty database (SQLite or PostgreSQL) and a fresh home; returns the RNNLAB_* env."""
     values = {"HOME": str(tmp_path / "home")}
     if backend == "postgres":
+        # This test session's own schema; _prepare_database empties it for each test.
         values["DATABASE_URL"] = request.getfixturevalue("postgres_schema_url")
-        # PostgreSQL runs are separate databases per test session only; keep the embedded DB name unique.
     configure(monkeypatch, tmp_path / "home", **{k: v for k, v in values.items() if k != "HOME"})
     _prepare_database(get_settings().database_url)
     yield {f"RNNLAB_{k}": v for k, v in values.items()}

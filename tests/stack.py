@@ -158,9 +158,6 @@ def running_stack(env: dict[str, str], tmp: Path, monkeypatch: Any) -> Iterator[
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     reset_engine()
-    import worker.celery_app as celery_module
-
-    monkeypatch.setattr(celery_module, "celery_app", celery_module.make_celery())
     _prepare_database(get_settings().database_url)
     headers = {"Authorization": f"Bearer {make_key('integration')}"}
     log_dir = tmp / "logs"

@@ -58,12 +58,10 @@ def test_readyz_503_when_database_unreachable(tmp_path, monkeypatch) -> None:
 def test_readyz_503_when_broker_unreachable(sqlite_env, monkeypatch, tmp_path) -> None:
     from fastapi.testclient import TestClient
 
-    import worker.celery_app as celery_module
     from app.main import create_app
     from tests.conftest import configure
 
     configure(monkeypatch, tmp_path / "home", broker_url="redis://127.0.0.1:1/0")
-    monkeypatch.setattr(celery_module, "celery_app", celery_module.make_celery())
     with TestClient(create_app()) as c:
         r = c.get("/readyz")
     assert r.status_code == 503 and "broker" in r.json()["error"]["message"]

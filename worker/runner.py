@@ -12,16 +12,31 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import delete, insert
+from sqlalchemy import insert
 from sqlalchemy.exc import DBAPIError
 
 from app.config import get_settings
+from app.datasets.loading import load_dataset_data
 from app.db import new_session
+from app.errors import AppError
 from app.jobs import state
+from app.jobs.status import JobStatus
 from app.models import Dataset, EpochMetric, Evaluation, Job, JobMetric
 from app.storage import get_storage
+from worker.engine import (
+    DataError,
+    DeviceUnavailable,
+    EngineResult,
+    EpochReport,
+    JobSpec,
+    TrainingDiverged,
+    resolve_device,
+    train_and_evaluate,
+)
+from worker.engine.results import Timings
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +75,6 @@ class JobFailure(Exception):
 
 def classify_error(exc: BaseException) -> JobFailure:
     """Map an exception from loading or training to (error.type, message)."""
-    from app.errors import AppError
-    from worker.engine import DataError, TrainingDiverged
-
     if isinstance(exc, JobFailure):
         return exc
     if isinstance(exc, AppError):  # e.g. the dataset's stored file is missing
@@ -71,6 +83,8 @@ def classify_error(exc: BaseException) -> JobFailure:
         return JobFailure("data_error", str(exc))
     if isinstance(exc, TrainingDiverged):
         return JobFailure("diverged", str(exc))
+    if isinstance(exc, DeviceUnavailable):
+        return JobFailure("device_unavailable", str(exc))
     text = str(exc)
     if isinstance(exc, MemoryError) or "out of memory" in text.lower():
         return JobFailure(
@@ -119,11 +133,11 @@ class Heartbeat(threading.Thread):
         self._stop_event.set()
 
 
-def _metric_rows(job_id: str, values: dict[str, dict[str, Any]], epoch: int | None = None) -> list[dict[str, Any]]:
+def _metric_rows(
+    job_id: str, values: Mapping[Any, Mapping[str, Any]], epoch: int | None = None
+) -> list[dict[str, Any]]:
     rows = []
     for split, metrics in values.items():
-        if not isinstance(metrics, dict):
-            continue
         for name, value in metrics.items():
             if value is None or isinstance(value, int | float):
                 row = {"job_id": job_id, "split": split, "name": name, "value": value}
@@ -135,8 +149,6 @@ def _metric_rows(job_id: str, values: dict[str, dict[str, Any]], epoch: int | No
 
 def run_job(job_id: str, worker_id: str | None = None) -> str | None:
     """Run one job if it can be claimed; returns its final status (None when not claimed)."""
-    from worker.engine import EpochReport, JobSpec, train_and_evaluate
-
     settings = get_settings()
     worker_id = worker_id or worker_identity()
     if shutting_down():
@@ -154,23 +166,17 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         dataset = session.get(Dataset, job.dataset_id)
         spec_dict = dict(job.spec)
         epochs = int(spec_dict["training"]["epochs"])
-        # Metrics of an earlier, lost attempt would mix with this one's.
-        session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
-        session.execute(delete(JobMetric).where(JobMetric.job_id == job_id))
-        session.execute(delete(Evaluation).where(Evaluation.job_id == job_id))
-        session.commit()
 
-    heartbeat = Heartbeat(claim, settings.lease_seconds, float(settings.heartbeat_seconds or 1.0))
+    assert settings.heartbeat_seconds is not None  # Settings fills it in from lease_seconds
+    heartbeat = Heartbeat(claim, settings.lease_seconds, settings.heartbeat_seconds)
     heartbeat.start()
     log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker_id)
     try:
         if dataset is None:
             raise JobFailure("data_error", f"dataset '{job.dataset_id}' no longer exists")
-        from app.datasets.service import load_dataset_data
-
         spec = JobSpec.model_validate(spec_dict)
         data = load_dataset_data(dataset)
-        device = resolve_device(spec.device)
+        device = resolve_device(spec.device).type
         try:
             with new_session() as session:
                 state.renew_lease(session, claim, settings.lease_seconds, device=device, progress_epochs=epochs)
@@ -198,27 +204,26 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         failure = classify_error(exc)
         if not isinstance(exc, JobFailure):
             log.exception("job %s failed", job_id)
-        heartbeat.stop()
         try:
             with new_session() as session:
                 finish_ok = state.finish_job(
-                    session, claim, "failed", error_type=failure.error_type, error_message=failure.message
+                    session, claim, JobStatus.FAILED, error_type=failure.error_type, error_message=failure.message
                 )
         except DBAPIError:
             log.exception("job %s: could not record its failure; the lease will expire and it runs again", job_id)
             return None
-        return "failed" if finish_ok else None
+        return JobStatus.FAILED if finish_ok else None
     finally:
         heartbeat.stop()
 
     if heartbeat.lost:
         log.warning("job %s: lease lost to another worker; discarding this attempt", job_id)
         return None
-    result.summary["timings"] = {
-        "engine_seconds": round(engine_seconds, 4),
-        "train_seconds": round(result.train_seconds, 4),
-        "evaluation_seconds": round(result.evaluation_seconds, 4),
-    }
+    result.summary.timings = Timings(
+        engine_seconds=round(engine_seconds, 4),
+        train_seconds=round(result.train_seconds, 4),
+        evaluation_seconds=round(result.evaluation_seconds, 4),
+    )
     try:
         return conclude(claim, result, cancel_requested=heartbeat.cancel_requested)
     except DBAPIError:
@@ -227,14 +232,14 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         return None
 
 
-def conclude(claim: state.Claim, result: Any, *, cancel_requested: bool) -> str | None:
+def conclude(claim: state.Claim, result: EngineResult, *, cancel_requested: bool) -> str | None:
     """Record how a finished engine run ends: handed back, cancelled, or its results saved."""
     if result.cancelled and shutting_down() and not cancel_requested:
         return release(claim)
     if result.cancelled:
         with new_session() as session:
-            state.finish_job(session, claim, "cancelled", summary=result.summary or None)
-        return "cancelled"
+            state.finish_job(session, claim, JobStatus.CANCELLED, summary=result.summary.model_dump(mode="json"))
+        return JobStatus.CANCELLED
     try:
         return persist_result(claim, result)
     except DBAPIError:
@@ -245,12 +250,12 @@ def conclude(claim: state.Claim, result: Any, *, cancel_requested: bool) -> str 
             ok = state.finish_job(
                 session,
                 claim,
-                "failed",
+                JobStatus.FAILED,
                 error_type="storage_error",
                 error_message=f"the trained model could not be stored ({type(exc).__name__}: {exc}); "
                 "check the free space and permissions of RNNLAB_STORAGE_DIR, then submit the job again",
             )
-        return "failed" if ok else None
+        return JobStatus.FAILED if ok else None
 
 
 def release(claim: state.Claim) -> str | None:
@@ -263,7 +268,7 @@ def release(claim: state.Claim) -> str | None:
         if not state.release_job(session, claim):
             return None
     log.info("job %s: handed back to the queue at shutdown; it will run again from the start", claim.job_id)
-    return "queued"
+    return JobStatus.QUEUED
 
 
 def record_epoch(
@@ -286,23 +291,7 @@ def record_epoch(
     return status
 
 
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise JobFailure(
-                "device_unavailable",
-                "device 'cuda' requested but this worker has no usable GPU; use device 'auto' or 'cpu', "
-                "or run a GPU worker (rnnlab worker --queues gpu)",
-            )
-        return "cuda"
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return "cpu"
-
-
-def persist_result(claim: state.Claim, result: Any) -> str | None:
+def persist_result(claim: state.Claim, result: EngineResult) -> str | None:
     """Write artifact, evaluation, final metrics and status; all of it only while the claim holds.
 
     The artifact goes to a key of its own attempt, so a stale attempt can never overwrite the
@@ -321,15 +310,15 @@ def persist_result(claim: state.Claim, result: Any) -> str | None:
     finally:
         tmp.unlink(missing_ok=True)
 
-    evaluation = result.evaluation or {}
-    final_rows = _metric_rows(claim.job_id, evaluation.get("metrics", {}))
+    assert result.evaluation is not None  # only a cancelled run has none
+    final_rows = _metric_rows(claim.job_id, result.evaluation.metrics)
     with new_session() as session:
         ok = state.finish_job(
             session,
             claim,
-            "succeeded",
+            JobStatus.SUCCEEDED,
             commit=False,
-            summary=result.summary,
+            summary=result.summary.model_dump(mode="json"),
             artifact_key=key,
             train_seconds=result.train_seconds,
             progress_epoch=result.epochs_run,
@@ -343,9 +332,9 @@ def persist_result(claim: state.Claim, result: Any) -> str | None:
         try:
             if final_rows:
                 session.execute(insert(JobMetric), final_rows)
-            session.add(Evaluation(job_id=claim.job_id, body=evaluation))
+            session.add(Evaluation(job_id=claim.job_id, body=result.evaluation.model_dump(mode="json")))
             session.commit()
         except BaseException:
             storage.delete(key)  # nothing points at it
             raise
-    return "succeeded"
+    return JobStatus.SUCCEEDED

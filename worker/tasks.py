@@ -8,8 +8,11 @@ import threading
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from app.config import get_settings
-from app.jobs.dispatch import RUN_JOB_TASK, recover_jobs
+from app.db import reset_engine
+from app.jobs.dispatch import recover_jobs
+from app.queue import RUN_JOB_TASK
 from worker.celery_app import celery_app
+from worker.runner import begin_shutdown, install_shutdown_flag, run_job
 
 log = logging.getLogger(__name__)
 _recovery_stop = threading.Event()
@@ -17,8 +20,6 @@ _recovery_stop = threading.Event()
 
 @celery_app.task(name=RUN_JOB_TASK)
 def run_job_task(job_id: str) -> str | None:
-    from worker.runner import run_job
-
     return run_job(job_id)
 
 
@@ -36,8 +37,6 @@ def _set_torch_threads() -> None:
 @worker_init.connect
 def _init_worker(**_: object) -> None:
     """The main process, before the pool forks (it runs the jobs itself with --pool=solo)."""
-    from worker.runner import install_shutdown_flag
-
     install_shutdown_flag()  # shared memory: the pool processes inherit it
     _set_torch_threads()
 
@@ -46,8 +45,6 @@ def _init_worker(**_: object) -> None:
 def _hand_jobs_back(**_: object) -> None:
     """Warm shutdown: running jobs stop at their next epoch and go back to the queue (their attempt
     given back) instead of holding the shutdown until they finish; no new job is started."""
-    from worker.runner import begin_shutdown
-
     _recovery_stop.set()  # a dying worker must not send jobs it could still pick up itself
     begin_shutdown()
 
@@ -55,8 +52,6 @@ def _hand_jobs_back(**_: object) -> None:
 @worker_process_init.connect
 def _init_child(**_: object) -> None:
     """Each pool process: its own DB engine (never inherit one across fork) and a bounded thread count."""
-    from app.db import reset_engine
-
     reset_engine()
     _set_torch_threads()
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
+from app.errors import NotFound
+
 STATIC = Path(__file__).parent / "static"
 router = APIRouter(include_in_schema=False)
 
@@ -18,9 +20,7 @@ def dashboard() -> FileResponse:
 
 @router.get("/dashboard/{name}")
 def dashboard_asset(name: str) -> FileResponse:
-    from app.errors import AppError
-
     allowed = {"app.js": "text/javascript", "style.css": "text/css"}
     if name not in allowed:
-        raise AppError(404, "not_found", f"no dashboard file {name!r}")
+        raise NotFound("not_found", f"no dashboard file {name!r}")
     return FileResponse(STATIC / name, media_type=allowed[name])

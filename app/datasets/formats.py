@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from app.errors import AppError
+from app.errors import AppError, InvalidInput, UnsupportedFormat
 
 DatasetFormat = Literal["csv", "csv.gz", "parquet", "npz"]
 
@@ -31,20 +31,16 @@ def validate_filename(filename: str) -> str:
     separators or ``..`` is a sign of a confused or hostile client, so it is refused rather than cleaned.
     """
     if not filename.strip():
-        raise AppError(
-            422, "invalid_filename", "the 'file' part has an empty filename; send e.g. filename=\"data.csv\""
-        )
+        raise InvalidInput("invalid_filename", "the 'file' part has an empty filename; send e.g. filename=\"data.csv\"")
     bad = [ch for ch in ("/", "\\", "\x00") if ch in filename]
     if bad or ".." in filename or any(ord(ch) < 32 for ch in filename):
-        raise AppError(
-            422,
+        raise InvalidInput(
             "invalid_filename",
             f"filename {filename!r} must be a plain file name without path separators, '..' or control characters",
             {"filename": filename},
         )
     if len(filename) > MAX_FILENAME_CHARS:
-        raise AppError(
-            422,
+        raise InvalidInput(
             "invalid_filename",
             f"filename is {len(filename)} characters long; the limit is {MAX_FILENAME_CHARS}",
         )
@@ -57,8 +53,7 @@ def format_from_filename(filename: str) -> DatasetFormat:
     for suffix, fmt in EXTENSIONS.items():
         if lowered.endswith(suffix) and len(lowered) > len(suffix):
             return fmt
-    raise AppError(
-        415,
+    raise UnsupportedFormat(
         "unsupported_format",
         f"{filename!r} is not a supported dataset format; accepted formats: {ACCEPTED}",
         {"filename": filename, "accepted": list(EXTENSIONS)},
@@ -98,8 +93,7 @@ def check_content_matches(filename: str, claimed: DatasetFormat, head: bytes) ->
 
 
 def _mismatch(filename: str, claimed: DatasetFormat, found: str) -> AppError:
-    return AppError(
-        415,
+    return UnsupportedFormat(
         "unsupported_format",
         f"{filename!r} is named like {claimed} but its content looks like {found}; accepted formats: {ACCEPTED}",
         {"filename": filename, "claimed": claimed, "accepted": list(EXTENSIONS)},

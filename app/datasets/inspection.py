@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from app.datasets.formats import DatasetFormat
 from app.datasets.upload import too_large
-from app.errors import AppError
+from app.errors import AppError, InvalidInput
 
 READ_CHUNK_BYTES = 1024 * 1024
 CSV_BLOCK_BYTES = 1024 * 1024
@@ -96,8 +96,7 @@ class Utf8Checker:
                 offset = self._offset - buffered + exc.start
                 line = self._newlines + exc.object.count(b"\n", 0, exc.start) + 1
                 bad = exc.object[exc.start : exc.start + 4]
-                raise AppError(
-                    422,
+                raise InvalidInput(
                     "invalid_encoding",
                     f"{self._filename!r} is not valid UTF-8: byte offset {offset} (line {line}) "
                     f"starts {bad!r}; save the file as UTF-8",
@@ -128,10 +127,10 @@ def decompress_gzip(src: Path, dst: Path, filename: str, max_bytes: int) -> None
                 checker.feed(chunk)
                 out.write(chunk)
     except (OSError, EOFError, zlib.error) as exc:
-        raise AppError(422, "invalid_gzip", f"{filename!r} is not a valid gzip file: {exc}") from exc
+        raise InvalidInput("invalid_gzip", f"{filename!r} is not a valid gzip file: {exc}") from exc
     checker.feed(b"", final=True)
     if written == 0:
-        raise AppError(422, "empty_file", f"{filename!r} decompresses to an empty file")
+        raise InvalidInput("empty_file", f"{filename!r} decompresses to an empty file")
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -164,12 +163,11 @@ def _column_summaries(schema: pa.Schema, missing: list[int]) -> list[dict[str, A
 
 def _check_column_names(names: list[str], filename: str) -> None:
     if not names:
-        raise AppError(422, "no_columns", f"{filename!r} has no columns")
+        raise InvalidInput("no_columns", f"{filename!r} has no columns")
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         shown = ", ".join(repr(n) for n in duplicates)
-        raise AppError(
-            422,
+        raise InvalidInput(
             "duplicate_columns",
             f"{filename!r} has duplicate column names: {shown}; column names must be unique",
             {"duplicates": duplicates},
@@ -177,8 +175,7 @@ def _check_column_names(names: list[str], filename: str) -> None:
 
 
 def _no_rows(filename: str, names: list[str]) -> AppError:
-    return AppError(
-        422,
+    return InvalidInput(
         "no_rows",
         f"{filename!r} has a header ({', '.join(names[:20])}) but no data rows",
         {"columns": names},
@@ -268,14 +265,14 @@ def _write_parquet(
 def _unparseable(src: Path, filename: str, exc: pa.ArrowInvalid) -> AppError:
     message = str(exc)
     if "Empty CSV file" in message:
-        return AppError(422, "empty_file", f"{filename!r} holds no CSV header or rows")
+        return InvalidInput("empty_file", f"{filename!r} holds no CSV header or rows")
     details: dict[str, Any] = {"reason": message[:MAX_ERROR_SNIPPET_CHARS]}
     location = locate_bad_row(src)
     if location is not None:
         line, problem = location
         details["line"] = line
-        return AppError(422, "unparseable_csv", f"{filename!r} cannot be parsed: line {line}: {problem}", details)
-    return AppError(422, "unparseable_csv", f"{filename!r} cannot be parsed: {message[:300]}", details)
+        return InvalidInput("unparseable_csv", f"{filename!r} cannot be parsed: line {line}: {problem}", details)
+    return InvalidInput("unparseable_csv", f"{filename!r} cannot be parsed: {message[:300]}", details)
 
 
 def locate_bad_row(path: Path) -> tuple[int, str] | None:
@@ -325,9 +322,7 @@ def inspect_parquet(path: Path, filename: str) -> tuple[int, list[dict[str, Any]
                     count += batch.column(0).null_count
                 missing.append(count)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise AppError(
-            422, "invalid_parquet", f"{filename!r} is not a readable Parquet file: {str(exc)[:300]}"
-        ) from exc
+        raise InvalidInput("invalid_parquet", f"{filename!r} is not a readable Parquet file: {str(exc)[:300]}") from exc
     return num_rows, _column_summaries(schema, missing)
 
 
@@ -353,8 +348,7 @@ def read_npy_header(member: Any, array: str, filename: str) -> NpyHeader:
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except ValueError as exc:
-        raise AppError(
-            422,
+        raise InvalidInput(
             "invalid_npz",
             f"array {array!r} in {filename!r} is not a valid .npy array: {exc}",
             {"array": array},
@@ -371,19 +365,18 @@ def inspect_npz(path: Path, filename: str, max_bytes: int) -> dict[str, list[int
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
-        raise AppError(422, "invalid_npz", f"{filename!r} is not a valid .npz (zip) archive: {exc}") from exc
+        raise InvalidInput("invalid_npz", f"{filename!r} is not a valid .npz (zip) archive: {exc}") from exc
     with archive:
         members = [info for info in archive.infolist() if not info.is_dir()]
         if not members:
-            raise AppError(422, "no_arrays", f"{filename!r} holds no arrays")
+            raise InvalidInput("no_arrays", f"{filename!r} holds no arrays")
         declared = sum(info.file_size for info in members)
         if declared > max_bytes:
             raise too_large(max_bytes, f"the .npz archive's arrays ({declared} bytes uncompressed)")
         arrays: dict[str, list[int]] = {}
         for info in members:
             if not info.filename.endswith(".npy"):
-                raise AppError(
-                    422,
+                raise InvalidInput(
                     "invalid_npz",
                     f"member {info.filename!r} is not an .npy array; an .npz holds only arrays "
                     "(np.savez / np.savez_compressed)",
@@ -391,13 +384,12 @@ def inspect_npz(path: Path, filename: str, max_bytes: int) -> dict[str, list[int
                 )
             name = info.filename[: -len(".npy")]
             if name in arrays:
-                raise AppError(422, "invalid_npz", f"array {name!r} appears twice in the archive")
+                raise InvalidInput("invalid_npz", f"array {name!r} appears twice in the archive")
             try:
                 with archive.open(info) as member:
                     header = read_npy_header(member, name, filename)
                     if header.dtype.hasobject:
-                        raise AppError(
-                            422,
+                        raise InvalidInput(
                             "object_array",
                             f"array {name!r} has an object dtype ({header.dtype}), which needs pickle; "
                             "pickled data is refused. Save it with a numeric, bool or string dtype",
@@ -406,8 +398,7 @@ def inspect_npz(path: Path, filename: str, max_bytes: int) -> dict[str, list[int
                     expected = math.prod(header.shape) * header.dtype.itemsize
                     actual = info.file_size - header.data_offset
                     if actual != expected:
-                        raise AppError(
-                            422,
+                        raise InvalidInput(
                             "invalid_npz",
                             f"array {name!r} holds {actual} bytes but its header "
                             f"({header.dtype}, shape {list(header.shape)}) needs {expected}",
@@ -416,6 +407,6 @@ def inspect_npz(path: Path, filename: str, max_bytes: int) -> dict[str, list[int
                     while member.read(READ_CHUNK_BYTES):
                         pass
             except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-                raise AppError(422, "invalid_npz", f"array {name!r} is corrupt: {exc}", {"array": name}) from exc
+                raise InvalidInput("invalid_npz", f"array {name!r} is corrupt: {exc}", {"array": name}) from exc
             arrays[name] = list(header.shape)
     return arrays

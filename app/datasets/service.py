@@ -19,7 +19,6 @@ from typing import Any
 
 import anyio.to_thread
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
@@ -29,14 +28,16 @@ from starlette.requests import Request
 from app.config import get_settings
 from app.datasets.formats import stem
 from app.datasets.inspection import InspectedContent, inspect_upload, read_npy_header
+from app.datasets.loading import dataset_path
 from app.datasets.schemas import ArrayPreview, ColumnInfo, DatasetPreview
 from app.datasets.upload import ReceivedUpload, receive_upload
-from app.errors import AppError, not_found
+from app.db import get_scoped
+from app.errors import AppError, Conflict
+from app.jobs.status import ACTIVE
 from app.models import Dataset, Job, Sweep
 from app.pagination import PageParams, fetch_page
 from app.storage import LocalStorage, get_storage
 
-ACTIVE_JOB_STATUSES = ("queued", "running")
 MAX_PREVIEW_VALUES_PER_ARRAY = 10_000
 
 
@@ -49,10 +50,7 @@ def storage_key(sha256: str, suffix: str) -> str:
 
 def get_dataset(session: Session, project_id: str, dataset_id: str) -> Dataset:
     """The project's dataset; 404 ``dataset_not_found`` when it is missing or another project's."""
-    dataset = session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.project_id == project_id))
-    if dataset is None:
-        raise not_found("dataset", dataset_id)
-    return dataset
+    return get_scoped(session, Dataset, project_id, dataset_id, "dataset")
 
 
 def list_datasets(session: Session, project_id: str, params: PageParams) -> tuple[list[Dataset], str | None]:
@@ -61,44 +59,6 @@ def list_datasets(session: Session, project_id: str, params: PageParams) -> tupl
         select(Dataset).where(Dataset.project_id == project_id).order_by(Dataset.created_at.desc(), Dataset.id.desc())
     )
     return fetch_page(session, query, params)
-
-
-def dataset_path(dataset: Dataset) -> Path:
-    """The stored blob: Parquet for tables (whatever was uploaded), the original file for ``.npz``."""
-    path = get_storage().path(dataset.storage_key)
-    if not path.exists():
-        raise AppError(
-            503, "dataset_file_missing", f"the stored file of dataset '{dataset.id}' is missing from storage"
-        )
-    return path
-
-
-def load_dataset_data(dataset: Dataset, columns: list[str] | None = None) -> pa.Table | dict[str, np.ndarray[Any, Any]]:
-    """The dataset's content: a ``pyarrow.Table`` for tables, ``{name: array}`` for ``.npz``.
-
-    ``columns`` selects table columns (or arrays) to read; unknown names raise a 422 naming them.
-    Arrays are loaded with ``allow_pickle=False``: an upload is never unpickled.
-    """
-    path = dataset_path(dataset)
-    if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            names = list(npz.files) if columns is None else columns
-            _check_known(names, list(npz.files), "array")
-            return {name: npz[name] for name in names}
-    if columns is not None:
-        _check_known(columns, pq.read_schema(path).names, "column")
-    return pq.read_table(path, columns=columns)
-
-
-def _check_known(requested: list[str], available: list[str], kind: str) -> None:
-    unknown = [name for name in requested if name not in available]
-    if unknown:
-        raise AppError(
-            422,
-            f"{kind}_not_found",
-            f"{kind} {', '.join(repr(n) for n in unknown)} not found; {kind}s are: {', '.join(available)}",
-            {"unknown": unknown, "available": available},
-        )
 
 
 # -- uploading -----------------------------------------------------------------------------------
@@ -210,7 +170,7 @@ def delete_dataset(session: Session, project_id: str, dataset_id: str) -> None:
     active = list(
         session.scalars(
             select(Job.id)
-            .where(Job.dataset_id == dataset.id, Job.status.in_(ACTIVE_JOB_STATUSES))
+            .where(Job.dataset_id == dataset.id, Job.status.in_(ACTIVE))
             .order_by(Job.created_at)
             .limit(20)
         )
@@ -220,8 +180,7 @@ def delete_dataset(session: Session, project_id: str, dataset_id: str) -> None:
     jobs = session.scalar(select(func.count()).select_from(Job).where(Job.dataset_id == dataset.id)) or 0
     sweeps = session.scalar(select(func.count()).select_from(Sweep).where(Sweep.dataset_id == dataset.id)) or 0
     if jobs or sweeps:
-        raise AppError(
-            409,
+        raise Conflict(
             "dataset_referenced",
             f"dataset '{dataset.id}' is referenced by {jobs} finished job(s) and {sweeps} sweep(s); "
             "delete them first (DELETE /api/v1/jobs/{id}, DELETE /api/v1/sweeps/{id})",
@@ -241,8 +200,7 @@ def delete_dataset(session: Session, project_id: str, dataset_id: str) -> None:
 
 def _in_use(dataset_id: str, job_ids: list[str]) -> AppError:
     shown = f": {', '.join(job_ids)}" if job_ids else ""
-    return AppError(
-        409,
+    return Conflict(
         "dataset_in_use",
         f"dataset '{dataset_id}' is used by queued or running jobs{shown}; cancel them or wait until they finish",
         {"job_ids": job_ids},

@@ -24,7 +24,7 @@ from app.datasets.formats import (
     format_from_filename,
     validate_filename,
 )
-from app.errors import AppError
+from app.errors import AppError, BadRequest, InvalidInput, TooLarge, UnsupportedFormat
 from app.storage import LocalStorage
 
 FILE_FIELD = "file"
@@ -48,8 +48,7 @@ class ReceivedUpload:
 
 
 def too_large(limit_bytes: int, what: str = "the file") -> AppError:
-    return AppError(
-        413,
+    return TooLarge(
         "file_too_large",
         f"{what} exceeds the upload limit of {limit_bytes} bytes (RNNLAB_MAX_UPLOAD_BYTES)",
         {"limit_bytes": limit_bytes},
@@ -114,32 +113,30 @@ class MultipartUploadSink:
         try:
             self._parser.write(data)
         except MultipartParseError as exc:
-            raise AppError(400, "invalid_multipart", f"malformed multipart/form-data body: {exc}") from exc
+            raise BadRequest("invalid_multipart", f"malformed multipart/form-data body: {exc}") from exc
 
     def finish(self) -> ReceivedUpload:
         """Check the body was complete and return the upload (still a temporary file)."""
         try:
             self._parser.finalize()
         except MultipartParseError as exc:
-            raise AppError(400, "invalid_multipart", f"malformed multipart/form-data body: {exc}") from exc
+            raise BadRequest("invalid_multipart", f"malformed multipart/form-data body: {exc}") from exc
         if self._path is None or self._filename is None or self._format is None:
-            raise AppError(
-                422,
+            raise InvalidInput(
                 "validation_error",
                 "file: field required; send the dataset as the multipart form field 'file'",
                 [{"field": FILE_FIELD, "message": "Field required", "type": "missing"}],
             )
         if not self._ended:
-            raise AppError(
-                400,
+            raise BadRequest(
                 "invalid_multipart",
                 "the multipart body ended before its closing boundary; upload truncated",
             )
         if self._size == 0:
-            raise AppError(422, "empty_file", f"{self._filename!r} is empty (0 bytes)")
+            raise InvalidInput("empty_file", f"{self._filename!r} is empty (0 bytes)")
         name = self._name.decode("utf-8", errors="replace").strip() if self._name_seen else ""
         if len(name) > MAX_NAME_CHARS:
-            raise AppError(422, "validation_error", f"name: at most {MAX_NAME_CHARS} characters")
+            raise InvalidInput("validation_error", f"name: at most {MAX_NAME_CHARS} characters")
         return ReceivedUpload(
             path=self._path,
             filename=self._filename,
@@ -179,7 +176,7 @@ class MultipartUploadSink:
             self._begin_file(options.get(b"filename"))
         elif field == NAME_FIELD:
             if self._name_seen:
-                raise AppError(422, "validation_error", "name: send the 'name' field once")
+                raise InvalidInput("validation_error", "name: send the 'name' field once")
             self._name_seen = True
             self._part = NAME_FIELD
         else:
@@ -187,10 +184,9 @@ class MultipartUploadSink:
 
     def _begin_file(self, raw_filename: bytes | None) -> None:
         if self._path is not None:
-            raise AppError(422, "validation_error", "file: send exactly one 'file' part per upload")
+            raise InvalidInput("validation_error", "file: send exactly one 'file' part per upload")
         if raw_filename is None:
-            raise AppError(
-                422,
+            raise InvalidInput(
                 "invalid_filename",
                 "the 'file' part has no filename; the extension tells the format (e.g. data.csv)",
             )
@@ -217,7 +213,7 @@ class MultipartUploadSink:
         elif self._part == NAME_FIELD:
             self._name += data[start:end]
             if len(self._name) > MAX_TEXT_FIELD_BYTES:
-                raise AppError(422, "validation_error", f"name: at most {MAX_NAME_CHARS} characters")
+                raise InvalidInput("validation_error", f"name: at most {MAX_NAME_CHARS} characters")
 
     def _on_part_end(self) -> None:
         if self._part == FILE_FIELD and self._file is not None:
@@ -242,14 +238,13 @@ def multipart_boundary(request: Request, max_file_bytes: int) -> bytes:
     content_type, params = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data":
         shown = content_type.decode("latin-1") or "none"
-        raise AppError(
-            415,
+        raise UnsupportedFormat(
             "unsupported_media_type",
             f"send the dataset as multipart/form-data with a 'file' field (Content-Type was {shown})",
         )
     boundary = params.get(b"boundary")
     if not boundary:
-        raise AppError(400, "invalid_multipart", "the multipart/form-data Content-Type has no boundary")
+        raise BadRequest("invalid_multipart", "the multipart/form-data Content-Type has no boundary")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_file_bytes + MULTIPART_OVERHEAD_BYTES:
         # Refused from the headers alone, before a single byte of the body is read.
@@ -282,7 +277,7 @@ async def receive_upload(
         return await anyio.to_thread.run_sync(sink.finish)
     except ClientDisconnect as exc:
         sink.discard()
-        raise AppError(400, "upload_interrupted", "the client disconnected before the upload finished") from exc
+        raise BadRequest("upload_interrupted", "the client disconnected before the upload finished") from exc
     except BaseException:
         sink.discard()
         raise

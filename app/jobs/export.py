@@ -8,7 +8,7 @@ from typing import Literal
 
 from sqlalchemy.orm import Session
 
-from app.errors import AppError, not_found
+from app.errors import not_found
 from app.jobs.service import model_path
 from app.models import Project
 
@@ -39,8 +39,3 @@ def exported_model(session: Session, project: Project, job_id: str, model_format
         return _converted(str(path), path.stat().st_mtime, model_format)
     except FileNotFoundError as exc:  # deleted since the check
         raise not_found("job", job_id) from exc
-    except Exception as exc:
-        # An artifact the exporter cannot convert is the server's problem, but it must say which.
-        raise AppError(
-            500, "export_failed", f"could not export job '{job_id}' as {model_format}: {type(exc).__name__}: {exc}"
-        ) from exc

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, not_, or_, select
 from sqlalchemy.orm import aliased
 
-from app.errors import AppError
+from app.errors import AppError, BadRequest
 from app.models import Job, JobMetric
 from worker.engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 
@@ -42,7 +42,7 @@ _TOKEN = re.compile(
 
 
 def _bad(message: str) -> AppError:
-    return AppError(400, "invalid_where", message)
+    return BadRequest("invalid_where", message)
 
 
 def _tokenize(text: str) -> list[tuple[str, Any]]:
@@ -72,7 +72,9 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
 KNOWN_METRICS = (*REGRESSION_METRICS, *CLASSIFICATION_METRICS)
 
 
-def metric_value(field: str, code: str = "invalid_where", status: int = 400) -> ColumnElement[Any] | None:
+def metric_value(
+    field: str, code: str = "invalid_where", error: type[AppError] = BadRequest
+) -> ColumnElement[Any] | None:
     """A correlated scalar for a final metric like ``test.rmse``, or None if ``field`` is not one.
 
     A known split with an unknown metric name (``test.rsme``) is an error naming the known ones,
@@ -82,7 +84,7 @@ def metric_value(field: str, code: str = "invalid_where", status: int = 400) -> 
     if split not in METRIC_SPLITS or not name or "." in name:
         return None
     if name not in KNOWN_METRICS:
-        raise AppError(status, code, f"unknown metric {name!r} in {field!r}; metrics are: {', '.join(KNOWN_METRICS)}")
+        raise error(code, f"unknown metric {name!r} in {field!r}; metrics are: {', '.join(KNOWN_METRICS)}")
     m = aliased(JobMetric)
     return select(m.value).where(m.job_id == Job.id, m.split == split, m.name == name).scalar_subquery()
 
@@ -264,8 +266,7 @@ def apply_sort(query: Select[Any], sort: str) -> Select[Any]:
     else:
         column = metric_value(field, code="invalid_sort")
         if column is None:
-            raise AppError(
-                400,
+            raise BadRequest(
                 "invalid_sort",
                 f"cannot sort by {field!r}; use created_at, finished_at, or a metric like test.rmse",
             )

@@ -10,26 +10,26 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from app.auth import CurrentProject
 from app.config import get_settings
 from app.db import SessionDep, new_session
 from app.jobs import export, service
 from app.jobs.export import ModelFormat
-from app.jobs.schemas import JobMetrics, JobRead, PredictRequest, PredictResponse
-from app.models import FINISHED_STATUSES, EpochMetric, Job
+from app.jobs.schemas import JobMetrics, JobRead, Leaderboard, PredictRequest, PredictResponse
+from app.jobs.status import FINISHED, JobStatus
 from app.pagination import Page, PageParams, page_params
+from worker.engine.results import Evaluation
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 @router.post("", status_code=201, response_model=JobRead)
 def create_job(
     project: CurrentProject,
     session: SessionDep,
-    payload: Annotated[dict[str, Any], Body(description="A JobSpec (see API.md).")],
+    payload: Annotated[dict[str, Any], Body(description="A JobSpec (schema `JobSpec` below).")],
 ) -> JobRead:
     """Validate the spec against its dataset, store the job (queued), then enqueue it."""
     return JobRead.from_row(service.create_job(session, project, payload))
@@ -40,7 +40,7 @@ def list_jobs(
     project: CurrentProject,
     session: SessionDep,
     page: Annotated[PageParams, Depends(page_params)],
-    status: Annotated[list[Status] | None, Query(description="Repeatable.")] = None,
+    status: Annotated[list[JobStatus] | None, Query(description="Repeatable.")] = None,
     dataset_id: str | None = None,
     task: Literal["forecast", "regression", "classification"] | None = None,
     cell: Literal["rnn", "lstm", "gru"] | None = None,
@@ -86,9 +86,11 @@ def job_metrics(job_id: str, project: CurrentProject, session: SessionDep) -> Jo
     return JobMetrics.model_validate({"job_id": job_id, "series": service.job_metrics(session, project, job_id)})
 
 
-@router.get("/{job_id}/evaluation")
-def job_evaluation(job_id: str, project: CurrentProject, session: SessionDep) -> JSONResponse:
-    return JSONResponse(service.job_evaluation(session, project, job_id))
+@router.get("/{job_id}/evaluation", response_model=Evaluation)
+def job_evaluation(job_id: str, project: CurrentProject, session: SessionDep) -> Evaluation:
+    """Metrics per split with 95% bootstrap intervals, baselines on the same test examples, the
+    generalization gap, the confusion matrix (classification) and attribution."""
+    return service.job_evaluation(session, project, job_id)
 
 
 @router.get("/{job_id}/model", response_class=FileResponse)
@@ -119,19 +121,8 @@ def job_predict(job_id: str, body: PredictRequest, project: CurrentProject, sess
 
 
 def _snapshot(job_id: str, after_epoch: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The job's status (None once it is deleted) and its epochs after ``after_epoch``."""
     with new_session() as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return None, []
-        status = JobRead.from_row(job).model_dump(
-            mode="json", include={"id", "status", "progress", "attempts", "started_at", "error"}
-        )
-        rows = session.query(EpochMetric).filter(EpochMetric.job_id == job_id, EpochMetric.epoch > after_epoch)
-        epochs: dict[int, dict[str, dict[str, float | None]]] = {}
-        for row in rows.order_by(EpochMetric.epoch):
-            epochs.setdefault(row.epoch, {}).setdefault(row.split, {})[row.name] = row.value
-    return status, [{"epoch": e, "metrics": m} for e, m in sorted(epochs.items())]
+        return service.event_snapshot(session, job_id, after_epoch)
 
 
 def _sse(event: str, data: Any) -> str:
@@ -168,7 +159,7 @@ async def job_events(job_id: str, request: Request, project: CurrentProject, ses
                 yield _sse("status", status)
                 last_status = status
                 idle = 0.0
-            if status["status"] in FINISHED_STATUSES:
+            if status["status"] in FINISHED:
                 yield _sse("end", {"status": status["status"]})
                 return
             if await request.is_disconnected():
@@ -195,3 +186,18 @@ def compare_metrics(
 ) -> dict[str, Any]:
     """Several jobs' per-epoch histories at once, each series downsampled to at most max_points."""
     return {"jobs": service.compare_metrics(session, project, job_id, name, max_points)}
+
+
+leaderboard_router = APIRouter(prefix="/datasets", tags=["leaderboard"])
+
+
+@leaderboard_router.get("/{dataset_id}/leaderboard", response_model=Leaderboard)
+def dataset_leaderboard(
+    dataset_id: str,
+    project: CurrentProject,
+    session: SessionDep,
+    metric: Annotated[str, Query(description="A final metric, split.name: test.rmse, test.accuracy, …")] = "test.rmse",
+    limit: Annotated[int, Query(ge=1, le=500)] = 10,
+) -> Leaderboard:
+    """Sorted in the metric's natural direction (errors and losses ascending, scores descending)."""
+    return service.leaderboard(session, project, dataset_id, metric, limit)

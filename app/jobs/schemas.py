@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.jobs.status import JobStatus
 from app.models import Job
+from worker.engine.results import Comparison, Summary
 from worker.engine.spec import JobSpec
 
 __all__ = ["JobSpec", "JobRead", "JobProgress", "JobError", "PredictRequest", "PredictResponse"]
@@ -26,7 +28,7 @@ class JobError(BaseModel):
 class JobRead(BaseModel):
     id: str
     name: str | None
-    status: str
+    status: JobStatus
     spec: dict[str, Any]
     dataset_id: str
     sweep_id: str | None
@@ -42,7 +44,7 @@ class JobRead(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     train_seconds: float | None
-    summary: dict[str, Any] | None
+    summary: Summary | None
     error: JobError | None
 
     @classmethod
@@ -51,7 +53,7 @@ class JobRead(BaseModel):
         return cls(
             id=job.id,
             name=job.name,
-            status=job.status,
+            status=JobStatus(job.status),
             spec=job.spec,
             dataset_id=job.dataset_id,
             sweep_id=job.sweep_id,
@@ -67,7 +69,7 @@ class JobRead(BaseModel):
             started_at=job.started_at,
             finished_at=job.finished_at,
             train_seconds=job.train_seconds,
-            summary=job.summary,
+            summary=Summary.model_validate(job.summary) if job.summary else None,
             error=JobError(type=job.error_type, message=job.error_message or "") if job.error_type else None,
         )
 
@@ -91,3 +93,24 @@ class PredictRequest(BaseModel):
 class PredictResponse(BaseModel):
     job_id: str
     predictions: Any
+
+
+class LeaderboardEntry(BaseModel):
+    rank: int
+    job_id: str
+    name: str | None
+    cell: str
+    sweep_id: str | None
+    setting: dict[str, Any] | None
+    metric: str
+    value: float
+    interval: list[float] | None = Field(description="95% bootstrap interval from the evaluation (test split only).")
+    comparison: dict[str, Comparison] | None = Field(description="Baseline comparison from the evaluation.")
+    finished_at: datetime | None
+
+
+class Leaderboard(BaseModel):
+    dataset_id: str
+    metric: str
+    lower_is_better: bool
+    items: list[LeaderboardEntry]

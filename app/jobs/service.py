@@ -14,15 +14,21 @@ from sqlalchemy.exc import DataError as SQLDataError
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.datasets.service import get_dataset, load_dataset_data
-from app.errors import AppError, not_found, validation_details, validation_message
+from app.datasets.loading import load_dataset_data
+from app.datasets.service import get_dataset
+from app.db import get_scoped
+from app.errors import BadRequest, Conflict, InvalidInput, not_found, validation_details, validation_message
 from app.jobs import state
-from app.jobs.query import apply_sort, parse_where
-from app.models import FINISHED_STATUSES, Dataset, EpochMetric, Evaluation, Job, Project, utcnow
+from app.jobs.dispatch import dispatch_jobs
+from app.jobs.query import apply_sort, metric_value, parse_where
+from app.jobs.schemas import JobRead, Leaderboard, LeaderboardEntry
+from app.jobs.status import ACTIVE, FINISHED, JobStatus
+from app.models import Dataset, EpochMetric, Evaluation, Job, Project, utcnow
 from app.pagination import PageParams, fetch_page
+from app.queue import DEFAULT_QUEUE, GPU_QUEUE
 from app.storage import get_storage
-from worker.celery_app import DEFAULT_QUEUE, GPU_QUEUE
-from worker.engine import DataError, JobSpec, check_spec_fits
+from worker.engine import DataError, JobSpec, check_spec_fits, results
+from worker.engine.metrics import lower_is_better
 
 
 def parse_spec(payload: Any, prefix: str = "") -> JobSpec:
@@ -33,7 +39,7 @@ def parse_spec(payload: Any, prefix: str = "") -> JobSpec:
         details = validation_details(exc.errors())
         for d in details:
             d["field"] = f"{prefix}{d['field']}" if d["field"] else prefix.rstrip(".")
-        raise AppError(422, "invalid_spec", validation_message(details), details) from exc
+        raise InvalidInput("invalid_spec", validation_message(details), details) from exc
 
 
 def _needed_columns(spec: JobSpec, dataset: Dataset) -> list[str] | None:
@@ -54,8 +60,7 @@ def check_spec_against_dataset(spec: JobSpec, dataset: Dataset, data: Any | None
     try:
         check_spec_fits(spec, data)
     except DataError as exc:
-        raise AppError(
-            422,
+        raise InvalidInput(
             "spec_does_not_fit_dataset",
             str(exc),
             [{"field": exc.field, "message": str(exc), "type": "dataset_mismatch"}],
@@ -83,7 +88,7 @@ def new_job(
         setting=setting,
         setting_key=json.dumps(setting, sort_keys=True) if setting is not None else None,
         name=spec.name,
-        status="queued",
+        status=JobStatus.QUEUED,
         spec=spec.normalized(),
         task=spec.task,
         cell=spec.model.cell,
@@ -96,8 +101,6 @@ def new_job(
 
 def dispatch(jobs: Sequence[Job]) -> None:
     """Send committed jobs to the broker (after the commit, so a worker always finds the row)."""
-    from app.jobs.dispatch import dispatch_jobs
-
     dispatch_jobs([(job.id, job.queue) for job in jobs])
 
 
@@ -113,10 +116,7 @@ def create_job(session: Session, project: Project, payload: Any) -> Job:
 
 
 def get_job(session: Session, project: Project, job_id: str) -> Job:
-    job = session.get(Job, job_id)
-    if job is None or job.project_id != project.id:
-        raise not_found("job", job_id)
-    return job
+    return get_scoped(session, Job, project.id, job_id, "job")
 
 
 def list_jobs(
@@ -153,25 +153,22 @@ def list_jobs(
         session.rollback()
         if not where:
             raise
-        raise AppError(
-            400, "invalid_where", f"the filter compares a field with a value of another type: {where}"
-        ) from exc
+        raise BadRequest("invalid_where", f"the filter compares a field with a value of another type: {where}") from exc
 
 
 def cancel_job(session: Session, project: Project, job_id: str) -> Job:
     job = get_job(session, project, job_id)
-    if job.status in ("succeeded", "failed", "cancelled"):
-        raise AppError(409, "job_finished", f"job '{job_id}' already finished with status '{job.status}'")
+    if job.status in FINISHED:
+        raise Conflict("job_finished", f"job '{job_id}' already finished with status '{job.status}'")
     state.request_cancel(session, job)
     return job
 
 
 def delete_jobs(session: Session, jobs: Sequence[Job]) -> None:
     """Delete finished jobs with their metrics, evaluations (database cascade) and model files."""
-    active = [j.id for j in jobs if j.status in ("queued", "running")]
+    active = [j.id for j in jobs if j.status in ACTIVE]
     if active:
-        raise AppError(
-            409,
+        raise Conflict(
             "job_active",
             f"job(s) {', '.join(active[:5])} are still queued or running; cancel them first",
             {"jobs": active},
@@ -179,7 +176,7 @@ def delete_jobs(session: Session, jobs: Sequence[Job]) -> None:
     keys = [j.artifact_key for j in jobs if j.artifact_key]
     # Guarded by status: a job cannot have started since the check (finished jobs never restart).
     ids = [j.id for j in jobs]
-    session.execute(delete(Job).where(Job.id.in_(ids), Job.status.in_(FINISHED_STATUSES)))
+    session.execute(delete(Job).where(Job.id.in_(ids), Job.status.in_(FINISHED)))
     session.commit()
     storage = get_storage()
     for key in keys:
@@ -189,13 +186,34 @@ def delete_jobs(session: Session, jobs: Sequence[Job]) -> None:
 def delete_job(session: Session, project: Project, job_id: str) -> None:
     job = get_job(session, project, job_id)
     if job.sweep_id is not None:
-        raise AppError(
-            409,
+        raise Conflict(
             "job_in_sweep",
             f"job '{job_id}' belongs to sweep '{job.sweep_id}'; delete the sweep instead",
             {"sweep_id": job.sweep_id},
         )
     delete_jobs(session, [job])
+
+
+def event_snapshot(
+    session: Session, job_id: str, after_epoch: int
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """For the event stream: the job's status fields (None once it is deleted) and its epochs after
+    ``after_epoch``, each as ``{"epoch", "metrics": {split: {name: value}}}``."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return None, []
+    status = JobRead.from_row(job).model_dump(
+        mode="json", include={"id", "status", "progress", "attempts", "started_at", "error"}
+    )
+    rows = session.execute(
+        select(EpochMetric.epoch, EpochMetric.split, EpochMetric.name, EpochMetric.value)
+        .where(EpochMetric.job_id == job_id, EpochMetric.epoch > after_epoch)
+        .order_by(EpochMetric.epoch)
+    )
+    epochs: dict[int, dict[str, dict[str, float | None]]] = {}
+    for epoch, split, name, value in rows:
+        epochs.setdefault(epoch, {}).setdefault(split, {})[name] = value
+    return status, [{"epoch": e, "metrics": m} for e, m in sorted(epochs.items())]
 
 
 def job_metrics(session: Session, project: Project, job_id: str) -> list[dict[str, Any]]:
@@ -223,29 +241,28 @@ def metric_series(
 
 
 def _require_succeeded(job: Job, what: str) -> None:
-    if job.status != "succeeded":
-        raise AppError(
-            409,
+    if job.status != JobStatus.SUCCEEDED:
+        raise Conflict(
             f"{what}_not_ready",
             f"job '{job.id}' is {job.status}; its {what} exists once it has succeeded",
             {"status": job.status},
         )
 
 
-def job_evaluation(session: Session, project: Project, job_id: str) -> dict[str, Any]:
+def job_evaluation(session: Session, project: Project, job_id: str) -> results.Evaluation:
     job = get_job(session, project, job_id)
     _require_succeeded(job, "evaluation")
     row = session.get(Evaluation, job_id)
     if row is None:
-        raise AppError(409, "evaluation_not_ready", f"job '{job_id}' has no evaluation")
-    return row.body
+        raise Conflict("evaluation_not_ready", f"job '{job_id}' has no evaluation")
+    return results.Evaluation.model_validate(row.body)
 
 
 def model_path(session: Session, project: Project, job_id: str) -> Path:
     job = get_job(session, project, job_id)
     _require_succeeded(job, "model")
     if not job.artifact_key or not get_storage().exists(job.artifact_key):
-        raise AppError(409, "model_not_ready", f"job '{job_id}' has no stored model")
+        raise Conflict("model_not_ready", f"job '{job_id}' has no stored model")
     return get_storage().path(job.artifact_key)
 
 
@@ -266,13 +283,13 @@ def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) 
     try:
         array = np.asarray(inputs, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise AppError(
-            422, "invalid_inputs", "inputs must be a rectangular array of numbers shaped [N, T, F] or [N, T]"
+        raise InvalidInput(
+            "invalid_inputs", "inputs must be a rectangular array of numbers shaped [N, T, F] or [N, T]"
         ) from exc
     if array.ndim not in (2, 3) or array.shape[0] == 0:
-        raise AppError(422, "invalid_inputs", f"inputs must be shaped [N, T, F] or [N, T]; got {list(array.shape)}")
+        raise InvalidInput("invalid_inputs", f"inputs must be shaped [N, T, F] or [N, T]; got {list(array.shape)}")
     if not np.isfinite(array).all():
-        raise AppError(422, "invalid_inputs", "inputs contain NaN or infinite values")
+        raise InvalidInput("invalid_inputs", "inputs contain NaN or infinite values")
     try:
         predictor = _predictor(str(path), path.stat().st_mtime)
     except FileNotFoundError as exc:  # deleted since the check
@@ -280,7 +297,7 @@ def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) 
     try:
         return predictor.predict(array)
     except DataError as exc:
-        raise AppError(422, "invalid_inputs", str(exc), [{"field": "inputs", "message": str(exc)}]) from exc
+        raise InvalidInput("invalid_inputs", str(exc), [{"field": "inputs", "message": str(exc)}]) from exc
 
 
 def downsample(epochs: list[int], values: list[float | None], max_points: int) -> tuple[list[int], list[float | None]]:
@@ -296,7 +313,7 @@ def compare_metrics(
     session: Session, project: Project, job_ids: list[str], names: list[str] | None, max_points: int
 ) -> list[dict[str, Any]]:
     if len(job_ids) > 50:
-        raise AppError(400, "too_many_jobs", f"compare at most 50 jobs at once (got {len(job_ids)})")
+        raise BadRequest("too_many_jobs", f"compare at most 50 jobs at once (got {len(job_ids)})")
     jobs = [get_job(session, project, job_id) for job_id in dict.fromkeys(job_ids)]
     series = metric_series(session, [j.id for j in jobs], names)
     out = []
@@ -307,3 +324,55 @@ def compare_metrics(
             items.append({**s, "epochs": epochs, "values": values})
         out.append({"job_id": job.id, "name": job.name, "status": job.status, "series": items})
     return out
+
+
+# --- leaderboard ---------------------------------------------------------------------------------
+
+
+def leaderboard(session: Session, project: Project, dataset_id: str, metric: str, limit: int) -> Leaderboard:
+    """The best succeeded jobs on one of the project's datasets, by a final metric in its natural order."""
+    dataset = get_dataset(session, project.id, dataset_id)
+    column = metric_value(metric, code="invalid_metric", error=InvalidInput)
+    if column is None:
+        raise InvalidInput(
+            "invalid_metric",
+            f"metric must be split.name like test.rmse or val.accuracy; got {metric!r}",
+            [{"field": "metric", "message": "expected split.name", "type": "invalid_metric"}],
+        )
+    split, _, name = metric.partition(".")
+    lower = lower_is_better(name)
+    value = column.label("value")
+    rows = session.execute(
+        select(Job, value)
+        .where(Job.project_id == project.id, Job.dataset_id == dataset.id, Job.status == JobStatus.SUCCEEDED)
+        .where(column.is_not(None))
+        .order_by(value.asc() if lower else value.desc(), Job.finished_at, Job.id)
+        .limit(limit)
+    ).all()
+    ids = [job.id for job, _ in rows]
+    evaluations = {
+        job_id: results.Evaluation.model_validate(body)
+        for job_id, body in session.execute(
+            select(Evaluation.job_id, Evaluation.body).where(Evaluation.job_id.in_(ids))
+        ).all()
+    }
+    items = []
+    for rank, (job, metric_value_) in enumerate(rows, start=1):
+        evaluation = evaluations.get(job.id)
+        interval = evaluation.interval(name) if evaluation is not None and split == "test" else None
+        items.append(
+            LeaderboardEntry(
+                rank=rank,
+                job_id=job.id,
+                name=job.name,
+                cell=job.cell,
+                sweep_id=job.sweep_id,
+                setting=job.setting,
+                metric=metric,
+                value=float(metric_value_),
+                interval=interval,
+                comparison=evaluation.comparison if evaluation is not None else None,
+                finished_at=job.finished_at,
+            )
+        )
+    return Leaderboard(dataset_id=dataset.id, metric=metric, lower_is_better=lower, items=items)

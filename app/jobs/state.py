@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.models import FINISHED_STATUSES as FINISHED
-from app.models import Job, utcnow
+from app.jobs.status import FINISHED, JobStatus, allowed
+from app.models import EpochMetric, Evaluation, Job, JobMetric, utcnow
+
+QUEUED, RUNNING, CANCELLED, FAILED = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class Claim:
 def _held(claim: Claim) -> Any:
     return and_(
         Job.id == claim.job_id,
-        Job.status == "running",
+        Job.status == RUNNING,
         Job.worker_id == claim.worker_id,
         Job.attempts == claim.attempt,
     )
@@ -40,19 +42,19 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
     """queued → running for this worker, with a lease; None when the job is not claimable."""
     now = utcnow()
     job = session.get(Job, job_id)
-    if job is None or job.status != "queued" or job.cancel_requested:
+    if job is None or job.status != QUEUED or job.cancel_requested:
         return None
     attempt = job.attempts + 1
     result = session.execute(
         update(Job)
         .where(
             Job.id == job_id,
-            Job.status == "queued",
+            Job.status == QUEUED,
             Job.attempts == job.attempts,
             Job.cancel_requested.is_(False),  # re-checked: the row read above may be stale
         )
         .values(
-            status="running",
+            status=RUNNING,
             worker_id=worker_id,
             attempts=attempt,
             lease_expires_at=now + timedelta(seconds=lease_seconds),
@@ -63,9 +65,13 @@ def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: floa
         )
         .execution_options(synchronize_session=False)
     )
-    session.commit()
     if result.rowcount != 1:  # type: ignore[attr-defined]
+        session.commit()
         return None
+    # Results of an earlier, lost attempt would mix with this one's: the claim clears them.
+    for table in (EpochMetric, JobMetric, Evaluation):
+        session.execute(delete(table).where(table.job_id == job_id))
+    session.commit()
     return Claim(job_id, worker_id, attempt)
 
 
@@ -85,9 +91,10 @@ def renew_lease(
     return None if row is None else bool(row[0])
 
 
-def finish_job(session: Session, claim: Claim, status: str, *, commit: bool = True, **values: Any) -> bool:
+def finish_job(session: Session, claim: Claim, status: JobStatus, *, commit: bool = True, **values: Any) -> bool:
     """running → succeeded / failed / cancelled, only for the holder of the claim."""
-    assert status in ("succeeded", "failed", "cancelled")
+    if status not in FINISHED or not allowed(RUNNING, status):
+        raise ValueError(f"a running job cannot finish as {status!r}")
     result = session.execute(
         update(Job)
         .where(_held(claim))
@@ -105,7 +112,7 @@ def release_job(session: Session, claim: Claim) -> bool:
         update(Job)
         .where(_held(claim))
         .values(
-            status="queued",
+            status=QUEUED,
             worker_id=None,
             lease_expires_at=None,
             dispatched_at=None,
@@ -118,7 +125,7 @@ def release_job(session: Session, claim: Claim) -> bool:
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-def request_cancel(session: Session, job: Job) -> str:
+def request_cancel(session: Session, job: Job) -> JobStatus:
     """Cancel a queued job now; ask a running one to stop at its next epoch. Returns the new status.
 
     The job can move between the two checks (claimed, or requeued by lease expiry), so try again
@@ -127,14 +134,14 @@ def request_cancel(session: Session, job: Job) -> str:
     for _ in range(5):
         result = session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == "queued")
-            .values(status="cancelled", cancel_requested=True, finished_at=utcnow())
+            .where(Job.id == job.id, Job.status == QUEUED)
+            .values(status=CANCELLED, cancel_requested=True, finished_at=utcnow())
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             result = session.execute(
                 update(Job)
-                .where(Job.id == job.id, Job.status == "running")
+                .where(Job.id == job.id, Job.status == RUNNING)
                 .values(cancel_requested=True)
                 .execution_options(synchronize_session=False)
             )
@@ -142,7 +149,7 @@ def request_cancel(session: Session, job: Job) -> str:
         session.refresh(job)
         if result.rowcount == 1 or job.status in FINISHED:  # type: ignore[attr-defined]
             break
-    return job.status
+    return JobStatus(job.status)
 
 
 def expired_leases(session: Session, now: datetime) -> list[Any]:
@@ -150,13 +157,13 @@ def expired_leases(session: Session, now: datetime) -> list[Any]:
     return list(
         session.execute(
             select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.worker_id).where(
-                Job.status == "running", Job.lease_expires_at < now
+                Job.status == RUNNING, Job.lease_expires_at < now
             )
         )
     )
 
 
-def settle_expired(session: Session, row: Any, now: datetime) -> str | None:
+def settle_expired(session: Session, row: Any, now: datetime) -> JobStatus | None:
     """Requeue (attempts left), fail ('worker lost') or cancel one expired job; the new status or None.
 
     Guarded by everything that was read, cancel_requested included: a cancel or a renewal that
@@ -165,16 +172,16 @@ def settle_expired(session: Session, row: Any, now: datetime) -> str | None:
     job_id, attempts, max_attempts, cancel_requested, worker_id = row
     still = and_(
         Job.id == job_id,
-        Job.status == "running",
+        Job.status == RUNNING,
         Job.attempts == attempts,
         Job.lease_expires_at < now,
         Job.cancel_requested.is_(bool(cancel_requested)),
     )
     if cancel_requested:
-        values: dict[str, Any] = {"status": "cancelled", "finished_at": now, "lease_expires_at": None}
+        values: dict[str, Any] = {"status": CANCELLED, "finished_at": now, "lease_expires_at": None}
     elif attempts >= max_attempts:
         values = {
-            "status": "failed",
+            "status": FAILED,
             "finished_at": now,
             "lease_expires_at": None,
             "error_type": "worker_lost",
@@ -186,9 +193,9 @@ def settle_expired(session: Session, row: Any, now: datetime) -> str | None:
             ),
         }
     else:
-        values = {"status": "queued", "worker_id": None, "lease_expires_at": None, "dispatched_at": None}
+        values = {"status": QUEUED, "worker_id": None, "lease_expires_at": None, "dispatched_at": None}
     result = session.execute(update(Job).where(still).values(**values).execution_options(synchronize_session=False))
-    return str(values["status"]) if result.rowcount == 1 else None  # type: ignore[attr-defined]
+    return JobStatus(values["status"]) if result.rowcount == 1 else None  # type: ignore[attr-defined]
 
 
 def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[str], list[str]]:
@@ -199,12 +206,12 @@ def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[s
     for row in expired_leases(session, now):
         status = settle_expired(session, row, now)
         if status:
-            (requeued if status == "queued" else ended).append(row[0])
+            (requeued if status == QUEUED else ended).append(row[0])
     # A queued job whose cancel was requested (a cancel that raced a requeue) is simply cancelled.
     session.execute(
         update(Job)
-        .where(Job.status == "queued", Job.cancel_requested.is_(True))
-        .values(status="cancelled", finished_at=now)
+        .where(Job.status == QUEUED, Job.cancel_requested.is_(True))
+        .values(status=CANCELLED, finished_at=now)
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -216,7 +223,7 @@ def jobs_to_dispatch(session: Session, older_than: datetime) -> list[tuple[str, 
     rows = session.execute(
         select(Job.id, Job.queue)
         .where(
-            Job.status == "queued",
+            Job.status == QUEUED,
             Job.cancel_requested.is_(False),
             or_(Job.dispatched_at.is_(None), Job.dispatched_at < older_than),
         )
@@ -227,5 +234,5 @@ def jobs_to_dispatch(session: Session, older_than: datetime) -> list[tuple[str, 
 
 def mark_dispatched(session: Session, job_ids: list[str]) -> None:
     if job_ids:
-        session.execute(update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(dispatched_at=utcnow()))
+        session.execute(update(Job).where(Job.id.in_(job_ids), Job.status == QUEUED).values(dispatched_at=utcnow()))
         session.commit()

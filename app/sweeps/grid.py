@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.errors import AppError
+from app.errors import AppError, InvalidInput
 from worker.engine.spec import JobSpec
 
 # Fixed by the sweep itself: one dataset and one task per sweep, and seeds come from ``seeds``.
@@ -37,7 +37,7 @@ SPEC_PATHS = frozenset(_spec_paths(JobSpec))
 
 
 def grid_error(message: str, field: str, code: str = "invalid_grid", **extra: Any) -> AppError:
-    return AppError(422, code, message, [{"field": field, "message": message, "type": code, **extra}])
+    return InvalidInput(code, message, [{"field": field, "message": message, "type": code, **extra}])
 
 
 def check_grid(grid: Mapping[str, Sequence[Any]]) -> None:

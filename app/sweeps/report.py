@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.models import FINISHED_STATUSES
+from app.jobs.status import FINISHED, JobStatus
 from app.sweeps import stats
 from app.sweeps.schemas import (
     BestSetting,
@@ -16,15 +16,7 @@ from app.sweeps.schemas import (
     SweepReport,
     ValueMean,
 )
-from worker.engine.metrics import LOWER_IS_BETTER
-
-# Also lower-is-better: training losses, which the engine's metric list does not name.
-_LOWER_IS_BETTER = frozenset(LOWER_IS_BETTER) | {"loss", "mse"}
-
-
-def lower_is_better(metric_name: str) -> bool:
-    """Errors, losses and calibration error go down; scores (accuracy, r2, auroc, …) go up."""
-    return metric_name in _LOWER_IS_BETTER
+from worker.engine.metrics import lower_is_better
 
 
 @dataclass(frozen=True)
@@ -56,7 +48,7 @@ def build_report(rows: list[SweepJobRow], swept_paths: list[str], main_metric: s
         settings.setdefault(row.setting_key, row.setting)
         jobs_per_setting[row.setting_key] = jobs_per_setting.get(row.setting_key, 0) + 1
         values.setdefault(row.setting_key, {})
-        if row.status != "succeeded":
+        if row.status != JobStatus.SUCCEEDED:
             continue
         succeeded[row.setting_key] = succeeded.get(row.setting_key, 0) + 1
         for name, value in row.test_metrics.items():
@@ -112,7 +104,7 @@ def build_report(rows: list[SweepJobRow], swept_paths: list[str], main_metric: s
             )
 
     total = len(rows)
-    finished = sum(1 for r in rows if r.status in FINISHED_STATUSES)
+    finished = sum(1 for r in rows if r.status in FINISHED)
     return SweepReport(
         main_metric=main_metric,
         lower_is_better=lower,

@@ -10,7 +10,6 @@ from app.auth import CurrentProject
 from app.db import SessionDep
 from app.pagination import Page, PageParams, page_params
 from app.sweeps import service
-from app.sweeps.leaderboard import router as leaderboard_router
 from app.sweeps.schemas import SweepCancel, SweepCreate, SweepRead, SweepSummary
 
 sweeps_router = APIRouter(prefix="/sweeps", tags=["sweeps"])
@@ -50,7 +49,4 @@ def delete_sweep(sweep_id: str, project: CurrentProject, session: SessionDep) ->
     return Response(status_code=204)
 
 
-# What app.main includes: the sweep routes and the dataset leaderboard (under /datasets).
-router = APIRouter()
-router.include_router(sweeps_router)
-router.include_router(leaderboard_router)
+router = sweeps_router

@@ -1,4 +1,4 @@
-"""Sweep and leaderboard schemas by role."""
+"""Sweep schemas by role."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.jobs.status import JobStatus
 
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
@@ -16,7 +18,7 @@ class SweepCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, max_length=200)
-    base: dict[str, Any] = Field(description="A JobSpec (see API.md); the grid's paths override its fields.")
+    base: dict[str, Any] = Field(description="A JobSpec (schema `JobSpec`); the grid's paths override its fields.")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
         description='Dotted spec paths to the values to try, e.g. {"model.hidden_size": [32, 64]}. '
@@ -59,7 +61,7 @@ class SweepJob(BaseModel):
     setting: dict[str, Any]
     setting_key: str
     seed: int
-    status: str
+    status: JobStatus
     main_metric: float | None = Field(description="The job's final test value of the sweep's main metric.")
 
 
@@ -154,24 +156,3 @@ class SweepCancel(BaseModel):
     cancelled: int = Field(description="Queued jobs cancelled at once.")
     cancel_requested: int = Field(description="Running jobs asked to stop within one epoch.")
     progress: SweepProgress
-
-
-class LeaderboardEntry(BaseModel):
-    rank: int
-    job_id: str
-    name: str | None
-    cell: str
-    sweep_id: str | None
-    setting: dict[str, Any] | None
-    metric: str
-    value: float
-    interval: list[float] | None = Field(description="95% bootstrap interval from the evaluation (test split only).")
-    comparison: dict[str, Any] | None = Field(description="Baseline comparison from the evaluation.")
-    finished_at: datetime | None
-
-
-class Leaderboard(BaseModel):
-    dataset_id: str
-    metric: str
-    lower_is_better: bool
-    items: list[LeaderboardEntry]

@@ -9,18 +9,18 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.datasets.service import get_dataset, load_dataset_data
-from app.errors import AppError, not_found, validation_message
+from app.datasets.loading import load_dataset_data
+from app.datasets.service import get_dataset
+from app.db import get_scoped
+from app.errors import AppError, InvalidInput, validation_message
 from app.jobs import state
-from app.jobs.query import metric_value
 from app.jobs.service import check_spec_against_dataset, delete_jobs, dispatch, new_job, parse_spec
-from app.models import FINISHED_STATUSES, JOB_STATUSES, Evaluation, Job, JobMetric, Project, Sweep, new_id
+from app.jobs.status import ACTIVE, FINISHED, JobStatus
+from app.models import Job, JobMetric, Project, Sweep, new_id
 from app.pagination import PageParams, fetch_page
 from app.sweeps import grid as grids
-from app.sweeps.report import SweepJobRow, build_report, lower_is_better
+from app.sweeps.report import SweepJobRow, build_report
 from app.sweeps.schemas import (
-    Leaderboard,
-    LeaderboardEntry,
     SweepCancel,
     SweepCreate,
     SweepJob,
@@ -45,8 +45,7 @@ def _planned_settings(body: SweepCreate) -> list[dict[str, int]]:
     server_max = get_settings().max_sweep_jobs
     how_many = f"this sweep would create {jobs_count} jobs ({settings_count} settings × {len(body.seeds)} seeds)"
     if body.search == "grid" and jobs_count > body.max_jobs:
-        raise AppError(
-            422,
+        raise InvalidInput(
             "too_many_jobs",
             f"{how_many}, more than max_jobs={body.max_jobs}; raise max_jobs, shrink the grid or use search 'random'",
             {
@@ -57,8 +56,7 @@ def _planned_settings(body: SweepCreate) -> list[dict[str, int]]:
             },
         )
     if jobs_count > server_max:
-        raise AppError(
-            422,
+        raise InvalidInput(
             "too_many_jobs",
             f"{how_many}, more than this server allows per sweep ({server_max}, RNNLAB_MAX_SWEEP_JOBS)",
             {"jobs": jobs_count, "settings": settings_count, "seeds": len(body.seeds), "limit": server_max},
@@ -74,7 +72,7 @@ def _parse_setting_spec(raw: dict[str, Any], indices: dict[str, int], setting: d
         details = [{**d, "field": grids.blame_field(d["field"], indices)} for d in (exc.details or [])]
         for d in details:
             d["setting"] = setting
-        raise AppError(422, exc.code, validation_message(details), details) from exc
+        raise InvalidInput(exc.code, validation_message(details), details) from exc
 
 
 def _check_setting_fits(
@@ -88,7 +86,7 @@ def _check_setting_fits(
             for d in (exc.details or [])
         ]
         fields = ", ".join(d["field"] for d in details)
-        raise AppError(exc.status_code, exc.code, f"{fields}: {exc.message}", details) from exc
+        raise exc.with_message(f"{fields}: {exc.message}", details) from exc
 
 
 def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep:
@@ -157,10 +155,7 @@ def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep
 
 
 def get_sweep(session: Session, project: Project, sweep_id: str) -> Sweep:
-    sweep = session.get(Sweep, sweep_id)
-    if sweep is None or sweep.project_id != project.id:
-        raise not_found("sweep", sweep_id)
-    return sweep
+    return get_scoped(session, Sweep, project.id, sweep_id, "sweep")
 
 
 def progress_by_sweep(session: Session, sweep_ids: list[str]) -> dict[str, SweepProgress]:
@@ -178,11 +173,11 @@ def progress_by_sweep(session: Session, sweep_ids: list[str]) -> dict[str, Sweep
 
 
 def _progress(counts: dict[str, int]) -> SweepProgress:
-    by_status = {s: counts.get(s, 0) for s in JOB_STATUSES}
+    by_status = {str(s): counts.get(s, 0) for s in JobStatus}
     return SweepProgress(
         **by_status,
         total=sum(by_status.values()),
-        finished=sum(by_status[s] for s in FINISHED_STATUSES),
+        finished=sum(by_status[s] for s in FINISHED),
     )
 
 
@@ -223,7 +218,7 @@ def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
     metric_rows = session.execute(
         select(JobMetric.job_id, JobMetric.name, JobMetric.value)
         .join(Job, Job.id == JobMetric.job_id)
-        .where(Job.sweep_id == sweep.id, Job.status == "succeeded", JobMetric.split == "test")
+        .where(Job.sweep_id == sweep.id, Job.status == JobStatus.SUCCEEDED, JobMetric.split == "test")
     ).all()
     metrics: dict[str, dict[str, float | None]] = {}
     for job_id, name, value in metric_rows:
@@ -239,7 +234,7 @@ def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
         )
         for job_id, setting, setting_key, status, spec, _ in job_rows
     ]
-    progress = _progress({s: sum(1 for r in rows if r.status == s) for s in JOB_STATUSES})
+    progress = _progress({str(s): sum(1 for r in rows if r.status == s) for s in JobStatus})
     report = build_report(rows, list(sweep.grid), main)
     jobs = [
         SweepJob(
@@ -247,7 +242,7 @@ def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
             setting=r.setting,
             setting_key=r.setting_key,
             seed=r.seed,
-            status=r.status,
+            status=JobStatus(r.status),
             main_metric=r.test_metrics.get(main),
         )
         for r in rows
@@ -261,13 +256,13 @@ def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
 def cancel_sweep(session: Session, project: Project, sweep_id: str) -> SweepCancel:
     """Cancel the sweep's queued jobs now and ask its running ones to stop within one epoch."""
     sweep = get_sweep(session, project, sweep_id)
-    active = list(session.scalars(select(Job).where(Job.sweep_id == sweep.id, Job.status.in_(("queued", "running")))))
+    active = list(session.scalars(select(Job).where(Job.sweep_id == sweep.id, Job.status.in_(ACTIVE))))
     cancelled = requested = 0
     for job in active:
         outcome = state.request_cancel(session, job)
-        if outcome == "cancelled":
+        if outcome == JobStatus.CANCELLED:
             cancelled += 1
-        elif outcome == "running":
+        elif outcome == JobStatus.RUNNING:
             requested += 1
     return SweepCancel(
         id=sweep.id,
@@ -283,55 +278,3 @@ def delete_sweep(session: Session, project: Project, sweep_id: str) -> None:
     delete_jobs(session, list(session.scalars(select(Job).where(Job.sweep_id == sweep.id))))
     session.delete(sweep)
     session.commit()
-
-
-# --- leaderboard ---------------------------------------------------------------------------------
-
-
-def leaderboard(session: Session, project: Project, dataset_id: str, metric: str, limit: int) -> Leaderboard:
-    """The best succeeded jobs on one of the project's datasets, by a final metric in its natural order."""
-    dataset = get_dataset(session, project.id, dataset_id)
-    column = metric_value(metric, code="invalid_metric", status=422)
-    if column is None:
-        raise AppError(
-            422,
-            "invalid_metric",
-            f"metric must be split.name like test.rmse or val.accuracy; got {metric!r}",
-            [{"field": "metric", "message": "expected split.name", "type": "invalid_metric"}],
-        )
-    split, _, name = metric.partition(".")
-    lower = lower_is_better(name)
-    value = column.label("value")
-    rows = session.execute(
-        select(Job, value)
-        .where(Job.project_id == project.id, Job.dataset_id == dataset.id, Job.status == "succeeded")
-        .where(column.is_not(None))
-        .order_by(value.asc() if lower else value.desc(), Job.finished_at, Job.id)
-        .limit(limit)
-    ).all()
-    ids = [job.id for job, _ in rows]
-    bodies: dict[str, dict[str, Any]] = dict(
-        session.execute(select(Evaluation.job_id, Evaluation.body).where(Evaluation.job_id.in_(ids))).all()
-    )
-    items = []
-    for rank, (job, metric_value_) in enumerate(rows, start=1):
-        body: dict[str, Any] = bodies.get(job.id) or {}
-        interval = ((body.get("intervals") or {}).get(split) or {}).get(name)
-        if not isinstance(interval, list | tuple) or len(interval) != 2 or None in interval:
-            interval = None
-        items.append(
-            LeaderboardEntry(
-                rank=rank,
-                job_id=job.id,
-                name=job.name,
-                cell=job.cell,
-                sweep_id=job.sweep_id,
-                setting=job.setting,
-                metric=metric,
-                value=float(metric_value_),
-                interval=list(interval) if interval is not None else None,
-                comparison=body.get("comparison"),
-                finished_at=job.finished_at,
-            )
-        )
-    return Leaderboard(dataset_id=dataset.id, metric=metric, lower_is_better=lower, items=items)

@@ -26,7 +26,8 @@ def test_get_dataset_is_scoped_to_the_project(client, auth, other_auth) -> None:
 
 
 def test_load_table_all_or_some_columns(client, auth) -> None:
-    from app.datasets.service import get_dataset, load_dataset_data
+    from app.datasets.loading import load_dataset_data
+    from app.datasets.service import get_dataset
     from app.models import Project
 
     content = csv_bytes(["t,value,label", "1,0.5,a", "2,,b", "3,1.5,"])
@@ -46,7 +47,8 @@ def test_load_table_all_or_some_columns(client, auth) -> None:
 
 
 def test_load_npz_arrays(client, auth) -> None:
-    from app.datasets.service import get_dataset, load_dataset_data
+    from app.datasets.loading import load_dataset_data
+    from app.datasets.service import get_dataset
     from app.models import Project
 
     X = np.random.default_rng(0).normal(size=(4, 3, 2)).astype(np.float32)

@@ -77,8 +77,8 @@ def test_planted_signal_gets_the_attribution_mass() -> None:
     )
     result = train_and_evaluate(spec, {"X": x, "y": y})
     assert result.evaluation is not None
-    assert result.evaluation["metrics"]["test"]["accuracy"] > 0.85
-    attribution = result.evaluation["attribution"]
+    assert result.evaluation.metrics["test"]["accuracy"] > 0.85
+    attribution = result.evaluation.model_dump()["attribution"]
     importance = np.array(attribution["importance"])
     assert importance.shape == (steps, features) and importance.sum() == pytest.approx(1.0)
     assert importance[t - 2 : t + 3, k].sum() > 0.5

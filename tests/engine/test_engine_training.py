@@ -9,7 +9,14 @@ import pyarrow as pa
 import pytest
 import torch
 
-from worker.engine import DataError, EpochReport, TrainingDiverged, load_predictor, train_and_evaluate
+from worker.engine import (
+    DataError,
+    DeviceUnavailable,
+    EpochReport,
+    TrainingDiverged,
+    load_predictor,
+    train_and_evaluate,
+)
 
 from .engine_fixtures import make_spec, separable_arrays, sine_table
 
@@ -27,7 +34,8 @@ def test_lstm_beats_the_naive_baseline_on_a_sine_wave() -> None:
     )
     reports: list[EpochReport] = []
     result = train_and_evaluate(spec, sine_table(), on_epoch=reports.append)
-    evaluation = result.evaluation
+    assert result.evaluation is not None
+    evaluation = result.evaluation.model_dump(mode="json")
     assert evaluation is not None and not result.cancelled
     assert [r.epoch for r in reports] == list(range(1, result.epochs_run + 1))
     assert set(reports[0].metrics["val"]) == {"loss", "rmse"}
@@ -40,10 +48,10 @@ def test_lstm_beats_the_naive_baseline_on_a_sine_wave() -> None:
     attribution = evaluation["attribution"]
     assert len(attribution["importance"]) == 24 and attribution["features"] == ["value"]
     assert sum(attribution["step_importance"]) == pytest.approx(1.0)
-    assert result.summary["test"]["rmse"] == evaluation["metrics"]["test"]["rmse"]
+    assert result.summary.test["rmse"] == evaluation["metrics"]["test"]["rmse"]
     assert result.num_examples == evaluation["num_examples"]
     assert_plain_json(evaluation)
-    assert_plain_json(result.summary)
+    assert_plain_json(result.summary.model_dump(mode="json"))
 
 
 def test_separable_classification_is_above_95_percent() -> None:
@@ -54,7 +62,8 @@ def test_separable_classification_is_above_95_percent() -> None:
         training={"epochs": 6},
     )
     result = train_and_evaluate(spec, separable_arrays())
-    evaluation = result.evaluation
+    assert result.evaluation is not None
+    evaluation = result.evaluation.model_dump(mode="json")
     assert evaluation is not None
     assert evaluation["metrics"]["test"]["accuracy"] > 0.95
     assert set(evaluation["baselines"]) == {"majority_class", "nearest_neighbour"}
@@ -99,7 +108,7 @@ def test_early_stopping_restores_the_best_weights() -> None:
     best = min(reports, key=lambda r: r.metrics["val"]["loss"])
     assert result.best_epoch == best.epoch
     assert result.epochs_run <= result.best_epoch + 2
-    assert result.evaluation["metrics"]["val"]["rmse"] == pytest.approx(best.metrics["val"]["rmse"], rel=1e-4)
+    assert result.evaluation.metrics["val"]["rmse"] == pytest.approx(best.metrics["val"]["rmse"], rel=1e-4)
 
 
 def test_should_stop_cancels_within_an_epoch() -> None:
@@ -150,7 +159,7 @@ def test_artifact_round_trip_and_predictions() -> None:
     out = predictor.predict(data["X"][170:])
     assert len(out["labels"]) == 30 and len(out["probabilities"][0]) == 2
     accuracy = np.mean(np.array(out["labels"]) == labels[170:])
-    assert accuracy == pytest.approx(result.evaluation["metrics"]["test"]["accuracy"])
+    assert accuracy == pytest.approx(result.evaluation.metrics["test"]["accuracy"])
     with pytest.raises(DataError, match=r"expected inputs shaped \[N, 8, 3\].*got \[2, 7, 3\]"):
         predictor.predict(np.zeros((2, 7, 3)))
 
@@ -181,8 +190,8 @@ def test_layouts_end_to_end(cell: str) -> None:
     data = {"layout": "sequences", "target": "y", "sequence_column": "seq", "order_column": "t"}
     spec = make_spec("regression", data, model={"cell": cell, "num_layers": 2}, training={"epochs": 2})
     result = train_and_evaluate(spec, table)
-    assert result.evaluation is not None and set(result.evaluation["baselines"]) == {"mean", "linear_ar"}
-    assert_plain_json(result.evaluation)
+    assert result.evaluation is not None and set(result.evaluation.model_dump()["baselines"]) == {"mean", "linear_ar"}
+    assert_plain_json(result.evaluation.model_dump(mode="json"))
     wide = pa.table({**{f"s{i}": rng.standard_normal(60) for i in range(5)}, "label": ["a", "b", "c"] * 20})
     spec = make_spec(
         "classification",
@@ -191,15 +200,15 @@ def test_layouts_end_to_end(cell: str) -> None:
         evaluation={"attribution": True},
     )
     result = train_and_evaluate(spec, wide)
-    assert result.evaluation is not None and result.evaluation["attribution"]["features"] == ["value"]
-    assert_plain_json(result.evaluation)
+    assert result.evaluation is not None and result.evaluation.model_dump()["attribution"]["features"] == ["value"]
+    assert_plain_json(result.evaluation.model_dump(mode="json"))
 
 
 def test_missing_cuda_is_a_clear_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     spec = make_spec("forecast", {"layout": "series", "target": "value"})
-    with pytest.raises(DataError, match="no CUDA device"):
+    with pytest.raises(DeviceUnavailable, match="no usable GPU"):
         train_and_evaluate(spec, sine_table(), device="cuda")
 
 
@@ -212,5 +221,5 @@ def test_without_validation_part_the_final_weights_are_kept() -> None:
     result = train_and_evaluate(spec, separable_arrays(n=120))
     assert result.evaluation is not None
     assert result.num_examples["val"] == 0 and result.best_epoch == result.epochs_run == 3
-    assert result.evaluation["metrics"]["val"] == {}
-    assert any("no validation part" in note for note in result.evaluation["notes"])
+    assert result.evaluation.metrics["val"] == {}
+    assert any("no validation part" in note for note in result.evaluation.model_dump()["notes"])

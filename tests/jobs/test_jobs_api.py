@@ -11,8 +11,9 @@ from sqlalchemy import select, update
 from app.config import get_settings
 from app.db import new_session
 from app.jobs import state
-from app.jobs.dispatch import broker_job_ids, recover_jobs
+from app.jobs.dispatch import recover_jobs
 from app.models import Job, JobMetric, utcnow
+from app.queue import broker_job_ids
 from tests.stack import forecast_spec, sine_csv
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.engine import DataError, TrainingDiverged
-from worker.runner import JobFailure, classify_error, resolve_device
+from worker.engine import DataError, DeviceUnavailable, TrainingDiverged, resolve_device
+from worker.engine.results import Evaluation, GeneralizationGap, Summary
+from worker.runner import classify_error
 
 
 @pytest.mark.parametrize(
@@ -27,12 +28,13 @@ def test_failures_are_classified_without_stack_traces(exc: BaseException, error_
 
 def test_cuda_without_a_gpu_is_a_clear_failure() -> None:
     if torch.cuda.is_available():
-        assert resolve_device("cuda") == "cuda"
+        assert resolve_device("cuda").type == "cuda"
         return
-    with pytest.raises(JobFailure) as info:
+    with pytest.raises(DeviceUnavailable) as info:
         resolve_device("cuda")
-    assert info.value.error_type == "device_unavailable" and "gpu" in info.value.message
-    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    failure = classify_error(info.value)
+    assert failure.error_type == "device_unavailable" and "gpu" in failure.message
+    assert resolve_device("auto").type == "cpu" and resolve_device("cpu").type == "cpu"
 
 
 # --- stale attempts and database hiccups (the worker shell, run in this process) ----------------
@@ -85,8 +87,20 @@ def test_a_stale_attempt_cannot_overwrite_the_model(job_id) -> None:
     stale, current = _replace_attempt(job_id)
     result = SimpleNamespace(
         artifact={"format": "rnnlab.model/1", "state_dict": {"w": torch.zeros(2)}},
-        evaluation={"metrics": {"test": {"rmse": 0.1}}},
-        summary={"test": {"rmse": 0.1}},
+        evaluation=Evaluation(
+            task="forecast",
+            main_metric="rmse",
+            metrics={"train": {"rmse": 0.1}, "val": {"rmse": 0.1}, "test": {"rmse": 0.1}},
+            intervals={"test": {"rmse": [0.05, 0.15]}},
+            confidence_level=0.95,
+            bootstrap_samples=10,
+            baselines={},
+            comparison={},
+            generalization_gap=GeneralizationGap(metric="rmse", train=0.1, test=0.1, gap=0.0),
+            num_examples={"train": 1, "val": 1, "test": 1},
+            notes=[],
+        ),
+        summary=Summary(best_epoch=1, test={"rmse": 0.1}),
         train_seconds=0.1,
         epochs_run=1,
         device="cpu",

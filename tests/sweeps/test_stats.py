@@ -7,7 +7,8 @@ import math
 import pytest
 
 from app.sweeps import stats
-from app.sweeps.report import SweepJobRow, build_report, lower_is_better
+from app.sweeps.report import SweepJobRow, build_report
+from worker.engine.metrics import lower_is_better
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from app.config import get_settings
 from app.db import new_session
 from app.models import Evaluation, Job, JobMetric, Sweep, utcnow
 from tests.stack import forecast_spec, sine_csv
+from worker.engine import results
 
 # Student t quantile for two degrees of freedom, in closed form: (2p - 1) / sqrt(2p(1 - p)).
 T_975_DF2 = 0.95 / math.sqrt(2 * 0.975 * 0.025)
@@ -237,6 +238,24 @@ def test_cancel_cancels_queued_jobs(client, auth, sine) -> None:
 RMSE = {4: [0.40, 0.50, 0.45], 8: [0.20, 0.22, 0.21]}
 
 
+def evaluation_body(test_metrics: dict[str, float], **fields: Any) -> dict[str, Any]:
+    """A complete evaluation as the engine writes it, with ``fields`` replacing its parts."""
+    body = {
+        "task": "forecast",
+        "main_metric": "rmse",
+        "metrics": {"train": {}, "val": {}, "test": test_metrics},
+        "intervals": {"test": {}},
+        "confidence_level": 0.95,
+        "bootstrap_samples": 100,
+        "baselines": {},
+        "comparison": {},
+        "generalization_gap": {"metric": "rmse", "train": None, "test": None, "gap": None},
+        "num_examples": {"train": 10, "val": 2, "test": 2},
+        "notes": [],
+    }
+    return results.Evaluation.model_validate({**body, **fields}).model_dump(mode="json")
+
+
 def finish(job_id: str, test_metrics: dict[str, float], status: str = "succeeded", **evaluation: Any) -> None:
     """What a worker writes when a job ends: status, final metrics, evaluation."""
     with new_session() as session:
@@ -244,7 +263,7 @@ def finish(job_id: str, test_metrics: dict[str, float], status: str = "succeeded
         if status == "succeeded":
             session.add_all(JobMetric(job_id=job_id, split="test", name=k, value=v) for k, v in test_metrics.items())
             session.add(JobMetric(job_id=job_id, split="val", name="rmse", value=99.0))  # not counted: val
-            session.add(Evaluation(job_id=job_id, body={"main_metric": "rmse", **evaluation}))
+            session.add(Evaluation(job_id=job_id, body=evaluation_body(test_metrics, **evaluation)))
         session.commit()
 
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .data import check_spec_fits
-    from .engine import EngineResult, train_and_evaluate
-    from .errors import DataError, TrainingDiverged
+    from .engine import EngineResult, resolve_device, train_and_evaluate
+    from .errors import DataError, DeviceUnavailable, TrainingDiverged
     from .predictor import Predictor, load_predictor
     from .spec import JobSpec
     from .training import EpochReport
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "DataError": ".errors",
     "TrainingDiverged": ".errors",
+    "DeviceUnavailable": ".errors",
+    "resolve_device": ".engine",
     "JobSpec": ".spec",
     "check_spec_fits": ".data",
     "EngineResult": ".engine",
@@ -32,6 +34,7 @@ _EXPORTS = {
 
 __all__ = [
     "DataError",
+    "DeviceUnavailable",
     "EngineResult",
     "EpochReport",
     "JobSpec",
@@ -39,6 +42,7 @@ __all__ = [
     "TrainingDiverged",
     "check_spec_fits",
     "load_predictor",
+    "resolve_device",
     "train_and_evaluate",
 ]
 assert set(__all__) == set(_EXPORTS)

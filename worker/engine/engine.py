@@ -11,14 +11,14 @@ import numpy as np
 import torch
 
 from .data import PreparedData, prepare_data
-from .errors import DataError
+from .errors import DeviceUnavailable
 from .evaluation import evaluate
 from .layouts import Data
 from .models import RecurrentModel
+from .predictor import ARTIFACT_FORMAT
+from .results import Evaluation, Summary
 from .spec import JobSpec
 from .training import EpochReport, fit
-
-ARTIFACT_FORMAT = "rnnlab.model/1"
 
 
 @dataclass
@@ -28,18 +28,22 @@ class EngineResult:
     epochs_run: int
     device: str  # "cpu" / "cuda"
     train_seconds: float  # the epoch loop only (training and per-epoch validation)
-    summary: dict[str, Any]  # {"best_epoch", "train": {metric: value}, "val": {...}, "test": {...}}
-    evaluation: dict[str, Any] | None  # None when cancelled
+    summary: Summary
+    evaluation: Evaluation | None  # None when cancelled
     artifact: dict[str, Any]  # torch.save-able, loadable with weights_only=True
     num_examples: dict[str, int]
     evaluation_seconds: float = 0.0
 
 
 def resolve_device(requested: str) -> torch.device:
+    """``auto`` → cuda when this process has a GPU, else cpu; ``cuda`` without a GPU raises DeviceUnavailable."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise DataError("device 'cuda' was requested but this worker has no CUDA device", field="device")
+        raise DeviceUnavailable(
+            "device 'cuda' requested but this worker has no usable GPU; use device 'auto' or 'cpu', "
+            "or run a GPU worker (rnnlab worker --queues gpu)"
+        )
     return torch.device(requested)
 
 
@@ -113,12 +117,13 @@ def train_and_evaluate(
     num_examples = {part: int(len(idx)) for part, idx in prep.split.parts().items()}
     artifact = build_artifact(spec, prep, model)
     evaluation = None
-    summary: dict[str, Any] = {"best_epoch": outcome.best_epoch, "train": {}, "val": {}, "test": {}}
+    summary = Summary(best_epoch=outcome.best_epoch)
     started = time.perf_counter()
     if not outcome.cancelled:
         # A separate stream from the data split's, so evaluation settings never change the split.
         evaluation = evaluate(spec, prep, model, tensors, np.random.default_rng([seed, 1]))
-        summary.update(evaluation["metrics"])
+        m = evaluation.metrics
+        summary = Summary(best_epoch=outcome.best_epoch, train=m["train"], val=m["val"], test=m["test"])
     return EngineResult(
         cancelled=outcome.cancelled,
         best_epoch=outcome.best_epoch,

@@ -18,5 +18,9 @@ class DataError(ValueError):
         return f"{self.field}: {self.message}" if self.field else self.message
 
 
+class DeviceUnavailable(RuntimeError):
+    """The spec asks for a device this process does not have."""
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""

@@ -1,4 +1,4 @@
-"""The Evaluation of API.md: metrics per split, bootstrap intervals, baselines, gap, attribution."""
+"""Evaluating a trained model: metrics per split, bootstrap intervals, baselines, gap, attribution."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from .metrics import (
     undefined_metric_notes,
 )
 from .models import forward_in_chunks
+from .results import Evaluation
 from .spec import JobSpec
 
 
@@ -72,8 +73,8 @@ def evaluate(
     model: nn.Module,
     tensors: dict[str, torch.Tensor],
     rng: np.random.Generator,
-) -> dict[str, Any]:
-    """The JSON-serializable evaluation. ``tensors`` holds the scaled inputs of each part on the device."""
+) -> Evaluation:
+    """The evaluation of a trained model. ``tensors`` holds the scaled inputs of each part on the device."""
     task = spec.task
     main = main_metric(task)
     classes = prep.examples.classes
@@ -148,7 +149,7 @@ def evaluate(
         }
     if spec.evaluation.attribution:
         evaluation["attribution"] = _attribution(spec, prep, model, tensors["test"], rng)
-    return evaluation
+    return Evaluation.model_validate(evaluation)
 
 
 def _attribution(

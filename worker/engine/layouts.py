@@ -1,4 +1,4 @@
-"""The four data layouts of API.md turned into examples ``x [N, T, F]`` and targets ``y``.
+"""The four data layouts turned into examples ``x [N, T, F]`` and targets ``y``.
 
 Every builder has a cheap planning mode (``materialize=False``) that only counts examples and
 reads what the split needs, so ``check_spec_fits`` never builds the windows of a large dataset.

@@ -14,11 +14,17 @@ import numpy as np
 
 REGRESSION_METRICS = ("mae", "rmse", "smape", "mase", "r2", "mape")
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "auroc", "ece")
-LOWER_IS_BETTER = {"mae", "rmse", "smape", "mase", "mape", "log_loss", "ece"}
+# Errors, losses (the per-epoch training losses too) and calibration error go down; scores go up.
+LOWER_IS_BETTER = frozenset({"mae", "rmse", "smape", "mase", "mape", "log_loss", "ece", "loss", "mse"})
 ECE_BINS = 15
 _PROBABILITY_FLOOR = 1e-15
 # Bound the [resamples x examples] weight matrix held at once (float64 elements).
 _MAX_WEIGHT_ELEMENTS = 4_000_000
+
+
+def lower_is_better(metric_name: str) -> bool:
+    """Errors, losses and calibration error go down; scores (accuracy, r2, auroc, …) go up."""
+    return metric_name in LOWER_IS_BETTER
 
 
 def main_metric(task: str) -> str:

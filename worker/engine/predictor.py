@@ -13,6 +13,7 @@ from .models import RecurrentModel, forward_in_chunks
 from .scaling import Scaler
 from .spec import JobSpec
 
+# The artifact layout version: written by engine.build_artifact, checked here on load.
 ARTIFACT_FORMAT = "rnnlab.model/1"
 
 

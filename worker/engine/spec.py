@@ -1,4 +1,4 @@
-"""The job spec (API.md ``JobSpec``): the single pydantic definition the API and the engine share."""
+"""The job spec (``JobSpec``): the single pydantic definition the API and the engine share."""
 
 from __future__ import annotations
 

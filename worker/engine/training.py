@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -44,7 +44,6 @@ class TrainOutcome:
     epochs_run: int
     cancelled: bool
     train_seconds: float
-    history: list[EpochReport] = field(default_factory=list)
 
 
 def make_optimizer(spec: TrainingSpec, model: nn.Module) -> torch.optim.Optimizer:
@@ -131,7 +130,6 @@ def fit(
             metrics["val"] = {"loss": values[1], metric_name: values[2]}
             monitored = values[1]
         report = EpochReport(epoch=epoch, epochs=spec.epochs, metrics=metrics, seconds=seconds)
-        outcome.history.append(report)
         if monitored < best_loss:
             best_loss, best_epoch, since_best = monitored, epoch, 0
             if val is not None:

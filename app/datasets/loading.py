@@ -1,0 +1,49 @@
+"""Reading a stored dataset's content: what the job submitter checks specs against and the worker trains on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from app.errors import InvalidInput, Unavailable
+from app.models import Dataset
+from app.storage import get_storage
+
+
+def dataset_path(dataset: Dataset) -> Path:
+    """The stored blob: Parquet for tables (whatever was uploaded), the original file for ``.npz``."""
+    path = get_storage().path(dataset.storage_key)
+    if not path.exists():
+        raise Unavailable("dataset_file_missing", f"the stored file of dataset '{dataset.id}' is missing from storage")
+    return path
+
+
+def load_dataset_data(dataset: Dataset, columns: list[str] | None = None) -> pa.Table | dict[str, np.ndarray[Any, Any]]:
+    """The dataset's content: a ``pyarrow.Table`` for tables, ``{name: array}`` for ``.npz``.
+
+    ``columns`` selects table columns (or arrays) to read; unknown names raise a 422 naming them.
+    Arrays are loaded with ``allow_pickle=False``: an upload is never unpickled.
+    """
+    path = dataset_path(dataset)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as npz:
+            names = list(npz.files) if columns is None else columns
+            _check_known(names, list(npz.files), "array")
+            return {name: npz[name] for name in names}
+    if columns is not None:
+        _check_known(columns, pq.read_schema(path).names, "column")
+    return pq.read_table(path, columns=columns)
+
+
+def _check_known(requested: list[str], available: list[str], kind: str) -> None:
+    unknown = [name for name in requested if name not in available]
+    if unknown:
+        raise InvalidInput(
+            f"{kind}_not_found",
+            f"{kind} {', '.join(repr(n) for n in unknown)} not found; {kind}s are: {', '.join(available)}",
+            {"unknown": unknown, "available": available},
+        )

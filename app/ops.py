@@ -1,0 +1,75 @@
+"""Operations: liveness, readiness and Prometheus metrics (outside /api/v1, no key needed)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import func, select, text
+
+from app.db import get_engine, new_session
+from app.errors import error_body
+from app.jobs.status import JobStatus
+from app.models import Dataset, Job
+from app.queue import DEFAULT_QUEUE, broker_ready
+
+router = APIRouter(tags=["operations"])
+
+
+def database_ready() -> str | None:
+    """None when the database answers, else the reason."""
+    try:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return None
+    except Exception as exc:
+        return f"database unreachable: {type(exc).__name__}"
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz() -> JSONResponse:
+    checks = {"database": database_ready(), "broker": broker_ready()}
+    failed = {k: v for k, v in checks.items() if v}
+    if failed:
+        return JSONResponse(error_body("not_ready", "; ".join(failed.values()), {"checks": failed}), status_code=503)
+    return JSONResponse({"status": "ready", "checks": {k: "ok" for k in checks}})
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def prometheus_metrics() -> PlainTextResponse:
+    """Prometheus text format: jobs by status and queue, datasets, readiness."""
+    return PlainTextResponse(prometheus_text(), media_type="text/plain; version=0.0.4")
+
+
+def prometheus_text() -> str:
+    lines = [
+        "# HELP rnnlab_jobs Jobs by status and queue.",
+        "# TYPE rnnlab_jobs gauge",
+    ]
+    with new_session() as session:
+        counts = {
+            (s, q): n
+            for s, q, n in session.execute(select(Job.status, Job.queue, func.count()).group_by(Job.status, Job.queue))
+        }
+        datasets = session.scalar(select(func.count()).select_from(Dataset)) or 0
+        attempts = session.scalar(select(func.coalesce(func.sum(Job.attempts - 1), 0)).where(Job.attempts > 1)) or 0
+    queues = sorted({q for _, q in counts} | {DEFAULT_QUEUE})
+    for status in JobStatus:
+        for queue in queues:
+            lines.append(f'rnnlab_jobs{{status="{status}",queue="{queue}"}} {counts.get((status, queue), 0)}')
+    lines += [
+        "# HELP rnnlab_job_retries_total Extra attempts jobs needed after a lost worker.",
+        "# TYPE rnnlab_job_retries_total counter",
+        f"rnnlab_job_retries_total {attempts}",
+        "# HELP rnnlab_datasets Stored datasets.",
+        "# TYPE rnnlab_datasets gauge",
+        f"rnnlab_datasets {datasets}",
+        "# HELP rnnlab_ready 1 when the database and the broker answer.",
+        "# TYPE rnnlab_ready gauge",
+        f"rnnlab_ready {int(database_ready() is None and broker_ready() is None)}",
+    ]
+    return "\n".join(lines) + "\n"
