@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.rnnlab-installed
 TORCH_PIP_ARGS ?=
 
-.PHONY: setup up test lint bench clean
+.PHONY: setup up test lint bench clean vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,19 @@ bench: setup
 	$(BIN)/python bench/engine_vs_raw.py
 	$(BIN)/python bench/job_overhead.py
 	$(BIN)/python bench/export_models.py
+
+# The dashboard's charting library, vendored from the npm package (the page must work offline: no CDN).
+ECHARTS_VERSION ?= 6.1.0
+VENDOR_DIR := app/dashboard/static/vendor/echarts
+
+vendor:
+	rm -rf .vendor-tmp && mkdir -p .vendor-tmp
+	cd .vendor-tmp && npm pack --silent echarts@$(ECHARTS_VERSION) && tar xzf echarts-$(ECHARTS_VERSION).tgz
+	rm -rf $(VENDOR_DIR) && mkdir -p $(VENDOR_DIR)
+	cp .vendor-tmp/package/dist/echarts.min.js .vendor-tmp/package/LICENSE .vendor-tmp/package/NOTICE $(VENDOR_DIR)/
+	cp .vendor-tmp/package/licenses/LICENSE-d3 $(VENDOR_DIR)/
+	echo "$(ECHARTS_VERSION)" > $(VENDOR_DIR)/VERSION
+	rm -rf .vendor-tmp
 
 clean:
 	rm -rf $(VENV) .rnnlab

@@ -15,8 +15,9 @@ from fastapi.responses import FileResponse, StreamingResponse
 from app.auth import CurrentProject
 from app.config import get_settings
 from app.db import SessionDep, new_session
-from app.jobs import export, service
-from app.jobs.export import ModelFormat
+from app.jobs import model_export, service
+from app.jobs.export import metrics_csv
+from app.jobs.model_export import ModelFormat
 from app.jobs.schemas import JobMetrics, JobRead, Leaderboard, PredictRequest, PredictResponse
 from app.jobs.status import FINISHED, JobStatus
 from app.pagination import Page, PageParams, page_params
@@ -81,9 +82,24 @@ def cancel_job(job_id: str, project: CurrentProject, session: SessionDep) -> Job
     return JobRead.from_row(service.cancel_job(session, project, job_id))
 
 
-@router.get("/{job_id}/metrics", response_model=JobMetrics)
-def job_metrics(job_id: str, project: CurrentProject, session: SessionDep) -> JobMetrics:
-    return JobMetrics.model_validate({"job_id": job_id, "series": service.job_metrics(session, project, job_id)})
+@router.get(
+    "/{job_id}/metrics",
+    response_model=JobMetrics,
+    responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"}},
+)
+def job_metrics(
+    job_id: str,
+    project: CurrentProject,
+    session: SessionDep,
+    format: Annotated[
+        Literal["json", "csv"], Query(description="csv: one row per epoch, one column per split.metric")
+    ] = "json",
+) -> JobMetrics | Response:
+    series = service.job_metrics(session, project, job_id)
+    if format == "csv":
+        headers = {"Content-Disposition": f'attachment; filename="rnnlab-{job_id}-metrics.csv"'}
+        return Response(metrics_csv(series), media_type="text/csv; charset=utf-8", headers=headers)
+    return JobMetrics.model_validate({"job_id": job_id, "series": series})
 
 
 @router.get("/{job_id}/evaluation", response_model=Evaluation)
@@ -107,12 +123,12 @@ def job_model(
     spec, scalers, classes and opset are in the model's metadata (``rnnlab.*``). ``safetensors``:
     the weights, with the same facts as JSON metadata; no pickle.
     """
-    model = export.exported_model(session, project, job_id, format)
+    model = model_export.exported_model(session, project, job_id, format)
     filename = f"rnnlab-{job_id}.{format}"
     if isinstance(model, Path):
-        return FileResponse(model, media_type=export.MEDIA_TYPES[format], filename=filename)
+        return FileResponse(model, media_type=model_export.MEDIA_TYPES[format], filename=filename)
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
-    return Response(model, media_type=export.MEDIA_TYPES[format], headers=headers)
+    return Response(model, media_type=model_export.MEDIA_TYPES[format], headers=headers)
 
 
 @router.post("/{job_id}/predict", response_model=PredictResponse)

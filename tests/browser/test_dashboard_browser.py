@@ -1,4 +1,9 @@
-"""The dashboard in a real headless Chromium, against a real API process with a finished job."""
+"""The dashboard in a real headless Chromium, against a real API process with finished jobs and a sweep.
+
+One server and one browser for the module; each test opens its own tab. Every request any tab makes
+is recorded, so each test can check that nothing left 127.0.0.1 and that the key never went into a URL.
+Screenshots of each view land in tests/artifacts/ (git-ignored) for a reviewer to look at.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,44 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from sqlalchemy import update
 
-from app.db import new_session
-from app.models import Job
-from tests.conftest import IN_CI, configure, make_key
-from tests.stack import ROOT, forecast_spec, sine_csv
+from app.config import get_settings
+from app.db import new_session, reset_engine
+from app.models import EpochMetric, Job
+from tests.conftest import IN_CI, _prepare_database, configure, make_key
+from tests.stack import ROOT, forecast_spec
 
 CHROMIUM = os.environ.get("RNNLAB_TEST_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "tests" / "artifacts"
 pytestmark = pytest.mark.browser
+# Markup a user can put into names and columns; it must show as text and never become an element.
+NAME_MARKUP = "<img id=nameinj src=x onerror=document.title=1>"
+COLUMN_MARKUP = "<b id=colinj>level</b>"
+ERROR_MARKUP = "feature '<img id=errinj src=x onerror=\"document.title=1\">' is not numeric"
+
+
+@dataclass
+class Site:
+    base: str
+    key: str
+    dataset: str
+    labels_dataset: str
+    job: str
+    classifier: str
+    failed: str
+    sweep: str
+    sweep_jobs: list[str]
+    browser: Any = None
+    requests: list[str] = field(default_factory=list)
 
 
 def _free_port() -> int:
@@ -29,7 +59,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_dashboard_shows_jobs_curves_and_evaluation(sqlite_env, monkeypatch, tmp_path: Path) -> None:
+def _series_csv(n: int = 300) -> str:
+    """A sine with a second, noisy column whose name is markup."""
+    rng = np.random.default_rng(0)
+    t = np.arange(n)
+    value = np.sin(2 * np.pi * t / 25) + 0.05 * rng.standard_normal(n)
+    other = 0.5 * rng.standard_normal(n)
+    rows = "\n".join(f"{i},{v:.6f},{o:.6f}" for i, v, o in zip(t, value, other, strict=True))
+    return f"t,value,{COLUMN_MARKUP}\n{rows}\n"
+
+
+def _classes_csv(n: int = 90, steps: int = 10) -> str:
+    """UCR-style wide table: a label and one column per step; class 1 rises, class 0 falls."""
+    rng = np.random.default_rng(1)
+    lines = ["label," + ",".join(f"s{i}" for i in range(steps))]
+    for i in range(n):
+        label = i % 2
+        slope = 1.0 if label else -1.0
+        values = slope * np.linspace(0, 1, steps) + 0.3 * rng.standard_normal(steps)
+        lines.append(f"{label}," + ",".join(f"{v:.4f}" for v in values))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     if not shutil.which(CHROMIUM):
         if IN_CI:
             pytest.fail(f"Chromium not found at {CHROMIUM} (CI=true: .ci/run installs it)")
@@ -38,94 +91,456 @@ def test_dashboard_shows_jobs_curves_and_evaluation(sqlite_env, monkeypatch, tmp
 
     from worker.runner import run_job
 
-    home = Path(sqlite_env["RNNLAB_HOME"])
-    configure(monkeypatch, home, torch_threads="1")
-    key = make_key("browser")
-    port = _free_port()
-    env = {**os.environ, "RNNLAB_HOME": str(home), "RNNLAB_PORT": str(port)}
-    api = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "api"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        headers = {"Authorization": f"Bearer {key}"}
-        ds = httpx.post(
-            f"{base}/api/v1/datasets", headers=headers, files={"file": ("sine.csv", sine_csv(300).encode(), "text/csv")}
-        ).json()["id"]
-        spec = forecast_spec(ds, epochs=4)
-        spec["name"] = "browser-gru"
-        spec["evaluation"]["attribution"] = True
-        job = httpx.post(f"{base}/api/v1/jobs", headers=headers, json=spec).json()
-        assert run_job(job["id"], "test-worker") == "succeeded"  # the worker shell, in this process
-        sweep = httpx.post(
-            f"{base}/api/v1/sweeps",
-            headers=headers,
-            json={
-                "name": "size-sweep",
-                "base": forecast_spec(ds, epochs=2),
-                "grid": {"model.hidden_size": [4, 8]},
-                "seeds": [0, 1],
-            },
-        ).json()
-        for sweep_job in sweep["jobs"]:
-            assert run_job(sweep_job["id"], "test-worker") == "succeeded"
-        # A failed job whose message carries markup (messages quote column names users chose).
-        bad = httpx.post(f"{base}/api/v1/jobs", headers=headers, json={**spec, "name": "xss-job"}).json()
-        with new_session() as session:
-            session.execute(
-                update(Job)
-                .where(Job.id == bad["id"])
-                .values(
-                    status="failed",
-                    error_type="data_error",
-                    error_message="feature '<img id=injected src=x onerror=\"document.title=1\">' is not numeric",
-                )
-            )
-            session.commit()
+    home = tmp_path_factory.mktemp("dashboard") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        configure(mp, home, torch_threads="1")
+        _prepare_database(get_settings().database_url)
+        key = make_key("browser")
+        port = _free_port()
+        env = {**os.environ, "RNNLAB_HOME": str(home), "RNNLAB_PORT": str(port)}
+        api = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "api"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(100):
+                try:
+                    if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            headers = {"Authorization": f"Bearer {key}"}
 
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(base + "/")
-            page.fill("#api-key", key)
-            page.click("#key-form button")
-            row = page.locator("#jobs tbody tr", has_text="browser-gru")
-            row.wait_for(timeout=10_000)
-            assert "succeeded" in row.inner_text() and "4/4" in row.inner_text()
-            row.click()
-            page.locator("#evaluation table").wait_for(timeout=10_000)
-            assert "rmse" in page.inner_text("#evaluation")
-            assert "naive" in page.inner_text("#evaluation")
-            assert page.locator("#curves polyline").count() >= 2  # train and val loss
-            assert page.locator("#attribution .heat div").count() == 12  # 12 steps × 1 feature
-            page.locator("#sweeps li", has_text="size-sweep").click()
-            page.locator("#sweep-settings tbody tr").nth(1).wait_for(timeout=10_000)
-            table = page.inner_text("#sweep-settings")
-            assert "model.hidden_size=4" in table and "model.hidden_size=8" in table and "2/2" in table
-            assert "share of variance" in page.inner_text("#sweep-parameters")
-            page.locator("#jobs tbody tr", has_text="xss-job").click()
-            page.locator("#detail-status", has_text="data_error").wait_for(timeout=10_000)
-            assert "<img id=injected" in page.inner_text("#detail-status")  # shown as text
-            assert page.locator("#injected").count() == 0
-            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
-            # The API docs render from local assets (no CDN on a self-hosted machine).
-            cdn_requests: list[str] = []
-            page.on("request", lambda r: cdn_requests.append(r.url) if not r.url.startswith(base) else None)
-            page.goto(base + "/docs")
-            page.locator(".swagger-ui .title", has_text="rnnlab").wait_for(timeout=15_000)
-            assert page.locator(".opblock-summary-path", has_text="/api/v1/jobs").count() > 0
-            assert cdn_requests == []
-            browser.close()
-    finally:
-        api.terminate()
-        api.wait(timeout=20)
+            def post(path: str, **kwargs: Any) -> dict[str, Any]:
+                r = httpx.post(f"{base}/api/v1{path}", headers=headers, timeout=30, **kwargs)
+                assert r.status_code in (200, 201), r.text
+                return dict(r.json())
+
+            ds = post("/datasets", files={"file": ("sine.csv", _series_csv().encode(), "text/csv")})["id"]
+            labels_ds = post("/datasets", files={"file": ("updown.csv", _classes_csv().encode(), "text/csv")})["id"]
+            spec = forecast_spec(ds, epochs=4)
+            spec["name"] = "browser-gru"
+            spec["data"]["features"] = ["value", COLUMN_MARKUP]
+            spec["evaluation"]["attribution"] = True
+            job = post("/jobs", json=spec)["id"]
+            assert run_job(job, "test-worker") == "succeeded"  # the worker shell, in this process
+            classifier = post(
+                "/jobs",
+                json={
+                    "name": "updown-lstm",
+                    "dataset_id": labels_ds,
+                    "task": "classification",
+                    "data": {"layout": "wide", "target": "label"},
+                    "model": {"cell": "lstm", "hidden_size": 8},
+                    "training": {"epochs": 3, "batch_size": 16},
+                    "evaluation": {"bootstrap_samples": 50, "attribution": False},
+                },
+            )["id"]
+            assert run_job(classifier, "test-worker") == "succeeded"
+            sweep = post(
+                "/sweeps",
+                json={
+                    "name": "size-sweep",
+                    "base": forecast_spec(ds, epochs=2),
+                    "grid": {"model.hidden_size": [4, 8]},
+                    "seeds": [0, 1],
+                },
+            )
+            for sweep_job in sweep["jobs"]:
+                assert run_job(sweep_job["id"], "test-worker") == "succeeded"
+            # A failed one-epoch job with markup in its name and message, and a loss that blew up.
+            failed = post("/jobs", json={**forecast_spec(ds), "name": NAME_MARKUP})["id"]
+            with new_session() as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == failed)
+                    .values(status="failed", error_type="data_error", error_message=ERROR_MARKUP, progress_epoch=1)
+                )
+                session.add_all(
+                    EpochMetric(job_id=failed, epoch=1, split=split, name="loss", value=1.932616197294619e22)
+                    for split in ("train", "val")
+                )
+                session.commit()
+            reset_engine()
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+                yield Site(
+                    base=base,
+                    key=key,
+                    dataset=ds,
+                    labels_dataset=labels_ds,
+                    job=job,
+                    classifier=classifier,
+                    failed=failed,
+                    sweep=sweep["id"],
+                    sweep_jobs=[j["id"] for j in sweep["jobs"]],
+                    browser=browser,
+                )
+                browser.close()
+        finally:
+            api.terminate()
+            api.wait(timeout=20)
+
+
+def open_page(site: Site, hash_path: str, width: int = 1440, height: int = 900, dark: bool = False) -> Any:
+    """A fresh tab at ``/#hash_path`` with the key entered in the form (as a user does)."""
+    context = site.browser.new_context(
+        viewport={"width": width, "height": height}, color_scheme="dark" if dark else "light", accept_downloads=True
+    )
+    page = context.new_page()
+    page.on("request", lambda r: site.requests.append(r.url))
+    page.goto(f"{site.base}/#{hash_path}")
+    page.fill("#api-key", site.key)
+    page.click("#key-form button")
+    return page
+
+
+def shoot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(200)  # let a resize observer settle
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def assert_local_only(site: Site) -> None:
+    outside = [u for u in site.requests if not u.startswith(site.base) and not u.startswith(("blob:", "data:"))]
+    assert outside == [], f"requests left 127.0.0.1: {outside}"
+    assert not [u for u in site.requests if site.key in u], "the API key appeared in a URL"
+
+
+def chart_state(page: Any, element_id: str) -> dict[str, Any]:
+    """What ECharts painted in a chart: pixels that differ from the first one, and the texts it laid out."""
+    return dict(
+        page.evaluate(
+            """(id) => {
+                const el = document.getElementById(id);
+                const chart = echarts.getInstanceByDom(el);
+                if (!chart) return { drawn: 0, texts: [] };
+                const canvas = el.querySelector('canvas');
+                const ctx = canvas.getContext('2d');
+                const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+                let drawn = 0;
+                for (let i = 3; i < data.length; i += 4) if (data[i] > 0) drawn++;
+                // zrender's display list: every text element ECharts drew (axis names, tick labels, marks).
+                const texts = [];
+                const visit = (node) => {
+                    if (node.style && typeof node.style.text === 'string') texts.push(node.style.text);
+                    if (node.getTextContent && node.getTextContent()) visit(node.getTextContent());
+                };
+                chart.getZr().storage.getDisplayList(true).forEach(visit);
+                return { drawn, texts };
+            }""",
+            element_id,
+        )
+    )
+
+
+def first_row_id(page: Any) -> str | None:
+    """The job id (or, for a sweep's group row, the sweep id) of the list's first row."""
+    row = page.locator("#jobs tbody tr").first
+    return row.get_attribute("data-id") or row.get_attribute("data-sweep")
+
+
+def test_job_page_draws_curves_evaluation_and_attribution(site: Site) -> None:
+    page = open_page(site, f"/jobs/{site.job}")
+    page.locator("#chart-attribution canvas").first.wait_for(timeout=15_000)
+    loss = chart_state(page, "chart-loss")
+    assert loss["drawn"] > 2000, "the loss chart painted next to nothing"
+    assert "epoch" in loss["texts"] and "loss" in loss["texts"]  # axis names
+    assert {"1", "2", "3", "4"} <= set(loss["texts"])  # epoch ticks
+    assert "best epoch" in " ".join(loss["texts"])
+    metric = chart_state(page, "chart-metric")
+    assert metric["drawn"] > 2000 and any("val" in t for t in metric["texts"])  # validation metric series
+    # Hovering the plot shows the values of that epoch.
+    box = page.locator("#chart-loss").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5)
+    tooltip = page.locator("#chart-loss > div", has_text="train loss")
+    tooltip.wait_for(timeout=5_000)
+    assert "val loss" in tooltip.inner_text()
+    table = page.inner_text("#evaluation")
+    assert "rmse" in table and "[" in table  # metrics with their intervals
+    assert "naive" in page.inner_text(".verdicts")
+    assert "model" in chart_state(page, "chart-baselines")["texts"]
+    attribution = chart_state(page, "chart-attribution")
+    assert "t" in attribution["texts"] and "t−11" in attribution["texts"]  # 12 labelled steps
+    assert "value" in attribution["texts"] and COLUMN_MARKUP in attribution["texts"]  # features, as canvas text
+    assert attribution["drawn"] > 2000
+    permutation = chart_state(page, "chart-permutation")
+    assert "value" in permutation["texts"] and permutation["drawn"] > 1000
+    assert page.locator("#colinj").count() == 0
+    shoot(page, "job")
+    page.click("#spec summary")
+    assert '"hidden_size": 8' in page.inner_text("#spec pre")
+    # Downloads: the model (pt is served today), metrics as CSV; a format the server does not offer
+    # is reported next to the buttons instead of saving a file of another format.
+    with page.expect_download() as pt:
+        page.click("button[data-format=pt]")
+    assert pt.value.suggested_filename.endswith(".pt")
+    with page.expect_download() as csv:
+        page.click("text=metrics .csv")
+    assert Path(csv.value.path()).read_text().startswith("epoch,train.loss,")
+    downloads: list[str] = []
+    page.on("download", lambda d: downloads.append(d.suggested_filename))
+    for fmt in ("onnx", "safetensors"):
+        page.click(f"button[data-format={fmt}]")
+        seen = len(downloads)
+        for _ in range(50):  # until a file arrives or a message shows
+            message = page.inner_text("#download-error")
+            if len(downloads) > seen or message:
+                break
+            page.wait_for_timeout(100)
+        served = [d for d in downloads if d.endswith(f".{fmt}")]
+        # Either the server offers the format (a file of that format) or the API's refusal shows inline.
+        assert served or message.startswith(f"{fmt}:"), f"no {fmt} download and no message: {downloads} {message!r}"
+        assert not [d for d in downloads if not d.endswith((".onnx", ".safetensors"))], downloads
+    # A deep link survives a reload (the key stays in this tab's sessionStorage).
+    page.reload()
+    page.locator("#chart-loss canvas").first.wait_for(timeout=15_000)
+    assert page.inner_text("#job-title").startswith("browser-gru")
+    assert page.evaluate("sessionStorage.getItem('rnnlab.key')") == site.key
+    assert page.evaluate("localStorage.getItem('rnnlab.key')") is None
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_job_page_follows_a_running_job_live(site: Site) -> None:
+    from worker.runner import run_job
+
+    spec = forecast_spec(site.dataset, epochs=3)
+    spec["name"] = "live-job"
+    headers = {"Authorization": f"Bearer {site.key}"}
+    job = httpx.post(f"{site.base}/api/v1/jobs", headers=headers, json=spec).json()["id"]
+    page = open_page(site, f"/jobs/{job}")
+    page.locator("#job-title", has_text="queued").wait_for(timeout=15_000)
+    assert "appears here when the job has succeeded" in page.inner_text("#view")
+    page.evaluate("window.__same_page = true")  # gone if anything reloads the page
+    assert run_job(job, "test-worker") == "succeeded"
+    # The event stream ends with the job; the page then shows the evaluation without a reload.
+    page.locator("#evaluation").wait_for(timeout=20_000)
+    assert "succeeded" in page.inner_text("#job-title")
+    assert page.evaluate("window.__same_page") is True
+    assert {"1", "2", "3"} <= set(chart_state(page, "chart-loss")["texts"])
+    assert any("/events" in u for u in site.requests)
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_classification_job_shows_confusion_matrix(site: Site) -> None:
+    page = open_page(site, f"/jobs/{site.classifier}")
+    page.locator("#chart-confusion canvas").first.wait_for(timeout=15_000)
+    confusion = chart_state(page, "chart-confusion")
+    assert {"predicted class", "true class", "0", "1"} <= set(confusion["texts"])
+    assert "accuracy" in page.inner_text("#evaluation")
+    shoot(page, "job-classification")
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_failed_job_shows_markup_as_text_and_a_readable_point(site: Site) -> None:
+    page = open_page(site, f"/jobs/{site.failed}")
+    page.locator("#job-error").wait_for(timeout=15_000)
+    assert "<img id=errinj" in page.inner_text("#job-error")
+    assert NAME_MARKUP in page.inner_text("#job-title")
+    assert page.locator("#errinj, #nameinj").count() == 0
+    loss = chart_state(page, "chart-loss")
+    assert loss["drawn"] > 500  # one epoch is a visible point, not a blank box
+    assert any("e+22" in t for t in loss["texts"]) and not any("932616" in t for t in loss["texts"])
+    assert page.evaluate("Charts.fmt(1.932616197294619e22)") == "1.93e+22"
+    assert page.evaluate("Charts.fmt(0.0123456)") == "0.01235"
+    assert page.locator("button[data-format=pt]").is_disabled()
+    shoot(page, "job-failed")
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:
+    page = open_page(site, "/jobs")
+    group = page.locator("tr.group", has_text="size-sweep")
+    group.wait_for(timeout=15_000)
+    children = page.locator("tr.child")
+    assert children.count() == 4 and not children.first.is_visible()  # collapsed under the sweep
+    group.locator("button.toggle").click()
+    assert children.first.is_visible()
+    assert "hidden_size=4 · seed 0" in page.inner_text("#jobs")
+    row = page.locator(f"#jobs tr[data-id='{site.job}']")
+    assert row.locator("progress").get_attribute("value") == "4" and "4/4" in row.inner_text()
+    # Injected markup in a job name is text.
+    assert NAME_MARKUP in page.inner_text("#jobs") and page.locator("#nameinj").count() == 0
+    shoot(page, "jobs")
+    # Sort by a final metric: the header click puts sort into the URL and orders the rows.
+    page.click("th[data-sort='test.rmse']")
+    page.wait_for_function("location.hash.includes('sort=test.rmse')")
+    page.locator("th.sorted[data-sort='test.rmse']").wait_for()
+    group = page.locator("tr.group", has_text="size-sweep")
+    if not page.locator("tr.child").first.is_visible():
+        group.locator("button.toggle").click()
+    column = page.evaluate(
+        "[...document.querySelectorAll('#jobs thead th')].findIndex((th) => th.dataset.sort === 'test.rmse')"
+    )
+    cells = page.locator(f"#jobs tbody tr:not(.group) td:nth-child({column + 1})").all_inner_texts()
+    values = [float(c) for c in cells if c not in ("–", "")]
+    assert len(values) >= 5 and values == sorted(values)  # every succeeded forecast job
+    # The where box: the API's 400 message inline, then a filter that works.
+    page.fill("#where", "test.rsme < 1")
+    page.press("#where", "Enter")
+    error = page.locator("#where-error")
+    error.wait_for(state="visible")
+    page.wait_for_function("document.querySelector('#where-error').textContent.length > 0")
+    assert "rsme" in error.inner_text() and "rmse" in error.inner_text()
+    shoot(page, "jobs-where-error")
+    page.fill("#where", 'model.cell = "lstm"')
+    page.press("#where", "Enter")
+    page.locator("#jobs tbody tr", has_text="updown-lstm").wait_for()
+    assert page.locator("#jobs tbody tr").count() == 1
+    # Cursor paging, two jobs a page.
+    page.goto(f"{site.base}/#/jobs?limit=2")
+    page.locator("#jobs tbody tr").first.wait_for()
+    first = first_row_id(page)
+    page.click("#next-page")
+    page.locator(".pager span", has_text="page 2").wait_for()
+    second = first_row_id(page)
+    assert first != second
+    page.click("text=‹ Previous")
+    page.locator(".pager span", has_text="page 1").wait_for()
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_compare_overlays_curves_and_diffs_specs(site: Site) -> None:
+    page = open_page(site, "/jobs")
+    page.locator("tr.group", has_text="size-sweep").wait_for(timeout=15_000)
+    page.locator("tr.group button.toggle").click()
+    for job_id in site.sweep_jobs[:2]:
+        page.locator(f"tr[data-id='{job_id}'] input[type=checkbox]").check()
+    page.check(f"tr[data-id='{site.job}'] input[type=checkbox]")
+    page.click("#compare-button")
+    page.locator("#chart-compare canvas").first.wait_for(timeout=15_000)
+    assert "jobs=" in page.evaluate("location.hash")
+    compare = chart_state(page, "chart-compare")
+    assert compare["drawn"] > 2000 and "val.loss" in compare["texts"]
+    assert "browser-gru" in compare["texts"]  # legend names the runs
+    metrics = page.inner_text("#compare-metrics")
+    assert "rmse" in metrics and "[" in metrics
+    differs = page.locator("#spec-diff tr.differs").all_inner_texts()
+    assert any("model.hidden_size" in r for r in differs) and any("name" in r for r in differs)
+    assert not any(r.startswith("task") for r in differs)
+    shoot(page, "compare")
+    page.reload()  # the deep link carries the job ids
+    page.locator("#chart-compare canvas").first.wait_for(timeout=15_000)
+    assert page.locator("#compare-metrics th").count() == 4
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_sweep_page_error_bars_parallel_coordinates_and_links(site: Site) -> None:
+    page = open_page(site, f"/sweeps/{site.sweep}")
+    page.locator("#chart-effect canvas").first.wait_for(timeout=15_000)
+    assert "4 of 4 jobs succeeded" in page.inner_text("#sweep-progress")
+    assert page.inner_text("#sweep-best")
+    settings = chart_state(page, "chart-sweep")
+    assert {"hidden_size=4", "hidden_size=8", "mean", "seed", "95% CI"} <= set(settings["texts"])
+    parallel = chart_state(page, "chart-parallel")
+    assert "model.hidden_size" in parallel["texts"] and "test rmse" in parallel["texts"]
+    assert "hidden_size=4" in chart_state(page, "chart-effect")["texts"]
+    table = page.inner_text("#sweep-settings")
+    assert "model.hidden_size=4" in table and "2/2" in table
+    shoot(page, "sweep")
+    page.locator("#sweep-settings a", has_text="seed 1").first.click()
+    page.locator("#job-title").wait_for(timeout=15_000)
+    assert "/jobs/" in page.evaluate("location.hash")
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_datasets_upload_preview_leaderboard_and_new_job(site: Site) -> None:
+    page = open_page(site, "/datasets")
+    page.locator("#datasets tr", has_text="sine").wait_for(timeout=15_000)
+    assert COLUMN_MARKUP in page.inner_text("#datasets") and page.locator("#colinj").count() == 0
+    # A file the API refuses: its message inline.
+    page.set_input_files("#upload-file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
+    page.click("#upload-form button")
+    page.locator("#upload-message.error").wait_for()
+    assert "csv" in page.inner_text("#upload-message")
+    shoot(page, "datasets")
+    page.locator("#datasets a", has_text="sine").click()
+    page.locator("#leaderboard table").wait_for(timeout=15_000)
+    assert COLUMN_MARKUP in page.inner_text("#dataset-columns") and page.locator("#colinj").count() == 0
+    assert page.locator("#dataset-preview tbody tr").count() == 20
+    assert "browser-gru" in page.inner_text("#dataset-jobs")
+    assert "browser-gru" in page.inner_text("#leaderboard")
+    # The new-job form comes prefilled with the JobSpec defaults from /openapi.json.
+    assert page.input_value("#spec-training-epochs") == "50"
+    assert page.input_value("#spec-model-cell") == "lstm"
+    assert page.input_value("#spec-data-lookback") == "24"
+    shoot(page, "dataset")
+    page.select_option("#spec-task", "forecast")
+    page.select_option("#spec-data-layout", "series")
+    page.fill("#spec-data-target", "nope")
+    page.click("#new-job-form button[type=submit]")
+    page.locator("#new-job-message.error").wait_for()
+    assert "nope" in page.inner_text("#new-job-message")  # the API's 422 names the column
+    page.fill("#spec-name", "from-the-form")
+    page.fill("#spec-data-target", "value")
+    page.fill("#spec-training-epochs", "1")
+    page.click("#new-job-form button[type=submit]")
+    page.locator("#job-title", has_text="from-the-form").wait_for(timeout=15_000)
+    job = page.evaluate("location.hash").split("/")[-1]
+    r = httpx.get(f"{site.base}/api/v1/jobs/{job}", headers={"Authorization": f"Bearer {site.key}"})
+    assert r.json()["spec"]["training"]["epochs"] == 1 and r.json()["spec"]["data"]["target"] == "value"
+    httpx.post(f"{site.base}/api/v1/jobs/{job}/cancel", headers={"Authorization": f"Bearer {site.key}"})
+    # Uploading a dataset takes the user to its page.
+    page.goto(f"{site.base}/#/datasets")
+    page.set_input_files(
+        "#upload-file", files=[{"name": "tiny.csv", "mimeType": "text/csv", "buffer": b"t,value\n0,1\n1,2\n2,3\n"}]
+    )
+    page.fill("#upload-name", "tiny")
+    page.click("#upload-form button")
+    page.locator("#dataset-title", has_text="tiny").wait_for(timeout=15_000)
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_narrow_window_and_dark_mode(site: Site) -> None:
+    page = open_page(site, f"/jobs/{site.job}", width=800, height=900)
+    page.locator("#chart-attribution canvas").first.wait_for(timeout=15_000)
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px at 800px"
+    shoot(page, "job-800px")
+    page.context.close()
+    page = open_page(site, f"/sweeps/{site.sweep}", dark=True)
+    page.locator("#chart-effect canvas").first.wait_for(timeout=15_000)
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(16, 19, 24)"
+    shoot(page, "sweep-dark")
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_empty_states_and_api_docs_offline(site: Site) -> None:
+    context = site.browser.new_context(viewport={"width": 1440, "height": 700})
+    page = context.new_page()
+    page.on("request", lambda r: site.requests.append(r.url))
+    page.goto(site.base + "/")
+    assert "Enter an API key" in page.inner_text("#view") and page.locator("#view a[href='/docs']").count() == 1
+    # A project with nothing in it gets directions, not an error.
+    other = make_key("empty-project")
+    page.fill("#api-key", other)
+    page.click("#key-form button")
+    page.locator(".empty h3", has_text="No jobs yet").wait_for(timeout=15_000)
+    assert page.locator(".empty a[href='/docs']").count() == 1
+    assert page.locator("#message").inner_text() == ""
+    shoot(page, "jobs-empty")
+    page.click("nav a[data-view=datasets]")
+    page.locator(".empty h3", has_text="No datasets yet").wait_for(timeout=15_000)
+    page.click("nav a[data-view=compare]")
+    page.locator(".empty h2", has_text="Nothing to compare").wait_for(timeout=15_000)
+    page.goto(site.base + "/#/jobs/no-such-job")
+    page.locator(".empty h2", has_text="Not found").wait_for(timeout=15_000)
+    page.goto(site.base + "/docs")
+    page.locator(".swagger-ui .title", has_text="rnnlab").wait_for(timeout=15_000)
+    assert page.locator(".opblock-summary-path", has_text="/api/v1/jobs").count() > 0
+    context.close()
+    assert_local_only(site)

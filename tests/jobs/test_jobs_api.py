@@ -444,3 +444,28 @@ def test_unknown_metric_names_are_errors_not_empty_results(client, auth, sine) -
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_sort"
     r = client.get(f"/api/v1/datasets/{sine}/leaderboard", params={"metric": "test.nope"}, headers=auth)
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_metric"
+
+
+def test_metrics_as_csv_one_row_per_epoch(client, auth, other_auth, sine) -> None:
+    from app.models import EpochMetric
+
+    job_id = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()["id"]
+    with new_session() as session:
+        session.add_all(
+            EpochMetric(job_id=job_id, epoch=e, split=split, name="loss", value=1.0 / e)
+            for e in (1, 2, 3)
+            for split in ("train", "val")
+        )
+        session.add(EpochMetric(job_id=job_id, epoch=2, split="val", name="rmse", value=0.25))
+        session.commit()
+    r = client.get(f"/api/v1/jobs/{job_id}/metrics?format=csv", headers=auth)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert f"rnnlab-{job_id}-metrics.csv" in r.headers["content-disposition"]
+    assert r.text.splitlines() == [
+        "epoch,train.loss,val.loss,val.rmse",
+        "1,1.0,1.0,",
+        "2,0.5,0.5,0.25",
+        f"3,{1 / 3!r},{1 / 3!r},",
+    ]
+    assert client.get(f"/api/v1/jobs/{job_id}/metrics?format=xml", headers=auth).status_code == 422
+    assert client.get(f"/api/v1/jobs/{job_id}/metrics?format=csv", headers=other_auth).status_code == 404

@@ -1,189 +1,752 @@
-// rnnlab dashboard: plain JS over the REST API (the key stays in this browser's localStorage).
-const $ = (sel) => document.querySelector(sel);
-const state = { key: localStorage.getItem("rnnlab.key") || "", selected: null, timer: null };
-const COLORS = ["#2f6fde", "#e0662d", "#2a9d5b", "#9b4dca", "#c9a227", "#d3365d"];
+// rnnlab dashboard: plain JS over the REST API, hash-routed views, charts by Apache ECharts (vendored).
+// The API key lives in this tab's sessionStorage and only ever travels in the Authorization header.
+// All user-controlled text (names, columns, messages) is inserted as text nodes by h(), never as HTML.
+"use strict";
 
-async function api(path, options = {}) {
-  const response = await fetch(`/api/v1${path}`, {
-    ...options,
-    headers: { Authorization: `Bearer ${state.key}`, "Content-Type": "application/json", ...(options.headers || {}) },
-  });
-  const body = response.headers.get("content-type")?.includes("json") ? await response.json() : null;
-  if (!response.ok) throw new Error(body?.error?.message || `HTTP ${response.status}`);
-  return body;
-}
+const { fmt } = Charts;
+const KEY_STORAGE = "rnnlab.key";
+const state = { key: sessionStorage.getItem(KEY_STORAGE) || "", charts: [], stream: null, timer: null, ticked: new Set(), sweepNames: {} };
+// Older versions kept the key in localStorage (shared by every tab, kept forever): drop it.
+localStorage.removeItem(KEY_STORAGE);
+const darkQuery = window.matchMedia("(prefers-color-scheme: dark)");
 
-// Everything a user or a dataset can name (job names, columns, error messages) goes through esc().
-function esc(value) {
-  return String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
-}
-
-function say(text) { $("#message").textContent = text || ""; }
-function fmt(x) { return x === null || x === undefined ? "–" : (Math.abs(x) >= 100 ? x.toFixed(1) : x.toPrecision(4)); }
-function el(tag, attrs = {}, text = "") {
+// ---------------------------------------------------------------- DOM helpers
+function h(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
-  if (text) node.textContent = text;
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on") && typeof v === "function") node.addEventListener(k.slice(2), v);
+    else if (k === "class") node.className = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
   return node;
 }
+const $ = (sel, root = document) => root.querySelector(sel);
+function say(text) { $("#message").textContent = text || ""; }
+function docsLink(text = "API docs") { return h("a", { href: "/docs", target: "_blank", rel: "noopener" }, text); }
+function empty(...children) { return h("div", { class: "empty" }, ...children); }
+function statusPill(status) { return h("span", { class: `status ${status}` }, status); }
+function progressBar(job) {
+  const { epoch, epochs } = job.progress;
+  return h("span", { class: "progress", title: `epoch ${epoch} of ${epochs}` },
+    h("progress", { max: Math.max(epochs, 1), value: epoch }), h("small", {}, `${epoch}/${epochs}`));
+}
+function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
+function jobLabel(job) {
+  // Sweep jobs share a name: a setting and seed say which one a row is.
+  if (job.sweep_id && job.setting) {
+    const setting = Object.entries(job.setting).map(([k, v]) => `${k.split(".").pop()}=${v}`).join(" ");
+    return `${setting || "base"} · seed ${job.spec.training.seed}`;
+  }
+  return job.name || job.id.slice(0, 8);
+}
+// The job list carries the task inside the spec.
+function taskOf(job) { return job.spec?.task; }
+function mainMetric(task) { return task === "classification" ? "accuracy" : "rmse"; }
+function section(title, ...children) { return h("section", {}, title ? h("h2", {}, title) : null, ...children); }
+function tableWrap(table) { return h("div", { class: "table-wrap" }, table); }
 
-async function loadJobs() {
-  if (!state.key) { say("Enter an API key to see your jobs."); return; }
-  const status = $("#status-filter").value;
-  try {
-    const page = await api(`/jobs?limit=100${status ? `&status=${status}` : ""}`);
-    const tbody = $("#jobs tbody");
-    tbody.replaceChildren();
-    for (const job of page.items) {
-      const row = el("tr", { "data-id": job.id });
-      if (job.id === state.selected) row.classList.add("selected");
-      const main = job.task === "classification" ? "accuracy" : "rmse";
-      const test = job.summary?.test?.[main];
-      // Sweep jobs share a name: say which setting and seed each one is.
-      const setting = job.setting ? Object.entries(job.setting).map(([k, v]) => `${k.split(".").pop()}=${v}`).join(" ") : "";
-      const label = (job.name || job.id.slice(0, 8)) + (job.sweep_id ? ` · ${setting} seed ${job.spec.training.seed}` : "");
-      row.append(
-        el("td", {}, label),
-        Object.assign(el("td"), { innerHTML: `<span class="status ${esc(job.status)}">${esc(job.status)}</span>` }),
-        el("td", {}, job.spec.model.cell),
-        el("td", {}, `${job.progress.epoch}/${job.progress.epochs}`),
-        el("td", {}, test === undefined ? "–" : `${main} ${fmt(test)}`),
-        el("td", {}, new Date(job.created_at).toLocaleString()),
-      );
-      row.addEventListener("click", () => selectJob(job.id));
-      tbody.append(row);
-    }
-    const sweeps = await api("/sweeps?limit=50").catch(() => ({ items: [] }));
-    $("#sweeps").replaceChildren(...sweeps.items.map((s) => {
-      const item = el("li", { "data-id": s.id }, `${s.name || s.id} — ${s.progress.finished}/${s.progress.total} finished`);
-      item.addEventListener("click", () => selectSweep(s.id));
-      return item;
-    }));
-    say(page.items.length ? "" : "No jobs yet: POST /api/v1/jobs to start one.");
-  } catch (err) { say(err.message); }
+// ---------------------------------------------------------------- API
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.error?.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = body?.error?.code;
+  }
 }
 
-function drawCurves(series) {
-  const svg = $("#curves");
-  svg.replaceChildren();
-  const lines = series.filter((s) => s.name === "loss");
-  const all = lines.flatMap((s) => s.values.filter((v) => v !== null));
-  svg.style.display = all.length ? "" : "none";
-  if (!all.length) { $("#legend").textContent = "No epochs recorded yet."; return; }
-  const maxEpoch = Math.max(...lines.flatMap((s) => s.epochs));
-  const lo = Math.min(...all), hi = Math.max(...all);
-  // Losses that fall by orders of magnitude read better on a log scale.
-  const logScale = lo > 0 && hi / lo > 20;
-  const t = logScale ? Math.log10 : (v) => v;
-  const x = (e) => 40 + (e - 1) / Math.max(maxEpoch - 1, 1) * 540;
-  const y = (v) => 220 - (t(v) - t(lo)) / (t(hi) - t(lo) || 1) * 200;
-  const legend = [];
-  lines.forEach((s, i) => {
-    const points = s.epochs.map((e, j) => `${x(e)},${y(s.values[j])}`).join(" ");
-    svg.append(Object.assign(document.createElementNS("http://www.w3.org/2000/svg", "polyline"), {}));
-    const line = svg.lastChild;
-    line.setAttribute("points", points);
-    line.setAttribute("fill", "none");
-    line.setAttribute("stroke", COLORS[i % COLORS.length]);
-    line.setAttribute("stroke-width", "2");
-    legend.push(`<span style="color:${COLORS[i % COLORS.length]}">■ ${esc(s.split)} ${esc(s.name)}</span>`);
-  });
-  legend.push(`<span>min ${fmt(lo)} · max ${fmt(hi)} · ${maxEpoch} epochs${logScale ? " · log scale" : ""}</span>`);
-  $("#legend").innerHTML = legend.join("");
+async function api(path, options = {}) {
+  const headers = { Authorization: `Bearer ${state.key}`, ...(options.headers || {}) };
+  if (options.body && !(options.body instanceof FormData)) headers["Content-Type"] = "application/json";
+  const response = await fetch(`/api/v1${path}`, { ...options, headers });
+  const isJson = response.headers.get("content-type")?.includes("json");
+  if (!response.ok) throw new ApiError(response.status, isJson ? await response.json().catch(() => null) : null);
+  if (options.raw) return response;
+  return isJson ? response.json() : response.text();
 }
 
-function renderEvaluation(ev, status) {
-  const box = $("#evaluation");
-  if (!ev) {
-    box.textContent = ["queued", "running"].includes(status) ? "Available when the job has succeeded." : `None: the job ${status}.`;
-    $("#attribution").textContent = "–";
+// Downloads go through fetch (the key is a header, never a URL) and a local blob: URL.
+async function download(path, fallbackName, extension = null) {
+  const response = await api(path, { raw: true });
+  const disposition = response.headers.get("content-disposition") || "";
+  const name = /filename="?([^";]+)"?/.exec(disposition)?.[1] || fallbackName;
+  // A server that predates a format ignores ?format= and sends another one: say so, save nothing.
+  if (extension && !name.endsWith(`.${extension}`)) throw new Error(`this server does not offer .${extension} (it sent ${name})`);
+  const url = URL.createObjectURL(await response.blob());
+  const link = h("a", { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+  return name;
+}
+
+// ---------------------------------------------------------------- charts
+function chartBox(id, height = 320) { return h("div", { class: "chart", id, style: `height:${height}px` }); }
+
+function mountChart(el, option) {
+  if (!el) return null;
+  const chart = echarts.init(el, darkQuery.matches ? "dark" : null, { renderer: "canvas" });
+  chart.setOption(option);
+  const observer = new ResizeObserver(() => chart.resize());
+  observer.observe(el);
+  state.charts.push({ chart, observer });
+  return chart;
+}
+
+function disposeCharts() {
+  for (const { chart, observer } of state.charts) { observer.disconnect(); chart.dispose(); }
+  state.charts = [];
+}
+
+// ---------------------------------------------------------------- routing
+function parseHash() {
+  const raw = location.hash.replace(/^#\/?/, "") || "jobs";
+  const [path, query = ""] = raw.split("?");
+  return { parts: path.split("/").filter(Boolean).map(decodeURIComponent), params: new URLSearchParams(query) };
+}
+
+function navigate(hash) { if (location.hash === hash) route(); else location.hash = hash; }
+
+async function route() {
+  if (state.stream) { state.stream.abort(); state.stream = null; }
+  clearInterval(state.timer);
+  disposeCharts();
+  say("");
+  const view = $("#view");
+  const { parts, params } = parseHash();
+  document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.view === parts[0]));
+  if (!state.key) {
+    view.replaceChildren(empty(
+      h("h2", {}, "Enter an API key"),
+      h("p", {}, "Create one on the server with ", h("code", {}, "rnnlab keys create --project NAME"),
+        " and paste it above. It is kept in this browser tab only (sessionStorage)."),
+      h("p", {}, "The same API is documented at ", docsLink("/docs"), "."),
+    ));
     return;
   }
-  const main = ev.main_metric;
-  const rows = Object.entries(ev.metrics.test || {}).map(([name, v]) => {
-    const ci = ev.intervals?.test?.[name];
-    return `<tr><td>${esc(name)}</td><td>${fmt(ev.metrics.train?.[name])}</td><td>${fmt(ev.metrics.val?.[name])}</td>` +
-      `<td><b>${fmt(v)}</b></td><td>${ci ? `[${fmt(ci[0])}, ${fmt(ci[1])}]` : "–"}</td></tr>`;
-  }).join("");
-  const baselines = Object.entries(ev.comparison || {}).map(([name, c]) =>
-    `<li class="${c.beats ? "beats" : "loses"}">${c.beats ? "beats" : "does not beat"} ${esc(name)}: ` +
-    `${esc(main)} ${fmt(c.model)} vs ${fmt(c.baseline)}</li>`).join("");
-  box.innerHTML = `<table><thead><tr><th>metric</th><th>train</th><th>val</th><th>test</th><th>95% CI</th></tr></thead>` +
-    `<tbody>${rows}</tbody></table><ul>${baselines}</ul>`;
-  const attr = ev.attribution;
-  if (!attr || !attr.importance) { $("#attribution").textContent = "No attribution for this job."; return; }
-  const peak = Math.max(...attr.importance.flat(), 1e-12);
-  const heat = el("div", { class: "heat", style: `grid-template-columns: repeat(${attr.features.length}, 1fr)` });
-  for (const row of attr.importance) {
-    for (const v of row) heat.append(el("div", { style: `background: rgba(47,111,222,${(v / peak).toFixed(3)})`, title: fmt(v) }));
+  view.replaceChildren(h("p", { class: "loading" }, "Loading…"));
+  try {
+    if (parts[0] === "jobs" && parts[1]) await jobView(view, parts[1]);
+    else if (parts[0] === "compare") await compareView(view, (params.get("jobs") || "").split(",").filter(Boolean));
+    else if (parts[0] === "sweeps" && parts[1]) await sweepView(view, parts[1]);
+    else if (parts[0] === "datasets" && parts[1]) await datasetView(view, parts[1]);
+    else if (parts[0] === "datasets") await datasetsView(view);
+    else await jobsView(view, params);
+  } catch (err) {
+    view.replaceChildren(empty(h("h2", {}, err.status === 404 ? "Not found" : "Could not load this page"),
+      h("p", { class: "error" }, err.message),
+      h("p", {}, h("a", { href: "#/jobs" }, "Back to the jobs"))));
   }
-  const shares = Object.entries(attr.feature_importance || {}).map(([f, v]) => `${f}: ${(100 * v).toFixed(1)}%`).join(" · ");
-  $("#attribution").replaceChildren(el("p", {}, `time steps (rows, oldest first) × features (${attr.features.join(", ")}) — ${shares}`), heat);
 }
 
-async function selectSweep(id) {
-  state.sweep = id;
-  $("#sweep-detail").hidden = false;
+// ---------------------------------------------------------------- jobs list
+const listState = { cursors: [null], page: 0, expanded: new Set() };
+
+async function jobsView(view, params) {
+  const where = params.get("where") || "";
+  const sort = params.get("sort") || "-created_at";
+  const status = params.get("status") || "";
+  const limit = Number(params.get("limit") || 50);
+  const setQuery = (changes) => {
+    const next = new URLSearchParams({ where, sort, status, limit: String(limit), ...changes });
+    for (const [k, v] of [...next]) if (!v || (k === "sort" && v === "-created_at") || (k === "limit" && v === "50")) next.delete(k);
+    listState.cursors = [null];
+    listState.page = 0;
+    navigate(`#/jobs${next.toString() ? `?${next}` : ""}`);
+  };
+
+  const whereInput = h("input", { id: "where", type: "search", value: where, size: 48, placeholder: 'test.rmse < 0.5 and model.cell in ("lstm","gru")', "aria-label": "where" });
+  const whereError = h("p", { id: "where-error", class: "error inline", role: "alert" });
+  const statusSelect = h("select", { id: "status-filter", "aria-label": "status",
+    onchange: (e) => setQuery({ status: e.target.value }) },
+    ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s, selected: s === status }, s || "any status")));
+  const compareButton = h("button", { id: "compare-button", type: "button", disabled: state.ticked.size < 2,
+    onclick: () => navigate(`#/compare?jobs=${[...state.ticked].join(",")}`) }, `Compare ticked (${state.ticked.size})`);
+  const toolbar = h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); setQuery({ where: whereInput.value.trim() }); } },
+    h("label", {}, "where ", whereInput), h("button", { type: "submit" }, "Filter"),
+    where ? h("button", { type: "button", onclick: () => setQuery({ where: "" }) }, "Clear") : null,
+    statusSelect, compareButton);
+  const tableHolder = h("div");
+  const pager = h("div", { class: "pager" });
+  view.replaceChildren(section("Jobs", toolbar, whereError, tableHolder, pager));
+
+  const query = new URLSearchParams({ limit: String(limit), sort });
+  if (where) query.set("where", where);
+  if (status) query.set("status", status);
+  const cursor = listState.cursors[listState.page];
+  if (cursor) query.set("cursor", cursor);
+  let page;
   try {
-    const sweep = await api(`/sweeps/${id}`);
-    const report = sweep.report;
-    const m = report.main_metric;
-    $("#sweep-title").textContent = `Sweep ${sweep.name || sweep.id}`;
-    $("#sweep-progress").textContent = `${report.succeeded} of ${report.total} jobs succeeded` +
-      (report.complete ? "" : " (still running: statistics can change)") +
-      ` · ${m}, ${report.lower_is_better ? "lower" : "higher"} is better`;
-    $("#sweep-best").textContent = report.best ? report.best.explanation : "No finished jobs yet.";
-    const rows = report.settings.map((s) => {
-      const stat = s.metrics[m];
-      const tr = el("tr");
-      tr.append(
-        el("td", {}, s.rank ?? "–"),
-        el("td", {}, Object.entries(s.setting).map(([k, v]) => `${k}=${v}`).join(", ") || "base"),
-        el("td", {}, `${s.n}/${s.jobs}`),
-        el("td", {}, stat ? `${fmt(stat.mean)} ± ${fmt(stat.std)}` : "–"),
-        el("td", {}, stat?.ci ? `[${fmt(stat.ci[0])}, ${fmt(stat.ci[1])}]` : "–"),
-        el("td", { class: s.high_seed_variance ? "loses" : "" }, s.seed_cv === null ? "–" : fmt(s.seed_cv)),
-      );
-      return tr;
+    page = await api(`/jobs?${query}`);
+  } catch (err) {
+    if (err.status === 400) {  // the where language's own message, next to the box that caused it
+      whereError.textContent = err.message;
+      whereInput.setAttribute("aria-invalid", "true");
+      tableHolder.replaceChildren(empty("Fix the filter to see jobs. Fields: ", h("code", {}, "test.rmse"), ", ",
+        h("code", {}, "model.cell"), ", ", h("code", {}, "status"), " …; operators = != < <= > >= in, not in, and, or."));
+      return;
+    }
+    throw err;
+  }
+  await loadSweepNames();
+  if (!page.items.length) {
+    tableHolder.replaceChildren(where || status || listState.page
+      ? empty("No job matches this filter.")
+      : empty(h("h3", {}, "No jobs yet"),
+        h("p", {}, "Upload a dataset and start a job from the ", h("a", { href: "#/datasets" }, "datasets page"),
+          ", or POST a spec to ", h("code", {}, "/api/v1/jobs"), " (see the ", docsLink(), ").")));
+  } else {
+    tableHolder.replaceChildren(jobsTable(page.items, sort, (s) => setQuery({ sort: s }), compareButton));
+  }
+  pager.replaceChildren(
+    h("button", { type: "button", disabled: listState.page === 0,
+      onclick: () => { listState.page -= 1; route(); } }, "‹ Previous"),
+    h("span", {}, `page ${listState.page + 1}`),
+    h("button", { type: "button", id: "next-page", disabled: !page.next_cursor,
+      onclick: () => { listState.cursors[listState.page + 1] = page.next_cursor; listState.page += 1; route(); } }, "Next ›"),
+    h("label", {}, " per page ", h("select", { onchange: (e) => setQuery({ limit: e.target.value }) },
+      [25, 50, 100, 200].map((n) => h("option", { value: n, selected: n === limit }, n)))),
+  );
+  // Refresh while something on this page is still moving.
+  if (page.items.some((j) => ["queued", "running"].includes(j.status))) state.timer = setInterval(() => { if (document.activeElement?.id !== "where") route(); }, 4000);
+}
+
+async function loadSweepNames() {
+  try {
+    const sweeps = await api("/sweeps?limit=500");
+    for (const s of sweeps.items) state.sweepNames[s.id] = s;
+  } catch { /* names are a nicety: ids still work */ }
+}
+
+function jobsTable(jobs, sort, setSort, compareButton) {
+  const metrics = [...new Set(jobs.map((j) => mainMetric(taskOf(j))))].sort().reverse().flatMap((m) => [`test.${m}`, `val.${m}`]);
+  const header = (label, key) => {
+    if (!key) return h("th", {}, label);
+    const active = sort.replace(/^-/, "") === key;
+    const descending = sort.startsWith("-");
+    const next = active && !descending ? `-${key}` : key;
+    return h("th", { class: `sortable${active ? " sorted" : ""}`, "data-sort": key, "aria-sort": active ? (descending ? "descending" : "ascending") : "none",
+      onclick: () => setSort(next) }, label, active ? (descending ? " ▼" : " ▲") : "");
+  };
+  const thead = h("thead", {}, h("tr", {}, h("th", {}, ""), header("name", "name"), header("status", "status"), h("th", {}, "cell"),
+    h("th", {}, "progress"), metrics.map((m) => header(m, m)), header("created", "created_at")));
+  const tbody = h("tbody");
+  const rowOf = (job, child) => {
+    const box = h("input", { type: "checkbox", "aria-label": `tick ${job.id}`, checked: state.ticked.has(job.id),
+      onclick: (e) => e.stopPropagation(),
+      onchange: (e) => {
+        if (e.target.checked) state.ticked.add(job.id); else state.ticked.delete(job.id);
+        compareButton.disabled = state.ticked.size < 2;
+        compareButton.textContent = `Compare ticked (${state.ticked.size})`;
+      } });
+    const tr = h("tr", { "data-id": job.id, class: child ? "child" : "", onclick: () => navigate(`#/jobs/${job.id}`) },
+      h("td", {}, box),
+      h("td", {}, h("a", { href: `#/jobs/${job.id}` }, child ? jobLabel(job) : (job.name || job.id.slice(0, 8)))),
+      h("td", {}, statusPill(job.status)),
+      h("td", {}, job.spec?.model?.cell ?? "–"),
+      h("td", {}, progressBar(job)),
+      metrics.map((m) => { const [split, name] = m.split("."); return h("td", { class: "num" }, fmt(job.summary?.[split]?.[name])); }),
+      h("td", {}, when(job.created_at)));
+    return tr;
+  };
+  // Jobs of one sweep collapse into one group row, placed where the first of them falls in this order.
+  const groups = new Map();
+  for (const job of jobs) if (job.sweep_id) (groups.get(job.sweep_id) || groups.set(job.sweep_id, []).get(job.sweep_id)).push(job);
+  const placed = new Set();
+  for (const job of jobs) {
+    if (!job.sweep_id) { tbody.append(rowOf(job, false)); continue; }
+    if (placed.has(job.sweep_id)) continue;
+    placed.add(job.sweep_id);
+    const members = groups.get(job.sweep_id);
+    const sweep = state.sweepNames[job.sweep_id];
+    const open = listState.expanded.has(job.sweep_id);
+    const counts = {};
+    for (const m of members) counts[m.status] = (counts[m.status] || 0) + 1;
+    const done = members.reduce((a, m) => a + m.progress.epoch, 0);
+    const total = members.reduce((a, m) => a + m.progress.epochs, 0);
+    const children = members.map((m) => { const r = rowOf(m, true); r.hidden = !open; return r; });
+    const toggle = h("button", { type: "button", class: "toggle", "aria-expanded": String(open), title: "show or hide its jobs",
+      onclick: (e) => {
+        e.stopPropagation();
+        const nowOpen = !listState.expanded.has(job.sweep_id);
+        if (nowOpen) listState.expanded.add(job.sweep_id); else listState.expanded.delete(job.sweep_id);
+        e.target.setAttribute("aria-expanded", String(nowOpen));
+        e.target.textContent = nowOpen ? "▾" : "▸";
+        children.forEach((r) => { r.hidden = !nowOpen; });
+      } }, open ? "▾" : "▸");
+    tbody.append(h("tr", { class: "group", "data-sweep": job.sweep_id },
+      h("td", {}, toggle),
+      h("td", {}, "sweep ", h("a", { href: `#/sweeps/${job.sweep_id}` }, sweep?.name || job.sweep_id.slice(0, 8)),
+        h("small", {}, ` · ${members.length} jobs on this page`)),
+      h("td", {}, Object.entries(counts).map(([s, n]) => h("span", { class: `status ${s}` }, `${n} ${s}`))),
+      h("td", {}, job.spec?.model?.cell ?? "–"),
+      h("td", {}, progressBar({ progress: { epoch: done, epochs: total } })),
+      metrics.map(() => h("td", {}, "")),
+      h("td", {}, when(job.created_at))));
+    tbody.append(...children);
+  }
+  return tableWrap(h("table", { id: "jobs" }, thead, tbody));
+}
+
+// ---------------------------------------------------------------- job page
+async function jobView(view, id) {
+  const job = await api(`/jobs/${encodeURIComponent(id)}`);
+  const metrics = await api(`/jobs/${job.id}/metrics`);
+  const evaluation = job.status === "succeeded" ? await api(`/jobs/${job.id}/evaluation`).catch(() => null) : null;
+  const head = h("section", { id: "job-head" });
+  const curves = h("section", {}, h("h2", {}, "Learning curves"), h("div", { class: "chart-row" }, chartBox("chart-loss"), chartBox("chart-metric")));
+  view.replaceChildren(head, curves);
+  renderJobHead(head, job);
+  const drawCurves = (series) => {
+    disposeCharts();
+    const loss = series.filter((s) => s.name === "loss").map((s) => ({ ...s, name: `${s.split} loss` }));
+    const other = series.filter((s) => s.name !== "loss" && s.split === "val").map((s) => ({ ...s, name: `${s.split} ${s.name}` }));
+    const best = job.summary?.best_epoch ?? null;
+    if (loss.length && loss.some((s) => s.epochs.length)) mountChart($("#chart-loss"), Charts.curves({ series: loss, yName: "loss", bestEpoch: best }));
+    else $("#chart-loss").replaceChildren(empty("No epochs recorded yet."));
+    if (other.length) mountChart($("#chart-metric"), Charts.curves({ series: other, yName: other.length === 1 ? other[0].name : "validation metric", bestEpoch: best }));
+    else $("#chart-metric").replaceChildren(empty("No validation metric recorded yet."));
+  };
+  drawCurves(metrics.series);
+  if (evaluation) renderEvaluation(view, evaluation);
+  else view.append(section("Evaluation", empty(["queued", "running"].includes(job.status)
+    ? "The evaluation appears here when the job has succeeded."
+    : `No evaluation: the job ${job.status}.`)));
+  view.append(specSection(job));
+  if (["queued", "running"].includes(job.status)) followJob(job, metrics.series, drawCurves, head);
+}
+
+function renderJobHead(head, job) {
+  const modelError = h("p", { id: "download-error", class: "error inline", role: "alert" });
+  const downloads = h("div", { class: "downloads" }, h("span", {}, "Download: "),
+    ["pt", "onnx", "safetensors"].map((f) => h("button", { type: "button", "data-format": f, disabled: job.status !== "succeeded",
+      title: job.status === "succeeded" ? `the model as .${f}` : "the model exists once the job has succeeded",
+      onclick: async () => {
+        modelError.textContent = "";
+        try { await download(`/jobs/${job.id}/model?format=${f}`, `rnnlab-${job.id}.${f}`, f); } catch (err) { modelError.textContent = `${f}: ${err.message}`; }
+      } }, `model .${f}`)),
+    h("button", { type: "button", onclick: () => download(`/jobs/${job.id}/metrics?format=csv`, `rnnlab-${job.id}-metrics.csv`).catch((e) => { modelError.textContent = e.message; }) }, "metrics .csv"),
+    h("button", { type: "button", onclick: () => download(`/jobs/${job.id}/metrics`, `rnnlab-${job.id}-metrics.json`).catch((e) => { modelError.textContent = e.message; }) }, "metrics .json"));
+  const cancel = ["queued", "running"].includes(job.status)
+    ? h("button", { type: "button", id: "cancel-job", onclick: async () => { try { await api(`/jobs/${job.id}/cancel`, { method: "POST" }); route(); } catch (err) { say(err.message); } } }, "Cancel")
+    : null;
+  const sweep = job.sweep_id ? h("span", {}, " · sweep ", h("a", { href: `#/sweeps/${job.sweep_id}` }, state.sweepNames[job.sweep_id]?.name || job.sweep_id.slice(0, 8)), ` · ${jobLabel(job)}`) : null;
+  head.replaceChildren(...[
+    h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / ", job.id),
+    h("h2", { id: "job-title" }, job.name || job.id, " ", statusPill(job.status), cancel),
+    h("p", { id: "job-status" }, progressBar(job), ` · ${job.spec.model.cell} h=${job.spec.model.hidden_size} × ${job.spec.model.num_layers}`,
+      ` · ${taskOf(job)} on `, h("a", { href: `#/datasets/${job.dataset_id}` }, "its dataset"), sweep,
+      ` · attempts ${job.attempts}/${job.max_attempts}`, job.device ? ` · ${job.device}` : "",
+      job.train_seconds ? ` · trained in ${fmt(job.train_seconds, 3)} s` : "",
+      ` · created ${when(job.created_at)}`, job.finished_at ? ` · finished ${when(job.finished_at)}` : ""),
+    job.error ? h("p", { id: "job-error", class: "error" }, h("b", {}, job.error.type), ": ", job.error.message) : null,
+    downloads, modelError].filter(Boolean));  // replaceChildren would print a null as "null"
+}
+
+// SSE through fetch: EventSource cannot send an Authorization header, and the key must stay out of URLs.
+async function followJob(job, series, drawCurves, head) {
+  const controller = new AbortController();
+  state.stream = controller;
+  const byKey = new Map(series.map((s) => [`${s.split}.${s.name}`, s]));
+  let redraw = null;
+  try {
+    const response = await api(`/jobs/${job.id}/events`, { raw: true, signal: controller.signal });
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        const event = /^event: (.*)$/m.exec(block)?.[1];
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (!event || !data) continue;
+        const payload = JSON.parse(data);
+        if (event === "epoch") {
+          for (const [split, values] of Object.entries(payload.metrics)) {
+            for (const [name, v] of Object.entries(values)) {
+              const key = `${split}.${name}`;
+              if (!byKey.has(key)) byKey.set(key, { name, split, epochs: [], values: [] });
+              const s = byKey.get(key);
+              const at = s.epochs.indexOf(payload.epoch);
+              if (at >= 0) s.values[at] = v; else { s.epochs.push(payload.epoch); s.values.push(v); }
+            }
+          }
+          clearTimeout(redraw);
+          redraw = setTimeout(() => drawCurves([...byKey.values()]), 100);
+        } else if (event === "status") {
+          Object.assign(job, payload);
+          renderJobHead(head, job);
+        } else if (event === "end") {
+          if (state.stream === controller) route();  // the evaluation and downloads are ready now
+          return;
+        }
+      }
+    }
+  } catch (err) {
+    if (err.name !== "AbortError") say(`live updates stopped: ${err.message}`);
+  }
+}
+
+function evaluationTable(ev) {
+  const names = Object.keys(ev.metrics.test || ev.metrics.val || {});
+  return tableWrap(h("table", { id: "evaluation" },
+    h("thead", {}, h("tr", {}, ["metric", "train", "val", "test", `${Math.round(100 * (ev.confidence_level || 0.95))}% CI (test)`].map((t) => h("th", {}, t)))),
+    h("tbody", {}, names.map((name) => {
+      const ci = ev.intervals?.test?.[name];
+      return h("tr", { class: name === ev.main_metric ? "main" : "" }, h("td", {}, name),
+        h("td", { class: "num" }, fmt(ev.metrics.train?.[name])), h("td", { class: "num" }, fmt(ev.metrics.val?.[name])),
+        h("td", { class: "num" }, h("b", {}, fmt(ev.metrics.test?.[name]))),
+        h("td", { class: "num" }, ci ? `[${fmt(ci[0])}, ${fmt(ci[1])}]` : "–"));
+    }))));
+}
+
+function renderEvaluation(view, ev) {
+  const main = ev.main_metric;
+  const lowerIsBetter = !["accuracy", "balanced_accuracy", "macro_f1", "r2", "auroc"].includes(main);
+  const baselineValues = {};
+  for (const [name, b] of Object.entries(ev.baselines || {})) if (typeof b?.[main] === "number") baselineValues[name] = b[main];
+  const verdicts = h("ul", { class: "verdicts" }, Object.entries(ev.comparison || {}).map(([name, c]) =>
+    h("li", { class: c.beats ? "beats" : "loses" }, `${c.beats ? "beats" : "does not beat"} ${name}: ${main} ${fmt(c.model)} vs ${fmt(c.baseline)}`,
+      typeof c.improvement === "number" ? ` (${fmt(100 * Math.abs(c.improvement), 3)}% ${c.improvement >= 0 ? "better" : "worse"})` : "")));
+  const evalSection = section("Evaluation", h("div", { class: "chart-row" },
+    h("div", {}, evaluationTable(ev), verdicts, ev.notes?.length ? h("ul", { class: "notes" }, ev.notes.map((n) => h("li", {}, n))) : null),
+    h("div", {}, h("h3", {}, "Against baselines"), chartBox("chart-baselines", 60 + 44 * (1 + Object.keys(baselineValues).length)))));
+  view.append(evalSection);
+  mountChart($("#chart-baselines"), Charts.baselines({ metric: main, model: ev.metrics.test?.[main], interval: ev.intervals?.test?.[main],
+    baselines: baselineValues, lowerIsBetter }));
+  if (ev.confusion_matrix) {
+    const n = ev.confusion_matrix.labels.length;
+    view.append(section("Confusion matrix (test)", h("div", { class: "square" }, chartBox("chart-confusion", Math.min(160 + 48 * n, 640)))));
+    mountChart($("#chart-confusion"), Charts.confusion(ev.confusion_matrix));
+  }
+  const attr = ev.attribution;
+  if (attr?.importance?.length) {
+    const shares = Object.entries(attr.feature_importance || {}).map(([f, v]) => `${f} ${fmt(v, 3)}`).join(" · ");
+    view.append(section("Attribution",
+      h("div", { class: "chart-row" },
+        h("div", {}, h("h3", {}, "Time steps × features (integrated gradients)"),
+          h("p", { class: "hint" }, `${attr.examples} test examples; feature totals: ${shares}`),
+          chartBox("chart-attribution", Math.min(120 + 22 * attr.steps, 640))),
+        attr.permutation_importance ? h("div", {}, h("h3", {}, "Permutation importance"),
+          h("p", { class: "hint" }, `${attr.permutation_examples} test examples; how much worse ${attr.permutation_metric} gets when one feature is shuffled`),
+          chartBox("chart-permutation", 60 + 40 * Math.max(1, attr.features.length))) : null)));
+    mountChart($("#chart-attribution"), Charts.attribution(attr));
+    if (attr.permutation_importance) mountChart($("#chart-permutation"), Charts.permutation({ importance: attr.permutation_importance, metric: attr.permutation_metric }));
+  } else {
+    view.append(section("Attribution", empty("No attribution for this job (evaluation.attribution was off, or the job has no test windows).")));
+  }
+}
+
+function specSection(job) {
+  return h("section", {}, h("details", { id: "spec" }, h("summary", {}, "Resolved spec (defaults filled in)"),
+    h("pre", {}, JSON.stringify(job.spec, null, 2))));
+}
+
+// ---------------------------------------------------------------- compare
+function flatten(obj, prefix = "", out = {}) {
+  for (const [k, v] of Object.entries(obj || {})) {
+    const path = prefix ? `${prefix}.${k}` : k;
+    if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, path, out); else out[path] = v;
+  }
+  return out;
+}
+
+async function compareView(view, ids) {
+  if (ids.length < 1) {
+    view.replaceChildren(empty(h("h2", {}, "Nothing to compare"), h("p", {}, "Tick two or more jobs in the ", h("a", { href: "#/jobs" }, "jobs list"), " and press “Compare ticked”.")));
+    return;
+  }
+  const jobs = await Promise.all(ids.map((id) => api(`/jobs/${encodeURIComponent(id)}`)));
+  const evaluations = await Promise.all(jobs.map((j) => (j.status === "succeeded" ? api(`/jobs/${j.id}/evaluation`).catch(() => null) : null)));
+  const history = await api(`/metrics?${ids.map((id) => `job_id=${encodeURIComponent(id)}`).join("&")}&max_points=500`);
+  const names = [...new Set(history.jobs.flatMap((j) => j.series.map((s) => `${s.split}.${s.name}`)))].sort();
+  const label = (j) => (j.sweep_id ? `${j.name || ""} ${jobLabel(j)}`.trim() : j.name || j.id.slice(0, 8));
+  const chosen = names.includes("val.loss") ? "val.loss" : names[0];
+  const select = h("select", { id: "compare-series", "aria-label": "series", onchange: (e) => draw(e.target.value) }, names.map((n) => h("option", { value: n, selected: n === chosen }, n)));
+  const chartHolder = chartBox("chart-compare", 360);
+  const draw = (name) => {
+    disposeCharts();
+    const series = history.jobs.map((j, i) => {
+      const s = j.series.find((x) => `${x.split}.${x.name}` === name) || { epochs: [], values: [] };
+      return { name: label(jobs[i]), epochs: s.epochs, values: s.values };
     });
-    $("#sweep-settings tbody").replaceChildren(...rows);
-    $("#sweep-parameters").replaceChildren(...Object.entries(report.parameters).map(([path, p]) =>
-      el("li", {}, `${path}: range ${fmt(p.range)}, share of variance ${p.share_of_variance === null ? "–" : (100 * p.share_of_variance).toFixed(0) + "%"}`)));
-  } catch (err) { say(err.message); }
+    mountChart(chartHolder, Charts.curves({ series, yName: name }));
+  };
+  // Test metrics side by side, with the interval under each value.
+  const metricNames = [...new Set(evaluations.flatMap((e) => Object.keys(e?.metrics?.test || {})))];
+  const metricsTable = tableWrap(h("table", { id: "compare-metrics" },
+    h("thead", {}, h("tr", {}, h("th", {}, "test metric"), jobs.map((j) => h("th", {}, h("a", { href: `#/jobs/${j.id}` }, label(j)))))),
+    h("tbody", {}, metricNames.map((m) => h("tr", {}, h("td", {}, m), evaluations.map((e) => {
+      const v = e?.metrics?.test?.[m];
+      const ci = e?.intervals?.test?.[m];
+      return h("td", { class: "num" }, fmt(v), ci ? h("small", {}, ` [${fmt(ci[0], 3)}, ${fmt(ci[1], 3)}]`) : "");
+    }))))));
+  const flat = jobs.map((j) => flatten(j.spec));
+  const paths = [...new Set(flat.flatMap((f) => Object.keys(f)))].sort();
+  const onlyDiff = h("input", { type: "checkbox", id: "only-differences",
+    onchange: (e) => specTable.querySelectorAll("tbody tr:not(.differs)").forEach((r) => { r.hidden = e.target.checked; }) });
+  const specTable = h("table", { id: "spec-diff" },
+    h("thead", {}, h("tr", {}, h("th", {}, "spec field"), jobs.map((j) => h("th", {}, label(j))))),
+    h("tbody", {}, paths.map((p) => {
+      const values = flat.map((f) => JSON.stringify(f[p] ?? null));
+      return h("tr", { class: new Set(values).size > 1 ? "differs" : "" }, h("td", {}, p), values.map((v) => h("td", {}, v)));
+    })));
+  view.replaceChildren(
+    section(`Compare ${jobs.length} jobs`, h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / compare"),
+      h("label", {}, "series ", select), chartHolder),
+    section("Test metrics (95% CI)", metricNames.length ? metricsTable : empty("None of these jobs has an evaluation yet.")),
+    section("Spec differences", h("label", {}, onlyDiff, " only fields that differ"), tableWrap(specTable)));
+  if (chosen) draw(chosen); else chartHolder.replaceChildren(empty("No epochs recorded for these jobs yet."));
 }
 
-async function selectJob(id) {
-  state.selected = id;
-  document.querySelectorAll("#jobs tbody tr").forEach((r) => r.classList.toggle("selected", r.dataset.id === id));
-  $("#detail").hidden = false;
-  try {
-    const job = await api(`/jobs/${id}`);
-    $("#detail-title").textContent = job.name || job.id;
-    $("#detail-status").innerHTML = `<span class="status ${esc(job.status)}">${esc(job.status)}</span> ` +
-      `epoch ${job.progress.epoch}/${job.progress.epochs} · attempts ${job.attempts} · ` +
-      `${esc(job.spec.model.cell)} h=${esc(job.spec.model.hidden_size)}` +
-      (job.error ? ` · <b>${esc(job.error.type)}</b>: ${esc(job.error.message)}` : "");
-    $("#cancel-job").hidden = !["queued", "running"].includes(job.status);
-    drawCurves((await api(`/jobs/${id}/metrics`)).series);
-    renderEvaluation(job.status === "succeeded" ? await api(`/jobs/${id}/evaluation`) : null, job.status);
-  } catch (err) { say(err.message); }
+// ---------------------------------------------------------------- sweep page
+function settingLabel(setting) {
+  const parts = Object.entries(setting).map(([k, v]) => `${k.split(".").pop()}=${v}`);
+  return parts.join(" ") || "base";
 }
 
+async function sweepView(view, id) {
+  const sweep = await api(`/sweeps/${encodeURIComponent(id)}`);
+  state.sweepNames[sweep.id] = sweep;
+  const report = sweep.report;
+  const m = report.main_metric;
+  const settings = report.settings;
+  const labels = settings.map((s) => settingLabel(s.setting));
+  const indexOf = new Map(settings.map((s, i) => [s.setting_key, i]));
+  const seeds = sweep.jobs.filter((j) => j.main_metric !== null && indexOf.has(j.setting_key))
+    .map((j) => ({ setting: indexOf.get(j.setting_key), value: j.main_metric, seed: j.seed }));
+  const best = report.best;
+  const bestText = best
+    ? [h("p", { id: "sweep-best" }, best.explanation),
+      h("p", { class: "hint" }, `best: ${settingLabel(best.best.setting)} (mean ${fmt(best.best.mean)}, n=${best.best.n})`,
+        best.runner_up ? ` · runner-up: ${settingLabel(best.runner_up.setting)} (mean ${fmt(best.runner_up.mean)}, n=${best.runner_up.n})` : " · no runner-up",
+        best.distinguishable === null ? "" : best.distinguishable ? " · their 95% intervals do not overlap" : " · their 95% intervals overlap: not distinguishable")]
+    : [h("p", { id: "sweep-best" }, "No finished jobs yet.")];
+  const jobsOf = (key) => sweep.jobs.filter((j) => j.setting_key === key);
+  const table = tableWrap(h("table", { id: "sweep-settings" },
+    h("thead", {}, h("tr", {}, ["rank", "setting", "n", `mean ± std (${m})`, "95% CI", "seed CV", "jobs"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, settings.map((s) => {
+      const stat = s.metrics[m];
+      return h("tr", {}, h("td", {}, s.rank ?? "–"),
+        h("td", {}, Object.entries(s.setting).map(([k, v]) => `${k}=${v}`).join(", ") || "base"),
+        h("td", {}, `${s.n}/${s.jobs}`),
+        h("td", { class: "num" }, stat ? `${fmt(stat.mean)} ± ${fmt(stat.std)}` : "–"),
+        h("td", { class: "num" }, stat?.ci ? `[${fmt(stat.ci[0])}, ${fmt(stat.ci[1])}]` : "–"),
+        h("td", { class: s.high_seed_variance ? "loses num" : "num" }, s.seed_cv === null ? "–" : fmt(s.seed_cv, 3)),
+        h("td", { class: "job-links" }, jobsOf(s.setting_key).map((j) => h("a", { href: `#/jobs/${j.id}`, title: j.status }, `seed ${j.seed}`))));
+    }))));
+  const compareAll = h("a", { href: `#/compare?jobs=${sweep.jobs.map((j) => j.id).join(",")}` }, "compare all its jobs");
+  view.replaceChildren(
+    section(null, h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / sweep"),
+      h("h2", { id: "sweep-title" }, `Sweep ${sweep.name || sweep.id}`),
+      h("p", { id: "sweep-progress" }, `${report.succeeded} of ${report.total} jobs succeeded`,
+        report.complete ? "" : " (still running: the statistics can change)", ` · ${sweep.search} search · test ${m}, ${report.lower_is_better ? "lower" : "higher"} is better · `, compareAll),
+      bestText),
+    section("Settings", chartBox("chart-sweep", 340), table),
+    section("What moves the metric", h("div", { class: "chart-row" },
+      h("div", {}, h("h3", {}, "Parallel coordinates (one line per job)"), chartBox("chart-parallel", 320)),
+      h("div", {}, h("h3", {}, "Parameter effect"), chartBox("chart-effect", 320),
+        h("ul", { id: "sweep-parameters" }, Object.entries(report.parameters).map(([path, p]) =>
+          h("li", {}, `${path}: range ${fmt(p.range)}, share of variance ${p.share_of_variance === null ? "–" : `${fmt(100 * p.share_of_variance, 3)}%`}`)))))),
+  );
+  if (!settings.some((s) => s.metrics[m])) {
+    $("#chart-sweep").replaceChildren(empty("No succeeded jobs yet: the statistics appear as seeds finish."));
+  } else {
+    mountChart($("#chart-sweep"), Charts.sweepSettings({ labels, metric: m, seeds,
+      means: settings.map((s) => s.metrics[m]?.mean ?? null), intervals: settings.map((s) => s.metrics[m]?.ci ?? null) }));
+  }
+  const params = Object.keys(sweep.grid || {});
+  const rows = sweep.jobs.filter((j) => j.main_metric !== null).map((j) => [...params.map((p) => j.setting[p]), j.main_metric]);
+  if (params.length && rows.length) mountChart($("#chart-parallel"), Charts.parallel({ parameters: params, rows, metric: m, lowerIsBetter: report.lower_is_better }));
+  else $("#chart-parallel").replaceChildren(empty(params.length ? "No succeeded jobs yet." : "This sweep varies only the seed."));
+  if (Object.keys(report.parameters).length) mountChart($("#chart-effect"), Charts.parameterEffect({ parameters: report.parameters, metric: m }));
+  else $("#chart-effect").replaceChildren(empty("No parameter effect yet."));
+  if (!report.complete) state.timer = setInterval(() => route(), 5000);
+}
+
+// ---------------------------------------------------------------- datasets
+async function datasetsView(view) {
+  const page = await api("/datasets?limit=200");
+  const fileInput = h("input", { type: "file", name: "file", id: "upload-file", required: true, accept: ".csv,.gz,.parquet,.npz" });
+  const nameInput = h("input", { type: "text", name: "name", id: "upload-name", placeholder: "name (optional)" });
+  const uploadMessage = h("p", { id: "upload-message", class: "inline", role: "status" });
+  const form = h("form", { id: "upload-form", class: "toolbar", onsubmit: async (e) => {
+    e.preventDefault();
+    uploadMessage.className = "inline";
+    uploadMessage.textContent = "Uploading…";
+    const body = new FormData();
+    body.append("file", fileInput.files[0]);
+    if (nameInput.value.trim()) body.append("name", nameInput.value.trim());
+    try {
+      const ds = await api("/datasets", { method: "POST", body });
+      navigate(`#/datasets/${ds.id}`);
+    } catch (err) { uploadMessage.className = "error inline"; uploadMessage.textContent = err.message; }
+  } }, fileInput, nameInput, h("button", { type: "submit" }, "Upload"));
+  const table = page.items.length
+    ? tableWrap(h("table", { id: "datasets" },
+      h("thead", {}, h("tr", {}, ["name", "format", "rows", "columns", "size", "created"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, page.items.map((d) => h("tr", { "data-id": d.id, onclick: () => navigate(`#/datasets/${d.id}`) },
+        h("td", {}, h("a", { href: `#/datasets/${d.id}` }, d.name)), h("td", {}, d.format),
+        h("td", { class: "num" }, d.num_rows ?? "–"),
+        h("td", {}, d.columns ? d.columns.map((c) => c.name).join(", ") : Object.keys(d.arrays || {}).join(", ")),
+        h("td", { class: "num" }, `${fmt(d.size_bytes / 1024, 3)} KiB`), h("td", {}, when(d.created_at)))))))
+    : empty(h("h3", {}, "No datasets yet"), h("p", {}, "Upload a .csv, .csv.gz, .parquet or .npz file above (or POST it to ",
+      h("code", {}, "/api/v1/datasets"), ", see the ", docsLink(), ")."));
+  view.replaceChildren(section("Upload a dataset", form, uploadMessage), section("Datasets", table));
+}
+
+async function datasetView(view, id) {
+  const ds = await api(`/datasets/${encodeURIComponent(id)}`);
+  const [preview, jobs, schema] = await Promise.all([
+    api(`/datasets/${ds.id}/preview?rows=20`),
+    api(`/jobs?dataset_id=${ds.id}&limit=50`),
+    fetch("/openapi.json").then((r) => r.json()),
+  ]);
+  const task = taskOf(jobs.items[0] || {});
+  const metric = `test.${mainMetric(task)}`;
+  const columns = ds.columns
+    ? tableWrap(h("table", { id: "dataset-columns" }, h("thead", {}, h("tr", {}, ["column", "type", "missing"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, ds.columns.map((c) => h("tr", {}, h("td", {}, c.name), h("td", {}, c.dtype), h("td", { class: "num" }, c.missing))))))
+    : tableWrap(h("table", { id: "dataset-columns" }, h("thead", {}, h("tr", {}, h("th", {}, "array"), h("th", {}, "shape"))),
+      h("tbody", {}, Object.entries(ds.arrays || {}).map(([n, shape]) => h("tr", {}, h("td", {}, n), h("td", {}, `[${shape.join(", ")}]`))))));
+  let previewTable;
+  if (preview.rows?.length) {
+    const keys = Object.keys(preview.rows[0]);
+    previewTable = tableWrap(h("table", { id: "dataset-preview" }, h("thead", {}, h("tr", {}, keys.map((k) => h("th", {}, k)))),
+      h("tbody", {}, preview.rows.map((r) => h("tr", {}, keys.map((k) => h("td", {}, typeof r[k] === "number" ? fmt(r[k], 6) : r[k] ?? "–")))))));
+  } else if (preview.arrays) {
+    previewTable = h("pre", { id: "dataset-preview" }, JSON.stringify(preview.arrays, null, 1).slice(0, 4000));
+  } else previewTable = empty("Nothing to preview.");
+  const jobsTableEl = jobs.items.length
+    ? tableWrap(h("table", { id: "dataset-jobs" }, h("thead", {}, h("tr", {}, ["job", "status", "cell", "progress", metric].map((t) => h("th", {}, t)))),
+      h("tbody", {}, jobs.items.map((j) => h("tr", {}, h("td", {}, h("a", { href: `#/jobs/${j.id}` }, j.sweep_id ? `${j.name || ""} ${jobLabel(j)}` : j.name || j.id.slice(0, 8))),
+        h("td", {}, statusPill(j.status)), h("td", {}, j.spec.model.cell), h("td", {}, progressBar(j)),
+        h("td", { class: "num" }, fmt(j.summary?.test?.[mainMetric(taskOf(j))])))))))
+    : empty("No job uses this dataset yet: start one with the form below.");
+  const boardHolder = h("div", { id: "leaderboard" });
+  const metricSelect = h("select", { "aria-label": "leaderboard metric", onchange: (e) => loadBoard(e.target.value) },
+    ["test.rmse", "test.mae", "test.smape", "test.r2", "test.accuracy", "test.macro_f1", "test.log_loss"].map((m) => h("option", { value: m, selected: m === metric }, m)));
+  const loadBoard = async (name) => {
+    try {
+      const board = await api(`/datasets/${ds.id}/leaderboard?metric=${encodeURIComponent(name)}&limit=10`);
+      boardHolder.replaceChildren(board.items.length
+        ? tableWrap(h("table", {}, h("thead", {}, h("tr", {}, ["rank", "job", "cell", name, "95% CI"].map((t) => h("th", {}, t)))),
+          h("tbody", {}, board.items.map((e) => h("tr", {}, h("td", {}, e.rank), h("td", {}, h("a", { href: `#/jobs/${e.job_id}` }, `${e.name || e.job_id.slice(0, 8)}${e.setting ? ` · ${settingLabel(e.setting)}` : ""}`)),
+            h("td", {}, e.cell), h("td", { class: "num" }, fmt(e.value)), h("td", { class: "num" }, e.interval ? `[${fmt(e.interval[0])}, ${fmt(e.interval[1])}]` : "–"))))))
+        : empty(`No succeeded job has ${name} yet.`));
+    } catch (err) { boardHolder.replaceChildren(h("p", { class: "error inline" }, err.message)); }
+  };
+  view.replaceChildren(
+    section(null, h("p", { class: "crumbs" }, h("a", { href: "#/datasets" }, "Datasets"), " / ", ds.id),
+      h("h2", { id: "dataset-title" }, ds.name),
+      h("p", {}, `${ds.format} · ${ds.num_rows ?? "–"} rows · ${fmt(ds.size_bytes / 1024, 3)} KiB · sha256 ${ds.sha256.slice(0, 12)}… · uploaded ${when(ds.created_at)}`)),
+    h("div", { class: "chart-row" }, section("Columns", columns), section("Leaderboard", h("label", {}, "metric ", metricSelect), boardHolder)),
+    section("Preview (first 20 rows)", previewTable),
+    section("Jobs on this dataset", jobsTableEl),
+    section("New job", newJobForm(ds, schema)));
+  loadBoard(metric);
+}
+
+// ---------------------------------------------------------------- new-job form from the JobSpec schema
+function resolveRef(schema, node) {
+  let n = node;
+  while (n && n.$ref) n = schema.components.schemas[n.$ref.split("/").pop()];
+  if (n && n.allOf && n.allOf.length === 1) return { ...resolveRef(schema, n.allOf[0]), ...n, allOf: undefined };
+  return n;
+}
+
+// One input per leaf field of the spec, prefilled with the schema's default.
+function specFields(schema, node, prefix = "") {
+  const fields = [];
+  const props = resolveRef(schema, node)?.properties || {};
+  for (const [name, raw] of Object.entries(props)) {
+    const path = prefix ? `${prefix}.${name}` : name;
+    const prop = resolveRef(schema, raw);
+    if (prop.properties) { fields.push({ group: path }, ...specFields(schema, prop, path)); continue; }
+    const variants = (prop.anyOf || [prop]).map((v) => resolveRef(schema, v));
+    const enums = variants.flatMap((v) => v.enum || (v.const !== undefined ? [v.const] : []));
+    const types = variants.map((v) => v.type).filter(Boolean);
+    fields.push({ path, name, default: raw.default ?? prop.default, description: raw.description || prop.description || "",
+      enums, types, nullable: types.includes("null"), required: false });
+  }
+  return fields;
+}
+
+function parseField(field, text) {
+  if (text === "") return field.nullable ? null : undefined;
+  if (field.types.includes("array")) return text.split(",").map((s) => s.trim()).filter(Boolean);
+  if ((field.types.includes("integer") || field.types.includes("number")) && /^-?\d+(\.\d+)?([eE][-+]?\d+)?$/.test(text)) return Number(text);
+  if (text === "true" || text === "false") return field.types.includes("boolean") ? text === "true" : text;
+  return text;
+}
+
+function newJobForm(ds, openapi) {
+  const spec = openapi.components?.schemas?.JobSpec;
+  if (!spec) return empty("This server's /openapi.json has no JobSpec schema.");
+  const required = new Set([...(spec.required || []).map((r) => r), "data.target", "data.layout"]);
+  const all = specFields(openapi, spec).filter((f) => f.path !== "dataset_id");
+  // Top-level fields (name, task, device) first, then one group per nested part of the spec.
+  const fields = [...all.filter((f) => !f.group && !f.path.includes(".")), ...all.filter((f) => f.group || f.path.includes("."))];
+  const columnList = h("datalist", { id: "column-names" }, (ds.columns || []).map((c) => h("option", { value: c.name })));
+  const controls = [];
+  const body = [];
+  for (const f of fields) {
+    if (f.group) { body.push(h("h4", {}, f.group)); continue; }
+    const id = `spec-${f.path.replace(/\./g, "-")}`;
+    let input;
+    if (f.types.includes("boolean") && !f.enums.length) {
+      input = h("input", { type: "checkbox", id, checked: f.default === true });
+    } else if (f.enums.length) {
+      const options = [...(f.nullable || f.default === undefined ? [""] : []), ...f.enums.filter((e) => e !== null)];
+      input = h("select", { id }, options.map((o) => h("option", { value: String(o), selected: String(o) === String(f.default ?? "") }, o === "" ? "(default)" : String(o))));
+    } else {
+      const value = f.default === undefined || f.default === null ? "" : Array.isArray(f.default) ? f.default.join(",") : String(f.default);
+      input = h("input", { id, type: "text", value, size: 14, placeholder: f.nullable ? "null" : "", list: /target|column|features/.test(f.path) ? "column-names" : null });
+    }
+    controls.push({ field: f, input });
+    body.push(h("label", { class: "field", title: f.description }, h("span", {}, f.path, required.has(f.path) ? " *" : ""), input));
+  }
+  const result = h("p", { id: "new-job-message", class: "inline", role: "status" });
+  const form = h("form", { id: "new-job-form", onsubmit: async (e) => {
+    e.preventDefault();
+    const out = { dataset_id: ds.id };
+    for (const { field, input } of controls) {
+      const value = input.type === "checkbox" ? input.checked : parseField(field, input.value.trim());
+      if (value === undefined) continue;
+      const keys = field.path.split(".");
+      let node = out;
+      for (const k of keys.slice(0, -1)) node = node[k] ??= {};
+      node[keys.at(-1)] = value;
+    }
+    result.className = "inline";
+    result.textContent = "Submitting…";
+    try {
+      const job = await api("/jobs", { method: "POST", body: JSON.stringify(out) });
+      navigate(`#/jobs/${job.id}`);
+    } catch (err) { result.className = "error inline"; result.textContent = err.message; }
+  } }, columnList, h("p", { class: "hint" }, "Prefilled with the defaults of the JobSpec schema in ", h("a", { href: "/openapi.json", target: "_blank" }, "/openapi.json"),
+    "; * is required. Field help on hover; the whole spec is described in the ", docsLink(), "."),
+  h("div", { class: "fields" }, body), h("button", { type: "submit" }, "Start job"), result);
+  return form;
+}
+
+// ---------------------------------------------------------------- start
 $("#key-form").addEventListener("submit", (event) => {
   event.preventDefault();
   state.key = $("#api-key").value.trim();
-  localStorage.setItem("rnnlab.key", state.key);
-  loadJobs();
-});
-$("#refresh").addEventListener("click", loadJobs);
-$("#status-filter").addEventListener("change", loadJobs);
-$("#cancel-job").addEventListener("click", async () => {
-  try { await api(`/jobs/${state.selected}/cancel`, { method: "POST" }); selectJob(state.selected); } catch (err) { say(err.message); }
+  if (state.key) sessionStorage.setItem(KEY_STORAGE, state.key); else sessionStorage.removeItem(KEY_STORAGE);
+  route();
 });
 $("#api-key").value = state.key;
-loadJobs();
-state.timer = setInterval(() => {
-  loadJobs();
-  if (state.selected) selectJob(state.selected);
-  if (state.sweep) selectSweep(state.sweep);
-}, 3000);
+window.addEventListener("hashchange", () => { listState.cursors = [null]; listState.page = 0; route(); });
+darkQuery.addEventListener("change", () => route());  // charts pick their theme at creation
+route();
