@@ -10,6 +10,7 @@ RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
+COPY rnnlab ./rnnlab
 COPY migrations ./migrations
 RUN pip install -e . && useradd --create-home rnnlab && mkdir -p /data && chown rnnlab /data
 USER rnnlab

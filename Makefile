@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.rnnlab-installed
+TORCH_PIP_ARGS ?=
 
 .PHONY: setup up test lint bench clean vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	# CPU torch first, pinned, so the project's torch>=2.4 range never pulls a multi-GB CUDA wheel.
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	# torch first, pinned. It is a CPU build only where pip finds a CPU wheel on its own (a local
+	# find-links directory, as on our build machines); on a normal Linux machine PyPI serves the
+	# multi-GB CUDA build. For a CPU-only install there, pass pip options that point at PyTorch's
+	# CPU wheel index: make setup TORCH_PIP_ARGS="--index-url <that index>".
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -22,13 +26,14 @@ test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check app worker tests bench
-	$(BIN)/ruff format --check app worker tests bench
-	$(BIN)/mypy app worker
+	$(BIN)/ruff check app worker rnnlab tests bench
+	$(BIN)/ruff format --check app worker rnnlab tests bench
+	$(BIN)/mypy app worker rnnlab
 
 bench: setup
 	$(BIN)/python bench/engine_vs_raw.py
 	$(BIN)/python bench/job_overhead.py
+	$(BIN)/python bench/export_models.py
 
 # The dashboard's charting library, vendored from the npm package (the page must work offline: no CDN).
 ECHARTS_VERSION ?= 6.1.0

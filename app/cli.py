@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from typing import Annotated, Any
+from typing import IO, Annotated, Any
 
 import typer
 
@@ -32,6 +34,15 @@ def _database_session() -> Any:
     from app.config import get_settings
     from app.db import new_session
 
+    settings = get_settings()
+    if settings.database_url.startswith("sqlite") and not (settings.home / "rnnlab.db").exists():
+        # Connecting would create an empty database file (and its directory) here.
+        typer.echo(
+            f"no rnnlab database at {settings.home / 'rnnlab.db'}: run this from the directory where you ran "
+            "`rnnlab up` (or `rnnlab migrate`), or set RNNLAB_HOME to that .rnnlab directory",
+            err=True,
+        )
+        raise typer.Exit(1)
     session = new_session()
     try:
         session.execute(sa.text("SELECT 1 FROM api_keys WHERE 1 = 0"))
@@ -161,26 +172,63 @@ def _own_group_tied_to_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
+def _forward_until_ready(stream: IO[bytes], ready: threading.Event) -> None:
+    """Copy a child's output to our stderr; set ``ready`` when Celery logs that the worker is ready."""
+    for line in iter(stream.readline, b""):
+        sys.stderr.buffer.write(line)
+        sys.stderr.buffer.flush()
+        if not ready.is_set() and b" ready." in line:
+            ready.set()
+
+
+def _wait_until_up(
+    url: str, worker_ready: threading.Event, procs: list[subprocess.Popen[bytes]], timeout_seconds: float
+) -> bool:
+    """True once the API answers /readyz and the worker has said it is ready; False if a child died."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_seconds
+    api_ready = False
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return False
+        if not api_ready:
+            with contextlib.suppress(httpx.HTTPError):
+                api_ready = httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+        if api_ready and worker_ready.is_set():
+            return True
+        time.sleep(0.2)
+    return False
+
+
 @app.command()
-def up() -> None:
+def up(
+    host: Annotated[str | None, typer.Option(help="Interface the API listens on; defaults to RNNLAB_HOST.")] = None,
+    port: Annotated[int | None, typer.Option(help="API port; defaults to RNNLAB_PORT.")] = None,
+) -> None:
     """Embedded default: apply migrations, then run the API and one real worker process until Ctrl-C."""
     from app.config import get_settings
     from app.migrate import upgrade_database
 
     settings = get_settings()
+    host, port = host or settings.host, port or settings.port
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade_database()
     # The children get their own process group, so a terminal's Ctrl-C reaches only this process,
     # which stops them with one SIGTERM each (Celery treats a SIGINT as a failed exit, and two
     # signals as a request for a cold shutdown); they also stop if this process dies.
     worker_proc = subprocess.Popen(
-        worker_argv("default,gpu", settings.worker_concurrency, None), preexec_fn=_own_group_tied_to_parent
+        worker_argv("default,gpu", settings.worker_concurrency, None),
+        preexec_fn=_own_group_tied_to_parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
-    api_proc = subprocess.Popen([sys.executable, "-m", "app.cli", "api"], preexec_fn=_own_group_tied_to_parent)
-    typer.echo(
-        f"rnnlab is up: http://{settings.host}:{settings.port}/ (docs at /docs); data in {settings.home}. "
-        "Create a key with: rnnlab keys create --project demo. Ctrl-C stops.",
-        err=True,
+    worker_ready = threading.Event()
+    assert worker_proc.stdout is not None
+    threading.Thread(target=_forward_until_ready, args=(worker_proc.stdout, worker_ready), daemon=True).start()
+    api_proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "api", "--host", host, "--port", str(port)],
+        preexec_fn=_own_group_tied_to_parent,
     )
     procs = [api_proc, worker_proc]
     stopping = False
@@ -191,7 +239,18 @@ def up() -> None:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    # Browsers and clients on this machine reach a wildcard listener through the loopback address.
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{shown_host}:{port}"
     try:
+        if _wait_until_up(url, worker_ready, procs, timeout_seconds=120) and not stopping:
+            typer.echo(
+                f"rnnlab is up: {url}/ (docs at /docs); data in {settings.home}. "
+                "Create a key with: rnnlab keys create --project demo. Ctrl-C stops.",
+                err=True,
+            )
+        elif not stopping and all(p.poll() is None for p in procs):
+            typer.echo(f"rnnlab is not ready after 120 s ({url}/readyz); still waiting, Ctrl-C stops.", err=True)
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
     finally:
@@ -213,6 +272,10 @@ def up() -> None:
 
 
 def main() -> None:
+    # The composition root: the client's user commands (rnnlab.cli) next to the server commands.
+    from rnnlab.cli import register
+
+    register(app)
     app()
 
 

@@ -99,5 +99,20 @@ def openapi_with_job_spec(app: FastAPI) -> dict[str, Any]:
     sweep = components.get("SweepCreate", {}).get("properties", {})
     if "base" in sweep:
         sweep["base"] = {"$ref": "#/components/schemas/JobSpec", "description": sweep["base"].get("description", "")}
+    add_api_key_security(schema)
     app.openapi_schema = schema
     return schema
+
+
+def add_api_key_security(schema: dict[str, Any]) -> None:
+    """Declare the bearer API key on every /api/v1 operation, so Swagger's Authorize button sends it."""
+    schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+    schemes["apiKey"] = {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key from `rnnlab keys create --project NAME`, sent as 'Authorization: Bearer <key>'.",
+    }
+    for path, operations in schema["paths"].items():
+        if path.startswith("/api/v1/"):
+            for operation in operations.values():
+                operation["security"] = [{"apiKey": []}]

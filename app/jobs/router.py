@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
@@ -14,8 +15,9 @@ from fastapi.responses import FileResponse, StreamingResponse
 from app.auth import CurrentProject
 from app.config import get_settings
 from app.db import SessionDep, new_session
-from app.jobs import service
+from app.jobs import model_export, service
 from app.jobs.export import metrics_csv
+from app.jobs.model_export import ModelFormat
 from app.jobs.schemas import JobMetrics, JobRead, Leaderboard, PredictRequest, PredictResponse
 from app.jobs.status import FINISHED, JobStatus
 from app.pagination import Page, PageParams, page_params
@@ -119,10 +121,25 @@ def job_evaluation(job_id: str, project: CurrentProject, session: SessionDep) ->
 
 
 @router.get("/{job_id}/model", response_class=FileResponse)
-def job_model(job_id: str, project: CurrentProject, session: SessionDep) -> FileResponse:
-    """The trained model: torch.save of {state_dict, spec, scalers, …}; load with weights_only=True."""
-    path = service.model_path(session, project, job_id)
-    return FileResponse(path, media_type="application/octet-stream", filename=f"rnnlab-{job_id}.pt")
+def job_model(
+    job_id: str,
+    project: CurrentProject,
+    session: SessionDep,
+    format: Annotated[ModelFormat, Query(description="pt, onnx (scalers folded in) or safetensors.")] = "pt",
+) -> Response:
+    """The trained model with its normalized spec and scalers.
+
+    ``pt``: torch.save of {state_dict, spec, scalers, …}, load with weights_only=True. ``onnx``: raw
+    inputs [batch, steps, features] to predictions in original units (or class probabilities); the
+    spec, scalers, classes and opset are in the model's metadata (``rnnlab.*``). ``safetensors``:
+    the weights, with the same facts as JSON metadata; no pickle.
+    """
+    model = model_export.exported_model(session, project, job_id, format)
+    filename = f"rnnlab-{job_id}.{format}"
+    if isinstance(model, Path):
+        return FileResponse(model, media_type=model_export.MEDIA_TYPES[format], filename=filename)
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    return Response(model, media_type=model_export.MEDIA_TYPES[format], headers=headers)
 
 
 @router.post("/{job_id}/predict", response_model=PredictResponse)

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .errors import DataError
 from .models import RecurrentModel, forward_in_chunks
@@ -14,6 +15,67 @@ from .spec import JobSpec
 
 # The artifact layout version: written by engine.build_artifact, checked here on load.
 ARTIFACT_FORMAT = "rnnlab.model/1"
+
+
+class ScaledModel(nn.Module):
+    """Raw inputs ``[B, T, F]`` (float32) to outputs in original units, scalers folded in.
+
+    Forecast / regression: float64 ``[B, H]``; classification: float32 class probabilities ``[B, C]``.
+    This one module is what ``/predict``, offline prediction and the ONNX export all run, so a
+    preprocessing step added here reaches every one of them. The affine steps run in float64 so
+    targets in large units keep their precision.
+    """
+
+    x_center: torch.Tensor
+    x_scale: torch.Tensor
+    y_center: torch.Tensor
+    y_scale: torch.Tensor
+
+    def __init__(self, model: nn.Module, x_scaler: Scaler, y_scaler: Scaler | None) -> None:
+        super().__init__()
+        self.model = model
+        self.classification = y_scaler is None
+        self.register_buffer("x_center", torch.as_tensor(x_scaler.center, dtype=torch.float64))
+        self.register_buffer("x_scale", torch.as_tensor(x_scaler.scale, dtype=torch.float64))
+        y = y_scaler or Scaler(np.zeros(1), np.ones(1))
+        self.register_buffer("y_center", torch.as_tensor(y.center, dtype=torch.float64))
+        self.register_buffer("y_scale", torch.as_tensor(y.scale, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scaled = ((x.double() - self.x_center) / self.x_scale).float()
+        out = self.model(scaled)
+        if self.classification:
+            return torch.softmax(out, dim=1)
+        return out.double() * self.y_scale + self.y_center
+
+
+def format_predictions(task: str, classes: list[Any] | None, outputs: np.ndarray) -> Any:
+    """``ScaledModel`` outputs as ``/predict`` answers them (see ``Predictor.predict``)."""
+    if classes is not None:
+        proba = np.asarray(outputs, dtype=np.float64)
+        labels = [classes[i] for i in proba.argmax(axis=1)]
+        return {"labels": labels, "probabilities": proba.tolist()}
+    values = np.asarray(outputs, dtype=np.float64)
+    if task == "regression" and values.shape[1] == 1:
+        return values[:, 0].tolist()
+    return values.tolist()
+
+
+def check_inputs(inputs: Any, steps: int, features: list[str]) -> np.ndarray:
+    """Raw windows as float32 ``[N, steps, features]``; a ``DataError`` naming the expected shape otherwise."""
+    expected = [steps, len(features)]
+    x = np.asarray(inputs, dtype=np.float64)
+    if x.ndim == 2 and len(features) == 1:
+        x = x[:, :, None]
+    if x.ndim != 3 or list(x.shape[1:]) != expected:
+        raise DataError(
+            f"expected inputs shaped [N, {expected[0]}, {expected[1]}] (steps, features "
+            f"{', '.join(features)}); got {list(np.shape(inputs))}",
+            field="inputs",
+        )
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{int((~np.isfinite(x)).sum())} missing or infinite input values", field="inputs")
+    return x.astype(np.float32)
 
 
 class Predictor:
@@ -36,40 +98,20 @@ class Predictor:
         self.device = torch.device(device)
         self.model = RecurrentModel(self.spec.model, len(self.features), int(state["head.weight"].shape[0]))
         self.model.load_state_dict(state)
-        self.model.to(self.device).eval()
+        self.model.eval()
+        self.scaled_model = ScaledModel(self.model, self.x_scaler, self.y_scaler).to(self.device).eval()
 
-    def _check(self, inputs: np.ndarray) -> np.ndarray:
-        expected = [self.steps, len(self.features)]
-        x = np.asarray(inputs, dtype=np.float64)
-        if x.ndim == 2 and len(self.features) == 1:
-            x = x[:, :, None]
-        if x.ndim != 3 or list(x.shape[1:]) != expected:
-            raise DataError(
-                f"expected inputs shaped [N, {expected[0]}, {expected[1]}] (steps, features "
-                f"{', '.join(self.features)}); got {list(np.shape(inputs))}",
-                field="inputs",
-            )
-        if not np.all(np.isfinite(x)):
-            raise DataError(f"{int((~np.isfinite(x)).sum())} missing or infinite input values", field="inputs")
-        return x
+    def outputs(self, inputs: Any) -> np.ndarray:
+        """``ScaledModel`` outputs for raw windows: values in original units, or class probabilities."""
+        x = torch.as_tensor(check_inputs(inputs, self.steps, self.features), device=self.device)
+        return forward_in_chunks(self.scaled_model, x).cpu().numpy()
 
-    def predict(self, inputs: np.ndarray) -> Any:
+    def predict(self, inputs: Any) -> Any:
         """Forecast / regression: a list [N, H] (or [N] for a single regression output).
 
         Classification: ``{"labels": [...], "probabilities": [[...], ...]}``.
         """
-        x = self._check(inputs)
-        scaled = torch.as_tensor(self.x_scaler.transform(x), dtype=torch.float32, device=self.device)
-        out = forward_in_chunks(self.model, scaled).double().cpu()
-        if self.classes is not None:
-            proba = torch.softmax(out, dim=1).numpy()
-            labels = [self.classes[i] for i in proba.argmax(axis=1)]
-            return {"labels": labels, "probabilities": proba.tolist()}
-        assert self.y_scaler is not None
-        values = self.y_scaler.inverse(out.numpy())
-        if self.spec.task == "regression" and values.shape[1] == 1:
-            return values[:, 0].tolist()
-        return values.tolist()
+        return format_predictions(self.spec.task, self.classes, self.outputs(inputs))
 
 
 def load_predictor(artifact: dict[str, Any], device: str = "cpu") -> Predictor:

@@ -1,0 +1,541 @@
+"""The user commands of ``rnnlab`` (datasets, jobs, sweeps, spec, predict), built on ``Client``.
+
+``app.cli`` mounts these next to the server commands; ``register(app)`` is the one entry point.
+Every read command takes ``--output table|json|csv``; errors print the API's code and message
+on stderr and exit 1. ``jobs submit --follow`` and ``jobs follow`` exit 0 when the job
+succeeded, 1 when it failed, 2 when it was cancelled or pruned.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from rnnlab.client import Client, Job
+from rnnlab.errors import RnnlabError
+from rnnlab.output import OutputFormat, print_json, print_rows
+
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_STOPPED = 0, 1, 2
+FOLLOW_EXIT_CODES = {"succeeded": EXIT_SUCCEEDED, "failed": EXIT_FAILED, "cancelled": EXIT_STOPPED, "pruned": 2}
+
+stderr = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+Output = Annotated[OutputFormat, typer.Option("--output", "-o", help="table, json or csv.")]
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", envvar="RNNLAB_URL", help="Server URL [env RNNLAB_URL; default http://127.0.0.1:8000]."),
+]
+KeyOption = Annotated[
+    str | None, typer.Option("--api-key", envvar="RNNLAB_API_KEY", help="API key [env RNNLAB_API_KEY].")
+]
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """API errors and bad files as one line on stderr and exit code 1, never a traceback."""
+    try:
+        yield
+    except RnnlabError as exc:
+        stderr.print(f"[red]error[/red] {exc.code}: {exc.message}", highlight=False)
+        if isinstance(exc.details, list):
+            for detail in exc.details[:10]:
+                if isinstance(detail, dict) and detail.get("field"):
+                    stderr.print(f"  {detail['field']}: {detail.get('message', '')}", highlight=False)
+        raise typer.Exit(1) from None
+    except (OSError, ValueError) as exc:
+        stderr.print(f"[red]error[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _client(ctx: typer.Context) -> Client:
+    url, key = ctx.obj if isinstance(ctx.obj, tuple) else (None, None)
+    return Client(url, key)
+
+
+def _connect(ctx: typer.Context, url: str | None, api_key: str | None) -> None:
+    ctx.obj = (url, api_key)
+
+
+def group(help_text: str) -> typer.Typer:
+    sub = typer.Typer(help=help_text, no_args_is_help=True)
+
+    @sub.callback()
+    def _options(ctx: typer.Context, url: UrlOption = None, api_key: KeyOption = None) -> None:
+        _connect(ctx, url, api_key)
+
+    return sub
+
+
+datasets_app = group("Upload and inspect datasets.")
+jobs_app = group("Submit, follow and inspect training jobs; export their models.")
+sweeps_app = group("Hyperparameter and seed sweeps: submit, follow, report.")
+spec_app = typer.Typer(help="Job spec helpers.", no_args_is_help=True)
+
+
+def load_document(path: Path) -> dict[str, Any]:
+    """A YAML or JSON file (by suffix; YAML otherwise, which also reads JSON) as a dict."""
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping (a JSON object), not {type(data).__name__}")
+    return data
+
+
+# --- datasets ------------------------------------------------------------------------------------
+
+DATASET_COLUMNS = ["id", "name", "format", "size_bytes", "num_rows", "created_at"]
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".csv, .csv.gz, .parquet or .npz")],
+    name: Annotated[str | None, typer.Option(help="Dataset name (default: the file name).")] = None,
+    output: Output = OutputFormat.table,
+) -> None:
+    """Upload a file (streamed, with a progress bar); prints the new dataset."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    with (
+        reported_errors(),
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=stderr,
+        ) as bar,
+    ):
+        task = bar.add_task(f"upload {file.name}", total=file.stat().st_size)
+        dataset = _client(ctx).datasets.upload(
+            file, name=name, progress=lambda sent, total: bar.update(task, completed=sent, total=total)
+        )
+    print_rows([dataset], DATASET_COLUMNS, output, raw=dataset)
+
+
+@datasets_app.command("list")
+def datasets_list(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
+    """The project's datasets, newest first."""
+    with reported_errors():
+        items = list(_client(ctx).datasets.list())
+    print_rows(items, DATASET_COLUMNS, output, raw=items)
+
+
+@datasets_app.command("show")
+def datasets_show(ctx: typer.Context, dataset_id: str, output: Output = OutputFormat.table) -> None:
+    """A dataset and its columns (or arrays)."""
+    with reported_errors():
+        dataset = _client(ctx).datasets.get(dataset_id)
+    if output != OutputFormat.table:
+        rows = dataset.get("columns") or [
+            {"name": k, "dtype": "array", "missing": v} for k, v in (dataset.get("arrays") or {}).items()
+        ]
+        print_rows(rows, ["name", "dtype", "missing"], output, raw=dataset)
+        return
+    print_rows([dataset], DATASET_COLUMNS + ["sha256"], output)
+    if dataset.get("columns"):
+        print_rows(dataset["columns"], ["name", "dtype", "missing"], output, title="columns")
+    if dataset.get("arrays"):
+        print_rows([{"array": k, "shape": v} for k, v in dataset["arrays"].items()], ["array", "shape"], output)
+
+
+@datasets_app.command("preview")
+def datasets_preview(
+    ctx: typer.Context,
+    dataset_id: str,
+    rows: Annotated[int, typer.Option(help="Rows to show.")] = 20,
+    output: Output = OutputFormat.table,
+) -> None:
+    """The first rows of a table (or the head of each array)."""
+    with reported_errors():
+        preview = _client(ctx).datasets.preview(dataset_id, rows)
+    if preview.get("rows") is not None:
+        columns = [c["name"] for c in preview.get("columns") or []] or list((preview["rows"] or [{}])[0])
+        print_rows(preview["rows"], columns, output, raw=preview)
+    else:
+        arrays = preview.get("arrays") or {}
+        print_rows(
+            [{"array": k, **v} for k, v in arrays.items()], ["array", "shape", "dtype", "head"], output, raw=preview
+        )
+
+
+@datasets_app.command("delete")
+def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
+    """Delete a dataset (refused while a queued or running job uses it)."""
+    with reported_errors():
+        _client(ctx).datasets.delete(dataset_id)
+    stderr.print(f"deleted dataset {dataset_id}")
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+JOB_COLUMNS = ["id", "name", "status", "cell", "epoch", "main", "created_at"]
+
+
+def job_row(info: dict[str, Any]) -> dict[str, Any]:
+    """A job as one flat row: the main test metric (rmse, or accuracy for classification) as ``name=value``."""
+    spec, summary = info.get("spec") or {}, info.get("summary") or {}
+    test = summary.get("test") or {}
+    name = "accuracy" if spec.get("task") == "classification" else "rmse"
+    main = (name, test[name]) if name in test else None
+    progress = info.get("progress") or {}
+    return {
+        "id": info["id"],
+        "name": info.get("name"),
+        "status": info["status"],
+        "cell": (spec.get("model") or {}).get("cell"),
+        "epoch": f"{progress.get('epoch', 0)}/{progress.get('epochs', 0)}",
+        "main": f"{main[0]}={main[1]:.4g}" if main and isinstance(main[1], float) else None,
+        "created_at": info.get("created_at"),
+        "sweep_id": info.get("sweep_id"),
+    }
+
+
+def follow_job(job: Job) -> int:
+    """Follow with a live progress bar; the exit code for the job's final status."""
+    job.wait(progress=True)
+    return FOLLOW_EXIT_CODES.get(job.status, EXIT_FAILED)
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    ctx: typer.Context,
+    spec_file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="A JobSpec in YAML or JSON.")],
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Override the spec's dataset_id.")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Show progress until the job ends; exit 0/1/2.")
+    ] = False,
+    output: Output = OutputFormat.table,
+) -> None:
+    """Submit a job spec. With --follow: exit 0 succeeded, 1 failed, 2 cancelled or pruned."""
+    with reported_errors():
+        spec = load_document(spec_file)
+        if dataset:
+            spec["dataset_id"] = dataset
+        job = _client(ctx).jobs.submit(spec)
+        if not follow:
+            print_rows([job_row(job.info)], JOB_COLUMNS, output, raw=job.info)
+            return
+        stderr.print(f"submitted job {job.id}")
+        code = follow_job(job)
+    raise typer.Exit(code)
+
+
+@jobs_app.command("follow")
+def jobs_follow(ctx: typer.Context, job_id: str) -> None:
+    """Show a job's progress until it ends; exit 0 succeeded, 1 failed, 2 cancelled or pruned."""
+    with reported_errors():
+        code = follow_job(_client(ctx).jobs.get(job_id))
+    raise typer.Exit(code)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    where: Annotated[
+        str | None, typer.Option(help='Filter, e.g. \'test.rmse < 0.5 and model.cell in ("lstm","gru")\'.')
+    ] = None,
+    sort: Annotated[str | None, typer.Option(help="e.g. test.rmse or -created_at (the default).")] = None,
+    status: Annotated[list[str] | None, typer.Option(help="Repeatable: queued, running, succeeded, …")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only jobs on this dataset.")] = None,
+    sweep: Annotated[str | None, typer.Option("--sweep", help="Only jobs of this sweep.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many jobs (0: all).")] = 50,
+    output: Output = OutputFormat.table,
+) -> None:
+    """Jobs, newest first unless --sort says otherwise."""
+    with reported_errors():
+        jobs = _client(ctx).jobs.list(
+            where=where, sort=sort, status=status, dataset_id=dataset, sweep_id=sweep, limit=limit or None
+        )
+        infos = [job.info for job in jobs]
+    print_rows([job_row(i) for i in infos], JOB_COLUMNS, output, raw=infos)
+
+
+@jobs_app.command("show")
+def jobs_show(ctx: typer.Context, job_id: str, output: Output = OutputFormat.table) -> None:
+    """A job: status, progress, final metrics per split, error."""
+    with reported_errors():
+        info = _client(ctx).jobs.get(job_id).info
+    summary = info.get("summary") or {}
+    rows = [
+        {"split": split, **values}
+        for split in ("train", "val", "test")
+        if isinstance(values := summary.get(split), dict) and values
+    ]
+    metric_names = list(dict.fromkeys(name for row in rows for name in row if name != "split"))
+    if output != OutputFormat.table:
+        print_rows(rows, ["split", *metric_names], output, raw=info)
+        return
+    print_rows([job_row(info)], [*JOB_COLUMNS, "sweep_id"], output)
+    if info.get("error"):
+        stderr.print(f"[red]{info['error']['type']}[/red]: {info['error']['message']}", highlight=False)
+    if rows:
+        print_rows(
+            rows, ["split", *metric_names], output, title=f"final metrics (best epoch {summary.get('best_epoch')})"
+        )
+
+
+@jobs_app.command("metrics")
+def jobs_metrics(ctx: typer.Context, job_id: str, output: Output = OutputFormat.table) -> None:
+    """Per-epoch history: one row per epoch, one column per split.metric."""
+    with reported_errors():
+        body = _client(ctx).jobs.get(job_id).metrics()
+    by_epoch: dict[int, dict[str, Any]] = {}
+    names = []
+    for series in body["series"]:
+        name = f"{series['split']}.{series['name']}"
+        names.append(name)
+        for epoch, value in zip(series["epochs"], series["values"], strict=True):
+            by_epoch.setdefault(epoch, {"epoch": epoch})[name] = value
+    print_rows([by_epoch[e] for e in sorted(by_epoch)], ["epoch", *names], output, raw=body)
+
+
+@jobs_app.command("evaluation")
+def jobs_evaluation(ctx: typer.Context, job_id: str, output: Output = OutputFormat.table) -> None:
+    """Test metrics with 95% bootstrap intervals, and whether the model beats each baseline."""
+    with reported_errors():
+        evaluation = _client(ctx).jobs.get(job_id).evaluation()
+    metrics, intervals = evaluation.get("metrics") or {}, (evaluation.get("intervals") or {}).get("test") or {}
+    rows = []
+    for name in metrics.get("test") or {}:
+        low_high = intervals.get(name) or [None, None]
+        rows.append(
+            {
+                "metric": name,
+                "train": (metrics.get("train") or {}).get(name),
+                "val": (metrics.get("val") or {}).get(name),
+                "test": metrics["test"][name],
+                "ci_low": low_high[0],
+                "ci_high": low_high[1],
+            }
+        )
+    if output != OutputFormat.table:
+        print_rows(rows, ["metric", "train", "val", "test", "ci_low", "ci_high"], output, raw=evaluation)
+        return
+    main = evaluation.get("main_metric")
+    print_rows(
+        rows,
+        ["metric", "train", "val", "test", "ci_low", "ci_high"],
+        output,
+        title=f"metrics (main: {main}, 95% CI on test)",
+    )
+    comparison = evaluation.get("comparison") or {}
+    baseline_rows = [
+        {
+            "baseline": name,
+            "metric": c.get("metric"),
+            "baseline_value": c.get("baseline"),
+            "model": c.get("model"),
+            "improvement": c.get("improvement"),
+            "verdict": {True: "beats", False: "does not beat", None: "-"}[c.get("beats")],
+        }
+        for name, c in comparison.items()
+    ]
+    if baseline_rows:
+        print_rows(
+            baseline_rows,
+            ["baseline", "metric", "baseline_value", "model", "improvement", "verdict"],
+            output,
+            title="baselines (test)",
+        )
+    matrix = evaluation.get("confusion_matrix")
+    if matrix:
+        labels = matrix["labels"]
+        cm_rows = [
+            {"true": label, **dict(zip(labels, row, strict=True))}
+            for label, row in zip(labels, matrix["matrix"], strict=True)
+        ]
+        print_rows(cm_rows, ["true", *labels], output, title="confusion matrix (rows true, columns predicted)")
+    for note in evaluation.get("notes") or []:
+        stderr.print(f"note: {note}", highlight=False)
+
+
+@jobs_app.command("model")
+def jobs_model(
+    ctx: typer.Context,
+    job_id: str,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the model; the suffix picks the format.")],
+    model_format: Annotated[
+        str | None, typer.Option("--format", help="pt, onnx or safetensors (default: from -o's suffix, else pt).")
+    ] = None,
+) -> None:
+    """Download a succeeded job's model: pt, onnx (scalers folded in) or safetensors."""
+    chosen = model_format or (
+        out.suffix.lstrip(".") if out.suffix.lstrip(".") in ("pt", "onnx", "safetensors") else "pt"
+    )
+    with reported_errors():
+        _client(ctx).jobs.get(job_id).download_model(out, format=chosen)  # type: ignore[arg-type]
+    stderr.print(f"wrote {chosen} model of job {job_id} to {out}")
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(ctx: typer.Context, job_id: str, output: Output = OutputFormat.table) -> None:
+    """Cancel a job (a running one stops within one epoch)."""
+    with reported_errors():
+        info = _client(ctx).jobs.get(job_id).cancel().info
+    print_rows([job_row(info)], JOB_COLUMNS, output, raw=info)
+
+
+@jobs_app.command("delete")
+def jobs_delete(ctx: typer.Context, job_id: str) -> None:
+    """Delete a finished job with its metrics, evaluation and model."""
+    with reported_errors():
+        _client(ctx).jobs.get(job_id).delete()
+    stderr.print(f"deleted job {job_id}")
+
+
+# --- sweeps --------------------------------------------------------------------------------------
+
+SWEEP_COLUMNS = ["id", "name", "dataset_id", "search", "total", "finished", "succeeded", "created_at"]
+
+
+def sweep_row(info: dict[str, Any]) -> dict[str, Any]:
+    progress = info.get("progress") or {}
+    return {**info, **{k: progress.get(k) for k in ("total", "finished", "succeeded")}}
+
+
+def print_report(report: dict[str, Any], output: OutputFormat) -> None:
+    main = report["main_metric"]
+    rows = []
+    for setting in report["settings"]:
+        summary = (setting.get("metrics") or {}).get(main) or {}
+        ci = summary.get("ci") or [None, None]
+        rows.append(
+            {
+                "rank": setting.get("rank"),
+                "setting": setting["setting"],
+                "n": setting["n"],
+                "mean": summary.get("mean"),
+                "std": summary.get("std"),
+                "ci_low": ci[0],
+                "ci_high": ci[1],
+                "seed_cv": setting.get("seed_cv"),
+            }
+        )
+    direction = "lower" if report.get("lower_is_better") else "higher"
+    title = f"test {main} over seeds ({direction} is better; {report['succeeded']}/{report['total']} jobs succeeded)"
+    print_rows(
+        rows, ["rank", "setting", "n", "mean", "std", "ci_low", "ci_high", "seed_cv"], output, title=title, raw=report
+    )
+    if output == OutputFormat.table and report.get("best"):
+        stderr.print(report["best"]["explanation"], highlight=False)
+
+
+@sweeps_app.command("submit")
+def sweeps_submit(
+    ctx: typer.Context,
+    sweep_file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="A sweep body (base, grid, seeds, …) in YAML or JSON.")
+    ],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Wait until every job has ended, then print the report.")
+    ] = False,
+    output: Output = OutputFormat.table,
+) -> None:
+    """Submit a sweep: one job per (setting, seed)."""
+    with reported_errors():
+        sweep = _client(ctx).sweeps.submit_body(load_document(sweep_file))
+        if follow:
+            stderr.print(f"submitted sweep {sweep.id} ({sweep.info['progress']['total']} jobs); waiting")
+            print_report(sweep.wait().info["report"], output)
+            return
+    print_rows([sweep_row(sweep.info)], SWEEP_COLUMNS, output, raw=sweep.info)
+
+
+@sweeps_app.command("list")
+def sweeps_list(ctx: typer.Context, output: Output = OutputFormat.table) -> None:
+    """The project's sweeps, newest first."""
+    with reported_errors():
+        items = list(_client(ctx).sweeps.list())
+    print_rows([sweep_row(i) for i in items], SWEEP_COLUMNS, output, raw=items)
+
+
+@sweeps_app.command("show")
+def sweeps_show(ctx: typer.Context, sweep_id: str, output: Output = OutputFormat.table) -> None:
+    """A sweep's progress and its jobs."""
+    with reported_errors():
+        info = _client(ctx).sweeps.get(sweep_id).info
+    if output == OutputFormat.table:
+        print_rows([sweep_row(info)], SWEEP_COLUMNS, output)
+    columns = ["id", "setting_key", "seed", "status", "main_metric"]
+    print_rows(info["jobs"], columns, output, title="jobs", raw=info)
+
+
+@sweeps_app.command("report")
+def sweeps_report(ctx: typer.Context, sweep_id: str, output: Output = OutputFormat.table) -> None:
+    """Per setting: the main test metric's mean, std and 95% CI over seeds, best first."""
+    with reported_errors():
+        report = _client(ctx).sweeps.get(sweep_id).report()
+    print_report(report, output)
+
+
+# --- spec, predict ---------------------------------------------------------------------------------
+
+
+@spec_app.command("schema")
+def spec_schema() -> None:
+    """Print the JobSpec JSON Schema (for editor completion of spec.yaml / spec.json)."""
+    from worker.engine.spec import JobSpec
+
+    print_json(JobSpec.model_json_schema())
+
+
+def predict(
+    model: Annotated[
+        Path,
+        typer.Option("--model", "-m", exists=True, dir_okay=False, help="A .pt, .onnx or .safetensors model file."),
+    ],
+    input_file: Annotated[
+        Path, typer.Option("--input", "-i", exists=True, dir_okay=False, help=".csv, .csv.gz, .parquet or .npz")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write predictions here (.csv or .parquet); default: CSV on stdout."),
+    ] = None,
+) -> None:
+    """Offline prediction, no server: windows cut from INPUT the way the job's layout did, predictions out."""
+    from worker.engine.offline import predict_file, write_table
+
+    with reported_errors():  # the engine's DataError is a ValueError: one line, exit 1
+        table = predict_file(model, input_file)
+    if out is None:
+        import pyarrow.csv as pcsv
+
+        sink = sys.stdout.buffer
+        pcsv.write_csv(table, sink)
+        sink.flush()
+        return
+    write_table(table, out)
+    stderr.print(f"wrote {table.num_rows} predictions to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the user commands on the ``rnnlab`` command."""
+    app.add_typer(datasets_app, name="datasets")
+    app.add_typer(jobs_app, name="jobs")
+    app.add_typer(sweeps_app, name="sweeps")
+    app.add_typer(spec_app, name="spec")
+    app.command("predict")(predict)
+
+
+def main() -> None:
+    """``rnnlab-client``-style entry point without the server commands (used by tests)."""
+    app = typer.Typer(help="rnnlab client commands.", no_args_is_help=True)
+    register(app)
+    app()

@@ -1,0 +1,59 @@
+"""``--output table|json|csv``: one way to print rows for every read command of the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_rows(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str],
+    output: OutputFormat,
+    *,
+    title: str | None = None,
+    raw: Any = None,
+) -> None:
+    """Rows as a rich table, CSV, or JSON (``raw`` when given: the API's own body, untouched)."""
+    if output == OutputFormat.json:
+        print_json(raw if raw is not None else list(rows))
+        return
+    if output == OutputFormat.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else cell(row.get(c)) for c in columns])
+        return
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(cell(row.get(c)) for c in columns))
+    Console(soft_wrap=False).print(table)

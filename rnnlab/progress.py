@@ -1,0 +1,57 @@
+"""A live rich progress bar for a job: one step per epoch, with the latest loss and validation metric."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from rnnlab.client import Job
+
+
+def epoch_line(metrics: dict[str, dict[str, float | None]]) -> str:
+    """``loss 0.1234  val rmse 0.5678``: the training loss and the validation metrics but the loss first."""
+    parts = []
+    train_loss = metrics.get("train", {}).get("loss")
+    if train_loss is not None:
+        parts.append(f"loss {train_loss:.4g}")
+    val = metrics.get("val", {})
+    for name, value in sorted(val.items(), key=lambda item: item[0] == "loss"):
+        if value is not None:
+            parts.append(f"val {name} {value:.4g}")
+            break
+    return "  ".join(parts)
+
+
+def follow_with_progress(job: Job, console: Console | None = None) -> None:
+    """Follow ``job`` until it has finished, drawing the bar on ``console`` (stderr by default)."""
+    console = console or Console(stderr=True)
+    epochs = int((job.info.get("progress") or {}).get("epochs") or 0) or None
+    columns: list[Any] = [
+        TextColumn("[bold]{task.fields[job]}[/bold] {task.fields[status]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[line]}"),
+    ]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("train", total=epochs, job=job.id, status=job.status, line="")
+        for event in job.follow():
+            if event.event == "status":
+                total = (event.data.get("progress") or {}).get("epochs") or epochs
+                done = (event.data.get("progress") or {}).get("epoch", 0)
+                progress.update(task, total=total, completed=done, status=event.data.get("status", ""))
+            elif event.event == "epoch":
+                progress.update(task, completed=int(event.data["epoch"]), line=epoch_line(event.data["metrics"]))
+            elif event.event == "end":
+                progress.update(task, status=event.data.get("status", ""))
+    status = job.status
+    style = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
+    message = f"job {job.id} [{style}]{status}[/{style}]"
+    error = job.info.get("error")
+    if error:
+        message += f": {error.get('type')}: {error.get('message')}"
+    console.print(message)
