@@ -273,7 +273,7 @@ def test_per_example_scaling_survives_the_artifact_and_ignores_level_and_amplitu
     spec = bare_spec(training={"epochs": 40, "batch_size": 16, "learning_rate": 0.01}, data={"scaling": "per_example"})
     spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"attribution": False})})
     result = train_and_evaluate(spec, {"X": x, "y": data["y"]})
-    assert result.evaluation is not None and result.evaluation["metrics"]["test"]["accuracy"] > 0.9
+    assert result.evaluation is not None and result.evaluation.metrics["test"]["accuracy"] > 0.9
     assert result.artifact["scalers"]["x"]["per_example"] is True
     predictor = load_predictor(save_and_load(result.artifact))
     first = predictor.predict(x)
@@ -295,7 +295,7 @@ def test_residual_forecast_follows_a_level_shift_through_the_artifact() -> None:
     spec = spec.model_copy(update={"model": spec.model.model_copy(update={"residual": "last_value"})})
     result = train_and_evaluate(spec, pa.table({"value": values}))
     assert result.evaluation is not None
-    assert result.evaluation["comparison"]["naive"]["beats"] is True
+    assert result.evaluation.comparison["naive"].beats is True
     predictor = load_predictor(save_and_load(result.artifact))
     window = values[-12:][None, :]
     shifted = np.array(predictor.predict(window + 500.0))
@@ -322,10 +322,10 @@ def test_a_run_that_learns_nothing_says_so_in_the_notes() -> None:
     spec = bare_spec(training={"epochs": 5, "batch_size": 16, "learning_rate": 0.02}, evaluation={"attribution": False})
     result = train_and_evaluate(spec, flat)
     assert result.evaluation is not None
-    assert any("never moved below that of predicting the majority class" in n for n in result.evaluation["notes"])
+    assert any("never moved below that of predicting the majority class" in n for n in result.evaluation.notes)
     learned = train_and_evaluate(spec, data)
     assert learned.evaluation is not None
-    assert not any("never moved" in n for n in learned.evaluation["notes"])
+    assert not any("never moved" in n for n in learned.evaluation.notes)
 
 
 def test_a_default_spec_runs_with_resolved_values_in_its_artifact() -> None:

@@ -71,26 +71,33 @@ CASES = [
     ("lstm", False, 2, "classification", "standard"),
     ("gru", True, 2, "classification", "standard"),
     ("rnn", True, 1, "classification", "none"),
+    # The training defaults' options: per-example scaling, pooling, forecast residual, forget-gate bias.
+    ("gru", False, 1, "classification", "per_example", {"pooling": "mean"}),
+    ("lstm", True, 1, "regression", "per_example", {"pooling": "max"}),
+    ("lstm", False, 2, "forecast", "standard", {"residual": "last_value", "forget_gate_bias": 1.0}),
 ]
 
 
-def _train(cell: str, bidirectional: bool, layers: int, task: str, scaling: str) -> tuple[Any, Any]:
+def _train(
+    cell: str, bidirectional: bool, layers: int, task: str, scaling: str, model: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
     data_spec, data = _case(task)
     spec = make_spec(
         task,
         {**data_spec, "scaling": scaling},
-        model={"cell": cell, "hidden_size": 8, "num_layers": layers, "bidirectional": bidirectional},
+        model={"cell": cell, "hidden_size": 8, "num_layers": layers, "bidirectional": bidirectional, **(model or {})},
         training={"epochs": 2},
         evaluation={"bootstrap_samples": 0, "attribution": False},
     )
     return train_and_evaluate(spec, data), data
 
 
-@pytest.mark.parametrize(("cell", "bidirectional", "layers", "task", "scaling"), CASES)
-def test_onnx_matches_predict(cell: str, bidirectional: bool, layers: int, task: str, scaling: str) -> None:
+@pytest.mark.parametrize("case", CASES)
+def test_onnx_matches_predict(case: tuple[Any, ...]) -> None:
     import onnx
 
-    result, data = _train(cell, bidirectional, layers, task, scaling)
+    cell, bidirectional, layers, task, scaling, *model = case
+    result, data = _train(cell, bidirectional, layers, task, scaling, *model)
     reference = load_predictor(result.artifact)
     onnx_bytes = export_model(result.artifact, "onnx")
     rng = np.random.default_rng(1)

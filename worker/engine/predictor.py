@@ -10,7 +10,7 @@ from torch import nn
 
 from .errors import DataError
 from .models import RecurrentModel, forward_in_chunks
-from .scaling import Scaler
+from .scaling import PER_EXAMPLE_MIN_STD, Scaler
 from .spec import JobSpec
 
 # The artifact layout version: written by engine.build_artifact, checked here on load.
@@ -35,6 +35,7 @@ class ScaledModel(nn.Module):
         super().__init__()
         self.model = model
         self.classification = y_scaler is None
+        self.per_example = x_scaler.per_example
         self.register_buffer("x_center", torch.as_tensor(x_scaler.center, dtype=torch.float64))
         self.register_buffer("x_scale", torch.as_tensor(x_scaler.scale, dtype=torch.float64))
         y = y_scaler or Scaler(np.zeros(1), np.ones(1))
@@ -42,7 +43,12 @@ class ScaledModel(nn.Module):
         self.register_buffer("y_scale", torch.as_tensor(y.scale, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scaled = ((x.double() - self.x_center) / self.x_scale).float()
+        values = x.double()
+        if self.per_example:  # as scaling.z_normalize_examples, in operators ONNX has
+            centred = values - values.mean(dim=-2, keepdim=True)
+            spread = (centred * centred).mean(dim=-2, keepdim=True).sqrt()
+            values = centred / torch.where(spread > PER_EXAMPLE_MIN_STD, spread, torch.ones_like(spread))
+        scaled = ((values - self.x_center) / self.x_scale).float()
         out = self.model(scaled)
         if self.classification:
             return torch.softmax(out, dim=1)
