@@ -130,8 +130,9 @@ async function selectSweep(id) {
     const m = report.main_metric;
     $("#sweep-title").textContent = `Sweep ${sweep.name || sweep.id}`;
     $("#sweep-progress").textContent = `${report.succeeded} of ${report.total} jobs succeeded` +
+      (report.pruned ? `, ${report.pruned} pruned` : "") +
       (report.complete ? "" : " (still running: statistics can change)") +
-      ` · ${m}, ${report.lower_is_better ? "lower" : "higher"} is better`;
+      ` · ${report.split}.${m}, ${report.lower_is_better ? "lower" : "higher"} is better`;
     $("#sweep-best").textContent = report.best ? report.best.explanation : "No finished jobs yet.";
     const rows = report.settings.map((s) => {
       const stat = s.metrics[m];
@@ -148,7 +149,8 @@ async function selectSweep(id) {
     });
     $("#sweep-settings tbody").replaceChildren(...rows);
     $("#sweep-parameters").replaceChildren(...Object.entries(report.parameters).map(([path, p]) =>
-      el("li", {}, `${path}: range ${fmt(p.range)}, share of variance ${p.share_of_variance === null ? "–" : (100 * p.share_of_variance).toFixed(0) + "%"}`)));
+      el("li", {}, `${path}: range ${fmt(p.range)}, share of variance ${p.share_of_variance === null ? "–" : (100 * p.share_of_variance).toFixed(0) + "%"}` +
+        `, importance (${report.importance_method}) ${p.importance == null ? "–" : (100 * p.importance).toFixed(0) + "%"}`)));
   } catch (err) { say(err.message); }
 }
 
