@@ -39,7 +39,7 @@ class SweepCreate(BaseModel):
     random_seed: int = Field(
         0,
         ge=0,
-        le=2**62,
+        le=2**63 - 1,
         description="Seeds the draw of a random search (same seed, same settings) and the tpe sampler.",
     )
     space: dict[str, ParameterRange] | None = Field(

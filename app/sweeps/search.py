@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -89,7 +89,8 @@ def make_pruner(name: str | None, epochs: int, startup_trials: int) -> optuna.pr
 
 def make_sampler(seed: int, startup_trials: int) -> optuna.samplers.BaseSampler:
     # constant_liar: trials still running count as (pessimistic) results, so parallel asks spread out.
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials, constant_liar=True)
+    # NumPy's generator takes seeds below 2**32.
+    return optuna.samplers.TPESampler(seed=seed % 2**32, n_startup_trials=startup_trials, constant_liar=True)
 
 
 # --- the study, rebuilt from the jobs --------------------------------------------------------------
@@ -285,10 +286,18 @@ def advance_search(sweep_id: str) -> list[str]:
 
 
 def advance_searches() -> dict[str, list[str]]:
-    """One pass over every unfinished tpe sweep (the recovery loop): nothing stalls after a restart."""
+    """One pass over every unfinished tpe sweep (the recovery loop): nothing stalls after a restart.
+
+    A search found done is marked stopped, so later passes skip it without reading its trials.
+    """
     with new_session() as session:
         sweep_ids = list(session.scalars(select(Sweep.id).where(Sweep.search == SEARCH, Sweep.stopped.is_(False))))
-        open_ids = [sid for sid in sweep_ids if not search_done(session, sid)]
+        open_ids = []
+        for sid in sweep_ids:
+            if search_done(session, sid):
+                stop_search(session, sid)  # done is final: nothing can be asked any more
+            else:
+                open_ids.append(sid)
     return {sid: ids for sid in open_ids if (ids := advance_search(sid))}
 
 
@@ -297,18 +306,27 @@ def search_done(session: Session, sweep_id: str) -> bool:
     sweep = session.get(Sweep, sweep_id)
     if sweep is None or sweep.search != SEARCH:
         return True
-    in_flight = session.scalar(select(func.count()).where(Job.sweep_id == sweep_id, Job.status.in_(ACTIVE)))
-    if in_flight:
+    statuses = list(session.scalars(select(Job.status).where(Job.sweep_id == sweep_id)))
+    return is_done(sweep, statuses, lambda: load_trials(session, sweep, with_curves=False))
+
+
+def trials_ended(sweep: Sweep, statuses: Sequence[str]) -> bool:
+    """Every trial was asked and none is queued or running (``statuses``: all the sweep's jobs, read
+    after the sweep row: confirmation runs only start once this holds, so none can be active then)."""
+    return sweep.jobs_asked >= trial_budget(sweep) and not any(s in ACTIVE for s in statuses)
+
+
+def is_done(sweep: Sweep, statuses: Sequence[str], trials: Callable[[], Sequence[TrialRow]]) -> bool:
+    """``search_done`` over one reading of the jobs' ``statuses`` (the sweep row read before them)."""
+    if any(s in ACTIVE for s in statuses):
         return False
     if sweep.stopped:
         return True
-    budget = trial_budget(sweep)
-    if sweep.jobs_asked < budget:
+    if not trials_ended(sweep, statuses):
         return False
     if not sweep.confirm_seeds:
         return True
-    plan = confirmation_plan(sweep, load_trials(session, sweep, with_curves=False))
-    return sweep.jobs_asked >= budget + len(plan)
+    return sweep.jobs_asked >= trial_budget(sweep) + len(confirmation_plan(sweep, trials()))
 
 
 def stop_search(session: Session, sweep_id: str) -> None:

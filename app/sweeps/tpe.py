@@ -266,14 +266,16 @@ def read_tpe(session: Session, sweep: Sweep) -> tuple[list[SweepJob], SweepRepor
     importance = tpe_importance(sweep, rows, metric)
     report = build_report(rows, list(sweep.space or {}), metric, split="val", importance=importance)
 
+    # One reading of the jobs decides both the confirmation and "done", so they agree with the jobs
+    # listed (the sweep row was read before them).
+    statuses = [r.status for r in rows]
     trial_rows = search.load_trials(session, sweep, with_curves=False)
+    done = search.is_done(sweep, statuses, lambda: trial_rows)
     confirmation = None
     if sweep.confirm_seeds:
-        plan = (
-            search.confirmation_plan(sweep, trial_rows)
-            if search.search_done(session, sweep.id) or sweep.jobs_asked > search.trial_budget(sweep)
-            else []
-        )
+        # The best and runner-up are final once every trial has ended (confirmation runs then start).
+        ended = search.trials_ended(sweep, statuses) or sweep.jobs_asked > search.trial_budget(sweep)
+        plan = search.confirmation_plan(sweep, trial_rows) if ended else []
         settings: list[dict[str, Any]] = []
         for setting, _ in plan:
             if setting not in settings:
@@ -291,7 +293,7 @@ def read_tpe(session: Session, sweep: Sweep) -> tuple[list[SweepJob], SweepRepor
         trial_budget=search.trial_budget(sweep),
         trials=sum(1 for r in rows if r.trial_number is not None),
         pruned=sum(1 for r in rows if r.status == JobStatus.PRUNED),
-        done=search.search_done(session, sweep.id),
+        done=done,
         selection=SELECTION_NOTE,
         confirmation=confirmation,
     )

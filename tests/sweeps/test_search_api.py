@@ -328,3 +328,23 @@ def test_cancel_stops_asking(client, auth, sine) -> None:
     assert search.advance_search(sweep["id"]) == []
     read = client.get(f"/api/v1/sweeps/{sweep['id']}", headers=auth).json()
     assert read["report"]["search"]["done"] is True and read["progress"]["total"] == 2
+
+
+def test_recovery_asks_for_a_search_the_api_died_before_asking(client, auth, sine) -> None:
+    """The API committed the sweep and died before its first ask: a worker's recovery pass asks;
+    once the search is done, the pass marks it stopped and no longer reads it."""
+    sweep = client.post("/api/v1/sweeps", headers=auth, json=tpe_body(sine, max_jobs=2, parallelism=2)).json()
+    with new_session() as session:  # as if the first ask never happened
+        for job in session.scalars(select(Job).where(Job.sweep_id == sweep["id"])):
+            session.delete(job)
+        session.execute(update(Sweep).where(Sweep.id == sweep["id"]).values(jobs_asked=0))
+        session.commit()
+    asked = search.advance_searches()
+    assert len(asked[sweep["id"]]) == 2
+    for job_id in asked[sweep["id"]]:
+        end_trial(job_id, 0.3)
+    assert search.advance_searches() == {}
+    with new_session() as session:
+        assert session.get(Sweep, sweep["id"]).stopped is True  # type: ignore[union-attr]
+    read = client.get(f"/api/v1/sweeps/{sweep['id']}", headers=auth).json()
+    assert read["report"]["search"]["done"] is True and read["report"]["complete"] is True
