@@ -50,6 +50,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "validation_error": (422, "the request body or a parameter does not match its schema"),
     "invalid_spec": (422, "the job spec is invalid; details name each field"),
     "invalid_grid": (422, "a sweep grid value is invalid; details name it"),
+    "invalid_space": (422, "a tpe search space parameter is invalid or cannot run on the dataset; details name it"),
+    "invalid_objective": (
+        422,
+        "a tpe objective is not a validation metric of the task (or not one a pruner can follow)",
+    ),
     "spec_does_not_fit_dataset": (422, "the spec cannot run on this dataset (missing column, too short, …)"),
     "invalid_inputs": (422, "prediction inputs are not a finite array of the model's shape"),
     "invalid_filename": (422, "the uploaded file name is empty, a path, or not allowed"),

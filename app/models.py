@@ -21,6 +21,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy import false as sa_false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from app.jobs.status import JobStatus
@@ -122,6 +123,19 @@ class Sweep(Base):
     seeds: Mapped[list[int]] = mapped_column(JSON)
     search: Mapped[str] = mapped_column(String(16))
     max_jobs: Mapped[int] = mapped_column(Integer)
+    # A "tpe" search (null for grid and random): the typed space, how many trials run at once, the
+    # validation metric it optimises, the pruner, the seeds the winner is confirmed with, the
+    # sampler's seed, and the count of jobs asked so far (trials, then confirmation runs): every
+    # ask advances it with one conditional UPDATE, so two processes can never ask the same job.
+    space: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    parallelism: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    objective: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    pruner: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    startup_trials: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    confirm_seeds: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
+    random_seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    jobs_asked: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    stopped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -136,6 +150,7 @@ class Job(Base):
         Index("ix_jobs_project_status_id", "project_id", "status", "id"),
         Index("ix_jobs_project_attempts_id", "project_id", "attempts", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        UniqueConstraint("sweep_id", "trial_number", name="uq_jobs_sweep_trial"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -144,6 +159,10 @@ class Job(Base):
     sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id"), nullable=True, index=True)
     setting: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     setting_key: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # The trial's number in a tpe search (unique per sweep: a trial is asked once); null for grid,
+    # random and confirmation jobs. trial_attrs keeps what the pruner remembers about the trial.
+    trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    trial_attrs: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     name: Mapped[str | None] = mapped_column(String(200), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)

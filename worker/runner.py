@@ -27,6 +27,7 @@ from app.jobs.final_values import record_final_values
 from app.jobs.status import JobStatus
 from app.models import Dataset, EpochMetric, Evaluation, Job
 from app.storage import get_storage
+from app.sweeps import search
 from worker.engine import (
     DataError,
     DeviceUnavailable,
@@ -167,6 +168,25 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         dataset = session.get(Dataset, job.dataset_id)
         spec_dict = dict(job.spec)
         epochs = int(spec_dict["training"]["epochs"])
+        sweep_id = job.sweep_id
+        is_trial = job.trial_number is not None
+
+    status = _run_claimed(claim, job, dataset, spec_dict, epochs, is_trial)
+    if sweep_id is not None and status is not None:
+        # A slot of the search is free: ask its next trial now (the recovery loop would, later).
+        try:
+            search.advance_search(sweep_id)
+        except Exception:
+            log.exception("sweep %s: could not ask the next trial; the recovery loop will", sweep_id)
+    return status
+
+
+def _run_claimed(
+    claim: state.Claim, job: Job, dataset: Dataset | None, spec_dict: dict[str, Any], epochs: int, is_trial: bool
+) -> str | None:
+    settings = get_settings()
+    job_id = claim.job_id
+    worker_id = claim.worker_id
 
     assert settings.heartbeat_seconds is not None  # Settings fills it in from lease_seconds
     heartbeat = Heartbeat(claim, settings.lease_seconds, settings.heartbeat_seconds)
@@ -184,6 +204,8 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         except DBAPIError as exc:  # only informational fields; the heartbeat keeps the lease
             log.warning("job %s: could not record its device: %s", job_id, exc)
 
+        pruning = PruneCheck(job_id, enabled=is_trial)
+
         def on_epoch(report: EpochReport) -> None:
             try:
                 heartbeat.apply(record_epoch(claim, report.epoch, report.metrics, settings.lease_seconds))
@@ -191,13 +213,15 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
                 # A database hiccup must not fail the job: the lease covers the gap, and the
                 # heartbeat keeps trying. This epoch's metrics are lost, the training is not.
                 log.warning("job %s: could not record epoch %d: %s", job_id, report.epoch, exc)
+                return
+            pruning.after_epoch(report.epoch)
 
         engine_started = time.perf_counter()
         result = train_and_evaluate(
             spec,
             data,
             on_epoch=on_epoch,
-            should_stop=lambda: heartbeat.should_stop,
+            should_stop=lambda: heartbeat.should_stop or pruning.pruned,
             device=device,
         )
         engine_seconds = time.perf_counter() - engine_started
@@ -226,17 +250,30 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         evaluation_seconds=round(result.evaluation_seconds, 4),
     )
     try:
-        return conclude(claim, result, cancel_requested=heartbeat.cancel_requested)
+        return conclude(claim, result, cancel_requested=heartbeat.cancel_requested, pruned=pruning.pruned)
     except DBAPIError:
         # Nothing was committed; the lease expires and another attempt runs the job again.
         log.exception("job %s: could not record how it ended; the lease will expire and it runs again", job_id)
         return None
 
 
-def conclude(claim: state.Claim, result: EngineResult, *, cancel_requested: bool) -> str | None:
-    """Record how a finished engine run ends: handed back, cancelled, or its results saved."""
+def conclude(claim: state.Claim, result: EngineResult, *, cancel_requested: bool, pruned: bool = False) -> str | None:
+    """Record how a finished engine run ends: handed back, cancelled, pruned, or its results saved."""
     if result.cancelled and shutting_down() and not cancel_requested:
         return release(claim)
+    if result.cancelled and pruned and not cancel_requested:
+        # Its per-epoch curve is already stored (record_epoch); the summary says where it stopped.
+        with new_session() as session:
+            ok = state.finish_job(
+                session,
+                claim,
+                JobStatus.PRUNED,
+                summary=result.summary.model_dump(mode="json"),
+                progress_epoch=result.epochs_run,
+                train_seconds=result.train_seconds,
+                device=result.device,
+            )
+        return JobStatus.PRUNED if ok else None
     if result.cancelled:
         with new_session() as session:
             state.finish_job(session, claim, JobStatus.CANCELLED, summary=result.summary.model_dump(mode="json"))
@@ -257,6 +294,26 @@ def conclude(claim: state.Claim, result: EngineResult, *, cancel_requested: bool
                 "check the free space and permissions of RNNLAB_STORAGE_DIR, then submit the job again",
             )
         return JobStatus.FAILED if ok else None
+
+
+class PruneCheck:
+    """Asks the search's pruner after each recorded epoch of a trial; once it says stop, it stays stopped."""
+
+    def __init__(self, job_id: str, *, enabled: bool) -> None:
+        self.job_id = job_id
+        self.enabled = enabled
+        self.pruned = False
+
+    def after_epoch(self, epoch: int) -> None:
+        if not self.enabled or self.pruned:
+            return
+        try:
+            self.pruned = search.should_prune(self.job_id)
+        except Exception:  # a failed decision must not fail the trial: it simply trains on
+            log.exception("job %s: pruning decision after epoch %d failed", self.job_id, epoch)
+            return
+        if self.pruned:
+            log.info("job %s: pruned after epoch %d", self.job_id, epoch)
 
 
 def release(claim: state.Claim) -> str | None:

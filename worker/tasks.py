@@ -11,6 +11,7 @@ from app.config import get_settings
 from app.db import reset_engine
 from app.jobs.dispatch import recover_jobs
 from app.queue import RUN_JOB_TASK
+from app.sweeps.search import advance_searches
 from worker.celery_app import celery_app
 from worker.runner import begin_shutdown, install_shutdown_flag, run_job
 
@@ -56,11 +57,18 @@ def _init_child(**_: object) -> None:
     _set_torch_threads()
 
 
+def _recover() -> None:
+    """Jobs first (dead leases, lost messages), then searches: a tpe sweep whose slot freed while no
+    one asked (the API or a worker restarted mid-search) gets its next trials."""
+    recover_jobs()
+    advance_searches()
+
+
 def _recovery_loop() -> None:
     interval = get_settings().recovery_interval_seconds
     while not _recovery_stop.wait(interval):
         try:
-            recover_jobs()
+            _recover()
         except Exception:
             log.exception("recovery pass failed; retrying in %.1f s", interval)
 
@@ -69,7 +77,7 @@ def _recovery_loop() -> None:
 def _start_recovery(**_: object) -> None:
     """Every worker runs the recovery loop; its conditional UPDATEs make concurrent loops safe."""
     try:
-        recover_jobs()
+        _recover()
     except Exception:
         log.exception("first recovery pass failed")
     threading.Thread(target=_recovery_loop, name="rnnlab-recovery", daemon=True).start()

@@ -15,10 +15,13 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PRUNED = "pruned"
 
 
 ACTIVE: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
-FINISHED: frozenset[JobStatus] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+FINISHED: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
+)
 
 # from → to, and why. Finished is final: a finished job never runs again.
 TRANSITIONS: dict[tuple[JobStatus, JobStatus], str] = {
@@ -27,6 +30,7 @@ TRANSITIONS: dict[tuple[JobStatus, JobStatus], str] = {
     (JobStatus.RUNNING, JobStatus.SUCCEEDED): "training and evaluation finished; results stored",
     (JobStatus.RUNNING, JobStatus.FAILED): "a data or training error, or its worker was lost on every attempt",
     (JobStatus.RUNNING, JobStatus.CANCELLED): "cancel requested; stopped at the next epoch",
+    (JobStatus.RUNNING, JobStatus.PRUNED): "a search trial the pruner stopped after an epoch; its curve is kept",
     (JobStatus.RUNNING, JobStatus.QUEUED): "its lease expired (attempts left) or its worker shut down warmly",
 }
 

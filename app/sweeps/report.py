@@ -26,7 +26,8 @@ class SweepJobRow:
     setting_key: str
     seed: int
     status: str
-    test_metrics: dict[str, float | None] = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)  # final metrics of the ranking split
+    trial_number: int | None = None
 
 
 def _summary(s: stats.Summary) -> MetricSummary:
@@ -37,8 +38,19 @@ def _ref(key: str, setting: dict[str, Any], s: stats.Summary) -> SettingRef:
     return SettingRef(setting_key=key, setting=setting, n=s.n, mean=s.mean, ci=list(s.ci) if s.ci else None)
 
 
-def build_report(rows: list[SweepJobRow], swept_paths: list[str], main_metric: str) -> SweepReport:
-    """Statistics over the succeeded jobs only; the others are counted in ``total`` / ``finished``."""
+def build_report(
+    rows: list[SweepJobRow],
+    swept_paths: list[str],
+    main_metric: str,
+    *,
+    split: str = "test",
+    importance: dict[str, float] | None = None,
+) -> SweepReport:
+    """Statistics over the succeeded jobs only; the others are counted in ``total`` / ``finished``.
+
+    ``rows`` carry the final metrics of ``split`` (test for grid and random sweeps, val for tpe);
+    ``importance`` is each swept parameter's fANOVA share, when it could be computed.
+    """
     lower = lower_is_better(main_metric)
     settings: dict[str, dict[str, Any]] = {}
     jobs_per_setting: dict[str, int] = {}
@@ -51,12 +63,12 @@ def build_report(rows: list[SweepJobRow], swept_paths: list[str], main_metric: s
         if row.status != JobStatus.SUCCEEDED:
             continue
         succeeded[row.setting_key] = succeeded.get(row.setting_key, 0) + 1
-        for name, value in row.test_metrics.items():
+        for name, value in row.metrics.items():
             if value is not None:  # e.g. mase is null where the naive forecast is exact
                 values[row.setting_key].setdefault(name, []).append(value)
 
     per_setting = {
-        key: {name: stats.summarize(vs) for name, vs in sorted(metric_values.items())}
+        key: {name: stats.summarize(vs, bounds=stats.metric_bounds(name)) for name, vs in sorted(metric_values.items())}
         for key, metric_values in values.items()
     }
     main_summaries = {key: s[main_metric] for key, s in per_setting.items() if main_metric in s}
@@ -101,11 +113,14 @@ def build_report(rows: list[SweepJobRow], swept_paths: list[str], main_metric: s
                 values=[ValueMean(value=v, mean=m, settings=c) for v, m, c in effect.value_means],
                 range=effect.range,
                 share_of_variance=effect.share_of_variance,
+                importance=importance.get(path) if importance else None,
             )
 
     total = len(rows)
     finished = sum(1 for r in rows if r.status in FINISHED)
     return SweepReport(
+        split=split,  # type: ignore[arg-type]
+        pruned=sum(1 for r in rows if r.status == JobStatus.PRUNED),
         main_metric=main_metric,
         lower_is_better=lower,
         confidence_level=stats.CONFIDENCE_LEVEL,

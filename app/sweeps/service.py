@@ -19,6 +19,7 @@ from app.jobs.status import ACTIVE, FINISHED, JobStatus
 from app.models import Job, JobMetric, Project, Sweep, new_id
 from app.pagination import PageParams, fetch_page
 from app.sweeps import grid as grids
+from app.sweeps import search, tpe
 from app.sweeps.report import SweepJobRow, build_report
 from app.sweeps.schemas import (
     SweepCancel,
@@ -92,7 +93,14 @@ def _check_setting_fits(
 
 def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep:
     """Validate every (setting, seed) spec against the dataset, then store the sweep and all its jobs
-    in one commit, then enqueue them. One bad value → 422 naming it, and nothing is stored."""
+    in one commit, then enqueue them. One bad value → 422 naming it, and nothing is stored.
+
+    A tpe search stores its space instead and asks its trials as slots free up (``app.sweeps.tpe``)."""
+    if body.search == search.SEARCH:
+        return tpe.create_tpe_sweep(session, project, body)
+    for name in ("space", "objective", "pruner", "confirm_seeds", "startup_trials"):
+        if getattr(body, name) is not None:
+            raise grids.grid_error(f"'{name}' belongs to a tpe search; this sweep's search is '{body.search}'", name)
     grids.check_grid(body.grid)
     plan = _planned_settings(body)
     sweep_id = new_id()
@@ -194,6 +202,11 @@ def _summary(sweep: Sweep, progress: SweepProgress) -> SweepSummary:
         seeds=sweep.seeds,
         search=sweep.search,
         max_jobs=sweep.max_jobs,
+        space=sweep.space,
+        parallelism=sweep.parallelism,
+        objective=sweep.objective,
+        pruner=sweep.pruner,
+        confirm_seeds=sweep.confirm_seeds,
         created_at=sweep.created_at,
         progress=progress,
     )
@@ -211,6 +224,10 @@ def list_sweeps(session: Session, project: Project, page: PageParams) -> tuple[l
 def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
     """The sweep, its jobs and the report over the jobs that have succeeded so far."""
     sweep = get_sweep(session, project, sweep_id)
+    if sweep.search == search.SEARCH:
+        jobs, report = tpe.read_tpe(session, sweep)
+        progress = _progress({str(s): sum(1 for j in jobs if j.status == s) for s in JobStatus})
+        return SweepRead(**_summary(sweep, progress).model_dump(), jobs=jobs, report=report)
     main = main_metric(str(sweep.base_spec.get("task")))
     job_rows = session.execute(
         select(Job.id, Job.setting, Job.setting_key, Job.status, Job.spec, Job.created_at)
@@ -233,12 +250,16 @@ def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
             setting_key=setting_key or "{}",
             seed=int(spec.get("training", {}).get("seed", 0)),
             status=status,
-            test_metrics=metrics.get(job_id, {}),
+            metrics=metrics.get(job_id, {}),
         )
         for job_id, setting, setting_key, status, spec, _ in job_rows
     ]
     progress = _progress({str(s): sum(1 for r in rows if r.status == s) for s in JobStatus})
     report = build_report(rows, list(sweep.grid), main)
+    importance = tpe.grid_importance(sweep.grid, report)
+    if importance:
+        for path, effect in report.parameters.items():
+            effect.importance = importance.get(path)
     jobs = [
         SweepJob(
             id=r.id,
@@ -246,7 +267,7 @@ def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
             setting_key=r.setting_key,
             seed=r.seed,
             status=JobStatus(r.status),
-            main_metric=r.test_metrics.get(main),
+            main_metric=r.metrics.get(main),
         )
         for r in rows
     ]
@@ -259,6 +280,8 @@ def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
 def cancel_sweep(session: Session, project: Project, sweep_id: str) -> SweepCancel:
     """Cancel the sweep's queued jobs now and ask its running ones to stop within one epoch."""
     sweep = get_sweep(session, project, sweep_id)
+    if sweep.search == search.SEARCH:
+        search.stop_search(session, sweep.id)  # first: no trial is asked once its jobs are cancelled
     active = list(session.scalars(select(Job).where(Job.sweep_id == sweep.id, Job.status.in_(ACTIVE))))
     cancelled = requested = 0
     for job in active:

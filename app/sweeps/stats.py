@@ -123,8 +123,60 @@ class Summary:
         }
 
 
-def summarize(values: Sequence[float], confidence: float = CONFIDENCE_LEVEL) -> Summary:
-    """n, mean, sample std, min, max and the Student t interval ``mean ± t·std/√n`` (None when n < 2)."""
+Bounds = tuple[float | None, float | None]
+UNBOUNDED: Bounds = (None, None)
+# The range each metric lives in (accuracy-like scores in [0, 1], errors and losses >= 0, smape in
+# percent up to 200, r2 at most 1); an interval of a mean never leaves it.
+_UNIT: Bounds = (0.0, 1.0)
+_NON_NEGATIVE: Bounds = (0.0, None)
+METRIC_BOUNDS: dict[str, Bounds] = {
+    **dict.fromkeys(("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece"), _UNIT),
+    **dict.fromkeys(("mae", "rmse", "mse", "mase", "mape", "log_loss", "loss"), _NON_NEGATIVE),
+    "smape": (0.0, 200.0),
+    "r2": (None, 1.0),
+}
+
+
+def metric_bounds(name: str) -> Bounds:
+    return METRIC_BOUNDS.get(name, UNBOUNDED)
+
+
+def transformed_interval(mean: float, half_width: float, bounds: Bounds) -> tuple[float, float]:
+    """``mean ± half_width`` mapped through the transform that fits the metric's range and back.
+
+    Two bounds: logit of the position in the range; one bound: log of the distance to it; none: the
+    plain interval. The half width is carried to the transformed scale by the delta method
+    (``half / |g'(mean)|``), so for a mean far from its bounds this is the Student t interval, and
+    near a bound it becomes asymmetric and stays inside the range. A mean on a bound (every value on
+    it) has the degenerate interval [mean, mean].
+    """
+    low, high = bounds
+    if low is None and high is None:
+        return mean - half_width, mean + half_width
+    if low is not None and high is not None:
+        width = high - low
+        p = (mean - low) / width
+        if p <= 0.0 or p >= 1.0:
+            return mean, mean
+        z, dz = math.log(p / (1.0 - p)), half_width / (width * p * (1.0 - p))
+        return low + width * _expit(z - dz), low + width * _expit(z + dz)
+    distance = mean - low if low is not None else high - mean  # type: ignore[operator]
+    if distance <= 0.0:
+        return mean, mean
+    near, far = distance * math.exp(-half_width / distance), distance * math.exp(half_width / distance)
+    return (low + near, low + far) if low is not None else (high - far, high - near)  # type: ignore[operator]
+
+
+def _expit(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+
+def summarize(values: Sequence[float], confidence: float = CONFIDENCE_LEVEL, bounds: Bounds = UNBOUNDED) -> Summary:
+    """n, mean, sample std, min, max and a 95% interval of the mean (None when n < 2).
+
+    The interval is Student t's ``mean ± t·std/√n`` on the scale that respects ``bounds``
+    (:func:`transformed_interval`); unbounded, it is the plain Student t interval.
+    """
     if not values:
         raise ValueError("summarize needs at least one value")
     n = len(values)
@@ -133,7 +185,7 @@ def summarize(values: Sequence[float], confidence: float = CONFIDENCE_LEVEL) -> 
         return Summary(n, mean, None, float(min(values)), float(max(values)), None)
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     half = t_quantile(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
-    return Summary(n, mean, std, float(min(values)), float(max(values)), (mean - half, mean + half))
+    return Summary(n, mean, std, float(min(values)), float(max(values)), transformed_interval(mean, half, bounds))
 
 
 def intervals_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:

@@ -73,13 +73,21 @@ def check_sweep_statistics_by_hand(stack: Stack) -> None:
             values = np.array([t[name] for t in tests], dtype=float)
             mean, std = float(values.mean()), float(values.std(ddof=1))
             half = t_975(2) * std / math.sqrt(3)
+            # The Student t half width carried by the delta method to the scale that respects the
+            # range (log of the distance to 0 for errors, to 1 for r2) and mapped back.
+            if name == "r2":
+                gap = 1.0 - mean
+                expected = [1.0 - gap * math.exp(half / gap), 1.0 - gap * math.exp(-half / gap)]
+            else:
+                expected = [mean * math.exp(-half / mean), mean * math.exp(half / mean)]
             m = got["metrics"][name]
             assert m["n"] == 3
             assert m["mean"] == pytest.approx(mean, rel=1e-9) and m["std"] == pytest.approx(std, rel=1e-7, abs=1e-12)
             assert (m["min"], m["max"]) == pytest.approx((values.min(), values.max()))
-            assert m["ci"] == pytest.approx([mean - half, mean + half], rel=1e-7, abs=1e-12)
+            assert m["ci"] == pytest.approx(expected, rel=1e-7, abs=1e-12)
+            assert m["ci"][0] > 0 if name != "r2" else m["ci"][1] < 1
             if name == "rmse":
-                means[key], intervals[key] = mean, (mean - half, mean + half)
+                means[key], intervals[key] = mean, (expected[0], expected[1])
                 assert got["seed_cv"] == pytest.approx(std / abs(mean), rel=1e-7, abs=1e-12)
                 assert got["high_seed_variance"] is (std / abs(mean) > 0.1)
 

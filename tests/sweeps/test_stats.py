@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
@@ -167,3 +168,40 @@ def test_report_before_any_job_succeeded() -> None:
     report = build_report(rows, ["model.cell"], "accuracy")
     assert report.succeeded == 0 and report.best is None and report.parameters == {}
     assert [s.rank for s in report.settings] == [None, None] and not report.lower_is_better
+
+
+@pytest.mark.parametrize("name", ["accuracy", "auroc", "ece", "rmse", "mae", "mase", "log_loss", "smape", "r2"])
+def test_intervals_never_leave_the_metric_range(name: str) -> None:
+    """Many small-sample draws hugging each bound (the negative RMSE bound seen in a report): every
+    interval stays inside the metric's range and around the mean."""
+    rng = random.Random(name)
+    low, high = stats.metric_bounds(name)
+    for _ in range(2000):
+        n = rng.randint(2, 6)
+        if low is not None and high is not None:
+            edge = rng.choice((low, high))
+            values = [
+                min(high, max(low, edge + rng.choice((1, -1)) * rng.random() ** 4 * (high - low))) for _ in range(n)
+            ]
+        elif low is not None:
+            values = [low + rng.random() ** 6 * rng.choice((1e-3, 1.0, 1e3)) for _ in range(n)]
+        else:
+            assert high is not None
+            values = [high - rng.random() ** 6 * rng.choice((1e-3, 1.0, 1e3)) for _ in range(n)]
+        s = stats.summarize(values, bounds=(low, high))
+        assert s.ci is not None
+        assert s.ci[0] <= s.mean + 1e-12 and s.mean <= s.ci[1] + 1e-12, (values, s)
+        if low is not None:
+            assert s.ci[0] >= low, (values, s)
+        if high is not None:
+            assert s.ci[1] <= high, (values, s)
+
+
+def test_transformed_interval_matches_student_t_far_from_bounds() -> None:
+    values = [100.0, 101.0, 102.0]
+    plain = stats.summarize(values)
+    logged = stats.summarize(values, bounds=stats.metric_bounds("rmse"))
+    assert plain.ci is not None and logged.ci is not None
+    assert logged.ci == pytest.approx(plain.ci, rel=1e-3)
+    assert stats.summarize([0.0, 0.0], bounds=stats.metric_bounds("rmse")).ci == (0.0, 0.0)
+    assert stats.summarize([1.0, 1.0, 1.0], bounds=stats.metric_bounds("accuracy")).ci == (1.0, 1.0)

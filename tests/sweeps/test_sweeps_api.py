@@ -287,6 +287,7 @@ def test_report_statistics_by_hand(client, auth, sine) -> None:
         "succeeded": 6,
         "failed": 1,
         "cancelled": 0,
+        "pruned": 0,
         "total": 8,
         "finished": 7,
     }
@@ -303,19 +304,21 @@ def test_report_statistics_by_hand(client, auth, sine) -> None:
         assert setting["n"] == 3 and setting["jobs"] == 4 and m["n"] == 3
         assert m["mean"] == pytest.approx(mean) and m["std"] == pytest.approx(std)
         assert (m["min"], m["max"]) == (min(values), max(values))
-        assert m["ci"] == pytest.approx([mean - half, mean + half], abs=1e-9)
+        # rmse >= 0: the Student t half width carried to the log scale (delta method) and back.
+        assert m["ci"] == pytest.approx([mean * math.exp(-half / mean), mean * math.exp(half / mean)], abs=1e-9)
+        assert m["ci"][0] > 0
         assert setting["metrics"]["mae"]["mean"] == pytest.approx(mean / 2)
         assert setting["seed_cv"] == pytest.approx(std / mean)
         assert setting["high_seed_variance"] is (std / mean > 0.1)
     assert best["high_seed_variance"] is False and second["high_seed_variance"] is True  # cv 0.048 vs 0.111
 
-    # 0.21 ± 0.0248 and 0.45 ± 0.1242: the intervals do not overlap.
+    # 0.21 ± 0.0248 and 0.45 ± 0.1242 (on the log scale: [0.187, 0.236] and [0.341, 0.593]): apart.
     assert rep["best"]["best"]["setting_key"] == best["setting_key"]
     assert rep["best"]["runner_up"]["setting_key"] == second["setting_key"]
     assert rep["best"]["distinguishable"] is True and "do not overlap" in rep["best"]["explanation"]
     assert rep["best"]["best"]["ci"] == best["metrics"]["rmse"]["ci"]
     assert rep["best"]["runner_up"]["ci"] == second["metrics"]["rmse"]["ci"]
-    assert "[0.185" in rep["best"]["explanation"] and "[0.325" in rep["best"]["explanation"]
+    assert "[0.18657" in rep["best"]["explanation"] and "[0.34146" in rep["best"]["explanation"]
     effect = rep["parameters"]["model.hidden_size"]
     assert effect["range"] == pytest.approx(0.45 - 0.21) and effect["share_of_variance"] == pytest.approx(1.0)
     assert {v["value"]: v["mean"] for v in effect["values"]} == pytest.approx({4: 0.45, 8: 0.21})

@@ -164,7 +164,7 @@ async function jobsView(view, params) {
   const whereError = h("p", { id: "where-error", class: "error inline", role: "alert" });
   const statusSelect = h("select", { id: "status-filter", "aria-label": "status",
     onchange: (e) => setQuery({ status: e.target.value }) },
-    ["", "queued", "running", "succeeded", "failed", "cancelled"].map((s) => h("option", { value: s, selected: s === status }, s || "any status")));
+    ["", "queued", "running", "succeeded", "failed", "cancelled", "pruned"].map((s) => h("option", { value: s, selected: s === status }, s || "any status")));
   const compareButton = h("button", { id: "compare-button", type: "button", disabled: state.ticked.size < 2,
     onclick: () => navigate(`#/compare?jobs=${[...state.ticked].join(",")}`) }, `Compare ticked (${state.ticked.size})`);
   const toolbar = h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); setQuery({ where: whereInput.value.trim() }); } },
@@ -549,14 +549,16 @@ async function sweepView(view, id) {
     section(null, h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / sweep"),
       h("h2", { id: "sweep-title" }, `Sweep ${sweep.name || sweep.id}`),
       h("p", { id: "sweep-progress" }, `${report.succeeded} of ${report.total} jobs succeeded`,
-        report.complete ? "" : " (still running: the statistics can change)", ` · ${sweep.search} search · test ${m}, ${report.lower_is_better ? "lower" : "higher"} is better · `, compareAll),
+        report.pruned ? `, ${report.pruned} pruned` : "",
+        report.complete ? "" : " (still running: the statistics can change)", ` · ${sweep.search} search · ${report.split} ${m}, ${report.lower_is_better ? "lower" : "higher"} is better · `, compareAll),
       bestText),
     section("Settings", chartBox("chart-sweep", 340), table),
     section("What moves the metric", h("div", { class: "chart-row" },
       h("div", {}, h("h3", {}, "Parallel coordinates (one line per job)"), chartBox("chart-parallel", 320)),
       h("div", {}, h("h3", {}, "Parameter effect"), chartBox("chart-effect", 320),
         h("ul", { id: "sweep-parameters" }, Object.entries(report.parameters).map(([path, p]) =>
-          h("li", {}, `${path}: range ${fmt(p.range)}, share of variance ${p.share_of_variance === null ? "–" : `${fmt(100 * p.share_of_variance, 3)}%`}`)))))),
+          h("li", {}, `${path}: range ${fmt(p.range)}, share of variance ${p.share_of_variance === null ? "–" : `${fmt(100 * p.share_of_variance, 3)}%`}` +
+            (p.importance == null ? "" : `, importance (${report.importance_method}) ${fmt(100 * p.importance, 3)}%`))))))),
   );
   if (!settings.some((s) => s.metrics[m])) {
     $("#chart-sweep").replaceChildren(empty("No succeeded jobs yet: the statistics appear as seeds finish."));
