@@ -26,6 +26,7 @@ from app.jobs.status import ACTIVE, FINISHED, JobStatus
 from app.models import Dataset, EpochMetric, Evaluation, Job, Project, utcnow
 from app.pagination import PageParams, fetch_page
 from app.queue import DEFAULT_QUEUE, GPU_QUEUE
+from app.quotas import check_active_jobs_quota
 from app.storage import get_storage
 from worker.engine import DataError, JobSpec, check_spec_fits, results
 from worker.engine.metrics import lower_is_better
@@ -108,6 +109,7 @@ def create_job(session: Session, project: Project, payload: Any) -> Job:
     spec = parse_spec(payload)
     dataset = get_dataset(session, project.id, spec.dataset_id)
     check_spec_against_dataset(spec, dataset)
+    check_active_jobs_quota(session, project.id, 1)
     job = new_job(project, spec)
     session.add(job)
     session.commit()

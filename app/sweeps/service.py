@@ -18,6 +18,7 @@ from app.jobs.service import check_spec_against_dataset, delete_jobs, dispatch, 
 from app.jobs.status import ACTIVE, FINISHED, JobStatus
 from app.models import Job, JobMetric, Project, Sweep, new_id
 from app.pagination import PageParams, fetch_page
+from app.quotas import check_active_jobs_quota
 from app.sweeps import grid as grids
 from app.sweeps.report import SweepJobRow, build_report
 from app.sweeps.schemas import (
@@ -132,6 +133,7 @@ def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep
         data = _check_setting_fits(specs[0], dataset, data, indices, setting)
         jobs += [new_job(project, spec, sweep_id=sweep_id, setting=setting) for spec in specs]
     assert dataset is not None  # the plan has at least one setting
+    check_active_jobs_quota(session, project.id, len(jobs))
     sweep = Sweep(
         id=sweep_id,
         project_id=project.id,
