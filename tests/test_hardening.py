@@ -225,3 +225,39 @@ def test_a_wide_preview_shows_fewer_rows(client, auth, monkeypatch) -> None:
     set_setting(monkeypatch, max_preview_cells="1000")
     preview = client.get(f"/api/v1/datasets/{r.json()['id']}/preview?rows=50", headers=auth).json()
     assert len(preview["rows"]) == 10
+
+
+def test_late_surprises_in_many_columns_cost_a_fixed_number_of_passes(tmp_path, monkeypatch) -> None:
+    import app.datasets.inspection as inspection
+
+    columns = 40
+    lines = [",".join(f"c{i}" for i in range(columns))]
+    lines += [",".join(str(r) for _ in range(columns)) for r in range(30_000)]  # past the first 1 MiB block
+    lines.append(",".join("word" if i % 2 else "1.5" for i in range(columns)))  # every column changes type
+    src = tmp_path / "late.csv"
+    src.write_text("\n".join(lines) + "\n")
+    passes = {"n": 0}
+    real = inspection._write_parquet
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        passes["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(inspection, "_write_parquet", counted)
+    num_rows, summaries = inspection.convert_csv_to_parquet(src, tmp_path / "out.parquet", "late.csv")
+    assert num_rows == 30_001 and passes["n"] == 2  # one failed read, one with the inferred types
+    assert [s["dtype"] for s in summaries] == ["float64" if i % 2 == 0 else "string" for i in range(columns)]
+
+
+@pytest.mark.redis
+def test_the_rate_limit_is_shared_through_redis(client, auth, redis_url, monkeypatch) -> None:
+    import redis
+
+    from tests.conftest import _redis_db_url
+
+    url = _redis_db_url(redis_url)
+    set_setting(monkeypatch, rate_limit="2/minute", broker_url=url)
+    assert [client.get("/api/v1/jobs", headers=auth).status_code for _ in range(3)] == [200, 200, 429]
+    keys = redis.Redis.from_url(url).keys("LIMITS:*")
+    assert keys  # the count lives in Redis, where every API process sees it
+    redis.Redis.from_url(url).delete(*keys)
