@@ -91,5 +91,16 @@ def openapi_with_job_spec(app: FastAPI) -> dict[str, Any]:
     sweep = components.get("SweepCreate", {}).get("properties", {})
     if "base" in sweep:
         sweep["base"] = {"$ref": "#/components/schemas/JobSpec", "description": sweep["base"].get("description", "")}
+    _error_bodies_are_json(schema)
     app.openapi_schema = schema
     return schema
+
+
+def _error_bodies_are_json(schema: dict[str, Any]) -> None:
+    """Every 4xx/5xx is the JSON ErrorBody, also on routes whose success is text or a file."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[:1] in ("4", "5"):
+                    response["content"] = error
