@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     max_columns: int = Field(default=2000, ge=1, description="Tables with more columns are refused (422).")
     max_preview_cells: int = Field(default=50_000, ge=1, description="A preview shows at most rows x columns cells.")
     max_decompressed_bytes: int = Field(default=1024**3, ge=1, description="Largest decompressed .csv.gz / .npz.")
-    max_compression_ratio: float = Field(default=200.0, gt=1, description="Decompressed/compressed size limit.")
+    max_compression_ratio: float = Field(default=100.0, gt=1, description="Decompressed/compressed size limit.")
     compression_ratio_floor_bytes: int = Field(
         default=64 * 1024**2, ge=0, description="Output this small is never refused for its ratio alone."
     )
