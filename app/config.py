@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,27 @@ class Settings(BaseSettings):
     embedded_broker_poll_seconds: float = Field(default=0.1, gt=0)
     max_sweep_jobs: int = Field(default=500, ge=1)
     sse_poll_seconds: float = Field(default=0.5, gt=0)
+
+    # Bounded cost per request (see "Hardening and limits" in the README).
+    max_json_body_bytes: int = Field(default=8 * 1024**2, ge=1024, description="413 above; checked before parsing.")
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0, description="408 when no body chunk arrives.")
+    max_columns: int = Field(default=2000, ge=1, description="Tables with more columns are refused (422).")
+    max_preview_cells: int = Field(default=50_000, ge=1, description="A preview shows at most rows x columns cells.")
+    max_decompressed_bytes: int = Field(default=1024**3, ge=1, description="Largest decompressed .csv.gz / .npz.")
+    max_compression_ratio: float = Field(default=100.0, gt=1, description="Decompressed/compressed size limit.")
+    compression_ratio_floor_bytes: int = Field(
+        default=64 * 1024**2, ge=0, description="Output this small is never refused for its ratio alone."
+    )
+
+    # Limits between clients and projects.
+    rate_limit: str = Field(default="100/second", description="Per API key, `limits` notation; empty: no limit.")
+    quota_active_jobs: int = Field(default=1000, ge=1, description="Queued + running jobs per project.")
+    quota_stored_bytes: int = Field(default=100 * 1024**3, ge=1, description="Uploaded bytes per project.")
+    max_event_streams_per_key: int = Field(default=20, ge=1, description="Open /events streams per key and process.")
+    metrics_access: Literal["off", "token", "open"] = Field(
+        default="off", description="Prometheus /metrics: off (404), token (Bearer RNNLAB_METRICS_TOKEN) or open."
+    )
+    metrics_token: str = Field(default="", description="The bearer token /metrics takes when metrics_access=token.")
 
     @model_validator(mode="after")
     def _fill_paths(self) -> Settings:

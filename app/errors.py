@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.http_methods import allowed_methods
+
 log = logging.getLogger(__name__)
 
 # Every error code the API answers with: code → (status, when). Served in the OpenAPI docs (the
@@ -27,14 +29,17 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_cursor": (400, "the `cursor` is not one this server issued"),
     "invalid_multipart": (400, "the upload is not a readable multipart/form-data body"),
     "upload_interrupted": (400, "the client disconnected before the upload finished"),
+    "invalid_characters": (400, "a path or query parameter, JSON value or form field holds a NUL character"),
     "too_many_jobs": (400, "more jobs than allowed in one request (compare) or one sweep (422)"),
     "invalid_metric": (422, "a metric name that does not exist"),
+    "non_finite_number": (422, "a JSON number is Infinity, NaN or beyond the float range; details name the field"),
     "unauthorized": (401, "no API key, or a key that is unknown or revoked"),
     "not_found": (404, "no such route or file"),
     "dataset_not_found": (404, "no dataset with this id in your project"),
     "job_not_found": (404, "no job with this id in your project"),
     "sweep_not_found": (404, "no sweep with this id in your project"),
-    "method_not_allowed": (405, "the route exists but not for this method"),
+    "method_not_allowed": (405, "the route exists but not for this method; `Allow` lists the methods it takes"),
+    "request_timeout": (408, "the request body stopped arriving (RNNLAB_BODY_READ_TIMEOUT_SECONDS)"),
     "job_finished": (409, "the job already finished (e.g. cancel of a succeeded job)"),
     "job_active": (409, "the job is queued or running; cancel it first"),
     "job_in_sweep": (409, "the job belongs to a sweep; delete the sweep instead"),
@@ -43,8 +48,14 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "model_not_ready": (409, "the job has not succeeded, so it has no model yet"),
     "dataset_in_use": (409, "a queued or running job uses the dataset"),
     "dataset_referenced": (409, "finished jobs or sweeps still point at the dataset"),
+    "quota_active_jobs": (
+        409,
+        "the project already has its quota of queued and running jobs (RNNLAB_QUOTA_ACTIVE_JOBS)",
+    ),
     "file_too_large": (413, "the upload (or its decompressed content) is over the size limit"),
-    "too_large": (413, "the request body is over the size limit"),
+    "too_large": (413, "the JSON request body is over the size limit (RNNLAB_MAX_JSON_BODY_BYTES)"),
+    "quota_stored_bytes": (413, "the upload would take the project past its storage quota (RNNLAB_QUOTA_STORED_BYTES)"),
+    "compression_ratio": (413, "a compressed upload expands more than RNNLAB_MAX_COMPRESSION_RATIO times"),
     "unsupported_format": (415, "the file is not CSV, CSV.gz, Parquet or NPZ, or its content is not its format"),
     "unsupported_media_type": (415, "the request is not multipart/form-data"),
     "validation_error": (422, "the request body or a parameter does not match its schema"),
@@ -59,6 +70,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_inputs": (422, "prediction inputs are not a finite array of the model's shape"),
     "invalid_filename": (422, "the uploaded file name is empty, a path, or not allowed"),
     "invalid_encoding": (422, "the text is not UTF-8"),
+    "nul_character": (422, "the CSV holds a NUL character; the message names the line and byte offset"),
     "unparseable_csv": (422, "the CSV cannot be parsed (ragged rows, bad quoting); the message names the line"),
     "no_columns": (422, "the table has no columns"),
     "invalid_gzip": (422, "the .csv.gz file is not a readable gzip stream"),
@@ -71,6 +83,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "empty_file": (422, "the uploaded file is empty"),
     "column_not_found": (422, "a column named in the request does not exist in the dataset"),
     "array_not_found": (422, "an array named in the request does not exist in the NPZ"),
+    "too_many_columns": (422, "the table has more columns than RNNLAB_MAX_COLUMNS"),
+    "invalid_name": (422, "the dataset name holds control or invisible formatting characters"),
+    "rate_limited": (429, "too many requests with this key; wait `Retry-After` seconds (RNNLAB_RATE_LIMIT)"),
+    "too_many_streams": (429, "this key already has its open event streams (RNNLAB_MAX_EVENT_STREAMS_PER_KEY)"),
     "internal_error": (500, "a bug: nothing a client sent should cause it"),
     "not_ready": (503, "the database or the broker does not answer (readiness)"),
     "dataset_file_missing": (503, "the dataset's stored file is missing from storage"),
@@ -122,6 +138,22 @@ class TooLarge(AppError):
     status_code = 413
 
 
+class RequestTimeout(AppError):
+    """The client stopped sending the body it announced."""
+
+    status_code = 408
+
+
+class TooManyRequests(AppError):
+    """A rate or concurrency limit; ``retry_after_seconds`` becomes the ``Retry-After`` header."""
+
+    status_code = 429
+
+    def __init__(self, code: str, message: str, details: Any = None, retry_after_seconds: int = 1) -> None:
+        super().__init__(code, message, details)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class UnsupportedFormat(AppError):
     status_code = 415
 
@@ -165,11 +197,17 @@ ErrorDetail.model_rebuild(force=True)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
-        (400, "Unreadable query parameter (`invalid_where`, `invalid_sort`, `invalid_cursor`)"),
+        (400, "Unreadable parameter (`invalid_where`, `invalid_sort`, `invalid_cursor`, `invalid_characters`, …)"),
         (401, "Missing, unknown or revoked API key"),
         (404, "Not found in your project"),
-        (409, "Not allowed in the object's current state"),
+        (405, "Method not allowed on this path; the `Allow` header lists the methods it takes"),
+        (408, "The request body stopped arriving"),
+        (409, "Not allowed in the object's current state, or a project quota is reached"),
+        (413, "The body (or upload) is over a size limit or the project's storage quota"),
+        (415, "Not a content type or file format this route takes"),
         (422, "Invalid body, spec or parameter; `details` names each field"),
+        (429, "Rate limit or event-stream limit reached; see `Retry-After`"),
+        (503, "The database, the broker or a stored file is unavailable; try again later"),
     )
 }
 
@@ -223,7 +261,10 @@ def validation_message(details: list[dict[str, Any]]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=exc.status_code)
+        headers = {"Retry-After": str(exc.retry_after_seconds)} if isinstance(exc, TooManyRequests) else None
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.details), status_code=exc.status_code, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -231,10 +272,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("validation_error", validation_message(details), details), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized", 413: "too_large"}
         code = codes.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            methods = allowed_methods(list(request.app.routes), request.scope)
+            if methods:
+                headers["Allow"] = ", ".join(methods)
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -8,16 +8,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.config import get_settings
 from app.dashboard.router import router as dashboard_router
 from app.datasets.router import router as datasets_router
 from app.errors import ERROR_RESPONSES, install_error_handlers
+from app.http_methods import OptionsAnswer
+from app.inputs import RequestBodyGuard, reject_nul_parameters
 from app.jobs.router import leaderboard_router, metrics_router
 from app.jobs.router import router as jobs_router
 from app.ops import router as ops_router
+from app.ratelimit import enforce_rate_limit
 from app.storage import get_storage
 from app.sweeps.router import router as sweeps_router
 from worker.engine.spec import JobSpec
@@ -65,7 +68,11 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
 
-    api = APIRouter(prefix="/api/v1", responses=ERROR_RESPONSES)
+    api = APIRouter(
+        prefix="/api/v1",
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(reject_nul_parameters), Depends(enforce_rate_limit)],
+    )
     api.include_router(datasets_router)
     api.include_router(jobs_router)
     api.include_router(metrics_router)
@@ -75,6 +82,10 @@ def create_app() -> FastAPI:
     app.include_router(dashboard_router)
     app.include_router(ops_router)
     app.openapi = lambda: openapi_with_job_spec(app)  # type: ignore[method-assign]
+    # Outermost first: OPTIONS is answered before anything reads a body; the guard then bounds
+    # every body's arrival and checks JSON before a route parses it.
+    app.add_middleware(RequestBodyGuard)
+    app.add_middleware(OptionsAnswer, routes=app.routes)
 
     return app
 
@@ -100,6 +111,7 @@ def openapi_with_job_spec(app: FastAPI) -> dict[str, Any]:
     if "base" in sweep:
         sweep["base"] = {"$ref": "#/components/schemas/JobSpec", "description": sweep["base"].get("description", "")}
     add_api_key_security(schema)
+    _error_bodies_are_json(schema)
     app.openapi_schema = schema
     return schema
 
@@ -116,3 +128,13 @@ def add_api_key_security(schema: dict[str, Any]) -> None:
         if path.startswith("/api/v1/"):
             for operation in operations.values():
                 operation["security"] = [{"apiKey": []}]
+
+
+def _error_bodies_are_json(schema: dict[str, Any]) -> None:
+    """Every 4xx/5xx is the JSON ErrorBody, also on routes whose success is text or a file."""
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if status[:1] in ("4", "5"):
+                    response["content"] = error

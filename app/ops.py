@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import hmac
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import func, select, text
 
+from app.config import get_settings
 from app.db import get_engine, new_session
-from app.errors import error_body
+from app.errors import ErrorBody, NotFound, Unauthorized, error_body
 from app.jobs.status import JobStatus
 from app.models import Dataset, Job
 from app.queue import DEFAULT_QUEUE, broker_ready
@@ -30,7 +33,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"model": ErrorBody, "description": "Database or broker unreachable"}})
 def readyz() -> JSONResponse:
     checks = {"database": database_ready(), "broker": broker_ready()}
     failed = {k: v for k, v in checks.items() if v}
@@ -39,10 +42,32 @@ def readyz() -> JSONResponse:
     return JSONResponse({"status": "ready", "checks": {k: "ok" for k in checks}})
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-def prometheus_metrics() -> PlainTextResponse:
-    """Prometheus text format: jobs by status and queue, datasets, readiness."""
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        401: {"model": ErrorBody, "description": "RNNLAB_METRICS_ACCESS=token and no or a wrong token"},
+        404: {"model": ErrorBody, "description": "RNNLAB_METRICS_ACCESS=off"},
+    },
+)
+def prometheus_metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text format: jobs by status and queue, datasets, readiness (all projects together).
+
+    RNNLAB_METRICS_ACCESS says who may read it: ``off`` (404), ``token`` (``Authorization: Bearer
+    RNNLAB_METRICS_TOKEN``) or ``open``.
+    """
+    check_metrics_access(request)
     return PlainTextResponse(prometheus_text(), media_type="text/plain; version=0.0.4")
+
+
+def check_metrics_access(request: Request) -> None:
+    settings = get_settings()
+    if settings.metrics_access == "off":
+        raise NotFound("not_found", "Prometheus metrics are off (RNNLAB_METRICS_ACCESS=off)")
+    if settings.metrics_access == "token":
+        token = request.headers.get("authorization", "").partition(" ")[2].strip()
+        if not settings.metrics_token or not hmac.compare_digest(token.encode(), settings.metrics_token.encode()):
+            raise Unauthorized("unauthorized", "send 'Authorization: Bearer <RNNLAB_METRICS_TOKEN>' to read metrics")
 
 
 def prometheus_text() -> str:

@@ -12,11 +12,12 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import delete, insert
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.datasets.loading import load_dataset_data
@@ -191,6 +192,7 @@ def _run_claimed(
     assert settings.heartbeat_seconds is not None  # Settings fills it in from lease_seconds
     heartbeat = Heartbeat(claim, settings.lease_seconds, settings.heartbeat_seconds)
     heartbeat.start()
+    unwritten: list[tuple[int, dict[str, dict[str, Any]]]] = []  # epochs the database did not take yet
     log.info("job %s: attempt %d on %s", job_id, claim.attempt, worker_id)
     try:
         if dataset is None:
@@ -207,13 +209,22 @@ def _run_claimed(
         pruning = PruneCheck(job_id, enabled=is_trial)
 
         def on_epoch(report: EpochReport) -> None:
+            unwritten.append((report.epoch, report.metrics))
             try:
-                heartbeat.apply(record_epoch(claim, report.epoch, report.metrics, settings.lease_seconds))
+                heartbeat.apply(record_epochs(claim, unwritten, settings.lease_seconds))
             except DBAPIError as exc:
                 # A database hiccup must not fail the job: the lease covers the gap, and the
-                # heartbeat keeps trying. This epoch's metrics are lost, the training is not.
-                log.warning("job %s: could not record epoch %d: %s", job_id, report.epoch, exc)
+                # heartbeat keeps trying. The epoch is kept and written with the next one, or with
+                # the results at the end: a job never succeeds with a hole in its history.
+                log.warning(
+                    "job %s: could not record epoch %d yet (%d epoch(s) kept to write later): %s",
+                    job_id,
+                    report.epoch,
+                    len(unwritten),
+                    exc,
+                )
                 return
+            unwritten.clear()
             pruning.after_epoch(report.epoch)
 
         engine_started = time.perf_counter()
@@ -250,36 +261,58 @@ def _run_claimed(
         evaluation_seconds=round(result.evaluation_seconds, 4),
     )
     try:
-        return conclude(claim, result, cancel_requested=heartbeat.cancel_requested, pruned=pruning.pruned)
+        return conclude(
+            claim, result, cancel_requested=heartbeat.cancel_requested, pruned=pruning.pruned, unwritten=unwritten
+        )
     except DBAPIError:
         # Nothing was committed; the lease expires and another attempt runs the job again.
         log.exception("job %s: could not record how it ended; the lease will expire and it runs again", job_id)
         return None
 
 
-def conclude(claim: state.Claim, result: EngineResult, *, cancel_requested: bool, pruned: bool = False) -> str | None:
-    """Record how a finished engine run ends: handed back, cancelled, pruned, or its results saved."""
+def conclude(
+    claim: state.Claim,
+    result: EngineResult,
+    *,
+    cancel_requested: bool,
+    pruned: bool = False,
+    unwritten: Sequence[tuple[int, dict[str, dict[str, Any]]]] = (),
+) -> str | None:
+    """Record how a finished engine run ends: handed back, cancelled, pruned, or its results saved.
+
+    ``unwritten`` are epochs whose metrics the database did not take during training; they are
+    written in the same transaction as the final status, so both land or neither does.
+    """
     if result.cancelled and shutting_down() and not cancel_requested:
         return release(claim)
     if result.cancelled and pruned and not cancel_requested:
-        # Its per-epoch curve is already stored (record_epoch); the summary says where it stopped.
+        # Its per-epoch curve is stored (with any epoch kept back); the summary says where it stopped.
         with new_session() as session:
             ok = state.finish_job(
                 session,
                 claim,
                 JobStatus.PRUNED,
+                commit=False,
                 summary=result.summary.model_dump(mode="json"),
                 progress_epoch=result.epochs_run,
                 train_seconds=result.train_seconds,
                 device=result.device,
             )
+            if ok:
+                _write_epochs(session, claim.job_id, unwritten)
+            session.commit()
         return JobStatus.PRUNED if ok else None
     if result.cancelled:
         with new_session() as session:
-            state.finish_job(session, claim, JobStatus.CANCELLED, summary=result.summary.model_dump(mode="json"))
+            ok = state.finish_job(
+                session, claim, JobStatus.CANCELLED, commit=False, summary=result.summary.model_dump(mode="json")
+            )
+            if ok:
+                _write_epochs(session, claim.job_id, unwritten)
+            session.commit()
         return JobStatus.CANCELLED
     try:
-        return persist_result(claim, result)
+        return persist_result(claim, result, unwritten)
     except DBAPIError:
         raise
     except Exception as exc:  # the model could not be stored (disk full, storage unreachable)
@@ -337,19 +370,42 @@ def record_epoch(
     Returns cancel_requested, or None when the claim is lost: then nothing is written, so a stale
     attempt can never mix its metrics into the attempt that replaced it.
     """
+    return record_epochs(claim, [(epoch, metrics)], lease_seconds)
+
+
+def record_epochs(
+    claim: state.Claim, epochs: Sequence[tuple[int, dict[str, dict[str, Any]]]], lease_seconds: float
+) -> bool | None:
+    """:func:`record_epoch` for the epochs kept since the last write that worked (and the current one)."""
     with new_session() as session:
-        status = state.renew_lease(session, claim, lease_seconds, commit=False, progress_epoch=epoch)
+        last = max(epoch for epoch, _ in epochs)
+        status = state.renew_lease(session, claim, lease_seconds, commit=False, progress_epoch=last)
         if status is None:
             session.rollback()
             return None
-        rows = _metric_rows(claim.job_id, metrics, epoch)
-        if rows:
-            session.execute(insert(EpochMetric), rows)
+        _write_epochs(session, claim.job_id, epochs, replace=len(epochs) > 1)
         session.commit()
     return status
 
 
-def persist_result(claim: state.Claim, result: EngineResult) -> str | None:
+def _write_epochs(
+    session: Session, job_id: str, epochs: Sequence[tuple[int, dict[str, dict[str, Any]]]], replace: bool = True
+) -> None:
+    """Insert the epochs' metric rows. Kept epochs replace rows of the same epochs, because a commit
+    whose answer was lost with the connection may have stored them already."""
+    if not epochs:
+        return
+    numbers = [epoch for epoch, _ in epochs]
+    if replace:
+        session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch.in_(numbers)))
+    rows = [row for epoch, metrics in epochs for row in _metric_rows(job_id, metrics, epoch)]
+    if rows:
+        session.execute(insert(EpochMetric), rows)
+
+
+def persist_result(
+    claim: state.Claim, result: EngineResult, unwritten: Sequence[tuple[int, dict[str, dict[str, Any]]]] = ()
+) -> str | None:
     """Write artifact, evaluation, final metrics and status; all of it only while the claim holds.
 
     The artifact goes to a key of its own attempt, so a stale attempt can never overwrite the
@@ -388,6 +444,7 @@ def persist_result(claim: state.Claim, result: EngineResult) -> str | None:
             log.warning("job %s: claim lost before results were saved; discarding this attempt", claim.job_id)
             return None
         try:
+            _write_epochs(session, claim.job_id, unwritten)  # before the best/last values read them
             record_final_values(session, claim.job_id, evaluation["metrics"], result.summary.best_epoch)
             session.add(Evaluation(job_id=claim.job_id, body=evaluation))
             session.commit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Literal
 
 from app.errors import AppError, InvalidInput, UnsupportedFormat
@@ -33,11 +34,12 @@ def validate_filename(filename: str) -> str:
     if not filename.strip():
         raise InvalidInput("invalid_filename", "the 'file' part has an empty filename; send e.g. filename=\"data.csv\"")
     bad = [ch for ch in ("/", "\\", "\x00") if ch in filename]
-    if bad or ".." in filename or any(ord(ch) < 32 for ch in filename):
+    if bad or ".." in filename or hidden_characters(filename):
         raise InvalidInput(
             "invalid_filename",
-            f"filename {filename!r} must be a plain file name without path separators, '..' or control characters",
-            {"filename": filename},
+            f"filename {filename!r} must be a plain file name without path separators, '..', control "
+            "or invisible formatting characters (such as U+202E, which displays text reversed)",
+            {"filename": filename, "characters": hidden_characters(filename)},
         )
     if len(filename) > MAX_FILENAME_CHARS:
         raise InvalidInput(
@@ -45,6 +47,12 @@ def validate_filename(filename: str) -> str:
             f"filename is {len(filename)} characters long; the limit is {MAX_FILENAME_CHARS}",
         )
     return filename
+
+
+def hidden_characters(text: str) -> list[str]:
+    """Control characters (Cc) and invisible formatting ones (Cf: bidi overrides, zero-width
+    spaces) in ``text``, as ``U+XXXX``: they make a name display as something it is not."""
+    return [f"U+{ord(ch):04X}" for ch in text if unicodedata.category(ch) in ("Cc", "Cf")]
 
 
 def format_from_filename(filename: str) -> DatasetFormat:

@@ -25,15 +25,17 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from app.datasets.formats import DatasetFormat
-from app.datasets.upload import too_large
-from app.errors import AppError, InvalidInput
+from app.config import get_settings
+from app.datasets.formats import DatasetFormat, hidden_characters
+from app.errors import AppError, InvalidInput, TooLarge
 
 READ_CHUNK_BYTES = 1024 * 1024
 CSV_BLOCK_BYTES = 1024 * 1024
 # Batches are gathered to about this size before they become one Parquet row group.
 ROW_GROUP_BYTES = 16 * 1024 * 1024
 MAX_ERROR_SNIPPET_CHARS = 200
+# Longer than any header of RNNLAB_MAX_COLUMNS sensible names, shorter than Arrow's block.
+MAX_HEADER_BYTES = CSV_BLOCK_BYTES // 2
 # zstd: smaller and, on the tables measured, faster to write than snappy; every pyarrow build reads it.
 PARQUET_COMPRESSION = "zstd"
 
@@ -66,6 +68,7 @@ def inspect_upload(path: Path, fmt: DatasetFormat, filename: str, work_dir: Path
         decompress_gzip(path, csv_path, filename, max_bytes)
     else:
         check_utf8_file(path, filename)
+    check_csv_header(csv_path, filename, get_settings().max_columns)
     parquet_path = work_dir / "table.parquet"
     num_rows, columns = convert_csv_to_parquet(csv_path, parquet_path, filename)
     return InspectedContent(stored_path=parquet_path, suffix=".parquet", num_rows=num_rows, columns=columns)
@@ -82,8 +85,20 @@ class Utf8Checker:
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._offset = 0
         self._newlines = 0
+        self.quotes = 0  # '"' characters seen: RFC 4180 quoting always pairs them
 
     def feed(self, chunk: bytes, final: bool = False) -> None:
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            # PostgreSQL cannot store a NUL in text: a column named "va\x00l" broke every filter.
+            line = self._newlines + chunk.count(b"\n", 0, nul) + 1
+            raise InvalidInput(
+                "nul_character",
+                f"{self._filename!r} holds a NUL character at byte offset {self._offset + nul} (line {line}); "
+                "a CSV is text and may not hold NUL characters",
+                {"byte_offset": self._offset + nul, "line": line},
+            )
+        self.quotes += chunk.count(b'"')
         buffered = len(self._decoder.getstate()[0])
         if not buffered and chunk.isascii():
             pass  # the common case needs no decoding at all
@@ -107,23 +122,81 @@ class Utf8Checker:
 
 
 def check_utf8_file(path: Path, filename: str) -> None:
+    """UTF-8 throughout, no NUL character, and every quoted field closed."""
     checker = Utf8Checker(filename)
     with path.open("rb") as f:
         while chunk := f.read(READ_CHUNK_BYTES):
             checker.feed(chunk)
     checker.feed(b"", final=True)
+    if checker.quotes % 2:
+        raise _unterminated_quote(path, filename)
+
+
+def _unterminated_quote(path: Path, filename: str) -> AppError:
+    """The line where the quoted field that never closes begins (an error path: one more read)."""
+    line, open_line, inside = 1, 1, False
+    with path.open("rb") as f:
+        while chunk := f.read(READ_CHUNK_BYTES):
+            position = 0
+            while (quote := chunk.find(b'"', position)) >= 0:
+                line += chunk.count(b"\n", position, quote)
+                inside = not inside
+                if inside:
+                    open_line = line
+                position = quote + 1
+            line += chunk.count(b"\n", position)
+    return InvalidInput(
+        "unparseable_csv",
+        f"{filename!r} cannot be parsed: line {open_line}: a quoted field opens there and is never closed",
+        {"line": open_line, "reason": "unterminated quote"},
+    )
+
+
+def decompression_limit(compressed_bytes: int) -> tuple[int, str]:
+    """The most bytes a compressed upload may expand to, and the code for crossing it.
+
+    Both limits are checked while decompressing, so a bomb is stopped after at most this many bytes.
+    """
+    settings = get_settings()
+    by_ratio = max(int(settings.max_compression_ratio * compressed_bytes), settings.compression_ratio_floor_bytes)
+    if by_ratio < settings.max_decompressed_bytes:
+        return by_ratio, "compression_ratio"
+    return settings.max_decompressed_bytes, "file_too_large"
+
+
+def decompression_refused(filename: str, limit: int, code: str) -> AppError:
+    if code == "compression_ratio":
+        ratio = get_settings().max_compression_ratio
+        return TooLarge(
+            "compression_ratio",
+            f"{filename!r} expands to more than {limit} bytes, over {ratio:g} times its compressed size "
+            "(RNNLAB_MAX_COMPRESSION_RATIO); a file that compresses this well is refused as a possible bomb",
+            {"limit_bytes": limit, "max_ratio": ratio},
+        )
+    return TooLarge(
+        "file_too_large",
+        f"{filename!r} decompressed (its uncompressed size) exceeds {limit} bytes "
+        "(RNNLAB_MAX_DECOMPRESSED_BYTES, and never more than RNNLAB_MAX_UPLOAD_BYTES)",
+        {"limit_bytes": limit},
+    )
 
 
 def decompress_gzip(src: Path, dst: Path, filename: str, max_bytes: int) -> None:
-    """Decompress ``src`` into ``dst``, refusing output past ``max_bytes`` (a zip bomb) or bad UTF-8."""
+    """Decompress ``src`` into ``dst``, refusing output past the size and ratio limits (a bomb) or bad text.
+
+    ``max_bytes`` caps the output further (the caller's own limit).
+    """
+    limit, code = decompression_limit(src.stat().st_size)
+    if max_bytes < limit:
+        limit, code = max_bytes, "file_too_large"
     checker = Utf8Checker(filename)
     written = 0
     try:
         with gzip.open(src, "rb") as f, dst.open("wb") as out:
             while chunk := f.read(READ_CHUNK_BYTES):
                 written += len(chunk)
-                if written > max_bytes:
-                    raise too_large(max_bytes, f"{filename!r} decompressed")
+                if written > limit:
+                    raise decompression_refused(filename, limit, code)
                 checker.feed(chunk)
                 out.write(chunk)
     except (OSError, EOFError, zlib.error) as exc:
@@ -131,6 +204,35 @@ def decompress_gzip(src: Path, dst: Path, filename: str, max_bytes: int) -> None
     checker.feed(b"", final=True)
     if written == 0:
         raise InvalidInput("empty_file", f"{filename!r} decompresses to an empty file")
+    if checker.quotes % 2:
+        raise _unterminated_quote(dst, filename)
+
+
+def check_csv_header(path: Path, filename: str, max_columns: int) -> None:
+    """Refuse a header line too long to be one, or with more than ``max_columns`` columns, before
+    Arrow reads a block: its per-column cost made 100,000 columns take seconds and gigabytes."""
+    with path.open("rb") as f:
+        head = f.readline(MAX_HEADER_BYTES + 1)
+    if len(head) > MAX_HEADER_BYTES:
+        raise InvalidInput(
+            "unparseable_csv",
+            f"{filename!r} cannot be parsed: line 1: the header line is longer than {MAX_HEADER_BYTES} bytes",
+            {"line": 1, "reason": "header line too long"},
+        )
+    text = head.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    if not text.strip():
+        return  # Arrow reports the empty file with its own words
+    count = len(next(csv.reader([text]), []))
+    if count > max_columns:
+        raise too_many_columns(filename, count, max_columns)
+
+
+def too_many_columns(filename: str, count: int, max_columns: int) -> AppError:
+    return InvalidInput(
+        "too_many_columns",
+        f"{filename!r} has {count} columns; the limit is {max_columns} (RNNLAB_MAX_COLUMNS)",
+        {"columns": count, "limit": max_columns},
+    )
 
 
 # -- tables --------------------------------------------------------------------------------------
@@ -204,11 +306,16 @@ def convert_csv_to_parquet(src: Path, dst: Path, filename: str) -> tuple[int, li
     """Write the CSV at ``src`` as Parquet at ``dst``; returns the row count and column summaries.
 
     Types are inferred from the first block. If a later block holds a value that does not fit (a
-    word in a column of numbers), that column is widened (int → float → string) and the file is
-    read again, so a late surprise costs a pass but never a failed upload.
+    word in a column of numbers), one pass over the file as text finds the type every column needs
+    (:func:`infer_column_types`) and the file is read once more with those types: at most three
+    passes however many columns change (one pass per column made 500 columns take 26 s).
     """
     column_types: dict[str, pa.DataType] = {}
-    while True:
+    try:
+        return _write_parquet(src, dst, filename, column_types)
+    except _ConversionFailed:
+        column_types = infer_column_types(src, filename)
+    while True:  # the cast and the CSV parser rarely disagree; then widen that one column
         try:
             return _write_parquet(src, dst, filename, column_types)
         except _ConversionFailed as failed:
@@ -216,6 +323,38 @@ def convert_csv_to_parquet(src: Path, dst: Path, filename: str) -> tuple[int, li
             if wider is None:
                 raise _unparseable(src, filename, failed.cause) from failed.cause
             column_types[failed.column] = wider
+
+
+def infer_column_types(src: Path, filename: str) -> dict[str, pa.DataType]:
+    """Each column's narrowest type (first block's guess, widened int → float → string) that fits
+    every value, from one pass that reads everything as text and casts each batch."""
+    try:
+        first = pa_csv.open_csv(src, read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES))
+        names, guessed = first.schema.names, list(first.schema.types)
+        as_text = {name: pa.string() for name in names}
+        reader = pa_csv.open_csv(
+            src,
+            read_options=pa_csv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+            convert_options=pa_csv.ConvertOptions(column_types=as_text, strings_can_be_null=True),
+        )
+        types: list[pa.DataType | None] = list(guessed)
+        for batch in reader:
+            for i, column in enumerate(batch.columns):
+                while types[i] is not None and not _casts(column, types[i]):
+                    types[i] = _widened(types[i])  # type: ignore[arg-type]
+    except pa.ArrowInvalid as exc:
+        raise _unparseable(src, filename, exc) from exc
+    return {name: dtype if dtype is not None else pa.string() for name, dtype in zip(names, types, strict=True)}
+
+
+def _casts(column: pa.Array, dtype: pa.DataType) -> bool:
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return True
+    try:
+        column.cast(dtype)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
 
 
 def _write_parquet(
@@ -311,6 +450,9 @@ def inspect_parquet(path: Path, filename: str) -> tuple[int, list[dict[str, Any]
     try:
         with pq.ParquetFile(path) as parquet:
             schema = parquet.schema_arrow
+            max_columns = get_settings().max_columns
+            if len(schema.names) > max_columns:
+                raise too_many_columns(filename, len(schema.names), max_columns)
             _check_column_names(schema.names, filename)
             num_rows = parquet.metadata.num_rows
             if num_rows == 0:
@@ -370,31 +512,28 @@ def inspect_npz(path: Path, filename: str, max_bytes: int) -> dict[str, list[int
         members = [info for info in archive.infolist() if not info.is_dir()]
         if not members:
             raise InvalidInput("no_arrays", f"{filename!r} holds no arrays")
+        if len(members) > get_settings().max_columns:
+            raise InvalidInput(
+                "invalid_npz",
+                f"{filename!r} holds {len(members)} arrays; at most {get_settings().max_columns} are read",
+                {"arrays": len(members)},
+            )
         declared = sum(info.file_size for info in members)
-        if declared > max_bytes:
-            raise too_large(max_bytes, f"the .npz archive's arrays ({declared} bytes uncompressed)")
+        limit, code = decompression_limit(path.stat().st_size)
+        if max_bytes < limit:
+            limit, code = max_bytes, "file_too_large"
+        if declared > limit:
+            raise decompression_refused(f"{filename} ({declared} bytes of arrays)", limit, code)
         arrays: dict[str, list[int]] = {}
         for info in members:
-            if not info.filename.endswith(".npy"):
-                raise InvalidInput(
-                    "invalid_npz",
-                    f"member {info.filename!r} is not an .npy array; an .npz holds only arrays "
-                    "(np.savez / np.savez_compressed)",
-                    {"member": info.filename},
-                )
+            check_npz_member(info, filename)
             name = info.filename[: -len(".npy")]
             if name in arrays:
                 raise InvalidInput("invalid_npz", f"array {name!r} appears twice in the archive")
             try:
                 with archive.open(info) as member:
                     header = read_npy_header(member, name, filename)
-                    if header.dtype.hasobject:
-                        raise InvalidInput(
-                            "object_array",
-                            f"array {name!r} has an object dtype ({header.dtype}), which needs pickle; "
-                            "pickled data is refused. Save it with a numeric, bool or string dtype",
-                            {"array": name, "dtype": str(header.dtype)},
-                        )
+                    check_npy_dtype(header, name)
                     expected = math.prod(header.shape) * header.dtype.itemsize
                     actual = info.file_size - header.data_offset
                     if actual != expected:
@@ -406,7 +545,57 @@ def inspect_npz(path: Path, filename: str, max_bytes: int) -> dict[str, list[int
                         )
                     while member.read(READ_CHUNK_BYTES):
                         pass
-            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+            except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError, NotImplementedError) as exc:
+                # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile lacks.
                 raise InvalidInput("invalid_npz", f"array {name!r} is corrupt: {exc}", {"array": name}) from exc
             arrays[name] = list(header.shape)
     return arrays
+
+
+# np.savez stores, np.savez_compressed deflates; nothing else is an .npz numpy writes.
+NPZ_COMPRESSIONS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+
+
+def check_npz_member(info: zipfile.ZipInfo, filename: str) -> None:
+    """Refuse members numpy never writes: not ``.npy``, encrypted, oddly compressed or named like a path."""
+    member = info.filename
+    if not member.endswith(".npy"):
+        raise InvalidInput(
+            "invalid_npz",
+            f"member {member!r} is not an .npy array; an .npz holds only arrays (np.savez / np.savez_compressed)",
+            {"member": member},
+        )
+    name = member[: -len(".npy")]
+    if not name or "/" in member or "\\" in member or ".." in member or hidden_characters(member):
+        raise InvalidInput(
+            "invalid_npz",
+            f"member {member!r} of {filename!r} is named like a path or holds control characters; "
+            "array names are plain names",
+            {"member": member},
+        )
+    if info.flag_bits & 0x1:
+        raise InvalidInput("invalid_npz", f"array {name!r} is encrypted; upload it unencrypted", {"array": name})
+    if info.compress_type not in NPZ_COMPRESSIONS:
+        raise InvalidInput(
+            "invalid_npz",
+            f"array {name!r} uses zip compression method {info.compress_type}; "
+            "an .npz is stored or deflated (np.savez, np.savez_compressed)",
+            {"array": name, "compression": info.compress_type},
+        )
+
+
+def check_npy_dtype(header: NpyHeader, name: str) -> None:
+    """Refuse pickled (object) dtypes and empty dtypes such as ``|S0`` (nothing to read or show)."""
+    if header.dtype.hasobject:
+        raise InvalidInput(
+            "object_array",
+            f"array {name!r} has an object dtype ({header.dtype}), which needs pickle; "
+            "pickled data is refused. Save it with a numeric, bool or string dtype",
+            {"array": name, "dtype": str(header.dtype)},
+        )
+    if header.dtype.itemsize == 0 or header.dtype.fields is not None:
+        raise InvalidInput(
+            "invalid_npz",
+            f"array {name!r} has dtype {header.dtype}, which holds no numbers; use a numeric, bool or string dtype",
+            {"array": name, "dtype": str(header.dtype)},
+        )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from app.auth import CurrentProject
 from app.datasets import service
 from app.datasets.formats import ACCEPTED
-from app.datasets.schemas import DatasetPreview, DatasetRead
+from app.datasets.schemas import DatasetPreview, DatasetRead, DatasetSummary
 from app.db import SessionDep
 from app.pagination import Page, PageParams, page_params
 
@@ -60,12 +60,28 @@ async def upload_dataset(
     return DatasetRead.model_validate(dataset)
 
 
-@router.get("", response_model=Page[DatasetRead])
+@router.get("", response_model=Page[DatasetSummary])
 def list_datasets(
     session: SessionDep, project: CurrentProject, params: Annotated[PageParams, Depends(page_params)]
-) -> Page[DatasetRead]:
+) -> Page[DatasetSummary]:
+    """Newest first, with column counts; ``GET /datasets/{id}`` has each dataset's columns."""
     rows, next_cursor = service.list_datasets(session, project.id, params)
-    return Page[DatasetRead](items=[DatasetRead.model_validate(r) for r in rows], next_cursor=next_cursor)
+    items = [
+        DatasetSummary(
+            id=r.id,
+            name=r.name,
+            filename=r.filename,
+            format=r.format,
+            size_bytes=r.size_bytes,
+            sha256=r.sha256,
+            created_at=r.created_at,
+            num_rows=r.num_rows,
+            num_columns=count,
+            arrays=r.arrays,
+        )
+        for r, count in rows
+    ]
+    return Page[DatasetSummary](items=items, next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetRead)

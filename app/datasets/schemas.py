@@ -47,3 +47,18 @@ class DatasetPreview(BaseModel):
     columns: list[ColumnInfo] | None = None
     rows: list[dict[str, Any]] | None = Field(default=None, description="The first rows of a table.")
     arrays: dict[str, ArrayPreview] | None = Field(default=None, description="The head of each .npz array.")
+
+
+class DatasetSummary(BaseModel):
+    """A dataset in a list: its column count instead of its columns (``GET /datasets/{id}`` has them)."""
+
+    id: str
+    name: str
+    filename: str
+    format: str
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+    num_rows: int | None = None
+    num_columns: int | None = Field(default=None, description="Columns of a table; null for .npz.")
+    arrays: dict[str, list[int]] | None = None

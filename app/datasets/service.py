@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 from starlette.requests import Request
 
 from app.config import get_settings
@@ -30,15 +30,21 @@ from app.datasets.formats import stem
 from app.datasets.inspection import InspectedContent, inspect_upload, read_npy_header
 from app.datasets.loading import dataset_path
 from app.datasets.schemas import ArrayPreview, ColumnInfo, DatasetPreview
-from app.datasets.upload import ReceivedUpload, receive_upload
+from app.datasets.upload import MULTIPART_OVERHEAD_BYTES, ReceivedUpload, receive_upload
 from app.db import get_scoped
 from app.errors import AppError, Conflict
 from app.jobs.status import ACTIVE
 from app.models import Dataset, Job, Sweep
 from app.pagination import PageParams, fetch_page
+from app.quotas import check_stored_bytes_quota
 from app.storage import LocalStorage, get_storage
 
 MAX_PREVIEW_VALUES_PER_ARRAY = 10_000
+
+
+def decompressed_limit() -> int:
+    settings = get_settings()
+    return min(settings.max_upload_bytes, settings.max_decompressed_bytes)
 
 
 def storage_key(sha256: str, suffix: str) -> str:
@@ -53,12 +59,27 @@ def get_dataset(session: Session, project_id: str, dataset_id: str) -> Dataset:
     return get_scoped(session, Dataset, project_id, dataset_id, "dataset")
 
 
-def list_datasets(session: Session, project_id: str, params: PageParams) -> tuple[list[Dataset], str | None]:
-    """One page of the project's datasets, newest first."""
+def list_datasets(
+    session: Session, project_id: str, params: PageParams
+) -> tuple[list[tuple[Dataset, int | None]], str | None]:
+    """One page of the project's datasets, newest first, each with its column count.
+
+    The column lists are not loaded (a page of wide tables was megabytes); one dataset's GET has them.
+    """
     query = (
-        select(Dataset).where(Dataset.project_id == project_id).order_by(Dataset.created_at.desc(), Dataset.id.desc())
+        select(Dataset)
+        .options(defer(Dataset.columns, raiseload=True))
+        .where(Dataset.project_id == project_id)
+        .order_by(Dataset.created_at.desc(), Dataset.id.desc())
     )
-    return fetch_page(session, query, params)
+    rows, cursor = fetch_page(session, query, params)
+    counts: dict[str, int | None] = {}
+    if rows:
+        counted = select(Dataset.id, func.json_array_length(Dataset.columns)).where(
+            Dataset.id.in_([r.id for r in rows])
+        )
+        counts = {dataset_id: count for dataset_id, count in session.execute(counted)}
+    return [(row, counts.get(row.id)) for row in rows], cursor
 
 
 # -- uploading -----------------------------------------------------------------------------------
@@ -71,6 +92,14 @@ async def upload_dataset(session: Session, project_id: str, request: Request) ->
     streams in; the upload, inspection and conversion run off the event loop.
     """
     settings = get_settings()
+    declared = request.headers.get("content-length", "")
+    # Refused from the headers when the announced body alone passes the quota; checked again below.
+    await anyio.to_thread.run_sync(
+        check_stored_bytes_quota,
+        session,
+        project_id,
+        max(0, int(declared) - MULTIPART_OVERHEAD_BYTES) if declared.isdigit() else 0,
+    )
     await anyio.to_thread.run_sync(session.commit)
     upload = await receive_upload(request, get_storage(), settings.max_upload_bytes, settings.upload_chunk_bytes)
     return await anyio.to_thread.run_sync(create_dataset, session, project_id, upload)
@@ -84,11 +113,10 @@ def create_dataset(session: Session, project_id: str, upload: ReceivedUpload) ->
         mine = _same_content(session, project_id, upload)
         if mine is not None:
             if not storage.exists(mine.storage_key):  # its blob was lost: store it again
-                content = inspect_upload(
-                    upload.path, upload.format, upload.filename, work_dir, get_settings().max_upload_bytes
-                )
+                content = inspect_upload(upload.path, upload.format, upload.filename, work_dir, decompressed_limit())
                 storage.put_file(content.stored_path, mine.storage_key)
             return mine, False
+        check_stored_bytes_quota(session, project_id, upload.size_bytes)
         try:
             return _new_row(session, project_id, upload, storage, work_dir), True
         except IntegrityError:
@@ -116,7 +144,7 @@ def _same_content(session: Session, project_id: str, upload: ReceivedUpload) -> 
 def _new_row(
     session: Session, project_id: str, upload: ReceivedUpload, storage: LocalStorage, work_dir: Path
 ) -> Dataset:
-    max_bytes = get_settings().max_upload_bytes
+    max_bytes = decompressed_limit()
     # Another project's identical upload was already checked and converted: share its blob.
     twin = session.scalar(
         select(Dataset).where(Dataset.sha256 == upload.sha256, Dataset.format == upload.format).limit(1)
@@ -211,8 +239,13 @@ def _in_use(dataset_id: str, job_ids: list[str]) -> AppError:
 
 
 def preview_dataset(dataset: Dataset, rows: int) -> DatasetPreview:
-    """The first ``rows`` rows of a table, or the first ``rows`` entries of each ``.npz`` array."""
+    """The first ``rows`` rows of a table, or the first ``rows`` entries of each ``.npz`` array.
+
+    A table shows at most RNNLAB_MAX_PREVIEW_CELLS cells: fewer rows for a wide one.
+    """
     path = dataset_path(dataset)
+    if dataset.columns:
+        rows = max(1, min(rows, get_settings().max_preview_cells // len(dataset.columns)))
     columns = [ColumnInfo.model_validate(c) for c in dataset.columns] if dataset.columns else None
     preview = DatasetPreview(id=dataset.id, format=dataset.format, num_rows=dataset.num_rows, columns=columns)
     if path.suffix == ".npz":

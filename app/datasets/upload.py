@@ -22,6 +22,7 @@ from app.datasets.formats import (
     DatasetFormat,
     check_content_matches,
     format_from_filename,
+    hidden_characters,
     validate_filename,
 )
 from app.errors import AppError, BadRequest, InvalidInput, TooLarge, UnsupportedFormat
@@ -137,6 +138,7 @@ class MultipartUploadSink:
         name = self._name.decode("utf-8", errors="replace").strip() if self._name_seen else ""
         if len(name) > MAX_NAME_CHARS:
             raise InvalidInput("validation_error", f"name: at most {MAX_NAME_CHARS} characters")
+        check_dataset_name(name)
         return ReceivedUpload(
             path=self._path,
             filename=self._filename,
@@ -231,6 +233,23 @@ class MultipartUploadSink:
         assert self._filename is not None and self._format is not None
         check_content_matches(self._filename, self._format, bytes(self._head))
         self._head_checked = True
+
+
+def check_dataset_name(name: str) -> None:
+    """400 for a NUL character (the database refuses it), 422 for other hidden characters."""
+    if "\x00" in name:
+        raise BadRequest(
+            "invalid_characters",
+            "name: contains a NUL character, which no name may hold",
+            [{"field": NAME_FIELD, "message": "contains a NUL character", "type": "nul"}],
+        )
+    hidden = hidden_characters(name)
+    if hidden:
+        raise InvalidInput(
+            "invalid_name",
+            f"name: holds control or invisible formatting characters ({', '.join(hidden[:5])})",
+            [{"field": NAME_FIELD, "message": "control or formatting characters", "type": "invalid_name"}],
+        )
 
 
 def multipart_boundary(request: Request, max_file_bytes: int) -> bytes:

@@ -22,6 +22,7 @@ from app.jobs.schemas import JobMetrics, JobRead, Leaderboard, PredictRequest, P
 from app.jobs.status import FINISHED, JobStatus
 from app.pagination import Page, PageParams, page_params
 from app.responses import OrjsonResponse
+from app.ratelimit import acquire_event_stream, client_key, release_event_stream
 from worker.engine.results import Evaluation
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -156,48 +157,70 @@ def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-@router.get("/{job_id}/events")
+_EVENTS_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A text/event-stream: `status`, `epoch` and `end` events, each `data:` a JSON object.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses=_EVENTS_RESPONSE)
 async def job_events(job_id: str, request: Request, project: CurrentProject, session: SessionDep) -> StreamingResponse:
-    """Server-Sent Events: ``status`` on every change, ``epoch`` per finished epoch, ``end`` when done."""
+    """Server-Sent Events: ``status`` on every change, ``epoch`` per finished epoch, ``end`` when done.
+
+    Each key may hold RNNLAB_MAX_EVENT_STREAMS_PER_KEY streams open at once (429 beyond).
+    """
     service.get_job(session, project, job_id)
     session.close()
     poll_seconds = get_settings().sse_poll_seconds
+    who = client_key(request)
+    acquire_event_stream(who)
 
     async def stream() -> AsyncIterator[str]:
-        last_status: dict[str, Any] | None = None
-        last_epoch = 0
-        run: tuple[Any, Any] | None = None
-        idle = 0.0
-        while True:
-            status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
-            if status is None:
-                yield _sse("end", {"status": "deleted"})
-                return
-            if (status["attempts"], status["started_at"]) != run:
-                # A retried or handed-back job restarts its epochs from 1; every claim sets started_at.
-                run, last_epoch = (status["attempts"], status["started_at"]), 0
-                status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
-                if status is None:
-                    continue
-            for item in epochs:
-                last_epoch = max(last_epoch, item["epoch"])
-                yield _sse("epoch", item)
-            if status != last_status:
-                yield _sse("status", status)
-                last_status = status
-                idle = 0.0
-            if status["status"] in FINISHED:
-                yield _sse("end", {"status": status["status"]})
-                return
-            if await request.is_disconnected():
-                return
-            await asyncio.sleep(poll_seconds)
-            idle += poll_seconds
-            if idle >= 15:
-                yield ": keep-alive\n\n"
-                idle = 0.0
+        try:
+            async for event in events(job_id, request, poll_seconds):
+                yield event
+        finally:
+            release_event_stream(who)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def events(job_id: str, request: Request, poll_seconds: float) -> AsyncIterator[str]:
+    """The event stream of one job, polled from SQL every ``poll_seconds``."""
+    last_status: dict[str, Any] | None = None
+    last_epoch = 0
+    run: tuple[Any, Any] | None = None
+    idle = 0.0
+    while True:
+        status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
+        if status is None:
+            yield _sse("end", {"status": "deleted"})
+            return
+        if (status["attempts"], status["started_at"]) != run:
+            # A retried or handed-back job restarts its epochs from 1; every claim sets started_at.
+            run, last_epoch = (status["attempts"], status["started_at"]), 0
+            status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
+            if status is None:
+                continue
+        for item in epochs:
+            last_epoch = max(last_epoch, item["epoch"])
+            yield _sse("epoch", item)
+        if status != last_status:
+            yield _sse("status", status)
+            last_status = status
+            idle = 0.0
+        if status["status"] in FINISHED:
+            yield _sse("end", {"status": status["status"]})
+            return
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(poll_seconds)
+        idle += poll_seconds
+        if idle >= 15:
+            yield ": keep-alive\n\n"
+            idle = 0.0
 
 
 metrics_router = APIRouter(prefix="/metrics", tags=["dashboards"])

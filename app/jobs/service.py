@@ -28,6 +28,7 @@ from app.jobs.status import ACTIVE, FINISHED, JobStatus
 from app.models import Dataset, EpochMetric, Evaluation, Job, Project, utcnow
 from app.pagination import PageParams
 from app.queue import DEFAULT_QUEUE, GPU_QUEUE
+from app.quotas import check_active_jobs_quota
 from app.storage import get_storage
 from worker.engine import DataError, JobSpec, check_spec_fits, results
 from worker.engine.defaults import TrainingShape, resolve_defaults
@@ -124,6 +125,7 @@ def create_job(session: Session, project: Project, payload: Any) -> Job:
     spec = parse_spec(payload)
     dataset = get_dataset(session, project.id, spec.dataset_id)
     spec, _ = resolve_spec_for_dataset(spec, dataset)
+    check_active_jobs_quota(session, project.id, 1)
     job = new_job(project, spec)
     session.add(job)
     session.commit()

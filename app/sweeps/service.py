@@ -18,6 +18,7 @@ from app.jobs.service import delete_jobs, dispatch, fit_spec_to_dataset, new_job
 from app.jobs.status import ACTIVE, FINISHED, JobStatus
 from app.models import Job, JobMetric, Project, Sweep, new_id
 from app.pagination import PageParams, fetch_page
+from app.quotas import check_active_jobs_quota
 from app.sweeps import grid as grids
 from app.sweeps import search, tpe
 from app.sweeps.report import SweepJobRow, build_report
@@ -143,6 +144,7 @@ def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep
         specs = [resolve_defaults(spec, shape) for spec in specs]
         jobs += [new_job(project, spec, sweep_id=sweep_id, setting=setting) for spec in specs]
     assert dataset is not None  # the plan has at least one setting
+    check_active_jobs_quota(session, project.id, len(jobs))
     sweep = Sweep(
         id=sweep_id,
         project_id=project.id,

@@ -265,8 +265,10 @@ def test_compare_metrics_downsamples_and_scopes(client, auth, other_auth, sine) 
     assert client.get(f"/api/v1/metrics?job_id={ids[0]}", headers=other_auth).status_code == 404
 
 
-def test_prometheus_metrics(client, auth, sine) -> None:
+def test_prometheus_metrics(client, auth, sine, monkeypatch) -> None:
     client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine))
+    monkeypatch.setenv("RNNLAB_METRICS_ACCESS", "open")
+    get_settings.cache_clear()
     text = client.get("/metrics").text
     assert 'rnnlab_jobs{status="queued",queue="default"} 1' in text
     assert "rnnlab_datasets 1" in text and "rnnlab_ready 1" in text
