@@ -472,8 +472,9 @@ def test_datasets_upload_preview_leaderboard_and_new_job(site: Site) -> None:
     assert page.locator("#dataset-preview tbody tr").count() == 20
     assert "browser-gru" in page.inner_text("#dataset-jobs")
     assert "browser-gru" in page.inner_text("#leaderboard")
-    # The new-job form comes prefilled with the JobSpec defaults from /openapi.json.
-    assert page.input_value("#spec-training-epochs") == "50"
+    # The new-job form comes prefilled with the JobSpec defaults from /openapi.json; a field that takes
+    # a number or "auto" is a text box (prefilled "auto"), so a number can be typed in.
+    assert page.input_value("#spec-training-epochs") == "auto"
     assert page.input_value("#spec-model-cell") == "lstm"
     assert page.input_value("#spec-data-lookback") == "24"
     shoot(page, "dataset")

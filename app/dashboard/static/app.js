@@ -677,8 +677,10 @@ function specFields(schema, node, prefix = "") {
     const variants = (prop.anyOf || [prop]).map((v) => resolveRef(schema, v));
     const enums = variants.flatMap((v) => v.enum || (v.const !== undefined ? [v.const] : []));
     const types = variants.map((v) => v.type).filter(Boolean);
+    // A value of its own besides the listed ones (e.g. epochs: an integer or "auto"): a text box, not a select.
+    const free = variants.some((v) => v.enum === undefined && v.const === undefined && v.type && v.type !== "null");
     fields.push({ path, name, default: raw.default ?? prop.default, description: raw.description || prop.description || "",
-      enums, types, nullable: types.includes("null"), required: false });
+      enums, types, free, nullable: types.includes("null"), required: false });
   }
   return fields;
 }
@@ -707,12 +709,14 @@ function newJobForm(ds, openapi) {
     let input;
     if (f.types.includes("boolean") && !f.enums.length) {
       input = h("input", { type: "checkbox", id, checked: f.default === true });
-    } else if (f.enums.length) {
+    } else if (f.enums.length && !f.free) {
       const options = [...(f.nullable || f.default === undefined ? [""] : []), ...f.enums.filter((e) => e !== null)];
       input = h("select", { id }, options.map((o) => h("option", { value: String(o), selected: String(o) === String(f.default ?? "") }, o === "" ? "(default)" : String(o))));
     } else {
       const value = f.default === undefined || f.default === null ? "" : Array.isArray(f.default) ? f.default.join(",") : String(f.default);
-      input = h("input", { id, type: "text", value, size: 14, placeholder: f.nullable ? "null" : "", list: /target|column|features/.test(f.path) ? "column-names" : null });
+      const suggestions = f.enums.length ? `${id}-choices` : /target|column|features/.test(f.path) ? "column-names" : null;
+      input = h("input", { id, type: "text", value, size: 14, placeholder: f.enums.filter((e) => e !== null).join(" | ") || (f.nullable ? "null" : ""), list: suggestions });
+      if (f.enums.length) body.push(h("datalist", { id: suggestions }, f.enums.filter((e) => e !== null).map((e) => h("option", { value: String(e) }))));
     }
     controls.push({ field: f, input });
     body.push(h("label", { class: "field", title: f.description }, h("span", {}, f.path, required.has(f.path) ? " *" : ""), input));
