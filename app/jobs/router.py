@@ -21,8 +21,8 @@ from app.jobs.model_export import ModelFormat
 from app.jobs.schemas import JobMetrics, JobRead, Leaderboard, PredictRequest, PredictResponse
 from app.jobs.status import FINISHED, JobStatus
 from app.pagination import Page, PageParams, page_params
-from app.responses import OrjsonResponse
 from app.ratelimit import acquire_event_stream, client_key, release_event_stream
+from app.responses import OrjsonResponse
 from worker.engine.results import Evaluation
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
