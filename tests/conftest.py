@@ -92,6 +92,9 @@ def configure(monkeypatch: pytest.MonkeyPatch, home: Path, **env: str) -> None:
     # gc.freeze() in the test process would keep every earlier test's garbage alive; the API
     # processes the tests start keep the default (tests/test_api_processes.py checks it).
     monkeypatch.setenv("RNNLAB_GC_FREEZE", "false")
+    # Tests send bursts from one key (e.g. walking every page of every sort); the rate limit has
+    # tests of its own, which set it.
+    monkeypatch.setenv("RNNLAB_RATE_LIMIT", "")
     for key, value in env.items():
         monkeypatch.setenv(f"RNNLAB_{key.upper()}", value)
     get_settings.cache_clear()

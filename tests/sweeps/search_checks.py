@@ -11,8 +11,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select, update
 
 from app.db import new_session
+from app.jobs.final_values import record_final_values
 from app.main import create_app
-from app.models import EpochMetric, Job, JobMetric, utcnow
+from app.models import EpochMetric, Job, utcnow
 from app.sweeps import search
 from tests.stack import Stack, forecast_spec, sine_csv
 from tests.sweeps.checks import create_sweep, get_sweep
@@ -135,7 +136,7 @@ def check_pruned_trial_stops_within_one_epoch(stack: Stack) -> None:
             for e, v in enumerate(reference, start=1)
         )
         session.execute(update(Job).where(Job.id == first["id"]).values(status="succeeded", finished_at=utcnow()))
-        session.add(JobMetric(job_id=first["id"], split="val", name="rmse", value=1e-6))
+        record_final_values(session, first["id"], {"val": {"rmse": 1e-6}}, None)
         session.commit()
     (trial_id,) = search.advance_search(sweep["id"])
     stack.start_worker()

@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.db import new_session
+from app.jobs.final_values import record_final_values
 from app.jobs.status import ACTIVE
-from app.models import EpochMetric, Job, JobMetric, Sweep, utcnow
+from app.models import EpochMetric, Job, Sweep, utcnow
 from app.sweeps import search
 from tests.stack import forecast_spec, sine_csv
 from tests.sweeps.test_sweeps_api import counts, upload
@@ -145,8 +146,8 @@ def end_trial(job_id: str, val_rmse: float | None, status: str = "succeeded", cu
             session.add(EpochMetric(job_id=job_id, epoch=epoch, split="val", name="rmse", value=value))
         session.execute(update(Job).where(Job.id == job_id).values(status=status, finished_at=utcnow()))
         if status == "succeeded" and val_rmse is not None:
-            session.add(JobMetric(job_id=job_id, split="val", name="rmse", value=val_rmse))
-            session.add(JobMetric(job_id=job_id, split="test", name="rmse", value=val_rmse * 1.1))
+            metrics = {"val": {"rmse": val_rmse}, "test": {"rmse": val_rmse * 1.1}}
+            record_final_values(session, job_id, metrics, None)
         session.commit()
 
 

@@ -599,7 +599,8 @@ async function datasetsView(view) {
       h("tbody", {}, page.items.map((d) => h("tr", { "data-id": d.id, onclick: () => navigate(`#/datasets/${d.id}`) },
         h("td", {}, h("a", { href: `#/datasets/${d.id}` }, d.name)), h("td", {}, d.format),
         h("td", { class: "num" }, d.num_rows ?? "–"),
-        h("td", {}, d.columns ? d.columns.map((c) => c.name).join(", ") : Object.keys(d.arrays || {}).join(", ")),
+        // The list carries a column count (names are on the dataset's own page); NPZ files list their arrays.
+        h("td", {}, d.arrays ? Object.keys(d.arrays).join(", ") : d.num_columns != null ? `${d.num_columns} columns` : (d.columns || []).map((c) => c.name).join(", ")),
         h("td", { class: "num" }, `${fmt(d.size_bytes / 1024, 3)} KiB`), h("td", {}, when(d.created_at)))))))
     : empty(h("h3", {}, "No datasets yet"), h("p", {}, "Upload a .csv, .csv.gz, .parquet or .npz file above (or POST it to ",
       h("code", {}, "/api/v1/datasets"), ", see the ", docsLink(), ")."));
