@@ -16,12 +16,13 @@ from app.errors import AppError, InvalidInput, validation_message
 from app.jobs import state
 from app.jobs.service import delete_jobs, dispatch, fit_spec_to_dataset, new_job, parse_spec
 from app.jobs.status import ACTIVE, FINISHED, JobStatus
-from app.models import Job, JobMetric, Project, Sweep, new_id
+from app.models import Job, Project, Sweep, new_id
 from app.pagination import PageParams, fetch_page
 from app.quotas import check_active_jobs_quota
 from app.sweeps import grid as grids
 from app.sweeps import search, tpe
-from app.sweeps.report import SweepJobRow, build_report
+from app.sweeps.report import build_report
+from app.sweeps.rows import read_sweep_rows
 from app.sweeps.schemas import (
     SweepCancel,
     SweepCreate,
@@ -231,31 +232,7 @@ def read_sweep(session: Session, project: Project, sweep_id: str) -> SweepRead:
         progress = _progress({str(s): sum(1 for j in jobs if j.status == s) for s in JobStatus})
         return SweepRead(**_summary(sweep, progress).model_dump(), jobs=jobs, report=report)
     main = main_metric(str(sweep.base_spec.get("task")))
-    job_rows = session.execute(
-        select(Job.id, Job.setting, Job.setting_key, Job.status, Job.spec, Job.created_at)
-        .where(Job.sweep_id == sweep.id)
-        .order_by(Job.created_at, Job.id)
-    ).all()
-    # Final test metrics of succeeded jobs only: a running or failed job has none that count.
-    metric_rows = session.execute(
-        select(JobMetric.job_id, JobMetric.name, JobMetric.value)
-        .join(Job, Job.id == JobMetric.job_id)
-        .where(Job.sweep_id == sweep.id, Job.status == JobStatus.SUCCEEDED, JobMetric.split == "test")
-    ).all()
-    metrics: dict[str, dict[str, float | None]] = {}
-    for job_id, name, value in metric_rows:
-        metrics.setdefault(job_id, {})[name] = value
-    rows = [
-        SweepJobRow(
-            id=job_id,
-            setting=setting or {},
-            setting_key=setting_key or "{}",
-            seed=int(spec.get("training", {}).get("seed", 0)),
-            status=status,
-            metrics=metrics.get(job_id, {}),
-        )
-        for job_id, setting, setting_key, status, spec, _ in job_rows
-    ]
+    rows, _ = read_sweep_rows(session, sweep, "test")
     progress = _progress({str(s): sum(1 for r in rows if r.status == s) for s in JobStatus})
     report = build_report(rows, list(sweep.grid), main)
     importance = tpe.grid_importance(sweep.grid, report)

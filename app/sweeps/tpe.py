@@ -7,7 +7,6 @@ import functools
 import json
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -16,11 +15,12 @@ from app.datasets.service import get_dataset
 from app.errors import AppError, InvalidInput
 from app.jobs.service import check_spec_against_dataset, parse_spec
 from app.jobs.status import JobStatus
-from app.models import Job, JobMetric, Project, Sweep, new_id
+from app.models import Project, Sweep, new_id
 from app.sweeps import grid as grids
 from app.sweeps import search, stats
 from app.sweeps import space as spaces
 from app.sweeps.report import SweepJobRow, build_report
+from app.sweeps.rows import read_sweep_rows
 from app.sweeps.schemas import (
     Confirmation,
     ConfirmedSetting,
@@ -239,30 +239,7 @@ def read_tpe(session: Session, sweep: Sweep) -> tuple[list[SweepJob], SweepRepor
     metric = search.objective_metric(sweep)
     task = str(sweep.base_spec.get("task"))
     test_metric = main_metric(task)
-    job_rows = session.execute(
-        select(Job.id, Job.setting, Job.setting_key, Job.status, Job.spec, Job.trial_number)
-        .where(Job.sweep_id == sweep.id)
-        .order_by(Job.created_at, Job.id)
-    ).all()
-    finals: dict[str, dict[str, dict[str, float | None]]] = {"val": {}, "test": {}}
-    for job_id, split, name, value in session.execute(
-        select(JobMetric.job_id, JobMetric.split, JobMetric.name, JobMetric.value)
-        .join(Job, Job.id == JobMetric.job_id)
-        .where(Job.sweep_id == sweep.id, Job.status == JobStatus.SUCCEEDED, JobMetric.split.in_(("val", "test")))
-    ):
-        finals[split].setdefault(job_id, {})[name] = value
-    rows = [
-        SweepJobRow(
-            id=job_id,
-            setting=setting or {},
-            setting_key=setting_key or "{}",
-            seed=int(spec.get("training", {}).get("seed", 0)),
-            status=status,
-            metrics=finals["val"].get(job_id, {}),
-            trial_number=trial_number,
-        )
-        for job_id, setting, setting_key, status, spec, trial_number in job_rows
-    ]
+    rows, finals = read_sweep_rows(session, sweep, "val")
     importance = tpe_importance(sweep, rows, metric)
     report = build_report(rows, list(sweep.space or {}), metric, split="val", importance=importance)
 
