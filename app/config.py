@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,7 +19,21 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path(".rnnlab"), description="Directory for the embedded database, broker and files.")
     database_url: str = Field(default="", description="SQLAlchemy URL; empty means SQLite under home.")
     broker_url: str = Field(default="", description="Celery broker URL; empty means the embedded broker under home.")
-    storage_dir: Path | None = Field(default=None, description="Where datasets and models are stored.")
+    storage_dir: Path | None = Field(default=None, description="Directory of the file storage (file:// default).")
+    storage_url: str = Field(
+        default="", description="file:///path or s3://bucket/prefix; empty means file storage in storage_dir."
+    )
+    s3_endpoint_url: str = Field(default="", description="S3-compatible endpoint (MinIO, …); empty means AWS S3.")
+    s3_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    s3_timeout_seconds: float = Field(default=300.0, gt=0, description="Longest single request to the store.")
+    s3_max_retries: int = Field(default=3, ge=0, le=20)
+    s3_retry_timeout_seconds: float = Field(default=15.0, gt=0, description="Give up retrying a request after this.")
+    cache_dir: Path | None = Field(default=None, description="Local copies of stored blobs; default home/cache.")
+    cache_max_bytes: int = Field(default=10 * 1024**3, ge=0, description="Size bound of the blob cache (LRU).")
+    model_download: Literal["stream", "redirect"] = Field(
+        default="stream", description="GET /jobs/{id}/model: stream through the API, or redirect to a presigned URL."
+    )
+    presigned_url_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     auth_enabled: bool = True
@@ -36,6 +51,9 @@ class Settings(BaseSettings):
     recovery_interval_seconds: float = Field(default=5.0, gt=0)
     redispatch_after_seconds: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=3, ge=1, le=100)
+    storage_retry_seconds: float = Field(
+        default=10.0, ge=0, description="A job whose store was unreachable runs again after attempt x this."
+    )
     worker_concurrency: int = Field(default=1, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
     broker_visibility_timeout_seconds: int = Field(default=7 * 24 * 3600, ge=60)
@@ -69,6 +87,12 @@ class Settings(BaseSettings):
         self.home = self.home.expanduser().resolve()
         if self.storage_dir is None:
             self.storage_dir = self.home / "storage"
+        if not self.storage_url:
+            self.storage_url = self.storage_dir.expanduser().resolve().as_uri()
+        elif self.storage_url.startswith("file://"):
+            self.storage_dir = Path(urlparse(self.storage_url).path)
+        if self.cache_dir is None:
+            self.cache_dir = self.home / "cache"
         if not self.database_url:
             self.database_url = f"sqlite:///{self.home / 'rnnlab.db'}"
         if self.heartbeat_seconds is None:
@@ -85,8 +109,14 @@ class Settings(BaseSettings):
 
     @property
     def storage_root(self) -> Path:
+        """The file storage's directory (for ``s3://`` storage: unused; scratch space is home/tmp)."""
         assert self.storage_dir is not None
         return self.storage_dir
+
+    @property
+    def cache_root(self) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir
 
 
 @lru_cache

@@ -90,6 +90,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "internal_error": (500, "a bug: nothing a client sent should cause it"),
     "not_ready": (503, "the database or the broker does not answer (readiness)"),
     "dataset_file_missing": (503, "the dataset's stored file is missing from storage"),
+    "storage_unavailable": (503, "the object store (RNNLAB_STORAGE_URL) cannot be reached; nothing was stored"),
 }
 
 

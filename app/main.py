@@ -32,7 +32,6 @@ STALE_TEMP_SECONDS = 3600.0
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    get_settings().storage_root.mkdir(parents=True, exist_ok=True)
     removed = get_storage().remove_stale_temp_files(STALE_TEMP_SECONDS)
     if removed:
         log.info("removed %d temp files left by an interrupted upload", removed)

@@ -1,23 +1,110 @@
-"""File storage under one directory; keys are relative POSIX paths.
+"""Where datasets and models live: local files, or an S3-compatible object store.
 
-Writes go to a temporary file in the same directory tree and are renamed into place, so a crash
-never leaves a half-written file under a real key.
+``RNNLAB_STORAGE_URL`` picks the backend: ``file:///path`` (the default, ``$RNNLAB_HOME/storage``)
+or ``s3://bucket/prefix`` (AWS S3, MinIO, any S3-compatible store; ``RNNLAB_S3_ENDPOINT_URL`` for
+the latter). Keys are relative POSIX paths (``datasets/ab/abcd….parquet``, ``models/<job>-<n>.pt``),
+and every blob under a key is immutable: datasets are content-addressed by their SHA-256, models
+by job and attempt. So a blob fetched once can be kept: :meth:`Storage.local_path` hands readers
+(the API's previews and predictions, a worker's training data) a local file, which for an object
+store is a copy in the machine's :class:`~app.blobcache.BlobCache`.
+
+Writes are all-or-nothing: a local write goes to a temporary file renamed into place; an object
+store write is one PUT or a multipart upload that is completed only when every part arrived and is
+aborted on any error, so no reader ever sees half a blob.
+
+Errors: a key that is not there raises :class:`FileNotFoundError`; a store that cannot be reached
+(or refuses us) raises :class:`StorageUnavailable`, which the API answers with 503
+``storage_unavailable`` and the worker treats as a reason to retry the job later.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import timedelta
 from pathlib import Path
+from typing import IO, Any, Protocol
+from urllib.parse import urlparse
 
-from app.config import get_settings
+from app.blobcache import BlobCache
+from app.config import Settings, get_settings
+from app.errors import Unavailable
+
+# Parts of a multipart upload: memory per upload in flight is PART_BYTES x (MAX_CONCURRENT_PARTS + 1).
+PART_BYTES = 8 * 1024 * 1024
+MAX_CONCURRENT_PARTS = 4
+READ_CHUNK_BYTES = 1024 * 1024
+
+
+class StorageUnavailable(Unavailable):
+    """The object store did not answer, or refused the request (network, credentials, bucket)."""
+
+    def __init__(self, action: str, key: str, cause: BaseException) -> None:
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(
+            "storage_unavailable",
+            f"the storage (RNNLAB_STORAGE_URL) could not {action} {key!r}: {first_line[:300]}; "
+            "nothing was stored; try again once the storage is reachable",
+            {"key": key},
+        )
+
+
+class Storage(Protocol):
+    """What the API and the workers need from a store."""
+
+    url: str
+    temp_dir: Path  # local scratch space of this machine (upload spools, conversions)
+
+    def temp_path(self, suffix: str = "") -> Path: ...
+    def put_file(self, source: Path, key: str) -> None: ...
+    def open_writer(self, key: str) -> Any: ...
+    def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int: ...
+    def delete(self, key: str) -> None: ...
+    def iter_bytes(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]: ...
+    def local_path(self, key: str) -> Path: ...
+    def presigned_url(self, key: str, expires_seconds: int) -> str | None: ...
+    def remove_stale_temp_files(self, max_age_seconds: float) -> int: ...
+
+
+def _new_temp_path(directory: Path, suffix: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=directory, suffix=suffix)
+    os.close(fd)
+    return Path(name)
+
+
+def _remove_stale(directory: Path, max_age_seconds: float) -> int:
+    """Delete temp files a crashed process left behind (older than any upload in flight)."""
+    cutoff = time.time() - max_age_seconds
+    removed = 0
+    if not directory.exists():
+        return 0
+    for path in directory.iterdir():
+        try:
+            if path.stat().st_mtime < cutoff:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
 
 
 class LocalStorage:
+    """Blobs as files under one directory (one machine, or a volume every process mounts)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        self.url = root.as_uri()
+        self.temp_dir = root / "tmp"
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, key: str) -> Path:
         resolved = (self.root / key).resolve()
@@ -26,9 +113,7 @@ class LocalStorage:
         return resolved
 
     def temp_path(self, suffix: str = "") -> Path:
-        fd, name = tempfile.mkstemp(dir=self.root / "tmp", suffix=suffix)
-        os.close(fd)
-        return Path(name)
+        return _new_temp_path(self.temp_dir, suffix)
 
     def put_file(self, source: Path, key: str) -> None:
         """Move ``source`` (a file on the same filesystem, e.g. from :meth:`temp_path`) to ``key``."""
@@ -36,25 +121,193 @@ class LocalStorage:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
 
-    def remove_stale_temp_files(self, max_age_seconds: float) -> int:
-        """Delete temp files a crashed process left behind (older than any upload in flight)."""
-        cutoff = time.time() - max_age_seconds
-        removed = 0
-        for path in (self.root / "tmp").iterdir():
-            try:
-                if path.is_file() and path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+    @contextmanager
+    def open_writer(self, key: str) -> Iterator[IO[bytes]]:
+        """A file to write ``key``'s content into; it appears under ``key`` only if the block ends cleanly."""
+        tmp = self.temp_path(".part")
+        try:
+            with tmp.open("wb") as f:
+                yield f
+            self.put_file(tmp, key)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self.path(key).exists()
 
+    def size(self, key: str) -> int:
+        return self.path(key).stat().st_size
+
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
+    def iter_bytes(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+        with self.path(key).open("rb") as f:
+            while chunk := f.read(chunk_bytes):
+                yield chunk
 
-def get_storage() -> LocalStorage:
-    return LocalStorage(get_settings().storage_root)
+    def local_path(self, key: str) -> Path:
+        path = self.path(key)
+        if not path.exists():
+            raise FileNotFoundError(key)
+        return path
+
+    def presigned_url(self, key: str, expires_seconds: int) -> str | None:
+        return None  # files are served by the API itself
+
+    def remove_stale_temp_files(self, max_age_seconds: float) -> int:
+        return _remove_stale(self.temp_dir, max_age_seconds)
+
+
+class S3Storage:
+    """Blobs as objects in an S3-compatible bucket, through ``obstore`` (chosen by bench/storage.py).
+
+    Credentials and region are read as the AWS SDKs read them from the environment
+    (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_REGION``), with
+    the instance or container role (IMDS, ECS, web identity) when those are unset.
+    """
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        from obstore.store import S3Store
+
+        parsed = urlparse(url)
+        if parsed.scheme != "s3" or not parsed.netloc:
+            raise ValueError(f"RNNLAB_STORAGE_URL must look like s3://bucket/prefix, got {url!r}")
+        self.url = url
+        self.bucket = parsed.netloc
+        self.prefix = parsed.path.strip("/")
+        config: dict[str, Any] = {}
+        endpoint = settings.s3_endpoint_url
+        if endpoint:
+            config["endpoint"] = endpoint
+            # MinIO and most self-hosted stores serve buckets as paths, not as subdomains.
+            config["virtual_hosted_style_request"] = False
+        if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
+            config["region"] = "us-east-1"
+        client_options: dict[str, Any] = {
+            "allow_http": endpoint.startswith("http://"),
+            "connect_timeout": timedelta(seconds=settings.s3_connect_timeout_seconds),
+            "timeout": timedelta(seconds=settings.s3_timeout_seconds),
+        }
+        retry = {
+            "max_retries": settings.s3_max_retries,
+            "retry_timeout": timedelta(seconds=settings.s3_retry_timeout_seconds),
+        }
+        self._store = S3Store(
+            self.bucket,
+            prefix=self.prefix or None,
+            client_options=client_options,  # type: ignore[arg-type]
+            retry_config=retry,  # type: ignore[arg-type]
+            **config,
+        )
+        self.temp_dir = settings.home / "tmp"
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.cache = BlobCache(settings.cache_root, settings.cache_max_bytes)
+
+    # -- helpers --------------------------------------------------------------------------------
+    @contextmanager
+    def _errors(self, action: str, key: str) -> Iterator[None]:
+        """Missing keys stay FileNotFoundError; every other store error becomes StorageUnavailable."""
+        from obstore.exceptions import BaseError
+
+        try:
+            yield
+        except FileNotFoundError:
+            raise
+        except BaseError as exc:
+            raise StorageUnavailable(action, key, exc) from exc
+
+    def temp_path(self, suffix: str = "") -> Path:
+        return _new_temp_path(self.temp_dir, suffix)
+
+    # -- writing --------------------------------------------------------------------------------
+    @contextmanager
+    def open_writer(self, key: str) -> Iterator[Any]:
+        """A writable file whose content becomes ``key``: one PUT when small, a multipart upload
+        (parts of PART_BYTES, a few in flight) when large. An error inside the block aborts it."""
+        import obstore
+
+        with self._errors("write", key):
+            writer = obstore.open_writer(self._store, key, buffer_size=PART_BYTES, max_concurrency=MAX_CONCURRENT_PARTS)
+            with writer:
+                yield writer
+
+    def put_file(self, source: Path, key: str) -> None:
+        """Upload the local file ``source`` to ``key`` (streamed, bounded memory).
+
+        ``source`` then becomes this machine's cached copy of ``key`` (the API previews and checks
+        a dataset right after its upload: no download for that).
+        """
+        with self.open_writer(key) as out, source.open("rb") as f:
+            while chunk := f.read(PART_BYTES):
+                out.write(chunk)
+        self.cache.adopt(key, source)
+
+    def delete(self, key: str) -> None:
+        import obstore
+
+        with self._errors("delete", key), suppress(FileNotFoundError):
+            obstore.delete(self._store, key)
+        self.cache.discard(key)
+
+    # -- reading --------------------------------------------------------------------------------
+    def exists(self, key: str) -> bool:
+        try:
+            self.size(key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def size(self, key: str) -> int:
+        import obstore
+
+        with self._errors("read", key):
+            return int(obstore.head(self._store, key)["size"])
+
+    def iter_bytes(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
+        """The object's content in chunks (for streaming it to a client or into a file)."""
+        import obstore
+
+        with self._errors("read", key):
+            result = obstore.get(self._store, key)
+            for chunk in result.stream(min_chunk_size=chunk_bytes):
+                yield bytes(chunk)
+
+    def download(self, key: str, target: Path) -> None:
+        with target.open("wb") as f:
+            for chunk in self.iter_bytes(key, PART_BYTES):
+                f.write(chunk)
+
+    def local_path(self, key: str) -> Path:
+        """A local copy of ``key`` from this machine's cache, fetched from the store on a miss."""
+        return self.cache.get(key, lambda target: self.download(key, target))
+
+    def presigned_url(self, key: str, expires_seconds: int) -> str | None:
+        import obstore
+
+        with self._errors("sign", key):
+            return str(obstore.sign(self._store, "GET", key, timedelta(seconds=expires_seconds)))
+
+    def remove_stale_temp_files(self, max_age_seconds: float) -> int:
+        return _remove_stale(self.temp_dir, max_age_seconds)
+
+
+def storage_from_settings(settings: Settings) -> Storage:
+    url = settings.storage_url
+    if url.startswith("s3://"):
+        return S3Storage(url, settings)
+    if url.startswith("file://"):
+        return LocalStorage(Path(urlparse(url).path))
+    raise ValueError(f"RNNLAB_STORAGE_URL must start with file:// or s3://, got {url!r}")
+
+
+_current: tuple[Settings, Storage] | None = None
+
+
+def get_storage() -> Storage:
+    """This process's store (one client per settings object: its connection pool is reused)."""
+    global _current
+    settings = get_settings()
+    if _current is None or _current[0] is not settings:
+        _current = (settings, storage_from_settings(settings))
+    return _current[1]

@@ -27,7 +27,7 @@ from app.jobs import state
 from app.jobs.final_values import record_final_values
 from app.jobs.status import JobStatus
 from app.models import Dataset, EpochMetric, Evaluation, Job
-from app.storage import get_storage
+from app.storage import StorageUnavailable, get_storage
 from app.sweeps import search
 from worker.engine import (
     DataError,
@@ -236,6 +236,9 @@ def _run_claimed(
             device=device,
         )
         engine_seconds = time.perf_counter() - engine_started
+    except StorageUnavailable as exc:
+        # Not the data's fault: the job runs again later, here or on another worker.
+        return retry_for_storage(claim, job.max_attempts, exc)
     except Exception as exc:
         failure = classify_error(exc)
         if not isinstance(exc, JobFailure):
@@ -324,9 +327,35 @@ def conclude(
                 JobStatus.FAILED,
                 error_type="storage_error",
                 error_message=f"the trained model could not be stored ({type(exc).__name__}: {exc}); "
-                "check the free space and permissions of RNNLAB_STORAGE_DIR, then submit the job again",
+                "check the storage (RNNLAB_STORAGE_URL: free space and permissions of RNNLAB_STORAGE_DIR, or the "
+                "object store's reachability and credentials), then submit the job again",
             )
         return JobStatus.FAILED if ok else None
+
+
+def retry_for_storage(claim: state.Claim, max_attempts: int, exc: StorageUnavailable) -> str | None:
+    """The store could not be reached while loading the job's data: queue the job again after a pause
+    (longer with each attempt); once its attempts are used up, fail it as ``storage_unavailable``."""
+    settings = get_settings()
+    try:
+        with new_session() as session:
+            if claim.attempt >= max_attempts:
+                log.warning("job %s: storage unreachable on its last attempt: %s", claim.job_id, exc.message)
+                ok = state.finish_job(
+                    session,
+                    claim,
+                    JobStatus.FAILED,
+                    error_type="storage_unavailable",
+                    error_message=f"{exc.message} (on each of {claim.attempt} attempts, RNNLAB_MAX_ATTEMPTS)",
+                )
+                return JobStatus.FAILED if ok else None
+            delay = settings.storage_retry_seconds * claim.attempt
+            ok = state.retry_later(session, claim, delay)
+    except DBAPIError:
+        log.exception("job %s: could not queue it again; the lease will expire and it runs again", claim.job_id)
+        return None
+    log.warning("job %s: storage unreachable (%s); queued again, to run in %.0f s", claim.job_id, exc.message, delay)
+    return JobStatus.QUEUED if ok else None
 
 
 class PruneCheck:

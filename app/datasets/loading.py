@@ -15,11 +15,18 @@ from app.storage import get_storage
 
 
 def dataset_path(dataset: Dataset) -> Path:
-    """The stored blob: Parquet for tables (whatever was uploaded), the original file for ``.npz``."""
-    path = get_storage().path(dataset.storage_key)
-    if not path.exists():
-        raise Unavailable("dataset_file_missing", f"the stored file of dataset '{dataset.id}' is missing from storage")
-    return path
+    """A local copy of the stored blob: Parquet for tables (whatever was uploaded), the original file
+    for ``.npz``. With an object store it comes from this machine's blob cache, fetched on a miss.
+
+    Raises 503 ``dataset_file_missing`` when the blob is gone, ``storage_unavailable`` when the
+    store cannot be reached.
+    """
+    try:
+        return get_storage().local_path(dataset.storage_key)
+    except FileNotFoundError as exc:
+        raise Unavailable(
+            "dataset_file_missing", f"the stored file of dataset '{dataset.id}' is missing from storage"
+        ) from exc
 
 
 def load_dataset_data(dataset: Dataset, columns: list[str] | None = None) -> pa.Table | dict[str, np.ndarray[Any, Any]]:

@@ -8,6 +8,7 @@ at the same blob, which is deleted only with the last row that references it.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import tempfile
@@ -37,7 +38,9 @@ from app.jobs.status import ACTIVE
 from app.models import Dataset, Job, Sweep
 from app.pagination import PageParams, fetch_page
 from app.quotas import check_stored_bytes_quota
-from app.storage import LocalStorage, get_storage
+from app.storage import Storage, StorageUnavailable, get_storage
+
+log = logging.getLogger(__name__)
 
 MAX_PREVIEW_VALUES_PER_ARRAY = 10_000
 
@@ -108,7 +111,7 @@ async def upload_dataset(session: Session, project_id: str, request: Request) ->
 def create_dataset(session: Session, project_id: str, upload: ReceivedUpload) -> tuple[Dataset, bool]:
     """Validate, describe and store a received upload (whose temporary file this consumes)."""
     storage = get_storage()
-    work_dir = Path(tempfile.mkdtemp(dir=storage.root / "tmp", prefix="dataset-"))
+    work_dir = Path(tempfile.mkdtemp(dir=storage.temp_dir, prefix="dataset-"))
     try:
         mine = _same_content(session, project_id, upload)
         if mine is not None:
@@ -141,9 +144,7 @@ def _same_content(session: Session, project_id: str, upload: ReceivedUpload) -> 
     )
 
 
-def _new_row(
-    session: Session, project_id: str, upload: ReceivedUpload, storage: LocalStorage, work_dir: Path
-) -> Dataset:
+def _new_row(session: Session, project_id: str, upload: ReceivedUpload, storage: Storage, work_dir: Path) -> Dataset:
     max_bytes = decompressed_limit()
     # Another project's identical upload was already checked and converted: share its blob.
     twin = session.scalar(
@@ -223,7 +224,12 @@ def delete_dataset(session: Session, project_id: str, dataset_id: str) -> None:
         raise _in_use(dataset_id, []) from exc
     shared = session.scalar(select(exists().where(Dataset.storage_key == key)))
     if not shared:
-        get_storage().delete(key)
+        try:
+            get_storage().delete(key)
+        except StorageUnavailable as exc:
+            # The dataset is gone; its blob stays behind (content-addressed: an identical upload
+            # later reuses it). Better than refusing the delete while the store is down.
+            log.warning("dataset %s deleted, but its blob %s could not be removed: %s", dataset_id, key, exc.message)
 
 
 def _in_use(dataset_id: str, job_ids: list[str]) -> AppError:

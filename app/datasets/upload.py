@@ -26,7 +26,7 @@ from app.datasets.formats import (
     validate_filename,
 )
 from app.errors import AppError, BadRequest, InvalidInput, TooLarge, UnsupportedFormat
-from app.storage import LocalStorage
+from app.storage import Storage
 
 FILE_FIELD = "file"
 NAME_FIELD = "name"
@@ -71,7 +71,7 @@ class MultipartUploadSink:
     caller runs on every failure path.
     """
 
-    def __init__(self, boundary: bytes, storage: LocalStorage, max_file_bytes: int) -> None:
+    def __init__(self, boundary: bytes, storage: Storage, max_file_bytes: int) -> None:
         self._storage = storage
         self._max_file_bytes = max_file_bytes
         self._max_body_bytes = max_file_bytes + MULTIPART_OVERHEAD_BYTES
@@ -271,9 +271,7 @@ def multipart_boundary(request: Request, max_file_bytes: int) -> bytes:
     return boundary
 
 
-async def receive_upload(
-    request: Request, storage: LocalStorage, max_file_bytes: int, chunk_bytes: int
-) -> ReceivedUpload:
+async def receive_upload(request: Request, storage: Storage, max_file_bytes: int, chunk_bytes: int) -> ReceivedUpload:
     """Stream the request body into a temporary file in storage; the caller must delete ``path``.
 
     Body chunks are gathered to ``chunk_bytes`` and handed to a worker thread, which parses,

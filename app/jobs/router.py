@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from app.auth import CurrentProject
 from app.config import get_settings
@@ -139,7 +139,12 @@ def job_model(
     filename = f"rnnlab-{job_id}.{format}"
     if isinstance(model, Path):
         return FileResponse(model, media_type=model_export.MEDIA_TYPES[format], filename=filename)
+    if isinstance(model, model_export.ModelRedirect):
+        return RedirectResponse(model.url, status_code=307)
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if isinstance(model, model_export.StoredModel):
+        headers["Content-Length"] = str(model.size)
+        return StreamingResponse(model.chunks, media_type=model_export.MEDIA_TYPES[format], headers=headers)
     return Response(model, media_type=model_export.MEDIA_TYPES[format], headers=headers)
 
 

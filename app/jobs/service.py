@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -29,10 +30,12 @@ from app.models import Dataset, EpochMetric, Evaluation, Job, Project, utcnow
 from app.pagination import PageParams
 from app.queue import DEFAULT_QUEUE, GPU_QUEUE
 from app.quotas import check_active_jobs_quota
-from app.storage import get_storage
+from app.storage import StorageUnavailable, get_storage
 from worker.engine import DataError, JobSpec, check_spec_fits, results
 from worker.engine.defaults import TrainingShape, resolve_defaults
 from worker.engine.metrics import lower_is_better
+
+log = logging.getLogger(__name__)
 
 
 def parse_spec(payload: Any, prefix: str = "") -> JobSpec:
@@ -205,7 +208,10 @@ def delete_jobs(session: Session, jobs: Sequence[Job]) -> None:
     session.commit()
     storage = get_storage()
     for key in keys:
-        storage.delete(key)
+        try:
+            storage.delete(key)
+        except StorageUnavailable as exc:  # the jobs are gone; an unreferenced model file stays behind
+            log.warning("model %s could not be removed from storage: %s", key, exc.message)
 
 
 def delete_job(session: Session, project: Project, job_id: str) -> None:
@@ -264,12 +270,22 @@ def job_evaluation(session: Session, project: Project, job_id: str) -> results.E
     return results.Evaluation.model_validate(row.body)
 
 
-def model_path(session: Session, project: Project, job_id: str) -> Path:
+def model_key(session: Session, project: Project, job_id: str) -> str:
+    """The storage key of a succeeded job's model (409 ``model_not_ready`` before it has one)."""
     job = get_job(session, project, job_id)
     _require_succeeded(job, "model")
-    if not job.artifact_key or not get_storage().exists(job.artifact_key):
+    if not job.artifact_key:
         raise Conflict("model_not_ready", f"job '{job_id}' has no stored model")
-    return get_storage().path(job.artifact_key)
+    return job.artifact_key
+
+
+def model_path(session: Session, project: Project, job_id: str) -> Path:
+    """A local copy of the job's model (for an object store: from this machine's blob cache)."""
+    key = model_key(session, project, job_id)
+    try:
+        return get_storage().local_path(key)
+    except FileNotFoundError as exc:
+        raise Conflict("model_not_ready", f"job '{job_id}' has no stored model") from exc
 
 
 @lru_cache(maxsize=16)

@@ -125,6 +125,28 @@ def release_job(session: Session, claim: Claim) -> bool:
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
+def retry_later(session: Session, claim: Claim, delay_seconds: float) -> bool:
+    """running → queued after a transient failure (the object store unreachable): the attempt counts.
+
+    ``dispatched_at`` is set ``delay_seconds`` ahead, so recovery sends the job again only after
+    that pause instead of at its next pass.
+    """
+    result = session.execute(
+        update(Job)
+        .where(_held(claim))
+        .values(
+            status=QUEUED,
+            worker_id=None,
+            lease_expires_at=None,
+            dispatched_at=utcnow() + timedelta(seconds=delay_seconds),
+            progress_epoch=0,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
 def request_cancel(session: Session, job: Job) -> JobStatus:
     """Cancel a queued job now; ask a running one to stop at its next epoch. Returns the new status.
 
