@@ -207,14 +207,17 @@ class S3Storage:
     # -- helpers --------------------------------------------------------------------------------
     @contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:
-        """Missing keys stay FileNotFoundError; every other store error becomes StorageUnavailable."""
+        """Missing keys stay FileNotFoundError; every other store error becomes StorageUnavailable.
+
+        obstore raises its own error classes for most failures and a plain OSError for some (a part
+        upload that failed, seen when the writer closes)."""
         from obstore.exceptions import BaseError
 
         try:
             yield
         except FileNotFoundError:
             raise
-        except BaseError as exc:
+        except (BaseError, OSError) as exc:
             raise StorageUnavailable(action, key, exc) from exc
 
     def temp_path(self, suffix: str = "") -> Path:
@@ -222,15 +225,23 @@ class S3Storage:
 
     # -- writing --------------------------------------------------------------------------------
     @contextmanager
-    def open_writer(self, key: str) -> Iterator[Any]:
+    def open_writer(self, key: str) -> Iterator[_ObjectWriter]:
         """A writable file whose content becomes ``key``: one PUT when small, a multipart upload
         (parts of PART_BYTES, a few in flight) when large. An error inside the block aborts it."""
         import obstore
 
         with self._errors("write", key):
-            writer = obstore.open_writer(self._store, key, buffer_size=PART_BYTES, max_concurrency=MAX_CONCURRENT_PARTS)
-            with writer:
-                yield writer
+            writer = obstore.open_writer(
+                self._store, key, buffer_size=PART_BYTES, max_concurrency=MAX_CONCURRENT_PARTS
+            )
+        try:
+            yield _ObjectWriter(writer, self, key)
+        except BaseException as exc:
+            with suppress(Exception):  # abort the multipart upload: no part stays behind
+                writer.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        with self._errors("write", key):
+            writer.close()  # completes the upload: only now does the object exist
 
     def put_file(self, source: Path, key: str) -> None:
         """Upload the local file ``source`` to ``key`` (streamed, bounded memory).
@@ -290,6 +301,19 @@ class S3Storage:
 
     def remove_stale_temp_files(self, max_age_seconds: float) -> int:
         return _remove_stale(self.temp_dir, max_age_seconds)
+
+
+class _ObjectWriter:
+    """The writer handed out by :meth:`S3Storage.open_writer`; store errors become StorageUnavailable."""
+
+    def __init__(self, writer: Any, storage: S3Storage, key: str) -> None:
+        self._writer = writer
+        self._storage = storage
+        self._key = key
+
+    def write(self, data: bytes) -> int:
+        with self._storage._errors("write", self._key):
+            return int(self._writer.write(data))
 
 
 def storage_from_settings(settings: Settings) -> Storage:

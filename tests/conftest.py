@@ -193,3 +193,27 @@ def distributed_stack(
     }
     with pytest.MonkeyPatch.context() as mp, running_stack(env, tmp, mp) as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3-API server (moto's standalone server) on 127.0.0.1, for the whole test session."""
+    from tests.s3server import moto_server
+
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_storage_env(s3_server: object, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A fresh bucket of its own; returns the RNNLAB_* and AWS_* settings that select it (also set here)."""
+    from tests.s3server import S3Server
+
+    assert isinstance(s3_server, S3Server)
+    bucket = f"rnnlab-{uuid.uuid4().hex[:12]}"
+    s3_server.create_bucket(bucket)
+    values = s3_server.env(bucket)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    return values

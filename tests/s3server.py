@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -39,15 +40,20 @@ class S3Server:
             "RNNLAB_S3_ENDPOINT_URL": self.endpoint_url,
         }
 
-    def create_bucket(self, name: str) -> None:
+    def boto_client(self) -> Any:
+        """A boto3 client, for looking into the store from a test (rnnlab itself talks through obstore)."""
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1", **_boto_keys())
-        client.create_bucket(Bucket=name)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=CREDENTIALS["AWS_REGION"],
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
 
-
-def _boto_keys() -> dict[str, str]:
-    return {"aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": "testing"}
+    def create_bucket(self, name: str) -> None:
+        self.boto_client().create_bucket(Bucket=name)
 
 
 def free_port() -> int:

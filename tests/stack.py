@@ -44,15 +44,21 @@ class Stack:
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def start_worker(
-        self, *, concurrency: int = 1, queues: str = "default", name: str | None = None
+        self,
+        *,
+        concurrency: int = 1,
+        queues: str = "default",
+        name: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """A worker process; ``env`` overrides settings for it alone (e.g. its own RNNLAB_HOME)."""
         index = len(self.workers)
         log = open(self.log_dir / f"worker-{index}.log", "wb")  # noqa: SIM115 - closed with the process
         argv = worker_argv(queues, concurrency, None) + ["--hostname", name or f"w{index}-{os.getpid()}@%h"]
         proc = subprocess.Popen(
             argv,
             cwd=ROOT,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill -9 takes the pool children too
