@@ -231,9 +231,7 @@ class S3Storage:
         import obstore
 
         with self._errors("write", key):
-            writer = obstore.open_writer(
-                self._store, key, buffer_size=PART_BYTES, max_concurrency=MAX_CONCURRENT_PARTS
-            )
+            writer = obstore.open_writer(self._store, key, buffer_size=PART_BYTES, max_concurrency=MAX_CONCURRENT_PARTS)
         try:
             yield _ObjectWriter(writer, self, key)
         except BaseException as exc:
@@ -249,9 +247,13 @@ class S3Storage:
         ``source`` then becomes this machine's cached copy of ``key`` (the API previews and checks
         a dataset right after its upload: no download for that).
         """
-        with self.open_writer(key) as out, source.open("rb") as f:
-            while chunk := f.read(PART_BYTES):
-                out.write(chunk)
+        import pyarrow as pa
+
+        # Chunks are read into Arrow's memory pool: the writer keeps the parts in flight referenced
+        # (up to PART_BYTES x (MAX_CONCURRENT_PARTS + 1)), and they need not sit on Python's heap.
+        with self.open_writer(key) as out, pa.OSFile(str(source), "rb") as f:
+            while (chunk := f.read_buffer(READ_CHUNK_BYTES)).size:
+                out.write(memoryview(chunk).cast("B"))
         self.cache.adopt(key, source)
 
     def delete(self, key: str) -> None:
@@ -311,7 +313,7 @@ class _ObjectWriter:
         self._storage = storage
         self._key = key
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: Any) -> int:
         with self._storage._errors("write", self._key):
             return int(self._writer.write(data))
 

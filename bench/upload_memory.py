@@ -5,8 +5,14 @@ RNNLAB_HOME, auth off), streams the file to ``POST /api/v1/datasets`` from disk 
 reads the server's peak resident memory (VmHWM) from /proc. The upload time runs from the first
 byte sent to the response, so it includes the server's CSV → Parquet conversion.
 
+The reference, measured in the same run on the same file: pyarrow's own streaming CSV read
+(``pyarrow.csv.open_csv``, iterating its batches). The ratio upload / reference is the figure to
+watch (goal: >= 0.8 with peak server RSS <= 256 MiB), on file and on S3 storage (``--storage s3``
+starts moto's S3 server on 127.0.0.1 for the run).
+
     .venv/bin/python bench/upload_memory.py              # 1 GiB
     .venv/bin/python bench/upload_memory.py --size-mb 64
+    .venv/bin/python bench/upload_memory.py --size-mb 512 --storage s3
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import pyarrow.csv as pa_csv
 
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 MIB = 1024 * 1024
 
 
@@ -66,15 +76,26 @@ def wait_ready(base_url: str, server: subprocess.Popen[bytes], timeout_s: float 
     raise RuntimeError("the server did not become ready")
 
 
+def pyarrow_read_mb_s(path: Path) -> tuple[float, int]:
+    """pyarrow's streaming CSV read of ``path`` (default options): MB/s and rows."""
+    start = time.perf_counter()
+    rows = 0
+    for batch in pa_csv.open_csv(path):
+        rows += batch.num_rows
+    return path.stat().st_size / MIB / (time.perf_counter() - start), rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=1024, help="CSV size in MiB (default 1024)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to put the CSV and RNNLAB_HOME")
+    parser.add_argument("--storage", choices=["file", "s3"], default="file", help="storage backend (default file)")
     args = parser.parse_args()
 
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     workdir = Path(tempfile.mkdtemp(prefix="rnnlab-bench-", dir=args.workdir))
     server: subprocess.Popen[bytes] | None = None
+    resources = ExitStack()
     try:
         source = workdir / "bench.csv"
         t0 = time.perf_counter()
@@ -88,6 +109,13 @@ def main() -> int:
             RNNLAB_AUTH_ENABLED="false",
             RNNLAB_MAX_UPLOAD_BYTES=str(max(size + MIB, 1024**3)),
         )
+        if args.storage == "s3":
+            from tests.s3server import moto_server
+
+            s3 = resources.enter_context(moto_server())
+            s3.create_bucket("rnnlab-bench")
+            env.update(s3.env("rnnlab-bench"))
+            print(f"storage: s3 (moto_server at {s3.endpoint_url})")
         subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=root, env=env, check=True)
         port = free_port()
         server = subprocess.Popen(
@@ -121,17 +149,24 @@ def main() -> int:
         dataset = response.json()
         assert dataset["num_rows"] == rows, dataset
         peak_rss = memory_mib(server.pid, "VmHWM")
+        reference, reference_rows = pyarrow_read_mb_s(source)
+        assert reference_rows == rows
+        upload = size / MIB / elapsed
         print(f"server RSS idle {idle_rss:.0f} MB; dataset {dataset['id']}: {dataset['num_rows']} rows")
-        print(
-            f"upload: {size / MIB:.0f} MB in {elapsed:.1f} s = {size / MIB / elapsed:.1f} MB/s, "
-            f"server peak RSS {peak_rss:.0f} MB"
-        )
+        print(f"upload: {size / MIB:.0f} MB in {elapsed:.1f} s = {upload:.1f} MB/s, server peak RSS {peak_rss:.0f} MB")
+        print(f"reference: pyarrow.csv.open_csv of the same file {reference:.1f} MB/s")
+        print(f"ratio upload/reference {upload / reference:.2f}x (goal >= 0.8x, peak RSS <= 256 MiB); load {_load()}")
         return 0
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
+        resources.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

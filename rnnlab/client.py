@@ -129,7 +129,9 @@ class Client:
     ) -> None:
         """Write the body of ``GET /api/v1{path}`` to a path or binary file, chunk by chunk."""
         try:
-            with self._http.stream("GET", f"/api/v1{path}", params=params) as response:
+            # follow_redirects: a server on object storage may answer a model download with a 307 to
+            # a presigned URL of the store (httpx drops the Authorization header for the other host).
+            with self._http.stream("GET", f"/api/v1{path}", params=params, follow_redirects=True) as response:
                 if response.is_error:
                     response.read()
                     raise_for_error(response)

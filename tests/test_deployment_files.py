@@ -9,10 +9,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_compose_runs_postgres_redis_api_migrations_and_two_workers_on_shared_storage() -> None:
+def test_compose_runs_postgres_redis_minio_api_migrations_and_two_workers_sharing_no_disk() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"postgres", "redis", "migrate", "api", "worker"} <= set(services)
+    assert {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"} <= set(services)
     env = services["api"]["environment"]
     assert env["RNNLAB_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert env["RNNLAB_BROKER_URL"].startswith("redis://")
@@ -20,9 +20,24 @@ def test_compose_runs_postgres_redis_api_migrations_and_two_workers_on_shared_st
     assert services["worker"]["command"][:2] == ["rnnlab", "worker"]
     assert services["migrate"]["command"] == ["rnnlab", "migrate"]
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    for name in ("api", "worker", "migrate"):  # one storage volume shared by api and workers
-        assert services[name]["volumes"] == ["storage:/data"]
+
+    # Storage is the MinIO bucket, reached with the standard AWS variables; no volume is shared.
+    assert env["RNNLAB_STORAGE_URL"].startswith("s3://rnnlab")
+    assert env["RNNLAB_S3_ENDPOINT_URL"] == "http://minio:9000"
+    minio = services["minio"]
+    assert env["AWS_ACCESS_KEY_ID"] == minio["environment"]["MINIO_ROOT_USER"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == minio["environment"]["MINIO_ROOT_PASSWORD"]
+    assert "healthcheck" in minio
+    init = services["minio-init"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mc mb" in " ".join(init["command"]) and "local/rnnlab" in " ".join(init["command"])
+    for name in ("api", "worker", "migrate"):
+        assert "volumes" not in services[name], f"{name} mounts a volume: workers must not need shared disk"
         assert services[name]["environment"] == env
+    # The migration waits for the bucket; the api and the workers wait for the migration.
+    assert services["migrate"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert services["worker"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert "storage" not in compose.get("volumes", {})
 
 
 def test_dockerfile_builds_a_cpu_image_with_pinned_torch() -> None:

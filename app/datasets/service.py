@@ -116,7 +116,9 @@ def create_dataset(session: Session, project_id: str, upload: ReceivedUpload) ->
         mine = _same_content(session, project_id, upload)
         if mine is not None:
             if not storage.exists(mine.storage_key):  # its blob was lost: store it again
-                content = inspect_upload(upload.path, upload.format, upload.filename, work_dir, decompressed_limit())
+                content = inspect_upload(
+                    upload.path, upload.format, upload.filename, work_dir, decompressed_limit(), upload.early
+                )
                 storage.put_file(content.stored_path, mine.storage_key)
             return mine, False
         check_stored_bytes_quota(session, project_id, upload.size_bytes)
@@ -130,6 +132,7 @@ def create_dataset(session: Session, project_id: str, upload: ReceivedUpload) ->
                 raise
             return winner, False
     finally:
+        upload.discard_early()
         upload.path.unlink(missing_ok=True)
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -154,7 +157,7 @@ def _new_row(session: Session, project_id: str, upload: ReceivedUpload, storage:
     if twin is not None and storage.exists(twin.storage_key):
         key, num_rows, columns, arrays = twin.storage_key, twin.num_rows, twin.columns, twin.arrays
     else:
-        content = inspect_upload(upload.path, upload.format, upload.filename, work_dir, max_bytes)
+        content = inspect_upload(upload.path, upload.format, upload.filename, work_dir, max_bytes, upload.early)
         key = storage_key(upload.sha256, content.suffix)
         num_rows, columns, arrays = content.num_rows, content.columns, content.arrays
     row = Dataset(
@@ -176,7 +179,7 @@ def _new_row(session: Session, project_id: str, upload: ReceivedUpload, storage:
     try:
         if content is None and not storage.exists(key):
             # The shared blob vanished between the check and the commit (its last row was deleted).
-            content = inspect_upload(upload.path, upload.format, upload.filename, work_dir, max_bytes)
+            content = inspect_upload(upload.path, upload.format, upload.filename, work_dir, max_bytes, upload.early)
         if content is not None:
             storage.put_file(content.stored_path, key)
     except BaseException:

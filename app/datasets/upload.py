@@ -17,6 +17,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from app.datasets.early_conversion import EarlyConversion
 from app.datasets.formats import (
     SNIFF_BYTES,
     DatasetFormat,
@@ -46,6 +47,11 @@ class ReceivedUpload:
     name: str | None
     size_bytes: int
     sha256: str
+    early: EarlyConversion | None = None  # a CSV's conversion to Parquet, started while it arrived
+
+    def discard_early(self) -> None:
+        if self.early is not None:
+            self.early.discard()
 
 
 def too_large(limit_bytes: int, what: str = "the file") -> AppError:
@@ -105,6 +111,7 @@ class MultipartUploadSink:
         self._head_checked = False
         self._name = bytearray()
         self._name_seen = False
+        self._early: EarlyConversion | None = None
 
     # -- feeding -------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -115,6 +122,9 @@ class MultipartUploadSink:
             self._parser.write(data)
         except MultipartParseError as exc:
             raise BadRequest("invalid_multipart", f"malformed multipart/form-data body: {exc}") from exc
+        if self._early is not None and self._file is not None:
+            self._file.flush()
+            self._early.grew(self._size)
 
     def finish(self) -> ReceivedUpload:
         """Check the body was complete and return the upload (still a temporary file)."""
@@ -146,9 +156,12 @@ class MultipartUploadSink:
             name=name or None,
             size_bytes=self._size,
             sha256=self._sha.hexdigest(),
+            early=self._early,
         )
 
     def discard(self) -> None:
+        if self._early is not None:
+            self._early.discard()
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -198,6 +211,8 @@ class MultipartUploadSink:
         self._path = self._storage.temp_path(suffix=".upload")
         self._file = self._path.open("wb")
         self._part = FILE_FIELD
+        if fmt == "csv":
+            self._early = EarlyConversion(self._path, self._storage.temp_path(suffix=".parquet"), filename)
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part == FILE_FIELD:
@@ -221,6 +236,8 @@ class MultipartUploadSink:
         if self._part == FILE_FIELD and self._file is not None:
             self._file.close()
             self._file = None
+            if self._early is not None:
+                self._early.grew(self._size)
             if not self._head_checked and self._size:
                 self._check_head()
         self._part = None

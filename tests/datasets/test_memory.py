@@ -8,9 +8,10 @@ import tracemalloc
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
-from app.config import get_settings
 from app.main import create_app
+from app.storage import get_storage
 from tests.conftest import make_key
 from tests.datasets.conftest import UPLOAD_URL, multipart_chunks, stream_request
 
@@ -63,7 +64,10 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def test_upload_larger_than_allowed_memory_streams(sqlite_env, tmp_path) -> None:
+@pytest.mark.parametrize("storage", ["file", "s3"])
+def test_upload_larger_than_allowed_memory_streams(sqlite_env, tmp_path, storage, request) -> None:
+    if storage == "s3":  # moto's S3 server: the Parquet goes to the bucket as a multipart upload
+        request.getfixturevalue("s3_storage_env")
     warm_up = tmp_path / "warm_up.csv"
     write_csv(warm_up, WARM_UP_FILE_BYTES)
     source = tmp_path / "big.csv"
@@ -95,9 +99,11 @@ def test_upload_larger_than_allowed_memory_streams(sqlite_env, tmp_path) -> None
     dataset = result.json()
     assert dataset["size_bytes"] == size and dataset["num_rows"] == rows
     assert [c["dtype"] for c in dataset["columns"]] == ["int64", "string", "float64", "bool"]
-    stored = get_settings().storage_root / "datasets" / dataset["sha256"][:2] / f"{dataset['sha256']}.parquet"
+    key = f"datasets/{dataset['sha256'][:2]}/{dataset['sha256']}.parquet"
+    stored = get_storage().local_path(key)
     assert pq.ParquetFile(stored).metadata.num_rows == rows
-    stored.unlink()
+    assert get_storage().size(key) == stored.stat().st_size
+    get_storage().delete(key)
 
     assert python_peak < PYTHON_PEAK_LIMIT_BYTES, f"Python peak {python_peak / 2**20:.1f} MiB"
     growth = peak_rss - baseline_rss
