@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class BlobCache:
         self._tmp = root / "tmp"
         for directory in (self.blobs, self._locks, self._tmp):
             directory.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_fetches()
         self.hits = 0
         self.misses = 0
 
@@ -106,6 +108,16 @@ class BlobCache:
         if removed:
             log.info("blob cache: evicted %d blob(s) to stay under %d bytes", removed, self.max_bytes)
         return removed
+
+    def _remove_stale_fetches(self, max_age_seconds: float = 3600.0) -> None:
+        """Temporary files of fetches a crashed process left behind (a live fetch writes continuously)."""
+        cutoff = time.time() - max_age_seconds
+        for path in self._tmp.iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
 
     @staticmethod
     def _touch(path: Path) -> bool:

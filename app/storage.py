@@ -35,8 +35,10 @@ from app.config import Settings, get_settings
 from app.errors import Unavailable
 
 # Parts of a multipart upload: memory per upload in flight is PART_BYTES x (MAX_CONCURRENT_PARTS + 1).
-PART_BYTES = 8 * 1024 * 1024
-MAX_CONCURRENT_PARTS = 4
+# 5 MiB is S3's smallest part; 8 MiB parts with 4 in flight took a 256 MiB upload's server peak RSS
+# past 256 MiB (bench/upload_memory.py --storage s3) and were no faster against one store.
+PART_BYTES = 5 * 1024 * 1024
+MAX_CONCURRENT_PARTS = 2
 READ_CHUNK_BYTES = 1024 * 1024
 
 

@@ -4,7 +4,7 @@ Starts moto's S3 server on 127.0.0.1 (the same one the test suite uses), writes 
 ``--size-mb`` random bytes, and measures, best of ``--repeat``:
 
 - upload and download throughput (MB/s) and the client's CPU seconds, for obstore (the library
-  rnnlab uses) and boto3 (the AWS SDK), both with 8 MiB parts and 4 parts in flight;
+  rnnlab uses) and boto3 (the AWS SDK), both with rnnlab's part size and parts in flight;
 - ``S3Storage.local_path`` of a dataset-sized blob: the first call (a cache miss: fetched from the
   store) and the next (a hit: the local copy), as a sweep's second job on a machine sees it.
 
@@ -29,11 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.storage import MAX_CONCURRENT_PARTS, PART_BYTES  # noqa: E402
 from tests.s3server import CREDENTIALS, moto_server  # noqa: E402
 
 MIB = 1024 * 1024
-PART = 8 * MIB
-CONCURRENCY = 4
+PART = PART_BYTES  # the part size and concurrency rnnlab uses
+CONCURRENCY = MAX_CONCURRENT_PARTS
 
 
 def best(repeat: int, action: Callable[[], None]) -> tuple[float, float]:

@@ -33,7 +33,7 @@ from app.errors import AppError, InvalidInput, TooLarge
 READ_CHUNK_BYTES = 1024 * 1024
 CSV_BLOCK_BYTES = 1024 * 1024
 # Batches are gathered to about this size before they become one Parquet row group.
-ROW_GROUP_BYTES = 16 * 1024 * 1024
+ROW_GROUP_BYTES = 8 * 1024 * 1024
 MAX_ERROR_SNIPPET_CHARS = 200
 # Longer than any header of RNNLAB_MAX_COLUMNS sensible names, shorter than Arrow's block.
 MAX_HEADER_BYTES = CSV_BLOCK_BYTES // 2
@@ -59,12 +59,14 @@ def inspect_upload(
     work_dir: Path,
     max_bytes: int,
     early: EarlyConversion | None = None,
+    text: TextCheck | None = None,
 ) -> InspectedContent:
     """Validate the uploaded file at ``path`` and describe it.
 
     Tables are converted to Parquet inside ``work_dir`` (a private temporary directory the caller
     removes afterwards); Parquet and NPZ uploads are stored as they came. ``early`` is a conversion
-    that ran while a CSV arrived: its Parquet is used when it succeeded and the checks pass.
+    that ran while a CSV arrived: its Parquet is used when it succeeded and the checks pass; ``text``
+    holds the UTF-8 checks of a CSV, made while it arrived.
     """
     if fmt == "npz":
         return InspectedContent(stored_path=path, suffix=".npz", arrays=inspect_npz(path, filename, max_bytes))
@@ -75,6 +77,8 @@ def inspect_upload(
     if fmt == "csv.gz":
         csv_path = work_dir / "decompressed.csv"
         decompress_gzip(path, csv_path, filename, max_bytes)
+    elif text is not None:
+        text.result(path, filename)
     else:
         check_utf8_file(path, filename)
     check_csv_header(csv_path, filename, get_settings().max_columns)
@@ -133,6 +137,31 @@ class Utf8Checker:
                 ) from exc
         self._offset += len(chunk)
         self._newlines += chunk.count(b"\n")
+
+
+class TextCheck:
+    """:func:`check_utf8_file`'s checks, fed while the upload arrives instead of in a pass after it.
+
+    A failure is kept, not raised, and raised by :meth:`result` where the file check would have run,
+    so errors keep their order (a bad name or a truncated body is still reported first).
+    """
+
+    def __init__(self, filename: str) -> None:
+        self._checker = Utf8Checker(filename)
+        self._error: AppError | None = None
+
+    def feed(self, chunk: bytes, final: bool = False) -> None:
+        if self._error is None:
+            try:
+                self._checker.feed(chunk, final)
+            except AppError as exc:
+                self._error = exc
+
+    def result(self, path: Path, filename: str) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._checker.quotes % 2:
+            raise _unterminated_quote(path, filename)
 
 
 def check_utf8_file(path: Path, filename: str) -> None:

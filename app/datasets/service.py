@@ -117,7 +117,13 @@ def create_dataset(session: Session, project_id: str, upload: ReceivedUpload) ->
         if mine is not None:
             if not storage.exists(mine.storage_key):  # its blob was lost: store it again
                 content = inspect_upload(
-                    upload.path, upload.format, upload.filename, work_dir, decompressed_limit(), upload.early
+                    upload.path,
+                    upload.format,
+                    upload.filename,
+                    work_dir,
+                    decompressed_limit(),
+                    upload.early,
+                    upload.text,
                 )
                 storage.put_file(content.stored_path, mine.storage_key)
             return mine, False
@@ -157,7 +163,9 @@ def _new_row(session: Session, project_id: str, upload: ReceivedUpload, storage:
     if twin is not None and storage.exists(twin.storage_key):
         key, num_rows, columns, arrays = twin.storage_key, twin.num_rows, twin.columns, twin.arrays
     else:
-        content = inspect_upload(upload.path, upload.format, upload.filename, work_dir, max_bytes, upload.early)
+        content = inspect_upload(
+            upload.path, upload.format, upload.filename, work_dir, max_bytes, upload.early, upload.text
+        )
         key = storage_key(upload.sha256, content.suffix)
         num_rows, columns, arrays = content.num_rows, content.columns, content.arrays
     row = Dataset(
@@ -179,7 +187,9 @@ def _new_row(session: Session, project_id: str, upload: ReceivedUpload, storage:
     try:
         if content is None and not storage.exists(key):
             # The shared blob vanished between the check and the commit (its last row was deleted).
-            content = inspect_upload(upload.path, upload.format, upload.filename, work_dir, max_bytes, upload.early)
+            content = inspect_upload(
+                upload.path, upload.format, upload.filename, work_dir, max_bytes, upload.early, upload.text
+            )
         if content is not None:
             storage.put_file(content.stored_path, key)
     except BaseException:

@@ -26,6 +26,7 @@ from app.datasets.formats import (
     hidden_characters,
     validate_filename,
 )
+from app.datasets.inspection import TextCheck
 from app.errors import AppError, BadRequest, InvalidInput, TooLarge, UnsupportedFormat
 from app.storage import Storage
 
@@ -48,6 +49,7 @@ class ReceivedUpload:
     size_bytes: int
     sha256: str
     early: EarlyConversion | None = None  # a CSV's conversion to Parquet, started while it arrived
+    text: TextCheck | None = None  # a CSV's UTF-8 checks, made while it arrived
 
     def discard_early(self) -> None:
         if self.early is not None:
@@ -112,6 +114,7 @@ class MultipartUploadSink:
         self._name = bytearray()
         self._name_seen = False
         self._early: EarlyConversion | None = None
+        self._text: TextCheck | None = None
 
     # -- feeding -------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -157,6 +160,7 @@ class MultipartUploadSink:
             size_bytes=self._size,
             sha256=self._sha.hexdigest(),
             early=self._early,
+            text=self._text,
         )
 
     def discard(self) -> None:
@@ -213,6 +217,7 @@ class MultipartUploadSink:
         self._part = FILE_FIELD
         if fmt == "csv":
             self._early = EarlyConversion(self._path, self._storage.temp_path(suffix=".parquet"), filename)
+            self._text = TextCheck(filename)
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part == FILE_FIELD:
@@ -223,6 +228,8 @@ class MultipartUploadSink:
                 raise too_large(self._max_file_bytes)
             self._sha.update(chunk)
             self._file.write(chunk)
+            if self._text is not None:
+                self._text.feed(chunk)
             if not self._head_checked:
                 self._head += chunk[: SNIFF_BYTES - len(self._head)]
                 if len(self._head) >= SNIFF_BYTES:
@@ -238,6 +245,8 @@ class MultipartUploadSink:
             self._file = None
             if self._early is not None:
                 self._early.grew(self._size)
+            if self._text is not None:
+                self._text.feed(b"", final=True)
             if not self._head_checked and self._size:
                 self._check_head()
         self._part = None
