@@ -1,0 +1,74 @@
+"""A CSV is converted to Parquet while it arrives; the result equals the usual conversion's."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pyarrow.parquet as pq
+
+from app.datasets import inspection
+from app.datasets.upload import MultipartUploadSink
+from app.storage import get_storage
+
+HEAD = b'--bnd\r\nContent-Disposition: form-data; name="file"; filename="t.csv"\r\n\r\n'
+TAIL = b"\r\n--bnd--\r\n"
+
+
+def _csv(rows: int) -> bytes:
+    return ("a,b,c\n" + "".join(f"{i},x{i % 7},{i * 0.5}\n" for i in range(rows))).encode()
+
+
+def _receive(content: bytes, chunk: int = 64 * 1024):
+    sink = MultipartUploadSink(b"bnd", get_storage(), 10**9)
+    sink.write(HEAD)
+    for start in range(0, len(content), chunk):
+        sink.write(content[start : start + chunk])
+    sink.write(TAIL)
+    return sink.finish()
+
+
+def test_the_early_parquet_is_used_and_equals_the_usual_conversion(sqlite_env, tmp_path) -> None:
+    upload = _receive(_csv(200_000))
+    try:
+        content = inspection.inspect_upload(
+            upload.path, upload.format, "t.csv", tmp_path, 10**9, upload.early, upload.text
+        )
+        assert upload.early is not None and content.stored_path == upload.early.output
+        usual = tmp_path / "usual.parquet"
+        rows, columns = inspection.convert_csv_to_parquet(upload.path, usual, "t.csv")
+        assert (content.num_rows, content.columns) == (rows, columns) == (200_000, columns)
+        assert pq.read_table(content.stored_path).equals(pq.read_table(usual))
+    finally:
+        upload.discard_early()
+    assert not upload.early.output.exists()
+
+
+def test_a_later_block_needing_a_wider_type_falls_back_to_the_usual_conversion(sqlite_env, tmp_path) -> None:
+    content_bytes = _csv(200_000) + b"word,x,1.0\n"  # column a: integers, then a word far past block 1
+    upload = _receive(content_bytes)
+    try:
+        content = inspection.inspect_upload(
+            upload.path, upload.format, "t.csv", tmp_path, 10**9, upload.early, upload.text
+        )
+        assert upload.early is not None and content.stored_path != upload.early.output
+        assert [c["dtype"] for c in content.columns] == ["string", "string", "float64"]
+        assert content.num_rows == 200_001
+    finally:
+        upload.discard_early()
+
+
+def test_an_upload_abandoned_midway_stops_the_early_conversion(sqlite_env) -> None:
+    sink = MultipartUploadSink(b"bnd", get_storage(), 10**9)
+    sink.write(HEAD)
+    sink.write(_csv(50_000)[:300_000])  # the client goes away here
+    done = threading.Event()
+
+    def discard() -> None:
+        sink.discard()
+        done.set()
+
+    threading.Thread(target=discard, daemon=True).start()
+    assert done.wait(30), "discard hung on the early conversion"
+    time.sleep(0.1)
+    assert list(get_storage().temp_dir.iterdir()) == []
