@@ -184,8 +184,8 @@ class S3Storage:
             config["endpoint"] = endpoint
             # MinIO and most self-hosted stores serve buckets as paths, not as subdomains.
             config["virtual_hosted_style_request"] = False
-        if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
-            config["region"] = "us-east-1"
+        if not os.environ.get("AWS_REGION"):  # the SDKs' older name too, then their default
+            config["region"] = os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         client_options: dict[str, Any] = {
             "allow_http": endpoint.startswith("http://"),
             "connect_timeout": timedelta(seconds=settings.s3_connect_timeout_seconds),
