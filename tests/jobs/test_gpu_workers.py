@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete
 
 from app.cli import worker_command
 from app.config import get_settings
+from app.db import new_session
+from app.models import WorkerHeartbeat
 from tests.stack import Stack, forecast_spec, sine_csv
 
 # Installed into every Python process of the worker through PYTHONPATH: each call of a torch.cuda
@@ -96,3 +99,35 @@ def test_the_worker_process_never_touches_cuda_its_pool_processes_do(embedded_st
         assert worker.pid not in callers, f"the worker's main process called torch.cuda: {log.read_text()}"
     finally:
         stack.stop_all()
+
+
+@pytest.mark.integration
+def test_a_cuda_job_says_it_waits_for_a_gpu_worker_until_one_is_live(embedded_stack: Stack) -> None:
+    from app.jobs import workers
+
+    stack = embedded_stack
+    stack.stop_all()  # killed: their heartbeats would count for another heartbeat_ttl
+    with new_session() as session:
+        session.execute(delete(WorkerHeartbeat))
+        session.commit()
+    ds = stack.upload_csv("sine-wait.csv", sine_csv(300))
+    spec = forecast_spec(ds)
+    spec["device"] = "cuda"
+    stack.start_worker(queues="default")  # a CPU worker: it neither takes the job nor clears the note
+    deadline = time.monotonic() + 60
+    while "default" not in (workers.live_queues() or set()) and time.monotonic() < deadline:
+        workers.clear_cache()
+        time.sleep(0.2)
+    assert workers.live_queues() == {"default"}
+    job = stack.submit(spec)
+    assert job["status"] == "queued" and job["queue"] == "gpu"
+    assert "'gpu' queue" in job["waiting_for"] and "rnnlab worker --queues gpu" in job["waiting_for"]
+    cpu_job = stack.submit(forecast_spec(ds))
+    assert stack.wait(cpu_job["id"])["waiting_for"] is None
+    assert stack.job(job["id"])["waiting_for"] is not None
+    stack.start_worker(queues="gpu")
+    done = stack.wait(job["id"], timeout=180)  # taken: it ran (or, without a GPU, failed at once)
+    assert done["waiting_for"] is None and done["status"] in ("succeeded", "failed")
+    workers.clear_cache()
+    assert workers.live_queues() == {"default", "gpu"}
+    stack.stop_all()
