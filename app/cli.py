@@ -271,8 +271,8 @@ def up(
         (worker_argv("default" if gpus else "default,gpu", settings.worker_concurrency, None), None)
     ]
     for gpu in gpus:
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-        commands.append((worker_argv("gpu", settings.jobs_per_gpu, None) + ["--hostname", f"gpu{gpu}@%h"], env))
+        pinned = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+        commands.append((worker_argv("gpu", settings.jobs_per_gpu, None) + ["--hostname", f"gpu{gpu}@%h"], pinned))
     if gpus:
         typer.echo(f"GPU workers: {len(gpus)} ({settings.jobs_per_gpu} job(s) per GPU)", err=True)
     worker_procs: list[subprocess.Popen[bytes]] = []
