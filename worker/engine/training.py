@@ -72,6 +72,8 @@ def make_optimizer(
     kwargs: dict[str, Any] = {"lr": lr, "weight_decay": spec.weight_decay}
     if capturable:
         kwargs["capturable"] = True
+    elif tensor_lr:
+        kwargs["foreach"] = False  # torch takes a tensor learning rate in foreach steps only when capturable
     return OPTIMIZERS[spec.optimizer](model.parameters(), **kwargs)
 
 
