@@ -150,16 +150,52 @@ def worker_argv(queues: str, concurrency: int | None, pool: str | None) -> list[
     return argv
 
 
+def worker_command(queues: str, concurrency: int | None, pool: str | None) -> list[str]:
+    """The Celery command line of ``rnnlab worker``: a worker serving only the gpu queue runs
+    ``jobs_per_gpu`` jobs at once unless told otherwise, in Celery's default prefork pool. That is safe
+    because the worker's main process never touches CUDA: each job initialises it in its own pool process."""
+    if concurrency is None and queues.split(",") == ["gpu"]:
+        from app.config import get_settings
+
+        concurrency = get_settings().jobs_per_gpu
+    return worker_argv(queues, concurrency, pool)
+
+
 @app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues: default, gpu.")] = "default",
-    concurrency: Annotated[int | None, typer.Option(help="Parallel jobs (RNNLAB_WORKER_CONCURRENCY).")] = None,
-    pool: Annotated[str | None, typer.Option(help="Celery pool; 'solo' for GPU workers.")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="Parallel jobs (RNNLAB_WORKER_CONCURRENCY; RNNLAB_JOBS_PER_GPU for --queues gpu)."),
+    ] = None,
+    pool: Annotated[str | None, typer.Option(help="Celery pool (default prefork: one process per job).")] = None,
 ) -> None:
-    """Run a Celery worker that trains jobs. GPU workers: --queues gpu --pool solo, one per GPU."""
-    if "gpu" in queues.split(",") and pool is None:
-        pool = "solo"  # CUDA cannot be initialised in a forked child
-    os.execv(sys.executable, worker_argv(queues, concurrency, pool))
+    """Run a Celery worker that trains jobs. GPU workers: --queues gpu, one worker per GPU (pick it with
+    CUDA_VISIBLE_DEVICES), running --concurrency jobs on it at once."""
+    os.execv(sys.executable, worker_command(queues, concurrency, pool))
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs a worker started from here could use, as CUDA_VISIBLE_DEVICES entries; [] without one.
+
+    Asked in a short-lived subprocess, so this process (and the workers it forks) never initialises
+    CUDA; skipped without the NVIDIA driver.
+    """
+    if not (os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia")):
+        return []
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        count = int(out.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return []
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return (listed or [str(i) for i in range(count)])[:count]
 
 
 def _own_group_tied_to_parent() -> None:
@@ -181,8 +217,18 @@ def _forward_until_ready(stream: IO[bytes], ready: threading.Event) -> None:
             ready.set()
 
 
+class _all_set:  # noqa: N801 - used like a threading.Event
+    """Set once every one of ``events`` is set (each worker has said it is ready)."""
+
+    def __init__(self, events: list[threading.Event]) -> None:
+        self.events = events
+
+    def is_set(self) -> bool:
+        return all(e.is_set() for e in self.events)
+
+
 def _wait_until_up(
-    url: str, worker_ready: threading.Event, procs: list[subprocess.Popen[bytes]], timeout_seconds: float
+    url: str, worker_ready: threading.Event | _all_set, procs: list[subprocess.Popen[bytes]], timeout_seconds: float
 ) -> bool:
     """True once the API answers /readyz and the worker has said it is ready; False if a child died."""
     import httpx
@@ -217,20 +263,35 @@ def up(
     # The children get their own process group, so a terminal's Ctrl-C reaches only this process,
     # which stops them with one SIGTERM each (Celery treats a SIGINT as a failed exit, and two
     # signals as a request for a cold shutdown); they also stop if this process dies.
-    worker_proc = subprocess.Popen(
-        worker_argv("default,gpu", settings.worker_concurrency, None),
-        preexec_fn=_own_group_tied_to_parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    worker_ready = threading.Event()
-    assert worker_proc.stdout is not None
-    threading.Thread(target=_forward_until_ready, args=(worker_proc.stdout, worker_ready), daemon=True).start()
+    # On a GPU machine: the CPU worker serves the default queue, and one GPU worker per GPU (pinned with
+    # CUDA_VISIBLE_DEVICES) the gpu queue, jobs_per_gpu jobs at once. Without a GPU one worker serves
+    # both, so a cuda job fails at once with a clear error instead of waiting for a GPU that never comes.
+    gpus = visible_gpus()
+    commands: list[tuple[list[str], dict[str, str] | None]] = [
+        (worker_argv("default" if gpus else "default,gpu", settings.worker_concurrency, None), None)
+    ]
+    for gpu in gpus:
+        pinned = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+        commands.append((worker_argv("gpu", settings.jobs_per_gpu, None) + ["--hostname", f"gpu{gpu}@%h"], pinned))
+    if gpus:
+        typer.echo(f"GPU workers: {len(gpus)} ({settings.jobs_per_gpu} job(s) per GPU)", err=True)
+    worker_procs: list[subprocess.Popen[bytes]] = []
+    ready_events: list[threading.Event] = []
+    for argv, env in commands:
+        worker_proc = subprocess.Popen(
+            argv, preexec_fn=_own_group_tied_to_parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+        )
+        ready = threading.Event()
+        assert worker_proc.stdout is not None
+        threading.Thread(target=_forward_until_ready, args=(worker_proc.stdout, ready), daemon=True).start()
+        worker_procs.append(worker_proc)
+        ready_events.append(ready)
+    worker_ready = _all_set(ready_events)
     api_proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "api", "--host", host, "--port", str(port)],
         preexec_fn=_own_group_tied_to_parent,
     )
-    procs = [api_proc, worker_proc]
+    procs = [api_proc, *worker_procs]
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -263,7 +324,8 @@ def up(
                 p.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 p.kill()
-    codes = {"api": api_proc.returncode, "worker": worker_proc.returncode}
+    codes = {"api": api_proc.returncode, "worker": worker_procs[0].returncode}
+    codes.update({f"gpu worker {gpu}": p.returncode for gpu, p in zip(gpus, worker_procs[1:], strict=True)})
     failed = {name: c for name, c in codes.items() if c not in (0, None, -signal.SIGTERM, -signal.SIGINT)}
     if failed:
         typer.echo(f"stopped with errors: {failed}", err=True)

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="A job whose store was unreachable runs again after attempt x this."
     )
     worker_concurrency: int = Field(default=1, ge=1)
+    jobs_per_gpu: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Jobs one GPU worker runs at once (prefork pool processes sharing its GPU): the default "
+        "--concurrency of `rnnlab worker --queues gpu`, and of each GPU worker `rnnlab up` starts.",
+    )
     torch_threads: int | None = Field(default=None, ge=1)
     broker_visibility_timeout_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     embedded_broker_poll_seconds: float = Field(default=0.1, gt=0)

@@ -226,3 +226,16 @@ class Evaluation(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """A live worker and the queues it serves, refreshed by its main process every recovery interval.
+
+    Read (cached) to tell a queued job that no live worker serves its queue (``JobRead.waiting_for``).
+    """
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queues: Mapped[str] = mapped_column(String(200))  # comma-separated
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)

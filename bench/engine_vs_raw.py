@@ -12,7 +12,9 @@ evaluation or attribution); the raw loop times its own epochs.
 The last line printed is ``engine/raw throughput ratio: X.XX``, the median over epoch pairs.
 
     python bench/engine_vs_raw.py                        # CPU, the sizes of issue 3
-    python bench/engine_vs_raw.py --device cuda --batch 1024
+    python bench/engine_vs_raw.py --device cuda --batch 64                      # the graph path: goal >= 5
+    python bench/engine_vs_raw.py --device cuda --batch 1024 --windows 100000   # goal >= 1.5
+    python bench/engine_vs_raw.py --device cuda --batch 64 --cuda-graphs off    # eager, as before (~0.95)
 """
 
 from __future__ import annotations
@@ -80,7 +82,12 @@ def engine_spec(args: argparse.Namespace, epochs: int) -> JobSpec:
             "task": "regression",
             "data": {"layout": "arrays", "target": "y", "split": {"method": "column"}, "scaling": "none"},
             "model": {"cell": "lstm", "hidden_size": args.hidden},
-            "training": {"epochs": epochs, "batch_size": args.batch, "early_stopping_patience": None},
+            "training": {
+                "epochs": epochs,
+                "batch_size": args.batch,
+                "early_stopping_patience": None,
+                "cuda_graphs": args.cuda_graphs,
+            },
             "evaluation": {"bootstrap_samples": 0, "attribution": False},
             "device": args.device,
         }
@@ -116,6 +123,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (both)")
+    parser.add_argument(
+        "--cuda-graphs",
+        default="auto",
+        choices=["auto", "off"],
+        help="the engine's training.cuda_graphs: on CUDA, auto replays each full batch's step from a CUDA graph",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -138,6 +151,9 @@ def main() -> None:
         f"({n_train} train, {n_val} val), batch {args.batch}, {args.epochs} epochs x {args.rounds} rounds, "
         f"device {args.device}, {args.threads} threads, torch {torch.__version__}"
     )
+    if args.device == "cuda":
+        graphed = args.cuda_graphs == "auto"
+        print(f"engine training step: {'CUDA graph (captured once, replayed per batch)' if graphed else 'eager'}")
     # Warm up both paths (allocator, kernels) on a small slice before timing.
     small = {"X": x[:640], "y": y[:640], "split": np.array(["train"] * 512 + ["val"] * 64 + ["test"] * 64)}
     small_tensors = {k: v[:512] if "train" in k else v[:64] for k, v in tensors.items()}

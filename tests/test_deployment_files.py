@@ -45,3 +45,28 @@ def test_dockerfile_builds_a_cpu_image_with_pinned_torch() -> None:
     assert "download.pytorch.org/whl/cpu" in text and "torch==2.13.0" in text
     assert text.index("torch==2.13.0") < text.index("pip install -e .")  # torch first: no CUDA wheel
     assert 'CMD ["rnnlab", "api"]' in text
+
+
+def test_compose_gpu_profile_runs_a_cuda_worker_with_a_gpu_reservation() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    gpu = compose["services"]["gpu-worker"]
+    assert gpu["profiles"] == ["gpu"]  # `docker compose up` alone starts no GPU worker
+    assert gpu["build"] == {"context": ".", "target": "cuda"}
+    assert gpu["command"][:4] == ["rnnlab", "worker", "--queues", "gpu"]
+    assert "--pool" not in gpu["command"]  # prefork: several jobs share the GPU
+    assert gpu["command"][gpu["command"].index("--concurrency") + 1] == "${RNNLAB_JOBS_PER_GPU:-1}"
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["device_ids"] == ["0"]
+    assert gpu["volumes"] == ["storage:/data"]
+    assert gpu["environment"] == compose["services"]["api"]["environment"]
+    assert gpu["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_dockerfile_has_a_cuda_target_and_builds_the_cpu_image_by_default() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = [line.split() for line in text.splitlines() if line.startswith("FROM ")]
+    assert [stage[-1] for stage in stages] == ["cuda", "cpu"]  # the last stage is what a plain build makes
+    cuda = text[text.index("AS cuda") : text.index("AS cpu")]
+    assert "download.pytorch.org/whl/cu" in cuda and '"torch==2.13.0"' in cuda
+    assert cuda.index("torch==2.13.0") < cuda.index("pip install -e .")
+    assert 'CMD ["rnnlab", "worker", "--queues", "gpu"]' in cuda

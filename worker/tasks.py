@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from typing import Any
 
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 from app.config import get_settings
 from app.db import reset_engine
 from app.jobs.dispatch import recover_jobs
+from app.jobs.workers import forget_worker, record_heartbeat
 from app.queue import RUN_JOB_TASK
 from app.sweeps.search import advance_searches
 from worker.celery_app import celery_app
-from worker.runner import begin_shutdown, install_shutdown_flag, run_job
+from worker.runner import begin_shutdown, install_shutdown_flag, run_job, worker_identity
 
 log = logging.getLogger(__name__)
 _recovery_stop = threading.Event()
@@ -25,8 +28,6 @@ def run_job_task(job_id: str) -> str | None:
 
 
 def _set_torch_threads() -> None:
-    import os
-
     import torch
 
     settings = get_settings()
@@ -57,9 +58,19 @@ def _init_child(**_: object) -> None:
     _set_torch_threads()
 
 
+# This worker's heartbeat identity and queues, set when it is ready (see app.jobs.workers).
+_heartbeat: tuple[str, list[str]] | None = None
+
+
 def _recover() -> None:
-    """Jobs first (dead leases, lost messages), then searches: a tpe sweep whose slot freed while no
-    one asked (the API or a worker restarted mid-search) gets its next trials."""
+    """The heartbeat (which queues this worker serves), then jobs (dead leases, lost messages), then
+    searches: a tpe sweep whose slot freed while no one asked (the API or a worker restarted mid-search)
+    gets its next trials."""
+    if _heartbeat is not None:
+        try:
+            record_heartbeat(*_heartbeat)
+        except Exception:
+            log.exception("could not record this worker's heartbeat")
     recover_jobs()
     advance_searches()
 
@@ -74,8 +85,11 @@ def _recovery_loop() -> None:
 
 
 @worker_ready.connect
-def _start_recovery(**_: object) -> None:
+def _start_recovery(sender: Any = None, **_: object) -> None:
     """Every worker runs the recovery loop; its conditional UPDATEs make concurrent loops safe."""
+    global _heartbeat
+    queues = sorted(celery_app.amqp.queues.consume_from or celery_app.amqp.queues)
+    _heartbeat = (f"{getattr(sender, 'hostname', None) or worker_identity()}:{os.getpid()}", queues)
     try:
         _recover()
     except Exception:
@@ -86,3 +100,8 @@ def _start_recovery(**_: object) -> None:
 @worker_shutdown.connect
 def _stop_recovery(**_: object) -> None:
     _recovery_stop.set()
+    if _heartbeat is not None:
+        try:
+            forget_worker(_heartbeat[0])
+        except Exception:
+            log.exception("could not remove this worker's heartbeat")

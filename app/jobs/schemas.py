@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from app.jobs import workers
 from app.jobs.status import JobStatus
 from app.models import Job
 from worker.engine.results import Comparison, Summary
@@ -46,6 +47,11 @@ class JobRead(BaseModel):
     train_seconds: float | None
     summary: Summary | None
     error: JobError | None
+    waiting_for: str | None = Field(
+        default=None,
+        description="Queued jobs only: what the job waits for when no live worker serves its queue "
+        "(e.g. a device 'cuda' job while no GPU worker runs); null otherwise.",
+    )
 
     @classmethod
     def from_row(cls, job: Job) -> JobRead:
@@ -71,6 +77,7 @@ class JobRead(BaseModel):
             train_seconds=job.train_seconds,
             summary=Summary.model_validate(job.summary) if job.summary else None,
             error=JobError(type=job.error_type, message=job.error_message or "") if job.error_type else None,
+            waiting_for=workers.waiting_for(job.queue) if job.status == JobStatus.QUEUED else None,
         )
 
 

@@ -41,6 +41,27 @@ def test_least_squares_recovers_a_linear_rule() -> None:
     np.testing.assert_allclose(predict_least_squares(coef, np.array([[1.0, 1.0]])), [[4.0]])
 
 
+def test_normal_equations_match_lstsq_also_when_columns_are_collinear() -> None:
+    """The normal equations (float64, centred) give numpy lstsq's coefficients; with a constant and a
+    duplicated column (a singular Gram matrix) the minimum-norm solution, as lstsq does."""
+    rng = np.random.default_rng(1)
+    inputs = rng.standard_normal((500, 6))
+    targets = inputs @ rng.standard_normal((6, 2)) + 0.1 * rng.standard_normal((500, 2)) + 1.5
+    design = np.hstack([inputs, np.ones((500, 1))])
+    expected, *_ = np.linalg.lstsq(design, targets, rcond=None)
+    coef, _ = fit_least_squares(inputs, targets, rng)
+    np.testing.assert_allclose(coef, expected, rtol=1e-9, atol=1e-11)
+    singular = np.hstack([inputs, inputs[:, :1], np.full((500, 1), 4.0)])
+    expected, *_ = np.linalg.lstsq(np.hstack([singular, np.ones((500, 1))]), targets, rcond=None)
+    coef, _ = fit_least_squares(singular, targets, rng)
+    np.testing.assert_allclose(
+        predict_least_squares(coef, singular), design @ np.linalg.lstsq(design, targets, rcond=None)[0], atol=1e-9
+    )
+    np.testing.assert_allclose(coef[0], coef[6], rtol=1e-9)  # the duplicate shares the weight: minimum norm
+    assert coef[7, 0] == pytest.approx(0.0, abs=1e-9)  # the constant column is the intercept's
+    np.testing.assert_allclose(coef[:6], expected[:6], rtol=1e-7)
+
+
 def test_nearest_neighbour_by_hand() -> None:
     train_x = np.array([[0.0, 0.0], [10.0, 10.0], [0.0, 10.0]])
     train_y = np.array([0, 1, 2])

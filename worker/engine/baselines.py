@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .data import PreparedData
 
@@ -12,6 +13,9 @@ MAX_LINEAR_INPUTS = 2_000
 MAX_NEIGHBOUR_EXAMPLES = 20_000
 MAX_SEASON_SAMPLES = 20_000
 SEASON_MIN_ACF = 0.3
+# Eigenvalues of the Gram matrix below this share of the largest count as zero (singular values below
+# 1e-6 of the largest): collinear lags or constant columns.
+_GRAM_RCOND = 1e-12
 # Bound the [test chunk x training examples] distance matrix (float32 elements).
 _MAX_DISTANCE_ELEMENTS = 4_000_000
 
@@ -42,15 +46,49 @@ def detect_season_period(series: np.ndarray, max_lag: int) -> int | None:
     return max(peaks, key=lambda k: acf[k]) if peaks else None
 
 
-def fit_least_squares(inputs: np.ndarray, targets: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-    """Coefficients (intercept last) of ``targets ~ inputs``; True when rows were subsampled."""
+def solve_least_squares(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Least-squares coefficients (intercept last) by the normal equations of the centred data, float64.
+
+    ``inputs`` [N, D], ``targets`` [N, K] on any device. Cholesky when the Gram matrix is well
+    conditioned; otherwise (constant or collinear columns) the minimum-norm solution from its
+    eigendecomposition, dropping directions whose eigenvalue is below ``_GRAM_RCOND`` of the largest,
+    like ``lstsq``'s cut-off on singular values.
+    """
+    x = inputs.to(torch.float64)
+    y = targets.to(torch.float64)
+    x_mean, y_mean = x.mean(dim=0), y.mean(dim=0)
+    x = x - x_mean
+    gram = x.T @ x
+    rhs = x.T @ (y - y_mean)
+    factor, info = torch.linalg.cholesky_ex(gram)
+    diag = torch.diagonal(factor) ** 2 if int(info) == 0 else None
+    if diag is not None and float(diag.min()) > _GRAM_RCOND * float(diag.max()):
+        beta = torch.cholesky_solve(rhs, factor)
+    else:
+        values, vectors = torch.linalg.eigh(gram)
+        keep = values > _GRAM_RCOND * values.max().clamp(min=0.0)
+        inverse = torch.where(keep, 1.0 / torch.where(keep, values, 1.0), 0.0)
+        beta = vectors @ (inverse[:, None] * (vectors.T @ rhs))
+    intercept = y_mean - x_mean @ beta
+    return torch.cat([beta, intercept[None, :]])
+
+
+def fit_least_squares(
+    inputs: np.ndarray | torch.Tensor,
+    targets: np.ndarray,
+    rng: np.random.Generator,
+    device: torch.device | None = None,
+) -> tuple[np.ndarray, bool]:
+    """Coefficients (intercept last) of ``targets ~ inputs``, solved on ``device`` (the inputs' own
+    device for a tensor, else the CPU); True when rows were subsampled."""
     capped = len(inputs) > MAX_LSTSQ_ROWS
     if capped:
         rows = rng.choice(len(inputs), MAX_LSTSQ_ROWS, replace=False)
-        inputs, targets = inputs[rows], targets[rows]
-    design = np.hstack([inputs, np.ones((len(inputs), 1))])
-    coef, *_ = np.linalg.lstsq(design, targets, rcond=None)
-    return coef, capped
+        inputs, targets = inputs[torch.as_tensor(rows) if isinstance(inputs, torch.Tensor) else rows], targets[rows]
+    x = torch.as_tensor(inputs, device=device)
+    y = torch.as_tensor(np.asarray(targets, dtype=np.float64).reshape(len(targets), -1), device=x.device)
+    coef = solve_least_squares(x, y).cpu().numpy()
+    return coef if np.ndim(targets) > 1 else coef[:, 0], capped
 
 
 def predict_least_squares(coef: np.ndarray, inputs: np.ndarray) -> np.ndarray:
@@ -58,7 +96,7 @@ def predict_least_squares(coef: np.ndarray, inputs: np.ndarray) -> np.ndarray:
 
 
 def forecast_baselines(
-    prep: PreparedData, season_period: int | None, rng: np.random.Generator
+    prep: PreparedData, season_period: int | None, rng: np.random.Generator, device: torch.device | None = None
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     ex = prep.examples
     assert ex.target_history is not None and ex.y is not None
@@ -85,7 +123,7 @@ def forecast_baselines(
         preds["seasonal_naive"] = seasonal_naive_forecast(history[test], horizon, period)
     preds["mean"] = np.full((len(test), horizon), ex.y[train].mean())
     lags = min(ex.steps, MAX_AR_LAGS)
-    coef, capped = fit_least_squares(history[train, -lags:], ex.y[train], rng)
+    coef, capped = fit_least_squares(history[train, -lags:], ex.y[train], rng, device)
     preds["linear_ar"] = predict_least_squares(coef, history[test, -lags:])
     if lags < ex.steps:
         notes.append(f"linear_ar uses the last {lags} lags of the lookback")
@@ -94,7 +132,10 @@ def forecast_baselines(
     return preds, notes
 
 
-def regression_baselines(prep: PreparedData, rng: np.random.Generator) -> tuple[dict[str, np.ndarray], list[str]]:
+def regression_baselines(
+    prep: PreparedData, rng: np.random.Generator, x_train: torch.Tensor | None = None
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """``x_train``: the scaled training inputs already on the device, where the least squares is solved."""
     y_train = prep.y_original("train")
     test = prep.split.test
     preds = {"mean": np.repeat(y_train.mean(axis=0, keepdims=True), len(test), axis=0)}
@@ -103,8 +144,8 @@ def regression_baselines(prep: PreparedData, rng: np.random.Generator) -> tuple[
     if inputs > MAX_LINEAR_INPUTS:
         return preds, [f"linear_ar omitted: {inputs} flattened inputs exceed {MAX_LINEAR_INPUTS}"]
     notes = ["linear_ar for regression is least squares on the flattened, scaled inputs"]
-    flat_train = prep.x_scaled("train").reshape(len(prep.split.train), -1).astype(np.float64)
-    coef, capped = fit_least_squares(flat_train, y_train, rng)
+    train = x_train if x_train is not None else torch.from_numpy(prep.x_scaled("train"))
+    coef, capped = fit_least_squares(train.reshape(len(prep.split.train), -1), y_train, rng)
     flat_test = prep.x_scaled("test").reshape(len(test), -1).astype(np.float64)
     preds["linear_ar"] = predict_least_squares(coef, flat_test)
     if capped:

@@ -20,19 +20,31 @@ class PreparedData:
     x_scaler: Scaler
     y_scaler: Scaler | None  # None for classification
     notes: list[str] = field(default_factory=list)
+    # Each part's scaled arrays, computed on first use: training, evaluation and the baselines all
+    # read them, and the scaler's transform is the largest pass over the data outside training.
+    _scaled: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, repr=False)
 
     def x_scaled(self, part: str) -> np.ndarray:
-        assert self.examples.x is not None
-        idx = self.split.parts()[part]
-        return self.x_scaler.transform(self.examples.x[idx]).astype(np.float32)
+        """The part's inputs in scaled units, float32 (computed once; do not modify in place)."""
+        cached = self._scaled.get(("x", part))
+        if cached is None:
+            assert self.examples.x is not None
+            idx = self.split.parts()[part]
+            cached = self._scaled[("x", part)] = self.x_scaler.transform(self.examples.x[idx]).astype(np.float32)
+        return cached
 
     def y_original(self, part: str) -> np.ndarray:
         assert self.examples.y is not None
         return self.examples.y[self.split.parts()[part]]
 
     def y_scaled(self, part: str) -> np.ndarray:
-        y = self.y_original(part)
-        return y if self.y_scaler is None else self.y_scaler.transform(y).astype(np.float32)
+        """The part's targets in scaled units (class indices for classification); computed once."""
+        cached = self._scaled.get(("y", part))
+        if cached is None:
+            y = self.y_original(part)
+            cached = y if self.y_scaler is None else self.y_scaler.transform(y).astype(np.float32)
+            self._scaled[("y", part)] = cached
+        return cached
 
 
 def _split(spec: JobSpec, examples: Examples, rng: np.random.Generator) -> Split:

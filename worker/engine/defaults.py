@@ -120,12 +120,16 @@ def auto_forget_gate_bias(cell: str, task: str, steps: int) -> float | None:
     return AUTO_LSTM_FORGET_GATE_BIAS
 
 
+# "auto" values the worker decides when it runs, from its device, not from the data: never resolved.
+RUNTIME_AUTO = frozenset({"training.cuda_graphs"})
+
+
 def unresolved_fields(spec: JobSpec) -> list[str]:
-    """Dotted paths still ``"auto"``."""
+    """Dotted paths still ``"auto"`` (other than ``RUNTIME_AUTO``)."""
     paths = []
     for section in ("data", "model", "training"):
         for name, value in getattr(spec, section):
-            if value == "auto":
+            if value == "auto" and f"{section}.{name}" not in RUNTIME_AUTO:
                 paths.append(f"{section}.{name}")
     return paths
 

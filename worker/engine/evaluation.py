@@ -101,9 +101,9 @@ def evaluate(
     intervals = bootstrap_intervals(task, y_test, predictions["test"], spec.evaluation.bootstrap_samples, rng, scale)
 
     if task == "forecast":
-        baseline_preds, baseline_notes = forecast_baselines(prep, spec.data.season_period, rng)
+        baseline_preds, baseline_notes = forecast_baselines(prep, spec.data.season_period, rng, tensors["test"].device)
     elif task == "regression":
-        baseline_preds, baseline_notes = regression_baselines(prep, rng)
+        baseline_preds, baseline_notes = regression_baselines(prep, rng, tensors["train"])
     else:
         assert num_classes is not None
         baseline_preds, baseline_notes = classification_baselines(prep, num_classes, rng)

@@ -151,6 +151,11 @@ class TrainingSpec(_Strict):
         default="auto", description="optimizer steps of linear warm-up"
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    cuda_graphs: Literal["auto", "off"] = Field(
+        default="auto",
+        description="on a GPU, auto captures each full-batch training step in a CUDA graph and replays it "
+        "(adam, adamw and rmsprop; other optimizers train eagerly); off always trains eagerly",
+    )
 
 
 class EvaluationSpec(_Strict):

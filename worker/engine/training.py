@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -26,8 +27,16 @@ LOSSES: dict[str, type[nn.Module]] = {
     "huber": nn.HuberLoss,
     "cross_entropy": nn.CrossEntropyLoss,
 }
-# Validation runs forward-only, so it can take larger chunks than the training batch.
+# Validation runs forward-only, so it can take larger chunks than the training batch; on a GPU much
+# larger ones (fewer launches), bounded by the activations one chunk holds (float32 elements).
 VALIDATION_CHUNK = 4_096
+_MAX_VALIDATION_ELEMENTS = 1 << 28
+# Optimizers whose step can be captured in a CUDA graph (``capturable=True`` and a tensor learning
+# rate the schedule updates in place); the others train eagerly with a note.
+CUDA_GRAPH_OPTIMIZERS = frozenset({"adam", "adamw", "rmsprop"})
+# Eager steps on the capture's side stream before capturing (cuDNN / cuBLAS workspaces, lazy optimizer
+# state); their effect on the weights, optimizer state and RNG is undone before training starts.
+GRAPH_WARMUP_STEPS = 3
 
 
 @dataclass
@@ -51,8 +60,21 @@ class TrainOutcome:
 STUCK_LOSS_SHARE = 0.95
 
 
-def make_optimizer(spec: TrainingSpec, model: nn.Module) -> torch.optim.Optimizer:
-    return OPTIMIZERS[spec.optimizer](model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+def make_optimizer(
+    spec: TrainingSpec, model: nn.Module, *, capturable: bool = False, tensor_lr: bool = False
+) -> torch.optim.Optimizer:
+    """The optimizer of ``spec``; for a CUDA graph ``capturable`` with the learning rate a device tensor
+    (the schedule fills it in place, so the captured step reads the current rate on every replay)."""
+    lr: float | torch.Tensor = spec.learning_rate
+    if tensor_lr:
+        device = next(model.parameters()).device
+        lr = torch.tensor(spec.learning_rate, dtype=torch.float32, device=device)
+    kwargs: dict[str, Any] = {"lr": lr, "weight_decay": spec.weight_decay}
+    if capturable:
+        kwargs["capturable"] = True
+    elif tensor_lr:
+        kwargs["foreach"] = False  # torch takes a tensor learning rate in foreach steps only when capturable
+    return OPTIMIZERS[spec.optimizer](model.parameters(), **kwargs)
 
 
 class StepSchedule:
@@ -149,6 +171,20 @@ def stuck_note(best_train_loss: float, constant_loss: float, classification: boo
     )
 
 
+def validation_chunk(x: torch.Tensor, hidden: int) -> int:
+    """Rows per validation forward: ``VALIDATION_CHUNK`` on the CPU; on a GPU as many as keep one chunk's
+    activations (steps x hidden x 8, an LSTM's gates and states) under ``_MAX_VALIDATION_ELEMENTS``."""
+    if x.device.type != "cuda" or x.dim() < 2:
+        return VALIDATION_CHUNK
+    per_row = max(1, int(x.shape[1]) * max(hidden, int(x.shape[-1])) * 8)
+    return max(VALIDATION_CHUNK, _MAX_VALIDATION_ELEMENTS // per_row)
+
+
+def _hidden_size(model: nn.Module) -> int:
+    sizes = [m.hidden_size for m in model.modules() if isinstance(m, nn.RNNBase)]
+    return max(sizes, default=1) * 2  # both directions, at most
+
+
 def _validate(
     model: nn.Module, loss_fn: nn.Module, x: torch.Tensor, y: torch.Tensor, y_scale: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,9 +192,10 @@ def _validate(
     model.eval()
     loss_sum = torch.zeros((), device=x.device)
     metric_sum = torch.zeros((), device=x.device)
+    chunk = validation_chunk(x, _hidden_size(model))
     with torch.no_grad():
-        for start in range(0, x.shape[0], VALIDATION_CHUNK):
-            xb, yb = x[start : start + VALIDATION_CHUNK], y[start : start + VALIDATION_CHUNK]
+        for start in range(0, x.shape[0], chunk):
+            xb, yb = x[start : start + chunk], y[start : start + chunk]
             out = model(xb)
             loss_sum += loss_fn(out, yb) * xb.shape[0]
             if y_scale is None:
@@ -168,6 +205,111 @@ def _validate(
     n = x.shape[0]
     metric = metric_sum / n if y_scale is None else torch.sqrt(metric_sum / n)
     return loss_sum / n, metric
+
+
+StepMode = Literal["eager", "static", "graph"]
+
+
+class StaticStep:
+    """One training step on static batch buffers, filled by ``index_select`` from the resident data.
+
+    ``graph``: the step (forward, backward, gradient clipping, optimizer) is captured once in a CUDA
+    graph and replayed for every full batch. ``static``: the same step runs eagerly on the same buffers
+    (any device) — the graph path without the capture, so a CPU can check that it trains like the plain
+    loop. Gradients are zeroed in place (their addresses are part of the graph), never set to None.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        params: list[nn.Parameter],
+        clip: float | None,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        loss_sum: torch.Tensor,
+    ) -> None:
+        self.model, self.loss_fn, self.optimizer, self.params, self.clip = model, loss_fn, optimizer, params, clip
+        self.x, self.y = x, y
+        self.batch_size = batch_size
+        self.loss_sum = loss_sum  # the epoch's accumulator, zeroed in place at every epoch start
+        self.index = torch.zeros(batch_size, dtype=torch.long, device=x.device)
+        self.xb = torch.empty((batch_size, *x.shape[1:]), dtype=x.dtype, device=x.device)
+        self.yb = torch.empty((batch_size, *y.shape[1:]), dtype=y.dtype, device=y.device)
+        self.graph: Any = None  # torch.cuda.CUDAGraph once captured
+
+    def _body(self) -> None:
+        torch.index_select(self.x, 0, self.index, out=self.xb)
+        torch.index_select(self.y, 0, self.index, out=self.yb)
+        loss = self.loss_fn(self.model(self.xb), self.yb)
+        loss.backward()
+        if self.clip is not None:
+            nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        self.loss_sum.add_(loss.detach() * self.batch_size)
+
+    def run(self, idx: torch.Tensor) -> None:
+        self.index.copy_(idx, non_blocking=True)
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        self.optimizer.zero_grad(set_to_none=False)
+        self._body()
+
+    def capture(self) -> None:
+        """Warm up on a side stream, capture the step into a CUDA graph, then undo the warm-up.
+
+        The weights, the dropout RNG and the loss sum are restored whether or not the capture
+        succeeds; on success the optimizer state is reset to its fresh value (all zeros for the
+        capturable optimizers: step counts and moment estimates), so the first replay is step 1.
+        """
+        model, optimizer = self.model, self.optimizer
+        device = self.x.device
+        weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        rng = torch.cuda.get_rng_state(device)
+        loss_before = self.loss_sum.clone()
+        self.index.copy_(torch.arange(self.batch_size, device=device) % self.x.shape[0])
+        try:
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(GRAPH_WARMUP_STEPS):
+                    optimizer.zero_grad(set_to_none=True)
+                    self._body()
+            torch.cuda.current_stream(device).wait_stream(side)
+            optimizer.zero_grad(set_to_none=True)  # backward inside the capture allocates static gradients
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._body()
+            with torch.no_grad():
+                for state in optimizer.state.values():
+                    for value in state.values():
+                        if isinstance(value, torch.Tensor):
+                            value.zero_()
+            self.graph = graph
+        finally:
+            torch.cuda.synchronize(device)
+            with torch.no_grad():
+                for key, value in model.state_dict().items():
+                    value.copy_(weights[key])
+            torch.cuda.set_rng_state(rng, device)
+            self.loss_sum.copy_(loss_before)
+
+
+def graph_plan(spec: TrainingSpec, device: torch.device, n: int, batch_size: int) -> tuple[StepMode, str | None]:
+    """How full batches run on ``device``, and a note when a GPU trains without a CUDA graph."""
+    if device.type != "cuda" or spec.cuda_graphs == "off":
+        return "eager", None
+    if spec.optimizer not in CUDA_GRAPH_OPTIMIZERS:
+        return "eager", (
+            f"training.optimizer '{spec.optimizer}' cannot be captured in a CUDA graph: trained eagerly "
+            f"(graph-capturable optimizers: {', '.join(sorted(CUDA_GRAPH_OPTIMIZERS))})"
+        )
+    if n < batch_size:
+        return "eager", None  # a single ragged batch per epoch: nothing to replay
+    return "graph", None
 
 
 def fit(
@@ -180,11 +322,15 @@ def fit(
     generator: torch.Generator,
     on_epoch: Callable[[EpochReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    step_mode: StepMode | None = None,
 ) -> TrainOutcome:
     """Train ``model`` in place; with validation data, early-stop and restore the best weights.
 
     ``y_scale`` (per output) converts scaled regression errors to original units; None for
     classification. Loss values are accumulated on the device and read once per epoch.
+    ``step_mode`` None picks the path (``graph_plan``): a CUDA graph for full batches on a GPU,
+    the plain eager loop otherwise; ``static`` forces the graph path's step without capturing.
+    The ragged last batch of an epoch always runs eagerly.
     """
     assert spec.loss is not None  # filled in by the spec validator
     epochs, batch_size, patience, min_delta = (
@@ -197,25 +343,54 @@ def fit(
     x_train, y_train = train
     n = x_train.shape[0]
     loss_fn = LOSSES[spec.loss]()
-    optimizer = make_optimizer(spec, model)
-    schedule = StepSchedule(spec, optimizer, epochs * math.ceil(n / batch_size))
+    total_steps = epochs * math.ceil(n / batch_size)
+    outcome = TrainOutcome(best_epoch=0, epochs_run=0, cancelled=False, train_seconds=0.0)
+    mode, graph_note = graph_plan(spec, x_train.device, n, batch_size) if step_mode is None else (step_mode, None)
+    if graph_note is not None:
+        outcome.notes.append(graph_note)
     params = [p for p in model.parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), device=x_train.device)
+    stepper: StaticStep | None = None
+    optimizer = make_optimizer(spec, model, capturable=mode == "graph", tensor_lr=mode != "eager")
+    if mode != "eager":
+        stepper = StaticStep(
+            model, loss_fn, optimizer, params, spec.gradient_clip, x_train, y_train, batch_size, loss_sum
+        )
+    if mode == "graph":
+        assert stepper is not None
+        started = time.perf_counter()
+        model.train()
+        try:
+            stepper.capture()
+        except Exception as exc:  # an op in this model or optimizer that a graph cannot hold
+            stepper = None
+            optimizer = make_optimizer(spec, model)
+            outcome.notes.append(
+                f"CUDA-graph capture failed ({type(exc).__name__}: {str(exc)[:160]}): trained eagerly; "
+                "training.cuda_graphs 'off' skips the attempt"
+            )
+        outcome.train_seconds += time.perf_counter() - started
+    schedule = StepSchedule(spec, optimizer, total_steps)
     metric_name = "accuracy" if y_scale is None else "rmse"
     best_loss, best_epoch, best_state, since_best = math.inf, 0, None, 0
     # The loss that resets the patience: it must beat this by min_delta (relative), so that a tiny,
     # noisy validation part does not keep training alive on noise.
     patience_loss = math.inf
     lowest_train_loss = math.inf
-    outcome = TrainOutcome(best_epoch=0, epochs_run=0, cancelled=False, train_seconds=0.0)
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         model.train()
-        loss_sum = torch.zeros((), device=x_train.device)
+        loss_sum.zero_()
         perm = torch.randperm(n, generator=generator, device=generator.device).to(x_train.device)
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
+            if stepper is not None and idx.shape[0] == batch_size:
+                stepper.run(idx)
+                schedule.after_step()
+                continue
             xb, yb = x_train[idx], y_train[idx]
-            optimizer.zero_grad(set_to_none=True)
+            # The graph's gradients keep their addresses: zeroed in place, not freed.
+            optimizer.zero_grad(set_to_none=stepper is None)
             loss = loss_fn(model(xb), yb)
             loss.backward()
             if spec.gradient_clip is not None:
