@@ -218,6 +218,7 @@ def s3_storage_env(s3_server: object, monkeypatch: pytest.MonkeyPatch) -> dict[s
     get_settings.cache_clear()
     return values
 
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``@pytest.mark.cuda`` tests skip, naming the reason, where torch sees no GPU (CI has none either:
     they are the GPU machine's checks, run with ``pytest -m cuda``)."""
