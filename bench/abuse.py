@@ -8,6 +8,12 @@ reference measured in the same run.
 
     .venv/bin/python bench/abuse.py
     .venv/bin/python bench/abuse.py --streams 1000   # more open event streams (20 per key)
+    .venv/bin/python bench/abuse.py --only fairness  # just the fair-scheduling case
+
+The fair-scheduling case runs its own API and two real worker processes: project A queues a 100-job
+sweep, project B then submits one job, and B's wait (submitted → started) is compared with one job's
+duration (the median of A's jobs), first with the fair dispatcher, then with every job sent to the
+broker at once as before (``RNNLAB_DISPATCH_IN_FLIGHT`` set to 100,000).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -166,14 +173,148 @@ async def stream_load(base_url: str, keys: list[str], job_id: str, streams: int,
     return result
 
 
+def _job_spec(dataset_id: str) -> dict[str, Any]:
+    return {
+        "dataset_id": dataset_id,
+        "task": "forecast",
+        "data": {"layout": "series", "target": "value", "lookback": 12},
+        "model": {"cell": "gru", "hidden_size": 8},
+        "training": {"epochs": 4, "batch_size": 32, "seed": 0},
+        "evaluation": {"bootstrap_samples": 20, "attribution": False},
+    }
+
+
+def fairness_run(root: Path, workdir: Path, in_flight: int, sweep_jobs: int = 100) -> dict[str, float]:
+    """One run: A's sweep queued, then B's job; B's wait and the median job duration, in seconds."""
+    home = workdir / f"fair-{in_flight}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env.update(
+        RNNLAB_HOME=str(home),
+        RNNLAB_DISPATCH_IN_FLIGHT=str(in_flight),
+        RNNLAB_TORCH_THREADS="1",
+        RNNLAB_RATE_LIMIT="",
+        RNNLAB_EMBEDDED_BROKER_POLL_SECONDS="0.05",
+    )
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=root, env=env, check=True)
+
+    def key(project: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "create", "--project", project],
+            cwd=root,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip()
+
+    heads = {p: {"Authorization": f"Bearer {key(p)}"} for p in ("a", "b")}
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    log = open(workdir / f"fair-{in_flight}.log", "wb")  # noqa: SIM115 - closed below
+    try:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)]
+                + ["--log-level", "warning"],
+                cwd=root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, procs[0])
+        for i in range(2):  # two workers of one slot each, as docker-compose.yml runs them
+            argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker"]
+            argv += ["--queues", "default", "--concurrency", "1", "--hostname", f"fair{i}@%h"]
+            argv += ["--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+            procs.append(subprocess.Popen(argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT))
+        sine = "t,value\n" + "\n".join(f"{i},{(i % 24) / 24:.4f}" for i in range(400)) + "\n"
+        with httpx.Client(base_url=base, timeout=60) as http:
+            data = {}
+            for p, h in heads.items():
+                r = http.post("/api/v1/datasets", headers=h, files={"file": ("sine.csv", sine.encode())})
+                data[p] = r.json()["id"]
+            sweep = {"base": _job_spec(data["a"]), "seeds": list(range(sweep_jobs)), "max_jobs": sweep_jobs}
+            r = http.post("/api/v1/sweeps", headers=heads["a"], json=sweep)
+            assert r.status_code == 201, r.text
+            sweep_id = r.json()["id"]
+
+            def a_jobs() -> list[dict[str, Any]]:
+                url = f"/api/v1/jobs?sweep_id={sweep_id}&limit=200"
+                return list(http.get(url, headers=heads["a"]).json()["items"])
+
+            # Let the workers settle into the sweep (two jobs finished) before B arrives.
+            deadline = time.monotonic() + 600
+            while sum(j["status"] == "succeeded" for j in a_jobs()) < 2:
+                assert time.monotonic() < deadline, "project A's jobs do not run; see the log"
+                time.sleep(0.2)
+            r = http.post("/api/v1/jobs", headers=heads["b"], json=_job_spec(data["b"]))
+            b_id = r.json()["id"]
+            submitted = time.monotonic()
+            started = None
+            while started is None:
+                job = http.get(f"/api/v1/jobs/{b_id}", headers=heads["b"]).json()
+                if job["status"] != "queued":
+                    started = time.monotonic() - submitted
+                elif time.monotonic() - submitted > 90:
+                    break
+                else:
+                    time.sleep(0.05)
+            durations = []
+            for j in a_jobs():
+                if j["status"] == "succeeded" and j.get("started_at") and j.get("finished_at"):
+                    t0 = datetime.fromisoformat(j["started_at"])
+                    t1 = datetime.fromisoformat(j["finished_at"])
+                    durations.append((t1 - t0).total_seconds())
+            a_started = sum(j["status"] != "queued" for j in a_jobs())
+            http.post(f"/api/v1/sweeps/{sweep_id}/cancel", headers=heads["a"])
+        return {
+            "wait": started if started is not None else float("inf"),
+            "waited": time.monotonic() - submitted,
+            "duration": statistics.median(durations),
+            "a_started": float(a_started),
+        }
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def fairness(root: Path, workdir: Path) -> None:
+    for in_flight, label in ((1, "fair dispatch (in flight 1)"), (100_000, "all sent at submit (as before)")):
+        r = fairness_run(root, workdir, in_flight)
+        wait = f"{r['wait']:.2f} s" if r["wait"] != float("inf") else f"not started after {r['waited']:.0f} s"
+        ratio = r["wait"] / r["duration"]
+        print(
+            f"100-job sweep in A, 1 job in B, 2 workers, {label}: B started after {wait} "
+            f"= {ratio:.2f} job durations (median job {r['duration']:.2f} s; A had started "
+            f"{r['a_started']:.0f} jobs)  goal: <= 1 job duration  {'ok' if ratio <= 1 else 'OVER'}",
+            flush=True,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=200, help="event streams to hold open (default 200)")
     parser.add_argument("--slowloris", type=int, default=300, help="stalled uploads to open (default 300)")
+    parser.add_argument("--only", choices=["fairness"], help="run only this case")
     args = parser.parse_args()
 
     root = Path(__file__).resolve().parent.parent
     workdir = Path(tempfile.mkdtemp(prefix="rnnlab-abuse-"))
+    if args.only == "fairness":
+        try:
+            fairness(root, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     server_proc: subprocess.Popen[bytes] | None = None
     body_timeout_s = 5.0
     try:
@@ -358,6 +499,10 @@ def main() -> int:
             f"goal: p99 < 200 ms  {'ok' if max(result['healthz_p99'], result['job_p99']) < 200 else 'OVER'}"
         )
         http.close()
+        server_proc.terminate()
+        server_proc.wait(timeout=30)
+        server_proc = None
+        fairness(root, workdir)
         return 0
     finally:
         if server_proc is not None:

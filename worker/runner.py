@@ -24,6 +24,7 @@ from app.datasets.loading import load_dataset_data
 from app.db import new_session
 from app.errors import AppError
 from app.jobs import state
+from app.jobs.dispatch import fill_queue
 from app.jobs.final_values import record_final_values
 from app.jobs.status import JobStatus
 from app.models import Dataset, EpochMetric, Evaluation, Job
@@ -161,10 +162,12 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         return None
     with new_session() as session:
         claim = state.claim_job(session, job_id, worker_id, settings.lease_seconds)
+        job = session.get(Job, job_id)
+        # A job left the broker (claimed, or a stale message): its place goes to the next job now.
+        refill(job.queue if job is not None else None)
         if claim is None:
             log.info("job %s not claimable (already taken, finished or cancelled); skipping", job_id)
             return None
-        job = session.get(Job, job_id)
         assert job is not None
         dataset = session.get(Dataset, job.dataset_id)
         spec_dict = dict(job.spec)
@@ -180,6 +183,16 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         except Exception:
             log.exception("sweep %s: could not ask the next trial; the recovery loop will", sweep_id)
     return status
+
+
+def refill(queue: str | None) -> None:
+    """Send the next fair job of ``queue`` to the broker (never while this worker shuts down)."""
+    if queue is None or shutting_down():
+        return
+    try:
+        fill_queue(queue)
+    except Exception:
+        log.exception("could not dispatch the next job of queue %s; the recovery loop will", queue)
 
 
 def _run_claimed(
