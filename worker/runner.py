@@ -27,6 +27,7 @@ from app.jobs import state
 from app.jobs.dispatch import fill_queue
 from app.jobs.final_values import record_final_values
 from app.jobs.status import JobStatus
+from app.jobs.watch import publish_job_change
 from app.models import Dataset, EpochMetric, Evaluation, Job
 from app.storage import get_storage
 from app.sweeps import search
@@ -175,7 +176,9 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         sweep_id = job.sweep_id
         is_trial = job.trial_number is not None
 
+    publish_job_change(job_id)  # event streams show it running now
     status = _run_claimed(claim, job, dataset, spec_dict, epochs, is_trial)
+    publish_job_change(job_id)
     if sweep_id is not None and status is not None:
         # A slot of the search is free: ask its next trial now (the recovery loop would, later).
         try:
@@ -225,6 +228,7 @@ def _run_claimed(
             unwritten.append((report.epoch, report.metrics))
             try:
                 heartbeat.apply(record_epochs(claim, unwritten, settings.lease_seconds))
+                publish_job_change(job_id)
             except DBAPIError as exc:
                 # A database hiccup must not fail the job: the lease covers the gap, and the
                 # heartbeat keeps trying. The epoch is kept and written with the next one, or with

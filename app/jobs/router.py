@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from app.jobs.export import metrics_csv
 from app.jobs.model_export import ModelFormat
 from app.jobs.schemas import JobMetrics, JobRead, Leaderboard, PredictRequest, PredictResponse
 from app.jobs.status import FINISHED, JobStatus
+from app.jobs.watch import JobWatcher, get_watcher
 from app.pagination import Page, PageParams, page_params
 from app.ratelimit import acquire_event_stream, client_key, release_event_stream
 from app.responses import OrjsonResponse
@@ -188,12 +188,24 @@ async def job_events(job_id: str, request: Request, project: CurrentProject, ses
 
 
 async def events(job_id: str, request: Request, poll_seconds: float) -> AsyncIterator[str]:
-    """The event stream of one job, polled from SQL every ``poll_seconds``."""
+    """The event stream of one job. It reads SQL only when the process's shared watcher
+    (app.jobs.watch) saw the job change; ``poll_seconds`` is how often it checks for a disconnect."""
+    watcher = get_watcher()
+    watcher.watch(job_id)
+    try:
+        async for event in _job_events(watcher, job_id, request, poll_seconds):
+            yield event
+    finally:
+        watcher.unwatch(job_id)
+
+
+async def _job_events(watcher: JobWatcher, job_id: str, request: Request, poll_seconds: float) -> AsyncIterator[str]:
     last_status: dict[str, Any] | None = None
     last_epoch = 0
     run: tuple[Any, Any] | None = None
     idle = 0.0
     while True:
+        seen = watcher.version(job_id)  # before reading: a change after this read wakes us again
         status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
         if status is None:
             yield _sse("end", {"status": "deleted"})
@@ -214,13 +226,15 @@ async def events(job_id: str, request: Request, poll_seconds: float) -> AsyncIte
         if status["status"] in FINISHED:
             yield _sse("end", {"status": status["status"]})
             return
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(poll_seconds)
-        idle += poll_seconds
-        if idle >= 15:
-            yield ": keep-alive\n\n"
-            idle = 0.0
+        while True:
+            if await watcher.wait(job_id, seen, max(poll_seconds, 1.0)) != seen:
+                break
+            if await request.is_disconnected():
+                return
+            idle += max(poll_seconds, 1.0)
+            if idle >= 15:
+                yield ": keep-alive\n\n"
+                idle = 0.0
 
 
 metrics_router = APIRouter(prefix="/metrics", tags=["dashboards"])
