@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -162,6 +163,43 @@ def test_the_active_jobs_quota_is_a_409_naming_it(client, auth, other_auth, monk
     error_of(client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)), 409, "quota_active_jobs")
     other_sine = upload_sine(client, other_auth)  # another project has its own quota
     assert client.post("/api/v1/jobs", headers=other_auth, json=forecast_spec(other_sine)).status_code == 201
+
+
+def test_racing_submits_cannot_pass_the_active_jobs_quota(client, auth, monkeypatch) -> None:
+    """Eight threads submit at once against a quota of 3: exactly 3 jobs are created (the project
+    row is locked between the count and the insert, on SQLite and PostgreSQL)."""
+    from sqlalchemy import func, select
+
+    from app.db import new_session
+    from app.errors import AppError
+    from app.jobs.service import create_job
+    from app.models import Dataset, Job, Project
+
+    sine = upload_sine(client, auth)
+    set_setting(monkeypatch, quota_active_jobs="3")
+    with new_session() as session:
+        project_id = session.get(Dataset, sine).project_id  # type: ignore[union-attr]
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def submit() -> None:
+        with new_session() as session:
+            project = session.get(Project, project_id)
+            barrier.wait()
+            try:
+                create_job(session, project, forecast_spec(sine))  # type: ignore[arg-type]
+                outcomes.append("created")
+            except AppError as exc:
+                outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(outcomes) == ["created"] * 3 + ["quota_active_jobs"] * 5
+    with new_session() as session:
+        assert session.scalar(select(func.count()).select_from(Job).where(Job.project_id == project_id)) == 3
 
 
 def test_the_storage_quota_is_a_413_naming_it(client, auth, monkeypatch) -> None:
