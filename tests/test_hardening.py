@@ -299,3 +299,37 @@ def test_the_rate_limit_is_shared_through_redis(client, auth, redis_url, monkeyp
     keys = redis.Redis.from_url(url).keys("LIMITS:*")
     assert keys  # the count lives in Redis, where every API process sees it
     redis.Redis.from_url(url).delete(*keys)
+
+
+def test_an_old_npz_with_an_empty_dtype_is_a_4xx_on_preview_and_submit(client, auth) -> None:
+    """Datasets stored before uploads refused ``|S0`` arrays: preview and job submit answer 422."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from numpy.lib import format as npy_format
+
+    from app.datasets.loading import dataset_path
+    from app.db import new_session
+    from app.models import Dataset
+
+    buf = io.BytesIO()
+    np.savez(buf, X=np.zeros((20, 5, 1)), y=np.arange(20) % 2)
+    r = client.post("/api/v1/datasets", headers=auth, files={"file": ("old.npz", buf.getvalue())})
+    assert r.status_code == 201, r.text
+    dataset_id = r.json()["id"]
+    header = io.BytesIO()  # what an old upload could hold: an array of dtype |S0
+    npy_format.write_array_header_1_0(header, {"descr": "|S0", "fortran_order": False, "shape": (20, 5, 1)})
+    y = io.BytesIO()
+    np.save(y, np.arange(20) % 2)
+    with new_session() as session:
+        path = dataset_path(session.get(Dataset, dataset_id))  # type: ignore[arg-type]
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("X.npy", header.getvalue())
+        archive.writestr("y.npy", y.getvalue())
+
+    error = error_of(client.get(f"/api/v1/datasets/{dataset_id}/preview", headers=auth), 422, "invalid_npz")
+    assert error["details"]["array"] == "X"
+    spec = {"dataset_id": dataset_id, "task": "classification", "data": {"layout": "arrays", "target": "y"}}
+    error = error_of(client.post("/api/v1/jobs", headers=auth, json=spec), 422, "invalid_npz")
+    assert error["details"]["array"] == "X"
