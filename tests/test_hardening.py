@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -333,3 +334,30 @@ def test_an_old_npz_with_an_empty_dtype_is_a_4xx_on_preview_and_submit(client, a
     spec = {"dataset_id": dataset_id, "task": "classification", "data": {"layout": "arrays", "target": "y"}}
     error = error_of(client.post("/api/v1/jobs", headers=auth, json=spec), 422, "invalid_npz")
     assert error["details"]["array"] == "X"
+
+
+def test_the_stream_cap_is_counted_in_redis_across_api_processes(monkeypatch, redis_url, env) -> None:
+    """With a Redis broker, a key's open streams are counted in Redis: slots taken by another API
+    process count too, a released one frees a place, and one a killed process left behind lapses."""
+    import uuid
+
+    from app import ratelimit
+
+    set_setting(monkeypatch, broker_url=redis_url, max_event_streams_per_key="2")
+    monkeypatch.setattr(ratelimit, "STREAM_TTL_SECONDS", 0.5)
+    who = f"key:test-{uuid.uuid4().hex}"
+    dead = ratelimit.acquire_event_stream(who)  # its API process is killed: never refreshed
+    ratelimit._streams.clear()  # nothing of the count lives in this process
+    alive = ratelimit.acquire_event_stream(who)
+    with pytest.raises(ratelimit.TooManyRequests):
+        ratelimit.acquire_event_stream(who)
+    assert ratelimit.open_event_streams(who) == 2
+    time.sleep(0.3)
+    ratelimit.refresh_event_stream(who, alive)
+    time.sleep(0.3)
+    assert ratelimit.open_event_streams(who) == 1  # the dead one lapsed, the refreshed one holds
+    third = ratelimit.acquire_event_stream(who)
+    ratelimit.release_event_stream(who, third)
+    ratelimit.release_event_stream(who, alive)
+    assert ratelimit.open_event_streams(who) == 0
+    assert dead

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,7 +22,13 @@ from app.jobs.schemas import JobMetrics, JobRead, Leaderboard, PredictRequest, P
 from app.jobs.status import FINISHED, JobStatus
 from app.jobs.watch import JobWatcher, get_watcher
 from app.pagination import Page, PageParams, page_params
-from app.ratelimit import acquire_event_stream, client_key, release_event_stream
+from app.ratelimit import (
+    STREAM_REFRESH_SECONDS,
+    acquire_event_stream,
+    client_key,
+    refresh_event_stream,
+    release_event_stream,
+)
 from app.responses import OrjsonResponse
 from worker.engine.results import Evaluation
 
@@ -175,14 +182,18 @@ async def job_events(job_id: str, request: Request, project: CurrentProject, ses
     session.close()
     poll_seconds = get_settings().sse_poll_seconds
     who = client_key(request)
-    acquire_event_stream(who)
+    token = await run_in_threadpool(acquire_event_stream, who)
 
     async def stream() -> AsyncIterator[str]:
+        refreshed = time.monotonic()
         try:
             async for event in events(job_id, request, poll_seconds):
                 yield event
+                if time.monotonic() - refreshed > STREAM_REFRESH_SECONDS:  # idle streams yield keep-alives
+                    refreshed = time.monotonic()
+                    await run_in_threadpool(refresh_event_stream, who, token)
         finally:
-            release_event_stream(who)
+            await run_in_threadpool(release_event_stream, who, token)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
