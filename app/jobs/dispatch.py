@@ -24,13 +24,14 @@ import zlib
 from collections.abc import Iterable
 from datetime import timedelta
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import new_session
 from app.jobs import state
-from app.models import utcnow
+from app.jobs.status import JobStatus
+from app.models import Job, utcnow
 from app.queue import QUEUES, broker_job_ids, send_job
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,30 @@ def next_fair_job(session: Session, queue: str) -> str | None:
     active = state.active_by_project(session, queue)
     project_id = min(heads, key=lambda h: (active.get(h[0], 0), h[1], h[0]))[0]
     return state.oldest_waiting(session, queue, project_id)
+
+
+def fairer_job(session: Session, job_id: str) -> str | None:
+    """A waiting job that fairness puts before ``job_id``, whose broker message a worker just took.
+
+    The message in the broker was chosen when the place freed, maybe before another project's job
+    arrived; the worker that takes it runs the fairer job instead (and ``job_id`` waits again).
+    That job's project must have fewer jobs running or in flight than ``job_id``'s (not counting
+    ``job_id``), so within a project, and between projects with equal shares, nothing is swapped.
+    """
+    row = session.execute(
+        select(Job.project_id, Job.queue, Job.status, Job.dispatched_at).where(Job.id == job_id)
+    ).first()
+    if row is None or row.status != JobStatus.QUEUED:
+        return None
+    heads = [h for h in state.waiting_heads(session, row.queue) if h[0] != row.project_id]
+    if not heads:
+        return None
+    active = state.active_by_project(session, row.queue)
+    mine = active.get(row.project_id, 0) - (1 if row.dispatched_at is not None else 0)
+    project_id = min(heads, key=lambda h: (active.get(h[0], 0), h[1], h[0]))[0]
+    if active.get(project_id, 0) >= mine:
+        return None
+    return state.oldest_waiting(session, row.queue, project_id)
 
 
 def reserve(queue: str, limit: int | None = None) -> list[str]:
