@@ -197,7 +197,9 @@ def _job_spec(dataset_id: str) -> dict[str, Any]:
     }
 
 
-def fairness_run(root: Path, workdir: Path, in_flight: int, sweep_jobs: int = 100) -> dict[str, float]:
+def fairness_run(
+    root: Path, workdir: Path, in_flight: int, sweep_jobs: int = 100, samples: int = 5
+) -> dict[str, float]:
     """One run: A's sweep queued, then B's job; B's wait and the median job duration, in seconds."""
     home = workdir / f"fair-{in_flight}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
@@ -263,20 +265,33 @@ def fairness_run(root: Path, workdir: Path, in_flight: int, sweep_jobs: int = 10
             while sum(j["status"] == "succeeded" for j in a_jobs()) < 2:
                 assert time.monotonic() < deadline, "project A's jobs do not run; see the log"
                 time.sleep(0.2)
-            r = http.post("/api/v1/jobs", headers=heads["b"], json=_job_spec(data["b"]))
-            b_id = r.json()["id"]
-            submitted = time.monotonic()
-            started = None
-            while started is None:
-                job = http.get(f"/api/v1/jobs/{b_id}", headers=heads["b"]).json()
-                if job["status"] != "queued":
-                    started = time.monotonic() - submitted
-                elif time.monotonic() - submitted > 90:
+            waits: list[float] = []  # B's jobs, one at a time
+            for sample in range(samples):
+                r = http.post("/api/v1/jobs", headers=heads["b"], json=_job_spec(data["b"]))
+                b_id = r.json()["id"]
+                submitted = time.monotonic()
+                started = None
+                while started is None:
+                    job = http.get(f"/api/v1/jobs/{b_id}", headers=heads["b"]).json()
+                    if job["status"] != "queued":
+                        started = time.monotonic() - submitted
+                    elif time.monotonic() - submitted > 90:
+                        break
+                    else:
+                        time.sleep(0.05)
+                if started is None:
                     break
-                else:
-                    time.sleep(0.05)
+                waits.append(started)
+                if sample == 0:
+                    a_started = sum(j["status"] != "queued" for j in a_jobs())
+                # B's next job arrives once this one has finished (B has nothing running, A all the
+                # workers), at another point of A's jobs.
+                while http.get(f"/api/v1/jobs/{b_id}", headers=heads["b"]).json()["status"] in ("queued", "running"):
+                    time.sleep(0.1)
+                time.sleep(0.37 * (sample + 1))
             waited = time.monotonic() - submitted
-            a_started = sum(j["status"] != "queued" for j in a_jobs())
+            if not waits:
+                a_started = sum(j["status"] != "queued" for j in a_jobs())
             # One job's duration: the median of A's jobs once warm (each worker's first job loads
             # torch), over at least 8 of them.
             deadline = time.monotonic() + 300
@@ -292,7 +307,9 @@ def fairness_run(root: Path, workdir: Path, in_flight: int, sweep_jobs: int = 10
             ]
             http.post(f"/api/v1/sweeps/{sweep_id}/cancel", headers=heads["a"])
         return {
-            "wait": started if started is not None else float("inf"),
+            "wait": max(waits) if waits else float("inf"),
+            "median_wait": statistics.median(waits) if waits else float("inf"),
+            "samples": float(len(waits)),
             "waited": waited,
             "duration": statistics.median(durations),
             "a_started": float(a_started),
@@ -311,16 +328,17 @@ def fairness_run(root: Path, workdir: Path, in_flight: int, sweep_jobs: int = 10
 def fairness(root: Path, workdir: Path) -> None:
     for in_flight, label in ((1, "fair dispatch (in flight 1)"), (100_000, "all sent at submit (as before)")):
         r = fairness_run(root, workdir, in_flight)
-        wait = (
-            f"started after {r['wait']:.2f} s"
-            if r["wait"] != float("inf")
-            else f"not started after {r['waited']:.0f} s"
-        )
+        if r["wait"] == float("inf"):
+            wait = f"B's job not started after {r['waited']:.0f} s"
+        else:
+            wait = (
+                f"B's job started after {r['median_wait']:.2f} s median, {r['wait']:.2f} s worst of {r['samples']:.0f}"
+            )
         ratio = r["wait"] / r["duration"]
         print(
-            f"100-job sweep in A, 1 job in B, 2 workers, {label}: B {wait} "
-            f"= {ratio:.2f} job durations (median job {r['duration']:.2f} s; A had started "
-            f"{r['a_started']:.0f} jobs)  goal: <= 1 job duration  {'ok' if ratio <= 1 else 'OVER'}",
+            f"100-job sweep in A, 2 workers, {label}: {wait} = {ratio:.2f} job durations at worst "
+            f"(median job {r['duration']:.2f} s; A had started {r['a_started']:.0f} jobs when B's first "
+            f"started)  goal: <= 1 job duration  {'ok' if ratio <= 1 else 'OVER'}",
             flush=True,
         )
 
