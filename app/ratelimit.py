@@ -99,6 +99,10 @@ def _stream_redis() -> Any:
         return _redis["client"]
 
 
+def streams_in_redis() -> bool:
+    return get_settings().broker_url.startswith(("redis://", "rediss://"))
+
+
 def _stream_key(who: str) -> str:
     return f"rnnlab:streams:{who}"
 
