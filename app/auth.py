@@ -119,6 +119,10 @@ def current_project(request: Request, session: SessionDep) -> Project:
         .join(ApiKey, ApiKey.project_id == Project.id)
         .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     )
+    # End the read now: the connection goes back to the pool instead of being held while the request
+    # waits for a thread for its next dependency (a burst of requests would otherwise hold every
+    # connection while every thread waits for one).
+    session.commit()
     if owner is None:
         raise _unauthorized("invalid or revoked API key")
     if cache_seconds > 0:

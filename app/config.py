@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float | None = Field(default=None, description="Defaults to a third of lease_seconds.")
     recovery_interval_seconds: float = Field(default=5.0, gt=0)
     redispatch_after_seconds: float = Field(default=30.0, gt=0)
+    dispatch_in_flight: int = Field(
+        default=1, ge=1, le=1_000_000, description="Jobs per queue sent to the broker and not yet started."
+    )
     max_attempts: int = Field(default=3, ge=1, le=100)
     storage_retry_seconds: float = Field(
         default=10.0, ge=0, description="A job whose store was unreachable runs again after attempt x this."

@@ -1,18 +1,21 @@
 """Per-project quotas: queued + running jobs, and stored (uploaded) bytes.
 
-Checked when work is added, inside the request that adds it. Two requests racing for the last
-unit can both pass (the check is not a lock); the overshoot is bounded by the requests in flight.
+Checked when work is added, inside the request that adds it. The active-jobs quota is locked, not
+just checked: the project's row is locked (PostgreSQL ``FOR UPDATE``; on SQLite a no-op write takes
+the database's single write lock) before counting, and held until the caller commits its new jobs,
+so racing submits cannot pass the quota together. The stored-bytes check is not locked (an upload is
+converted between check and insert); racing uploads can pass it by the uploads in flight.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.errors import Conflict, TooLarge
 from app.jobs.status import ACTIVE
-from app.models import Dataset, Job
+from app.models import Dataset, Job, Project
 
 
 def active_jobs(session: Session, project_id: str) -> int:
@@ -25,9 +28,26 @@ def stored_bytes(session: Session, project_id: str) -> int:
     return int(session.scalar(query) or 0)
 
 
+def lock_project(session: Session, project_id: str) -> None:
+    """Serialise writers of this project until the session commits or rolls back."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
+    else:  # SQLite ignores FOR UPDATE; the first write of a transaction takes the write lock
+        session.execute(
+            update(Project)
+            .where(Project.id == project_id)
+            .values(id=Project.id)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def check_active_jobs_quota(session: Session, project_id: str, adding: int) -> None:
-    """409 ``quota_active_jobs`` when ``adding`` more jobs would pass RNNLAB_QUOTA_ACTIVE_JOBS."""
+    """409 ``quota_active_jobs`` when ``adding`` more jobs would pass RNNLAB_QUOTA_ACTIVE_JOBS.
+
+    Locks the project first; the caller must add its jobs and commit in this same transaction.
+    """
     limit = get_settings().quota_active_jobs
+    lock_project(session, project_id)
     active = active_jobs(session, project_id)
     if active + adding > limit:
         raise Conflict(

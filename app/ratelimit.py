@@ -1,16 +1,19 @@
 """Per-key limits: a request rate (the ``limits`` library) and a cap on open event streams.
 
-The rate is counted in Redis when the broker is Redis (every API process of the distributed
-deployment shares one count), in memory in the embedded deployment. The count is kept per API
+The rate and the open event streams are counted in Redis when the broker is Redis (every API
+process of the distributed deployment shares one count), in memory in the embedded deployment. The count is kept per API
 key (a hash of the bearer token, so unknown keys are limited too and no key is stored in clear).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
+import os
 import threading
 import time
+import uuid
 from typing import Any
 
 from fastapi import Request
@@ -21,6 +24,7 @@ from limits.strategies import MovingWindowRateLimiter
 from app.config import get_settings
 from app.errors import TooManyRequests
 
+log = logging.getLogger(__name__)
 _state: dict[str, Any] = {"config": None, "limiter": None, "items": []}
 _lock = threading.Lock()
 
@@ -66,23 +70,95 @@ def enforce_rate_limit(request: Request) -> None:
 _streams: dict[str, int] = {}
 _streams_lock = threading.Lock()
 
+# In the distributed mode the open streams of a key are counted in Redis, across API processes: a
+# sorted set per key of stream tokens scored by when they lapse. An open stream refreshes its token
+# (STREAM_TTL_SECONDS); one left behind by a killed API process lapses instead of holding a slot.
+STREAM_TTL_SECONDS = 60.0
+STREAM_REFRESH_SECONDS = 20.0
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local open_now = redis.call('ZCARD', KEYS[1])
+if open_now >= tonumber(ARGV[3]) then return -open_now - 1 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return open_now + 1
+"""
+_redis: dict[str, Any] = {"key": None, "client": None}
 
-def acquire_event_stream(who: str) -> None:
-    """Take one of the key's event-stream slots in this process; 429 when all are taken."""
+
+def _stream_redis() -> Any:
+    """The Redis client for stream counts, or None in the embedded mode."""
+    url = get_settings().broker_url
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    with _streams_lock:
+        if _redis["key"] != (url, os.getpid()):
+            import redis
+
+            _redis.update(key=(url, os.getpid()), client=redis.Redis.from_url(url, socket_timeout=5))
+        return _redis["client"]
+
+
+def streams_in_redis() -> bool:
+    return get_settings().broker_url.startswith(("redis://", "rediss://"))
+
+
+def _stream_key(who: str) -> str:
+    return f"rnnlab:streams:{who}"
+
+
+def _too_many(open_now: int, limit: int) -> TooManyRequests:
+    return TooManyRequests(
+        "too_many_streams",
+        f"this key already has {open_now} open event streams (limit {limit}); close one first",
+        {"limit": limit},
+        retry_after_seconds=5,
+    )
+
+
+def acquire_event_stream(who: str) -> str:
+    """Take one of the key's event-stream slots (across API processes with Redis); 429 when all are
+    taken. Returns the stream's token for :func:`refresh_event_stream` and :func:`release_event_stream`."""
     limit = get_settings().max_event_streams_per_key
+    token = uuid.uuid4().hex
+    client = _stream_redis()
+    if client is not None:
+        now = time.time()
+        result = int(
+            client.eval(
+                _ACQUIRE, 1, _stream_key(who), now, now + STREAM_TTL_SECONDS, limit, token, int(STREAM_TTL_SECONDS) + 5
+            )
+        )
+        if result < 0:
+            raise _too_many(-result - 1, limit)
+        return token
     with _streams_lock:
         open_now = _streams.get(who, 0)
         if open_now >= limit:
-            raise TooManyRequests(
-                "too_many_streams",
-                f"this key already has {open_now} open event streams (limit {limit}); close one first",
-                {"limit": limit},
-                retry_after_seconds=5,
-            )
+            raise _too_many(open_now, limit)
         _streams[who] = open_now + 1
+    return token
 
 
-def release_event_stream(who: str) -> None:
+def refresh_event_stream(who: str, token: str) -> None:
+    """Keep an open stream's slot from lapsing (Redis only; a failure is logged, not raised)."""
+    client = _stream_redis()
+    if client is not None:
+        try:
+            client.zadd(_stream_key(who), {token: time.time() + STREAM_TTL_SECONDS}, xx=True)
+            client.expire(_stream_key(who), int(STREAM_TTL_SECONDS) + 5)
+        except Exception as exc:
+            log.warning("could not refresh an event-stream slot: %s", exc)
+
+
+def release_event_stream(who: str, token: str | None = None) -> None:
+    client = _stream_redis()
+    if client is not None and token is not None:
+        try:
+            client.zrem(_stream_key(who), token)
+        except Exception as exc:  # it lapses after STREAM_TTL_SECONDS
+            log.warning("could not release an event-stream slot: %s", exc)
+        return
     with _streams_lock:
         left = _streams.get(who, 0) - 1
         if left > 0:
@@ -92,5 +168,10 @@ def release_event_stream(who: str) -> None:
 
 
 def open_event_streams(who: str) -> int:
+    client = _stream_redis()
+    if client is not None:
+        key = _stream_key(who)
+        client.zremrangebyscore(key, "-inf", time.time())
+        return int(client.zcard(key))
     with _streams_lock:
         return _streams.get(who, 0)

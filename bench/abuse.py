@@ -8,6 +8,13 @@ reference measured in the same run.
 
     .venv/bin/python bench/abuse.py
     .venv/bin/python bench/abuse.py --streams 1000   # more open event streams (20 per key)
+    .venv/bin/python bench/abuse.py --only fairness  # just the fair-scheduling case
+    .venv/bin/python bench/abuse.py --only streams --streams 1000  # just the event-stream case
+
+The fair-scheduling case runs its own API and two real worker processes: project A queues a 100-job
+sweep, project B then submits one job, and B's wait (submitted → started) is compared with one job's
+duration (the median of A's jobs), first with the fair dispatcher, then with every job sent to the
+broker at once as before (``RNNLAB_DISPATCH_IN_FLIGHT`` set to 100,000).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,15 +145,27 @@ async def stream_load(base_url: str, keys: list[str], job_id: str, streams: int,
         headers = {"Authorization": f"Bearer {key}"}
         async with client.stream("GET", f"{base_url}/api/v1/jobs/{job_id}/events", headers=headers) as response:
             if response.status_code == 200:
-                opened += 1
+                counted = False
                 async for _ in response.aiter_bytes():
+                    if not counted:  # open once its first event arrived (the job's status)
+                        opened += 1
+                        counted = True
                     if stop.is_set():
                         return
 
     limits = httpx.Limits(max_connections=streams + 10)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         tasks = [asyncio.create_task(hold(client, keys[i // STREAMS_PER_KEY])) for i in range(streams)]
-        await asyncio.sleep(3 + streams / 100)
+        # Measure while the streams are open, not while they are opening: wait until every one is
+        # (or none more opened for 10 s).
+        t_open = time.perf_counter()
+        last, last_change = -1, time.perf_counter()
+        while opened < streams and time.perf_counter() - last_change < 10:
+            if opened != last:
+                last, last_change = opened, time.perf_counter()
+            await asyncio.sleep(0.2)
+        open_seconds = time.perf_counter() - t_open
+        await asyncio.sleep(2)
         timings: dict[str, list[float]] = {"healthz": [], "job": []}
         async with httpx.AsyncClient(timeout=60) as probe:
             headers = {"Authorization": f"Bearer {keys[-1]}"}
@@ -158,7 +178,7 @@ async def stream_load(base_url: str, keys: list[str], job_id: str, streams: int,
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    result = {"opened": float(opened)}
+    result = {"opened": float(opened), "open_seconds": open_seconds}
     for name, values in timings.items():
         values.sort()
         result[f"{name}_p50"] = statistics.median(values)
@@ -166,31 +186,207 @@ async def stream_load(base_url: str, keys: list[str], job_id: str, streams: int,
     return result
 
 
+def streams_case(server: Server, base: str, keys: list[str], job_id: str, streams: int) -> None:
+    before = server.reset_peak()
+    result = asyncio.run(stream_load(base, keys, job_id, streams, probes=100))
+    extra = memory_mib(server.pid, "VmHWM") - before
+    print(
+        f"{streams} open event streams ({int(result['opened'])} opened in {result['open_seconds']:.1f} s): "
+        f"/healthz p50 "
+        f"{result['healthz_p50']:.0f} ms p99 {result['healthz_p99']:.0f} ms; GET /jobs/{{id}} p50 "
+        f"{result['job_p50']:.0f} ms p99 {result['job_p99']:.0f} ms; peak +{extra:.0f} MB  "
+        f"goal: p99 < 200 ms  {'ok' if max(result['healthz_p99'], result['job_p99']) < 200 else 'OVER'}"
+    )
+
+
+def _job_spec(dataset_id: str) -> dict[str, Any]:
+    return {
+        "dataset_id": dataset_id,
+        "task": "forecast",
+        "data": {"layout": "series", "target": "value", "lookback": 12},
+        "model": {"cell": "gru", "hidden_size": 8},
+        "training": {"epochs": 4, "batch_size": 32, "seed": 0},
+        "evaluation": {"bootstrap_samples": 20, "attribution": False},
+    }
+
+
+def fairness_run(
+    root: Path, workdir: Path, in_flight: int, sweep_jobs: int = 100, samples: int = 5
+) -> dict[str, float]:
+    """One run: A's sweep queued, then B's job; B's wait and the median job duration, in seconds."""
+    home = workdir / f"fair-{in_flight}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
+    env.update(
+        RNNLAB_HOME=str(home),
+        RNNLAB_DISPATCH_IN_FLIGHT=str(in_flight),
+        RNNLAB_TORCH_THREADS="1",
+        RNNLAB_RATE_LIMIT="",
+        RNNLAB_EMBEDDED_BROKER_POLL_SECONDS="0.05",
+    )
+    subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=root, env=env, check=True)
+
+    def key(project: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "create", "--project", project],
+            cwd=root,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return out.stdout.strip()
+
+    heads = {p: {"Authorization": f"Bearer {key(p)}"} for p in ("a", "b")}
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    log = open(workdir / f"fair-{in_flight}.log", "wb")  # noqa: SIM115 - closed below
+    try:
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)]
+                + ["--log-level", "warning"],
+                cwd=root,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, procs[0])
+        for i in range(2):  # two workers of one slot each, as docker-compose.yml runs them
+            argv = [sys.executable, "-m", "celery", "-A", "worker.celery_app:celery_app", "worker"]
+            argv += ["--queues", "default", "--concurrency", "1", "--hostname", f"fair{i}@%h"]
+            argv += ["--without-gossip", "--without-mingle", "--loglevel", "INFO"]
+            procs.append(subprocess.Popen(argv, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT))
+        sine = "t,value\n" + "\n".join(f"{i},{(i % 24) / 24:.4f}" for i in range(400)) + "\n"
+        with httpx.Client(base_url=base, timeout=60) as http:
+            data = {}
+            for p, h in heads.items():
+                r = http.post("/api/v1/datasets", headers=h, files={"file": ("sine.csv", sine.encode())})
+                data[p] = r.json()["id"]
+            sweep = {"base": _job_spec(data["a"]), "seeds": list(range(sweep_jobs)), "max_jobs": sweep_jobs}
+            r = http.post("/api/v1/sweeps", headers=heads["a"], json=sweep)
+            assert r.status_code == 201, r.text
+            sweep_id = r.json()["id"]
+
+            def a_jobs() -> list[dict[str, Any]]:
+                url = f"/api/v1/jobs?sweep_id={sweep_id}&limit=200"
+                return list(http.get(url, headers=heads["a"]).json()["items"])
+
+            # Let the workers settle into the sweep (two jobs finished) before B arrives.
+            deadline = time.monotonic() + 600
+            while sum(j["status"] == "succeeded" for j in a_jobs()) < 2:
+                assert time.monotonic() < deadline, "project A's jobs do not run; see the log"
+                time.sleep(0.2)
+            waits: list[float] = []  # B's jobs, one at a time
+            for sample in range(samples):
+                r = http.post("/api/v1/jobs", headers=heads["b"], json=_job_spec(data["b"]))
+                b_id = r.json()["id"]
+                submitted = time.monotonic()
+                started = None
+                while started is None:
+                    job = http.get(f"/api/v1/jobs/{b_id}", headers=heads["b"]).json()
+                    if job["status"] != "queued":
+                        started = time.monotonic() - submitted
+                    elif time.monotonic() - submitted > 90:
+                        break
+                    else:
+                        time.sleep(0.05)
+                if started is None:
+                    break
+                waits.append(started)
+                if sample == 0:
+                    a_started = sum(j["status"] != "queued" for j in a_jobs())
+                # B's next job arrives once this one has finished (B has nothing running, A all the
+                # workers), at another point of A's jobs.
+                while http.get(f"/api/v1/jobs/{b_id}", headers=heads["b"]).json()["status"] in ("queued", "running"):
+                    time.sleep(0.1)
+                time.sleep(0.37 * (sample + 1))
+            waited = time.monotonic() - submitted
+            if not waits:
+                a_started = sum(j["status"] != "queued" for j in a_jobs())
+            # One job's duration: the median of A's jobs once warm (each worker's first job loads
+            # torch), over at least 8 of them.
+            deadline = time.monotonic() + 300
+            while True:
+                done = [j for j in a_jobs() if j["status"] == "succeeded" and j.get("finished_at")]
+                if len(done) >= 10 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            done.sort(key=lambda j: j["started_at"])
+            durations = [
+                (datetime.fromisoformat(j["finished_at"]) - datetime.fromisoformat(j["started_at"])).total_seconds()
+                for j in done[2:]
+            ]
+            http.post(f"/api/v1/sweeps/{sweep_id}/cancel", headers=heads["a"])
+        return {
+            "wait": max(waits) if waits else float("inf"),
+            "median_wait": statistics.median(waits) if waits else float("inf"),
+            "samples": float(len(waits)),
+            "waited": waited,
+            "duration": statistics.median(durations),
+            "a_started": float(a_started),
+        }
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
+
+
+def fairness(root: Path, workdir: Path) -> None:
+    for in_flight, label in ((1, "fair dispatch (in flight 1)"), (100_000, "all sent at submit (as before)")):
+        r = fairness_run(root, workdir, in_flight)
+        if r["wait"] == float("inf"):
+            wait = f"B's job not started after {r['waited']:.0f} s"
+        else:
+            wait = (
+                f"B's job started after {r['median_wait']:.2f} s median, {r['wait']:.2f} s worst of {r['samples']:.0f}"
+            )
+        ratio = r["wait"] / r["duration"]
+        print(
+            f"100-job sweep in A, 2 workers, {label}: {wait} = {ratio:.2f} job durations at worst "
+            f"(median job {r['duration']:.2f} s; A had started {r['a_started']:.0f} jobs when B's first "
+            f"started)  goal: <= 1 job duration  {'ok' if ratio <= 1 else 'OVER'}",
+            flush=True,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", type=int, default=200, help="event streams to hold open (default 200)")
     parser.add_argument("--slowloris", type=int, default=300, help="stalled uploads to open (default 300)")
+    parser.add_argument("--only", choices=["fairness", "streams"], help="run only this case")
     args = parser.parse_args()
 
     root = Path(__file__).resolve().parent.parent
     workdir = Path(tempfile.mkdtemp(prefix="rnnlab-abuse-"))
+    if args.only == "fairness":
+        try:
+            fairness(root, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     server_proc: subprocess.Popen[bytes] | None = None
     body_timeout_s = 5.0
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
         env.update(RNNLAB_HOME=str(workdir / "home"), RNNLAB_BODY_READ_TIMEOUT_SECONDS=str(body_timeout_s))
         subprocess.run([sys.executable, "-m", "app.cli", "migrate"], cwd=root, env=env, check=True)
-        keys = []
-        for _ in range(max(2, -(-args.streams // STREAMS_PER_KEY) + 1)):
-            out = subprocess.run(
-                [sys.executable, "-m", "app.cli", "keys", "create", "--project", "abuse"],
-                cwd=root,
-                env=env,
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            keys.append(out.stdout.strip())
+        count = max(2, -(-args.streams // STREAMS_PER_KEY) + 1)
+        script = (
+            "import sys\nfrom app.auth import create_key\nfrom app.db import new_session\n"
+            "with new_session() as s:\n    for _ in range(int(sys.argv[1])):\n"
+            "        print(create_key(s, 'abuse')[0])\n"
+        )
+        out = subprocess.run(  # in one process: one interpreter start per key takes minutes under load
+            [sys.executable, "-c", script, str(count)], cwd=root, env=env, check=True, capture_output=True, text=True
+        )
+        keys = out.stdout.split()
         port = free_port()
         server_proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)]
@@ -230,6 +426,9 @@ def main() -> int:
         report(server, "reference: GET /healthz", lambda: (http.get("/healthz").status_code, ""), "-")
         report(server, "reference: upload a 400-row CSV", normal_upload, "-")
         report(server, "reference: POST /jobs", normal_job, "-")
+        if args.only == "streams":
+            streams_case(server, base, keys, state["job"], args.streams)
+            return 0
 
         report(
             server, "GET /jobs/%00", lambda: (http.get("/api/v1/jobs/%00").status_code, ""), "400 invalid_characters"
@@ -348,16 +547,12 @@ def main() -> int:
             held_open=True,
         )
 
-        before = server.reset_peak()
-        result = asyncio.run(stream_load(base, keys, state["job"], args.streams, probes=100))
-        extra = memory_mib(server.pid, "VmHWM") - before
-        print(
-            f"{args.streams} open event streams ({int(result['opened'])} opened): /healthz p50 "
-            f"{result['healthz_p50']:.0f} ms p99 {result['healthz_p99']:.0f} ms; GET /jobs/{{id}} p50 "
-            f"{result['job_p50']:.0f} ms p99 {result['job_p99']:.0f} ms; peak +{extra:.0f} MB  "
-            f"goal: p99 < 200 ms  {'ok' if max(result['healthz_p99'], result['job_p99']) < 200 else 'OVER'}"
-        )
+        streams_case(server, base, keys, state["job"], args.streams)
         http.close()
+        server_proc.terminate()
+        server_proc.wait(timeout=30)
+        server_proc = None
+        fairness(root, workdir)
         return 0
     finally:
         if server_proc is not None:

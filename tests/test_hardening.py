@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -164,6 +166,43 @@ def test_the_active_jobs_quota_is_a_409_naming_it(client, auth, other_auth, monk
     assert client.post("/api/v1/jobs", headers=other_auth, json=forecast_spec(other_sine)).status_code == 201
 
 
+def test_racing_submits_cannot_pass_the_active_jobs_quota(client, auth, monkeypatch) -> None:
+    """Eight threads submit at once against a quota of 3: exactly 3 jobs are created (the project
+    row is locked between the count and the insert, on SQLite and PostgreSQL)."""
+    from sqlalchemy import func, select
+
+    from app.db import new_session
+    from app.errors import AppError
+    from app.jobs.service import create_job
+    from app.models import Dataset, Job, Project
+
+    sine = upload_sine(client, auth)
+    set_setting(monkeypatch, quota_active_jobs="3")
+    with new_session() as session:
+        project_id = session.get(Dataset, sine).project_id  # type: ignore[union-attr]
+    barrier = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def submit() -> None:
+        with new_session() as session:
+            project = session.get(Project, project_id)
+            barrier.wait()
+            try:
+                create_job(session, project, forecast_spec(sine))  # type: ignore[arg-type]
+                outcomes.append("created")
+            except AppError as exc:
+                outcomes.append(exc.code)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(outcomes) == ["created"] * 3 + ["quota_active_jobs"] * 5
+    with new_session() as session:
+        assert session.scalar(select(func.count()).select_from(Job).where(Job.project_id == project_id)) == 3
+
+
 def test_the_storage_quota_is_a_413_naming_it(client, auth, monkeypatch) -> None:
     first = sine_csv(200).encode()
     set_setting(monkeypatch, quota_stored_bytes=str(len(first) + 100))
@@ -261,3 +300,64 @@ def test_the_rate_limit_is_shared_through_redis(client, auth, redis_url, monkeyp
     keys = redis.Redis.from_url(url).keys("LIMITS:*")
     assert keys  # the count lives in Redis, where every API process sees it
     redis.Redis.from_url(url).delete(*keys)
+
+
+def test_an_old_npz_with_an_empty_dtype_is_a_4xx_on_preview_and_submit(client, auth) -> None:
+    """Datasets stored before uploads refused ``|S0`` arrays: preview and job submit answer 422."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from numpy.lib import format as npy_format
+
+    from app.datasets.loading import dataset_path
+    from app.db import new_session
+    from app.models import Dataset
+
+    buf = io.BytesIO()
+    np.savez(buf, X=np.zeros((20, 5, 1)), y=np.arange(20) % 2)
+    r = client.post("/api/v1/datasets", headers=auth, files={"file": ("old.npz", buf.getvalue())})
+    assert r.status_code == 201, r.text
+    dataset_id = r.json()["id"]
+    header = io.BytesIO()  # what an old upload could hold: an array of dtype |S0
+    npy_format.write_array_header_1_0(header, {"descr": "|S0", "fortran_order": False, "shape": (20, 5, 1)})
+    y = io.BytesIO()
+    np.save(y, np.arange(20) % 2)
+    with new_session() as session:
+        path = dataset_path(session.get(Dataset, dataset_id))  # type: ignore[arg-type]
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("X.npy", header.getvalue())
+        archive.writestr("y.npy", y.getvalue())
+
+    error = error_of(client.get(f"/api/v1/datasets/{dataset_id}/preview", headers=auth), 422, "invalid_npz")
+    assert error["details"]["array"] == "X"
+    spec = {"dataset_id": dataset_id, "task": "classification", "data": {"layout": "arrays", "target": "y"}}
+    error = error_of(client.post("/api/v1/jobs", headers=auth, json=spec), 422, "invalid_npz")
+    assert error["details"]["array"] == "X"
+
+
+def test_the_stream_cap_is_counted_in_redis_across_api_processes(monkeypatch, redis_url, env) -> None:
+    """With a Redis broker, a key's open streams are counted in Redis: slots taken by another API
+    process count too, a released one frees a place, and one a killed process left behind lapses."""
+    import uuid
+
+    from app import ratelimit
+
+    set_setting(monkeypatch, broker_url=redis_url, max_event_streams_per_key="2")
+    monkeypatch.setattr(ratelimit, "STREAM_TTL_SECONDS", 0.5)
+    who = f"key:test-{uuid.uuid4().hex}"
+    dead = ratelimit.acquire_event_stream(who)  # its API process is killed: never refreshed
+    ratelimit._streams.clear()  # nothing of the count lives in this process
+    alive = ratelimit.acquire_event_stream(who)
+    with pytest.raises(ratelimit.TooManyRequests):
+        ratelimit.acquire_event_stream(who)
+    assert ratelimit.open_event_streams(who) == 2
+    time.sleep(0.3)
+    ratelimit.refresh_event_stream(who, alive)
+    time.sleep(0.3)
+    assert ratelimit.open_event_streams(who) == 1  # the dead one lapsed, the refreshed one holds
+    third = ratelimit.acquire_event_stream(who)
+    ratelimit.release_event_stream(who, third)
+    ratelimit.release_event_stream(who, alive)
+    assert ratelimit.open_event_streams(who) == 0
+    assert dead

@@ -24,8 +24,10 @@ from app.datasets.loading import load_dataset_data
 from app.db import new_session
 from app.errors import AppError
 from app.jobs import state
+from app.jobs.dispatch import fairer_job, fill_queue
 from app.jobs.final_values import record_final_values
 from app.jobs.status import JobStatus
+from app.jobs.watch import publish_job_change
 from app.models import Dataset, EpochMetric, Evaluation, Job
 from app.storage import StorageUnavailable, get_storage
 from app.sweeps import search
@@ -160,11 +162,15 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         log.info("job %s: not starting it, this worker is shutting down", job_id)
         return None
     with new_session() as session:
-        claim = state.claim_job(session, job_id, worker_id, settings.lease_seconds)
+        claim = claim_fairly(session, job_id, worker_id, settings.lease_seconds)
+        if claim is not None:
+            job_id = claim.job_id  # maybe another project's job (see claim_fairly)
+        job = session.get(Job, job_id)
+        # A job left the broker (claimed, or a stale message): its place goes to the next job now.
+        refill(job.queue if job is not None else None)
         if claim is None:
             log.info("job %s not claimable (already taken, finished or cancelled); skipping", job_id)
             return None
-        job = session.get(Job, job_id)
         assert job is not None
         dataset = session.get(Dataset, job.dataset_id)
         spec_dict = dict(job.spec)
@@ -172,7 +178,9 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         sweep_id = job.sweep_id
         is_trial = job.trial_number is not None
 
+    publish_job_change(job_id)  # event streams show it running now
     status = _run_claimed(claim, job, dataset, spec_dict, epochs, is_trial)
+    publish_job_change(job_id)
     if sweep_id is not None and status is not None:
         # A slot of the search is free: ask its next trial now (the recovery loop would, later).
         try:
@@ -180,6 +188,37 @@ def run_job(job_id: str, worker_id: str | None = None) -> str | None:
         except Exception:
             log.exception("sweep %s: could not ask the next trial; the recovery loop will", sweep_id)
     return status
+
+
+def claim_fairly(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> state.Claim | None:
+    """Claim the job whose message this is, or the job fairness now puts before it.
+
+    The broker's next message was chosen when its place freed; a job another project submitted
+    since (while this one waited in the broker) runs first, and this one waits in SQL again.
+    """
+    try:
+        other = fairer_job(session, job_id)
+    except DBAPIError as exc:  # fairness is best effort; the job in hand still runs
+        log.warning("job %s: could not look for a fairer job: %s", job_id, exc)
+        session.rollback()
+        other = None
+    if other is not None:
+        claim = state.claim_job(session, other, worker_id, lease_seconds)
+        if claim is not None:
+            state.unreserve(session, [job_id])
+            log.info("job %s: running job %s of a project with fewer jobs first", job_id, other)
+            return claim
+    return state.claim_job(session, job_id, worker_id, lease_seconds)
+
+
+def refill(queue: str | None) -> None:
+    """Send the next fair job of ``queue`` to the broker (never while this worker shuts down)."""
+    if queue is None or shutting_down():
+        return
+    try:
+        fill_queue(queue)
+    except Exception:
+        log.exception("could not dispatch the next job of queue %s; the recovery loop will", queue)
 
 
 def _run_claimed(
@@ -212,6 +251,7 @@ def _run_claimed(
             unwritten.append((report.epoch, report.metrics))
             try:
                 heartbeat.apply(record_epochs(claim, unwritten, settings.lease_seconds))
+                publish_job_change(job_id)
             except DBAPIError as exc:
                 # A database hiccup must not fail the job: the lease covers the gap, and the
                 # heartbeat keeps trying. The epoch is kept and written with the next one, or with

@@ -658,16 +658,21 @@ def check_npz_member(info: zipfile.ZipInfo, filename: str) -> None:
 
 def check_npy_dtype(header: NpyHeader, name: str) -> None:
     """Refuse pickled (object) dtypes and empty dtypes such as ``|S0`` (nothing to read or show)."""
-    if header.dtype.hasobject:
+    check_array_dtype(header.dtype, name)
+
+
+def check_array_dtype(dtype: np.dtype[Any], name: str) -> None:
+    """:func:`check_npy_dtype` for an array's dtype (also for datasets stored before the check)."""
+    if dtype.hasobject:
         raise InvalidInput(
             "object_array",
-            f"array {name!r} has an object dtype ({header.dtype}), which needs pickle; "
+            f"array {name!r} has an object dtype ({dtype}), which needs pickle; "
             "pickled data is refused. Save it with a numeric, bool or string dtype",
-            {"array": name, "dtype": str(header.dtype)},
+            {"array": name, "dtype": str(dtype)},
         )
-    if header.dtype.itemsize == 0 or header.dtype.fields is not None:
+    if dtype.itemsize == 0 or dtype.fields is not None:
         raise InvalidInput(
             "invalid_npz",
-            f"array {name!r} has dtype {header.dtype}, which holds no numbers; use a numeric, bool or string dtype",
-            {"array": name, "dtype": str(header.dtype)},
+            f"array {name!r} has dtype {dtype}, which holds no numbers; use a numeric, bool or string dtype",
+            {"array": name, "dtype": str(dtype)},
         )

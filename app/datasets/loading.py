@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from app.datasets.inspection import check_array_dtype
 from app.errors import InvalidInput, Unavailable
 from app.models import Dataset
 from app.storage import get_storage
@@ -40,7 +41,10 @@ def load_dataset_data(dataset: Dataset, columns: list[str] | None = None) -> pa.
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files) if columns is None else columns
             _check_known(names, list(npz.files), "array")
-            return {name: npz[name] for name in names}
+            arrays = {name: npz[name] for name in names}
+        for name, array in arrays.items():  # datasets stored before uploads were checked for these
+            check_array_dtype(array.dtype, name)
+        return arrays
     if columns is not None:
         _check_known(columns, pq.read_schema(path).names, "column")
     return pq.read_table(path, columns=columns)

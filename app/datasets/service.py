@@ -28,7 +28,7 @@ from starlette.requests import Request
 
 from app.config import get_settings
 from app.datasets.formats import stem
-from app.datasets.inspection import InspectedContent, inspect_upload, read_npy_header
+from app.datasets.inspection import InspectedContent, check_npy_dtype, inspect_upload, read_npy_header
 from app.datasets.loading import dataset_path
 from app.datasets.schemas import ArrayPreview, ColumnInfo, DatasetPreview
 from app.datasets.upload import MULTIPART_OVERHEAD_BYTES, ReceivedUpload, receive_upload
@@ -291,6 +291,7 @@ def _preview_arrays(path: Path, filename: str, rows: int) -> dict[str, ArrayPrev
             name = info.filename.removesuffix(".npy")
             with archive.open(info) as member:
                 header = read_npy_header(member, name, filename)
+                check_npy_dtype(header, name)  # stored before uploads were checked for empty dtypes
                 shape, dtype = header.shape, header.dtype
                 if not shape:  # a 0-d array: its single value
                     value = np.frombuffer(member.read(dtype.itemsize), dtype=dtype).reshape(())

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,15 +13,22 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from app.auth import CurrentProject
-from app.config import get_settings
 from app.db import SessionDep, new_session
 from app.jobs import model_export, service
 from app.jobs.export import metrics_csv
 from app.jobs.model_export import ModelFormat
 from app.jobs.schemas import JobMetrics, JobRead, Leaderboard, PredictRequest, PredictResponse
 from app.jobs.status import FINISHED, JobStatus
+from app.jobs.watch import JobWatcher, get_watcher
 from app.pagination import Page, PageParams, page_params
-from app.ratelimit import acquire_event_stream, client_key, release_event_stream
+from app.ratelimit import (
+    STREAM_REFRESH_SECONDS,
+    acquire_event_stream,
+    client_key,
+    refresh_event_stream,
+    release_event_stream,
+    streams_in_redis,
+)
 from app.responses import OrjsonResponse
 from worker.engine.results import Evaluation
 
@@ -153,6 +160,14 @@ def job_predict(job_id: str, body: PredictRequest, project: CurrentProject, sess
     return PredictResponse(job_id=job_id, predictions=service.predict(session, project, job_id, body.inputs))
 
 
+KEEP_ALIVE_SECONDS = 15.0
+
+
+def _check_job(project: Any, job_id: str) -> None:
+    with new_session() as session:
+        service.get_job(session, project, job_id)
+
+
 def _snapshot(job_id: str, after_epoch: int) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     with new_session() as session:
         return service.event_snapshot(session, job_id, after_epoch)
@@ -176,29 +191,50 @@ async def job_events(job_id: str, request: Request, project: CurrentProject, ses
 
     Each key may hold RNNLAB_MAX_EVENT_STREAMS_PER_KEY streams open at once (429 beyond).
     """
-    service.get_job(session, project, job_id)
+    # Give back the connection the key lookup may hold (the stream outlives the request's session),
+    # then check the job off the event loop in a short session of its own: with many streams
+    # opening at once, holding one connection while waiting for another would starve the pool.
     session.close()
-    poll_seconds = get_settings().sse_poll_seconds
+    await run_in_threadpool(_check_job, project, job_id)
     who = client_key(request)
-    acquire_event_stream(who)
+    # Counted in Redis (a network call: off the event loop) or in this process's memory.
+    token = await run_in_threadpool(acquire_event_stream, who) if streams_in_redis() else acquire_event_stream(who)
 
     async def stream() -> AsyncIterator[str]:
+        refreshed = time.monotonic()
         try:
-            async for event in events(job_id, request, poll_seconds):
+            async for event in events(job_id, request):
                 yield event
+                if time.monotonic() - refreshed > STREAM_REFRESH_SECONDS:  # idle streams yield keep-alives
+                    refreshed = time.monotonic()
+                    await run_in_threadpool(refresh_event_stream, who, token)
         finally:
-            release_event_stream(who)
+            if streams_in_redis():
+                await run_in_threadpool(release_event_stream, who, token)
+            else:
+                release_event_stream(who, token)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def events(job_id: str, request: Request, poll_seconds: float) -> AsyncIterator[str]:
-    """The event stream of one job, polled from SQL every ``poll_seconds``."""
+async def events(job_id: str, request: Request) -> AsyncIterator[str]:
+    """The event stream of one job. It reads SQL only when the process's shared watcher
+    (app.jobs.watch) saw the job change."""
+    watcher = get_watcher()
+    watcher.watch(job_id)
+    try:
+        async for event in _job_events(watcher, job_id, request):
+            yield event
+    finally:
+        watcher.unwatch(job_id)
+
+
+async def _job_events(watcher: JobWatcher, job_id: str, request: Request) -> AsyncIterator[str]:
     last_status: dict[str, Any] | None = None
     last_epoch = 0
     run: tuple[Any, Any] | None = None
-    idle = 0.0
     while True:
+        seen = watcher.version(job_id)  # before reading: a change after this read wakes us again
         status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
         if status is None:
             yield _sse("end", {"status": "deleted"})
@@ -215,17 +251,15 @@ async def events(job_id: str, request: Request, poll_seconds: float) -> AsyncIte
         if status != last_status:
             yield _sse("status", status)
             last_status = status
-            idle = 0.0
         if status["status"] in FINISHED:
             yield _sse("end", {"status": status["status"]})
             return
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(poll_seconds)
-        idle += poll_seconds
-        if idle >= 15:
+        # Idle streams wake only for a keep-alive: the server cancels a stream whose client left
+        # (Starlette listens for the disconnect), or the keep-alive write finds it gone.
+        while await watcher.wait(job_id, seen, KEEP_ALIVE_SECONDS) == seen:
+            if await request.is_disconnected():
+                return
             yield ": keep-alive\n\n"
-            idle = 0.0
 
 
 metrics_router = APIRouter(prefix="/metrics", tags=["dashboards"])

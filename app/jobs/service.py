@@ -20,13 +20,13 @@ from app.datasets.service import get_dataset
 from app.db import get_scoped
 from app.errors import BadRequest, Conflict, InvalidInput, not_found, validation_details, validation_message
 from app.jobs import state
-from app.jobs.dispatch import dispatch_jobs
+from app.jobs.dispatch import nudge
 from app.jobs.history import metric_series
 from app.jobs.paging import fetch_jobs_page
 from app.jobs.query import apply_where, metric_value
 from app.jobs.schemas import JobRead, Leaderboard, LeaderboardEntry
 from app.jobs.status import ACTIVE, FINISHED, JobStatus
-from app.models import Dataset, EpochMetric, Evaluation, Job, Project, utcnow
+from app.models import Dataset, EpochMetric, Evaluation, Job, Project
 from app.pagination import PageParams
 from app.queue import DEFAULT_QUEUE, GPU_QUEUE
 from app.quotas import check_active_jobs_quota
@@ -115,13 +115,13 @@ def new_job(
         queue=queue_for(spec),
         progress_epochs=spec.training.epochs,
         max_attempts=get_settings().max_attempts,
-        dispatched_at=utcnow(),
     )
 
 
 def dispatch(jobs: Sequence[Job]) -> None:
-    """Send committed jobs to the broker (after the commit, so a worker always finds the row)."""
-    dispatch_jobs([(job.id, job.queue) for job in jobs])
+    """Jobs were committed: let the fair dispatcher send what fits (after the commit, so a worker
+    always finds the row). Jobs it cannot send yet wait in SQL for a free place."""
+    nudge(job.queue for job in jobs)
 
 
 def create_job(session: Session, project: Project, payload: Any) -> Job:
@@ -188,7 +188,8 @@ def cancel_job(session: Session, project: Project, job_id: str) -> Job:
     job = get_job(session, project, job_id)
     if job.status in FINISHED:
         raise Conflict("job_finished", f"job '{job_id}' already finished with status '{job.status}'")
-    state.request_cancel(session, job)
+    if state.request_cancel(session, job) == JobStatus.CANCELLED:
+        dispatch([job])  # it may have been in flight: its place goes to the next job
     return job
 
 

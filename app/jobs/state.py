@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.jobs.status import FINISHED, JobStatus, allowed
@@ -240,14 +240,88 @@ def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[s
     return requeued, ended
 
 
-def jobs_to_dispatch(session: Session, older_than: datetime) -> list[tuple[str, str]]:
-    """Queued jobs never dispatched, or last dispatched before ``older_than``: (id, queue)."""
+# --- dispatch: which queued jobs are in the broker ------------------------------------------------
+#
+# A queued job with ``dispatched_at`` set is *in flight*: sent to the broker and not yet claimed.
+# One without it waits in SQL until the fair dispatcher (app.jobs.dispatch) reserves it.
+
+
+def _waiting(queue: str) -> Any:
+    return and_(Job.queue == queue, Job.status == QUEUED, Job.dispatched_at.is_(None), Job.cancel_requested.is_(False))
+
+
+def _in_flight(queue: str) -> Any:
+    return and_(Job.queue == queue, Job.status == QUEUED, Job.dispatched_at.is_not(None))
+
+
+def waiting_heads(session: Session, queue: str) -> list[tuple[str, datetime]]:
+    """Projects with jobs waiting for the broker on ``queue``: (project id, oldest waiting job's created_at)."""
+    rows = session.execute(
+        select(Job.project_id, func.min(Job.created_at)).where(_waiting(queue)).group_by(Job.project_id)
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+def active_by_project(session: Session, queue: str) -> dict[str, int]:
+    """Jobs running or in flight on ``queue``, per project."""
+    rows = session.execute(
+        select(Job.project_id, func.count())
+        .where(Job.queue == queue, or_(Job.status == RUNNING, _in_flight(queue)))
+        .group_by(Job.project_id)
+    )
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def oldest_waiting(session: Session, queue: str, project_id: str) -> str | None:
+    """The project's longest-waiting job on ``queue`` (submission order within a project)."""
+    return session.scalar(
+        select(Job.id).where(Job.project_id == project_id, _waiting(queue)).order_by(Job.created_at, Job.id).limit(1)
+    )
+
+
+def count_in_flight(session: Session, queue: str) -> int:
+    return int(session.scalar(select(func.count()).select_from(Job).where(_in_flight(queue))) or 0)
+
+
+def reserve_dispatch(session: Session, job_id: str, queue: str, limit: int) -> bool:
+    """Waiting → in flight, only while fewer than ``limit`` jobs are in flight on ``queue``.
+
+    One conditional UPDATE: a job is reserved once (``dispatched_at IS NULL``), and the bound is
+    re-counted in the same statement. SQLite runs it under its write lock; on PostgreSQL the caller
+    holds the queue's advisory lock, so concurrent dispatchers cannot both see room for one more.
+    Not committed: the caller commits all its reservations before sending any of them.
+    """
+    in_flight = select(func.count()).select_from(Job).where(_in_flight(queue)).scalar_subquery()
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, _waiting(queue), in_flight < limit)
+        .values(dispatched_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+def unreserve(session: Session, job_ids: list[str]) -> None:
+    """In flight → waiting again, for reservations the broker did not take."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == QUEUED)
+            .values(dispatched_at=None)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+
+
+def jobs_to_redispatch(session: Session, older_than: datetime) -> list[tuple[str, str]]:
+    """Jobs in flight since before ``older_than`` (the broker may have lost them): (id, queue)."""
     rows = session.execute(
         select(Job.id, Job.queue)
         .where(
             Job.status == QUEUED,
             Job.cancel_requested.is_(False),
-            or_(Job.dispatched_at.is_(None), Job.dispatched_at < older_than),
+            Job.dispatched_at.is_not(None),
+            Job.dispatched_at < older_than,
         )
         .order_by(Job.created_at)
     )
@@ -255,6 +329,12 @@ def jobs_to_dispatch(session: Session, older_than: datetime) -> list[tuple[str, 
 
 
 def mark_dispatched(session: Session, job_ids: list[str]) -> None:
+    """Restart the grace period of in-flight jobs that were just sent again."""
     if job_ids:
-        session.execute(update(Job).where(Job.id.in_(job_ids), Job.status == QUEUED).values(dispatched_at=utcnow()))
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(job_ids), Job.status == QUEUED, Job.dispatched_at.is_not(None))
+            .values(dispatched_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
         session.commit()

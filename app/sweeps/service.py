@@ -269,6 +269,8 @@ def cancel_sweep(session: Session, project: Project, sweep_id: str) -> SweepCanc
             cancelled += 1
         elif outcome == JobStatus.RUNNING:
             requested += 1
+    if cancelled:
+        dispatch(active)  # places in flight freed by the cancelled jobs go to the next jobs
     return SweepCancel(
         id=sweep.id,
         cancelled=cancelled,

@@ -341,7 +341,8 @@ def test_jobs_lost_by_redis_are_redispatched_from_sql(distributed_stack: Stack) 
     ds = stack.upload_csv("sine3.csv", sine_csv(300))
     jobs = [stack.submit(forecast_spec(ds)) for _ in range(2)]
     client = redis.Redis.from_url(stack.env["RNNLAB_BROKER_URL"])
-    assert client.llen("default") >= 2
+    # One job is in flight (RNNLAB_DISPATCH_IN_FLIGHT); the other waits in SQL for its place.
+    assert client.llen("default") >= 1
     # Redis restarted without persistence; FLUSHDB, not FLUSHALL: parallel test runs share the server.
     client.flushdb()
     assert client.llen("default") == 0
