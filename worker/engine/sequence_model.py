@@ -103,8 +103,8 @@ class SequenceModel(nn.Module):
         # The final states read from the outputs (as h_n holds them: forward at each text's own last
         # step, backward at its first), so the ONNX graph keeps the unpacking it needs.
         size = self.rnn.hidden_size
-        rows = torch.arange(inputs.shape[0], device=outputs.device)
-        last = outputs[rows, lengths.to(outputs.device) - 1, :size]
+        at_end = (lengths.to(outputs.device) - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[2])
+        last = outputs.gather(1, at_end).squeeze(1)[:, :size]
         if self.directions == 2:
             last = torch.cat([last, outputs[:, 0, size:]], dim=1)
         return self.head(self.dropout(last))
