@@ -19,7 +19,7 @@ from worker.engine.spec import ModelSpec
 from worker.engine.tagging import bio_spans, tagging_baselines, tagging_intervals, tagging_point_metrics
 from worker.engine.text import TextCodec
 
-FILLER = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+FILLER = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
 
 
 def planted_table(n: int = 240, seed: int = 0) -> pa.Table:
