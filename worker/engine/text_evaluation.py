@@ -5,6 +5,7 @@ and integrated gradients over the token embeddings instead of per-step / permuta
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -124,6 +125,7 @@ def _per_example(
 
 def _text_baselines(spec: JobSpec, prep: PreparedData) -> tuple[dict[str, np.ndarray], list[str]]:
     """Majority class (or mean) and a bag-of-words linear model on the same tokens as the network."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression, Ridge
 
@@ -146,7 +148,9 @@ def _text_baselines(spec: JobSpec, prep: PreparedData) -> tuple[dict[str, np.nda
     test_bags = vectorizer.transform([tokens[i] for i in test])
     if spec.task == "classification":
         if len(np.unique(y_train)) > 1:
-            fitted = LogisticRegression(max_iter=1000).fit(train_bags, y_train)
+            with warnings.catch_warnings():  # a bag of words that has not converged in 1000 steps is still a baseline
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                fitted = LogisticRegression(max_iter=1000).fit(train_bags, y_train)
             assert ex.classes is not None
             proba = np.zeros((len(test), len(ex.classes)))
             proba[:, fitted.classes_] = fitted.predict_proba(test_bags)

@@ -699,6 +699,12 @@ function specFields(schema, node, prefix = "") {
     const path = prefix ? `${prefix}.${name}` : name;
     const prop = resolveRef(schema, raw);
     if (prop.properties) { fields.push({ group: path }, ...specFields(schema, prop, path)); continue; }
+    // An optional section (e.g. text: TextSpec | null): its fields, sent only when its required ones are filled.
+    const section = (prop.anyOf || []).map((v) => resolveRef(schema, v)).find((v) => v?.properties);
+    if (section) {
+      fields.push({ group: path, optional: true, needs: section.required || [] }, ...specFields(schema, section, path));
+      continue;
+    }
     const variants = (prop.anyOf || [prop]).map((v) => resolveRef(schema, v));
     const enums = variants.flatMap((v) => v.enum || (v.const !== undefined ? [v.const] : []));
     const types = variants.map((v) => v.type).filter(Boolean);
@@ -729,7 +735,7 @@ function newJobForm(ds, openapi) {
   const controls = [];
   const body = [];
   for (const f of fields) {
-    if (f.group) { body.push(h("h4", {}, f.group)); continue; }
+    if (f.group) { body.push(h("h4", {}, f.group, f.optional ? ` (optional: fill ${f.needs.join(", ")} to use it)` : "")); continue; }
     const id = `spec-${f.path.replace(/\./g, "-")}`;
     let input;
     if (f.types.includes("boolean") && !f.enums.length) {
@@ -757,6 +763,13 @@ function newJobForm(ds, openapi) {
       let node = out;
       for (const k of keys.slice(0, -1)) node = node[k] ??= {};
       node[keys.at(-1)] = value;
+    }
+    // An optional section left without its required fields is not sent at all.
+    for (const g of fields.filter((f) => f.group && f.optional)) {
+      const keys = g.group.split(".");
+      const parent = keys.slice(0, -1).reduce((n, k) => n?.[k], out);
+      const node = parent?.[keys.at(-1)];
+      if (node && g.needs.some((k) => node[k] === undefined || node[k] === null)) delete parent[keys.at(-1)];
     }
     result.className = "inline";
     result.textContent = "Submitting…";
