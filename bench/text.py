@@ -134,7 +134,7 @@ def vader_corpus(n: int, seed: int) -> pa.Table:
     return pa.table({"text": [texts[i] for i in rows], "label": [labels[i] for i in rows]})
 
 
-def run(name: str, table: pa.Table, seed: int, device: str) -> dict[str, Any]:
+def run(name: str, table: pa.Table, seed: int, device: str, model: dict[str, Any] | None = None) -> dict[str, Any]:
     from worker.engine import JobSpec, train_and_evaluate
 
     spec = JobSpec.model_validate(
@@ -143,6 +143,7 @@ def run(name: str, table: pa.Table, seed: int, device: str) -> dict[str, Any]:
             "task": "classification",
             "data": {"layout": "text", "target": "label"},
             "text": {"column": "text"},
+            "model": model or {},
             "training": {"seed": seed},
             "evaluation": {"attribution": False},
             "device": device,
@@ -179,11 +180,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=3000, help="texts per corpus")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--pooling", choices=["last", "mean", "max"], help="override model.pooling (default: the spec's)"
+    )
     args = parser.parse_args()
     corpora = ["synthetic", "vader"] if args.corpus == "both" else [args.corpus]
     for name in corpora:
         table = synthetic_corpus(args.n, args.seed) if name == "synthetic" else vader_corpus(args.n, args.seed)
-        r = run(name, table, args.seed, args.device)
+        r = run(name, table, args.seed, args.device, {"pooling": args.pooling} if args.pooling else None)
         low, high = r["ci"] or (float("nan"), float("nan"))
         gap = 100 * (r["accuracy"] - r["tfidf_logistic"])
         print(
