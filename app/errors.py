@@ -67,7 +67,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "a tpe objective is not a validation metric of the task (or not one a pruner can follow)",
     ),
     "spec_does_not_fit_dataset": (422, "the spec cannot run on this dataset (missing column, too short, …)"),
-    "invalid_inputs": (422, "prediction inputs are not a finite array of the model's shape"),
+    "invalid_inputs": (
+        422,
+        "prediction inputs are not a finite array of the model's shape (or texts, for a text model)",
+    ),
     "invalid_filename": (422, "the uploaded file name is empty, a path, or not allowed"),
     "invalid_encoding": (422, "the text is not UTF-8"),
     "nul_character": (422, "the CSV holds a NUL character; the message names the line and byte offset"),

@@ -328,7 +328,8 @@ class Job:
         self._client.stream_to(f"/jobs/{self.id}/model", path, params={"format": format})
 
     def predict(self, inputs: Any) -> Any:
-        """Predictions for raw input windows ``[N, T, F]`` (or ``[N, T]``) in original units."""
+        """Predictions for raw input windows ``[N, T, F]`` (or ``[N, T]``) in original units, or for a
+        text model a list of strings."""
         if hasattr(inputs, "tolist"):
             inputs = inputs.tolist()
         return self._client.json("POST", f"/jobs/{self.id}/predict", json={"inputs": inputs})["predictions"]

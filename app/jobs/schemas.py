@@ -94,7 +94,10 @@ class JobMetrics(BaseModel):
 
 
 class PredictRequest(BaseModel):
-    inputs: list[Any] = Field(description="Input windows in original units: [N, T, F] (or [N, T] for one feature).")
+    inputs: list[Any] = Field(
+        description="Input windows in original units: [N, T, F] (or [N, T] for one feature); for a text model "
+        "a list of texts (strings; for tagging and token sequences also lists of words)."
+    )
 
 
 class PredictResponse(BaseModel):

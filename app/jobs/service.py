@@ -54,6 +54,8 @@ def _needed_columns(spec: JobSpec, dataset: Dataset) -> list[str] | None:
         return None
     d = spec.data
     names = [d.target, *(d.features or []), d.sequence_column, d.order_column, d.group_column, d.split.column]
+    if spec.text is not None:
+        names.append(spec.text.column)
     known = {c["name"] for c in dataset.columns or []}
     wanted = [n for n in dict.fromkeys(names) if n]
     # Unknown names are reported by the engine's check with the list of columns; load all for that.
@@ -304,6 +306,15 @@ def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) 
 
     path = model_path(session, project, job_id)
     try:
+        predictor = _predictor(str(path), path.stat().st_mtime)
+    except FileNotFoundError as exc:  # deleted since the check
+        raise not_found("job", job_id) from exc
+    if getattr(predictor, "codec", None) is not None:  # a text model: raw strings in, tokenized as in training
+        try:
+            return predictor.predict(inputs)
+        except DataError as exc:
+            raise InvalidInput("invalid_inputs", str(exc), [{"field": "inputs", "message": str(exc)}]) from exc
+    try:
         array = np.asarray(inputs, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(
@@ -313,10 +324,6 @@ def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) 
         raise InvalidInput("invalid_inputs", f"inputs must be shaped [N, T, F] or [N, T]; got {list(array.shape)}")
     if not np.isfinite(array).all():
         raise InvalidInput("invalid_inputs", "inputs contain NaN or infinite values")
-    try:
-        predictor = _predictor(str(path), path.stat().st_mtime)
-    except FileNotFoundError as exc:  # deleted since the check
-        raise not_found("job", job_id) from exc
     try:
         return predictor.predict(array)
     except DataError as exc:

@@ -49,6 +49,7 @@ class Site:
     failed: str
     sweep: str
     sweep_jobs: list[str]
+    texter: str = ""
     browser: Any = None
     requests: list[str] = field(default_factory=list)
 
@@ -141,6 +142,25 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 },
             )["id"]
             assert run_job(classifier, "test-worker") == "succeeded"
+            reviews = "review,label\n" + "".join(
+                f"{'alpha beta ' * (i % 3)}{'good' if i % 2 else 'bad'} gamma,{'pos' if i % 2 else 'neg'}\n"
+                for i in range(60)
+            )
+            reviews_ds = post("/datasets", files={"file": ("reviews.csv", reviews.encode(), "text/csv")})["id"]
+            texter = post(
+                "/jobs",
+                json={
+                    "name": "reviews-gru",
+                    "dataset_id": reviews_ds,
+                    "task": "classification",
+                    "data": {"layout": "text", "target": "label"},
+                    "text": {"column": "review"},
+                    "model": {"cell": "gru", "hidden_size": 8, "embedding_dim": 8},
+                    "training": {"epochs": 3, "batch_size": 16},
+                    "evaluation": {"bootstrap_samples": 50},
+                },
+            )["id"]
+            assert run_job(texter, "test-worker") == "succeeded"
             sweep = post(
                 "/sweeps",
                 json={
@@ -178,6 +198,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                     failed=failed,
                     sweep=sweep["id"],
                     sweep_jobs=[j["id"] for j in sweep["jobs"]],
+                    texter=texter,
                     browser=browser,
                 )
                 browser.close()
@@ -336,6 +357,19 @@ def test_classification_job_shows_confusion_matrix(site: Site) -> None:
     assert {"predicted class", "true class", "0", "1"} <= set(confusion["texts"])
     assert "accuracy" in page.inner_text("#evaluation")
     shoot(page, "job-classification")
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_text_job_shows_highlighted_tokens(site: Site) -> None:
+    page = open_page(site, f"/jobs/{site.texter}")
+    page.locator("#text-attribution .token").first.wait_for(timeout=15_000)
+    tokens = page.locator("#text-attribution .token").all_inner_texts()
+    assert {"good", "bad"} & set(tokens) and "gamma" in tokens
+    backgrounds = page.locator("#text-attribution .token").evaluate_all("els => els.map(e => e.style.background)")
+    assert all(b.startswith("rgba(") for b in backgrounds)  # each token coloured by its score
+    assert "tfidf_logistic" in page.inner_text("main") and page.locator("#chart-attribution").count() == 0
+    shoot(page, "job-text")
     page.context.close()
     assert_local_only(site)
 

@@ -42,6 +42,7 @@ def test_defaults_are_filled_in() -> None:
         "pooling": "auto",
         "residual": "auto",
         "forget_gate_bias": "auto",
+        "embedding_dim": None,
     }
     assert normalized["training"]["loss"] == "mse"
     # Data-aware values stay "auto" until the job is submitted against a dataset (test_engine_defaults).

@@ -56,6 +56,7 @@ def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
         "pooling": "last",
         "residual": "last_value",
         "forget_gate_bias": 1.0,
+        "embedding_dim": None,
     }
     assert spec["training"]["loss"] == "mse" and spec["data"]["split"]["method"] == "temporal"
     # Data-aware defaults are resolved at submit time: 200 rows, lookback 24 → 176 windows, of

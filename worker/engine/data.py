@@ -9,7 +9,7 @@ import numpy as np
 from .defaults import TrainingShape, resolve_defaults
 from .layouts import Data, Examples, build_examples
 from .scaling import Scaler, fit_scaler
-from .spec import JobSpec
+from .spec import CLASS_TASKS, JobSpec
 from .splits import Split, purge_windows, split_indices
 
 
@@ -70,6 +70,8 @@ def prepare_data(spec: JobSpec, data: Data, rng: np.random.Generator) -> Prepare
     """Build examples, split them and fit the scalers on the training part only."""
     examples = build_examples(spec, data)
     split = _split(spec, examples, rng)
+    if examples.texts is not None:
+        tokenize_examples(spec, examples, split)
     assert examples.x is not None and examples.y is not None
     notes = list(split.notes)
     if spec.data.layout == "series" and spec.data.split.method == "random":
@@ -78,15 +80,31 @@ def prepare_data(spec: JobSpec, data: Data, rng: np.random.Generator) -> Prepare
             "prefer split.method 'temporal' for honest forecast scores"
         )
     scaling = spec.data.scaling
+    if examples.texts is not None:
+        scaling = "none"  # token ids
     if scaling == "auto":
         shape = TrainingShape(len(split.train), len(split.val), len(examples.feature_names), examples.steps)
         scaling = resolve_defaults(spec, shape).data.scaling
     x_scaler = fit_scaler(examples.x[split.train], scaling)
     y_scaler = None
-    if spec.task != "classification":
+    if spec.task not in CLASS_TASKS:
         # Targets have no steps to normalise over: per-example inputs go with standardised targets.
         y_scaler = fit_scaler(examples.y[split.train], "standard" if scaling == "per_example" else scaling)
     return PreparedData(examples, split, x_scaler, y_scaler, notes)
+
+
+def tokenize_examples(spec: JobSpec, examples: Examples, split: Split) -> None:
+    """Token ids into ``examples.x`` (float32 ``[N, T, 1]``), with a tokenizer trained on the training part."""
+    from .text import fit_codec, pad_step_targets
+
+    assert examples.texts is not None
+    codec, _ = fit_codec(spec, examples.texts, split.train)
+    ids, _ = codec.encode(examples.texts)
+    examples.x = ids.astype(np.float32)[:, :, None]  # exact: ids stay far below 2**24
+    examples.steps = codec.max_length
+    examples.codec = codec
+    if examples.step_targets is not None:
+        examples.y = pad_step_targets(examples.step_targets, codec.max_length)
 
 
 def check_spec_fits(spec: JobSpec, data: Data) -> TrainingShape:
@@ -96,6 +114,11 @@ def check_spec_fits(spec: JobSpec, data: Data) -> TrainingShape:
     """
     examples = build_examples(spec, data, materialize=False)
     split = _split(spec, examples, np.random.default_rng(spec.training.seed))
+    if examples.texts is not None:  # the tokenizer decides the steps (and refuses a too-long max_length)
+        from .text import fit_codec
+
+        codec, _ = fit_codec(spec, examples.texts, split.train)
+        return TrainingShape(len(split.train), len(split.val), 1, codec.max_length)
     return TrainingShape(len(split.train), len(split.val), len(examples.feature_names), examples.steps)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .spec import JobSpec
+from .text import resolve_text
 
 # Batch size: the power of two nearest to sqrt(training examples), within these bounds, so small
 # sets take small batches (more steps per epoch) and large sets are not slowed by tiny batches.
@@ -131,11 +132,14 @@ def unresolved_fields(spec: JobSpec) -> list[str]:
         for name, value in getattr(spec, section):
             if value == "auto" and f"{section}.{name}" not in RUNTIME_AUTO:
                 paths.append(f"{section}.{name}")
+    if spec.text is not None and spec.text.max_length == "auto":
+        paths.append("text.max_length")
     return paths
 
 
 def resolve_defaults(spec: JobSpec, shape: TrainingShape) -> JobSpec:
     """The spec with every ``"auto"`` replaced; explicit values are kept as given."""
+    spec = resolve_text(spec, shape.steps)  # token inputs: max_length, embedding, no scaling
     if spec.training.epochs != "auto":
         return _resolve_previous(spec)
     data: dict[str, Any] = {}

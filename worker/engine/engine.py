@@ -18,7 +18,9 @@ from .layouts import Data
 from .models import RecurrentModel
 from .predictor import ARTIFACT_FORMAT
 from .results import Evaluation, Summary
-from .spec import JobSpec
+from .spec import CLASS_TASKS, JobSpec
+from .text import uses_sequence_model
+from .text_evaluation import evaluate_sequences
 from .training import EpochReport, fit
 
 
@@ -50,7 +52,7 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def _num_outputs(spec: JobSpec, prep: PreparedData) -> int:
-    if spec.task == "classification":
+    if spec.task in CLASS_TASKS:
         assert prep.examples.classes is not None
         return len(prep.examples.classes)
     assert prep.examples.y is not None
@@ -72,6 +74,16 @@ def set_naive_map(model: RecurrentModel, spec: JobSpec, prep: PreparedData) -> N
     )
 
 
+def _build_model(spec: JobSpec, prep: PreparedData) -> torch.nn.Module:
+    num_features, num_outputs = len(prep.examples.feature_names), _num_outputs(spec, prep)
+    if uses_sequence_model(spec):
+        from .sequence_model import build_sequence_model
+
+        codec = prep.examples.codec
+        return build_sequence_model(spec, num_features, num_outputs, codec.vocab_size if codec is not None else None)
+    return RecurrentModel(spec.model, num_features, num_outputs)
+
+
 def build_artifact(spec: JobSpec, prep: PreparedData, model: torch.nn.Module) -> dict[str, Any]:
     """Plain types and CPU tensors only, so ``torch.load(..., weights_only=True)`` reads it back."""
     return {
@@ -84,6 +96,8 @@ def build_artifact(spec: JobSpec, prep: PreparedData, model: torch.nn.Module) ->
         },
         "classes": list(prep.examples.classes) if prep.examples.classes is not None else None,
         "input": {"steps": prep.examples.steps, "features": list(prep.examples.feature_names)},
+        # Token inputs: the tokenizer and its vocabulary (text.TextCodec); None for numeric inputs.
+        "text": prep.examples.codec.to_dict() if prep.examples.codec is not None else None,
     }
 
 
@@ -112,7 +126,7 @@ def train_and_evaluate(
         part: torch.from_numpy(np.ascontiguousarray(prep.y_scaled(part))).to(target)
         for part in ("train", "val", "test")
     }
-    if spec.task != "classification":
+    if spec.task not in CLASS_TASKS:
         targets = {part: y.float() for part, y in targets.items()}
     y_scale = None
     if prep.y_scaler is not None:
@@ -122,8 +136,8 @@ def train_and_evaluate(
     cuda_devices = [target.index or 0] if target.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        model = RecurrentModel(spec.model, len(prep.examples.feature_names), _num_outputs(spec, prep)).to(target)
-        if model.residual:
+        model = _build_model(spec, prep).to(target)
+        if isinstance(model, RecurrentModel) and model.residual:
             set_naive_map(model, spec, prep)
         generator = torch.Generator(device=target).manual_seed(seed)
         has_val = len(prep.split.val) > 0
@@ -145,7 +159,11 @@ def train_and_evaluate(
     started = time.perf_counter()
     if not outcome.cancelled:
         # A separate stream from the data split's, so evaluation settings never change the split.
-        evaluation = evaluate(spec, prep, model, tensors, np.random.default_rng([seed, 1]))
+        eval_rng = np.random.default_rng([seed, 1])
+        if uses_sequence_model(spec):
+            evaluation = evaluate_sequences(spec, prep, model, tensors, eval_rng)
+        else:
+            evaluation = evaluate(spec, prep, model, tensors, eval_rng)
         m = evaluation.metrics
         summary = Summary(best_epoch=outcome.best_epoch, train=m["train"], val=m["val"], test=m["test"])
     return EngineResult(

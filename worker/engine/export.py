@@ -19,6 +19,7 @@ import torch
 from .errors import DataError
 from .predictor import ARTIFACT_FORMAT, Predictor, check_inputs, format_predictions
 from .spec import JobSpec
+from .text import TextCodec, check_text_inputs
 
 ModelFormat = Literal["pt", "onnx", "safetensors"]
 MODEL_FORMATS: tuple[str, ...] = ("pt", "onnx", "safetensors")
@@ -30,8 +31,14 @@ _METADATA_FIELDS = ("spec", "scalers", "classes", "input")
 
 
 def artifact_metadata(artifact: dict[str, Any]) -> dict[str, str]:
-    """The artifact without its weights, as string → JSON string (safetensors and ONNX metadata)."""
-    return {"format": ARTIFACT_FORMAT, **{name: json.dumps(artifact[name]) for name in _METADATA_FIELDS}}
+    """The artifact without its weights, as string → JSON string (safetensors and ONNX metadata).
+
+    Token-input models add ``text``: the tokenizer with its vocabulary (``text.TextCodec.to_dict``).
+    """
+    metadata = {"format": ARTIFACT_FORMAT, **{name: json.dumps(artifact[name]) for name in _METADATA_FIELDS}}
+    if artifact.get("text") is not None:
+        metadata["text"] = json.dumps(artifact["text"])
+    return metadata
 
 
 def artifact_from_metadata(metadata: dict[str, str], state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -41,6 +48,7 @@ def artifact_from_metadata(metadata: dict[str, str], state_dict: dict[str, torch
         "format": ARTIFACT_FORMAT,
         "state_dict": state_dict,
         **{name: json.loads(metadata[name]) for name in _METADATA_FIELDS},
+        "text": json.loads(metadata["text"]) if "text" in metadata else None,
     }
 
 
@@ -73,7 +81,8 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
 
 
 def to_onnx(artifact: dict[str, Any]) -> bytes:
-    """An ONNX model taking raw windows ``inputs [batch, T, F]`` (float32).
+    """An ONNX model taking raw windows ``inputs [batch, T, F]`` (float32), or for text models token
+    ids ``inputs [batch, T]`` (int64, right-padded with 0; the tokenizer is in ``rnnlab.text``).
 
     ``outputs`` are predictions in original units (float64 ``[batch, H]``) or class probabilities
     (float32 ``[batch, C]``). The batch axis is dynamic; the opset and the artifact's facts are in
@@ -83,7 +92,11 @@ def to_onnx(artifact: dict[str, Any]) -> bytes:
 
     predictor = Predictor(artifact)
     module = predictor.scaled_model.eval()
-    example = torch.zeros(2, predictor.steps, len(predictor.features), dtype=torch.float32)
+    if predictor.codec is not None:  # token ids in: int64 [batch, max_length], padded with 0
+        example = torch.zeros(2, predictor.steps, dtype=torch.int64)
+        example[:, 0] = 1
+    else:
+        example = torch.zeros(2, predictor.steps, len(predictor.features), dtype=torch.float32)
     buffer = io.BytesIO()
     # The TorchScript exporter maps nn.LSTM/GRU/RNN onto ONNX's own LSTM/GRU/RNN operators and
     # exports in about 0.6 s; the torch.export-based one (dynamo=True) needs onnxscript and took
@@ -146,13 +159,22 @@ class OnnxPredictor:
         self.steps: int = facts["input"]["steps"]
         self.features: list[str] = list(facts["input"]["features"])
         self.classes: list[Any] | None = facts["classes"]
+        self.codec = TextCodec.from_dict(facts["text"]) if facts["text"] is not None else None
+
+    def model_inputs(self, inputs: Any) -> tuple[np.ndarray, list[list[str]] | None]:
+        """Float32 windows, or (texts) int64 token ids encoded with the model's own tokenizer."""
+        if self.codec is None:
+            return check_inputs(inputs, self.steps, self.features), None
+        return self.codec.encode(check_text_inputs(inputs, self.codec.pretokenized))
 
     def outputs(self, inputs: Any) -> np.ndarray:
-        x = check_inputs(inputs, self.steps, self.features)
+        x, _ = self.model_inputs(inputs)
         return np.asarray(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0])
 
     def predict(self, inputs: Any) -> Any:
-        return format_predictions(self.spec.task, self.classes, self.outputs(inputs))
+        x, tokens = self.model_inputs(inputs)
+        out = np.asarray(self.session.run([ONNX_OUTPUT], {ONNX_INPUT: x})[0])
+        return format_predictions(self.spec.task, self.classes, out, tokens)
 
 
 def model_format_of(path: Path, head: bytes) -> str:

@@ -46,6 +46,12 @@ class Examples:
     group_names: list[str] = field(default_factory=lambda: ["all"])
     target_history: np.ndarray | None = None  # float64 [N, T] the target's lookback (series only)
     series_targets: list[np.ndarray] = field(default_factory=list)  # each series' target (series only)
+    # Token inputs (text.py): each example's text (or word list), tokenized into ``x`` once the split
+    # is known (the vocabulary is learned from the training part); ``codec`` is the tokenizer then.
+    texts: list[Any] | None = None
+    # Tagging: each example's tag indices per word / step, padded into ``y [N, T]`` with the inputs.
+    step_targets: list[np.ndarray] | None = None
+    codec: Any = None
 
 
 def build_examples(spec: JobSpec, data: Data, *, materialize: bool = True) -> Examples:
@@ -59,8 +65,35 @@ def build_examples(spec: JobSpec, data: Data, *, materialize: bool = True) -> Ex
             f"layout '{layout}' needs a table (.csv or .parquet); this dataset holds arrays",
             field="data.layout",
         )
+    if layout == "text" or (layout == "sequences" and (spec.text is not None or spec.task == "tagging")):
+        return _token_examples(spec, data)
     builders = {"series": _series, "sequences": _sequences, "wide": _wide}
     return builders[layout](spec, data, materialize)
+
+
+def _token_examples(spec: JobSpec, table: pa.Table) -> Examples:
+    """Text / token inputs and per-step tags (``text.py``); token ids are filled in by ``data.py``."""
+    from .text import pad_step_targets, sequence_token_examples, text_examples
+
+    built = text_examples(spec, table) if spec.data.layout == "text" else sequence_token_examples(spec, table)
+    n = len(built.texts) if built.texts is not None else len(built.x)  # type: ignore[arg-type]
+    steps = built.x.shape[1] if built.x is not None else 0
+    y = built.y
+    if built.x is not None and built.step_targets is not None:  # numeric tagging: already of equal length
+        y = pad_step_targets(built.step_targets, steps)
+    return Examples(
+        n=n,
+        x=built.x,
+        y=y,
+        steps=steps,
+        feature_names=built.feature_names or ["token"],
+        classes=built.classes,
+        group=np.zeros(n, dtype=np.int64),
+        time=np.arange(n),
+        split_labels=built.split_labels,
+        texts=built.texts,
+        step_targets=built.step_targets,
+    )
 
 
 def _column_split(spec: JobSpec, table: pa.Table) -> np.ndarray | None:

@@ -28,7 +28,7 @@ def lower_is_better(metric_name: str) -> bool:
 
 
 def main_metric(task: str) -> str:
-    return "accuracy" if task == "classification" else "rmse"
+    return "accuracy" if task in ("classification", "tagging") else "rmse"
 
 
 def json_float(value: float | np.floating | None) -> float | None:

@@ -24,8 +24,10 @@ INPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".npz")
 
 @dataclass
 class PredictionWindows:
-    x: np.ndarray  # float32 [N, T, F], raw values
+    x: Any  # float32 [N, T, F] raw values; for text models the texts (or word lists)
     index: dict[str, list[Any]]  # columns that say where each window comes from
+    # Tagging of sequences: one output row per step, and the columns that say which.
+    step_index: dict[str, list[Any]] | None = None
 
 
 def read_input_file(path: str | Path) -> Data:
@@ -58,8 +60,42 @@ def prediction_windows(spec: JobSpec, steps: int, features: list[str], data: Dat
         return _arrays(data, steps, features)
     if isinstance(data, dict):
         raise DataError(f"this model was trained on a table (layout '{layout}'); give a .csv or .parquet file")
+    if layout == "text" or (layout == "sequences" and (spec.text is not None or spec.task == "tagging")):
+        return _token_windows(spec, steps, features, data)
     builders = {"series": _series, "sequences": _sequences, "wide": _wide}
     return builders[layout](spec, steps, features, data)
+
+
+def _token_windows(spec: JobSpec, steps: int, features: list[str], table: pa.Table) -> PredictionWindows:
+    """Texts (layout text), or sequences of tokens / numeric steps, as the model's predictor takes them."""
+    from .text import text_column
+
+    d = spec.data
+    if d.layout == "text":
+        assert spec.text is not None
+        texts: list[Any] = text_column(table, spec.text.column, "text.column")
+        if spec.task == "tagging":
+            texts = [t.split() for t in texts]
+        return PredictionWindows(texts, {"row": list(range(table.num_rows))})
+    assert d.sequence_column is not None and d.order_column is not None
+    order, runs = _group_runs(table, d.sequence_column, d.order_column)
+    index = {d.sequence_column: [name for name, _, _ in runs]}
+    step_rows = [order[a:b] for _, a, b in runs]
+    orders = table.column(d.order_column).to_pylist()
+    step_index = {
+        d.sequence_column: [name for name, a, b in runs for _ in range(b - a)],
+        d.order_column: [orders[r] for rows in step_rows for r in rows],
+    }
+    if spec.text is not None:
+        tokens = text_column(table, spec.text.column, "text.column")
+        return PredictionWindows([[tokens[r] for r in rows] for rows in step_rows], index, step_index)
+    short = [(name, b - a) for name, a, b in runs if b - a != steps]
+    if short:
+        name, length = short[0]
+        raise DataError(f"sequence '{name}' has {length} steps; the model takes sequences of {steps}")
+    columns = [numeric_column(table, f, "features", "feature") for f in features]
+    x = np.stack([c[order] for c in columns], axis=1).astype(np.float32).reshape(len(runs), steps, len(features))
+    return PredictionWindows(x, index, step_index)
 
 
 def _series(spec: JobSpec, steps: int, features: list[str], table: pa.Table) -> PredictionWindows:
@@ -129,6 +165,24 @@ def predictions_table(spec: JobSpec, classes: list[Any] | None, windows: Predict
     classification, the label and one ``probability_<class>`` column per class."""
     columns: dict[str, Any] = dict(windows.index)
     values = np.asarray(outputs, dtype=np.float64)
+    if spec.task == "tagging":
+        assert classes is not None
+        tags = values.argmax(axis=2)  # [N, T]
+        lengths = [min(len(x), tags.shape[1]) for x in windows.x] if isinstance(windows.x, list) else None
+        per_example = [
+            [classes[t] for t in row[: lengths[i] if lengths is not None else len(row)]] for i, row in enumerate(tags)
+        ]
+        if windows.step_index is None:  # texts: the tags of each text's words, space-separated
+            columns["prediction"] = [" ".join(str(t) for t in row) for row in per_example]
+            return pa.table(columns)
+        # One row per step; steps past the model's max_length get no prediction.
+        columns = dict(windows.step_index)
+        flat: list[Any] = []
+        for i, row in enumerate(per_example):
+            total = len(windows.x[i]) if isinstance(windows.x, list) else len(row)
+            flat += [str(t) for t in row] + [None] * (total - len(row))
+        columns["prediction"] = flat
+        return pa.table(columns)
     if classes is not None:
         columns["prediction"] = [classes[i] for i in values.argmax(axis=1)]
         for k, label in enumerate(classes):

@@ -12,6 +12,7 @@ from .errors import DataError
 from .models import RecurrentModel, forward_in_chunks
 from .scaling import PER_EXAMPLE_MIN_STD, Scaler
 from .spec import JobSpec
+from .text import TextCodec, check_text_inputs, uses_sequence_model
 
 # The artifact layout version: written by engine.build_artifact, checked here on load.
 ARTIFACT_FORMAT = "rnnlab.model/1"
@@ -35,6 +36,8 @@ class ScaledModel(nn.Module):
         super().__init__()
         self.model = model
         self.classification = y_scaler is None
+        # Per-step tags (SequenceModel): class probabilities come out [B, T, C].
+        self.per_step = bool(getattr(model, "per_step", False))
         self.per_example = x_scaler.per_example
         self.register_buffer("x_center", torch.as_tensor(x_scaler.center, dtype=torch.float64))
         self.register_buffer("x_scale", torch.as_tensor(x_scaler.scale, dtype=torch.float64))
@@ -51,12 +54,30 @@ class ScaledModel(nn.Module):
         scaled = ((values - self.x_center) / self.x_scale).float()
         out = self.model(scaled)
         if self.classification:
-            return torch.softmax(out, dim=1)
+            proba = torch.softmax(out, dim=1)
+            return proba.transpose(1, 2) if self.per_step else proba
         return out.double() * self.y_scale + self.y_center
 
 
-def format_predictions(task: str, classes: list[Any] | None, outputs: np.ndarray) -> Any:
-    """``ScaledModel`` outputs as ``/predict`` answers them (see ``Predictor.predict``)."""
+def format_predictions(
+    task: str, classes: list[Any] | None, outputs: np.ndarray, tokens: list[list[str]] | None = None
+) -> Any:
+    """``ScaledModel`` outputs as ``/predict`` answers them (see ``Predictor.predict``).
+
+    ``tokens``: the tokens each text was read as (token-input models; tagging labels one per token).
+    """
+    if task == "tagging":
+        assert classes is not None
+        tags = np.asarray(outputs).argmax(axis=2)
+        if tokens is None:
+            return {"labels": [[classes[t] for t in row] for row in tags]}
+        return {
+            "tokens": tokens,
+            "labels": [[classes[t] for t in row[: len(words)]] for row, words in zip(tags, tokens, strict=True)],
+        }
+    if tokens is not None:
+        formatted = format_predictions(task, classes, outputs)
+        return {"tokens": tokens, **formatted} if isinstance(formatted, dict) else formatted
     if classes is not None:
         proba = np.asarray(outputs, dtype=np.float64)
         labels = [classes[i] for i in proba.argmax(axis=1)]
@@ -102,22 +123,43 @@ class Predictor:
         self.y_scaler = Scaler.from_dict(y_scaler) if y_scaler is not None else None
         state = artifact["state_dict"]
         self.device = torch.device(device)
-        self.model = RecurrentModel(self.spec.model, len(self.features), int(state["head.weight"].shape[0]))
+        text = artifact.get("text")
+        self.codec = TextCodec.from_dict(text) if text is not None else None
+        num_outputs = int(state["head.weight"].shape[0])
+        self.model: nn.Module
+        if uses_sequence_model(spec):
+            from .sequence_model import build_sequence_model
+
+            vocab = int(state["embedding.weight"].shape[0]) if "embedding.weight" in state else None
+            self.model = build_sequence_model(spec, len(self.features), num_outputs, vocab)
+        else:
+            self.model = RecurrentModel(self.spec.model, len(self.features), num_outputs)
         self.model.load_state_dict(state)
         self.model.eval()
         self.scaled_model = ScaledModel(self.model, self.x_scaler, self.y_scaler).to(self.device).eval()
 
+    def model_inputs(self, inputs: Any) -> tuple[np.ndarray, list[list[str]] | None]:
+        """What ``ScaledModel`` takes: float32 windows, or int64 token ids ``[N, T]`` (with the tokens)
+        for texts (a list of strings; of word lists for tagging and token sequences)."""
+        if self.codec is None:
+            return check_inputs(inputs, self.steps, self.features), None
+        return self.codec.encode(check_text_inputs(inputs, self.codec.pretokenized))
+
     def outputs(self, inputs: Any) -> np.ndarray:
-        """``ScaledModel`` outputs for raw windows: values in original units, or class probabilities."""
-        x = torch.as_tensor(check_inputs(inputs, self.steps, self.features), device=self.device)
-        return forward_in_chunks(self.scaled_model, x).cpu().numpy()
+        """``ScaledModel`` outputs for raw windows (or texts): values in original units, or class probabilities."""
+        x, _ = self.model_inputs(inputs)
+        return forward_in_chunks(self.scaled_model, torch.as_tensor(x, device=self.device)).cpu().numpy()
 
     def predict(self, inputs: Any) -> Any:
         """Forecast / regression: a list [N, H] (or [N] for a single regression output).
 
-        Classification: ``{"labels": [...], "probabilities": [[...], ...]}``.
+        Classification: ``{"labels": [...], "probabilities": [[...], ...]}``; tagging: ``{"labels":
+        [[tag per step], ...]}``. Text models add ``"tokens"``: how each text was tokenized (tagging
+        labels one per token).
         """
-        return format_predictions(self.spec.task, self.classes, self.outputs(inputs))
+        x, tokens = self.model_inputs(inputs)
+        out = forward_in_chunks(self.scaled_model, torch.as_tensor(x, device=self.device)).cpu().numpy()
+        return format_predictions(self.spec.task, self.classes, out, tokens)
 
 
 def load_predictor(artifact: dict[str, Any], device: str = "cpu") -> Predictor:

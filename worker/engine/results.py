@@ -62,6 +62,28 @@ class Attribution(_Strict):
     permutation_examples: int
 
 
+class TokenScores(_Strict):
+    """One test text with a score per token (integrated gradients over its token embeddings)."""
+
+    tokens: list[str]
+    scores: list[float] = Field(description="Per token; positive pushes toward the explained output.")
+    label: str | None = Field(description="The true class (or target value) as text.")
+    predicted: str | None = Field(description="The model's class (or value) as text.")
+
+
+class TextAttribution(_Strict):
+    """Which tokens drove the predictions of a text model (test part, capped random samples)."""
+
+    method: str
+    baseline: str
+    explains: str = Field(description="The output attributed: the predicted class's logit, or the first output.")
+    sampled: int = Field(description="Test texts the token importance is averaged over.")
+    examples: list[TokenScores]
+    token_importance: dict[str, float] = Field(
+        description="The most important tokens: mean |score| per occurrence, normalized to sum 1 over all tokens."
+    )
+
+
 class Evaluation(_Strict):
     """Metrics per split with 95% bootstrap intervals on test, baselines, gap and attribution."""
 
@@ -80,6 +102,7 @@ class Evaluation(_Strict):
     notes: list[str]
     confusion_matrix: ConfusionMatrix | None = None
     attribution: Attribution | None = None
+    text_attribution: TextAttribution | None = None
 
     def interval(self, metric: str) -> list[float] | None:
         """The test interval of ``metric``, or None."""

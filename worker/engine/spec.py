@@ -6,8 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-Layout = Literal["series", "sequences", "wide", "arrays"]
-Task = Literal["forecast", "regression", "classification"]
+Layout = Literal["series", "sequences", "wide", "arrays", "text"]
+Task = Literal["forecast", "regression", "classification", "tagging"]
+TokenizerKind = Literal["word", "bpe"]
 SplitMethod = Literal["temporal", "random", "stratified", "column"]
 Loss = Literal["mse", "mae", "huber", "cross_entropy"]
 Scaling = Literal["standard", "minmax", "none", "per_example"]
@@ -18,6 +19,8 @@ Schedule = Literal["none", "cosine", "one_cycle", "plateau"]
 Auto = Literal["auto"]
 
 REGRESSION_LOSSES: tuple[str, ...] = ("mse", "mae", "huber")
+# Tasks whose targets are classes (one per example, or one per step for tagging).
+CLASS_TASKS: tuple[str, ...] = ("classification", "tagging")
 
 
 class _Strict(BaseModel):
@@ -125,6 +128,13 @@ class ModelSpec(_Strict):
         default="auto",
         description="initial LSTM forget-gate bias (lstm only; null keeps PyTorch's initialisation)",
     )
+    embedding_dim: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="token inputs (layout 'text', or text.column of 'sequences'): size of the token "
+        "embedding in front of the RNN; null: 64 for token inputs",
+    )
 
 
 class TrainingSpec(_Strict):
@@ -158,6 +168,22 @@ class TrainingSpec(_Strict):
     )
 
 
+class TextSpec(_Strict):
+    """Token inputs: the text column of layout ``text`` (or the token column of layout ``sequences``)
+    and how it is tokenized. The vocabulary is learned from the training part only."""
+
+    column: str = Field(min_length=1, description="the column holding the text (one token per row for 'sequences')")
+    tokenizer: TokenizerKind = Field(
+        default="word", description="word: whole words (punctuation split off); bpe: byte-pair subwords"
+    )
+    vocab_size: int = Field(default=20_000, ge=10, le=1_000_000, description="most frequent tokens kept")
+    max_length: Annotated[int, Field(ge=1, le=4096)] | Auto = Field(
+        default="auto",
+        description="tokens read per text (longer ones are cut); auto: the longest training text, at most 256",
+    )
+    lowercase: bool = True
+
+
 class EvaluationSpec(_Strict):
     bootstrap_samples: int = Field(default=1000, ge=0, le=100_000)
     attribution: bool = True
@@ -169,6 +195,9 @@ class JobSpec(_Strict):
     task: Task
     data: DataSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
+    text: TextSpec | None = Field(
+        default=None, description="token inputs: layout 'text', or a token column of 'sequences'"
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec, validate_default=True)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -185,7 +214,26 @@ class JobSpec(_Strict):
             raise ValueError(f"data.layout 'series' is for task 'forecast' (got task '{task}')")
         if data.split.method == "stratified" and task != "classification":
             raise ValueError("data.split.method 'stratified' needs task 'classification'")
+        if task == "tagging" and data.layout not in ("sequences", "text"):
+            raise ValueError(f"task 'tagging' needs data.layout 'sequences' or 'text' (got '{data.layout}')")
+        if data.layout == "text" and data.scaling not in ("auto", "none"):
+            raise ValueError("data.layout 'text' reads token ids, which are not scaled; leave data.scaling 'auto'")
         return data
+
+    @model_validator(mode="after")
+    def _text_fits_layout(self) -> JobSpec:
+        layout = self.data.layout
+        if layout == "text" and self.text is None:
+            raise ValueError("data.layout 'text' needs text.column: the column holding the text")
+        if self.text is not None and layout not in ("text", "sequences"):
+            raise ValueError(f"the text section is for layouts 'text' and 'sequences' (got '{layout}')")
+        if self.text is not None and layout == "sequences" and self.data.features is not None:
+            raise ValueError("text.column is the input of a 'sequences' job; leave data.features out")
+        if self.text is not None and self.task == "tagging" and self.text.tokenizer != "word":
+            raise ValueError("task 'tagging' needs text.tokenizer 'word': one tag per whitespace-separated word")
+        if self.model.embedding_dim is not None and self.text is None:
+            raise ValueError("model.embedding_dim is for token inputs (layout 'text', or text.column)")
+        return self
 
     @model_validator(mode="after")
     def _residual_needs_the_target(self) -> JobSpec:
@@ -204,13 +252,11 @@ class JobSpec(_Strict):
         if task is None:
             return training
         if training.loss is None:
-            default = "cross_entropy" if task == "classification" else "mse"
+            default = "cross_entropy" if task in CLASS_TASKS else "mse"
             return training.model_copy(update={"loss": default})
-        if task == "classification" and training.loss != "cross_entropy":
-            raise ValueError(
-                f"training.loss '{training.loss}' is a regression loss; classification uses 'cross_entropy'"
-            )
-        if task != "classification" and training.loss not in REGRESSION_LOSSES:
+        if task in CLASS_TASKS and training.loss != "cross_entropy":
+            raise ValueError(f"training.loss '{training.loss}' is a regression loss; {task} uses 'cross_entropy'")
+        if task not in CLASS_TASKS and training.loss not in REGRESSION_LOSSES:
             raise ValueError(
                 f"training.loss '{training.loss}' is for classification; task '{task}' takes one of "
                 + ", ".join(REGRESSION_LOSSES)

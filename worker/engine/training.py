@@ -150,6 +150,7 @@ def constant_prediction_loss(loss_fn: nn.Module, y: torch.Tensor, classification
     """The training loss of the best input-free prediction: class frequencies, or the mean target."""
     with torch.no_grad():
         if classification:
+            y = y[y >= 0]  # per-step tags: padded steps (-100) are not scored
             counts = torch.bincount(y, minlength=int(y.max()) + 1).double()
             logits = torch.log(counts.clamp(min=1e-12) / counts.sum()).float()
             out = logits.expand(y.shape[0], -1)
@@ -193,17 +194,20 @@ def _validate(
     loss_sum = torch.zeros((), device=x.device)
     metric_sum = torch.zeros((), device=x.device)
     chunk = validation_chunk(x, _hidden_size(model))
+    scored = torch.zeros((), device=x.device)  # examples, or real (unpadded) steps of per-step tags
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk):
             xb, yb = x[start : start + chunk], y[start : start + chunk]
             out = model(xb)
             loss_sum += loss_fn(out, yb) * xb.shape[0]
             if y_scale is None:
-                metric_sum += (out.argmax(dim=1) == yb).sum()
+                real = yb >= 0
+                metric_sum += ((out.argmax(dim=1) == yb) & real).sum()
+                scored += real.sum()
             else:
                 metric_sum += (((out - yb) * y_scale) ** 2).mean(dim=1).sum()
     n = x.shape[0]
-    metric = metric_sum / n if y_scale is None else torch.sqrt(metric_sum / n)
+    metric = metric_sum / scored.clamp(min=1) if y_scale is None else torch.sqrt(metric_sum / n)
     return loss_sum / n, metric
 
 

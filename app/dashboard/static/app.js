@@ -46,7 +46,7 @@ function jobLabel(job) {
 }
 // The job list carries the task inside the spec.
 function taskOf(job) { return job.spec?.task; }
-function mainMetric(task) { return task === "classification" ? "accuracy" : "rmse"; }
+function mainMetric(task) { return task === "classification" || task === "tagging" ? "accuracy" : "rmse"; }
 function section(title, ...children) { return h("section", {}, title ? h("h2", {}, title) : null, ...children); }
 function tableWrap(table) { return h("div", { class: "table-wrap" }, table); }
 
@@ -411,7 +411,7 @@ function evaluationTable(ev) {
 
 function renderEvaluation(view, ev) {
   const main = ev.main_metric;
-  const lowerIsBetter = !["accuracy", "balanced_accuracy", "macro_f1", "r2", "auroc"].includes(main);
+  const lowerIsBetter = !["accuracy", "balanced_accuracy", "macro_f1", "span_f1", "r2", "auroc"].includes(main);
   const baselineValues = {};
   for (const [name, b] of Object.entries(ev.baselines || {})) if (typeof b?.[main] === "number") baselineValues[name] = b[main];
   const verdicts = h("ul", { class: "verdicts" }, Object.entries(ev.comparison || {}).map(([name, c]) =>
@@ -429,7 +429,9 @@ function renderEvaluation(view, ev) {
     mountChart($("#chart-confusion"), Charts.confusion(ev.confusion_matrix));
   }
   const attr = ev.attribution;
-  if (attr?.importance?.length) {
+  if (ev.text_attribution) {
+    view.append(textAttributionSection(ev.text_attribution));
+  } else if (attr?.importance?.length) {
     const shares = Object.entries(attr.feature_importance || {}).map(([f, v]) => `${f} ${fmt(v, 3)}`).join(" · ");
     view.append(section("Attribution",
       h("div", { class: "chart-row" },
@@ -444,6 +446,28 @@ function renderEvaluation(view, ev) {
   } else {
     view.append(section("Attribution", empty("No attribution for this job (evaluation.attribution was off, or the job has no test windows).")));
   }
+}
+
+// Token scores as highlighted text: green pushes toward the explained output, red away from it;
+// the stronger the colour, the larger |score| (relative to the largest in that text).
+function highlightedText(example) {
+  const top = Math.max(1e-12, ...example.scores.map((v) => Math.abs(v)));
+  return h("p", { class: "tokens" }, example.tokens.map((token, i) => {
+    const v = example.scores[i];
+    const alpha = Math.min(1, Math.abs(v) / top) * 0.75;
+    const colour = v >= 0 ? `rgba(46, 160, 67, ${alpha.toFixed(3)})` : `rgba(218, 54, 51, ${alpha.toFixed(3)})`;
+    return [h("span", { class: "token", style: `background:${colour}`, title: `${token}: ${fmt(v, 3)}` }, token), " "];
+  }));
+}
+
+function textAttributionSection(attr) {
+  const important = Object.entries(attr.token_importance || {}).map(([t, v]) => `${t} ${fmt(v, 3)}`).join(" · ");
+  return section("Attribution",
+    h("p", { class: "hint" }, `Integrated gradients over the token embeddings (${attr.explains}; baseline: ${attr.baseline}). `,
+      "Green tokens push toward that output, red ones away from it."),
+    h("div", { id: "text-attribution" }, attr.examples.map((ex) => h("div", { class: "text-example" },
+      h("small", { class: "hint" }, `true ${ex.label} · predicted ${ex.predicted}`), highlightedText(ex)))),
+    important ? h("p", { class: "hint" }, `Most important tokens over ${attr.sampled} test texts: ${important}`) : null);
 }
 
 function specSection(job) {
@@ -675,6 +699,12 @@ function specFields(schema, node, prefix = "") {
     const path = prefix ? `${prefix}.${name}` : name;
     const prop = resolveRef(schema, raw);
     if (prop.properties) { fields.push({ group: path }, ...specFields(schema, prop, path)); continue; }
+    // An optional section (e.g. text: TextSpec | null): its fields, sent only when its required ones are filled.
+    const section = (prop.anyOf || []).map((v) => resolveRef(schema, v)).find((v) => v?.properties);
+    if (section) {
+      fields.push({ group: path, optional: true, needs: section.required || [] }, ...specFields(schema, section, path));
+      continue;
+    }
     const variants = (prop.anyOf || [prop]).map((v) => resolveRef(schema, v));
     const enums = variants.flatMap((v) => v.enum || (v.const !== undefined ? [v.const] : []));
     const types = variants.map((v) => v.type).filter(Boolean);
@@ -705,7 +735,7 @@ function newJobForm(ds, openapi) {
   const controls = [];
   const body = [];
   for (const f of fields) {
-    if (f.group) { body.push(h("h4", {}, f.group)); continue; }
+    if (f.group) { body.push(h("h4", {}, f.group, f.optional ? ` (optional: fill ${f.needs.join(", ")} to use it)` : "")); continue; }
     const id = `spec-${f.path.replace(/\./g, "-")}`;
     let input;
     if (f.types.includes("boolean") && !f.enums.length) {
@@ -733,6 +763,13 @@ function newJobForm(ds, openapi) {
       let node = out;
       for (const k of keys.slice(0, -1)) node = node[k] ??= {};
       node[keys.at(-1)] = value;
+    }
+    // An optional section left without its required fields is not sent at all.
+    for (const g of fields.filter((f) => f.group && f.optional)) {
+      const keys = g.group.split(".");
+      const parent = keys.slice(0, -1).reduce((n, k) => n?.[k], out);
+      const node = parent?.[keys.at(-1)];
+      if (node && g.needs.some((k) => node[k] === undefined || node[k] === null)) delete parent[keys.at(-1)];
     }
     result.className = "inline";
     result.textContent = "Submitting…";
