@@ -54,7 +54,7 @@ MAE_TOLERANCE = 0.10  # 10% of the best swept MAE
 # The sweep around the defaults: the learning rate, and the option that matters most per family.
 SWEEPS: dict[str, dict[str, list[Any]]] = {
     "classification": {"training.learning_rate": [0.001, 0.003], "data.scaling": ["per_example", "standard"]},
-    "forecast": {"training.learning_rate": [0.001, 0.003], "model.residual": ["last_value", "none"]},
+    "forecast": {"training.learning_rate": [0.001, 0.003], "model.residual": ["ar", "last_value"]},
 }
 
 
@@ -275,7 +275,9 @@ def score(client: httpx.Client, submitted: Submitted) -> Row:
     resolved = defaults[0]["spec"]
     settings_seen = (
         f"batch {resolved['training']['batch_size']}, epochs {resolved['training']['epochs']}, "
-        f"scaling {resolved['data']['scaling']}, schedule {resolved['training']['schedule']}"
+        f"scaling {resolved['data']['scaling']}, schedule {resolved['training']['schedule']}, "
+        f"pooling {resolved['model']['pooling']}, patch {resolved['model']['patch']}, "
+        f"residual {resolved['model']['residual']}"
     )
     return Row(
         bench.name, bench.metric, values, best, means.get(best, float("nan")), references, settings_seen, collapsed

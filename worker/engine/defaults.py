@@ -48,6 +48,9 @@ LONG_SEQUENCE_STEPS = 64
 # vs 0.394; but JapaneseVowels (29 steps, 12 channels) 0.935 vs 0.96 without, so short sequences to
 # classify keep PyTorch's initialisation.
 AUTO_LSTM_FORGET_GATE_BIAS = 1.0
+# Sequences to read longer than this are patched: groups of k consecutive steps become one step of
+# k × features inputs, k the smallest that brings the network to at most this many steps.
+MAX_NETWORK_STEPS = 64
 
 
 # What each option meant before it could be "auto" (or before it existed).
@@ -56,6 +59,7 @@ PREVIOUS_DEFAULTS: dict[str, Any] = {
     "model.pooling": "last",
     "model.forget_gate_bias": None,
     "model.residual": "none",
+    "model.patch": 1,
     "training.batch_size": 64,
     "training.early_stopping_patience": 10,
     "training.early_stopping_min_delta": 0.0,
@@ -105,9 +109,16 @@ def auto_scaling(task: str, channels: int) -> str:
 
 
 def auto_residual(spec: JobSpec) -> str:
-    # A forecast learns the change from the last value; trends then never leave the training range.
+    # A forecast starts from the least-squares AR over the window and learns the correction; the
+    # network reads the window relative to its last step, so trends never leave the training range.
     target_is_input = spec.data.features is None or spec.data.target in spec.data.features
-    return "last_value" if spec.task == "forecast" and target_is_input else "none"
+    return "ar" if spec.task == "forecast" and target_is_input else "none"
+
+
+def auto_patch(task: str, steps: int) -> int:
+    if task == "forecast" or steps <= MAX_NETWORK_STEPS:
+        return 1
+    return math.ceil(steps / MAX_NETWORK_STEPS)
 
 
 def auto_pooling(task: str, steps: int) -> str:
@@ -143,6 +154,8 @@ def resolve_defaults(spec: JobSpec, shape: TrainingShape) -> JobSpec:
         model["pooling"] = auto_pooling(spec.task, shape.steps)
     if spec.model.residual == "auto":
         model["residual"] = auto_residual(spec)
+    if spec.model.patch == "auto":
+        model["patch"] = auto_patch(spec.task, shape.steps)
     if spec.model.forget_gate_bias == "auto":
         model["forget_gate_bias"] = auto_forget_gate_bias(spec.model.cell, spec.task, shape.steps)
     t = spec.training

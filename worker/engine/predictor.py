@@ -102,7 +102,9 @@ class Predictor:
         self.y_scaler = Scaler.from_dict(y_scaler) if y_scaler is not None else None
         state = artifact["state_dict"]
         self.device = torch.device(device)
-        self.model = RecurrentModel(self.spec.model, len(self.features), int(state["head.weight"].shape[0]))
+        self.model = RecurrentModel(
+            self.spec.model, len(self.features), int(state["head.weight"].shape[0]), steps=self.steps
+        )
         self.model.load_state_dict(state)
         self.model.eval()
         self.scaled_model = ScaledModel(self.model, self.x_scaler, self.y_scaler).to(self.device).eval()

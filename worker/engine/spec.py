@@ -116,10 +116,16 @@ class ModelSpec(_Strict):
     pooling: Pooling | Auto = Field(
         default="auto", description="what the head reads from the sequence: the final hidden state, or the mean/max"
     )
-    residual: Literal["none", "last_value"] | Auto = Field(
+    residual: Literal["none", "last_value", "ar"] | Auto = Field(
         default="auto",
         description="forecast only: 'last_value' reads each window relative to its last step and predicts "
-        "the change from the last target value (the naive forecast)",
+        "the change from the last target value (the naive forecast); 'ar' adds the network to a "
+        "least-squares linear autoregression over the window, fitted on the training windows",
+    )
+    patch: Annotated[int, Field(ge=1, le=4096)] | Auto = Field(
+        default="auto",
+        description="the network reads each group of this many consecutive steps as one step "
+        "(features × patch inputs); auto: enough to bring long sequences to at most 64 steps",
     )
     forget_gate_bias: Annotated[float, Field(ge=-10.0, le=10.0)] | Auto | None = Field(
         default="auto",
@@ -184,12 +190,13 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _residual_needs_the_target(self) -> JobSpec:
-        if self.model.residual != "last_value":
+        residual = self.model.residual
+        if residual not in ("last_value", "ar"):
             return self
         if self.task != "forecast":
-            raise ValueError(f"model.residual 'last_value' is for task 'forecast' (got task '{self.task}')")
+            raise ValueError(f"model.residual '{residual}' is for task 'forecast' (got task '{self.task}')")
         if self.data.features is not None and self.data.target not in self.data.features:
-            raise ValueError("model.residual 'last_value' needs the target among data.features")
+            raise ValueError(f"model.residual '{residual}' needs the target among data.features")
         return self
 
     @field_validator("training")
