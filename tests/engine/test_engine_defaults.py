@@ -97,6 +97,7 @@ def test_explicit_epochs_keep_the_previous_behaviour() -> None:
         "model.residual": spec.model.residual,
         "model.patch": spec.model.patch,
         "training.batch_size": spec.training.batch_size,
+        "training.learning_rate": spec.training.learning_rate,
         "training.early_stopping_patience": spec.training.early_stopping_patience,
         "training.early_stopping_min_delta": spec.training.early_stopping_min_delta,
         "training.schedule": spec.training.schedule,
@@ -134,6 +135,15 @@ def test_long_sequences_are_patched_to_at_most_64_network_steps(steps: int, patc
     # A forecast's window is read step by step (its AR residual reads the raw window anyway).
     forecast = resolve_defaults(bare_spec("forecast", "series"), TrainingShape(100, 10, steps=steps))
     assert forecast.model.patch == 1
+
+
+def test_learning_rate_depends_on_the_task_and_an_explicit_one_wins() -> None:
+    shape = TrainingShape(100, 10, steps=24)
+    assert resolve_defaults(bare_spec(), shape).training.learning_rate == 0.003
+    assert resolve_defaults(bare_spec("regression"), shape).training.learning_rate == 0.001
+    assert resolve_defaults(bare_spec("forecast", "series"), shape).training.learning_rate == 0.001
+    assert resolve_defaults(bare_spec(training={"learning_rate": 0.02}), shape).training.learning_rate == 0.02
+    assert resolve_defaults(bare_spec(training={"epochs": 9}), shape).training.learning_rate == 0.001
 
 
 def test_explicit_residual_and_patch_win_over_auto() -> None:

@@ -141,7 +141,9 @@ class TrainingSpec(_Strict):
         default="auto", description="auto: from the number of training examples"
     )
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop", "adagrad"] = "adam"
-    learning_rate: float = Field(default=0.001, gt=0.0, le=10.0)
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] | Auto = Field(
+        default="auto", description="auto: 0.003 for classification, 0.001 otherwise"
+    )
     weight_decay: float = Field(default=0.0, ge=0.0, le=100.0)
     loss: Loss | None = Field(default=None, description="null: cross_entropy for classification, mse otherwise")
     gradient_clip: float | None = Field(default=1.0, gt=0.0)

@@ -52,6 +52,7 @@ STUCK_LOSS_SHARE = 0.95
 
 
 def make_optimizer(spec: TrainingSpec, model: nn.Module) -> torch.optim.Optimizer:
+    assert spec.learning_rate != "auto"  # resolved before training
     return OPTIMIZERS[spec.optimizer](model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
 
 
@@ -66,6 +67,7 @@ class StepSchedule:
 
     def __init__(self, spec: TrainingSpec, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
         assert spec.schedule != "auto" and spec.warmup_steps != "auto"  # resolved before training
+        assert spec.learning_rate != "auto"
         self.kind = spec.schedule
         self.optimizer = optimizer
         self.warmup = min(spec.warmup_steps, total_steps)
