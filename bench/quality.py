@@ -9,7 +9,8 @@ submits, per data set:
 - default-spec jobs for 3 seeds × {lstm, gru}: only ``dataset_id``, ``task``, ``data.layout``,
   ``data.target``, the split column the file has (UCR train/test) or, for a series, the order
   column, the lookback and the season — everything else left to the data-aware defaults;
-- a small grid sweep around the defaults (learning rate × one option per task, 2 seeds, lstm).
+- a small grid sweep around the defaults (learning rate × one option per task: scaling for
+  classification, residual ``ar`` / ``last_value`` for forecasts; 2 seeds, lstm).
 
 It prints, per data set: the metric, the default runs' mean ± std and min, the best swept
 setting's mean, and the reference computed here from the raw data: 1-NN Euclidean on the
@@ -17,7 +18,8 @@ archive's train/test split for classification; naive, seasonal naive and least-s
 job's own test windows for forecasting. A data set passes when every default run beats the
 reference(s) and its mean is within 3 points of accuracy (10% of MAE) of the best swept setting.
 
-    python bench/quality.py                      # all 9 data sets: long; ArrowHead and OSULeaf dominate
+    python bench/quality.py                      # all 9 data sets
+    python bench/quality.py --sweep-seeds 1 --concurrency 4   # the README's run: 42 min at load 14-18
     python bench/quality.py --sets Lynx Airline ShampooSales co2 nile elnino JapaneseVowels --sweep-seeds 1
     python bench/quality.py --sets ArrowHead Lynx --seeds 2
 
