@@ -9,7 +9,8 @@ submits, per data set:
 - default-spec jobs for 3 seeds × {lstm, gru}: only ``dataset_id``, ``task``, ``data.layout``,
   ``data.target``, the split column the file has (UCR train/test) or, for a series, the order
   column, the lookback and the season — everything else left to the data-aware defaults;
-- a small grid sweep around the defaults (learning rate × one option per task, 2 seeds, lstm).
+- a small grid sweep around the defaults (learning rate × one option per task: scaling for
+  classification, residual ``ar`` / ``last_value`` for forecasts; 2 seeds, lstm).
 
 It prints, per data set: the metric, the default runs' mean ± std and min, the best swept
 setting's mean, and the reference computed here from the raw data: 1-NN Euclidean on the
@@ -17,7 +18,8 @@ archive's train/test split for classification; naive, seasonal naive and least-s
 job's own test windows for forecasting. A data set passes when every default run beats the
 reference(s) and its mean is within 3 points of accuracy (10% of MAE) of the best swept setting.
 
-    python bench/quality.py                      # all 9 data sets: long; ArrowHead and OSULeaf dominate
+    python bench/quality.py                      # all 9 data sets
+    python bench/quality.py --sweep-seeds 1 --concurrency 4   # the README's run: 42 min at load 14-18
     python bench/quality.py --sets Lynx Airline ShampooSales co2 nile elnino JapaneseVowels --sweep-seeds 1
     python bench/quality.py --sets ArrowHead Lynx --seeds 2
 
@@ -54,7 +56,7 @@ MAE_TOLERANCE = 0.10  # 10% of the best swept MAE
 # The sweep around the defaults: the learning rate, and the option that matters most per family.
 SWEEPS: dict[str, dict[str, list[Any]]] = {
     "classification": {"training.learning_rate": [0.001, 0.003], "data.scaling": ["per_example", "standard"]},
-    "forecast": {"training.learning_rate": [0.001, 0.003], "model.residual": ["last_value", "none"]},
+    "forecast": {"training.learning_rate": [0.001, 0.003], "model.residual": ["ar", "last_value"]},
 }
 
 
@@ -275,7 +277,9 @@ def score(client: httpx.Client, submitted: Submitted) -> Row:
     resolved = defaults[0]["spec"]
     settings_seen = (
         f"batch {resolved['training']['batch_size']}, epochs {resolved['training']['epochs']}, "
-        f"scaling {resolved['data']['scaling']}, schedule {resolved['training']['schedule']}"
+        f"scaling {resolved['data']['scaling']}, schedule {resolved['training']['schedule']}, "
+        f"pooling {resolved['model']['pooling']}, patch {resolved['model']['patch']}, "
+        f"residual {resolved['model']['residual']}"
     )
     return Row(
         bench.name, bench.metric, values, best, means.get(best, float("nan")), references, settings_seen, collapsed

@@ -54,7 +54,7 @@ def build_spec(bench: BenchSet, cell: str, seed: int, overrides: dict[str, Any])
     return spec
 
 
-def run_one(args: tuple[str, str, str, int, dict[str, Any]]) -> tuple[str, str, float, float, int]:
+def run_one(args: tuple[str, str, str, int, dict[str, Any]]) -> tuple[str, str, float, float, int, int]:
     import pyarrow.csv as pacsv
     import torch
 
@@ -68,11 +68,12 @@ def run_one(args: tuple[str, str, str, int, dict[str, Any]]) -> tuple[str, str, 
     started = time.perf_counter()
     result = train_and_evaluate(spec, table)
     assert result.evaluation is not None
-    value = float(result.evaluation["metrics"]["test"][bench.metric])
-    return set_name, variant, value, time.perf_counter() - started, result.epochs_run
+    value = float(result.evaluation.metrics["test"][bench.metric])
+    return set_name, variant, value, time.perf_counter() - started, result.epochs_run, result.num_examples["test"]
 
 
 SETS: list[BenchSet] = []
+TEST_WINDOWS: dict[str, int] = {}  # forecast sets: the job's test windows, for the references
 
 
 def main() -> None:
@@ -95,11 +96,19 @@ def main() -> None:
     results: dict[tuple[str, str], list[float]] = {}
     seconds: dict[tuple[str, str], float] = {}
     with ProcessPoolExecutor(args.workers) as pool:
-        for set_name, variant, value, took, epochs in pool.map(run_one, tasks):
+        for set_name, variant, value, took, epochs, test_windows in pool.map(run_one, tasks):
+            TEST_WINDOWS[set_name] = test_windows
             results.setdefault((set_name, variant), []).append(value)
             seconds[(set_name, variant)] = seconds.get((set_name, variant), 0.0) + took
             print(f"  {set_name} {variant}: {value:.4f} ({took:.0f} s, {epochs} epochs)", flush=True)
+    from quality import forecast_references, nearest_neighbour_accuracy
+
     for b in SETS:
+        if b.task == "classification":
+            print(f"{b.name:16s} reference 1-NN Euclidean {nearest_neighbour_accuracy(b):.4f}")
+        else:
+            refs = forecast_references(b, TEST_WINDOWS[b.name])
+            print(f"{b.name:16s} references " + ", ".join(f"{k} {v:.4f}" for k, v in refs.items()))
         for name, _ in variants:
             values = results[(b.name, name)]
             print(

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from worker.engine import JobSpec, load_predictor, train_and_evaluate
+from worker.engine.data import prepare_data
 from worker.engine.defaults import PREVIOUS_DEFAULTS, TrainingShape, resolve_defaults, unresolved_fields
-from worker.engine.models import RecurrentModel
+from worker.engine.engine import fit_ar_map, refit_ar_map, set_naive_map
+from worker.engine.models import RecurrentModel, forward_in_chunks, patch_steps
 from worker.engine.scaling import Scaler, fit_scaler
 from worker.engine.spec import ModelSpec, TrainingSpec
 from worker.engine.splits import split_indices
@@ -93,7 +95,9 @@ def test_explicit_epochs_keep_the_previous_behaviour() -> None:
         "model.pooling": spec.model.pooling,
         "model.forget_gate_bias": spec.model.forget_gate_bias,
         "model.residual": spec.model.residual,
+        "model.patch": spec.model.patch,
         "training.batch_size": spec.training.batch_size,
+        "training.learning_rate": spec.training.learning_rate,
         "training.early_stopping_patience": spec.training.early_stopping_patience,
         "training.early_stopping_min_delta": spec.training.early_stopping_min_delta,
         "training.schedule": spec.training.schedule,
@@ -115,13 +119,42 @@ def test_scaling_pooling_residual_and_bias_depend_on_task_channels_and_length() 
     regression = resolve_defaults(bare_spec("regression"), TrainingShape(100, 10, channels=1))
     assert regression.data.scaling == "standard" and regression.model.residual == "none"
     forecast = resolve_defaults(bare_spec("forecast", "series"), TrainingShape(100, 10, steps=100))
-    assert forecast.data.scaling == "standard" and forecast.model.residual == "last_value"
+    assert forecast.data.scaling == "standard" and forecast.model.residual == "ar"
     assert forecast.model.pooling == "last"  # a forecast reads the end of its window, however long
     assert forecast.model.forget_gate_bias == 1.0
     exogenous = bare_spec("forecast", "series", data={"features": ["other"]})
     assert resolve_defaults(exogenous, TrainingShape(100, 10)).model.residual == "none"
     gru = resolve_defaults(bare_spec(model={"cell": "gru"}), TrainingShape(100, 10, steps=251))
     assert gru.model.forget_gate_bias is None
+
+
+@pytest.mark.parametrize(("steps", "patch"), [(29, 1), (64, 1), (65, 2), (251, 4), (427, 7)])
+def test_long_sequences_are_patched_to_at_most_64_network_steps(steps: int, patch: int) -> None:
+    spec = resolve_defaults(bare_spec(), TrainingShape(100, 10, channels=1, steps=steps))
+    assert spec.model.patch == patch and math.ceil(steps / patch) <= 64
+    # A forecast's window is read step by step (its AR residual reads the raw window anyway).
+    forecast = resolve_defaults(bare_spec("forecast", "series"), TrainingShape(100, 10, steps=steps))
+    assert forecast.model.patch == 1
+
+
+def test_learning_rate_depends_on_the_task_and_an_explicit_one_wins() -> None:
+    shape = TrainingShape(100, 10, steps=24)
+    assert resolve_defaults(bare_spec(), shape).training.learning_rate == 0.003
+    assert resolve_defaults(bare_spec("regression"), shape).training.learning_rate == 0.001
+    assert resolve_defaults(bare_spec("forecast", "series"), shape).training.learning_rate == 0.001
+    assert resolve_defaults(bare_spec(training={"learning_rate": 0.02}), shape).training.learning_rate == 0.02
+    assert resolve_defaults(bare_spec(training={"epochs": 9}), shape).training.learning_rate == 0.001
+
+
+def test_explicit_residual_and_patch_win_over_auto() -> None:
+    forecast = bare_spec("forecast", "series", model={"residual": "last_value", "patch": 2})
+    resolved = resolve_defaults(forecast, TrainingShape(100, 10, steps=24))
+    assert resolved.model.residual == "last_value" and resolved.model.patch == 2
+    long = resolve_defaults(bare_spec(model={"patch": 1}), TrainingShape(100, 10, steps=427))
+    assert long.model.patch == 1
+    # A spec with explicit epochs reads every step and forecasts without a residual, as before.
+    old = resolve_defaults(bare_spec("forecast", "series", training={"epochs": 5}), TrainingShape(100, 10, steps=427))
+    assert old.model.patch == 1 and old.model.residual == "none"
 
 
 def test_specs_refuse_options_that_cannot_apply() -> None:
@@ -131,6 +164,10 @@ def test_specs_refuse_options_that_cannot_apply() -> None:
         bare_spec(model={"residual": "last_value"})
     with pytest.raises(ValueError, match="needs the target among data.features"):
         bare_spec("forecast", "series", data={"features": ["other"]}, model={"residual": "last_value"})
+    with pytest.raises(ValueError, match="residual 'ar' is for task 'forecast'"):
+        bare_spec(model={"residual": "ar"})
+    with pytest.raises(ValueError, match="residual 'ar' needs the target among data.features"):
+        bare_spec("forecast", "series", data={"features": ["other"]}, model={"residual": "ar"})
 
 
 # ---------------------------------------------------------------- validation part
@@ -248,6 +285,91 @@ def test_lstm_forget_gate_bias_is_set_and_other_gates_are_not() -> None:
             torch.testing.assert_close(torch.cat([before[:6], before[12:]]), torch.cat([after[:6], after[12:]]))
 
 
+def test_patching_groups_consecutive_steps_and_pads_the_front() -> None:
+    x = torch.arange(2 * 5 * 2, dtype=torch.float32).reshape(2, 5, 2)
+    patched = patch_steps(x, 2)  # 5 steps → the first repeated in front → 3 steps of 2 × 2 inputs
+    assert patched.shape == (2, 3, 4)
+    torch.testing.assert_close(patched[:, 0], torch.cat([x[:, 0], x[:, 0]], dim=1))
+    torch.testing.assert_close(patched[:, 2], torch.cat([x[:, 3], x[:, 4]], dim=1))
+    torch.testing.assert_close(patch_steps(x, 1), x)
+    # A patched model is the unpatched network reading the patched window.
+    torch.manual_seed(0)
+    model = RecurrentModel(ModelSpec(cell="lstm", hidden_size=5, patch=2), 2, 3)
+    assert model.rnn.input_size == 4
+    plain = RecurrentModel(ModelSpec(cell="lstm", hidden_size=5, patch=1), 4, 3)
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(x), plain(patched))
+
+
+def ar_series(n: int = 400, seed: int = 0) -> np.ndarray:
+    """A stationary AR(2) around a level of 50, in large units."""
+    rng = np.random.default_rng(seed)
+    values = np.zeros(n)
+    for t in range(2, n):
+        values[t] = 1.2 * values[t - 1] - 0.5 * values[t - 2] + rng.normal()
+    return 50.0 + 10.0 * values
+
+
+def test_ar_residual_starts_at_least_squares_and_is_refitted_on_everything_before_test() -> None:
+    spec = bare_spec(
+        "forecast", "series", data={"lookback": 6, "horizon": 2}, model={"residual": "ar", "hidden_size": 4},
+        training={"epochs": 1},
+    )  # fmt: skip
+    prep = prepare_data(spec, pa.table({"value": ar_series()}), np.random.default_rng(0))
+    model = RecurrentModel(spec.model, 1, 2, steps=6)
+    set_naive_map(model, spec, prep)
+    history = prep.examples.x[:, :, 0].astype(np.float64)
+    test = prep.split.test
+
+    def least_squares_forecast(fitted: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        # The AR in original units: the scalers are affine, so it is the same forecast.
+        design = np.hstack([history[fitted], np.ones((len(fitted), 1))])
+        coef, *_ = np.linalg.lstsq(design, targets, rcond=None)
+        return np.hstack([history[test], np.ones((len(test), 1))]) @ coef
+
+    def model_forecast() -> np.ndarray:
+        scaled = forward_in_chunks(model, torch.from_numpy(prep.x_scaled("test"))).numpy()
+        return prep.y_scaler.inverse(scaled)
+
+    train = prep.split.train
+    fit_ar_map(model, spec, prep)  # the head starts at zero: the model is the AR on the training windows
+    np.testing.assert_allclose(model_forecast(), least_squares_forecast(train, prep.examples.y[train]), atol=2e-3)
+    # After training, the AR is refitted on training and validation windows to what the network leaves.
+    before = prep.split.val
+    with torch.no_grad():
+        model.head.bias.fill_(0.5)  # a constant correction of 0.5 scaled units
+    refit_ar_map(model, spec, prep)
+    fitted = np.concatenate([train, before])
+    shifted = prep.examples.y[fitted] - 0.5 * prep.y_scaler.scale
+    expected = least_squares_forecast(fitted, shifted) + 0.5 * prep.y_scaler.scale
+    np.testing.assert_allclose(model_forecast(), expected, atol=2e-3)
+
+
+def test_ar_residual_forecast_trains_and_predicts_the_same_through_the_artifact() -> None:
+    values = ar_series()
+    spec = bare_spec(
+        "forecast", "series",
+        data={"lookback": 8},
+        model={"hidden_size": 8},
+        training={"epochs": 5, "batch_size": 32},
+        evaluation={"attribution": False, "bootstrap_samples": 0},
+    )  # fmt: skip
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"residual": "ar"})})
+    result = train_and_evaluate(spec, pa.table({"value": values}))
+    assert result.evaluation is not None
+    comparison = result.evaluation.comparison
+    assert comparison["naive"].beats is True
+    # Starting at the AR and keeping the best validation weights, it stays close to the AR baseline.
+    ar = comparison["linear_ar"]
+    assert ar.model is not None and ar.baseline is not None and ar.model < 1.1 * ar.baseline
+    predictor = load_predictor(save_and_load(result.artifact))
+    assert set(result.artifact["state_dict"]) >= {"ar_weight", "ar_bias", "naive_column"}
+    windows = np.stack([values[i : i + 8] for i in range(300, 340)])
+    x = torch.from_numpy(windows[:, :, None].astype(np.float32))
+    direct = forward_in_chunks(predictor.scaled_model, x).numpy()
+    np.testing.assert_allclose(np.array(predictor.predict(windows)), direct, rtol=1e-6)
+
+
 # ---------------------------------------------------------------- per-example scaling and artifacts
 
 
@@ -306,7 +428,7 @@ def test_artifacts_saved_before_pooling_existed_still_load() -> None:
     spec = bare_spec("forecast", "series", training={"epochs": 2}, evaluation={"attribution": False})
     result = train_and_evaluate(spec, sine_table(n=120))
     artifact = save_and_load(result.artifact)
-    for name in ("pooling", "forget_gate_bias", "residual"):
+    for name in ("pooling", "forget_gate_bias", "residual", "patch"):
         artifact["spec"]["model"].pop(name)
     predictor = load_predictor(artifact)
     assert predictor.model.pooling == "last"
@@ -340,5 +462,5 @@ def test_a_default_spec_runs_with_resolved_values_in_its_artifact() -> None:
     stored = result.artifact["spec"]
     # 120 rows, lookback 24 → 96 windows, 68 train → batch 8, 9 steps an epoch → 167 epochs.
     assert stored["training"]["batch_size"] == 8 and stored["training"]["epochs"] == 167
-    assert stored["training"]["schedule"] == "one_cycle" and stored["model"]["residual"] == "last_value"
+    assert stored["training"]["schedule"] == "one_cycle" and stored["model"]["residual"] == "ar"
     assert reports[0].epochs == 167 and result.cancelled

@@ -75,6 +75,10 @@ CASES = [
     ("gru", False, 1, "classification", "per_example", {"pooling": "mean"}),
     ("lstm", True, 1, "regression", "per_example", {"pooling": "max"}),
     ("lstm", False, 2, "forecast", "standard", {"residual": "last_value", "forget_gate_bias": 1.0}),
+    # The AR residual and patching (8 steps in groups of 3: the front padded by one step).
+    ("gru", False, 1, "forecast", "standard", {"residual": "ar", "patch": 4}),
+    ("lstm", False, 1, "classification", "per_example", {"patch": 3, "pooling": "mean"}),
+    ("rnn", True, 1, "regression", "standard", {"patch": 4}),
 ]
 
 

@@ -43,8 +43,10 @@ def test_defaults_are_filled_in() -> None:
         "residual": "auto",
         "forget_gate_bias": "auto",
         "embedding_dim": None,
+        "patch": "auto",
     }
     assert normalized["training"]["loss"] == "mse"
+    assert normalized["training"]["learning_rate"] == "auto"
     # Data-aware values stay "auto" until the job is submitted against a dataset (test_engine_defaults).
     assert normalized["training"]["early_stopping_patience"] == "auto"
     assert normalized["training"]["epochs"] == normalized["training"]["batch_size"] == "auto"

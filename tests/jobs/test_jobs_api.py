@@ -54,11 +54,13 @@ def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
         "bidirectional": False,
         "dropout": 0.0,
         "pooling": "last",
-        "residual": "last_value",
+        "residual": "ar",
         "forget_gate_bias": 1.0,
         "embedding_dim": None,
+        "patch": 1,
     }
     assert spec["training"]["loss"] == "mse" and spec["data"]["split"]["method"] == "temporal"
+    assert spec["training"]["learning_rate"] == 0.001
     # Data-aware defaults are resolved at submit time: 200 rows, lookback 24 → 176 windows, of
     # which 124 train (temporal split 70/15/15) → batch 8 (≈ √124), 16 steps an epoch.
     training = spec["training"]

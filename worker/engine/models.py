@@ -11,6 +11,8 @@ from torch import nn
 from .spec import ModelSpec
 
 CELLS: dict[str, Callable[..., nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# ``residual 'ar'`` regresses on at most this many of the window's last steps.
+MAX_AR_LAGS = 256
 
 
 def set_forget_gate_bias(lstm: nn.LSTM, value: float) -> None:
@@ -26,20 +28,42 @@ def set_forget_gate_bias(lstm: nn.LSTM, value: float) -> None:
                 bias[hidden : 2 * hidden].fill_(value / 2)
 
 
+def patch_steps(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """``[B, T, F]`` → ``[B, ceil(T / patch), patch * F]``: each group of ``patch`` consecutive steps
+    becomes one step. When ``T`` is not a multiple, the first step is repeated in front (as the
+    ``sequences`` layout pads shorter cases), so the last group ends on the last real step."""
+    steps, features = int(x.shape[1]), int(x.shape[2])
+    pad = (-steps) % patch
+    if pad:
+        x = torch.cat([x[:, :1, :].expand(-1, pad, -1), x], dim=1)
+    # -1 for the batch: the ONNX export keeps that axis dynamic.
+    return x.reshape(-1, (steps + pad) // patch, patch * features)
+
+
 class RecurrentModel(nn.Module):
     """Maps ``x [B, T, F]`` to ``[B, outputs]`` from what ``spec.pooling`` reads of the last layer.
 
     ``last``: the final hidden state(s); ``mean`` / ``max``: over the last layer's outputs at
-    every step (both directions when bidirectional).
+    every step (both directions when bidirectional). With ``spec.patch`` k > 1 the network reads
+    groups of k steps as one step (``patch_steps``).
+
+    Forecast residuals: ``last_value`` predicts the change from the window's last target value;
+    ``ar`` adds the network to a linear autoregression over the window's target values (least
+    squares on the training windows, see ``set_ar_map``), with the head starting at zero so
+    training starts exactly at the AR forecast. ``steps`` (the window length) is needed for ``ar``.
     """
 
-    # Buffers of a ``residual 'last_value'`` model (see ``set_naive_map``).
+    # Buffers of a residual model (see ``set_naive_map`` and ``set_ar_map``).
     naive_column: torch.Tensor
     naive_slope: torch.Tensor
     naive_intercept: torch.Tensor
+    ar_weight: torch.Tensor
+    ar_bias: torch.Tensor
 
-    def __init__(self, spec: ModelSpec, num_features: int, num_outputs: int) -> None:
+    def __init__(self, spec: ModelSpec, num_features: int, num_outputs: int, steps: int | None = None) -> None:
         super().__init__()
+        # Unresolved or absent (an artifact saved before patching existed): every step on its own.
+        self.patch = spec.patch if isinstance(spec.patch, int) else 1
         # An unresolved spec (a model built directly, an artifact saved before pooling existed) reads
         # the final hidden state and keeps PyTorch's initialisation, as every model did before.
         self.pooling = "last" if spec.pooling == "auto" else spec.pooling
@@ -47,7 +71,7 @@ class RecurrentModel(nn.Module):
         between_layers = spec.dropout if spec.num_layers > 1 else 0.0
         kwargs: dict[str, Any] = {"nonlinearity": "tanh"} if spec.cell == "rnn" else {}
         self.rnn = CELLS[spec.cell](
-            input_size=num_features,
+            input_size=num_features * self.patch,
             hidden_size=spec.hidden_size,
             num_layers=spec.num_layers,
             batch_first=True,
@@ -61,13 +85,23 @@ class RecurrentModel(nn.Module):
         # Identity when unused: saves a kernel per step of the training loop.
         self.dropout: nn.Module = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.head = nn.Linear(spec.hidden_size * self.directions, num_outputs)
-        self.residual = spec.residual == "last_value"
+        self.residual = spec.residual in ("last_value", "ar")
+        self.autoregressive = spec.residual == "ar"
         if self.residual:
             # The target's input column, and the map from its scaled input units to each scaled output:
             # ``naive = last * naive_slope + naive_intercept``. Buffers, so the artifact carries them.
             self.register_buffer("naive_column", torch.zeros((), dtype=torch.long))
             self.register_buffer("naive_slope", torch.ones(num_outputs))
             self.register_buffer("naive_intercept", torch.zeros(num_outputs))
+        if self.autoregressive:
+            if steps is None:
+                raise ValueError("model.residual 'ar' needs the window length (steps)")
+            # ``base = window[:, -lags:, column] @ ar_weight + ar_bias``, in scaled units.
+            self.register_buffer("ar_weight", torch.zeros(min(steps, MAX_AR_LAGS), num_outputs))
+            self.register_buffer("ar_bias", torch.zeros(num_outputs))
+            with torch.no_grad():  # the correction starts at zero: the untrained model is the AR
+                self.head.weight.zero_()
+                self.head.bias.zero_()
 
     def set_naive_map(self, column: int, slope: torch.Tensor, intercept: torch.Tensor) -> None:
         """For ``residual 'last_value'``: which input column is the target and how its scale maps to the outputs'."""
@@ -75,16 +109,28 @@ class RecurrentModel(nn.Module):
         self.naive_slope.copy_(slope)
         self.naive_intercept.copy_(intercept)
 
+    def set_ar_map(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """For ``residual 'ar'``: the least-squares map from the target column's last ``lags`` scaled
+        inputs to the scaled outputs ``[H]`` (``weight [lags, H]``, ``bias [H]``)."""
+        self.ar_weight.copy_(weight)
+        self.ar_bias.copy_(bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.residual:
             return self._network(x)
         # The window relative to its last step: the network sees no level, only shape and change,
         # so a level outside the training range (a trend) does not saturate it.
         last = x[:, -1:, :]
-        naive = last[:, 0, self.naive_column].unsqueeze(1) * self.naive_slope + self.naive_intercept
-        return naive + self._network(x - last)
+        if self.autoregressive:
+            lags = self.ar_weight.shape[0]
+            base = x[:, -lags:, self.naive_column] @ self.ar_weight + self.ar_bias
+        else:
+            base = last[:, 0, self.naive_column].unsqueeze(1) * self.naive_slope + self.naive_intercept
+        return base + self._network(x - last)
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
+        if self.patch > 1:
+            x = patch_steps(x, self.patch)
         outputs, hidden = self.rnn(x)
         if self.pooling == "mean":
             return self.head(self.dropout(outputs.mean(dim=1)))

@@ -133,7 +133,7 @@ class Predictor:
             vocab = int(state["embedding.weight"].shape[0]) if "embedding.weight" in state else None
             self.model = build_sequence_model(spec, len(self.features), num_outputs, vocab)
         else:
-            self.model = RecurrentModel(self.spec.model, len(self.features), num_outputs)
+            self.model = RecurrentModel(self.spec.model, len(self.features), num_outputs, steps=self.steps)
         self.model.load_state_dict(state)
         self.model.eval()
         self.scaled_model = ScaledModel(self.model, self.x_scaler, self.y_scaler).to(self.device).eval()

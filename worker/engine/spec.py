@@ -119,10 +119,16 @@ class ModelSpec(_Strict):
     pooling: Pooling | Auto = Field(
         default="auto", description="what the head reads from the sequence: the final hidden state, or the mean/max"
     )
-    residual: Literal["none", "last_value"] | Auto = Field(
+    residual: Literal["none", "last_value", "ar"] | Auto = Field(
         default="auto",
         description="forecast only: 'last_value' reads each window relative to its last step and predicts "
-        "the change from the last target value (the naive forecast)",
+        "the change from the last target value (the naive forecast); 'ar' adds the network to a "
+        "least-squares linear autoregression over the window, fitted on the training windows",
+    )
+    patch: Annotated[int, Field(ge=1, le=4096)] | Auto = Field(
+        default="auto",
+        description="the network reads each group of this many consecutive steps as one step "
+        "(features × patch inputs); auto: enough to bring long sequences to at most 64 steps",
     )
     forget_gate_bias: Annotated[float, Field(ge=-10.0, le=10.0)] | Auto | None = Field(
         default="auto",
@@ -145,7 +151,9 @@ class TrainingSpec(_Strict):
         default="auto", description="auto: from the number of training examples"
     )
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop", "adagrad"] = "adam"
-    learning_rate: float = Field(default=0.001, gt=0.0, le=10.0)
+    learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] | Auto = Field(
+        default="auto", description="auto: 0.003 for classification, 0.001 otherwise"
+    )
     weight_decay: float = Field(default=0.0, ge=0.0, le=100.0)
     loss: Loss | None = Field(default=None, description="null: cross_entropy for classification, mse otherwise")
     gradient_clip: float | None = Field(default=1.0, gt=0.0)
@@ -233,16 +241,19 @@ class JobSpec(_Strict):
             raise ValueError("task 'tagging' needs text.tokenizer 'word': one tag per whitespace-separated word")
         if self.model.embedding_dim is not None and self.text is None:
             raise ValueError("model.embedding_dim is for token inputs (layout 'text', or text.column)")
+        if self.model.patch not in ("auto", 1) and (self.text is not None or self.task == "tagging"):
+            raise ValueError("model.patch groups numeric steps; token inputs and per-step tags take one step at a time")
         return self
 
     @model_validator(mode="after")
     def _residual_needs_the_target(self) -> JobSpec:
-        if self.model.residual != "last_value":
+        residual = self.model.residual
+        if residual not in ("last_value", "ar"):
             return self
         if self.task != "forecast":
-            raise ValueError(f"model.residual 'last_value' is for task 'forecast' (got task '{self.task}')")
+            raise ValueError(f"model.residual '{residual}' is for task 'forecast' (got task '{self.task}')")
         if self.data.features is not None and self.data.target not in self.data.features:
-            raise ValueError("model.residual 'last_value' needs the target among data.features")
+            raise ValueError(f"model.residual '{residual}' needs the target among data.features")
         return self
 
     @field_validator("training")

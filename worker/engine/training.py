@@ -65,6 +65,7 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer of ``spec``; for a CUDA graph ``capturable`` with the learning rate a device tensor
     (the schedule fills it in place, so the captured step reads the current rate on every replay)."""
+    assert spec.learning_rate != "auto"  # resolved before training
     lr: float | torch.Tensor = spec.learning_rate
     if tensor_lr:
         device = next(model.parameters()).device
@@ -88,6 +89,7 @@ class StepSchedule:
 
     def __init__(self, spec: TrainingSpec, optimizer: torch.optim.Optimizer, total_steps: int) -> None:
         assert spec.schedule != "auto" and spec.warmup_steps != "auto"  # resolved before training
+        assert spec.learning_rate != "auto"
         self.kind = spec.schedule
         self.optimizer = optimizer
         self.warmup = min(spec.warmup_steps, total_steps)
