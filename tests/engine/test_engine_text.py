@@ -239,3 +239,19 @@ def test_text_tagging_and_token_sequences() -> None:
     )
     result = train_and_evaluate(spec, pa.table(rows))
     assert result.evaluation.metrics["test"]["span_f1"] > 0.8
+
+
+# --- defaults for token inputs -----------------------------------------------------------------------
+
+
+def test_token_inputs_are_never_patched() -> None:
+    """Long texts resolve to patch 1 (one token per step, an embedding each); an explicit k > 1 is refused."""
+    from pydantic import ValidationError
+
+    from worker.engine.defaults import TrainingShape, resolve_defaults
+
+    spec = text_spec(model={"patch": "auto"}, training={"epochs": "auto", "batch_size": "auto"})
+    resolved = resolve_defaults(spec, TrainingShape(train_examples=500, val_examples=100, channels=1, steps=200))
+    assert resolved.model.patch == 1
+    with pytest.raises(ValidationError, match="model.patch"):
+        text_spec(model={"patch": 4})
