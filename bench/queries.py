@@ -344,7 +344,8 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="rnnlab-bench-queries-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
-    env.update({"RNNLAB_HOME": str(tmp / "home"), "RNNLAB_TORCH_THREADS": "1"})
+    # No per-key rate limit: the bench measures the read path at full speed from one key.
+    env.update({"RNNLAB_HOME": str(tmp / "home"), "RNNLAB_TORCH_THREADS": "1", "RNNLAB_RATE_LIMIT": ""})
     schema = None
     if args.backend == "postgres":
         import sqlalchemy as sa
