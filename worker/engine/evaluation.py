@@ -67,6 +67,21 @@ def compare(main: str, model_value: float | None, baseline_value: float | None) 
     }
 
 
+def predict_parts(
+    model: nn.Module, tensors: dict[str, torch.Tensor], prep: PreparedData, task: str, scale: float | None
+) -> tuple[dict[str, dict[str, float | None]], dict[str, np.ndarray]]:
+    """Each part's predictions in original units and its point metrics (``{}`` for an empty part)."""
+    metrics: dict[str, dict[str, float | None]] = {}
+    predictions: dict[str, np.ndarray] = {}
+    for part, idx in prep.split.parts().items():
+        if len(idx) == 0:
+            metrics[part] = {}
+            continue
+        predictions[part] = predict_original(model, tensors[part], prep, task)
+        metrics[part] = point_metrics(task, prep.y_original(part), predictions[part], scale)
+    return metrics, predictions
+
+
 def evaluate(
     spec: JobSpec,
     prep: PreparedData,
@@ -81,16 +96,9 @@ def evaluate(
     num_classes = len(classes) if classes is not None else None
     scale = naive_scale(spec, prep) if task != "classification" else None
     notes = list(prep.notes)
-    metrics: dict[str, dict[str, float | None]] = {}
-    predictions: dict[str, np.ndarray] = {}
-    for part, idx in prep.split.parts().items():
-        if len(idx) == 0:
-            metrics[part] = {}
-            continue
-        predictions[part] = predict_original(model, tensors[part], prep, task)
-        metrics[part] = point_metrics(task, prep.y_original(part), predictions[part], scale)
-        if part == "test":
-            notes += undefined_metric_notes(task, prep.y_original(part), part, num_classes)
+    metrics, predictions = predict_parts(model, tensors, prep, task, scale)
+    if "test" in predictions:
+        notes += undefined_metric_notes(task, prep.y_original("test"), "test", num_classes)
     if metrics["val"] == {}:
         notes.append("no validation part (val_fraction 0): no early stopping, the final epoch's weights are kept")
     if scale is None and task != "classification":

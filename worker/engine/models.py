@@ -28,6 +28,25 @@ def set_forget_gate_bias(lstm: nn.LSTM, value: float) -> None:
                 bias[hidden : 2 * hidden].fill_(value / 2)
 
 
+def build_rnn(spec: ModelSpec, input_size: int) -> nn.RNNBase:
+    """The recurrent layers of ``spec`` (batch first), with the LSTM forget-gate bias it asks for."""
+    # nn.RNNBase warns when dropout is set with a single layer (it only acts between layers).
+    between_layers = spec.dropout if spec.num_layers > 1 else 0.0
+    kwargs: dict[str, Any] = {"nonlinearity": "tanh"} if spec.cell == "rnn" else {}
+    rnn = CELLS[spec.cell](
+        input_size=input_size,
+        hidden_size=spec.hidden_size,
+        num_layers=spec.num_layers,
+        batch_first=True,
+        bidirectional=spec.bidirectional,
+        dropout=between_layers,
+        **kwargs,
+    )
+    if spec.cell == "lstm" and isinstance(spec.forget_gate_bias, float):
+        set_forget_gate_bias(rnn, spec.forget_gate_bias)  # type: ignore[arg-type]
+    return rnn
+
+
 def patch_steps(x: torch.Tensor, patch: int) -> torch.Tensor:
     """``[B, T, F]`` → ``[B, ceil(T / patch), patch * F]``: each group of ``patch`` consecutive steps
     becomes one step. When ``T`` is not a multiple, the first step is repeated in front (as the
@@ -67,20 +86,7 @@ class RecurrentModel(nn.Module):
         # An unresolved spec (a model built directly, an artifact saved before pooling existed) reads
         # the final hidden state and keeps PyTorch's initialisation, as every model did before.
         self.pooling = "last" if spec.pooling == "auto" else spec.pooling
-        # nn.RNNBase warns when dropout is set with a single layer (it only acts between layers).
-        between_layers = spec.dropout if spec.num_layers > 1 else 0.0
-        kwargs: dict[str, Any] = {"nonlinearity": "tanh"} if spec.cell == "rnn" else {}
-        self.rnn = CELLS[spec.cell](
-            input_size=num_features * self.patch,
-            hidden_size=spec.hidden_size,
-            num_layers=spec.num_layers,
-            batch_first=True,
-            bidirectional=spec.bidirectional,
-            dropout=between_layers,
-            **kwargs,
-        )
-        if spec.cell == "lstm" and isinstance(spec.forget_gate_bias, float):
-            set_forget_gate_bias(self.rnn, spec.forget_gate_bias)  # type: ignore[arg-type]
+        self.rnn = build_rnn(spec, num_features * self.patch)
         self.directions = 2 if spec.bidirectional else 1
         # Identity when unused: saves a kernel per step of the training loop.
         self.dropout: nn.Module = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()

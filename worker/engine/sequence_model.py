@@ -9,13 +9,11 @@ RNN operators' ``sequence_lens``, so the exported graph is padding-invariant too
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .models import CELLS, set_forget_gate_bias
+from .models import build_rnn
 from .spec import JobSpec, ModelSpec
 from .text import DEFAULT_EMBEDDING_DIM, PAD_ID, per_step
 
@@ -42,19 +40,7 @@ class SequenceModel(nn.Module):
             dim = spec.embedding_dim or DEFAULT_EMBEDDING_DIM
             self.embedding = nn.Embedding(vocab_size, dim, padding_idx=PAD_ID)
             input_size = dim
-        between_layers = spec.dropout if spec.num_layers > 1 else 0.0
-        kwargs: dict[str, Any] = {"nonlinearity": "tanh"} if spec.cell == "rnn" else {}
-        self.rnn = CELLS[spec.cell](
-            input_size=input_size,
-            hidden_size=spec.hidden_size,
-            num_layers=spec.num_layers,
-            batch_first=True,
-            bidirectional=spec.bidirectional,
-            dropout=between_layers,
-            **kwargs,
-        )
-        if spec.cell == "lstm" and isinstance(spec.forget_gate_bias, float):
-            set_forget_gate_bias(self.rnn, spec.forget_gate_bias)  # type: ignore[arg-type]
+        self.rnn = build_rnn(spec, input_size)
         self.directions = 2 if spec.bidirectional else 1
         self.dropout: nn.Module = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.head = nn.Linear(spec.hidden_size * self.directions, num_outputs)

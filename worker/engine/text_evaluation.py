@@ -14,7 +14,7 @@ from torch import nn
 
 from .attribution import IG_STEPS, recurrent_layers_in_train_mode
 from .data import PreparedData
-from .evaluation import compare, naive_scale, predict_original
+from .evaluation import compare, naive_scale, predict_parts
 from .metrics import LOWER_IS_BETTER, bootstrap_intervals, json_float, main_metric, point_metrics
 from .models import forward_in_chunks
 from .results import Evaluation
@@ -91,14 +91,7 @@ def _per_example(
     classes = prep.examples.classes
     scale = naive_scale(spec, prep) if task != "classification" else None
     notes = list(prep.notes)
-    metrics: dict[str, dict[str, float | None]] = {}
-    predictions: dict[str, np.ndarray] = {}
-    for part, idx in prep.split.parts().items():
-        if len(idx) == 0:
-            metrics[part] = {}
-            continue
-        predictions[part] = predict_original(model, tensors[part], prep, task)
-        metrics[part] = point_metrics(task, prep.y_original(part), predictions[part], scale)
+    metrics, predictions = predict_parts(model, tensors, prep, task, scale)
     y_test = prep.y_original("test")
     intervals = bootstrap_intervals(task, y_test, predictions["test"], spec.evaluation.bootstrap_samples, rng, scale)
     baseline_preds, baseline_notes = _text_baselines(spec, prep)
