@@ -108,21 +108,7 @@ def finish_job(session: Session, claim: Claim, status: JobStatus, *, commit: boo
 
 def release_job(session: Session, claim: Claim) -> bool:
     """running → queued for a worker that is shutting down: the attempt it used is given back."""
-    result = session.execute(
-        update(Job)
-        .where(_held(claim))
-        .values(
-            status=QUEUED,
-            worker_id=None,
-            lease_expires_at=None,
-            dispatched_at=None,
-            attempts=claim.attempt - 1,
-            progress_epoch=0,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return _requeue(session, claim, dispatched_at=None, attempts=claim.attempt - 1)
 
 
 def retry_later(session: Session, claim: Claim, delay_seconds: float) -> bool:
@@ -131,16 +117,15 @@ def retry_later(session: Session, claim: Claim, delay_seconds: float) -> bool:
     ``dispatched_at`` is set ``delay_seconds`` ahead, so recovery sends the job again only after
     that pause instead of at its next pass.
     """
+    return _requeue(session, claim, dispatched_at=utcnow() + timedelta(seconds=delay_seconds))
+
+
+def _requeue(session: Session, claim: Claim, **values: object) -> bool:
+    """running → queued while ``claim`` still holds the job, with ``values`` set too; commits."""
     result = session.execute(
         update(Job)
         .where(_held(claim))
-        .values(
-            status=QUEUED,
-            worker_id=None,
-            lease_expires_at=None,
-            dispatched_at=utcnow() + timedelta(seconds=delay_seconds),
-            progress_epoch=0,
-        )
+        .values(status=QUEUED, worker_id=None, lease_expires_at=None, progress_epoch=0, **values)
         .execution_options(synchronize_session=False)
     )
     session.commit()
