@@ -7,7 +7,7 @@ children and uvicorn reloaders), so the owning pid is remembered and a forked ch
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends
@@ -67,9 +67,18 @@ def new_session() -> Session:
     return session_factory()()
 
 
-def get_db() -> Iterator[Session]:
-    with new_session() as session:
+async def get_db() -> AsyncIterator[Session]:
+    """The request's session, made and closed on the event loop: no hop to a worker thread for either.
+
+    Making a session does no I/O (it connects on first use, in the route's thread); closing it hands
+    its connection back to the pool, a rollback that takes microseconds on SQLite and one round trip
+    on PostgreSQL, cheaper than the two thread hops a plain generator dependency costs.
+    """
+    session = new_session()
+    try:
         yield session
+    finally:
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]

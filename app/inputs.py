@@ -41,7 +41,7 @@ def nul_in_parameter(where: str, name: str) -> AppError:
     )
 
 
-def reject_nul_parameters(request: Request) -> None:
+async def reject_nul_parameters(request: Request) -> None:
     """400 ``invalid_characters`` naming the path or query parameter that holds a NUL character."""
     for name, value in request.path_params.items():
         if isinstance(value, str) and NUL in value:

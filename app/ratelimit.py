@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
@@ -25,7 +26,7 @@ from app.config import get_settings
 from app.errors import TooManyRequests
 
 log = logging.getLogger(__name__)
-_state: dict[str, Any] = {"config": None, "limiter": None, "items": []}
+_state: dict[str, Any] = {"config": None, "limiter": None, "items": [], "in_redis": False}
 _lock = threading.Lock()
 
 
@@ -37,7 +38,12 @@ def _limiter() -> tuple[MovingWindowRateLimiter | None, list[RateLimitItem]]:
             items = parse_many(settings.rate_limit) if settings.rate_limit.strip() else []
             redis = settings.broker_url.startswith(("redis://", "rediss://"))
             storage = storage_from_string(settings.broker_url if redis else "memory://")
-            _state.update(config=config, limiter=MovingWindowRateLimiter(storage) if items else None, items=items)
+            _state.update(
+                config=config,
+                limiter=MovingWindowRateLimiter(storage) if items else None,
+                items=items,
+                in_redis=redis,
+            )
         return _state["limiter"], _state["items"]
 
 
@@ -49,12 +55,23 @@ def client_key(request: Request) -> str:
     return "addr:" + (request.client.host if request.client else "unknown")
 
 
-def enforce_rate_limit(request: Request) -> None:
-    """429 ``rate_limited`` with ``Retry-After`` once the key is over RNNLAB_RATE_LIMIT."""
+async def enforce_rate_limit(request: Request) -> None:
+    """429 ``rate_limited`` with ``Retry-After`` once the key is over RNNLAB_RATE_LIMIT.
+
+    A coroutine: with no limit set it costs nothing, and the in-memory count is plain CPU work; only
+    a count kept in Redis (network I/O) runs in a worker thread.
+    """
     limiter, items = _limiter()
     if limiter is None:
         return
     who = client_key(request)
+    if _state["in_redis"]:
+        await run_in_threadpool(_check_rate, limiter, items, who)
+    else:
+        _check_rate(limiter, items, who)
+
+
+def _check_rate(limiter: MovingWindowRateLimiter, items: list[RateLimitItem], who: str) -> None:
     for item in items:
         if not limiter.hit(item, "rnnlab", who):
             reset_at = limiter.get_window_stats(item, "rnnlab", who).reset_time

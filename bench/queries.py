@@ -340,9 +340,20 @@ def main() -> None:
     parser.add_argument("--page", type=int, default=100, help="the deep page of the filtered sort")
     parser.add_argument("--keep", action="store_true", help="keep the database (SQLite file or schema)")
     parser.add_argument("--no-gc-freeze", action="store_true", help="measure with gc.freeze() off")
+    parser.add_argument(
+        "--reuse",
+        metavar="KEPT",
+        help="measure a database an earlier --keep run seeded (the folder or schema it printed); no seeding",
+    )
     args = parser.parse_args()
+    if args.reuse:
+        args.keep = True
 
-    tmp = Path(tempfile.mkdtemp(prefix="rnnlab-bench-queries-"))
+    tmp = (
+        Path(args.reuse)
+        if args.reuse and args.backend == "sqlite"
+        else Path(tempfile.mkdtemp(prefix="rnnlab-bench-queries-"))
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")}
     # No per-key rate limit: the bench measures the read path at full speed from one key.
     env.update({"RNNLAB_HOME": str(tmp / "home"), "RNNLAB_TORCH_THREADS": "1", "RNNLAB_RATE_LIMIT": ""})
@@ -350,10 +361,11 @@ def main() -> None:
     if args.backend == "postgres":
         import sqlalchemy as sa
 
-        schema = f"bench_queries_{os.getpid()}"
-        admin = sa.create_engine(args.postgres)
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        schema = args.reuse or f"bench_queries_{os.getpid()}"
+        if not args.reuse:
+            admin = sa.create_engine(args.postgres)
+            with admin.begin() as conn:
+                conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
         sep = "&" if "?" in args.postgres else "?"
         env["RNNLAB_DATABASE_URL"] = f"{args.postgres}{sep}options=-csearch_path%3D{schema}"
     os.environ.update(env)
@@ -382,12 +394,14 @@ def main() -> None:
         workers = default_api_workers()
         print(f"backend {args.backend}, API processes {workers} (default for this machine)")
 
-        t = time.perf_counter()
-        real_ids = seed_real_jobs(api, headers, args.real, args.epochs)
-        real_seconds = time.perf_counter() - t
-        t = time.perf_counter()
-        clone_jobs(real_ids, args.jobs, args.backend, args.batch)
-        clone_seconds = time.perf_counter() - t
+        real_seconds = clone_seconds = 0.0
+        if not args.reuse:
+            t = time.perf_counter()
+            real_ids = seed_real_jobs(api, headers, args.real, args.epochs)
+            real_seconds = time.perf_counter() - t
+            t = time.perf_counter()
+            clone_jobs(real_ids, args.jobs, args.backend, args.batch)
+            clone_seconds = time.perf_counter() - t
         import sqlalchemy as sa
 
         from app.db import get_engine
@@ -470,7 +484,7 @@ def main() -> None:
 
         reset_engine()
         if args.keep:
-            print(f"kept: {env.get('RNNLAB_DATABASE_URL') or tmp}", file=sys.stderr)
+            print(f"kept: --reuse {schema or tmp}", file=sys.stderr)
         else:
             if schema is not None:
                 import sqlalchemy as sa

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, String, and_, literal, select, true, tuple_
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, load_only
 
 from app.errors import AppError, BadRequest
 from app.jobs.query import metric_key
@@ -206,9 +206,15 @@ def walked_in_order(query: Select[Any], sort: SortKey, project_id: str, cursor: 
     if cursor is not None:
         conditions.append(_after(value_column, tiebreak, descending, cursor))
     row = query.where(Job.id == tiebreak).offset(0).lateral("job_row")
+    job = aliased(Job, row)
     order = (value_column.desc(), tiebreak.desc()) if descending else (value_column.asc(), tiebreak.asc())
     return (
-        select(aliased(Job, row), value_column).select_from(keys).join(row, true()).where(*conditions).order_by(*order)
+        select(job, value_column)
+        .options(load_only(job.id, raiseload=True))  # the page is read by id afterwards
+        .select_from(keys)
+        .join(row, true())
+        .where(*conditions)
+        .order_by(*order)
     )
 
 

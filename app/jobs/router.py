@@ -66,7 +66,7 @@ def list_jobs(
             "value (best.val.loss, last.train.loss); - for descending. Jobs missing the value come last."
         ),
     ] = "-created_at",
-) -> Page[JobRead]:
+) -> OrjsonResponse:
     jobs, cursor = service.list_jobs(
         session,
         project,
@@ -79,12 +79,12 @@ def list_jobs(
         where=where,
         sort=sort,
     )
-    return Page[JobRead](items=[JobRead.from_row(j) for j in jobs], next_cursor=cursor)
+    return OrjsonResponse({"items": jobs, "next_cursor": cursor})
 
 
 @router.get("/{job_id}", response_model=JobRead)
-def get_job(job_id: str, project: CurrentProject, session: SessionDep) -> JobRead:
-    return JobRead.from_row(service.get_job(session, project, job_id))
+def get_job(job_id: str, project: CurrentProject, session: SessionDep) -> OrjsonResponse:
+    return OrjsonResponse(service.read_job(session, project, job_id))
 
 
 @router.delete("/{job_id}", status_code=204)

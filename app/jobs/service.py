@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Select, delete, select
 from sqlalchemy.exc import DataError as SQLDataError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, load_only
 
 from app.config import get_settings
 from app.datasets.loading import load_dataset_data
@@ -21,6 +21,7 @@ from app.db import get_scoped
 from app.errors import BadRequest, Conflict, InvalidInput, not_found, validation_details, validation_message
 from app.jobs import state
 from app.jobs.dispatch import nudge
+from app.jobs.documents import job_document, job_documents
 from app.jobs.history import metric_series
 from app.jobs.paging import fetch_jobs_page
 from app.jobs.query import apply_where, metric_value
@@ -142,6 +143,11 @@ def get_job(session: Session, project: Project, job_id: str) -> Job:
     return get_scoped(session, Job, project.id, job_id, "job")
 
 
+def read_job(session: Session, project: Project, job_id: str) -> dict[str, Any]:
+    """The job's status document (``JobRead``'s fields; see ``app.jobs.documents``)."""
+    return job_document(session, project.id, job_id)
+
+
 def list_jobs(
     session: Session,
     project: Project,
@@ -154,8 +160,10 @@ def list_jobs(
     sweep_id: str | None = None,
     where: str | None = None,
     sort: str = "-created_at",
-) -> tuple[list[Job], str | None]:
-    query: Select[Any] = select(Job).where(Job.project_id == project.id)
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the project's jobs as documents (see ``app.jobs.documents``), and the next cursor."""
+    # The page is found by id (no other column is loaded), then read as documents by primary key.
+    query: Select[Any] = select(Job).options(load_only(Job.id, raiseload=True)).where(Job.project_id == project.id)
     walk_index = False
     if statuses:
         query = query.where(Job.status.in_(statuses))
@@ -176,7 +184,7 @@ def list_jobs(
         # and sort; make it walk the sort index instead (SQLite walks it anyway).
         walk_index = reads_spec and dialect == "postgresql"
     try:
-        return fetch_jobs_page(session, query, project.id, sort, page, walk_index=walk_index)
+        jobs, cursor = fetch_jobs_page(session, query, project.id, sort, page, walk_index=walk_index)
     except SQLDataError as exc:
         # PostgreSQL refusing to read a spec path holding text as a number (data.target > 5); any
         # other database error is not the filter's fault and stays a 500.
@@ -184,6 +192,7 @@ def list_jobs(
         if not where:
             raise
         raise BadRequest("invalid_where", f"the filter compares a field with a value of another type: {where}") from exc
+    return job_documents(session, project.id, [job.id for job in jobs]), cursor
 
 
 def cancel_job(session: Session, project: Project, job_id: str) -> Job:

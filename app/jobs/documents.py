@@ -1,0 +1,125 @@
+"""Job reads as JSON documents made from the job's columns, for the routes that are polled.
+
+``GET /jobs/{id}`` (a client polls it) and ``GET /jobs`` (the dashboard polls it) return what
+``JobRead.from_row`` says, but reading a job through the ORM and ``JobRead`` decodes the stored
+spec (a few kB of JSON), validates it, and encodes it again: most of the cost of these reads.
+Here the columns are read as plain values and the stored JSON of the spec goes into the response
+as it is (``orjson.Fragment``). ``JobRead`` stays the schema of these routes (OpenAPI, the other
+routes), and ``tests/jobs/test_job_documents.py`` checks that both give the same document.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import Text, cast, select
+from sqlalchemy.orm import Session
+
+from app.errors import not_found
+from app.jobs import workers
+from app.jobs.status import JobStatus
+from app.models import Job
+from worker.engine.results import Summary
+
+_COLUMNS = (
+    Job.id,
+    Job.project_id,
+    Job.name,
+    Job.status,
+    cast(Job.spec, Text).label("spec"),
+    Job.dataset_id,
+    Job.sweep_id,
+    cast(Job.setting, Text).label("setting"),
+    Job.progress_epoch,
+    Job.progress_epochs,
+    Job.attempts,
+    Job.max_attempts,
+    Job.cancel_requested,
+    Job.device,
+    Job.queue,
+    Job.worker_id,
+    Job.created_at,
+    Job.started_at,
+    Job.finished_at,
+    Job.train_seconds,
+    cast(Job.summary, Text).label("summary"),
+    Job.error_type,
+    Job.error_message,
+)
+# json.dumps writes these for non-finite floats; they are not JSON, so such a text is decoded and
+# encoded again (orjson writes null for them, as pydantic does).
+_NOT_JSON = (b"NaN", b"Infinity")
+
+
+def _stored_json(text: str | None) -> Any:
+    """A stored JSON column as it goes into the response: its text when that is JSON, else the value."""
+    if text is None:
+        return None
+    raw = text.encode()
+    if any(word in raw for word in _NOT_JSON):
+        return json.loads(text)
+    return orjson.Fragment(raw)
+
+
+def _loads(text: str | None) -> Any:
+    if text is None:
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # NaN or Infinity written by json.dumps
+        return json.loads(text)
+
+
+def _document(row: Any) -> dict[str, Any]:
+    epochs = row.progress_epochs
+    if not epochs:
+        epochs = int((_loads(row.spec) or {}).get("training", {}).get("epochs", 0))
+    # As JobRead: an empty summary ({} or null) is none, and a stored one gets the schema's defaults
+    # (it is small, unlike the spec).
+    stored = _loads(row.summary)
+    summary = Summary.model_validate(stored).model_dump(mode="json") if stored else None
+    queued = row.status == JobStatus.QUEUED
+    return {
+        "id": row.id,
+        "name": row.name,
+        "status": row.status,
+        "spec": _stored_json(row.spec),
+        "dataset_id": row.dataset_id,
+        "sweep_id": row.sweep_id,
+        "setting": _stored_json(row.setting),
+        "progress": {"epoch": row.progress_epoch, "epochs": epochs},
+        "attempts": row.attempts,
+        "max_attempts": row.max_attempts,
+        "cancel_requested": row.cancel_requested,
+        "device": row.device,
+        "queue": row.queue,
+        "worker": row.worker_id,
+        "created_at": row.created_at,
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "train_seconds": row.train_seconds,
+        "summary": summary,
+        "error": {"type": row.error_type, "message": row.error_message or ""} if row.error_type else None,
+        "waiting_for": workers.waiting_for(row.queue) if queued else None,
+    }
+
+
+def job_document(session: Session, project_id: str, job_id: str) -> dict[str, Any]:
+    """The project's job as ``JobRead`` would give it; 404 ``job_not_found`` when missing or another project's."""
+    row = session.execute(select(*_COLUMNS).where(Job.id == job_id)).first()
+    if row is None or row.project_id != project_id:
+        raise not_found("job", job_id)
+    return _document(row)
+
+
+def job_documents(session: Session, project_id: str, job_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The project's jobs with these ids, in the order given (ids of other projects are left out)."""
+    if not job_ids:
+        return []
+    # By primary key only: with the project in the WHERE clause too, SQLite reads the project's index.
+    rows = session.execute(select(*_COLUMNS).where(Job.id.in_(job_ids)))
+    by_id = {row.id: _document(row) for row in rows if row.project_id == project_id}
+    return [by_id[i] for i in job_ids if i in by_id]
