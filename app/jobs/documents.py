@@ -49,9 +49,9 @@ _COLUMNS = (
     Job.error_type,
     Job.error_message,
 )
-# json.dumps writes these for non-finite floats; they are not JSON, so such a text is decoded and
-# encoded again (orjson writes null for them, as pydantic does).
-_NOT_JSON = (b"NaN", b"Infinity")
+# A summary the worker wrote has every field (Summary.model_dump); an older or partial one is
+# completed by the schema.
+_SUMMARY_FIELDS = frozenset(Summary.model_fields)
 
 
 def _stored_json(text: str | None) -> Any:
@@ -59,7 +59,9 @@ def _stored_json(text: str | None) -> Any:
     if text is None:
         return None
     raw = text.encode()
-    if any(word in raw for word in _NOT_JSON):
+    # json.dumps writes NaN and Infinity for non-finite floats; they are not JSON, so such a text is
+    # decoded and encoded again (orjson writes null for them, as pydantic does).
+    if b"NaN" in raw or b"Infinity" in raw:
         return json.loads(text)
     return orjson.Fragment(raw)
 
@@ -77,10 +79,10 @@ def _document(row: Any) -> dict[str, Any]:
     epochs = row.progress_epochs
     if not epochs:
         epochs = int((_loads(row.spec) or {}).get("training", {}).get("epochs", 0))
-    # As JobRead: an empty summary ({} or null) is none, and a stored one gets the schema's defaults
-    # (it is small, unlike the spec).
-    stored = _loads(row.summary)
-    summary = Summary.model_validate(stored).model_dump(mode="json") if stored else None
+    # As JobRead: an empty summary ({} or null) is none.
+    summary = _loads(row.summary) or None
+    if summary is not None and not summary.keys() >= _SUMMARY_FIELDS:
+        summary = Summary.model_validate(summary).model_dump(mode="json")
     queued = row.status == JobStatus.QUEUED
     return {
         "id": row.id,

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, String, and_, literal, select, true, tuple_
-from sqlalchemy.orm import InstrumentedAttribute, Session, aliased, load_only
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from app.errors import AppError, BadRequest
 from app.jobs.query import metric_key
@@ -206,16 +206,8 @@ def walked_in_order(query: Select[Any], sort: SortKey, project_id: str, cursor: 
     if cursor is not None:
         conditions.append(_after(value_column, tiebreak, descending, cursor))
     row = query.where(Job.id == tiebreak).offset(0).lateral("job_row")
-    job = aliased(Job, row)
     order = (value_column.desc(), tiebreak.desc()) if descending else (value_column.asc(), tiebreak.asc())
-    return (
-        select(job, value_column)
-        .options(load_only(job.id, raiseload=True))  # the page is read by id afterwards
-        .select_from(keys)
-        .join(row, true())
-        .where(*conditions)
-        .order_by(*order)
-    )
+    return select(row.c.id, value_column).select_from(keys).join(row, true()).where(*conditions).order_by(*order)
 
 
 def fetch_jobs_page(
@@ -226,30 +218,31 @@ def fetch_jobs_page(
     page: PageParams,
     *,
     walk_index: bool = False,
-) -> tuple[list[Job], str | None]:
-    """One page of an already filtered ``select(Job)``, sorted by ``sort_text``; returns the next cursor.
+) -> tuple[list[str], str | None]:
+    """The job ids of one page of an already filtered ``select(Job.id)``, sorted by ``sort_text``, and the
+    next cursor. Only ids are read: the caller reads the page's jobs by primary key.
 
     ``walk_index`` forces the sort index's order on PostgreSQL (see :func:`walked_in_order`).
     """
     sort = parse_sort(sort_text)
     cursor = decode_cursor(page.cursor, sort)
     wanted = page.limit + 1  # one more than the page says whether another page follows
-    rows: list[tuple[Job, Any, Phase]] = []
+    rows: list[tuple[str, Any, Phase]] = []
     if cursor is None or cursor.phase == "v":
         if walk_index:
             statement = walked_in_order(query, sort, project_id, cursor, "v").limit(wanted)
         else:
             statement = with_values(query, sort, project_id, cursor).limit(wanted)
-        rows += [(job, value, "v") for job, value in session.execute(statement)]
+        rows += [(job_id, value, "v") for job_id, value in session.execute(statement)]
     if len(rows) < wanted and sort.nullable:
         after = cursor if cursor is not None and cursor.phase == "n" else None
         if walk_index:
             statement = walked_in_order(query, sort, project_id, after, "n").limit(wanted - len(rows))
         else:
             statement = without_values(query, sort, after).limit(wanted - len(rows))
-        rows += [(job, created, "n") for job, created in session.execute(statement)]
+        rows += [(job_id, created, "n") for job_id, created in session.execute(statement)]
     next_cursor = None
     if len(rows) > page.limit:
-        job, value, phase = rows[page.limit - 1]
-        next_cursor = encode_cursor(sort, phase, value, job.id)
-    return [job for job, _, _ in rows[: page.limit]], next_cursor
+        job_id, value, phase = rows[page.limit - 1]
+        next_cursor = encode_cursor(sort, phase, value, job_id)
+    return [job_id for job_id, _, _ in rows[: page.limit]], next_cursor

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Select, delete, select
 from sqlalchemy.exc import DataError as SQLDataError
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.datasets.loading import load_dataset_data
@@ -162,8 +162,8 @@ def list_jobs(
     sort: str = "-created_at",
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the project's jobs as documents (see ``app.jobs.documents``), and the next cursor."""
-    # The page is found by id (no other column is loaded), then read as documents by primary key.
-    query: Select[Any] = select(Job).options(load_only(Job.id, raiseload=True)).where(Job.project_id == project.id)
+    # The page is found as ids (no other column is read), then read as documents by primary key.
+    query: Select[Any] = select(Job.id).where(Job.project_id == project.id)
     walk_index = False
     if statuses:
         query = query.where(Job.status.in_(statuses))
@@ -184,7 +184,7 @@ def list_jobs(
         # and sort; make it walk the sort index instead (SQLite walks it anyway).
         walk_index = reads_spec and dialect == "postgresql"
     try:
-        jobs, cursor = fetch_jobs_page(session, query, project.id, sort, page, walk_index=walk_index)
+        job_ids, cursor = fetch_jobs_page(session, query, project.id, sort, page, walk_index=walk_index)
     except SQLDataError as exc:
         # PostgreSQL refusing to read a spec path holding text as a number (data.target > 5); any
         # other database error is not the filter's fault and stays a 500.
@@ -192,7 +192,7 @@ def list_jobs(
         if not where:
             raise
         raise BadRequest("invalid_where", f"the filter compares a field with a value of another type: {where}") from exc
-    return job_documents(session, project.id, [job.id for job in jobs]), cursor
+    return job_documents(session, project.id, job_ids), cursor
 
 
 def cancel_job(session: Session, project: Project, job_id: str) -> Job:
