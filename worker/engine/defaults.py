@@ -54,6 +54,12 @@ AUTO_LSTM_FORGET_GATE_BIAS = 1.0
 # 425 at 0.003 vs 387).
 AUTO_CLASSIFICATION_LEARNING_RATE = 0.003
 AUTO_LEARNING_RATE = 0.001
+# The AR under a forecast (``model.residual 'ar'``) is a ridge regression whose penalty is chosen per
+# fit by leave-one-out error over its windows (closed form; valid for autoregressions, Bergmeir,
+# Hyndman & Koo 2018). Measured (AR alone, test MAE, plain vs chosen): nile 107.7 vs 101.3, Airline
+# 11.6 vs 10.7, co2 0.306 vs 0.306, Lynx 356 vs 362, elnino 0.392 vs 0.395, ShampooSales 56.6 vs
+# 70.8; with the network's correction see the README.
+AUTO_AR_RIDGE = "loo"
 # Sequences to read longer than this are patched: groups of k consecutive steps become one step of
 # k × features inputs, k the smallest that brings the network to at most this many steps.
 MAX_NETWORK_STEPS = 64
@@ -66,6 +72,7 @@ PREVIOUS_DEFAULTS: dict[str, Any] = {
     "model.forget_gate_bias": None,
     "model.residual": "none",
     "model.patch": 1,
+    "model.ar_ridge": 0.0,
     "training.batch_size": 64,
     "training.learning_rate": 0.001,
     "training.early_stopping_patience": 10,
@@ -175,6 +182,8 @@ def resolve_defaults(spec: JobSpec, shape: TrainingShape) -> JobSpec:
         model["residual"] = auto_residual(spec)
     if spec.model.patch == "auto":
         model["patch"] = auto_patch(spec.task, shape.steps, tokens=spec.text is not None)
+    if spec.model.ar_ridge == "auto":
+        model["ar_ridge"] = AUTO_AR_RIDGE
     if spec.model.forget_gate_bias == "auto":
         model["forget_gate_bias"] = auto_forget_gate_bias(spec.model.cell, spec.task, shape.steps)
     t = spec.training
