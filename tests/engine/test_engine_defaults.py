@@ -394,11 +394,12 @@ def test_leave_one_out_picks_no_penalty_with_many_windows_and_one_with_few() -> 
     short_design, short_targets = lagged(noisy, 12)
     chosen = choose_ar_ridge(short_design, short_targets, "loo")
     assert chosen in AR_RIDGE_GRID and chosen > 0.0
-    assert leave_one_out_error(short_design, short_targets, chosen) < leave_one_out_error(short_design, short_targets, 0.0)
+    plain_error = leave_one_out_error(short_design, short_targets, 0.0)
+    assert leave_one_out_error(short_design, short_targets, chosen) < plain_error
     assert choose_ar_ridge(short_design, short_targets, 0.25) == 0.25  # a number is used as given
 
 
-def test_ar_ridge_shrinks_the_fitted_ar_and_the_job_notes_its_choice() -> None:
+def test_ar_ridge_shrinks_the_refitted_ar_and_the_job_notes_its_choice() -> None:
     spec = bare_spec(
         "forecast", "series", data={"lookback": 6}, model={"residual": "ar", "hidden_size": 4, "ar_ridge": 3.0},
         training={"epochs": 1},
@@ -406,11 +407,15 @@ def test_ar_ridge_shrinks_the_fitted_ar_and_the_job_notes_its_choice() -> None:
     prep = prepare_data(spec, pa.table({"value": ar_series()}), np.random.default_rng(0))
     model = RecurrentModel(spec.model, 1, 1, steps=6)
     set_naive_map(model, spec, prep)
-    assert fit_ar_map(model, spec, prep) == 3.0
-    shrunk = float(model.ar_weight.norm())
+    fit_ar_map(model, spec, prep)  # training starts from plain least squares whatever the penalty
+    start = model.ar_weight.clone()
     plain = spec.model_copy(update={"model": spec.model.model_copy(update={"ar_ridge": 0.0})})
-    assert fit_ar_map(model, plain, prep) == 0.0
-    assert shrunk < float(model.ar_weight.norm())
+    fit_ar_map(model, plain, prep)
+    torch.testing.assert_close(model.ar_weight, start)
+    assert refit_ar_map(model, plain, prep) == 0.0
+    unshrunk = float(model.ar_weight.norm())
+    assert refit_ar_map(model, spec, prep) == 3.0
+    assert float(model.ar_weight.norm()) < unshrunk
     loo = spec.model_copy(update={"model": spec.model.model_copy(update={"ar_ridge": "loo"})})
     result = train_and_evaluate(loo, pa.table({"value": ar_series()}))
     assert result.evaluation is not None
