@@ -14,7 +14,15 @@ import torch
 from worker.engine import JobSpec, load_predictor, train_and_evaluate
 from worker.engine.data import prepare_data
 from worker.engine.defaults import PREVIOUS_DEFAULTS, TrainingShape, resolve_defaults, unresolved_fields
-from worker.engine.engine import fit_ar_map, refit_ar_map, set_naive_map
+from worker.engine.engine import (
+    AR_RIDGE_GRID,
+    choose_ar_ridge,
+    fit_ar_map,
+    leave_one_out_error,
+    refit_ar_map,
+    ridge_normal_matrix,
+    set_naive_map,
+)
 from worker.engine.models import RecurrentModel, forward_in_chunks, patch_steps
 from worker.engine.scaling import Scaler, fit_scaler
 from worker.engine.spec import ModelSpec, TrainingSpec
@@ -96,6 +104,7 @@ def test_explicit_epochs_keep_the_previous_behaviour() -> None:
         "model.forget_gate_bias": spec.model.forget_gate_bias,
         "model.residual": spec.model.residual,
         "model.patch": spec.model.patch,
+        "model.ar_ridge": spec.model.ar_ridge,
         "training.batch_size": spec.training.batch_size,
         "training.learning_rate": spec.training.learning_rate,
         "training.early_stopping_patience": spec.training.early_stopping_patience,
@@ -343,6 +352,74 @@ def test_ar_residual_starts_at_least_squares_and_is_refitted_on_everything_befor
     shifted = prep.examples.y[fitted] - 0.5 * prep.y_scaler.scale
     expected = least_squares_forecast(fitted, shifted) + 0.5 * prep.y_scaler.scale
     np.testing.assert_allclose(model_forecast(), expected, atol=2e-3)
+
+
+def test_ar_ridge_resolves_to_leave_one_out_and_an_explicit_value_wins() -> None:
+    shape = TrainingShape(200, 30)
+    assert resolve_defaults(bare_spec("forecast", "series"), shape).model.ar_ridge == "loo"
+    assert resolve_defaults(bare_spec("forecast", "series", model={"ar_ridge": 0.3}), shape).model.ar_ridge == 0.3
+    # Explicit epochs: plain least squares, as before the option existed; an explicit value still wins.
+    old = resolve_defaults(bare_spec("forecast", "series", training={"epochs": 5}), shape)
+    assert old.model.ar_ridge == 0.0
+    chosen = bare_spec("forecast", "series", model={"ar_ridge": "loo"}, training={"epochs": 5})
+    assert resolve_defaults(chosen, shape).model.ar_ridge == "loo"
+    with pytest.raises(ValueError):
+        bare_spec("forecast", "series", model={"ar_ridge": -1.0})
+
+
+def test_leave_one_out_error_matches_refitting_without_each_window() -> None:
+    rng = np.random.default_rng(3)
+    design = np.hstack([rng.standard_normal((25, 4)), np.ones((25, 1))])
+    targets = design @ rng.standard_normal((5, 2)) + 0.3 * rng.standard_normal((25, 2))
+    for penalty in (0.0, 0.3):
+        errors = []
+        for i in range(len(design)):
+            keep = np.arange(len(design)) != i
+            # The penalty is relative to the full design's normal equations, as in the closed form.
+            normal = ridge_normal_matrix(design, penalty) - design[i : i + 1].T @ design[i : i + 1]
+            coef = np.linalg.solve(normal, design[keep].T @ targets[keep])
+            errors.append((targets[i] - design[i] @ coef) ** 2)
+        assert leave_one_out_error(design, targets, penalty) == pytest.approx(float(np.mean(errors)), rel=1e-6)
+
+
+def test_leave_one_out_picks_no_penalty_with_many_windows_and_one_with_few() -> None:
+    def lagged(values: np.ndarray, lags: int) -> tuple[np.ndarray, np.ndarray]:
+        windows = np.stack([values[t - lags : t] for t in range(lags, len(values))])
+        return np.hstack([windows, np.ones((len(windows), 1))]), values[lags:, None]
+
+    long_design, long_targets = lagged((ar_series(2_000) - 50) / 10, 4)
+    assert choose_ar_ridge(long_design, long_targets, "loo") == 0.0
+    # 20 windows of a short, noisy series read with 12 lags: least squares overfits.
+    noisy = np.random.default_rng(5).standard_normal(32)
+    short_design, short_targets = lagged(noisy, 12)
+    chosen = choose_ar_ridge(short_design, short_targets, "loo")
+    assert chosen in AR_RIDGE_GRID and chosen > 0.0
+    plain_error = leave_one_out_error(short_design, short_targets, 0.0)
+    assert leave_one_out_error(short_design, short_targets, chosen) < plain_error
+    assert choose_ar_ridge(short_design, short_targets, 0.25) == 0.25  # a number is used as given
+
+
+def test_ar_ridge_shrinks_the_refitted_ar_and_the_job_notes_its_choice() -> None:
+    spec = bare_spec(
+        "forecast", "series", data={"lookback": 6}, model={"residual": "ar", "hidden_size": 4, "ar_ridge": 3.0},
+        training={"epochs": 1},
+    )  # fmt: skip
+    prep = prepare_data(spec, pa.table({"value": ar_series()}), np.random.default_rng(0))
+    model = RecurrentModel(spec.model, 1, 1, steps=6)
+    set_naive_map(model, spec, prep)
+    fit_ar_map(model, spec, prep)  # training starts from plain least squares whatever the penalty
+    start = model.ar_weight.clone()
+    plain = spec.model_copy(update={"model": spec.model.model_copy(update={"ar_ridge": 0.0})})
+    fit_ar_map(model, plain, prep)
+    torch.testing.assert_close(model.ar_weight, start)
+    assert refit_ar_map(model, plain, prep) == 0.0
+    unshrunk = float(model.ar_weight.norm())
+    assert refit_ar_map(model, spec, prep) == 3.0
+    assert float(model.ar_weight.norm()) < unshrunk
+    loo = spec.model_copy(update={"model": spec.model.model_copy(update={"ar_ridge": "loo"})})
+    result = train_and_evaluate(loo, pa.table({"value": ar_series()}))
+    assert result.evaluation is not None
+    assert any("model.ar_ridge 'loo' chose" in note for note in result.evaluation.notes)
 
 
 def test_ar_residual_forecast_trains_and_predicts_the_same_through_the_artifact() -> None:

@@ -41,6 +41,7 @@ def test_defaults_are_filled_in() -> None:
         "dropout": 0.0,
         "pooling": "auto",
         "residual": "auto",
+        "ar_ridge": "auto",
         "forget_gate_bias": "auto",
         "embedding_dim": None,
         "patch": "auto",

@@ -55,6 +55,7 @@ def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
         "dropout": 0.0,
         "pooling": "last",
         "residual": "ar",
+        "ar_ridge": "loo",
         "forget_gate_bias": 1.0,
         "embedding_dim": None,
         "patch": 1,

@@ -54,6 +54,13 @@ AUTO_LSTM_FORGET_GATE_BIAS = 1.0
 # 425 at 0.003 vs 387).
 AUTO_CLASSIFICATION_LEARNING_RATE = 0.003
 AUTO_LEARNING_RATE = 0.001
+# The AR under a forecast (``model.residual 'ar'``), refitted after training on every window before
+# the test part, is a ridge regression whose penalty is chosen by leave-one-out error over those
+# windows (closed form; cross-validation is valid for autoregressions, Bergmeir, Hyndman & Koo 2018).
+# Measured (test MAE, lstm and gru × 2 seeds, plain least squares vs 'loo'): nile 107.69 vs 101.3
+# (the plain AR ties the reference AR), Airline 11.60 vs 10.67, Lynx 354 vs 344, co2 0.306 vs 0.306,
+# elnino 0.397 vs 0.400, ShampooSales 74 vs 85 (36 points; 4 test windows).
+AUTO_AR_RIDGE = "loo"
 # Sequences to read longer than this are patched: groups of k consecutive steps become one step of
 # k × features inputs, k the smallest that brings the network to at most this many steps.
 MAX_NETWORK_STEPS = 64
@@ -66,6 +73,7 @@ PREVIOUS_DEFAULTS: dict[str, Any] = {
     "model.forget_gate_bias": None,
     "model.residual": "none",
     "model.patch": 1,
+    "model.ar_ridge": 0.0,
     "training.batch_size": 64,
     "training.learning_rate": 0.001,
     "training.early_stopping_patience": 10,
@@ -175,6 +183,8 @@ def resolve_defaults(spec: JobSpec, shape: TrainingShape) -> JobSpec:
         model["residual"] = auto_residual(spec)
     if spec.model.patch == "auto":
         model["patch"] = auto_patch(spec.task, shape.steps, tokens=spec.text is not None)
+    if spec.model.ar_ridge == "auto":
+        model["ar_ridge"] = AUTO_AR_RIDGE
     if spec.model.forget_gate_bias == "auto":
         model["forget_gate_bias"] = auto_forget_gate_bias(spec.model.cell, spec.task, shape.steps)
     t = spec.training

@@ -87,6 +87,8 @@ def _build_model(spec: JobSpec, prep: PreparedData) -> torch.nn.Module:
 # Ridge on the AR's normal equations, relative to their mean diagonal: enough to make a
 # rank-deficient design (a constant stretch, more lags than windows) solvable, too small to matter otherwise.
 AR_RIDGE = 1e-6
+# ``model.ar_ridge 'loo'`` tries these penalties on the lag weights (same units as a numeric ar_ridge).
+AR_RIDGE_GRID: tuple[float, ...] = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 def _ar_design(model: RecurrentModel, spec: JobSpec, prep: PreparedData, parts: tuple[str, ...]) -> np.ndarray:
@@ -96,28 +98,71 @@ def _ar_design(model: RecurrentModel, spec: JobSpec, prep: PreparedData, parts: 
     return np.hstack([inputs, np.ones((len(inputs), 1))])
 
 
-def _set_least_squares_ar(model: RecurrentModel, design: np.ndarray, targets: np.ndarray) -> None:
+def ridge_normal_matrix(design: np.ndarray, penalty: float) -> np.ndarray:
+    """``DᵀD`` plus ``penalty`` on the lag weights (not the intercept, the last column) and the
+    ``AR_RIDGE`` stabiliser on every weight, both relative to the mean diagonal of ``DᵀD``."""
     gram = design.T @ design
-    gram += AR_RIDGE * max(float(np.trace(gram)) / len(gram), 1e-12) * np.eye(len(gram))
-    coef = np.linalg.solve(gram, design.T @ targets)
+    size = len(gram)
+    scale = max(float(np.trace(gram)) / size, 1e-12)
+    lags_only = np.eye(size)
+    lags_only[-1, -1] = 0.0
+    return gram + scale * (penalty * lags_only + AR_RIDGE * np.eye(size))
+
+
+def leave_one_out_error(design: np.ndarray, targets: np.ndarray, penalty: float) -> float:
+    """Mean squared leave-one-out error of the ridge fit, in closed form: each window's residual
+    divided by ``1 - h_ii`` (its leverage), with no refits."""
+    inverse = np.linalg.inv(ridge_normal_matrix(design, penalty))
+    coef = inverse @ design.T @ targets
+    leverage = np.einsum("ij,jk,ik->i", design, inverse, design)
+    # A window that alone determines a weight (leverage 1) has no leave-one-out prediction.
+    held_out = (targets - design @ coef) / np.maximum(1.0 - leverage, 1e-9)[:, None]
+    return float(np.mean(held_out**2))
+
+
+def choose_ar_ridge(design: np.ndarray, targets: np.ndarray, setting: float | str) -> float:
+    """A numeric ``model.ar_ridge`` as given; ``'loo'``: the penalty of ``AR_RIDGE_GRID`` with the lowest
+    leave-one-out error (the smallest on a tie). Cross-validation is valid for autoregressions whose
+    errors are uncorrelated (Bergmeir, Hyndman & Koo 2018), and uses every window, where a temporal
+    validation part holds a handful."""
+    if setting != "loo":
+        return float(setting)
+    errors = [leave_one_out_error(design, targets, penalty) for penalty in AR_RIDGE_GRID]
+    return AR_RIDGE_GRID[int(np.argmin(errors))]
+
+
+def _set_ridge_ar(model: RecurrentModel, design: np.ndarray, targets: np.ndarray, setting: float | str) -> float:
+    penalty = choose_ar_ridge(design, targets, setting)
+    coef = np.linalg.solve(ridge_normal_matrix(design, penalty), design.T @ targets)
     device = model.ar_weight.device
     model.set_ar_map(
         torch.as_tensor(coef[:-1], dtype=torch.float32, device=device),
         torch.as_tensor(coef[-1], dtype=torch.float32, device=device),
     )
+    return penalty
+
+
+def _ar_ridge_setting(spec: JobSpec) -> float | str:
+    # Unresolved (a model built directly from an older spec): plain least squares, as before.
+    return 0.0 if spec.model.ar_ridge == "auto" else spec.model.ar_ridge
 
 
 def fit_ar_map(model: RecurrentModel, spec: JobSpec, prep: PreparedData) -> None:
     """Least-squares AR in scaled units on the training windows: the target column's last ``lags``
     inputs (and an intercept) → every scaled output. Closed form, so training starts at this
-    forecast, and the validation windows stay unseen to judge the network's correction."""
+    forecast, and the validation windows stay unseen to judge the network's correction.
+
+    Always plain least squares: ``model.ar_ridge`` shrinks the AR the model keeps (``refit_ar_map``).
+    Measured with ``'loo'`` in both fits instead (test MAE, lstm and gru × 2 seeds): ShampooSales 105
+    vs 85, Lynx 384 vs 344 — the network learns a worse correction to a shrunk start."""
     targets = prep.y_scaled("train").astype(np.float64)
-    _set_least_squares_ar(model, _ar_design(model, spec, prep, ("train",)), targets)
+    _set_ridge_ar(model, _ar_design(model, spec, prep, ("train",)), targets, 0.0)
 
 
-def refit_ar_map(model: RecurrentModel, spec: JobSpec, prep: PreparedData) -> None:
+def refit_ar_map(model: RecurrentModel, spec: JobSpec, prep: PreparedData) -> float:
     """After training, one backfitting step: the AR refitted on the training and validation windows
-    (everything before the test part) to what the trained network's correction leaves.
+    (everything before the test part) to what the trained network's correction leaves, with the
+    ``model.ar_ridge`` penalty (``'loo'``: chosen on those windows). Returns the penalty used.
 
     In a temporal split the validation windows are the most recent ones; an AR fitted without them
     forecasts worse (Airline MAE 13.5 vs 11.6 with them)."""
@@ -130,7 +175,7 @@ def refit_ar_map(model: RecurrentModel, spec: JobSpec, prep: PreparedData) -> No
         current = base[:, :-1] @ model.ar_weight + model.ar_bias
     correction = (outputs - current).double().cpu().numpy()
     targets = np.concatenate([prep.y_scaled(p) for p in parts]).astype(np.float64)
-    _set_least_squares_ar(model, design, targets - correction)
+    return _set_ridge_ar(model, design, targets - correction, _ar_ridge_setting(spec))
 
 
 def build_artifact(spec: JobSpec, prep: PreparedData, model: torch.nn.Module) -> dict[str, Any]:
@@ -203,7 +248,9 @@ def train_and_evaluate(
             should_stop=should_stop,
         )
         if isinstance(model, RecurrentModel) and model.autoregressive and not outcome.cancelled:
-            refit_ar_map(model, spec, prep)
+            penalty = refit_ar_map(model, spec, prep)
+            if spec.model.ar_ridge == "loo":
+                prep.notes.append(f"model.ar_ridge 'loo' chose {penalty:g} for the AR (leave-one-out error)")
     prep.notes += outcome.notes
     num_examples = {part: int(len(idx)) for part, idx in prep.split.parts().items()}
     artifact = build_artifact(spec, prep, model)

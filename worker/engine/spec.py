@@ -125,6 +125,13 @@ class ModelSpec(_Strict):
         "the change from the last target value (the naive forecast); 'ar' adds the network to a "
         "least-squares linear autoregression over the window, fitted on the training windows",
     )
+    ar_ridge: Annotated[float, Field(ge=0.0, le=1_000.0)] | Literal["loo"] | Auto = Field(
+        default="auto",
+        description="residual 'ar' only: ridge penalty on the lag weights of the AR the model keeps (refitted "
+        "on the training and validation windows after training), relative to the mean diagonal of its "
+        "normal equations (0: plain least squares); 'loo': the penalty with the lowest leave-one-out "
+        "error over those windows",
+    )
     patch: Annotated[int, Field(ge=1, le=4096)] | Auto = Field(
         default="auto",
         description="the network reads each group of this many consecutive steps as one step "
