@@ -101,10 +101,9 @@ class GrowingFile(io.RawIOBase):
         they belong in Arrow's memory pool rather than on Python's heap."""
         if size is None or size < 0:
             return self.readall()
-        buffer = pa.allocate_buffer(size, memory_pool=conversion_memory_pool(), resizable=True)
+        buffer = pa.allocate_buffer(size, memory_pool=conversion_memory_pool())
         count = self.readinto(memoryview(buffer).cast("B"))
-        buffer.resize(count)
-        return buffer
+        return buffer.slice(0, count)  # a view: shrinking a resizable buffer copied a short read
 
     def close(self) -> None:
         self._file.close()
