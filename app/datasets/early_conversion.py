@@ -32,9 +32,9 @@ def conversion_memory_pool() -> pa.MemoryPool:
     """The Arrow allocator of CSV reading and Parquet writing: jemalloc, returning freed pages at once.
 
     Arrow's default (mimalloc) keeps what a conversion freed, on huge pages, per thread: with it the
-    API's peak RSS during a 512 MiB upload was 278 MiB against 221 MiB with this pool, at the same CPU
-    time (bench/upload_memory.py). The system allocator did worse (294 MiB). Builds of pyarrow
-    without jemalloc get the default pool.
+    API's peak RSS during a 512 MiB upload was 260 MiB against 221 MiB with this pool, at the same CPU
+    time within the noise (4 MiB row groups). The system allocator did worse (294 MiB, 8 MiB row
+    groups). Builds of pyarrow without jemalloc get the default pool.
     """
     try:
         pool = pa.jemalloc_memory_pool()

@@ -42,7 +42,7 @@ from app.errors import AppError, InvalidInput, TooLarge
 READ_CHUNK_BYTES = 1024 * 1024
 CSV_BLOCK_BYTES = 1024 * 1024
 # Batches are gathered to about this size before they become one Parquet row group (8 MiB took the
-# server's peak RSS 15 MiB higher in bench/upload_memory.py, for no measurable speed).
+# API's peak RSS about 20 MiB higher during a 512 MiB upload, for no measurable speed).
 ROW_GROUP_BYTES = 4 * 1024 * 1024
 MAX_ERROR_SNIPPET_CHARS = 200
 # Longer than any header of RNNLAB_MAX_COLUMNS sensible names, shorter than Arrow's block.
