@@ -253,7 +253,9 @@ class S3Storage:
 
         # Chunks are read into Arrow's memory pool: the writer keeps the parts in flight referenced
         # (up to PART_BYTES x (MAX_CONCURRENT_PARTS + 1)), and they need not sit on Python's heap.
-        with self.open_writer(key) as out, pa.OSFile(str(source), "rb") as f:
+        from app.datasets.early_conversion import conversion_memory_pool
+
+        with self.open_writer(key) as out, pa.OSFile(str(source), "rb", memory_pool=conversion_memory_pool()) as f:
             while (chunk := f.read_buffer(READ_CHUNK_BYTES)).size:
                 out.write(memoryview(chunk).cast("B"))
         self.cache.adopt(key, source)

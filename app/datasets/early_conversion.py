@@ -15,6 +15,7 @@ usual codes and messages.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import threading
@@ -24,6 +25,23 @@ from typing import Any
 import pyarrow as pa
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def conversion_memory_pool() -> pa.MemoryPool:
+    """The Arrow allocator of CSV reading and Parquet writing: jemalloc, returning freed pages at once.
+
+    Arrow's default (mimalloc) keeps what a conversion freed, on huge pages, per thread: with it the
+    API's peak RSS during a 512 MiB upload was 260 MiB against 221 MiB with this pool, at the same CPU
+    time within the noise (4 MiB row groups). The system allocator did worse (294 MiB, 8 MiB row
+    groups). Builds of pyarrow without jemalloc get the default pool.
+    """
+    try:
+        pool = pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        return pa.default_memory_pool()
+    pa.jemalloc_set_decay_ms(0)
+    return pool
 
 
 class GrowingFile(io.RawIOBase):
@@ -83,10 +101,9 @@ class GrowingFile(io.RawIOBase):
         they belong in Arrow's memory pool rather than on Python's heap."""
         if size is None or size < 0:
             return self.readall()
-        buffer = pa.allocate_buffer(size, resizable=True)
+        buffer = pa.allocate_buffer(size, memory_pool=conversion_memory_pool())
         count = self.readinto(memoryview(buffer).cast("B"))
-        buffer.resize(count)
-        return buffer
+        return buffer.slice(0, count)  # a view: shrinking a resizable buffer copied a short read
 
     def close(self) -> None:
         self._file.close()

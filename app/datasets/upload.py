@@ -36,6 +36,9 @@ MAX_NAME_CHARS = 300
 # Room for the boundaries, part headers and the small `name` field around the file itself.
 MULTIPART_OVERHEAD_BYTES = 1024 * 1024
 MAX_TEXT_FIELD_BYTES = 4096
+# Gathered body chunks (RNNLAB_UPLOAD_CHUNK_BYTES each) waiting for the worker thread, beyond the one
+# it is writing: enough to keep receiving while it works, few enough to bound memory.
+SINK_QUEUE_CHUNKS = 2
 
 
 @dataclass
@@ -118,16 +121,26 @@ class MultipartUploadSink:
 
     # -- feeding -------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
-        self._body_bytes += len(data)
-        if self._body_bytes > self._max_body_bytes:
-            raise too_large(self._max_file_bytes, "the request body")
-        try:
-            self._parser.write(data)
-        except MultipartParseError as exc:
-            raise BadRequest("invalid_multipart", f"malformed multipart/form-data body: {exc}") from exc
+        self.write_pieces([data])
+
+    def write_pieces(self, pieces: list[bytes]) -> None:
+        """Feed consecutive pieces of the body (as received: parsed one by one, never joined)."""
+        for data in pieces:
+            self._body_bytes += len(data)
+            if self._body_bytes > self._max_body_bytes:
+                raise too_large(self._max_file_bytes, "the request body")
+            try:
+                self._parser.write(data)
+            except MultipartParseError as exc:
+                raise BadRequest("invalid_multipart", f"malformed multipart/form-data body: {exc}") from exc
         if self._early is not None and self._file is not None:
             self._file.flush()
             self._early.grew(self._size)
+
+    @property
+    def file_begun(self) -> bool:
+        """Whether the ``file`` part's headers were read (and its name and format accepted)."""
+        return self._path is not None
 
     def finish(self) -> ReceivedUpload:
         """Check the body was complete and return the upload (still a temporary file)."""
@@ -222,7 +235,8 @@ class MultipartUploadSink:
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._part == FILE_FIELD:
             assert self._file is not None
-            chunk = data[start:end]
+            # The parser hands over the whole buffer while inside the file: no copy then.
+            chunk = data if start == 0 and end == len(data) else data[start:end]
             self._size += len(chunk)
             if self._size > self._max_file_bytes:
                 raise too_large(self._max_file_bytes)
@@ -301,22 +315,13 @@ async def receive_upload(request: Request, storage: Storage, max_file_bytes: int
     """Stream the request body into a temporary file in storage; the caller must delete ``path``.
 
     Body chunks are gathered to ``chunk_bytes`` and handed to a worker thread, which parses,
-    hashes and writes them, so the event loop never blocks on disk I/O.
+    hashes and writes them, so the event loop never blocks on disk I/O. The next chunks are
+    received meanwhile, up to ``SINK_QUEUE_CHUNKS`` of them: receiving and writing overlap, and
+    memory stays bounded.
     """
     sink = MultipartUploadSink(multipart_boundary(request, max_file_bytes), storage, max_file_bytes)
     try:
-        pending: list[bytes] = []
-        pending_bytes = 0
-        async for chunk in request.stream():
-            pending.append(chunk)
-            pending_bytes += len(chunk)
-            if pending_bytes >= chunk_bytes:
-                data = b"".join(pending)
-                pending.clear()
-                pending_bytes = 0
-                await anyio.to_thread.run_sync(sink.write, data)
-        if pending:
-            await anyio.to_thread.run_sync(sink.write, b"".join(pending))
+        await _feed_sink(request, sink, chunk_bytes)
         return await anyio.to_thread.run_sync(sink.finish)
     except ClientDisconnect as exc:
         sink.discard()
@@ -324,3 +329,56 @@ async def receive_upload(request: Request, storage: Storage, max_file_bytes: int
     except BaseException:
         sink.discard()
         raise
+
+
+async def _feed_sink(request: Request, sink: MultipartUploadSink, chunk_bytes: int) -> None:
+    send, receive = anyio.create_memory_object_stream[list[bytes]](max_buffer_size=SINK_QUEUE_CHUNKS)
+
+    async def write_all() -> None:
+        async with receive:
+            async for pieces in receive:
+                # Not abandoned on cancellation: discard() runs only once the thread let go of the sink.
+                await anyio.to_thread.run_sync(sink.write_pieces, pieces)
+
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(write_all)
+            async with send:
+                pending: list[bytes] = []
+                pending_bytes = 0
+                async for chunk in request.stream():
+                    if not chunk:
+                        continue
+                    pending.append(chunk)  # handed over as received pieces: no copy to join them
+                    pending_bytes += len(chunk)
+                    if pending_bytes >= chunk_bytes:
+                        if sink.file_begun:
+                            await send.send(pending)
+                        else:  # the file's name and format are checked before more of the body is read
+                            await anyio.to_thread.run_sync(sink.write_pieces, pending)
+                        pending, pending_bytes = [], 0
+                if pending:
+                    await send.send(pending)
+    except BaseExceptionGroup as grouped:
+        raise _cause(grouped) from None
+
+
+def _cause(grouped: BaseExceptionGroup) -> BaseException:
+    """The error to answer with from a failed receive: the sink's (a 4xx) before the receiver's, and
+    never the closed stream or the cancellation that the first failure caused in the other task."""
+    found: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        elif not isinstance(error, (anyio.BrokenResourceError, anyio.ClosedResourceError)):
+            found.append(error)
+
+    walk(grouped)
+    cancelled = anyio.get_cancelled_exc_class()
+    for kinds in ((AppError,), (ClientDisconnect,), (Exception,), (BaseException,)):
+        for error in found:
+            if isinstance(error, kinds) and not isinstance(error, cancelled):
+                return error
+    return found[0] if found else grouped

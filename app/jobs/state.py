@@ -114,10 +114,11 @@ def release_job(session: Session, claim: Claim) -> bool:
 def retry_later(session: Session, claim: Claim, delay_seconds: float) -> bool:
     """running → queued after a transient failure (the object store unreachable): the attempt counts.
 
-    ``dispatched_at`` is set ``delay_seconds`` ahead, so recovery sends the job again only after
-    that pause instead of at its next pass.
+    The job waits in SQL with ``not_before`` set ``delay_seconds`` ahead: the dispatcher sends it
+    again only after that pause, and meanwhile it holds no in-flight place of its queue (other jobs
+    on the queue are dispatched as usual).
     """
-    return _requeue(session, claim, dispatched_at=utcnow() + timedelta(seconds=delay_seconds))
+    return _requeue(session, claim, dispatched_at=None, not_before=utcnow() + timedelta(seconds=delay_seconds))
 
 
 def _requeue(session: Session, claim: Claim, **values: object) -> bool:
@@ -228,11 +229,18 @@ def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[s
 # --- dispatch: which queued jobs are in the broker ------------------------------------------------
 #
 # A queued job with ``dispatched_at`` set is *in flight*: sent to the broker and not yet claimed.
-# One without it waits in SQL until the fair dispatcher (app.jobs.dispatch) reserves it.
+# One without it waits in SQL until the fair dispatcher (app.jobs.dispatch) reserves it, and not
+# before its ``not_before`` (a retry's pause after the store was unreachable).
 
 
 def _waiting(queue: str) -> Any:
-    return and_(Job.queue == queue, Job.status == QUEUED, Job.dispatched_at.is_(None), Job.cancel_requested.is_(False))
+    return and_(
+        Job.queue == queue,
+        Job.status == QUEUED,
+        Job.dispatched_at.is_(None),
+        Job.cancel_requested.is_(False),
+        or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
+    )
 
 
 def _in_flight(queue: str) -> Any:
@@ -280,7 +288,7 @@ def reserve_dispatch(session: Session, job_id: str, queue: str, limit: int) -> b
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, _waiting(queue), in_flight < limit)
-        .values(dispatched_at=utcnow())
+        .values(dispatched_at=utcnow(), not_before=None)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]

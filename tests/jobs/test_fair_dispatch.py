@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -95,6 +95,32 @@ def test_cancelling_a_job_in_flight_frees_its_place(client, auth) -> None:
     with new_session() as session:
         in_flight = session.scalars(select(Job.id).where(Job.status == "queued", Job.dispatched_at.is_not(None)))
         assert list(in_flight) == [a[1]]
+
+
+def test_a_job_waiting_out_its_retry_pause_holds_no_place_in_flight(client, auth) -> None:
+    """The store was unreachable for A's running job: it goes back to the queue with a pause. While
+    it waits, the queue's one in-flight place goes to the next job; A's is sent once the pause ends."""
+    a = _submit(client, auth, _upload(client, auth), 2)
+    with new_session() as session:
+        claim = state.claim_job(session, a[0], "w", 600)
+    assert claim is not None
+    with new_session() as session:
+        assert session.get(Job, a[1]).dispatched_at is None  # a[1] waits in SQL: a[0] was the one sent
+        assert state.retry_later(session, claim, 600)
+        paused = session.get(Job, a[0])
+        assert paused is not None and paused.status == "queued" and paused.dispatched_at is None
+        assert paused.not_before is not None and paused.not_before > datetime.now(UTC)
+
+    assert dispatch.fill_queue("default") == [a[1]]  # not blocked by the job in its pause
+    _claim(a[1])
+    assert dispatch.fill_queue("default") == []  # the pause is not over: a[0] is not sent yet
+    with new_session() as session:
+        session.execute(update(Job).where(Job.id == a[0]).values(not_before=datetime.now(UTC) - timedelta(seconds=1)))
+        session.commit()
+    assert dispatch.fill_queue("default") == [a[0]]
+    with new_session() as session:
+        sent = session.get(Job, a[0])
+        assert sent is not None and sent.dispatched_at is not None and sent.not_before is None
 
 
 def test_concurrent_dispatchers_keep_the_bound_and_send_each_job_once(client, auth, monkeypatch) -> None:
