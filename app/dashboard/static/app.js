@@ -112,12 +112,26 @@ function parseHash() {
 
 function navigate(hash) { if (location.hash === hash) route(); else location.hash = hash; }
 
+// A route that finishes after a newer one started must not draw over it (a slow job page replacing
+// the datasets page the user has moved on to): its view stops it at its next write.
+class StaleRoute extends Error {}
+let routeGeneration = 0;
+
+function routedView(root, generation) {
+  const current = () => { if (generation !== routeGeneration) throw new StaleRoute(); };
+  return {
+    replaceChildren: (...nodes) => { current(); root.replaceChildren(...nodes); },
+    append: (...nodes) => { current(); root.append(...nodes); },
+  };
+}
+
 async function route() {
+  const generation = ++routeGeneration;
   if (state.stream) { state.stream.abort(); state.stream = null; }
   clearInterval(state.timer);
   disposeCharts();
   say("");
-  const view = $("#view");
+  const view = routedView($("#view"), generation);
   const { parts, params } = parseHash();
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.view === parts[0]));
   if (!state.key) {
@@ -138,6 +152,7 @@ async function route() {
     else if (parts[0] === "datasets") await datasetsView(view);
     else await jobsView(view, params);
   } catch (err) {
+    if (err instanceof StaleRoute || generation !== routeGeneration) return;
     view.replaceChildren(empty(h("h2", {}, err.status === 404 ? "Not found" : "Could not load this page"),
       h("p", { class: "error" }, err.message),
       h("p", {}, h("a", { href: "#/jobs" }, "Back to the jobs"))));
