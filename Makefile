@@ -22,8 +22,13 @@ setup: $(STAMP)
 up: setup
 	$(BIN)/rnnlab up
 
+# The suite runs in PYTEST_WORKERS pytest-xdist processes (most of its time is spent waiting on worker
+# subprocesses, servers and PostgreSQL, so more processes than cores still helps); tests that share an
+# expensive module fixture carry @pytest.mark.xdist_group and stay together (--dist loadgroup).
+# PYTEST_WORKERS=0 runs it serially in one process.
+PYTEST_WORKERS ?= 4
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check app worker rnnlab tests bench

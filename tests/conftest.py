@@ -298,6 +298,18 @@ def s3_storage_env(s3_server: object, monkeypatch: pytest.MonkeyPatch) -> dict[s
     return values
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each test process gets its share of the cores for torch's intra-op threads
+    (as the worker does for its pool: cores // processes). With torch's default of one thread per
+    core in every process, N processes on C cores run N x C OpenMP threads that wait on each other
+    (two engine tests that take 20 s serially ran past the 300 s timeout with 4 processes on 2 cores)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``@pytest.mark.cuda`` tests skip, naming the reason, where torch sees no GPU (CI has none either:
     they are the GPU machine's checks, run with ``pytest -m cuda``)."""
