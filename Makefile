@@ -22,8 +22,14 @@ setup: $(STAMP)
 up: setup
 	$(BIN)/rnnlab up
 
+# The suite runs in PYTEST_WORKERS pytest-xdist processes (most of its time is spent waiting on worker
+# subprocesses, servers and PostgreSQL, so more processes than cores still helps). Tests that share an
+# expensive module fixture carry @pytest.mark.xdist_group for --dist loadgroup; with pytest 9.2 and
+# pytest-xdist 3.8 the groups are silently ignored (pytest-xdist issue #1386), so each process that
+# gets one of their tests builds the fixture itself. PYTEST_WORKERS=0 runs it serially in one process.
+PYTEST_WORKERS ?= 4
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check app worker rnnlab tests bench

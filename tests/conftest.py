@@ -7,9 +7,13 @@ with Alembic exactly as in production; tables are emptied between tests.
 from __future__ import annotations
 
 import os
+import socket
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -162,10 +166,85 @@ def other_auth(env: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_key('beta')}"}
 
 
-def _redis_db_url(base: str) -> str:
-    # A database number of its own per test session keeps parallel local runs apart.
-    db = 1 + os.getpid() % 14
-    return base.rsplit("/", 1)[0] + f"/{db}"
+# Redis database leases: every test process that runs workers on Redis needs a database that no
+# other process uses at the same time (its queues; FLUSHDB in the broker-loss tests). A database
+# number derived from the pid collides between xdist workers and between checkouts sharing the
+# server, so numbers are leased instead: a key per number in the base URL's database, set with NX
+# and an expiry (a process killed with -9 frees its number after the expiry, or as soon as another
+# process on this host sees that the owner's pid is gone).
+REDIS_LEASE_SECONDS = 3600
+REDIS_LEASE_WAIT_SECONDS = 240.0
+_REDIS_LEASE_KEY = "rnnlab-test:redis-db-lease:{db}"
+# Delete the key only while it still holds the given owner (a lease that expired and was taken by
+# another process is not ours to remove).
+_DELETE_IF_OWNER = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def _redis_database_count(admin: Any) -> int:
+    try:
+        return int(admin.config_get("databases")["databases"])
+    except Exception:  # CONFIG can be disabled (managed Redis); 16 is Redis's default
+        return 16
+
+
+def _lease_owner_gone(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's process: only the expiry frees it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@contextmanager
+def leased_redis_db(base_url: str) -> Iterator[str]:
+    """The URL of a Redis database that is this process's alone while the block runs; emptied before and after."""
+    import redis
+
+    admin = redis.Redis.from_url(base_url, decode_responses=True)
+    base_db = int(admin.connection_pool.connection_kwargs.get("db", 0))
+    candidates = [db for db in range(_redis_database_count(admin)) if db != base_db]
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+    delete_if_owner = admin.register_script(_DELETE_IF_OWNER)
+    deadline = time.monotonic() + REDIS_LEASE_WAIT_SECONDS
+    leased: int | None = None
+    while leased is None:
+        for db in candidates:
+            key = _REDIS_LEASE_KEY.format(db=db)
+            taken = admin.set(key, owner, nx=True, ex=REDIS_LEASE_SECONDS)
+            if not taken:
+                holder = admin.get(key)
+                if holder and _lease_owner_gone(holder) and delete_if_owner(keys=[key], args=[holder]):
+                    taken = admin.set(key, owner, nx=True, ex=REDIS_LEASE_SECONDS)
+            if taken:
+                leased = db
+                break
+        if leased is None:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no free Redis database on {base_url} in {REDIS_LEASE_WAIT_SECONDS:.0f} s")
+            time.sleep(0.5)
+    url = base_url.rsplit("/", 1)[0] + f"/{leased}"
+    database = redis.Redis.from_url(url)
+    database.flushdb()  # whatever a killed holder left behind
+    try:
+        yield url
+    finally:
+        database.flushdb()
+        database.close()
+        delete_if_owner(keys=[_REDIS_LEASE_KEY.format(db=leased)], args=[owner])
+        admin.close()
+
+
+@pytest.fixture(scope="module")
+def redis_db_url(redis_url: str) -> Iterator[str]:
+    """A Redis database of this module's own (workers' queues, rate-limit counts), leased for the module."""
+    with leased_redis_db(redis_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +259,7 @@ def embedded_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
 
 @pytest.fixture(scope="module")
 def distributed_stack(
-    tmp_path_factory: pytest.TempPathFactory, postgres_schema_url: str, redis_url: str
+    tmp_path_factory: pytest.TempPathFactory, postgres_schema_url: str, redis_db_url: str
 ) -> Iterator[object]:
     """PostgreSQL + Redis + real worker processes, as in docker-compose.yml."""
     from tests.stack import running_stack
@@ -189,7 +268,7 @@ def distributed_stack(
     env = {
         "RNNLAB_HOME": str(tmp / "home"),
         "RNNLAB_DATABASE_URL": postgres_schema_url,
-        "RNNLAB_BROKER_URL": _redis_db_url(redis_url),
+        "RNNLAB_BROKER_URL": redis_db_url,
     }
     with pytest.MonkeyPatch.context() as mp, running_stack(env, tmp, mp) as stack:
         yield stack
@@ -217,6 +296,18 @@ def s3_storage_env(s3_server: object, monkeypatch: pytest.MonkeyPatch) -> dict[s
         monkeypatch.setenv(key, value)
     get_settings.cache_clear()
     return values
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each test process gets its share of the cores for torch's intra-op threads
+    (as the worker does for its pool: cores // processes). With torch's default of one thread per
+    core in every process, N processes on C cores run N x C OpenMP threads that wait on each other
+    (two engine tests that take 20 s serially ran past the 300 s timeout with 4 processes on 2 cores)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

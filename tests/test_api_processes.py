@@ -48,15 +48,17 @@ def _serve(tmp_path, args: list[str], extra_env: dict[str, str] | None = None):
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    # `up` imports the app in each API process and starts a worker: on a loaded 2-core machine (the
+    # suite runs in parallel) that takes well over a minute.
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 return proc, base
         except httpx.HTTPError:
             time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
-    raise AssertionError("the API did not start")
+    raise AssertionError(f"the API did not start (exit code {proc.poll()})")
 
 
 def _stop(proc: subprocess.Popen) -> None:

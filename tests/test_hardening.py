@@ -289,12 +289,10 @@ def test_late_surprises_in_many_columns_cost_a_fixed_number_of_passes(tmp_path, 
 
 
 @pytest.mark.redis
-def test_the_rate_limit_is_shared_through_redis(client, auth, redis_url, monkeypatch) -> None:
+def test_the_rate_limit_is_shared_through_redis(client, auth, redis_db_url, monkeypatch) -> None:
     import redis
 
-    from tests.conftest import _redis_db_url
-
-    url = _redis_db_url(redis_url)
+    url = redis_db_url
     set_setting(monkeypatch, rate_limit="2/minute", broker_url=url)
     assert [client.get("/api/v1/jobs", headers=auth).status_code for _ in range(3)] == [200, 200, 429]
     keys = redis.Redis.from_url(url).keys("LIMITS:*")

@@ -31,7 +31,8 @@ from tests.stack import ROOT, forecast_spec
 
 CHROMIUM = os.environ.get("RNNLAB_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts"
-pytestmark = pytest.mark.browser
+# One server, browser and set of finished jobs for the module: grouped for `--dist loadgroup` (see Makefile).
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 # Markup a user can put into names and columns; it must show as text and never become an element.
 NAME_MARKUP = "<img id=nameinj src=x onerror=document.title=1>"
 COLUMN_MARKUP = "<b id=colinj>level</b>"

@@ -25,6 +25,8 @@ from tests.client.conftest import Served
 from tests.stack import ROOT, forecast_spec, sine_csv
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# One served stack (API on a port + a worker process) for the module: grouped for `--dist loadgroup` (see Makefile).
+pytestmark = pytest.mark.xdist_group("client-cli")
 
 
 def cli_env(served: Served) -> dict[str, str]:

@@ -17,6 +17,8 @@ from tests.stack import forecast_spec, sine_csv
 from worker.engine import JobSpec
 
 TOLERANCE = 1e-4
+# One served stack (API on a port + a worker process) for the module: grouped for `--dist loadgroup` (see Makefile).
+pytestmark = pytest.mark.xdist_group("client-api")
 
 
 @pytest.fixture

@@ -19,6 +19,9 @@ from worker.engine.spec import ModelSpec
 from worker.engine.tagging import bio_spans, tagging_baselines, tagging_intervals, tagging_point_metrics
 from worker.engine.text import TextCodec
 
+# The trained text model is a module fixture: grouped for `--dist loadgroup` (see Makefile).
+pytestmark = pytest.mark.xdist_group("engine-text")
+
 FILLER = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
 
 

@@ -367,6 +367,7 @@ def test_api_restart_does_not_touch_running_jobs(distributed_stack: Stack) -> No
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: kill -9 takes its uvicorn workers too
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -383,7 +384,7 @@ def test_api_restart_does_not_touch_running_jobs(distributed_stack: Stack) -> No
         f"{base}/api/v1/jobs", headers=stack.headers, json=forecast_spec(ds, epochs=8, early_stopping_patience=None)
     ).json()
     stack.wait(job["id"], ("running",))
-    api.send_signal(signal.SIGKILL)
+    os.killpg(api.pid, signal.SIGKILL)  # the API's machine dies: its worker processes with it
     api.wait()
     api = start_api()
     try:
@@ -391,7 +392,7 @@ def test_api_restart_does_not_touch_running_jobs(distributed_stack: Stack) -> No
         assert done["status"] == "succeeded" and done["attempts"] == 1
         assert httpx.get(f"{base}/api/v1/jobs/{job['id']}", headers=stack.headers).json()["status"] == "succeeded"
     finally:
-        api.kill()
+        os.killpg(api.pid, signal.SIGKILL)
         api.wait()
 
 

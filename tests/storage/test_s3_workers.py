@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _redis_db_url
 from tests.s3server import S3Server
 from tests.stack import Stack, forecast_spec, running_stack, sine_csv
 from tests.storage.conftest import bucket_objects, bucket_of
@@ -23,12 +22,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.redis]
 
 @pytest.fixture
 def s3_distributed_stack(
-    tmp_path: Path, postgres_schema_url: str, redis_url: str, s3_storage_env: dict[str, str]
+    tmp_path: Path, postgres_schema_url: str, redis_db_url: str, s3_storage_env: dict[str, str]
 ) -> Iterator[Stack]:
     env = {
         "RNNLAB_HOME": str(tmp_path / "api-home"),
         "RNNLAB_DATABASE_URL": postgres_schema_url,
-        "RNNLAB_BROKER_URL": _redis_db_url(redis_url),
+        "RNNLAB_BROKER_URL": redis_db_url,
         **s3_storage_env,
     }
     with pytest.MonkeyPatch.context() as mp, running_stack(env, tmp_path, mp) as stack:
