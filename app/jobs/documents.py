@@ -4,14 +4,14 @@
 ``JobRead.from_row`` says, but reading a job through the ORM and ``JobRead`` decodes the stored
 spec (a few kB of JSON), validates it, and encodes it again: most of the cost of these reads.
 Here the columns are read as plain values and the stored JSON of the spec goes into the response
-as it is (``orjson.Fragment``). ``JobRead`` stays the schema of these routes (OpenAPI, the other
-routes), and ``tests/jobs/test_job_documents.py`` checks that both give the same document.
+as it is (``orjson.Fragment``); a list reads these columns in its keyset walk (``app.jobs.paging``).
+``JobRead`` stays the schema of these routes (OpenAPI, the other routes), and
+``tests/jobs/test_job_documents.py`` checks that both give the same document.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -24,7 +24,7 @@ from app.jobs.status import JobStatus
 from app.models import Job
 from worker.engine.results import Summary
 
-_COLUMNS = (
+DOCUMENT_COLUMNS: tuple[Any, ...] = (
     Job.id,
     Job.project_id,
     Job.name,
@@ -75,7 +75,7 @@ def _loads(text: str | None) -> Any:
         return json.loads(text)
 
 
-def _document(row: Any) -> dict[str, Any]:
+def document_of(row: Any) -> dict[str, Any]:
     epochs = row.progress_epochs
     if not epochs:
         epochs = int((_loads(row.spec) or {}).get("training", {}).get("epochs", 0))
@@ -111,17 +111,7 @@ def _document(row: Any) -> dict[str, Any]:
 
 def job_document(session: Session, project_id: str, job_id: str) -> dict[str, Any]:
     """The project's job as ``JobRead`` would give it; 404 ``job_not_found`` when missing or another project's."""
-    row = session.execute(select(*_COLUMNS).where(Job.id == job_id)).first()
+    row = session.execute(select(*DOCUMENT_COLUMNS).where(Job.id == job_id)).first()
     if row is None or row.project_id != project_id:
         raise not_found("job", job_id)
-    return _document(row)
-
-
-def job_documents(session: Session, project_id: str, job_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """The project's jobs with these ids, in the order given (ids of other projects are left out)."""
-    if not job_ids:
-        return []
-    # By primary key only: with the project in the WHERE clause too, SQLite reads the project's index.
-    rows = session.execute(select(*_COLUMNS).where(Job.id.in_(job_ids)))
-    by_id = {row.id: _document(row) for row in rows if row.project_id == project_id}
-    return [by_id[i] for i in job_ids if i in by_id]
+    return document_of(row)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Select, String, and_, literal, select, true, tuple_
+from sqlalchemy import ColumnElement, Row, Select, String, and_, literal, select, true, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from app.errors import AppError, BadRequest
@@ -35,6 +35,8 @@ JOB_SORTS: dict[str, tuple[InstrumentedAttribute[Any], Kind, bool]] = {
     "attempts": (Job.attempts, "number", False),
 }
 MAX_CURSOR_CHARS = 2000
+# The label of the sort value each list statement adds after the caller's columns (it is the cursor's value).
+SORT_VALUE = "sort_key_value"
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def with_values(query: Select[Any], sort: SortKey, project_id: str, cursor: Curs
     if cursor is not None:
         query = query.where(_after(column, tiebreak, sort.descending, cursor))
     order = (column.desc(), tiebreak.desc()) if sort.descending else (column.asc(), tiebreak.asc())
-    return query.add_columns(column).order_by(*order)
+    return query.add_columns(column.label(SORT_VALUE)).order_by(*order)
 
 
 def without_values(query: Select[Any], sort: SortKey, cursor: Cursor | None) -> Select[Any]:
@@ -156,7 +158,7 @@ def without_values(query: Select[Any], sort: SortKey, cursor: Cursor | None) -> 
         ).where(value.job_id.is_(None))
     if cursor is not None:
         query = query.where(_after(Job.created_at, Job.id, True, cursor))
-    return query.add_columns(Job.created_at).order_by(Job.created_at.desc(), Job.id.desc())
+    return query.add_columns(Job.created_at.label(SORT_VALUE)).order_by(Job.created_at.desc(), Job.id.desc())
 
 
 def walked_in_order(query: Select[Any], sort: SortKey, project_id: str, cursor: Cursor | None, phase: Phase) -> Any:
@@ -207,7 +209,13 @@ def walked_in_order(query: Select[Any], sort: SortKey, project_id: str, cursor: 
         conditions.append(_after(value_column, tiebreak, descending, cursor))
     row = query.where(Job.id == tiebreak).offset(0).lateral("job_row")
     order = (value_column.desc(), tiebreak.desc()) if descending else (value_column.asc(), tiebreak.asc())
-    return select(row.c.id, value_column).select_from(keys).join(row, true()).where(*conditions).order_by(*order)
+    return (
+        select(*row.c, value_column.label(SORT_VALUE))
+        .select_from(keys)
+        .join(row, true())
+        .where(*conditions)
+        .order_by(*order)
+    )
 
 
 def fetch_jobs_page(
@@ -218,31 +226,31 @@ def fetch_jobs_page(
     page: PageParams,
     *,
     walk_index: bool = False,
-) -> tuple[list[str], str | None]:
-    """The job ids of one page of an already filtered ``select(Job.id)``, sorted by ``sort_text``, and the
-    next cursor. Only ids are read: the caller reads the page's jobs by primary key.
+) -> tuple[list[Row[Any]], str | None]:
+    """One page of an already filtered ``select(<columns of Job, id among them>)``, sorted by ``sort_text``:
+    its rows (each with the sort value added last) and the next cursor.
 
     ``walk_index`` forces the sort index's order on PostgreSQL (see :func:`walked_in_order`).
     """
     sort = parse_sort(sort_text)
     cursor = decode_cursor(page.cursor, sort)
     wanted = page.limit + 1  # one more than the page says whether another page follows
-    rows: list[tuple[str, Any, Phase]] = []
+    rows: list[tuple[Row[Any], Phase]] = []
     if cursor is None or cursor.phase == "v":
         if walk_index:
             statement = walked_in_order(query, sort, project_id, cursor, "v").limit(wanted)
         else:
             statement = with_values(query, sort, project_id, cursor).limit(wanted)
-        rows += [(job_id, value, "v") for job_id, value in session.execute(statement)]
+        rows += [(row, "v") for row in session.execute(statement)]
     if len(rows) < wanted and sort.nullable:
         after = cursor if cursor is not None and cursor.phase == "n" else None
         if walk_index:
             statement = walked_in_order(query, sort, project_id, after, "n").limit(wanted - len(rows))
         else:
             statement = without_values(query, sort, after).limit(wanted - len(rows))
-        rows += [(job_id, created, "n") for job_id, created in session.execute(statement)]
+        rows += [(row, "n") for row in session.execute(statement)]
     next_cursor = None
     if len(rows) > page.limit:
-        job_id, value, phase = rows[page.limit - 1]
-        next_cursor = encode_cursor(sort, phase, value, job_id)
-    return [job_id for job_id, _, _ in rows[: page.limit]], next_cursor
+        row, phase = rows[page.limit - 1]
+        next_cursor = encode_cursor(sort, phase, getattr(row, SORT_VALUE), row.id)
+    return [row for row, _ in rows[: page.limit]], next_cursor

@@ -21,7 +21,7 @@ from app.db import get_scoped
 from app.errors import BadRequest, Conflict, InvalidInput, not_found, validation_details, validation_message
 from app.jobs import state
 from app.jobs.dispatch import nudge
-from app.jobs.documents import job_document, job_documents
+from app.jobs.documents import DOCUMENT_COLUMNS, document_of, job_document
 from app.jobs.history import metric_series
 from app.jobs.paging import fetch_jobs_page
 from app.jobs.query import apply_where, metric_value
@@ -162,8 +162,9 @@ def list_jobs(
     sort: str = "-created_at",
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the project's jobs as documents (see ``app.jobs.documents``), and the next cursor."""
-    # The page is found as ids (no other column is read), then read as documents by primary key.
-    query: Select[Any] = select(Job.id).where(Job.project_id == project.id)
+    # The keyset walk reads the documents' columns itself: one query per page (two when the page
+    # reaches the jobs missing the sort value).
+    query: Select[Any] = select(*DOCUMENT_COLUMNS).where(Job.project_id == project.id)
     walk_index = False
     if statuses:
         query = query.where(Job.status.in_(statuses))
@@ -184,7 +185,7 @@ def list_jobs(
         # and sort; make it walk the sort index instead (SQLite walks it anyway).
         walk_index = reads_spec and dialect == "postgresql"
     try:
-        job_ids, cursor = fetch_jobs_page(session, query, project.id, sort, page, walk_index=walk_index)
+        rows, cursor = fetch_jobs_page(session, query, project.id, sort, page, walk_index=walk_index)
     except SQLDataError as exc:
         # PostgreSQL refusing to read a spec path holding text as a number (data.target > 5); any
         # other database error is not the filter's fault and stays a 500.
@@ -192,7 +193,7 @@ def list_jobs(
         if not where:
             raise
         raise BadRequest("invalid_where", f"the filter compares a field with a value of another type: {where}") from exc
-    return job_documents(session, project.id, job_ids), cursor
+    return [document_of(row) for row in rows], cursor
 
 
 def cancel_job(session: Session, project: Project, job_id: str) -> Job:
