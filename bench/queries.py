@@ -417,10 +417,13 @@ def main() -> None:
                 .all()[len(job_ids) // 2]
             )
         size = database_bytes(args.backend, env)
-        print(
-            f"seeded {len(job_ids)} jobs, {epoch_rows} epoch rows, {size / 1e6:.0f} MB: {args.real} real jobs × "
-            f"{args.epochs} epochs in {real_seconds:.1f} s, clones in {clone_seconds:.1f} s"
-        )
+        if args.reuse:
+            print(f"reused {args.reuse}: {len(job_ids)} jobs, {epoch_rows} epoch rows, {size / 1e6:.0f} MB")
+        else:
+            print(
+                f"seeded {len(job_ids)} jobs, {epoch_rows} epoch rows, {size / 1e6:.0f} MB: {args.real} real jobs × "
+                f"{args.epochs} epochs in {real_seconds:.1f} s, clones in {clone_seconds:.1f} s"
+            )
         api.stop()  # a fresh API: nothing cached from seeding
         api = Api(env)
 
