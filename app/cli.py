@@ -125,6 +125,7 @@ def api(
         # httptools and uvloop, as uvicorn[standard] installs them (and picks them when present).
         http="auto",
         loop="auto",
+        access_log=settings.access_log,
     )
 
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
     api_workers: int | None = Field(default=None, ge=1, le=64, description="API processes; default from CPUs.")
     gc_freeze: bool = Field(default=True, description="gc.freeze() after start-up, with higher GC thresholds.")
+    access_log: bool = Field(
+        default=True, description="One log line per HTTP request (uvicorn's access log); off behind a logging proxy."
+    )
     max_upload_bytes: int = Field(default=1024**3, ge=1)
     upload_chunk_bytes: int = Field(default=1024 * 1024, ge=1024)
 

@@ -114,3 +114,24 @@ def test_api_start_freezes_the_gc_with_higher_thresholds() -> None:
     with tempfile.TemporaryDirectory() as home:
         env["RNNLAB_HOME"] = home
         subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True)
+
+
+def test_access_log_follows_the_setting(monkeypatch, tmp_path) -> None:
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from app.cli import app
+    from app.config import get_settings
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setenv("RNNLAB_HOME", str(tmp_path))
+    try:
+        for value, expected in (("false", False), ("true", True)):
+            monkeypatch.setenv("RNNLAB_ACCESS_LOG", value)
+            get_settings.cache_clear()
+            result = CliRunner().invoke(app, ["api", "--workers", "1"])
+            assert result.exit_code == 0, result.output
+            assert seen["access_log"] is expected
+    finally:
+        get_settings.cache_clear()
