@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -68,17 +69,21 @@ def new_session() -> Session:
 
 
 async def get_db() -> AsyncIterator[Session]:
-    """The request's session, made and closed on the event loop: no hop to a worker thread for either.
+    """The request's session, made on the event loop (no I/O: it connects on first use, in the route's
+    thread) instead of in a worker thread, as a plain generator dependency would be.
 
-    Making a session does no I/O (it connects on first use, in the route's thread); closing it hands
-    its connection back to the pool, a rollback that takes microseconds on SQLite and one round trip
-    on PostgreSQL, cheaper than the two thread hops a plain generator dependency costs.
+    Closing hands the connection back to the pool with a rollback: microseconds on SQLite, so on the
+    loop; one round trip on PostgreSQL, so in a worker thread, where a database that stops answering
+    cannot stall the event loop.
     """
     session = new_session()
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction() and session.get_bind().dialect.name != "sqlite":
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
