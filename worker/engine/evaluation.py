@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -67,19 +68,32 @@ def compare(main: str, model_value: float | None, baseline_value: float | None) 
     }
 
 
-def predict_parts(
-    model: nn.Module, tensors: dict[str, torch.Tensor], prep: PreparedData, task: str, scale: float | None
+def per_part(
+    prep: PreparedData,
+    predict: Callable[[str], np.ndarray],
+    measure: Callable[[str, np.ndarray], dict[str, float | None]],
 ) -> tuple[dict[str, dict[str, float | None]], dict[str, np.ndarray]]:
-    """Each part's predictions in original units and its point metrics (``{}`` for an empty part)."""
+    """Each part's predictions and point metrics (``{}`` for an empty part)."""
     metrics: dict[str, dict[str, float | None]] = {}
     predictions: dict[str, np.ndarray] = {}
     for part, idx in prep.split.parts().items():
         if len(idx) == 0:
             metrics[part] = {}
             continue
-        predictions[part] = predict_original(model, tensors[part], prep, task)
-        metrics[part] = point_metrics(task, prep.y_original(part), predictions[part], scale)
+        predictions[part] = predict(part)
+        metrics[part] = measure(part, predictions[part])
     return metrics, predictions
+
+
+def predict_parts(
+    model: nn.Module, tensors: dict[str, torch.Tensor], prep: PreparedData, task: str, scale: float | None
+) -> tuple[dict[str, dict[str, float | None]], dict[str, np.ndarray]]:
+    """Each part's predictions in original units and its point metrics (``{}`` for an empty part)."""
+    return per_part(
+        prep,
+        lambda part: predict_original(model, tensors[part], prep, task),
+        lambda part, predicted: point_metrics(task, prep.y_original(part), predicted, scale),
+    )
 
 
 def evaluate(

@@ -14,7 +14,7 @@ from torch import nn
 
 from .attribution import IG_STEPS, recurrent_layers_in_train_mode
 from .data import PreparedData
-from .evaluation import compare, naive_scale, predict_parts
+from .evaluation import compare, naive_scale, per_part, predict_parts
 from .metrics import LOWER_IS_BETTER, bootstrap_intervals, json_float, main_metric, point_metrics
 from .models import forward_in_chunks
 from .results import Evaluation
@@ -269,14 +269,11 @@ def _tagging(
     classes = prep.examples.classes
     assert classes is not None
     notes = list(prep.notes)
-    metrics: dict[str, dict[str, float | None]] = {}
-    predictions: dict[str, np.ndarray] = {}
-    for part, idx in prep.split.parts().items():
-        if len(idx) == 0:
-            metrics[part] = {}
-            continue
-        predictions[part] = _predicted_tags(model, tensors[part])
-        metrics[part] = tagging_point_metrics(prep.y_original(part), predictions[part], classes)
+    metrics, predictions = per_part(
+        prep,
+        lambda part: _predicted_tags(model, tensors[part]),
+        lambda part, predicted: tagging_point_metrics(prep.y_original(part), predicted, classes),
+    )
     y_test, y_train = prep.y_original("test"), prep.y_original("train")
     intervals = tagging_intervals(y_test, predictions["test"], classes, spec.evaluation.bootstrap_samples, rng)
     tokens = prep.examples.codec is not None
