@@ -30,7 +30,8 @@ _state: dict[str, Any] = {"config": None, "limiter": None, "items": [], "in_redi
 _lock = threading.Lock()
 
 
-def _limiter() -> tuple[MovingWindowRateLimiter | None, list[RateLimitItem]]:
+def _limiter() -> tuple[MovingWindowRateLimiter | None, list[RateLimitItem], bool]:
+    """The limiter (None when no limit is set), its limits, and whether it counts in Redis."""
     settings = get_settings()
     config = (settings.rate_limit, settings.broker_url)
     with _lock:
@@ -44,7 +45,7 @@ def _limiter() -> tuple[MovingWindowRateLimiter | None, list[RateLimitItem]]:
                 items=items,
                 in_redis=redis,
             )
-        return _state["limiter"], _state["items"]
+        return _state["limiter"], _state["items"], _state["in_redis"]
 
 
 def client_key(request: Request) -> str:
@@ -61,11 +62,11 @@ async def enforce_rate_limit(request: Request) -> None:
     A coroutine: with no limit set it costs nothing, and the in-memory count is plain CPU work; only
     a count kept in Redis (network I/O) runs in a worker thread.
     """
-    limiter, items = _limiter()
+    limiter, items, in_redis = _limiter()
     if limiter is None:
         return
     who = client_key(request)
-    if _state["in_redis"]:
+    if in_redis:
         await run_in_threadpool(_check_rate, limiter, items, who)
     else:
         _check_rate(limiter, items, who)
