@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(
         default=2.0, ge=0, le=60, description="How long a valid key is trusted without a lookup (revocation delay)."
     )
+    db_pool_size: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="Database connections a process keeps open for reuse (as many again may open at peaks).",
+    )
     api_workers: int | None = Field(default=None, ge=1, le=64, description="API processes; default from CPUs.")
     gc_freeze: bool = Field(default=True, description="gc.freeze() after start-up, with higher GC thresholds.")
     access_log: bool = Field(

@@ -7,18 +7,21 @@ children and uvicorn reloaders), so the owning pid is remembered and a forked ch
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
 from app.errors import not_found
 
 _state: dict[str, Any] = {"pid": None, "engine": None, "factory": None}
+T = TypeVar("T")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -32,14 +35,65 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
+    # A request over the pool's size opens a connection and closes it after (on SQLite with its
+    # pragmas): with SQLAlchemy's default of 5, polling at 8-16 concurrent requests per process
+    # spent more time connecting than querying. RNNLAB_DB_POOL_SIZE connections are kept.
+    pool_size = get_settings().db_pool_size
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
+        pool: dict[str, int] = {}
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            pool = {"pool_size": pool_size, "max_overflow": pool_size}
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    event.listen(engine, "connect", _mark_fresh)
+    event.listen(engine, "checkout", _ping_postgres)
+    event.listen(engine, "checkin", _mark_used)
+    return engine
+
+
+# A read run by read_with_retry skips the ping of a connection used this recently (HikariCP's
+# "alive bypass window"): under polling the connection was just used, and if it died meanwhile
+# the read is simply run again on a new one.
+PING_BYPASS_SECONDS = 0.5
+_retried_read = threading.local()
+
+
+def _mark_fresh(_: Any, connection_record: Any) -> None:
+    connection_record.info["fresh"] = True
+
+
+def _mark_used(_: Any, connection_record: Any) -> None:
+    connection_record.info["used_at"] = time.monotonic()
+
+
+def _ping_postgres(dbapi_connection: Any, connection_record: Any, _: Any) -> None:
+    """Check a pooled connection before it is used (it may have died in a database restart).
+
+    SQLAlchemy's ``pool_pre_ping`` does this with ``SELECT 1`` outside autocommit, which psycopg
+    precedes by a ``BEGIN``: two round trips, and a transaction that only the rollback at check-in
+    ends. Here the ping is one round trip outside any transaction. A dead connection raises
+    DisconnectionError, on which the pool discards it and checks out another (SQLAlchemy's
+    documented checkout-event recipe). A connection just opened is not pinged, nor one used in
+    the last PING_BYPASS_SECONDS when the caller retries (``read_with_retry``).
+    """
+    if connection_record.info.pop("fresh", False):
+        return
+    idle = time.monotonic() - connection_record.info.get("used_at", 0.0)
+    if getattr(_retried_read, "active", False) and idle < PING_BYPASS_SECONDS:
+        return
+    try:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        try:
+            dbapi_connection.execute("SELECT 1")
+        finally:
+            dbapi_connection.autocommit = autocommit
+    except Exception as err:  # any failure of the ping means the connection is not usable
+        raise exc.DisconnectionError(f"pooled connection failed its ping: {err}") from err
 
 
 def get_engine() -> Engine:
@@ -66,6 +120,25 @@ def session_factory() -> sessionmaker[Session]:
 
 def new_session() -> Session:
     return session_factory()()
+
+
+def read_with_retry(read: Callable[[Session], T]) -> T:
+    """``read(session)`` for a read-only caller, in autocommit (on PostgreSQL: no BEGIN before it
+    and no ROLLBACK after it) and without the pool's ping of a connection used within
+    PING_BYPASS_SECONDS. When its connection turns out to be dead, SQLAlchemy invalidates the
+    pool and the read runs once more, on a new connection."""
+    for attempt in (1, 2):
+        _retried_read.active = attempt == 1
+        try:
+            with new_session() as session:
+                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                return read(session)
+        except exc.DBAPIError as err:
+            if attempt == 2 or not err.connection_invalidated:
+                raise
+        finally:
+            _retried_read.active = False
+    raise AssertionError("unreachable")
 
 
 async def get_db() -> AsyncIterator[Session]:
