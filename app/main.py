@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import Depends, FastAPI
 from fastapi_offline import FastAPIOffline
 
 from app.config import get_settings
@@ -16,11 +16,11 @@ from app.dashboard.router import router as dashboard_router
 from app.datasets.router import router as datasets_router
 from app.errors import ERROR_RESPONSES, install_error_handlers
 from app.http_methods import OptionsAnswer
-from app.inputs import RequestBodyGuard, reject_nul_parameters
+from app.inputs import RequestBodyGuard
 from app.jobs.router import leaderboard_router, metrics_router
 from app.jobs.router import router as jobs_router
 from app.ops import router as ops_router
-from app.ratelimit import enforce_rate_limit
+from app.routing import API_GUARDS
 from app.storage import get_storage
 from app.sweeps.router import router as sweeps_router
 from worker.engine.spec import JobSpec
@@ -67,17 +67,16 @@ def create_app() -> FastAPI:
     )
     install_error_handlers(app)
 
-    api = APIRouter(
-        prefix="/api/v1",
-        responses=ERROR_RESPONSES,
-        dependencies=[Depends(reject_nul_parameters), Depends(enforce_rate_limit)],
-    )
-    api.include_router(datasets_router)
-    api.include_router(jobs_router)
-    api.include_router(metrics_router)
-    api.include_router(leaderboard_router)
-    api.include_router(sweeps_router)
-    app.include_router(api)
+    # Each router is included into the app itself, not into an /api/v1 router first: every level
+    # of nesting is matched again for each request (FastAPI's included routers are resolved per
+    # request), and the polled job routes come first.
+    for router in (jobs_router, datasets_router, metrics_router, leaderboard_router, sweeps_router):
+        app.include_router(
+            router,
+            prefix="/api/v1",
+            responses=ERROR_RESPONSES,
+            dependencies=[Depends(guard) for guard in API_GUARDS],
+        )
     app.include_router(dashboard_router)
     app.include_router(ops_router)
     app.openapi = lambda: openapi_with_job_spec(app)  # type: ignore[method-assign]

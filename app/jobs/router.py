@@ -30,6 +30,7 @@ from app.ratelimit import (
     streams_in_redis,
 )
 from app.responses import OrjsonResponse
+from app.routing import PolledRead
 from worker.engine.results import Evaluation
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -82,9 +83,12 @@ def list_jobs(
     return OrjsonResponse({"items": jobs, "next_cursor": cursor})
 
 
-@router.get("/{job_id}", response_model=JobRead)
 def get_job(job_id: str, project: CurrentProject, session: SessionDep) -> OrjsonResponse:
+    """The job's status document; clients poll it, so it is a lean ``PolledRead`` route."""
     return OrjsonResponse(service.read_job(session, project, job_id))
+
+
+router.add_api_route("/{job_id}", get_job, methods=["GET"], response_model=JobRead, route_class_override=PolledRead)
 
 
 @router.delete("/{job_id}", status_code=204)
