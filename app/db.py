@@ -131,7 +131,8 @@ def read_with_retry(read: Callable[[Session], T]) -> T:
         _retried_read.active = attempt == 1
         try:
             with new_session() as session:
-                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+                if session.get_bind().dialect.name != "sqlite":  # SQLite's switch costs two PRAGMAs
+                    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
                 return read(session)
         except exc.DBAPIError as err:
             if attempt == 2 or not err.connection_invalidated:
