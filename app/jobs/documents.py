@@ -109,13 +109,14 @@ def document_of(row: Any) -> dict[str, Any]:
     }
 
 
-# Built once: making the statement and its cache key per read cost more CPU than the query.
+# Built once: making the statement and its cache key per read cost more CPU than the query. It runs
+# on the session's connection, without the ORM's execution layer (a third of the read's CPU).
 _BY_ID = select(*DOCUMENT_COLUMNS).where(Job.id == bindparam("job_id"))
 
 
 def job_document(session: Session, project_id: str, job_id: str) -> dict[str, Any]:
     """The project's job as ``JobRead`` would give it; 404 ``job_not_found`` when missing or another project's."""
-    row = session.execute(_BY_ID, {"job_id": job_id}).first()
+    row = session.connection().execute(_BY_ID, {"job_id": job_id}).first()
     if row is None or row.project_id != project_id:
         raise not_found("job", job_id)
     return document_of(row)
