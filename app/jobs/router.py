@@ -84,7 +84,9 @@ def list_jobs(
 
 
 def get_job(job_id: str, project: CurrentProject, session: SessionDep) -> OrjsonResponse:
-    """The job's status document; clients poll it, so it is a lean ``PolledRead`` route."""
+    """The job: status, progress, resolved spec and, once finished, its summary. Poll it while the job
+    runs, or stream `GET /jobs/{job_id}/events`."""
+    # Polled, so a PolledRead route (app/routing.py): its dependencies are called directly.
     return OrjsonResponse(service.read_job(session, project, job_id))
 
 
