@@ -13,7 +13,6 @@ import torch
 
 from worker.engine import JobSpec, load_predictor, train_and_evaluate
 from worker.engine.data import prepare_data
-from worker.engine.errors import DataError
 from worker.engine.defaults import PREVIOUS_DEFAULTS, TrainingShape, resolve_defaults, unresolved_fields
 from worker.engine.engine import (
     AR_RIDGE_GRID,
@@ -25,6 +24,7 @@ from worker.engine.engine import (
     ridge_normal_matrix,
     set_naive_map,
 )
+from worker.engine.errors import DataError
 from worker.engine.models import RecurrentModel, forward_in_chunks, patch_steps
 from worker.engine.scaling import Scaler, fit_scaler
 from worker.engine.spec import ModelSpec, TrainingSpec
@@ -444,10 +444,8 @@ def test_ar_scale_resolves_to_select_and_an_explicit_value_wins() -> None:
 
 def test_ar_scale_select_takes_the_log_of_a_multiplicative_series_only() -> None:
     def chosen(values: np.ndarray, setting: str = "select") -> tuple[str, str | None]:
-        spec = bare_spec(
-            "forecast", "series", data={"lookback": 6}, model={"residual": "ar", "ar_scale": setting, "ar_ridge": "loo"},
-            training={"epochs": 1},
-        )  # fmt: skip
+        model = {"residual": "ar", "ar_scale": setting, "ar_ridge": "loo"}
+        spec = bare_spec("forecast", "series", data={"lookback": 6}, model=model, training={"epochs": 1})
         prep = prepare_data(spec, pa.table({"value": values}), np.random.default_rng(0))
         return choose_ar_scale(spec, prep)
 

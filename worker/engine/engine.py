@@ -117,7 +117,7 @@ MAX_SELECT_ORIGINS = 100
 def _target_history(spec: JobSpec, prep: PreparedData) -> tuple[np.ndarray, np.ndarray]:
     """The target column's input windows and the targets, in original units, for the windows before the
     test part (training, then validation windows)."""
-    assert prep.y_scaler is not None
+    assert prep.y_scaler is not None and prep.examples.x is not None and prep.examples.y is not None
     column = prep.examples.feature_names.index(spec.data.target)
     idx = np.concatenate([prep.split.train, prep.split.val])
     x = prep.examples.x[idx][:, :, column].astype(np.float64)
@@ -125,7 +125,13 @@ def _target_history(spec: JobSpec, prep: PreparedData) -> tuple[np.ndarray, np.n
     return x, y
 
 
-def _rolling_origin_error(design: np.ndarray, targets: np.ndarray, back, actual: np.ndarray, setting) -> float:
+def _rolling_origin_error(
+    design: np.ndarray,
+    targets: np.ndarray,
+    back: Callable[[np.ndarray], np.ndarray],
+    actual: np.ndarray,
+    setting: float | str,
+) -> float:
     """Mean absolute error (original units, via ``back``) of forecasting each of the last third of the
     windows (at most ``MAX_SELECT_ORIGINS``) with a ridge AR fitted on every window before it."""
     n = len(design)
@@ -187,7 +193,7 @@ def choose_ar_scale(spec: JobSpec, prep: PreparedData) -> tuple[str, str | None]
 def set_log_map(model: RecurrentModel, spec: JobSpec, prep: PreparedData) -> None:
     """``ar_scale 'log'``: how the model turns the target column's scaled inputs into standardised logs
     and back (statistics of the training windows' targets)."""
-    assert prep.y_scaler is not None
+    assert prep.y_scaler is not None and prep.examples.y is not None
     column = prep.examples.feature_names.index(spec.data.target)
     y = prep.examples.y[prep.split.train].astype(np.float64)
     floor = float(y.min()) * 1e-3
