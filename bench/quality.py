@@ -19,7 +19,7 @@ job's own test windows for forecasting. A data set passes when every default run
 reference(s) and its mean is within 3 points of accuracy (10% of MAE) of the best swept setting.
 
     python bench/quality.py                      # all 9 data sets
-    python bench/quality.py --sweep-seeds 1 --concurrency 4   # the README's run: 34 min at load 11-21
+    python bench/quality.py --sweep-seeds 1 --concurrency 4   # the README's run: 22 min at load 5-7.5
     python bench/quality.py --sets Lynx Airline ShampooSales co2 nile elnino JapaneseVowels --sweep-seeds 1
     python bench/quality.py --sets ArrowHead Lynx --seeds 2
 
@@ -321,6 +321,13 @@ def main() -> None:
                     # Row by row as data sets finish, so a long run shows its progress.
                     took = time.perf_counter() - started
                     print(f"{format_row(rows[-1])}  ({took:.0f} s)", file=sys.stderr, flush=True)
+        except BaseException:
+            # The temporary home goes away with the run: keep the service's log to see what happened.
+            kept = ROOT / ".bench" / "quality-service.log"
+            kept.parent.mkdir(exist_ok=True)
+            kept.write_bytes(service.log.read_bytes())
+            print(f"the run failed; the service's log is in {kept}", file=sys.stderr)
+            raise
         finally:
             service.stop()
     print("| data set | metric | default mean ± std | worst default | best swept (setting) | reference | verdict |")

@@ -72,6 +72,9 @@ def run_one(args: tuple[str, str, str, int, dict[str, Any]]) -> tuple[str, str, 
     # The job's validation metric; for residual 'ar' after the refit, which has seen those windows.
     val = float(result.evaluation.metrics["val"].get(bench.metric, float("nan")))
     took = time.perf_counter() - started
+    for note in result.evaluation.notes:
+        if note.startswith("model.ar_scale"):
+            print(f"    {set_name} {variant} {cell} {seed}: {note}", flush=True)
     return set_name, variant, value, took, result.epochs_run, result.num_examples["test"], val
 
 

@@ -17,12 +17,14 @@ from worker.engine.defaults import PREVIOUS_DEFAULTS, TrainingShape, resolve_def
 from worker.engine.engine import (
     AR_RIDGE_GRID,
     choose_ar_ridge,
+    choose_ar_scale,
     fit_ar_map,
     leave_one_out_error,
     refit_ar_map,
     ridge_normal_matrix,
     set_naive_map,
 )
+from worker.engine.errors import DataError
 from worker.engine.models import RecurrentModel, forward_in_chunks, patch_steps
 from worker.engine.scaling import Scaler, fit_scaler
 from worker.engine.spec import ModelSpec, TrainingSpec
@@ -105,6 +107,7 @@ def test_explicit_epochs_keep_the_previous_behaviour() -> None:
         "model.residual": spec.model.residual,
         "model.patch": spec.model.patch,
         "model.ar_ridge": spec.model.ar_ridge,
+        "model.ar_scale": spec.model.ar_scale,
         "training.batch_size": spec.training.batch_size,
         "training.learning_rate": spec.training.learning_rate,
         "training.early_stopping_patience": spec.training.early_stopping_patience,
@@ -422,6 +425,68 @@ def test_ar_ridge_shrinks_the_refitted_ar_and_the_job_notes_its_choice() -> None
     assert any("model.ar_ridge 'loo' chose" in note for note in result.evaluation.notes)
 
 
+def multiplicative_series(n: int = 300, seed: int = 1) -> np.ndarray:
+    """Cycles whose swings grow with their level (Lynx-like): an AR(2) in the logarithm."""
+    return np.exp(np.log(50.0) + (ar_series(n, seed) - 50.0) / 12.0)
+
+
+def test_ar_scale_resolves_to_select_and_an_explicit_value_wins() -> None:
+    shape = TrainingShape(200, 30)
+    assert resolve_defaults(bare_spec("forecast", "series"), shape).model.ar_scale == "select"
+    assert resolve_defaults(bare_spec("forecast", "series", model={"ar_scale": "log"}), shape).model.ar_scale == "log"
+    # Explicit epochs: the linear AR, as before the option existed; an explicit value still wins.
+    assert resolve_defaults(bare_spec("forecast", "series", training={"epochs": 5}), shape).model.ar_scale == "linear"
+    chosen = bare_spec("forecast", "series", model={"ar_scale": "select"}, training={"epochs": 5})
+    assert resolve_defaults(chosen, shape).model.ar_scale == "select"
+    with pytest.raises(ValueError):
+        bare_spec("forecast", "series", model={"ar_scale": "exp"})
+
+
+def test_ar_scale_select_takes_the_log_of_a_multiplicative_series_only() -> None:
+    def chosen(values: np.ndarray, setting: str = "select") -> tuple[str, str | None]:
+        model = {"residual": "ar", "ar_scale": setting, "ar_ridge": "loo"}
+        spec = bare_spec("forecast", "series", data={"lookback": 6}, model=model, training={"epochs": 1})
+        prep = prepare_data(spec, pa.table({"value": values}), np.random.default_rng(0))
+        return choose_ar_scale(spec, prep)
+
+    scale, note = chosen(multiplicative_series())
+    assert scale == "log" and note is not None and "chose log" in note
+    additive = ar_series(seed=2)
+    scale, note = chosen(additive - additive.min() + 5.0)  # additive swings that reach near zero
+    assert scale == "linear" and note is not None and "chose linear" in note
+    scale, note = chosen(ar_series(seed=2) - 50.0)  # crosses zero: no logarithm
+    assert scale == "linear" and note is not None and "not positive" in note
+    assert chosen(ar_series(seed=2) - 50.0, "linear") == ("linear", None)
+    with pytest.raises(DataError, match="above 0"):
+        chosen(ar_series(seed=2) - 50.0, "log")
+
+
+def test_log_ar_forecast_beats_the_linear_ar_and_predicts_the_same_through_the_artifact() -> None:
+    values = multiplicative_series(400)
+    spec = bare_spec(
+        "forecast", "series",
+        data={"lookback": 8},
+        model={"hidden_size": 8, "residual": "ar", "ar_scale": "select", "ar_ridge": "loo"},
+        training={"epochs": 3, "batch_size": 32},
+        evaluation={"attribution": False, "bootstrap_samples": 0},
+    )  # fmt: skip
+    result = train_and_evaluate(spec, pa.table({"value": values}))
+    assert result.evaluation is not None
+    assert any("model.ar_scale 'select' chose log" in note for note in result.evaluation.notes)
+    assert result.artifact["spec"]["model"]["ar_scale"] == "log"  # the artifact holds what ran
+    assert {"log_map", "log_output"} <= set(result.artifact["state_dict"])
+    linear = spec.model_copy(update={"model": spec.model.model_copy(update={"ar_scale": "linear"})})
+    plain = train_and_evaluate(linear, pa.table({"value": values}))
+    assert plain.evaluation is not None
+    assert result.evaluation.metrics["test"]["mae"] < plain.evaluation.metrics["test"]["mae"]
+    predictor = load_predictor(save_and_load(result.artifact))
+    windows = np.stack([values[i : i + 8] for i in range(300, 340)])
+    x = torch.from_numpy(windows[:, :, None].astype(np.float32))
+    direct = forward_in_chunks(predictor.scaled_model, x).numpy()
+    np.testing.assert_allclose(np.array(predictor.predict(windows)), direct, rtol=1e-5)
+    assert np.all(np.array(predictor.predict(windows)) > 0)
+
+
 def test_ar_residual_forecast_trains_and_predicts_the_same_through_the_artifact() -> None:
     values = ar_series()
     spec = bare_spec(
@@ -505,7 +570,7 @@ def test_artifacts_saved_before_pooling_existed_still_load() -> None:
     spec = bare_spec("forecast", "series", training={"epochs": 2}, evaluation={"attribution": False})
     result = train_and_evaluate(spec, sine_table(n=120))
     artifact = save_and_load(result.artifact)
-    for name in ("pooling", "forget_gate_bias", "residual", "patch"):
+    for name in ("pooling", "forget_gate_bias", "residual", "patch", "ar_ridge", "ar_scale"):
         artifact["spec"]["model"].pop(name)
     predictor = load_predictor(artifact)
     assert predictor.model.pooling == "last"

@@ -77,6 +77,8 @@ CASES = [
     ("lstm", False, 2, "forecast", "standard", {"residual": "last_value", "forget_gate_bias": 1.0}),
     # The AR residual and patching (8 steps in groups of 3: the front padded by one step).
     ("gru", False, 1, "forecast", "standard", {"residual": "ar", "patch": 4}),
+    # The AR in the logarithm of the target (a positive series), from min-max scaled inputs.
+    ("lstm", False, 1, "forecast", "minmax", {"residual": "ar", "ar_scale": "log", "ar_ridge": "loo"}),
     ("lstm", False, 1, "classification", "per_example", {"patch": 3, "pooling": "mean"}),
     ("rnn", True, 1, "regression", "standard", {"patch": 4}),
 ]

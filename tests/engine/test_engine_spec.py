@@ -42,6 +42,7 @@ def test_defaults_are_filled_in() -> None:
         "pooling": "auto",
         "residual": "auto",
         "ar_ridge": "auto",
+        "ar_scale": "auto",
         "forget_gate_bias": "auto",
         "embedding_dim": None,
         "patch": "auto",

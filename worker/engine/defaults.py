@@ -61,6 +61,12 @@ AUTO_LEARNING_RATE = 0.001
 # (the plain AR ties the reference AR), Airline 11.60 vs 10.67, Lynx 354 vs 344, co2 0.306 vs 0.306,
 # elnino 0.397 vs 0.400, ShampooSales 74 vs 85 (36 points; 4 test windows).
 AUTO_AR_RIDGE = "loo"
+# The scale of that AR: 'select' tries the target's own units and its logarithm (a positive series
+# only) and keeps the one with the lower rolling-origin error over the windows before the test part
+# (each of the last third of them forecast by an AR fitted on every earlier window), decided when the
+# job trains and named in its notes. A multiplicative series (Lynx: swings of 40 to 7,000) is linear
+# in its logarithm; an additive one stays in its own units.
+AUTO_AR_SCALE = "select"
 # Sequences to read longer than this are patched: groups of k consecutive steps become one step of
 # k × features inputs, k the smallest that brings the network to at most this many steps.
 MAX_NETWORK_STEPS = 64
@@ -74,6 +80,7 @@ PREVIOUS_DEFAULTS: dict[str, Any] = {
     "model.residual": "none",
     "model.patch": 1,
     "model.ar_ridge": 0.0,
+    "model.ar_scale": "linear",
     "training.batch_size": 64,
     "training.learning_rate": 0.001,
     "training.early_stopping_patience": 10,
@@ -185,6 +192,8 @@ def resolve_defaults(spec: JobSpec, shape: TrainingShape) -> JobSpec:
         model["patch"] = auto_patch(spec.task, shape.steps, tokens=spec.text is not None)
     if spec.model.ar_ridge == "auto":
         model["ar_ridge"] = AUTO_AR_RIDGE
+    if spec.model.ar_scale == "auto":
+        model["ar_scale"] = AUTO_AR_SCALE
     if spec.model.forget_gate_bias == "auto":
         model["forget_gate_bias"] = auto_forget_gate_bias(spec.model.cell, spec.task, shape.steps)
     t = spec.training

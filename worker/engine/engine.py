@@ -12,10 +12,10 @@ import torch
 
 from .data import PreparedData, prepare_data, training_shape
 from .defaults import resolve_defaults, unresolved_fields
-from .errors import DeviceUnavailable
+from .errors import DataError, DeviceUnavailable
 from .evaluation import evaluate
 from .layouts import Data
-from .models import RecurrentModel, forward_in_chunks
+from .models import MAX_AR_LAGS, RecurrentModel
 from .predictor import ARTIFACT_FORMAT
 from .results import Evaluation, Summary
 from .spec import CLASS_TASKS, JobSpec
@@ -92,16 +92,137 @@ AR_RIDGE_GRID: tuple[float, ...] = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0
 
 
 def _ar_design(model: RecurrentModel, spec: JobSpec, prep: PreparedData, parts: tuple[str, ...]) -> np.ndarray:
-    column = prep.examples.feature_names.index(spec.data.target)
-    lags = int(model.ar_weight.shape[0])
-    inputs = np.concatenate([prep.x_scaled(p)[:, -lags:, column] for p in parts]).astype(np.float64)
+    x = torch.from_numpy(np.concatenate([prep.x_scaled(p) for p in parts])).to(model.ar_weight.device)
+    with torch.no_grad():
+        inputs = model.ar_inputs(x).double().cpu().numpy()
     return np.hstack([inputs, np.ones((len(inputs), 1))])
+
+
+def _ar_targets(model: RecurrentModel, prep: PreparedData, parts: tuple[str, ...]) -> np.ndarray:
+    """The scaled targets of ``parts`` in the AR's units (with ``ar_scale 'log'``: standardised logs)."""
+    targets = np.concatenate([prep.y_scaled(p) for p in parts]).astype(np.float64)
+    if not model.ar_log:
+        return targets
+    assert prep.y_scaler is not None
+    m = model.log_map.double().cpu().numpy()
+    original = np.maximum(prep.y_scaler.inverse(targets), m[2])
+    return (np.log(original) - m[3]) / m[4]
+
+
+# ``model.ar_scale 'select'``: the rolling-origin comparison forecasts at most this many of the last
+# windows before the test part (a third of them), each from an AR fitted on every earlier window.
+MAX_SELECT_ORIGINS = 100
+
+
+def _target_history(spec: JobSpec, prep: PreparedData) -> tuple[np.ndarray, np.ndarray]:
+    """The target column's input windows and the targets, in original units, for the windows before the
+    test part (training, then validation windows)."""
+    assert prep.y_scaler is not None and prep.examples.x is not None and prep.examples.y is not None
+    column = prep.examples.feature_names.index(spec.data.target)
+    idx = np.concatenate([prep.split.train, prep.split.val])
+    x = prep.examples.x[idx][:, :, column].astype(np.float64)
+    y = prep.examples.y[idx].astype(np.float64).reshape(len(idx), -1)
+    return x, y
+
+
+def _rolling_origin_error(
+    design: np.ndarray,
+    targets: np.ndarray,
+    back: Callable[[np.ndarray], np.ndarray],
+    actual: np.ndarray,
+    setting: float | str,
+) -> float:
+    """Mean absolute error (original units, via ``back``) of forecasting each of the last third of the
+    windows (at most ``MAX_SELECT_ORIGINS``) with a ridge AR fitted on every window before it."""
+    n = len(design)
+    origins = min(MAX_SELECT_ORIGINS, n // 3)
+    start = n - origins
+    penalty = choose_ar_ridge(design[:start], targets[:start], setting)
+    gram = design[:start].T @ design[:start]
+    rhs = design[:start].T @ targets[:start]
+    errors = []
+    for i in range(start, n):
+        coef = np.linalg.solve(_ridge_from_gram(gram, penalty), rhs)
+        errors.append(np.mean(np.abs(back(design[i] @ coef) - actual[i])))
+        gram += np.outer(design[i], design[i])
+        rhs += np.outer(design[i], targets[i])
+    return float(np.mean(errors))
+
+
+def choose_ar_scale(spec: JobSpec, prep: PreparedData) -> tuple[str, str | None]:
+    """``model.ar_scale`` as it will run (``linear`` or ``log``) and a note when ``select`` chose it.
+
+    ``select``: the logarithm only for a target that is positive in every window before the test part,
+    and only when its rolling-origin error (``_rolling_origin_error``) is lower than the linear AR's.
+    """
+    setting = spec.model.ar_scale
+    if setting in ("auto", "linear") or spec.model.residual != "ar":
+        return "linear", None
+    x, y = _target_history(spec, prep)
+    positive = bool(len(x)) and float(min(x.min(), y.min())) > 0.0
+    if setting == "log":
+        if not positive:
+            raise DataError(
+                "model.ar_scale 'log' needs a target above 0 in every training and validation window",
+                field="model.ar_scale",
+            )
+        return "log", None
+    lags = min(x.shape[1], MAX_AR_LAGS)
+    if not positive or len(x) < 6:
+        why = "the target is not positive everywhere" if not positive else "too few windows to compare"
+        return "linear", f"model.ar_scale 'select' kept the linear AR ({why})"
+    ridge = _ar_ridge_setting(spec)
+    errors = {}
+    for scale in ("linear", "log"):
+        values = x[:, -lags:] if scale == "linear" else np.log(x[:, -lags:])
+        goal = y if scale == "linear" else np.log(y)
+        mean, std = float(goal.mean()), float(goal.std()) or 1.0
+        design = np.hstack([(values - mean) / std, np.ones((len(values), 1))])
+        if scale == "linear":
+            back = lambda z, mean=mean, std=std: z * std + mean  # noqa: E731
+        else:
+            back = lambda z, mean=mean, std=std: np.exp(np.clip(z * std + mean, -700, 700))  # noqa: E731
+        errors[scale] = _rolling_origin_error(design, (goal - mean) / std, back, y, ridge)
+    chosen = "log" if errors["log"] < errors["linear"] else "linear"
+    return chosen, (
+        f"model.ar_scale 'select' chose {chosen} (rolling-origin MAE over the last windows before the test "
+        f"part: linear {errors['linear']:.4g}, log {errors['log']:.4g})"
+    )
+
+
+def set_log_map(model: RecurrentModel, spec: JobSpec, prep: PreparedData) -> None:
+    """``ar_scale 'log'``: how the model turns the target column's scaled inputs into standardised logs
+    and back (statistics of the training windows' targets)."""
+    assert prep.y_scaler is not None and prep.examples.y is not None
+    column = prep.examples.feature_names.index(spec.data.target)
+    y = prep.examples.y[prep.split.train].astype(np.float64)
+    floor = float(y.min()) * 1e-3
+    logs = np.log(np.maximum(y, floor))
+    low, high = float(logs.min()), float(logs.max())
+    span = max(high - low, 1.0)
+    values = [
+        float(prep.x_scaler.scale[column]),
+        float(prep.x_scaler.center[column]),
+        floor,
+        float(logs.mean()),
+        float(logs.std()) or 1.0,
+        low - span,
+        high + span,
+    ]
+    model.set_log_map(
+        values,
+        torch.as_tensor(prep.y_scaler.center, dtype=torch.float32),
+        torch.as_tensor(prep.y_scaler.scale, dtype=torch.float32),
+    )
 
 
 def ridge_normal_matrix(design: np.ndarray, penalty: float) -> np.ndarray:
     """``DᵀD`` plus ``penalty`` on the lag weights (not the intercept, the last column) and the
     ``AR_RIDGE`` stabiliser on every weight, both relative to the mean diagonal of ``DᵀD``."""
-    gram = design.T @ design
+    return _ridge_from_gram(design.T @ design, penalty)
+
+
+def _ridge_from_gram(gram: np.ndarray, penalty: float) -> np.ndarray:
     size = len(gram)
     scale = max(float(np.trace(gram)) / size, 1e-12)
     lags_only = np.eye(size)
@@ -155,7 +276,7 @@ def fit_ar_map(model: RecurrentModel, spec: JobSpec, prep: PreparedData) -> None
     Always plain least squares: ``model.ar_ridge`` shrinks the AR the model keeps (``refit_ar_map``).
     Measured with ``'loo'`` in both fits instead (test MAE, lstm and gru × 2 seeds): ShampooSales 105
     vs 85, Lynx 384 vs 344 — the network learns a worse correction to a shrunk start."""
-    targets = prep.y_scaled("train").astype(np.float64)
+    targets = _ar_targets(model, prep, ("train",))
     _set_ridge_ar(model, _ar_design(model, spec, prep, ("train",)), targets, 0.0)
 
 
@@ -169,13 +290,20 @@ def refit_ar_map(model: RecurrentModel, spec: JobSpec, prep: PreparedData) -> fl
     parts = ("train", "val")
     design = _ar_design(model, spec, prep, parts)
     x = torch.from_numpy(np.concatenate([prep.x_scaled(p) for p in parts])).to(model.ar_weight.device)
-    base = torch.from_numpy(design).float().to(model.ar_weight.device)
-    with torch.no_grad():
-        outputs = forward_in_chunks(model, x)
-        current = base[:, :-1] @ model.ar_weight + model.ar_bias
-    correction = (outputs - current).double().cpu().numpy()
-    targets = np.concatenate([prep.y_scaled(p) for p in parts]).astype(np.float64)
+    correction = correction_in_chunks(model, x).double().cpu().numpy()
+    targets = _ar_targets(model, prep, parts)
     return _set_ridge_ar(model, design, targets - correction, _ar_ridge_setting(spec))
+
+
+def correction_in_chunks(model: RecurrentModel, x: torch.Tensor, chunk: int = 4_096) -> torch.Tensor:
+    """The network's correction (``RecurrentModel.correction``) in eval mode, without gradients."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([model.correction(x[s : s + chunk]) for s in range(0, max(len(x), 1), chunk)])
+    finally:
+        model.train(was_training)
 
 
 def build_artifact(spec: JobSpec, prep: PreparedData, model: torch.nn.Module) -> dict[str, Any]:
@@ -228,11 +356,19 @@ def train_and_evaluate(
     prepare_seconds = time.perf_counter() - prepare_started
     # Seed a forked RNG so model init and dropout are reproducible without touching the caller's state.
     cuda_devices = [target.index or 0] if target.type == "cuda" else []
+    if spec.task == "forecast" and spec.model.residual == "ar" and spec.model.ar_scale != "linear":
+        # Decided from the data before the model is built; the artifact's spec holds the choice.
+        scale, note = choose_ar_scale(spec, prep)
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"ar_scale": scale})})
+        if note is not None:
+            prep.notes.append(note)
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         model = _build_model(spec, prep).to(target)
         if isinstance(model, RecurrentModel) and model.residual:
             set_naive_map(model, spec, prep)
+        if isinstance(model, RecurrentModel) and model.ar_log:
+            set_log_map(model, spec, prep)
         if isinstance(model, RecurrentModel) and model.autoregressive:
             fit_ar_map(model, spec, prep)
         generator = torch.Generator(device=target).manual_seed(seed)

@@ -78,6 +78,8 @@ class RecurrentModel(nn.Module):
     naive_intercept: torch.Tensor
     ar_weight: torch.Tensor
     ar_bias: torch.Tensor
+    log_map: torch.Tensor
+    log_output: torch.Tensor
 
     def __init__(self, spec: ModelSpec, num_features: int, num_outputs: int, steps: int | None = None) -> None:
         super().__init__()
@@ -93,6 +95,7 @@ class RecurrentModel(nn.Module):
         self.head = nn.Linear(spec.hidden_size * self.directions, num_outputs)
         self.residual = spec.residual in ("last_value", "ar")
         self.autoregressive = spec.residual == "ar"
+        self.ar_log = False
         if self.residual:
             # The target's input column, and the map from its scaled input units to each scaled output:
             # ``naive = last * naive_slope + naive_intercept``. Buffers, so the artifact carries them.
@@ -105,6 +108,13 @@ class RecurrentModel(nn.Module):
             # ``base = window[:, -lags:, column] @ ar_weight + ar_bias``, in scaled units.
             self.register_buffer("ar_weight", torch.zeros(min(steps, MAX_AR_LAGS), num_outputs))
             self.register_buffer("ar_bias", torch.zeros(num_outputs))
+            # ``ar_scale 'log'``: the AR and the correction work on the logarithm of the target, standardised.
+            self.ar_log = spec.ar_scale == "log"
+            if self.ar_log:
+                # [input scale, input center, floor, log mean, log std, lowest log, highest log] and,
+                # per output, [center, scale] of the scaled outputs (see ``set_log_map``).
+                self.register_buffer("log_map", torch.tensor([1.0, 0.0, 1e-12, 0.0, 1.0, -30.0, 30.0]))
+                self.register_buffer("log_output", torch.stack([torch.zeros(num_outputs), torch.ones(num_outputs)]))
             with torch.no_grad():  # the correction starts at zero: the untrained model is the AR
                 self.head.weight.zero_()
                 self.head.bias.zero_()
@@ -121,6 +131,27 @@ class RecurrentModel(nn.Module):
         self.ar_weight.copy_(weight)
         self.ar_bias.copy_(bias)
 
+    def set_log_map(self, values: list[float], output_center: torch.Tensor, output_scale: torch.Tensor) -> None:
+        """For ``ar_scale 'log'``: the target column's input scale and center (scaled → original units),
+        the floor below which an input counts as that floor, the mean and std of the training targets'
+        logarithms, the range a forecast's logarithm is clamped to, and the outputs' scaler."""
+        self.log_map.copy_(torch.as_tensor(values, dtype=self.log_map.dtype))
+        self.log_output.copy_(torch.stack([output_center, output_scale]).to(self.log_output))
+
+    def ar_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What the AR regresses on: the target column's last ``lags`` scaled inputs, or with
+        ``ar_scale 'log'`` their standardised logarithms."""
+        window = x[:, -self.ar_weight.shape[0] :, self.naive_column]
+        if not self.ar_log:
+            return window
+        m = self.log_map
+        original = (window * m[0] + m[1]).clamp(min=m[2])
+        return (torch.log(original) - m[3]) / m[4]
+
+    def correction(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's part of a residual forecast (in the AR's units)."""
+        return self._network(x - x[:, -1:, :])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.residual:
             return self._network(x)
@@ -128,8 +159,11 @@ class RecurrentModel(nn.Module):
         # so a level outside the training range (a trend) does not saturate it.
         last = x[:, -1:, :]
         if self.autoregressive:
-            lags = self.ar_weight.shape[0]
-            base = x[:, -lags:, self.naive_column] @ self.ar_weight + self.ar_bias
+            base = self.ar_inputs(x) @ self.ar_weight + self.ar_bias
+            if self.ar_log:
+                m = self.log_map
+                logs = ((base + self._network(x - last)) * m[4] + m[3]).clamp(m[5], m[6])
+                return (torch.exp(logs) - self.log_output[0]) / self.log_output[1]
         else:
             base = last[:, 0, self.naive_column].unsqueeze(1) * self.naive_slope + self.naive_intercept
         return base + self._network(x - last)

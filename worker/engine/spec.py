@@ -132,6 +132,12 @@ class ModelSpec(_Strict):
         "normal equations (0: plain least squares); 'loo': the penalty with the lowest leave-one-out "
         "error over those windows",
     )
+    ar_scale: Literal["linear", "log", "select"] | Auto = Field(
+        default="auto",
+        description="residual 'ar' only: the scale the AR (and the network's correction) works in: 'linear' "
+        "(the target's own units), 'log' (the logarithm of a positive target: a multiplicative series), "
+        "'select': whichever forecasts the windows before the test part better, by rolling-origin error",
+    )
     patch: Annotated[int, Field(ge=1, le=4096)] | Auto = Field(
         default="auto",
         description="the network reads each group of this many consecutive steps as one step "
