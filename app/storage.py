@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -63,6 +64,7 @@ class Storage(Protocol):
 
     def temp_path(self, suffix: str = "") -> Path: ...
     def put_file(self, source: Path, key: str) -> None: ...
+    def start_put(self, source: Path, key: str, growing: GrowingSource) -> StreamedPut | None: ...
     def open_writer(self, key: str) -> Any: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int: ...
@@ -71,6 +73,14 @@ class Storage(Protocol):
     def local_path(self, key: str) -> Path: ...
     def presigned_url(self, key: str, expires_seconds: int) -> str | None: ...
     def remove_stale_temp_files(self, max_age_seconds: float) -> int: ...
+
+
+class GrowingSource(Protocol):
+    """A file still being written, read as it grows: ``read`` waits for more bytes, returns an empty
+    buffer once the writer finished and raises once it gave up; ``abort`` makes reads raise."""
+
+    def read(self, size: int = -1, /) -> Any: ...
+    def abort(self) -> None: ...
 
 
 def _new_temp_path(directory: Path, suffix: str) -> Path:
@@ -122,6 +132,9 @@ class LocalStorage:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(source, target)
+
+    def start_put(self, source: Path, key: str, growing: GrowingSource) -> StreamedPut | None:
+        return None  # put_file is a rename: nothing to send ahead
 
     @contextmanager
     def open_writer(self, key: str) -> Iterator[IO[bytes]]:
@@ -260,6 +273,11 @@ class S3Storage:
                 out.write(memoryview(chunk).cast("B"))
         self.cache.adopt(key, source)
 
+    def start_put(self, source: Path, key: str, growing: GrowingSource) -> StreamedPut | None:
+        """Start sending ``source`` to ``key`` while it is still being written (read through
+        ``growing``); the object appears only on :meth:`StreamedPut.complete`."""
+        return StreamedPut(self, source, key, growing)
+
     def delete(self, key: str) -> None:
         import obstore
 
@@ -307,6 +325,65 @@ class S3Storage:
 
     def remove_stale_temp_files(self, max_age_seconds: float) -> int:
         return _remove_stale(self.temp_dir, max_age_seconds)
+
+
+class StreamedPut:
+    """:meth:`S3Storage.put_file` of a file that is still being written, started early.
+
+    A thread reads the file as it grows and sends it as a multipart upload of ``key``; once it has
+    sent everything it waits for :meth:`complete` (the upload is completed: only now does the
+    object exist, and the file becomes this machine's cached copy) or :meth:`abort` (the multipart
+    upload is aborted: no object, no part left behind). An upload of a dataset's Parquet thus
+    overlaps its encoding, and its row is still committed before the blob appears.
+
+    A store error is kept and raised by :meth:`complete`, where put_file would have raised it.
+    """
+
+    def __init__(self, storage: S3Storage, source: Path, key: str, growing: GrowingSource) -> None:
+        self.source = source
+        self.key = key
+        self._storage = storage
+        self._growing = growing
+        self._decided = threading.Event()
+        self._commit = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="streamed-put", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with self._storage.open_writer(self.key) as out:
+                while (chunk := self._growing.read(READ_CHUNK_BYTES)).size:
+                    if self._decided.is_set() and not self._commit:
+                        raise _PutAbandoned
+                    out.write(memoryview(chunk).cast("B"))
+                self._decided.wait()
+                if not self._commit:
+                    raise _PutAbandoned  # the writer aborts the multipart upload
+        except _PutAbandoned:
+            pass
+        except BaseException as exc:  # the file was abandoned, or the store failed
+            self._error = exc
+
+    def complete(self) -> None:
+        """Complete the upload once the whole file was sent; raises what went wrong (StorageUnavailable)."""
+        self._commit = True
+        self._decided.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._storage.cache.adopt(self.key, self.source)
+
+    def abort(self) -> None:
+        """Abandon the upload (a no-op once completed)."""
+        if not self._decided.is_set():
+            self._decided.set()
+            self._growing.abort()
+        self._thread.join()
+
+
+class _PutAbandoned(Exception):
+    pass
 
 
 class _ObjectWriter:

@@ -115,11 +115,19 @@ class EarlyConversionStopped(Exception):
 
 
 class EarlyConversion:
-    """Runs :func:`app.datasets.inspection.early_csv_to_parquet` on a spool file as it grows."""
+    """Runs :func:`app.datasets.inspection.early_csv_to_parquet` on a spool file as it grows.
+
+    :attr:`written` reads the Parquet output as it is written (its bytes are final as soon as they
+    are in the file: a Parquet writer never goes back). It ends (EOF) only once the conversion
+    succeeded, and fails (:class:`EarlyConversionStopped`) when it gave up or was discarded, so a
+    reader that got to its end has the complete file. An object store upload reads it to send the
+    Parquet while it is still being encoded.
+    """
 
     def __init__(self, spool: Path, output: Path, filename: str) -> None:
         self.output = output
         self._source = GrowingFile(spool)
+        self.written = GrowingFile(output)
         self._spool = spool
         self._filename = filename
         self._result: tuple[int, list[dict[str, Any]]] | None = None
@@ -130,13 +138,19 @@ class EarlyConversion:
         from app.datasets.inspection import early_csv_to_parquet
 
         try:
-            self._result = early_csv_to_parquet(self._source, self._spool, self.output, self._filename)
+            self._result = early_csv_to_parquet(
+                self._source, self._spool, self.output, self._filename, self.written.grew
+            )
         except EarlyConversionStopped:
             pass
         except Exception as exc:  # the usual conversion will run, and report it properly
             log.debug("early conversion of %s gave up: %s", self._filename, exc)
         finally:
             self._source.close()
+            if self._result is None:
+                self.written.abort()
+            else:
+                self.written.finish()
 
     def grew(self, size: int) -> None:
         self._source.grew(size)
@@ -148,6 +162,8 @@ class EarlyConversion:
         return self._result
 
     def discard(self) -> None:
+        """Stop the conversion and remove its output; whoever read :attr:`written` is done with it."""
         self._source.abort()
         self._thread.join()
+        self.written.close()
         self.output.unlink(missing_ok=True)

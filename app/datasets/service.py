@@ -38,7 +38,7 @@ from app.jobs.status import ACTIVE
 from app.models import Dataset, Job, Sweep
 from app.pagination import PageParams, fetch_page
 from app.quotas import check_stored_bytes_quota
-from app.storage import Storage, StorageUnavailable, get_storage
+from app.storage import Storage, StorageUnavailable, StreamedPut, get_storage
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +160,54 @@ def _new_row(session: Session, project_id: str, upload: ReceivedUpload, storage:
         select(Dataset).where(Dataset.sha256 == upload.sha256, Dataset.format == upload.format).limit(1)
     )
     content: InspectedContent | None = None
-    if twin is not None and storage.exists(twin.storage_key):
-        key, num_rows, columns, arrays = twin.storage_key, twin.num_rows, twin.columns, twin.arrays
-    else:
-        content = inspect_upload(
-            upload.path, upload.format, upload.filename, work_dir, max_bytes, upload.early, upload.text
+    streamed: StreamedPut | None = None
+    try:
+        if twin is not None and storage.exists(twin.storage_key):
+            key, num_rows, columns, arrays = twin.storage_key, twin.num_rows, twin.columns, twin.arrays
+        else:
+            streamed = _send_early_parquet(storage, upload)
+            content = inspect_upload(
+                upload.path, upload.format, upload.filename, work_dir, max_bytes, upload.early, upload.text
+            )
+            key = storage_key(upload.sha256, content.suffix)
+            num_rows, columns, arrays = content.num_rows, content.columns, content.arrays
+            if streamed is not None and (streamed.source != content.stored_path or streamed.key != key):
+                streamed.abort()  # the usual conversion ran: its file is put below
+                streamed = None
+        return _commit_row(
+            session, project_id, upload, storage, work_dir, key, num_rows, columns, arrays, content, streamed
         )
-        key = storage_key(upload.sha256, content.suffix)
-        num_rows, columns, arrays = content.num_rows, content.columns, content.arrays
+    finally:
+        if streamed is not None:
+            streamed.abort()  # a no-op once completed; otherwise nothing of it stays in the store
+
+
+def _send_early_parquet(storage: Storage, upload: ReceivedUpload) -> StreamedPut | None:
+    """An object store upload of the CSV's early Parquet, started while it is still being encoded.
+
+    The sha256 (the key) is known once the body arrived, and the encoding still runs a while then:
+    sending the Parquet meanwhile overlaps the store's upload with it instead of following it.
+    Completed only if that Parquet is the one stored, after the row is committed; aborted otherwise.
+    """
+    if upload.early is None or upload.format != "csv":
+        return None
+    return storage.start_put(upload.early.output, storage_key(upload.sha256, ".parquet"), upload.early.written)
+
+
+def _commit_row(
+    session: Session,
+    project_id: str,
+    upload: ReceivedUpload,
+    storage: Storage,
+    work_dir: Path,
+    key: str,
+    num_rows: int | None,
+    columns: list[dict[str, Any]] | None,
+    arrays: dict[str, list[int]] | None,
+    content: InspectedContent | None,
+    streamed: StreamedPut | None,
+) -> Dataset:
+    max_bytes = decompressed_limit()
     row = Dataset(
         project_id=project_id,
         name=upload.name or stem(upload.filename),
@@ -190,7 +230,9 @@ def _new_row(session: Session, project_id: str, upload: ReceivedUpload, storage:
             content = inspect_upload(
                 upload.path, upload.format, upload.filename, work_dir, max_bytes, upload.early, upload.text
             )
-        if content is not None:
+        if streamed is not None:
+            streamed.complete()
+        elif content is not None:
             storage.put_file(content.stored_path, key)
     except BaseException:
         session.delete(row)

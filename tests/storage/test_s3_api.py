@@ -93,6 +93,72 @@ def test_store_unreachable_during_upload_is_a_503_with_nothing_written(
     assert bucket_objects(s3_server, bucket_of(s3_env)) == {}
 
 
+def _table_csv(rows: int, last: str = "") -> bytes:
+    return ("a,b,c\n" + "".join(f"{i},x{i % 7},{i * 0.5}\n" for i in range(rows)) + last).encode()
+
+
+def test_the_early_parquet_sent_while_encoded_is_the_stored_blob(
+    s3_server: S3Server, s3_env, s3_client, s3_auth, monkeypatch
+) -> None:
+    """A CSV's Parquet is sent to the store while it is still being encoded; the object is the
+    complete Parquet of the usual conversion."""
+    import pyarrow.parquet as pq
+
+    from app.datasets.inspection import convert_csv_to_parquet
+    from app.storage import StreamedPut
+
+    completed: list[str] = []
+    complete = StreamedPut.complete
+
+    def spy(self: StreamedPut) -> None:
+        complete(self)
+        completed.append(self.key)
+
+    monkeypatch.setattr(StreamedPut, "complete", spy)
+    content = _table_csv(1_000_000)
+    r = _upload(s3_client, s3_auth, "big.csv", content)
+    assert r.status_code == 201, r.text
+    assert len(completed) == 1
+    sha = r.json()["sha256"]
+    key = f"{PREFIX}datasets/{sha[:2]}/{sha}.parquet"
+    stored = s3_server.boto_client().get_object(Bucket=bucket_of(s3_env), Key=key)["Body"].read()
+    assert open_multipart_uploads(s3_server, bucket_of(s3_env)) == []
+    work = get_settings().home / "check"
+    work.mkdir()
+    (work / "t.csv").write_bytes(content)
+    convert_csv_to_parquet(work / "t.csv", work / "usual.parquet", "t.csv")
+    assert pq.read_table(io.BytesIO(stored)).equals(pq.read_table(work / "usual.parquet"))
+
+
+def test_a_csv_the_early_conversion_gives_up_on_is_stored_from_the_usual_one(
+    s3_server: S3Server, s3_env, s3_client, s3_auth, monkeypatch
+) -> None:
+    """A word in a column of numbers past the first block: the Parquet sent early is abandoned (no
+    part stays behind) and the usual conversion's is stored."""
+    import pyarrow.parquet as pq
+
+    from app.storage import StreamedPut
+
+    aborted: list[str] = []
+    abort = StreamedPut.abort
+
+    def spy(self: StreamedPut) -> None:
+        abort(self)
+        aborted.append(self.key)
+
+    monkeypatch.setattr(StreamedPut, "abort", spy)
+    r = _upload(s3_client, s3_auth, "wide.csv", _table_csv(300_000, "word,x,1.0\n"))
+    assert r.status_code == 201, r.text
+    assert [c["dtype"] for c in r.json()["columns"]] == ["string", "string", "float64"]
+    sha = r.json()["sha256"]
+    key = f"{PREFIX}datasets/{sha[:2]}/{sha}.parquet"
+    assert list(bucket_objects(s3_server, bucket_of(s3_env))) == [key]
+    assert open_multipart_uploads(s3_server, bucket_of(s3_env)) == []
+    stored = s3_server.boto_client().get_object(Bucket=bucket_of(s3_env), Key=key)["Body"].read()
+    assert pq.read_table(io.BytesIO(stored)).num_rows == 300_001
+    assert aborted
+
+
 def test_a_failed_multipart_write_is_aborted(s3_server: S3Server, s3_env) -> None:
     storage = get_storage()
     assert isinstance(storage, S3Storage)
