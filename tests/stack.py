@@ -23,9 +23,11 @@ from app.cli import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Short leases and fast recovery so crash tests finish in seconds.
+# Short leases and fast recovery so crash tests finish in seconds. A 3 s lease expired under CPU
+# starvation (4 test processes and their workers on 2 slow cores) although heartbeats come every
+# 0.5 s, and a job of the end-to-end test then ran twice; 6 s leaves room for that.
 FAST_RECOVERY = {
-    "RNNLAB_LEASE_SECONDS": "3",
+    "RNNLAB_LEASE_SECONDS": "6",
     "RNNLAB_HEARTBEAT_SECONDS": "0.5",
     "RNNLAB_RECOVERY_INTERVAL_SECONDS": "0.5",
     "RNNLAB_REDISPATCH_AFTER_SECONDS": "2",
