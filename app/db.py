@@ -14,7 +14,7 @@ from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Depends
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Engine, create_engine, event, exc, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
@@ -48,10 +48,13 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size)
-    event.listen(engine, "connect", _mark_fresh)
-    event.listen(engine, "checkout", _ping_postgres)
-    event.listen(engine, "checkin", _mark_used)
+    # psycopg (3) gets the one-round-trip ping below; any other driver SQLAlchemy's pre-ping.
+    psycopg = make_url(url).get_dialect().driver == "psycopg"
+    engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=not psycopg)
+    if psycopg:
+        event.listen(engine, "connect", _mark_fresh)
+        event.listen(engine, "checkout", _ping_postgres)
+        event.listen(engine, "checkin", _mark_used)
     return engine
 
 
