@@ -97,6 +97,21 @@ def _table_csv(rows: int, last: str = "") -> bytes:
     return ("a,b,c\n" + "".join(f"{i},x{i % 7},{i * 0.5}\n" for i in range(rows)) + last).encode()
 
 
+def _record_calls(monkeypatch: pytest.MonkeyPatch, method: str) -> list[str]:
+    """The keys of the StreamedPut uploads whose ``method`` (complete or abort) ran, in order."""
+    from app.storage import StreamedPut
+
+    keys: list[str] = []
+    original = getattr(StreamedPut, method)
+
+    def spy(self: StreamedPut) -> None:
+        original(self)
+        keys.append(self.key)
+
+    monkeypatch.setattr(StreamedPut, method, spy)
+    return keys
+
+
 def test_the_early_parquet_sent_while_encoded_is_the_stored_blob(
     s3_server: S3Server, s3_env, s3_client, s3_auth, monkeypatch
 ) -> None:
@@ -105,16 +120,8 @@ def test_the_early_parquet_sent_while_encoded_is_the_stored_blob(
     import pyarrow.parquet as pq
 
     from app.datasets.inspection import convert_csv_to_parquet
-    from app.storage import StreamedPut
 
-    completed: list[str] = []
-    complete = StreamedPut.complete
-
-    def spy(self: StreamedPut) -> None:
-        complete(self)
-        completed.append(self.key)
-
-    monkeypatch.setattr(StreamedPut, "complete", spy)
+    completed = _record_calls(monkeypatch, "complete")
     content = _table_csv(1_000_000)
     r = _upload(s3_client, s3_auth, "big.csv", content)
     assert r.status_code == 201, r.text
@@ -137,16 +144,7 @@ def test_a_csv_the_early_conversion_gives_up_on_is_stored_from_the_usual_one(
     part stays behind) and the usual conversion's is stored."""
     import pyarrow.parquet as pq
 
-    from app.storage import StreamedPut
-
-    aborted: list[str] = []
-    abort = StreamedPut.abort
-
-    def spy(self: StreamedPut) -> None:
-        abort(self)
-        aborted.append(self.key)
-
-    monkeypatch.setattr(StreamedPut, "abort", spy)
+    aborted = _record_calls(monkeypatch, "abort")
     r = _upload(s3_client, s3_auth, "wide.csv", _table_csv(300_000, "word,x,1.0\n"))
     assert r.status_code == 201, r.text
     assert [c["dtype"] for c in r.json()["columns"]] == ["string", "string", "float64"]
