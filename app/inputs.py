@@ -46,6 +46,8 @@ async def reject_nul_parameters(request: Request) -> None:
     for name, value in request.path_params.items():
         if isinstance(value, str) and NUL in value:
             raise nul_in_parameter("path", name)
+    if not request.scope["query_string"]:
+        return
     for name, value in request.query_params.multi_items():
         if NUL in name or NUL in value:
             raise nul_in_parameter("query", name.replace(NUL, "\\x00"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +21,7 @@ from app.inputs import RequestBodyGuard
 from app.jobs.router import leaderboard_router, metrics_router
 from app.jobs.router import router as jobs_router
 from app.ops import router as ops_router
-from app.routing import API_GUARDS
+from app.routing import API_GUARDS, PolledRead, PolledReadLane
 from app.storage import get_storage
 from app.sweeps.router import router as sweeps_router
 from worker.engine.spec import JobSpec
@@ -59,21 +60,26 @@ def freeze_startup_objects() -> None:
 def create_app() -> FastAPI:
     # FastAPIOffline serves /docs and /redoc from packaged assets: self-hosted machines often have
     # no route to the CDN that FastAPI's default pages load Swagger UI from.
+    telemetry = opentelemetry_configured()
     app = FastAPIOffline(
         title="rnnlab",
         version="0.1.0",
         description="Train and evaluate recurrent neural networks.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry instrumentation, when the environment sets OpenTelemetry up.
+        # Off, it is not asked on every request whether a provider has appeared since.
+        telemetry=None if telemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
 
     # Each router is included into the app itself, not into an /api/v1 router first: every level
     # of nesting is matched again for each request (FastAPI's included routers are resolved per
     # request), and the polled job routes come first.
-    for router in (jobs_router, datasets_router, metrics_router, leaderboard_router, sweeps_router):
+    api_routers = (jobs_router, datasets_router, metrics_router, leaderboard_router, sweeps_router)
+    for router in api_routers:
         app.include_router(
             router,
-            prefix="/api/v1",
+            prefix=API_PREFIX,
             responses=ERROR_RESPONSES,
             dependencies=[Depends(guard) for guard in API_GUARDS],
         )
@@ -84,8 +90,25 @@ def create_app() -> FastAPI:
     # every body's arrival and checks JSON before a route parses it.
     app.add_middleware(RequestBodyGuard)
     app.add_middleware(OptionsAnswer, routes=app.routes)
+    # Outside both: a GET of a polled read (job status) goes straight to its route's lean handler.
+    polled = [
+        (API_PREFIX + route.path, route) for r in api_routers for route in r.routes if isinstance(route, PolledRead)
+    ]
+    app.add_middleware(PolledReadLane, routes=polled, exception_handlers=app.exception_handlers, enabled=not telemetry)
 
     return app
+
+
+API_PREFIX = "/api/v1"
+
+
+def opentelemetry_configured() -> bool:
+    """Whether the environment sets OpenTelemetry up: an ``OTEL_*`` variable (as
+    ``opentelemetry-instrument`` and the OTLP exporters read them) or FastAPI's own switch."""
+    return (
+        any(name.startswith("OTEL_") for name in os.environ)
+        or os.environ.get("FASTAPI_OTEL_AUTO_CONFIGURE", "").lower() == "true"
+    )
 
 
 def openapi_with_job_spec(app: FastAPI) -> dict[str, Any]:

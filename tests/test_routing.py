@@ -1,38 +1,60 @@
 """PolledRead routes (app/routing.py) answer exactly as FastAPI's own handling of the same route.
 
-The lean handler calls the route's dependencies itself instead of FastAPI's solver; each request
-below is sent to an app built with it and to one built without it (the plan refused), and the
-answers must be the same: the document, 401s, 404s, the NUL check, the rate limit and 405.
+The lean handler calls the route's dependencies itself instead of FastAPI's solver, and the
+PolledReadLane middleware hands a GET of such a route straight to it. Each request below is sent to
+an app built three ways: with the lane (the default), with the lean route class but no lane (as when
+OpenTelemetry is configured), and with neither (the plan refused: FastAPI's own handling). The
+answers must be the same: the document, 401s, 404s, the NUL check, the rate limit, 405 and a 500.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from app import routing
+from app import main, routing
 from app.auth import forget_cached_keys, revoke_key
 from app.db import new_session
+from app.jobs import service
 from app.jobs.router import router as jobs_router
 from app.main import create_app
 from tests.conftest import make_key
 from tests.datasets.conftest import set_setting
 from tests.jobs.scale import seed_jobs
 
+MODES = ("lane", "route", "fastapi")
+
 
 @contextmanager
-def _client(lean: bool, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def _client(mode: str, monkeypatch: pytest.MonkeyPatch, raise_server_exceptions: bool = True) -> Iterator[TestClient]:
     with monkeypatch.context() as patch:
-        if not lean:
+        if mode == "fastapi":
             # Handlers may be built lazily (at the first request), so the refusal holds throughout.
             patch.setattr(routing, "_lean_plan", lambda route: None)
-        with TestClient(create_app()) as client:
+        elif mode == "route":  # FastAPI's telemetry on: no lane, the route class's own lean handler
+            patch.setattr(main, "opentelemetry_configured", lambda: True)
+        app = create_app()
+        lane = _lane(app)
+        assert (lane is not None and len(lane._lanes) == 1) == (mode == "lane")
+        with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
             yield client
+
+
+def _lane(app: FastAPI) -> routing.PolledReadLane | None:
+    """The app's PolledReadLane, when it has one with routes to serve."""
+    layer: Any = app.middleware_stack or app.build_middleware_stack()  # built at the first request
+    while layer is not None:
+        if isinstance(layer, routing.PolledReadLane):
+            return layer if layer._lanes else None
+        layer = getattr(layer, "app", None)
+    return None
 
 
 def _answer(response: Any) -> tuple[int, str, Any, str | None]:
@@ -76,12 +98,12 @@ def test_polled_read_answers_as_fastapi_does(env: dict[str, str], monkeypatch: p
     job, beta_job = seed_jobs("alpha", 1, seed=1)[0], seed_jobs("beta", 1, seed=2)[0]
     alpha = {"Authorization": f"Bearer {make_key('alpha')}"}
     answers = {}
-    for lean in (True, False):
-        with _client(lean, monkeypatch) as client:
+    for mode in MODES:
+        with _client(mode, monkeypatch) as client:
             requests = _requests(alpha, job, beta_job)
-            answers[lean] = [_answer(client.request(method, url, headers=h)) for method, url, h in requests]
-    assert answers[True] == answers[False]
-    codes = [(status, ((body or {}).get("error") or {}).get("code")) for status, _, body, _ in answers[True]]
+            answers[mode] = [_answer(client.request(method, url, headers=h)) for method, url, h in requests]
+    assert answers["lane"] == answers["route"] == answers["fastapi"]
+    codes = [(status, ((body or {}).get("error") or {}).get("code")) for status, _, body, _ in answers["lane"]]
     assert codes == [
         (200, None),
         (404, "job_not_found"),
@@ -93,25 +115,79 @@ def test_polled_read_answers_as_fastapi_does(env: dict[str, str], monkeypatch: p
         (405, "method_not_allowed"),
         (200, None),
     ]
-    assert answers[True][0][2]["id"] == job
+    assert answers["lane"][0][2]["id"] == job
 
 
 def test_polled_read_keeps_the_rate_limit_and_revocation(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     job = seed_jobs("alpha", 1, seed=1)[0]
     set_setting(monkeypatch, rate_limit="2/minute", auth_cache_seconds="0")
-    for lean in (True, False):
+    for mode in MODES:
         key = make_key("alpha")  # a key of its own: the limit counts per key
         headers = {"Authorization": f"Bearer {key}"}
-        with _client(lean, monkeypatch) as client:
+        with _client(mode, monkeypatch) as client:
             statuses = [client.get(f"/api/v1/jobs/{job}", headers=headers).status_code for _ in range(3)]
-            assert statuses == [200, 200, 429], lean
+            assert statuses == [200, 200, 429], mode
             limited = client.get(f"/api/v1/jobs/{job}", headers=headers)
             assert limited.json()["error"]["code"] == "rate_limited" and limited.headers["retry-after"]
         set_setting(monkeypatch, rate_limit="")
-        with _client(lean, monkeypatch) as client:
+        with _client(mode, monkeypatch) as client:
             assert client.get(f"/api/v1/jobs/{job}", headers=headers).status_code == 200
             with new_session() as session:
                 assert revoke_key(session, key[:12]) == 1
             forget_cached_keys()
             assert client.get(f"/api/v1/jobs/{job}", headers=headers).status_code == 401
         set_setting(monkeypatch, rate_limit="2/minute")
+
+
+def test_an_unexpected_error_is_the_apps_500(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    job = seed_jobs("alpha", 1, seed=1)[0]
+    alpha = {"Authorization": f"Bearer {make_key('alpha')}"}
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(service, "read_job", broken)
+    answers = {}
+    for mode in MODES:
+        with _client(mode, monkeypatch, raise_server_exceptions=False) as client:
+            answers[mode] = _answer(client.get(f"/api/v1/jobs/{job}", headers=alpha))
+    assert answers["lane"] == answers["route"] == answers["fastapi"]
+    assert answers["lane"][0] == 500 and answers["lane"][2]["error"]["code"] == "internal_error"
+
+
+def test_the_lane_leaves_other_requests_to_the_app(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    job = seed_jobs("alpha", 1, seed=1)[0]
+    alpha = {"Authorization": f"Bearer {make_key('alpha')}"}
+    served: list[str] = []
+    with _client("lane", monkeypatch) as client:
+        assert client.get("/healthz").status_code == 200
+        lane = _lane(client.app)  # type: ignore[arg-type]
+        assert lane is not None
+        serve = lane._serve
+
+        async def spy(handler: Any, scope: Any, receive: Any, send: Any) -> None:
+            served.append(scope["path"])
+            await serve(handler, scope, receive, send)
+
+        monkeypatch.setattr(lane, "_serve", spy)
+        assert client.get(f"/api/v1/jobs/{job}", headers=alpha).status_code == 200
+        # Other paths and methods, and a deeper path under the job, are the app's.
+        assert client.get(f"/api/v1/jobs/{job}/metrics", headers=alpha).status_code == 200
+        assert client.get("/api/v1/jobs", headers=alpha).status_code == 200
+        assert client.options(f"/api/v1/jobs/{job}", headers=alpha).status_code == 204
+        # A trailing slash is the router's redirect (to the lane's path), as before.
+        assert client.get(f"/api/v1/jobs/{job}/", headers=alpha, follow_redirects=False).status_code == 307
+    assert served == [f"/api/v1/jobs/{job}"]
+
+
+def test_opentelemetry_is_configured_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("OTEL_")] + ["FASTAPI_OTEL_AUTO_CONFIGURE"]:
+        monkeypatch.delenv(name, raising=False)
+    assert not main.opentelemetry_configured()
+    monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "false")
+    assert not main.opentelemetry_configured()
+    monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "TRUE")
+    assert main.opentelemetry_configured()
+    monkeypatch.delenv("FASTAPI_OTEL_AUTO_CONFIGURE")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    assert main.opentelemetry_configured()
