@@ -113,20 +113,25 @@ def api(
     import uvicorn
 
     from app.config import get_settings
+    from app.serving import balanced_sockets_supported, serve
 
     settings = get_settings()
     processes = workers or settings.api_workers or default_api_workers()
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=processes,
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "workers": processes,
         # httptools and uvloop, as uvicorn[standard] installs them (and picks them when present).
-        http="auto",
-        loop="auto",
-        access_log=settings.access_log,
-    )
+        "http": "auto",
+        "loop": "auto",
+        "access_log": settings.access_log,
+    }
+    if processes > 1 and balanced_sockets_supported():
+        # A listening socket per process, so that connections spread over the processes.
+        serve(uvicorn.Config("app.main:create_app", **options))
+    else:
+        uvicorn.run("app.main:create_app", **options)
 
 
 def worker_argv(queues: str, concurrency: int | None, pool: str | None) -> list[str]:

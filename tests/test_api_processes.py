@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from app.cli import default_api_workers
+from app.serving import balanced_sockets_supported, listening_sockets
 from tests.stack import ROOT
 
 
@@ -27,8 +30,6 @@ def _children(pid: int) -> set[int]:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -135,3 +136,94 @@ def test_access_log_follows_the_setting(monkeypatch, tmp_path) -> None:
             assert seen["access_log"] is expected
     finally:
         get_settings.cache_clear()
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on 127.0.0.1:port (from /proc/net/tcp)."""
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":  # LISTEN
+                inodes.add(fields[9])
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            found.add(target[8:-1])
+    return found
+
+
+@pytest.mark.skipif(not balanced_sockets_supported(), reason="SO_REUSEPORT balancing is Linux's")
+def test_listening_sockets_share_the_port_and_spread_connections() -> None:
+    sockets = listening_sockets("127.0.0.1", 0, 3, 128)
+    try:
+        port = sockets[0].getsockname()[1]
+        assert {s.getsockname()[1] for s in sockets} == {port}
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(64)]
+        accepted = []
+        for listening in sockets:
+            listening.setblocking(False)
+            count = 0
+            while True:
+                try:
+                    conn, _ = listening.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                count += 1
+            accepted.append(count)
+        for client in clients:
+            client.close()
+        # The kernel hashes each connection to one socket: all 64 arrive, and every socket gets some
+        # (all 64 on two of the three sockets has a probability of about 1e-11).
+        assert sum(accepted) == 64 and min(accepted) > 0, accepted
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.mark.skipif(not balanced_sockets_supported(), reason="SO_REUSEPORT balancing is Linux's")
+def test_listening_sockets_refuse_a_port_another_server_listens_on() -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(OSError) as raised:
+            listening_sockets("127.0.0.1", other.getsockname()[1], 2, 16)
+        assert raised.value.errno == errno.EADDRINUSE
+
+
+@pytest.mark.skipif(not balanced_sockets_supported(), reason="SO_REUSEPORT balancing is Linux's")
+def test_each_api_process_serves_its_own_socket_and_a_restart_keeps_it(tmp_path) -> None:
+    proc, base = _serve(tmp_path, ["api", "--workers", "2"])
+    port = int(base.rsplit(":", 1)[1])
+    try:
+        workers = _uvicorn_workers(proc.pid)
+        listening = _listening_inodes(port)
+        assert len(workers) == 2 and len(listening) == 2
+        own = {pid: _socket_inodes(pid) & listening for pid in workers}
+        assert sorted(len(s) for s in own.values()) == [1, 1] and set().union(*own.values()) == listening
+        # A killed process is replaced by one serving the same socket; meanwhile its connections wait
+        # in that socket's queue (the parent keeps it open) and are served by the replacement.
+        victim = next(iter(workers))
+        os.kill(victim, signal.SIGKILL)
+        with httpx.Client(timeout=120) as client:
+            assert all(client.get(f"{base}/healthz").status_code == 200 for _ in range(20))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            replaced = _uvicorn_workers(proc.pid) - {victim}
+            if len(replaced) == 2 and all(_socket_inodes(p) & listening for p in replaced):
+                break
+            time.sleep(0.5)
+        now = {pid: _socket_inodes(pid) & listening for pid in _uvicorn_workers(proc.pid)}
+        assert victim not in now and sorted(now.values(), key=sorted) == sorted(own.values(), key=sorted)
+    finally:
+        _stop(proc)
