@@ -10,7 +10,8 @@ Measured against `rnnlab api` with its default number of processes, one request 
 (p50/p95 over --requests): status, one history, all of a job's metrics, 10 jobs' histories, newest
 50, filter + sort 50, and page 100 of a filtered sort (with page 1 of it as the in-run reference:
 keyset pages cost the same wherever they are); then status req/s at 16 connections (wrk if
-installed, else a Python load generator); and the JSON encoding of a 10-job history with json,
+installed, else a Python load generator; the median of --load-runs runs, each printed with the API
+processes' CPU per request, which a busy machine moves less than req/s); and the JSON encoding of a 10-job history with json,
 orjson and pydantic (what FastAPI uses).
 
     python bench/queries.py --backend sqlite --jobs 10000
@@ -289,6 +290,27 @@ def requests_per_second(url: str, headers: dict[str, str], seconds: int) -> tupl
     return count[0] / seconds, "16 Python threads"
 
 
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its children, from /proc (0 where there is none)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            with open(f"/proc/{current}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            with open(f"/proc/{current}/task/{current}/children") as f:
+                pending += [int(child) for child in f.read().split()]
+        except OSError:
+            continue
+    return total
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def json_encoding(payload: Any, repeat: int = 200) -> dict[str, float]:
     import orjson
     from pydantic import TypeAdapter
@@ -335,6 +357,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--load-seconds", type=int, default=10)
+    parser.add_argument("--load-runs", type=int, default=3, help="wrk runs for status req/s; the median is printed")
     parser.add_argument("--batch", type=int, default=10_000, help="clones per INSERT … SELECT")
     parser.add_argument("--postgres", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--page", type=int, default=100, help="the deep page of the filtered sort")
@@ -461,8 +484,18 @@ def main() -> None:
             f"page {args.page} vs page 1 of the filtered sort: {p100:.2f} vs {np.percentile(page1, 50):.2f} ms p50 "
             f"(ratio {p100 / np.percentile(page1, 50):.2f})"
         )
-        rate, how = requests_per_second(f"{base}/jobs/{job_ids[0]}", headers, args.load_seconds)
-        print(f"status at 16 connections: {rate:.0f} req/s ({how}, {workers} API processes)")
+        runs = []
+        for _ in range(args.load_runs):
+            cpu_before = process_tree_cpu(api.proc.pid)
+            rate, how = requests_per_second(f"{base}/jobs/{job_ids[0]}", headers, args.load_seconds)
+            cpu_us = (process_tree_cpu(api.proc.pid) - cpu_before) / max(rate * args.load_seconds, 1) * 1e6
+            runs.append(rate)
+            print(f"  status load run: {rate:.0f} req/s, API CPU {cpu_us:.0f} µs per request; load {load_average()}")
+        rate = float(np.median(runs))
+        print(
+            f"status at 16 connections: {rate:.0f} req/s ({how}, {workers} API processes"
+            f"{f', median of {len(runs)} runs' if len(runs) > 1 else ''})"
+        )
         encoding = json_encoding(payload)
         print(
             "JSON of a 10-job history ({:.0f} kB): json {:.3f} ms, orjson {:.3f} ms, pydantic {:.3f} ms "
