@@ -139,7 +139,9 @@ class PolledReadLane:
     ``routes`` are (full path, route) pairs: the path with the prefix the route is included under.
     Routes that have no lean handler are left to the app. With ``enabled`` false (FastAPI's own
     OpenTelemetry instrumentation is on, and names each request's route in the router) every request
-    goes through the app.
+    goes through the app. The lane matches before the router, so no other GET route may match a
+    lane path (a static ``/jobs/compare`` beside ``/jobs/{job_id}``); ``tests/test_routing.py``
+    checks every route of the app for that.
     """
 
     def __init__(

@@ -10,6 +10,7 @@ answers must be the same: the document, 401s, 404s, the NUL check, the rate limi
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -191,3 +192,17 @@ def test_opentelemetry_is_configured_by_the_environment(monkeypatch: pytest.Monk
     monkeypatch.delenv("FASTAPI_OTEL_AUTO_CONFIGURE")
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
     assert main.opentelemetry_configured()
+
+
+def test_the_lane_shadows_no_other_route(env: dict[str, str]) -> None:
+    """The lane takes its paths before the router does: no other GET route's path may match them
+    (a static `/jobs/compare` beside `/jobs/{job_id}` would otherwise be served as a job id)."""
+    app = create_app()
+    lane = _lane(app)
+    assert lane is not None
+    for path, operations in app.openapi()["paths"].items():
+        if "get" not in operations:
+            continue
+        concrete = re.sub(r"\{[^}]+\}", "x1", path)
+        taken = [route.path for regex, _, route, _ in lane._lanes if regex.match(concrete)]
+        assert taken in ([], [path.removeprefix("/api/v1")]), (path, taken)
