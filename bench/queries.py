@@ -11,8 +11,8 @@ Measured against `rnnlab api` with its default number of processes, one request 
 50, filter + sort 50, and page 100 of a filtered sort (with page 1 of it as the in-run reference:
 keyset pages cost the same wherever they are); then status req/s at 16 connections (wrk if
 installed, else a Python load generator; the median of --load-runs runs, each printed with the API
-processes' CPU per request, which a busy machine moves less than req/s); and the JSON encoding of a 10-job history with json,
-orjson and pydantic (what FastAPI uses).
+processes' CPU per request, which a busy machine moves less than req/s); and the JSON encoding of a
+10-job history with json, orjson and pydantic (what FastAPI uses).
 
     python bench/queries.py --backend sqlite --jobs 10000
     python bench/queries.py --backend postgres --jobs 100000 [--postgres URL]
