@@ -69,7 +69,10 @@ AUTO_AR_RIDGE = "loo"
 AUTO_AR_SCALE = "select"
 # Forecast combination (``model.combine``): with ``residual 'ar'`` a second network with ``residual
 # 'last_value'`` trains in the same job (same batches, its own loss) and the forecast is the weighted mean
-# of the two. Measured in the README ("Forecast combination").
+# of the two, weights ∝ 1 / validation MSE (Bates & Granger 1969), when the ar model's correction is
+# material (``engine.MIN_CORRECTION_SHARE``); else the ar model alone. Measured (test MAE, seeds 0 and 1
+# × {lstm, gru}, ungated): Lynx 311 → 238, elnino 0.400 → 0.386, but nile 101.3 → 108.4, co2 0.306 → 0.309
+# and Airline 10.67 → 12.4, whose corrections stay under 1% of the AR's residuals: the gate keeps them.
 AUTO_COMBINE = "inverse_mse"
 # Sequences to read longer than this are patched: groups of k consecutive steps become one step of
 # k × features inputs, k the smallest that brings the network to at most this many steps.
