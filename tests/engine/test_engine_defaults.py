@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from worker.engine import JobSpec, load_predictor, train_and_evaluate
+from worker.engine import engine as engine_module
 from worker.engine.data import prepare_data
 from worker.engine.defaults import PREVIOUS_DEFAULTS, TrainingShape, resolve_defaults, unresolved_fields
 from worker.engine.engine import (
@@ -25,11 +26,12 @@ from worker.engine.engine import (
     set_naive_map,
 )
 from worker.engine.errors import DataError
-from worker.engine.models import RecurrentModel, forward_in_chunks, patch_steps
+from worker.engine.models import CombinedForecast, RecurrentModel, forward_in_chunks, patch_steps
+from worker.engine.predictor import ScaledModel
 from worker.engine.scaling import Scaler, fit_scaler
 from worker.engine.spec import ModelSpec, TrainingSpec
 from worker.engine.splits import split_indices
-from worker.engine.training import StepSchedule
+from worker.engine.training import StepSchedule, training_loss
 
 from .engine_fixtures import separable_arrays, sine_table
 
@@ -108,6 +110,7 @@ def test_explicit_epochs_keep_the_previous_behaviour() -> None:
         "model.patch": spec.model.patch,
         "model.ar_ridge": spec.model.ar_ridge,
         "model.ar_scale": spec.model.ar_scale,
+        "model.combine": spec.model.combine,
         "training.batch_size": spec.training.batch_size,
         "training.learning_rate": spec.training.learning_rate,
         "training.early_stopping_patience": spec.training.early_stopping_patience,
@@ -570,7 +573,7 @@ def test_artifacts_saved_before_pooling_existed_still_load() -> None:
     spec = bare_spec("forecast", "series", training={"epochs": 2}, evaluation={"attribution": False})
     result = train_and_evaluate(spec, sine_table(n=120))
     artifact = save_and_load(result.artifact)
-    for name in ("pooling", "forget_gate_bias", "residual", "patch", "ar_ridge", "ar_scale"):
+    for name in ("pooling", "forget_gate_bias", "residual", "patch", "ar_ridge", "ar_scale", "combine"):
         artifact["spec"]["model"].pop(name)
     predictor = load_predictor(artifact)
     assert predictor.model.pooling == "last"
@@ -606,3 +609,155 @@ def test_a_default_spec_runs_with_resolved_values_in_its_artifact() -> None:
     assert stored["training"]["batch_size"] == 8 and stored["training"]["epochs"] == 167
     assert stored["training"]["schedule"] == "one_cycle" and stored["model"]["residual"] == "ar"
     assert reports[0].epochs == 167 and result.cancelled
+
+
+# ---------------------------------------------------------------- forecast combination (model.combine)
+
+
+@pytest.mark.parametrize(
+    ("train_examples", "steps"),
+    [(20, 6), (700, 24), (150_000, 48)],  # tiny, medium and large training sets: the rule is the same
+)
+def test_combine_resolves_to_inverse_mse_for_an_ar_forecast(train_examples: int, steps: int) -> None:
+    shape = TrainingShape(train_examples, max(1, train_examples // 5), steps=steps)
+    spec = resolve_defaults(bare_spec("forecast", "series"), shape)
+    assert spec.model.residual == "ar" and spec.model.combine == "inverse_mse"
+    assert unresolved_fields(spec) == []
+
+
+def test_combine_auto_is_none_without_the_ar_and_an_explicit_value_wins() -> None:
+    shape = TrainingShape(200, 30)
+    # No AR under the forecast (an explicit last_value residual, or classification): nothing to combine.
+    last_value = bare_spec("forecast", "series", model={"residual": "last_value"})
+    assert resolve_defaults(last_value, shape).model.combine == "none"
+    assert resolve_defaults(bare_spec(), shape).model.combine == "none"
+    explicit = bare_spec("forecast", "series", model={"combine": "equal"})
+    assert resolve_defaults(explicit, shape).model.combine == "equal"
+    assert resolve_defaults(bare_spec("forecast", "series", model={"combine": "none"}), shape).model.combine == "none"
+    # Explicit epochs: a single model, as before the option existed; an explicit value still wins.
+    assert resolve_defaults(bare_spec("forecast", "series", training={"epochs": 5}), shape).model.combine == "none"
+    kept = bare_spec("forecast", "series", model={"combine": "inverse_mse"}, training={"epochs": 5})
+    assert resolve_defaults(kept, shape).model.combine == "inverse_mse"
+
+
+@pytest.mark.parametrize(
+    ("task", "layout", "model", "message"),
+    [
+        ("forecast", "series", {"combine": "mean"}, "combine"),  # not a value
+        ("forecast", "series", {"combine": "equal", "residual": "last_value"}, "model.combine 'equal'"),
+        ("classification", "arrays", {"combine": "inverse_mse"}, "model.combine 'inverse_mse'"),
+    ],
+)
+def test_combine_refuses_what_it_cannot_run(task: str, layout: str, model: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        bare_spec(task, layout, model=model)
+
+
+def test_combined_forecast_trains_both_members_and_predicts_the_same_through_the_artifact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(engine_module, "MIN_CORRECTION_SHARE", 0.0)  # the last_value member always joins
+    values = ar_series()
+    spec = bare_spec(
+        "forecast", "series",
+        data={"lookback": 8},
+        model={"hidden_size": 8, "residual": "ar", "combine": "inverse_mse", "ar_ridge": "loo"},
+        training={"epochs": 4, "batch_size": 32},
+        evaluation={"attribution": False, "bootstrap_samples": 0},
+    )  # fmt: skip
+    result = train_and_evaluate(spec, pa.table({"value": values}))
+    assert result.evaluation is not None
+    notes = [n for n in result.evaluation.notes if n.startswith("model.combine 'inverse_mse'")]
+    assert len(notes) == 1 and "inverse validation MSE" in notes[0]
+    state = result.artifact["state_dict"]
+    assert {"weights", "members.0.ar_weight", "members.1.naive_slope", "members.1.head.weight"} <= set(state)
+    weights = state["weights"]
+    assert float(weights.sum()) == pytest.approx(1.0) and bool((weights > 0).all())
+    assert result.evaluation.comparison["naive"].beats is True
+    predictor = load_predictor(save_and_load(result.artifact))
+    windows = np.stack([values[i : i + 8] for i in range(300, 340)])
+    x = torch.from_numpy(windows[:, :, None].astype(np.float32))
+    combined = predictor.model
+    assert isinstance(combined, CombinedForecast)
+    scaled = forward_in_chunks(predictor.scaled_model, x).numpy()
+    np.testing.assert_allclose(np.array(predictor.predict(windows)), scaled, rtol=1e-6)
+    # The forecast is the weighted mean of the members' own forecasts.
+    members = [ScaledModel(m, predictor.x_scaler, predictor.y_scaler).eval() for m in combined.members]
+    each = [forward_in_chunks(m, x).numpy() for m in members]
+    w = weights.double().numpy()
+    np.testing.assert_allclose(scaled, w[0] * each[0] + w[1] * each[1], rtol=1e-5)
+
+
+def test_equal_combination_and_a_split_without_validation_take_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_module, "MIN_CORRECTION_SHARE", 0.0)
+    values = ar_series(200)
+    for combine, split in (("equal", {}), ("inverse_mse", {"split": {"method": "temporal", "val_fraction": 0.0}})):
+        spec = bare_spec(
+            "forecast", "series",
+            data={"lookback": 6, **split},
+            model={"hidden_size": 4, "residual": "ar", "combine": combine},
+            training={"epochs": 2, "batch_size": 32},
+            evaluation={"attribution": False, "bootstrap_samples": 0},
+        )  # fmt: skip
+        result = train_and_evaluate(spec, pa.table({"value": values}))
+        assert result.evaluation is not None
+        assert result.artifact["state_dict"]["weights"].tolist() == [0.5, 0.5]
+        assert any(n.startswith(f"model.combine '{combine}'") and "equal weights" in n for n in result.evaluation.notes)
+
+
+def test_each_member_of_a_combination_learns_from_its_own_loss() -> None:
+    spec = ModelSpec(hidden_size=4, residual="ar", combine="equal")
+    model = CombinedForecast(spec, 1, 1, steps=6)
+    x, y = torch.randn(5, 6, 1), torch.randn(5, 1)
+    loss_fn = torch.nn.MSELoss()
+    with torch.no_grad():
+        loss = float(training_loss(model, loss_fn, x, y))
+        own = [float(loss_fn(out, y)) for out in model.member_outputs(x)]
+        joint = float(loss_fn(model(x), y))
+    assert loss == pytest.approx(sum(own) / 2)
+    # Not the loss of the weighted mean (a joint model): each member's own error.
+    assert loss != pytest.approx(joint)
+
+
+def test_a_correction_that_stayed_near_zero_keeps_the_ar_model_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = ar_series(240)
+    spec = bare_spec(
+        "forecast", "series",
+        data={"lookback": 6},
+        model={"hidden_size": 4, "residual": "ar", "combine": "inverse_mse"},
+        training={"epochs": 2, "batch_size": 32},
+        evaluation={"attribution": False, "bootstrap_samples": 0},
+    )  # fmt: skip
+    shares: list[float] = []
+    measure = engine_module.correction_share
+
+    def recorded(*args: Any) -> float:
+        shares.append(measure(*args))
+        return shares[-1]
+
+    monkeypatch.setattr(engine_module, "correction_share", recorded)
+    monkeypatch.setattr(engine_module, "MIN_CORRECTION_SHARE", 1e9)  # no correction is large enough
+    result = train_and_evaluate(spec, pa.table({"value": values}))
+    assert result.evaluation is not None
+    assert result.artifact["state_dict"]["weights"].tolist() == [1.0, 0.0]
+    assert any("the ar model alone: its correction is" in n for n in result.evaluation.notes)
+    assert len(shares) == 1 and 0.0 <= shares[0] < 1e9
+    # The forecast is then the ar member's own.
+    predictor = load_predictor(save_and_load(result.artifact))
+    windows = np.stack([values[i : i + 6] for i in range(200, 230)])
+    x = torch.from_numpy(windows[:, :, None].astype(np.float32))
+    ar_member = ScaledModel(predictor.model.members[0], predictor.x_scaler, predictor.y_scaler).eval()
+    np.testing.assert_allclose(np.array(predictor.predict(windows)), forward_in_chunks(ar_member, x).numpy(), rtol=1e-6)
+
+
+def test_correction_share_is_zero_for_an_untrained_correction() -> None:
+    spec = bare_spec("forecast", "series", data={"lookback": 6}, model={"hidden_size": 4, "residual": "ar"})
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"residual": "ar", "combine": "none"})})
+    prep = prepare_data(spec, pa.table({"value": ar_series(200)}), np.random.default_rng(0))
+    model = RecurrentModel(spec.model, 1, 1, steps=6)
+    set_naive_map(model, spec, prep)
+    fit_ar_map(model, spec, prep)
+    assert engine_module.correction_share(model, spec, prep) == 0.0  # the head starts at zero
+    with torch.no_grad():
+        model.head.bias.fill_(0.5)
+    assert engine_module.correction_share(model, spec, prep) > 0.0

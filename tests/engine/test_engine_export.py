@@ -79,6 +79,8 @@ CASES = [
     ("gru", False, 1, "forecast", "standard", {"residual": "ar", "patch": 4}),
     # The AR in the logarithm of the target (a positive series), from min-max scaled inputs.
     ("lstm", False, 1, "forecast", "minmax", {"residual": "ar", "ar_scale": "log", "ar_ridge": "loo"}),
+    # A forecast combination: the ar and last_value members and their weights, in one graph.
+    ("gru", False, 1, "forecast", "standard", {"residual": "ar", "combine": "inverse_mse"}),
     ("lstm", False, 1, "classification", "per_example", {"patch": 3, "pooling": "mean"}),
     ("rnn", True, 1, "regression", "standard", {"patch": 4}),
 ]

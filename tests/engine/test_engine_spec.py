@@ -43,6 +43,7 @@ def test_defaults_are_filled_in() -> None:
         "residual": "auto",
         "ar_ridge": "auto",
         "ar_scale": "auto",
+        "combine": "auto",
         "forget_gate_bias": "auto",
         "embedding_dim": None,
         "patch": "auto",

@@ -57,6 +57,7 @@ def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
         "residual": "ar",
         "ar_ridge": "loo",
         "ar_scale": "select",
+        "combine": "inverse_mse",
         "forget_gate_bias": 1.0,
         "embedding_dim": None,
         "patch": 1,
@@ -86,6 +87,7 @@ def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
         ({"model": {"cell": "transformer"}}, "model.cell"),
         ({"colour": "red"}, "colour"),
         ({"data": {"layout": "series"}}, "data.target"),
+        ({"model": {"combine": "median"}}, "model.combine"),
     ],
 )
 def test_invalid_spec_is_422_naming_the_field(client, auth, sine, change, field) -> None:

@@ -67,6 +67,13 @@ AUTO_AR_RIDGE = "loo"
 # job trains and named in its notes. A multiplicative series (Lynx: swings of 40 to 7,000) is linear
 # in its logarithm; an additive one stays in its own units.
 AUTO_AR_SCALE = "select"
+# Forecast combination (``model.combine``): with ``residual 'ar'`` a second network with ``residual
+# 'last_value'`` trains in the same job (same batches, its own loss) and the forecast is the weighted mean
+# of the two, weights ∝ 1 / validation MSE (Bates & Granger 1969), when the ar model's correction is
+# material (``engine.MIN_CORRECTION_SHARE``); else the ar model alone. Measured (test MAE, seeds 0 and 1
+# × {lstm, gru}, ungated): Lynx 311 → 238, elnino 0.400 → 0.386, but nile 101.3 → 108.4, co2 0.306 → 0.309
+# and Airline 10.67 → 12.4, whose corrections stay under 1% of the AR's residuals: the gate keeps them.
+AUTO_COMBINE = "inverse_mse"
 # Sequences to read longer than this are patched: groups of k consecutive steps become one step of
 # k × features inputs, k the smallest that brings the network to at most this many steps.
 MAX_NETWORK_STEPS = 64
@@ -81,6 +88,7 @@ PREVIOUS_DEFAULTS: dict[str, Any] = {
     "model.patch": 1,
     "model.ar_ridge": 0.0,
     "model.ar_scale": "linear",
+    "model.combine": "none",
     "training.batch_size": 64,
     "training.learning_rate": 0.001,
     "training.early_stopping_patience": 10,
@@ -137,6 +145,11 @@ def auto_residual(spec: JobSpec) -> str:
     return "ar" if spec.task == "forecast" and target_is_input else "none"
 
 
+def auto_combine(residual: str) -> str:
+    # Only a model with the AR under it has a second kind of forecast to combine with.
+    return AUTO_COMBINE if residual == "ar" else "none"
+
+
 def auto_learning_rate(task: str) -> float:
     return AUTO_CLASSIFICATION_LEARNING_RATE if task == "classification" else AUTO_LEARNING_RATE
 
@@ -188,6 +201,8 @@ def resolve_defaults(spec: JobSpec, shape: TrainingShape) -> JobSpec:
         model["pooling"] = auto_pooling(spec.task, shape.steps)
     if spec.model.residual == "auto":
         model["residual"] = auto_residual(spec)
+    if spec.model.combine == "auto":
+        model["combine"] = auto_combine(model.get("residual", spec.model.residual))
     if spec.model.patch == "auto":
         model["patch"] = auto_patch(spec.task, shape.steps, tokens=spec.text is not None)
     if spec.model.ar_ridge == "auto":

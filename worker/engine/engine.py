@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from .defaults import resolve_defaults, unresolved_fields
 from .errors import DataError, DeviceUnavailable
 from .evaluation import evaluate
 from .layouts import Data
-from .models import MAX_AR_LAGS, RecurrentModel
+from .models import MAX_AR_LAGS, CombinedForecast, RecurrentModel, build_recurrent_model, recurrent_members
 from .predictor import ARTIFACT_FORMAT
 from .results import Evaluation, Summary
 from .spec import CLASS_TASKS, JobSpec
@@ -81,7 +82,7 @@ def _build_model(spec: JobSpec, prep: PreparedData) -> torch.nn.Module:
 
         codec = prep.examples.codec
         return build_sequence_model(spec, num_features, num_outputs, codec.vocab_size if codec is not None else None)
-    return RecurrentModel(spec.model, num_features, num_outputs, steps=prep.examples.steps)
+    return build_recurrent_model(spec.model, num_features, num_outputs, steps=prep.examples.steps)
 
 
 # Ridge on the AR's normal equations, relative to their mean diagonal: enough to make a
@@ -306,6 +307,108 @@ def correction_in_chunks(model: RecurrentModel, x: torch.Tensor, chunk: int = 4_
         model.train(was_training)
 
 
+def _ar_member_as_refitted(member: RecurrentModel, spec: JobSpec, prep: PreparedData, first: int) -> torch.Tensor:
+    """The ar member's forecasts of the windows from ``first`` on (indices into training + validation
+    windows) as the refitted AR will make them: for each, the AR refitted (ridge, ``model.ar_ridge``'s
+    penalty chosen on the training windows) on every window before it, plus the trained correction.
+
+    The kept AR is refitted on the validation windows too (``refit_ar_map``), so judging the ar member by
+    an AR fitted on training windows only would hold it to a staler model than the one that forecasts;
+    the last_value network has no such refit."""
+    parts = ("train", "val")
+    design = _ar_design(member, spec, prep, parts)
+    x = torch.from_numpy(np.concatenate([prep.x_scaled(p) for p in parts])).to(member.ar_weight.device)
+    correction = correction_in_chunks(member, x).double().cpu().numpy()
+    targets = _ar_targets(member, prep, parts) - correction
+    n_train = len(prep.split.train)
+    penalty = choose_ar_ridge(design[:n_train], targets[:n_train], _ar_ridge_setting(spec))
+    gram, rhs = design[:first].T @ design[:first], design[:first].T @ targets[:first]
+    saved = member.ar_weight.clone(), member.ar_bias.clone()
+    outputs = []
+    was_training = member.training
+    member.eval()
+    try:
+        with torch.no_grad():
+            for i in range(first, len(design)):
+                coef = np.linalg.solve(_ridge_from_gram(gram, penalty), rhs)
+                member.set_ar_map(
+                    torch.as_tensor(coef[:-1], dtype=torch.float32, device=x.device),
+                    torch.as_tensor(coef[-1], dtype=torch.float32, device=x.device),
+                )
+                outputs.append(member(x[i : i + 1]))
+                gram += np.outer(design[i], design[i])
+                rhs += np.outer(design[i], targets[i])
+    finally:
+        member.set_ar_map(*saved)
+        member.train(was_training)
+    return torch.cat(outputs)
+
+
+# ``model.combine``: the last_value member joins only when the ar member's trained correction is at
+# least this share of what the AR leaves (root mean square over the training and validation windows).
+MIN_CORRECTION_SHARE = 0.02
+
+
+def correction_share(member: RecurrentModel, spec: JobSpec, prep: PreparedData) -> float:
+    """How much the ar member's network adds: the root mean square of its trained correction over the
+    training and validation windows, over that of the AR's residuals there (AR units). Near 0 when early
+    stopping kept the correction at its zero start: the network found nothing beyond the AR."""
+    parts = ("train", "val")
+    design = _ar_design(member, spec, prep, parts)
+    x = torch.from_numpy(np.concatenate([prep.x_scaled(p) for p in parts])).to(member.ar_weight.device)
+    correction = correction_in_chunks(member, x).double().cpu().numpy()
+    coef = np.vstack([member.ar_weight.double().cpu().numpy(), member.ar_bias.double().cpu().numpy()[None, :]])
+    residual = _ar_targets(member, prep, parts) - design @ coef
+    return float(np.sqrt(np.mean(correction**2)) / max(float(np.sqrt(np.mean(residual**2))), 1e-12))
+
+
+def member_validation_mse(model: CombinedForecast, spec: JobSpec, prep: PreparedData) -> list[float]:
+    """Each member's mean squared error (scaled units) on the last validation windows (at most
+    ``MAX_SELECT_ORIGINS``): the ar member as refitted (``_ar_member_as_refitted``), the last_value
+    member as trained."""
+    n_train, n_val = len(prep.split.train), len(prep.split.val)
+    first = n_train + max(0, n_val - MAX_SELECT_ORIGINS)
+    ar, last_value = model.member_models()
+    x = torch.from_numpy(prep.x_scaled("val")[first - n_train :]).to(model.weights.device)
+    y = torch.from_numpy(np.ascontiguousarray(prep.y_scaled("val")[first - n_train :])).to(x.device).float()
+    was_training = last_value.training
+    last_value.eval()
+    try:
+        with torch.no_grad():
+            outputs = [_ar_member_as_refitted(ar, spec, prep, first), last_value(x)]
+    finally:
+        last_value.train(was_training)
+    return [float(((out - y) ** 2).mean()) for out in outputs]
+
+
+def set_combination_weights(model: CombinedForecast, spec: JobSpec, prep: PreparedData) -> str:
+    """``model.combine``: the members' weights, decided after training and before the AR refit (so the
+    validation windows are unseen by both AR fits and only chose the best epoch). ``inverse_mse``:
+    each weight proportional to 1 / the member's validation MSE (Bates & Granger 1969); ``equal`` (or
+    no validation part): halves. Returns the note naming them."""
+    weights = [0.5, 0.5]
+    how = "equal weights"
+    share = correction_share(model.member_models()[0], spec, prep)
+    if share < MIN_CORRECTION_SHARE:
+        weights = [1.0, 0.0]
+        how = f"the ar model alone: its correction is {share:.3g} of the AR's residuals, below {MIN_CORRECTION_SHARE:g}"
+    elif spec.model.combine == "inverse_mse":
+        if len(prep.split.val) == 0:
+            how = "equal weights (no validation part to weigh the members by)"
+        else:
+            errors = member_validation_mse(model, spec, prep)
+            if all(math.isfinite(e) for e in errors):
+                inverse = [1.0 / max(e, 1e-12) for e in errors]
+                weights = [v / sum(inverse) for v in inverse]
+                how = f"inverse validation MSE (ar {errors[0]:.6g}, last_value {errors[1]:.6g}, scaled units)"
+    model.weights.copy_(torch.as_tensor(weights, dtype=model.weights.dtype))
+    how += f"; correction share {share:.4g}"
+    return (
+        f"model.combine '{spec.model.combine}': the forecast is {weights[0]:.3f} × the ar model + "
+        f"{weights[1]:.3f} × the last_value model, by {how}"
+    )
+
+
 def build_artifact(spec: JobSpec, prep: PreparedData, model: torch.nn.Module) -> dict[str, Any]:
     """Plain types and CPU tensors only, so ``torch.load(..., weights_only=True)`` reads it back."""
     return {
@@ -365,12 +468,13 @@ def train_and_evaluate(
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
         model = _build_model(spec, prep).to(target)
-        if isinstance(model, RecurrentModel) and model.residual:
-            set_naive_map(model, spec, prep)
-        if isinstance(model, RecurrentModel) and model.ar_log:
-            set_log_map(model, spec, prep)
-        if isinstance(model, RecurrentModel) and model.autoregressive:
-            fit_ar_map(model, spec, prep)
+        for member in recurrent_members(model):
+            if member.residual:
+                set_naive_map(member, spec, prep)
+            if member.ar_log:
+                set_log_map(member, spec, prep)
+            if member.autoregressive:
+                fit_ar_map(member, spec, prep)
         generator = torch.Generator(device=target).manual_seed(seed)
         has_val = len(prep.split.val) > 0
         outcome = fit(
@@ -383,10 +487,13 @@ def train_and_evaluate(
             on_epoch=on_epoch,
             should_stop=should_stop,
         )
-        if isinstance(model, RecurrentModel) and model.autoregressive and not outcome.cancelled:
-            penalty = refit_ar_map(model, spec, prep)
-            if spec.model.ar_ridge == "loo":
-                prep.notes.append(f"model.ar_ridge 'loo' chose {penalty:g} for the AR (leave-one-out error)")
+        if isinstance(model, CombinedForecast) and not outcome.cancelled:
+            prep.notes.append(set_combination_weights(model, spec, prep))
+        for member in recurrent_members(model):
+            if member.autoregressive and not outcome.cancelled:
+                penalty = refit_ar_map(member, spec, prep)
+                if spec.model.ar_ridge == "loo":
+                    prep.notes.append(f"model.ar_ridge 'loo' chose {penalty:g} for the AR (leave-one-out error)")
     prep.notes += outcome.notes
     num_examples = {part: int(len(idx)) for part, idx in prep.split.parts().items()}
     artifact = build_artifact(spec, prep, model)

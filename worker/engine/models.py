@@ -183,6 +183,56 @@ class RecurrentModel(nn.Module):
         return self.head(self.dropout(last))
 
 
+class CombinedForecast(nn.Module):
+    """``model.combine``: the ``residual 'ar'`` model and a ``residual 'last_value'`` model of the same
+    shape, trained side by side in one job; the forecast is ``weights[0] * ar + weights[1] * last_value``
+    (a buffer, so every export computes the same). While training, ``member_outputs`` gives each
+    member's own forecast: each learns from its own loss, as if trained alone (a forecast combination,
+    Bates & Granger 1969), not a joint model of the weighted mean."""
+
+    weights: torch.Tensor
+
+    def __init__(self, spec: ModelSpec, num_features: int, num_outputs: int, steps: int | None = None) -> None:
+        super().__init__()
+        ar = spec.model_copy(update={"residual": "ar", "combine": "none"})
+        lv = spec.model_copy(update={"residual": "last_value", "combine": "none", "ar_scale": "linear"})
+        self.members = nn.ModuleList(
+            [RecurrentModel(ar, num_features, num_outputs, steps), RecurrentModel(lv, num_features, num_outputs)]
+        )
+        self.register_buffer("weights", torch.full((2,), 0.5))
+
+    def member_models(self) -> list[RecurrentModel]:
+        return [m for m in self.members if isinstance(m, RecurrentModel)]
+
+    def member_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [member(x) for member in self.members]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ar, last_value = self.member_outputs(x)
+        return self.weights[0] * ar + self.weights[1] * last_value
+
+
+def combines(spec: ModelSpec) -> bool:
+    """Whether ``spec`` builds a ``CombinedForecast`` (``"auto"``, as in an artifact saved before the
+    option existed, does not)."""
+    return spec.combine in ("equal", "inverse_mse") and spec.residual == "ar"
+
+
+def build_recurrent_model(
+    spec: ModelSpec, num_features: int, num_outputs: int, steps: int | None = None
+) -> RecurrentModel | CombinedForecast:
+    if combines(spec):
+        return CombinedForecast(spec, num_features, num_outputs, steps)
+    return RecurrentModel(spec, num_features, num_outputs, steps=steps)
+
+
+def recurrent_members(model: nn.Module) -> list[RecurrentModel]:
+    """The ``RecurrentModel`` s inside ``model``: itself, or a combination's members."""
+    if isinstance(model, CombinedForecast):
+        return model.member_models()
+    return [model] if isinstance(model, RecurrentModel) else []
+
+
 def forward_in_chunks(model: nn.Module, x: torch.Tensor, chunk: int = 4_096) -> torch.Tensor:
     """Eval-mode outputs for many examples without holding every activation at once."""
     was_training = model.training

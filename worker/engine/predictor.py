@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .errors import DataError
-from .models import RecurrentModel, forward_in_chunks
+from .models import build_recurrent_model, forward_in_chunks
 from .scaling import PER_EXAMPLE_MIN_STD, Scaler
 from .spec import JobSpec
 from .text import TextCodec, check_text_inputs, uses_sequence_model
@@ -125,7 +125,9 @@ class Predictor:
         self.device = torch.device(device)
         text = artifact.get("text")
         self.codec = TextCodec.from_dict(text) if text is not None else None
-        num_outputs = int(state["head.weight"].shape[0])
+        # A combination's members (``members.0.head.weight``) have the same outputs as a single model.
+        head = "head.weight" if "head.weight" in state else "members.0.head.weight"
+        num_outputs = int(state[head].shape[0])
         self.model: nn.Module
         if uses_sequence_model(spec):
             from .sequence_model import build_sequence_model
@@ -133,7 +135,7 @@ class Predictor:
             vocab = int(state["embedding.weight"].shape[0]) if "embedding.weight" in state else None
             self.model = build_sequence_model(spec, len(self.features), num_outputs, vocab)
         else:
-            self.model = RecurrentModel(self.spec.model, len(self.features), num_outputs, steps=self.steps)
+            self.model = build_recurrent_model(self.spec.model, len(self.features), num_outputs, steps=self.steps)
         self.model.load_state_dict(state)
         self.model.eval()
         self.scaled_model = ScaledModel(self.model, self.x_scaler, self.y_scaler).to(self.device).eval()

@@ -138,6 +138,13 @@ class ModelSpec(_Strict):
         "(the target's own units), 'log' (the logarithm of a positive target: a multiplicative series), "
         "'select': whichever forecasts the windows before the test part better, by rolling-origin error",
     )
+    combine: Literal["none", "equal", "inverse_mse"] | Auto = Field(
+        default="auto",
+        description="residual 'ar' only: also train a 'last_value' network in the same job and forecast the "
+        "weighted mean of the two (a forecast combination): 'equal' halves, 'inverse_mse' weights inversely "
+        "proportional to each member's validation MSE before the AR refit (Bates & Granger 1969); "
+        "'none': the 'ar' model alone",
+    )
     patch: Annotated[int, Field(ge=1, le=4096)] | Auto = Field(
         default="auto",
         description="the network reads each group of this many consecutive steps as one step "
@@ -256,6 +263,20 @@ class JobSpec(_Strict):
             raise ValueError("model.embedding_dim is for token inputs (layout 'text', or text.column)")
         if self.model.patch not in ("auto", 1) and (self.text is not None or self.task == "tagging"):
             raise ValueError("model.patch groups numeric steps; token inputs and per-step tags take one step at a time")
+        return self
+
+    @model_validator(mode="after")
+    def _combine_needs_the_ar(self) -> JobSpec:
+        combine = self.model.combine
+        if combine in ("auto", "none"):
+            return self
+        if self.task != "forecast" or self.model.residual not in ("ar", "auto"):
+            raise ValueError(
+                f"model.combine '{combine}' combines the 'ar' forecast with a 'last_value' one: it needs task "
+                "'forecast' and model.residual 'ar' (or 'auto')"
+            )
+        if self.data.features is not None and self.data.target not in self.data.features:
+            raise ValueError(f"model.combine '{combine}' needs the target among data.features")
         return self
 
     @model_validator(mode="after")

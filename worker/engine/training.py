@@ -148,6 +148,15 @@ def _total(scheduler: torch.optim.lr_scheduler.LRScheduler) -> int:
     return int(getattr(scheduler, "total_steps", 1 << 62))
 
 
+def training_loss(model: nn.Module, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    """The loss a training step minimises: of the model's output, or for a forecast combination
+    (``CombinedForecast``) the mean of its members' own losses, so each member learns as if alone."""
+    member_outputs = getattr(model, "member_outputs", None)
+    if member_outputs is None:
+        return loss_fn(model(xb), yb)
+    return torch.stack([loss_fn(out, yb) for out in member_outputs(xb)]).mean()
+
+
 def constant_prediction_loss(loss_fn: nn.Module, y: torch.Tensor, classification: bool) -> float:
     """The training loss of the best input-free prediction: class frequencies, or the mean target."""
     with torch.no_grad():
@@ -249,7 +258,7 @@ class StaticStep:
     def _body(self) -> None:
         torch.index_select(self.x, 0, self.index, out=self.xb)
         torch.index_select(self.y, 0, self.index, out=self.yb)
-        loss = self.loss_fn(self.model(self.xb), self.yb)
+        loss = training_loss(self.model, self.loss_fn, self.xb, self.yb)
         loss.backward()
         if self.clip is not None:
             nn.utils.clip_grad_norm_(self.params, self.clip)
@@ -397,7 +406,7 @@ def fit(
             xb, yb = x_train[idx], y_train[idx]
             # The graph's gradients keep their addresses: zeroed in place, not freed.
             optimizer.zero_grad(set_to_none=stepper is None)
-            loss = loss_fn(model(xb), yb)
+            loss = training_loss(model, loss_fn, xb, yb)
             loss.backward()
             if spec.gradient_clip is not None:
                 nn.utils.clip_grad_norm_(params, spec.gradient_clip)
