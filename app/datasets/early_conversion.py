@@ -97,17 +97,11 @@ class GrowingFile(io.RawIOBase):
         return count or 0
 
     def read(self, size: int | None = -1, /) -> Any:
-        """Up to ``size`` bytes in an Arrow buffer from the system allocator (malloc).
-
-        Arrow's reader holds a few blocks in flight, and they belong in an Arrow pool rather than on
-        Python's heap. Not the conversion's jemalloc pool: with decay 0 it gave each freed 1 MiB block
-        back to the OS at once, so every block was faulted in and zeroed anew, and the thread reading
-        the spool spent 0.66 s of CPU on a 512 MiB upload, almost all of it in the kernel; malloc
-        reuses the freed blocks' pages (perf, bench/upload_memory.py).
-        """
+        """Up to ``size`` bytes in an Arrow buffer: Arrow's reader holds a few blocks in flight, and
+        they belong in Arrow's memory pool rather than on Python's heap."""
         if size is None or size < 0:
             return self.readall()
-        buffer = pa.allocate_buffer(size, memory_pool=pa.system_memory_pool())
+        buffer = pa.allocate_buffer(size, memory_pool=conversion_memory_pool())
         count = self.readinto(memoryview(buffer).cast("B"))
         return buffer.slice(0, count)  # a view: shrinking a resizable buffer copied a short read
 
