@@ -40,8 +40,9 @@ def conversion_memory_pool() -> pa.MemoryPool:
     groups). Builds of pyarrow without jemalloc get the default pool.
 
     The decay: with 0 every freed block went back to the OS at once, so each CSV block read and
-    each batch parsed was faulted in and zeroed anew (the parsing thread spent about 13% of its
-    samples in page faults under perf); 1 s keeps the pages a conversion frees and reuses at once.
+    each batch parsed could be faulted in and zeroed anew (2-13% of the parsing thread's perf
+    samples were in the kernel, mostly page faults; 1% with 1 s): 1 s keeps the pages a conversion
+    frees and reuses at once.
     That costs peak RSS, which the early conversion's smaller CSV blocks pay for (see
     ``EARLY_CSV_BLOCK_BYTES`` in app.datasets.inspection).
     """

@@ -44,10 +44,11 @@ READ_CHUNK_BYTES = 1024 * 1024
 CSV_BLOCK_BYTES = 1024 * 1024
 # The early conversion's blocks (read from the growing spool): Arrow's streaming reader reads blocks
 # ahead of the parser, which trails the upload, so many are held at once (read as Python bytes, 1 MiB
-# blocks peaked at 40 MiB on Python's heap); with
-# 512 KiB blocks the API's peak RSS during a 512 MiB upload to S3 was 222 MiB against 246 MiB with
-# 1 MiB blocks, at the same CPU. A header longer than a block makes the early conversion give up;
-# the usual conversion (1 MiB blocks) then takes the file.
+# blocks peaked at 40 MiB on Python's heap). These smaller blocks pay for the conversion pool's
+# page decay (app.datasets.early_conversion): with both, the API's peak RSS during a 512 MiB upload
+# to S3 was 225 MiB against 249 MiB with 1 MiB blocks and decay 0, at the same CPU within the noise.
+# A header longer than a block makes the early conversion give up; the usual conversion (1 MiB
+# blocks) then takes the file.
 EARLY_CSV_BLOCK_BYTES = 512 * 1024
 # Batches are gathered to about this size before they become one Parquet row group (8 MiB took the
 # API's peak RSS about 20 MiB higher during a 512 MiB upload, for no measurable speed).
