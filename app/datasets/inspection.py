@@ -299,6 +299,11 @@ def check_csv_header(path: Path, filename: str, max_columns: int) -> None:
     text = head.decode("utf-8-sig", errors="replace").rstrip("\r\n")
     if not text.strip():
         return  # Arrow reports the empty file with its own words
+    if csv.field_size_limit() <= MAX_HEADER_BYTES:
+        # The csv module refuses a field over 128 KiB by default (an uncaught csv.Error, a 500, for a
+        # long column name); a header line is at most MAX_HEADER_BYTES. The limit is process-wide and
+        # only ever raised here.
+        csv.field_size_limit(MAX_HEADER_BYTES + 1)
     count = len(next(csv.reader([text]), []))
     if count > max_columns:
         raise too_many_columns(filename, count, max_columns)
