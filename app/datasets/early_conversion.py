@@ -27,20 +27,30 @@ import pyarrow as pa
 log = logging.getLogger(__name__)
 
 
+JEMALLOC_DECAY_MS = 1000
+
+
 @functools.cache
 def conversion_memory_pool() -> pa.MemoryPool:
-    """The Arrow allocator of CSV reading and Parquet writing: jemalloc, returning freed pages at once.
+    """The Arrow allocator of CSV reading and Parquet writing: jemalloc, returning freed pages after 1 s.
 
     Arrow's default (mimalloc) keeps what a conversion freed, on huge pages, per thread: with it the
-    API's peak RSS during a 512 MiB upload was 260 MiB against 221 MiB with this pool, at the same CPU
+    API's peak RSS during a 512 MiB upload was 260 MiB against 221 MiB with jemalloc, at the same CPU
     time within the noise (4 MiB row groups). The system allocator did worse (294 MiB, 8 MiB row
     groups). Builds of pyarrow without jemalloc get the default pool.
+
+    The decay: with 0 every freed block went back to the OS at once, so each CSV block read and
+    each batch parsed could be faulted in and zeroed anew (2-13% of the parsing thread's perf
+    samples were in the kernel, mostly page faults; 1% with 1 s): 1 s keeps the pages a conversion
+    frees and reuses at once.
+    That costs peak RSS, which the early conversion's smaller CSV blocks pay for (see
+    ``EARLY_CSV_BLOCK_BYTES`` in app.datasets.inspection).
     """
     try:
         pool = pa.jemalloc_memory_pool()
     except NotImplementedError:
         return pa.default_memory_pool()
-    pa.jemalloc_set_decay_ms(0)
+    pa.jemalloc_set_decay_ms(JEMALLOC_DECAY_MS)
     return pool
 
 

@@ -226,3 +226,11 @@ def test_truncated_multipart_body_is_400(client, auth) -> None:
 def test_upload_needs_an_api_key(client) -> None:
     assert_error(upload(client, {}, "a.csv", b"a\n1\n"), 401, "unauthorized")
     assert_nothing_left()
+
+
+def test_csv_with_a_column_name_longer_than_pythons_csv_field_limit(client, auth) -> None:
+    # 200 KiB: past the csv module's default field limit (128 KiB), within the header limit (512 KiB).
+    name = "n" * (200 * 1024)
+    response = upload(client, auth, "long.csv", f"{name},b\n1,2\n".encode())
+    assert response.status_code == 201, response.text
+    assert [c["name"] for c in response.json()["columns"]] == [name, "b"]

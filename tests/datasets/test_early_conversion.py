@@ -72,3 +72,26 @@ def test_an_upload_abandoned_midway_stops_the_early_conversion(sqlite_env) -> No
     assert done.wait(30), "discard hung on the early conversion"
     time.sleep(0.1)
     assert list(get_storage().temp_dir.iterdir()) == []
+
+
+def test_a_header_about_as_long_as_the_early_conversions_block_converts_as_usual(sqlite_env, tmp_path) -> None:
+    # The early conversion reads blocks of EARLY_CSV_BLOCK_BYTES (smaller than the usual conversion's):
+    # a header of nearly that size, followed by rows, still gives the usual conversion's table.
+    assert inspection.EARLY_CSV_BLOCK_BYTES <= inspection.CSV_BLOCK_BYTES
+    width = 1000
+    names = [f"c{i:04d}" + "n" * (inspection.MAX_HEADER_BYTES // width - 8) for i in range(width)]
+    header = ",".join(names) + "\n"
+    assert inspection.EARLY_CSV_BLOCK_BYTES - 8 * width < len(header) <= inspection.MAX_HEADER_BYTES
+    rows_text = "".join(",".join([str(i)] * (width - 1) + [f"{i * 0.5}"]) + "\n" for i in range(2_000))
+    upload = _receive((header + rows_text).encode())
+    try:
+        content = inspection.inspect_upload(
+            upload.path, upload.format, "t.csv", tmp_path, 10**9, upload.early, upload.text
+        )
+        usual = tmp_path / "usual.parquet"
+        rows, columns = inspection.convert_csv_to_parquet(upload.path, usual, "t.csv")
+        assert (content.num_rows, content.columns) == (rows, columns)
+        assert rows == 2_000 and [c["dtype"] for c in columns] == ["int64"] * (width - 1) + ["float64"]
+        assert pq.read_table(content.stored_path).equals(pq.read_table(usual))
+    finally:
+        upload.discard_early()
