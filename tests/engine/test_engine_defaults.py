@@ -428,6 +428,17 @@ def test_ar_ridge_shrinks_the_refitted_ar_and_the_job_notes_its_choice() -> None
     assert any("model.ar_ridge 'loo' chose" in note for note in result.evaluation.notes)
 
 
+def small_ar_forecast_spec(epochs: int, **model: Any) -> JobSpec:
+    """A small forecast with the AR inside (lookback 8, hidden 8, ridge by LOO) and ``model`` options."""
+    return bare_spec(
+        "forecast", "series",
+        data={"lookback": 8},
+        model={"hidden_size": 8, "residual": "ar", "ar_ridge": "loo", **model},
+        training={"epochs": epochs, "batch_size": 32},
+        evaluation={"attribution": False, "bootstrap_samples": 0},
+    )  # fmt: skip
+
+
 def multiplicative_series(n: int = 300, seed: int = 1) -> np.ndarray:
     """Cycles whose swings grow with their level (Lynx-like): an AR(2) in the logarithm."""
     return np.exp(np.log(50.0) + (ar_series(n, seed) - 50.0) / 12.0)
@@ -466,13 +477,7 @@ def test_ar_scale_select_takes_the_log_of_a_multiplicative_series_only() -> None
 
 def test_log_ar_forecast_beats_the_linear_ar_and_predicts_the_same_through_the_artifact() -> None:
     values = multiplicative_series(400)
-    spec = bare_spec(
-        "forecast", "series",
-        data={"lookback": 8},
-        model={"hidden_size": 8, "residual": "ar", "ar_scale": "select", "ar_ridge": "loo"},
-        training={"epochs": 3, "batch_size": 32},
-        evaluation={"attribution": False, "bootstrap_samples": 0},
-    )  # fmt: skip
+    spec = small_ar_forecast_spec(epochs=3, ar_scale="select")
     result = train_and_evaluate(spec, pa.table({"value": values}))
     assert result.evaluation is not None
     assert any("model.ar_scale 'select' chose log" in note for note in result.evaluation.notes)
@@ -658,13 +663,7 @@ def test_combined_forecast_trains_both_members_and_predicts_the_same_through_the
 ) -> None:
     monkeypatch.setattr(engine_module, "MIN_CORRECTION_SHARE", 0.0)  # the last_value member always joins
     values = ar_series()
-    spec = bare_spec(
-        "forecast", "series",
-        data={"lookback": 8},
-        model={"hidden_size": 8, "residual": "ar", "combine": "inverse_mse", "ar_ridge": "loo"},
-        training={"epochs": 4, "batch_size": 32},
-        evaluation={"attribution": False, "bootstrap_samples": 0},
-    )  # fmt: skip
+    spec = small_ar_forecast_spec(epochs=4, combine="inverse_mse")
     result = train_and_evaluate(spec, pa.table({"value": values}))
     assert result.evaluation is not None
     notes = [n for n in result.evaluation.notes if n.startswith("model.combine 'inverse_mse'")]
