@@ -28,6 +28,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 from starlette.convertors import Convertor
 from starlette.routing import compile_path
@@ -83,7 +84,8 @@ def lean_handler(route: APIRoute) -> LeanHandler | None:
     return handle
 
 
-_executors: dict[int, ThreadPoolExecutor | None] = {}
+# pid → (the engine it was made for, the executor; None on SQLite)
+_executors: dict[int, tuple[Engine, ThreadPoolExecutor | None]] = {}
 
 
 def _read_executor() -> ThreadPoolExecutor | None:
@@ -97,14 +99,16 @@ def _read_executor() -> ThreadPoolExecutor | None:
     thread, so that a slow answer never stalls the loop. A plain executor: a hop through anyio's
     ``to_thread`` (capacity limiter, cancel scope, context copy) cost twice the CPU of
     ``run_in_executor``."""
-    pid = os.getpid()
-    if pid not in _executors:  # only the event loop's thread calls this
-        if get_engine().dialect.name == "sqlite":
-            _executors[pid] = None
-        else:
-            size = get_settings().db_pool_size
-            _executors[pid] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="rnnlab-read")
-    return _executors[pid]
+    engine = get_engine()  # this process's, for the current settings
+    entry = _executors.get(os.getpid())
+    if entry is None or entry[0] is not engine:  # only the event loop's thread gets here
+        executor = None
+        if engine.dialect.name != "sqlite":
+            executor = ThreadPoolExecutor(max_workers=get_settings().db_pool_size, thread_name_prefix="rnnlab-read")
+        if entry is not None and entry[1] is not None:
+            entry[1].shutdown(wait=False)
+        entry = _executors[os.getpid()] = (engine, executor)
+    return entry[1]
 
 
 def _lean_plan(route: APIRoute) -> tuple[Callable[..., Any], list[str], str, str] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from app import main, routing
 from app.auth import forget_cached_keys, revoke_key
-from app.db import new_session
+from app.db import get_engine, new_session
 from app.jobs import service
 from app.jobs.router import router as jobs_router
 from app.main import create_app
@@ -206,3 +207,12 @@ def test_the_lane_shadows_no_other_route(env: dict[str, str]) -> None:
         concrete = re.sub(r"\{[^}]+\}", "x1", path)
         taken = [route.path for regex, _, route, _ in lane._lanes if regex.match(concrete)]
         assert taken in ([], [path.removeprefix("/api/v1")]), (path, taken)
+
+
+def test_sqlite_reads_run_on_the_loop_and_other_databases_in_threads(env: dict[str, str]) -> None:
+    executor = routing._read_executor()
+    if get_engine().dialect.name == "sqlite":
+        assert executor is None
+    else:
+        assert isinstance(executor, ThreadPoolExecutor)
+    assert routing._read_executor() is executor  # one per process and engine
