@@ -145,8 +145,9 @@ def serve(config: Config) -> None:
         sys.exit(STARTUP_FAILURE)
     host, port = sockets[0].getsockname()[:2]
     log.info("Uvicorn running on http://%s:%d, %d processes with a socket each", host, port, len(sockets))
+    supervisor = OneSocketEach(config, sockets)
     try:
-        OneSocketEach(config, sockets).run()
+        supervisor.run()
     finally:
-        for sock in sockets:
+        for sock in supervisor.own:  # with those SIGTTIN added and without those SIGTTOU closed
             sock.close()
