@@ -60,6 +60,7 @@ class GrowingFile(io.RawIOBase):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
+        self.path = path
         self._file = path.open("rb")
         self._written = 0
         self._finished = False

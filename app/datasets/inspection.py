@@ -470,6 +470,37 @@ def early_csv_to_parquet(
     return _write_parquet(source, dst, filename, {}, written)
 
 
+def first_block_types(path: Path, block_bytes: int) -> dict[str, pa.DataType]:
+    """The column types Arrow's streaming CSV reader infers from its first block of ``block_bytes``
+    (the complete lines in it), found by reading just that block; columns that block leaves without
+    a type (no values yet) are not named. Empty when the block cannot tell (no complete line, an
+    error, duplicate names): then the reader infers as usual and reports what it finds.
+
+    Read with these types the file converts to the same table, at far less CPU: Arrow's inferring
+    column decoder stays on every later block, and pinning the types it chose took the parse of a
+    512 MiB, 4-column CSV from 1.8 to 1.1 s of CPU (3.3 vs 1.9 s into one table; 20 float columns:
+    2.5 vs 1.8 s), where the parse is most of an upload's critical path.
+    """
+    with path.open("rb") as f:
+        head = f.read(block_bytes)
+    if len(head) == block_bytes:  # more follows: the reader's first block ends with its last line end
+        end = max(head.rfind(b"\n"), head.rfind(b"\r"))
+        if end < 0:
+            return {}
+        head = head[: end + 1]
+    try:
+        schema = pa_csv.open_csv(
+            pa.BufferReader(head),
+            read_options=pa_csv.ReadOptions(block_size=len(head) + 1, use_threads=False),
+            convert_options=pa_csv.ConvertOptions(strings_can_be_null=True),
+        ).schema
+    except pa.ArrowInvalid:
+        return {}
+    if len(set(schema.names)) != len(schema.names):
+        return {}
+    return {f.name: f.type for f in schema if not pa.types.is_null(f.type)}
+
+
 def _write_parquet(
     src: Path | GrowingFile,
     dst: Path,
@@ -477,15 +508,17 @@ def _write_parquet(
     column_types: dict[str, pa.DataType],
     written: Callable[[int], None] | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
+    block_bytes = CSV_BLOCK_BYTES if isinstance(src, Path) else EARLY_CSV_BLOCK_BYTES
+    if isinstance(src, GrowingFile):
+        src.wait_for(block_bytes + 1)  # the first block is on disk (or the whole file, if shorter)
+    types = {**first_block_types(src if isinstance(src, Path) else src.path, block_bytes), **column_types}
     try:
         reader = pa_csv.open_csv(
             src,
             # One parsing thread: Arrow's parallel read ahead cost a fifth more CPU for the same
             # batches, and the Parquet encoding runs on a thread of its own (_row_group_writer).
-            read_options=pa_csv.ReadOptions(
-                block_size=CSV_BLOCK_BYTES if isinstance(src, Path) else EARLY_CSV_BLOCK_BYTES, use_threads=False
-            ),
-            convert_options=pa_csv.ConvertOptions(column_types=column_types, strings_can_be_null=True),
+            read_options=pa_csv.ReadOptions(block_size=block_bytes, use_threads=False),
+            convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=True),
             memory_pool=conversion_memory_pool(),
         )
     except pa.ArrowInvalid as exc:
