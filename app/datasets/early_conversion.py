@@ -99,7 +99,9 @@ class GrowingFile(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         wanted = len(buffer)
         with self._changed:
-            while self._file.tell() >= self._written and not self._finished and not self._aborted:
+            # A whole block unless the file ends first: a reader that caught up with the writer would
+            # otherwise get the few bytes just written, and Arrow parses every read as a block of its own.
+            while self._written - self._file.tell() < wanted and not self._finished and not self._aborted:
                 self._changed.wait()
             if self._aborted:
                 raise EarlyConversionStopped

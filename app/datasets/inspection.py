@@ -448,6 +448,17 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     ]
 
 
+def delta_encoded_columns(schema: pa.Schema) -> dict[str, str]:
+    """Integer columns, written DELTA_BINARY_PACKED (Parquet's delta encoding for integers; every
+    reader of Parquet 2 encodings reads it) instead of plain values. Measured per row group of 4 MiB
+    with zstd, against plain: a monotonic timestamp column 4.66 → 0.78 MB and 0.117 → 0.021 s of
+    CPU; random integers 12.1 → 8.0 MB and 0.113 → 0.028 s; whole tables (3M rows) 38.0 → 35.6 MB
+    (sensor readings: timestamp, two floats, a device name) and 14.3 → 10.9 MB (two integer columns),
+    at 15–60% less encoding CPU. Floats stay plain: byte-stream-split made rounded readings 10-16%
+    larger."""
+    return {f.name: "DELTA_BINARY_PACKED" for f in schema if pa.types.is_integer(f.type)}
+
+
 def statistics_columns(schema: pa.Schema) -> list[str]:
     """Columns whose min/max statistics are written: all but text. A text column's min and max
     compare every value (memcmp), which cost about 4% of a CSV upload's CPU; nothing in rnnlab
@@ -576,6 +587,7 @@ def _row_group_writer(dst: Path, schema: pa.Schema, written: Callable[[int], Non
                 schema,
                 compression=PARQUET_COMPRESSION,
                 use_dictionary=dictionary_columns(schema),
+                column_encoding=delta_encoded_columns(schema),
                 write_statistics=statistics_columns(schema),
                 memory_pool=conversion_memory_pool(),
             ) as writer:

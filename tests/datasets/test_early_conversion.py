@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
+import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
+import pytest
 
 from app.datasets import inspection
+from app.datasets.early_conversion import EarlyConversionStopped, GrowingFile
 from app.datasets.upload import MultipartUploadSink
 from app.storage import get_storage
 
@@ -95,3 +98,53 @@ def test_a_header_about_as_long_as_the_early_conversions_block_converts_as_usual
         assert pq.read_table(content.stored_path).equals(pq.read_table(usual))
     finally:
         upload.discard_early()
+
+
+def test_a_read_of_the_growing_spool_waits_for_a_whole_block(tmp_path) -> None:
+    # Arrow parses every read as a block of its own: a reader that caught up with the upload must get
+    # the block it asked for, not the few bytes just written (many tiny blocks cost CPU).
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"")
+    growing = GrowingFile(spool)
+    got: list[int] = []
+    reader = threading.Thread(target=lambda: got.extend(len(growing.read(1000)) for _ in range(2)), daemon=True)
+    reader.start()
+    with spool.open("ab") as f:
+        for size in range(10, 1501, 10):  # 150 small appends, as a slow upload would make them
+            f.write(b"x" * 10)
+            f.flush()
+            growing.grew(size)
+            time.sleep(0.0005)
+    growing.finish()
+    reader.join(10)
+    assert got == [1000, 500]  # a whole block, then what was left at the end
+    growing.close()
+
+
+def test_a_growing_read_ends_with_the_upload_and_stops_on_abort(tmp_path) -> None:
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"abc")
+    growing = GrowingFile(spool)
+    growing.grew(3)
+    growing.finish()
+    assert bytes(growing.read(100)) == b"abc" and len(growing.read(100)) == 0
+    growing.close()
+    stopped = GrowingFile(spool)
+    stopped.grew(1)
+    threading.Timer(0.05, stopped.abort).start()
+    with pytest.raises(EarlyConversionStopped):
+        stopped.read(100)
+    stopped.close()
+
+
+def test_integer_columns_are_delta_encoded_and_read_back_equal(sqlite_env, tmp_path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(_csv(50_000))  # a: integers, b: text, c: floats
+    inspection.convert_csv_to_parquet(path, tmp_path / "t.parquet", "t.csv")
+    stored = pq.ParquetFile(tmp_path / "t.parquet")
+    chunk = stored.metadata.row_group(0)
+    encodings = {chunk.column(i).path_in_schema: set(chunk.column(i).encodings) for i in range(3)}
+    assert "DELTA_BINARY_PACKED" in encodings["a"]
+    assert "DELTA_BINARY_PACKED" not in encodings["b"] | encodings["c"]
+    expected = pa_csv.read_csv(path)
+    assert stored.read().equals(expected)
