@@ -519,10 +519,12 @@ def _write_parquet(
     column_types: dict[str, pa.DataType],
     written: Callable[[int], None] | None = None,
 ) -> tuple[int, list[dict[str, Any]]]:
-    block_bytes = CSV_BLOCK_BYTES if isinstance(src, Path) else EARLY_CSV_BLOCK_BYTES
-    if isinstance(src, GrowingFile):
+    if isinstance(src, Path):
+        path, block_bytes = src, CSV_BLOCK_BYTES
+    else:
+        path, block_bytes = src.path, EARLY_CSV_BLOCK_BYTES
         src.wait_for(block_bytes + 1)  # the first block is on disk (or the whole file, if shorter)
-    types = {**first_block_types(src if isinstance(src, Path) else src.path, block_bytes), **column_types}
+    types = {**first_block_types(path, block_bytes), **column_types}
     try:
         reader = pa_csv.open_csv(
             src,
