@@ -28,8 +28,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "invalid_sort": (400, "the `sort` parameter names an unknown field or metric"),
     "invalid_cursor": (400, "the `cursor` is not one this server issued"),
     "invalid_multipart": (400, "the upload is not a readable multipart/form-data body"),
+    "invalid_json": (400, "the JSON body is nested too deep or holds an integer too long for the parser"),
     "upload_interrupted": (400, "the client disconnected before the upload finished"),
     "invalid_characters": (400, "a path or query parameter, JSON value or form field holds a NUL character"),
+    "http_error": (400, "another HTTP-level error (e.g. a body FastAPI cannot read); the message says which"),
     "too_many_jobs": (400, "more jobs than allowed in one request (compare) or one sweep (422)"),
     "invalid_metric": (422, "a metric name that does not exist"),
     "non_finite_number": (422, "a JSON number is Infinity, NaN or beyond the float range; details name the field"),
@@ -61,6 +63,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "validation_error": (422, "the request body or a parameter does not match its schema"),
     "invalid_spec": (422, "the job spec is invalid; details name each field"),
     "invalid_grid": (422, "a sweep grid value is invalid; details name it"),
+    "unknown_grid_path": (422, "a sweep grid path is not a JobSpec field; the message lists the fields under it"),
+    "reserved_grid_path": (
+        422,
+        "a grid path a sweep cannot vary (dataset_id, task, training.seed); the message says why",
+    ),
     "invalid_space": (422, "a tpe search space parameter is invalid or cannot run on the dataset; details name it"),
     "invalid_objective": (
         422,
@@ -201,7 +208,11 @@ ErrorDetail.model_rebuild(force=True)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
-        (400, "Unreadable parameter (`invalid_where`, `invalid_sort`, `invalid_cursor`, `invalid_characters`, …)"),
+        (
+            400,
+            "Unreadable parameter or body (`invalid_where`, `invalid_sort`, `invalid_cursor`, `invalid_characters`, "
+            "`invalid_json`, …)",
+        ),
         (401, "Missing, unknown or revoked API key"),
         (404, "Not found in your project"),
         (405, "Method not allowed on this path; the `Allow` header lists the methods it takes"),

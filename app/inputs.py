@@ -7,7 +7,8 @@ surface as 500s. Here they are refused up front, naming the field:
 - JSON bodies: :class:`RequestBodyGuard`, an ASGI middleware that also enforces the JSON body size
   limit (413, from ``Content-Length`` before a byte is read, else while reading), parses the body
   in a worker thread (so a large body never blocks the event loop) and refuses NUL characters and
-  non-finite numbers (``Infinity``, ``NaN``, ``1e999``) anywhere in it;
+  non-finite numbers (``Infinity``, ``NaN``, ``1e999``, an integer beyond the float range) anywhere
+  in it, and bodies nested too deep or with too long an integer for the parser (400 ``invalid_json``);
 - every request body: the time allowed between two chunks is bounded (408), so a client that
   announces more bytes than it sends cannot hold a connection open forever.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +31,8 @@ from app.config import get_settings
 from app.errors import AppError, BadRequest, InvalidInput, RequestTimeout, TooLarge, error_body
 
 NUL = "\x00"
+# The largest finite float; a JSON integer beyond it cannot become a number any field takes.
+FLOAT_MAX = sys.float_info.max
 # Methods whose body FastAPI reads as JSON on our routes.
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -70,6 +74,9 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
     elif isinstance(value, float):
         if not math.isfinite(value):  # 1e999 parses to inf
             yield path or "body", "non_finite"
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > FLOAT_MAX:  # an integer literal no float can hold (10**400)
+            yield path or "body", "non_finite"
     elif isinstance(value, dict):
         for key, item in value.items():
             field = f"{path}.{key}" if path else str(key)
@@ -81,8 +88,13 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _walk(item, f"{path}[{index}]" if path else f"[{index}]")
 
 
+def _invalid_json(problem: str) -> AppError:
+    return BadRequest("invalid_json", f"the body is not valid JSON: {problem}", {"field": "body"})
+
+
 def check_json_body(body: bytes) -> AppError | None:
-    """The error for a JSON body holding a NUL character or a non-finite number; None when clean.
+    """The error for a JSON body holding a NUL character or a number beyond the float range (also an
+    integer literal), or one the parser cannot read (too deep, too long an integer); None when clean.
 
     A body that is not JSON at all is left to FastAPI, which answers its usual 422.
     """
@@ -94,9 +106,18 @@ def check_json_body(body: bytes) -> AppError | None:
             f"the body holds {exc}, which is not a JSON number; send a finite number",
             [{"field": "body", "message": f"{exc} is not a finite number", "type": "non_finite_number"}],
         )
-    except (ValueError, RecursionError):
-        return None
-    problems = list(_walk(parsed, ""))
+    except RecursionError:
+        return _invalid_json("it is nested deeper than the parser allows (about 1000 levels)")
+    except json.JSONDecodeError:
+        return None  # FastAPI's 422 names the character where parsing failed
+    except ValueError as exc:
+        if "integer string conversion" not in str(exc):
+            return None
+        return _invalid_json(f"an integer has more than {sys.get_int_max_str_digits()} digits")
+    try:
+        problems = list(_walk(parsed, ""))
+    except RecursionError:  # parsed, but deeper than the walk can follow from here
+        return _invalid_json("it is nested deeper than the parser allows (about 1000 levels)")
     if not problems:
         return None
     field, kind = problems[0]

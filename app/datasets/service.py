@@ -20,6 +20,8 @@ from typing import Any
 
 import anyio.to_thread
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import exists, func, select
 from sqlalchemy.exc import IntegrityError
@@ -320,10 +322,57 @@ def _preview_table(path: Path, rows: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     with pq.ParquetFile(path) as parquet:
         for batch in parquet.iter_batches(batch_size=rows):
-            out.extend(batch.slice(0, rows - len(out)).to_pylist())
+            out.extend(_batch_rows(batch.slice(0, rows - len(out))))
             if len(out) >= rows:
                 break
     return [{key: jsonable(value) for key, value in row.items()} for row in out]
+
+
+def _batch_rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
+    try:
+        return list(batch.to_pylist())
+    except (OverflowError, ValueError):  # a value Python cannot hold: converted column by column
+        columns = {name: _column_values(batch.column(i)) for i, name in enumerate(batch.schema.names)}
+        return [{name: values[i] for name, values in columns.items()} for i in range(batch.num_rows)]
+
+
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def _column_values(column: pa.Array) -> list[Any]:
+    """The column as Python values. What Python's datetime types cannot hold is shown otherwise: a
+    nanosecond timestamp or time as Arrow's exact text, a duration as seconds (as :func:`jsonable`
+    shows the others), a date or timestamp before year 1 or after 9999 as the number it stores."""
+    try:
+        return list(column.to_pylist())
+    except (OverflowError, ValueError):
+        pass
+    kind = column.type
+    fallback: list[Any] = [None] * len(column)  # nested values holding such a value: null
+    if pa.types.is_temporal(kind):
+        fallback = _temporal_fallback(column)
+    values: list[Any] = []
+    for i in range(len(column)):
+        try:
+            values.append(column[i].as_py())
+        except (OverflowError, ValueError):
+            values.append(fallback[i])
+    return values
+
+
+def _temporal_fallback(column: pa.Array) -> list[Any]:
+    kind = column.type
+    raw = column.view(pa.int32() if kind.bit_width == 32 else pa.int64()).to_pylist()
+    if pa.types.is_duration(kind):
+        return [None if r is None else r / _PER_SECOND[kind.unit] for r in raw]
+    if pa.types.is_timestamp(kind) and kind.unit == "ns":  # int64 nanoseconds span 1677-2262: all exact
+        text = pc.cast(column.cast(pa.timestamp("ns")), pa.string()).to_pylist()  # tz-aware values are UTC
+        suffix = "+00:00" if kind.tz else ""
+        return [None if t is None else t.replace(" ", "T") + suffix for t in text]
+    if pa.types.is_time(kind):
+        return list(pc.cast(column, pa.string()).to_pylist())
+    unit = "days" if pa.types.is_date32(kind) else "ms" if pa.types.is_date64(kind) else kind.unit
+    return [None if r is None else f"out of range: {r} {unit} since 1970-01-01" for r in raw]
 
 
 def _preview_arrays(path: Path, filename: str, rows: int) -> dict[str, ArrayPreview]:

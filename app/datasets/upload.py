@@ -14,7 +14,7 @@ from typing import IO
 
 import anyio.to_thread
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MAX_BOUNDARY_LENGTH, MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from app.datasets.early_conversion import EarlyConversion
@@ -304,6 +304,12 @@ def multipart_boundary(request: Request, max_file_bytes: int) -> bytes:
     boundary = params.get(b"boundary")
     if not boundary:
         raise BadRequest("invalid_multipart", "the multipart/form-data Content-Type has no boundary")
+    if len(boundary) > MAX_BOUNDARY_LENGTH:
+        raise BadRequest(
+            "invalid_multipart",
+            f"the multipart boundary is {len(boundary)} characters long; at most {MAX_BOUNDARY_LENGTH} are "
+            "accepted (RFC 2046 allows 70)",
+        )
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_file_bytes + MULTIPART_OVERHEAD_BYTES:
         # Refused from the headers alone, before a single byte of the body is read.

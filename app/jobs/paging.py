@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Row, Select, String, and_, literal, select, true, tuple_
+from sqlalchemy import BigInteger, ColumnElement, Row, Select, String, and_, literal, select, true, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from app.errors import AppError, BadRequest
@@ -76,13 +76,45 @@ def _bad_cursor(message: str = "cursor is not a next_cursor returned by this API
     return BadRequest("invalid_cursor", message)
 
 
-def _decode_value(kind: Kind, raw: Any) -> Any:
+# The largest magnitude each integer column type holds (PostgreSQL's integer is 32-bit); a cursor
+# value beyond its column's range is one this API never wrote, and PostgreSQL would refuse to bind it.
+INTEGER_LIMIT = {"integer": 2**31, "bigint": 2**63}
+
+
+def _storable_text(raw: str) -> bool:
+    """Text every database can bind: no NUL character (PostgreSQL refuses it), valid UTF-8 (no lone surrogate)."""
+    if "\x00" in raw:
+        return False
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _integer_limit(sort: SortKey) -> int | None:
+    """For a job column of integers, the magnitude its values stay within; None for a metric (a float)."""
+    if sort.metric is not None or sort.kind != "number":
+        return None
+    column_type = JOB_SORTS[sort.field][0].type
+    return INTEGER_LIMIT["bigint" if isinstance(column_type, BigInteger) else "integer"]
+
+
+def _decode_value(kind: Kind, raw: Any, integer_limit: int | None = None) -> Any:
+    """The sort value a cursor holds, checked as the database will bind it; ValueError otherwise.
+
+    ``integer_limit``: the sort column holds integers in [-limit, limit) (a job column, not a metric)."""
     if kind == "time" and isinstance(raw, str):
         moment = datetime.fromisoformat(raw)
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-    if kind == "number" and isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+        # Converted to UTC now, as the column stores it: 9999-12-31T23:59-23:59 is past year 9999 in UTC.
+        return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if kind == "number" and isinstance(raw, int) and not isinstance(raw, bool):
+        limit = INTEGER_LIMIT["bigint"] if integer_limit is None else integer_limit
+        if -limit <= raw < limit:
+            return raw
+    if kind == "number" and isinstance(raw, float) and math.isfinite(raw) and integer_limit is None:
         return raw
-    if kind == "string" and isinstance(raw, str):
+    if kind == "string" and isinstance(raw, str) and _storable_text(raw):
         return raw
     raise ValueError(raw)
 
@@ -100,12 +132,17 @@ def decode_cursor(text: str | None, sort: SortKey) -> Cursor | None:
         raise _bad_cursor() from exc
     if sorted_by != sort.text:
         raise _bad_cursor(f"this cursor pages a list sorted by {sorted_by!r}, not {sort.text!r}; keep the sort")
-    if phase not in ("v", "n") or not isinstance(job_id, str) or len(job_id) > 64:
+    if phase not in ("v", "n") or not isinstance(job_id, str) or len(job_id) > 64 or not _storable_text(job_id):
         raise _bad_cursor()
     try:
-        value = _decode_value("time" if phase == "n" else sort.kind, raw)
+        value = _decode_value(
+            "time" if phase == "n" else sort.kind, raw, _integer_limit(sort) if phase == "v" else None
+        )
     except (ValueError, TypeError, OverflowError) as exc:
-        raise _bad_cursor() from exc
+        raise _bad_cursor(
+            f"cursor holds a {sort.field if phase == 'v' else 'created_at'} position this API never writes "
+            "(out of range or of another type); use the next_cursor of the previous page"
+        ) from exc
     return Cursor(phase, value, job_id)
 
 

@@ -32,6 +32,7 @@ from app.ratelimit import (
 from app.responses import OrjsonResponse
 from app.routing import PolledRead
 from worker.engine.results import Evaluation
+from worker.engine.spec import Task
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -53,8 +54,8 @@ def list_jobs(
     page: Annotated[PageParams, Depends(page_params)],
     status: Annotated[list[JobStatus] | None, Query(description="Repeatable.")] = None,
     dataset_id: str | None = None,
-    task: Literal["forecast", "regression", "classification"] | None = None,
-    cell: Literal["rnn", "lstm", "gru"] | None = None,
+    task: Task | None = None,  # the spec's own list of tasks, so a new task is filterable at once
+    cell: Literal["rnn", "lstm", "gru"] | None = None,  # as ModelSpec.cell (a test checks they agree)
     sweep_id: str | None = None,
     where: Annotated[
         str | None,

@@ -21,6 +21,7 @@ from .tables import (
     label_column,
     normalize_split_labels,
     numeric_column,
+    plain_column,
     refuse_non_finite,
     require_column,
     split_label_column,
@@ -104,26 +105,43 @@ def _column_split(spec: JobSpec, table: pa.Table) -> np.ndarray | None:
 
 
 def _group_runs(
-    table: pa.Table, group_column: str | None, order_column: str | None
+    table: pa.Table,
+    group_column: str | None,
+    order_column: str | None,
+    group_field: str = "data.group_column",
 ) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
-    """Row order sorted by (group, order) and the [start, stop) run of each group in it."""
-    keys: list[tuple[str, str]] = []
-    for name, field_name in ((group_column, "data.group_column"), (order_column, "data.order_column")):
+    """Row order sorted by (group, order) and the [start, stop) run of each group in it.
+
+    ``group_field`` is the spec field naming the group column (``data.sequence_column`` for sequences).
+    """
+    keys: dict[str, pa.ChunkedArray] = {}
+    for name, field_name in ((group_column, group_field), (order_column, "data.order_column")):
         if name is not None:
-            column = require_column(table, name, field_name)
+            column = _sort_key(table, name, field_name)
             if column.null_count:
                 raise DataError(f"{column.null_count} missing values in column '{name}'", field=field_name)
-            keys.append((name, "ascending"))
+            keys[name] = column
     n = table.num_rows
     if not keys:
         return np.arange(n), [("all", 0, n)]
-    order = np.asarray(pc.sort_indices(table.select([k for k, _ in keys]), sort_keys=keys))
+    order = np.asarray(pc.sort_indices(pa.table(keys), sort_keys=[(k, "ascending") for k in keys]))
     if group_column is None:
         return order, [("all", 0, n)]
-    groups = table.column(group_column).take(pa.array(order)).to_numpy(zero_copy_only=False)
+    groups = keys[group_column].take(pa.array(order)).to_numpy(zero_copy_only=False)
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if n else np.array([], dtype=np.int64)
     stops = np.r_[starts[1:], n]
     return order, [(str(groups[a]), int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
+
+
+def _sort_key(table: pa.Table, name: str, field_name: str) -> pa.ChunkedArray:
+    """A column to sort rows by, as a type Arrow sorts: nested types (list, struct, map) are refused,
+    dictionary-encoded ones decoded, half floats widened."""
+    column = plain_column(table, name, field_name)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    if pa.types.is_float16(column.type):
+        column = column.cast(pa.float64())
+    return column
 
 
 def _series(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
@@ -210,7 +228,7 @@ def _sequences(spec: JobSpec, table: pa.Table, materialize: bool) -> Examples:
     features = d.features or _default_features(table, {e for e in exclude if e})
     if not features:
         raise DataError("no numeric feature columns besides the target; set data.features", field="data.features")
-    order, runs = _group_runs(table, d.sequence_column, d.order_column)
+    order, runs = _group_runs(table, d.sequence_column, d.order_column, "data.sequence_column")
     lengths = np.array([b - a for _, a, b in runs])
     if lengths.min() != lengths.max():
         raise DataError(
@@ -301,6 +319,8 @@ def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> 
         )
     n, steps = x_raw.shape[0], x_raw.shape[1]
     num_features = x_raw.shape[2] if x_raw.ndim == 3 else 1
+    if n == 0:
+        raise DataError(f"array X holds no examples (shape {list(x_raw.shape)})", field="data.layout")
     if steps == 0 or num_features == 0:
         raise DataError(
             f"array X needs at least one time step and one feature; got shape {list(x_raw.shape)}",
@@ -310,6 +330,8 @@ def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> 
         raise DataError(
             f"array y must be shaped [N] or [N, H] with N={n}; got {list(y_raw.shape)}", field="data.target"
         )
+    if y_raw.ndim == 2 and y_raw.shape[1] == 0:
+        raise DataError(f"array y has no target columns (shape {list(y_raw.shape)})", field="data.target")
     if spec.task == "classification" and y_raw.ndim != 1:
         raise DataError(f"classification needs y shaped [N]; got {list(y_raw.shape)}", field="data.target")
     names = spec.data.features or [f"x{i}" for i in range(num_features)]

@@ -101,8 +101,14 @@ def _temporal(
         members = np.flatnonzero(group == g)
         members = members[np.argsort(time[members], kind="stable")]
         where = "the dataset" if group_names is None or len(group_names) == 1 else f"series '{group_names[g]}'"
-        gaps = purge * (2 if val_fraction > 0 else 1)
-        n_train, n_val, n_test = _part_sizes(len(members) - gaps, val_fraction, test_fraction, where)
+        boundaries = 2 if val_fraction > 0 else 1
+        gaps = purge * boundaries
+        try:
+            n_train, n_val, n_test = _part_sizes(len(members) - gaps, val_fraction, test_fraction, where)
+        except DataError:
+            if not purge:
+                raise
+            raise _purged_too_few(where, len(members), purge, boundaries) from None
         parts["train"].append(members[:n_train])
         start = n_train + purge
         parts["val"].append(members[start : start + n_val])
@@ -115,6 +121,17 @@ def _temporal(
             "different parts never overlap"
         )
     return split
+
+
+def _purged_too_few(where: str, windows: int, purge: int, boundaries: int) -> DataError:
+    left = max(0, windows - purge * boundaries)
+    at = "each of its 2 boundaries (train/val, val/test)" if boundaries == 2 else "the train/test boundary"
+    return DataError(
+        f"{where} has {windows} forecast windows; the temporal split drops {purge} window(s) at {at} so "
+        f"that targets data.horizon steps long never overlap two parts, which leaves {left}: too few for "
+        "train / val / test. Lower data.horizon or data.lookback, or upload a longer series",
+        field="data.horizon",
+    )
 
 
 def _stratified(labels: np.ndarray, val_fraction: float, test_fraction: float, rng: np.random.Generator) -> Split:

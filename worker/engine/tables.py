@@ -19,6 +19,33 @@ def require_column(table: pa.Table, name: str, field: str) -> pa.ChunkedArray:
     return table.column(name)
 
 
+def is_nested(kind: pa.DataType) -> bool:
+    """Lists, structs, maps and unions: values that are not one number, text or date each."""
+    return bool(
+        pa.types.is_list(kind)
+        or pa.types.is_large_list(kind)
+        or pa.types.is_fixed_size_list(kind)
+        or pa.types.is_list_view(kind)
+        or pa.types.is_large_list_view(kind)
+        or pa.types.is_struct(kind)
+        or pa.types.is_map(kind)
+        or pa.types.is_union(kind)
+    )
+
+
+def plain_column(table: pa.Table, name: str, field: str, role: str = "column") -> pa.ChunkedArray:
+    """The column, refusing nested types (list, struct, map): a key, label or split column needs one
+    plain value (number, text, date) per row."""
+    column = require_column(table, name, field)
+    if is_nested(column.type):
+        raise DataError(
+            f"{role} '{name}' has type {column.type}; it must hold one plain value (a number, text or date) "
+            "per row, not a list, struct or map",
+            field=field,
+        )
+    return column
+
+
 def is_numeric(column: pa.ChunkedArray) -> bool:
     kind = column.type
     return bool(
@@ -43,6 +70,8 @@ def refuse_missing(column: pa.ChunkedArray, name: str, field: str) -> None:
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Integers up to 2**53 in magnitude are exactly floats; beyond, neighbouring values become one.
+MAX_EXACT_FLOAT_INT = 2**53
 
 
 def refuse_non_finite(values: np.ndarray, name: str, field: str) -> None:
@@ -66,18 +95,48 @@ def numeric_column(table: pa.Table, name: str, field: str, role: str = "column")
     if not is_numeric(column):
         raise DataError(f"{role} '{name}' is not numeric (type {column.type})", field=field)
     refuse_missing(column, name, field)
-    values = np.asarray(pc.cast(column, pa.float64()).to_numpy(), dtype=np.float64)
+    values = as_float64(column, name, field, role)
     refuse_non_finite(values, f"column '{name}'", field)
     return values
 
 
+def as_float64(column: pa.ChunkedArray, name: str, field: str, role: str = "column") -> np.ndarray:
+    """A numeric column as float64; integers beyond ±2**53 (which no float holds exactly) are refused."""
+    try:
+        return np.asarray(pc.cast(column, pa.float64()).to_numpy(), dtype=np.float64)
+    except pa.ArrowInvalid:
+        if not pa.types.is_integer(column.type):
+            raise
+        extremes = pc.min_max(column).as_py()
+        largest = max((v for v in extremes.values() if v is not None), key=abs)
+        raise DataError(
+            f"{role} '{name}' holds integers beyond ±2^53 (e.g. {largest}), which cannot be represented "
+            "exactly as floats; drop the column (an id or a timestamp in nanoseconds is no feature) or "
+            "rescale it (e.g. seconds since the first row) before uploading",
+            field=field,
+        ) from None
+
+
+def as_strings(column: pa.ChunkedArray, name: str, field: str, role: str = "column") -> np.ndarray:
+    """A plain (not nested) column as an object array of Python strings."""
+    try:
+        text = column.cast(pa.string())
+    except pa.ArrowInvalid:  # binary values that are not UTF-8
+        raise DataError(f"{role} '{name}' holds bytes that are not UTF-8 text", field=field) from None
+    except pa.ArrowNotImplementedError:
+        raise DataError(
+            f"{role} '{name}' has type {column.type}, which cannot be read as labels", field=field
+        ) from None
+    return np.asarray(text.to_numpy(zero_copy_only=False), dtype=object)
+
+
 def label_column(table: pa.Table, name: str, field: str) -> np.ndarray:
-    """A label column (strings or numbers) as a numpy array, refusing missing values."""
-    column = require_column(table, name, field)
+    """A label column (strings or numbers) as a numpy array, refusing missing values and nested types."""
+    column = plain_column(table, name, field, "target")
     refuse_missing(column, name, field)
     if is_numeric(column):
-        return np.asarray(pc.cast(column, pa.float64()).to_numpy())
-    return np.asarray(column.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+        return as_float64(column, name, field, "target")
+    return as_strings(column, name, field, "target")
 
 
 def encode_classes(labels: np.ndarray, field: str) -> tuple[np.ndarray, list[Any]]:
@@ -99,9 +158,9 @@ def encode_classes(labels: np.ndarray, field: str) -> tuple[np.ndarray, list[Any
 
 def split_label_column(table: pa.Table, name: str) -> np.ndarray:
     """The split column as lower-case strings, refusing values other than train / val / test."""
-    column = require_column(table, name, "data.split.column")
+    column = plain_column(table, name, "data.split.column", "split column")
     refuse_missing(column, name, "data.split.column")
-    values = np.asarray(column.cast(pa.string()).to_numpy(zero_copy_only=False), dtype=object)
+    values = as_strings(column, name, "data.split.column", "split column")
     return normalize_split_labels(values, f"column '{name}'")
 
 

@@ -1,0 +1,258 @@
+"""Hostile input to the job, sweep and list routes: each is a 4xx naming the problem, never a 500."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+from typing import Any, get_args
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.stack import forecast_spec, sine_csv
+
+JOBS = "/api/v1/jobs"
+
+
+def _upload(client: Any, auth: dict[str, str], filename: str, content: bytes) -> str:
+    r = client.post("/api/v1/datasets", headers=auth, files={"file": (filename, content, "application/octet-stream")})
+    assert r.status_code in (200, 201), r.text
+    return str(r.json()["id"])
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+def _npz(**arrays: Any) -> bytes:
+    sink = io.BytesIO()
+    np.savez(sink, **arrays)
+    return sink.getvalue()
+
+
+def _refused(response: Any, status: int, code: str, *fragments: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    for fragment in fragments:
+        assert fragment in error["message"], (fragment, error["message"])
+    return dict(error)
+
+
+def _submit(client: Any, auth: dict[str, str], dataset_id: str, task: str, data: dict[str, Any]) -> Any:
+    return client.post(JOBS, headers=auth, json={"dataset_id": dataset_id, "task": task, "data": data})
+
+
+# -- 1. integers beyond 2**53 ------------------------------------------------------------------------
+
+
+def test_nanosecond_timestamps_as_a_feature_are_422_naming_the_column(client, auth) -> None:
+    rows = "\n".join(f"{1700000000000000000 + i * 1000000001},{math.sin(i / 4):.4f}" for i in range(200))
+    ds = _upload(client, auth, "ns.csv", f"ts,value\n{rows}\n".encode())
+    data = {"layout": "series", "target": "value", "features": ["ts", "value"], "lookback": 4}
+    error = _refused(_submit(client, auth, ds, "forecast", data), 422, "spec_does_not_fit_dataset", "'ts'", "2^53")
+    assert "cannot be represented exactly as floats" in error["message"] and "rescale" in error["message"]
+    assert error["details"][0]["field"] == "data.features"
+
+
+def test_parquet_uint64_max_as_target_is_422_naming_the_column(client, auth) -> None:
+    n = 60
+    table = pa.table(
+        {
+            "big": pa.array([2**64 - 1 - i for i in range(n)], pa.uint64()),
+            "x": pa.array(np.arange(n, dtype=np.float64)),
+            "value": pa.array(np.sin(np.arange(n) / 3)),
+        }
+    )
+    ds = _upload(client, auth, "big.parquet", _parquet(table))
+    data = {"layout": "series", "target": "big", "lookback": 4}
+    error = _refused(_submit(client, auth, ds, "forecast", data), 422, "spec_does_not_fit_dataset", "target 'big'")
+    assert str(2**64 - 1) in error["message"] and error["details"][0]["field"] == "data.target"
+    wide = {"layout": "wide", "target": "big", "features": ["x", "value"]}
+    _refused(_submit(client, auth, ds, "classification", wide), 422, "spec_does_not_fit_dataset", "'big'", "2^53")
+
+
+# -- 2. empty NPZ arrays ----------------------------------------------------------------------------
+
+
+def test_npz_with_zero_examples_is_422_naming_the_array(client, auth) -> None:
+    ds = _upload(client, auth, "z.npz", _npz(X=np.zeros((0, 3, 1)), y=np.zeros(0)))
+    for task in ("regression", "classification"):
+        error = _refused(
+            _submit(client, auth, ds, task, {"layout": "arrays", "target": "y"}),
+            422,
+            "spec_does_not_fit_dataset",
+            "array X holds no examples",
+        )
+        assert "[0, 3, 1]" in error["message"]
+    no_targets = _upload(client, auth, "h0.npz", _npz(X=np.zeros((20, 3, 1)), y=np.zeros((20, 0))))
+    _refused(
+        _submit(client, auth, no_targets, "regression", {"layout": "arrays", "target": "y"}),
+        422,
+        "spec_does_not_fit_dataset",
+        "array y has no target columns",
+    )
+
+
+# -- 4. nested columns in any role ------------------------------------------------------------------
+
+
+@pytest.fixture
+def nested(client, auth) -> str:
+    n = 40
+    table = pa.table(
+        {
+            "m": pa.array([[("k", i % 2)] for i in range(n)], pa.map_(pa.string(), pa.int64())),
+            "l": pa.array([[i] for i in range(n)], pa.list_(pa.int64())),
+            "st": pa.array([{"a": i % 4} for i in range(n)]),
+            "sid": pa.array([i // 4 for i in range(n)]),
+            "step": pa.array([i % 4 for i in range(n)]),
+            "label": pa.array([(i // 4) % 2 for i in range(n)]),
+            "value": pa.array(np.sin(np.arange(n) / 3)),
+        }
+    )
+    return _upload(client, auth, "nested.parquet", _parquet(table))
+
+
+@pytest.mark.parametrize(
+    ("task", "data", "column", "field"),
+    [
+        ("forecast", {"layout": "series", "target": "value", "lookback": 2, "group_column": "m"}, "m", "group_column"),
+        ("forecast", {"layout": "series", "target": "value", "lookback": 2, "order_column": "l"}, "l", "order_column"),
+        (
+            "classification",
+            {
+                "layout": "sequences",
+                "target": "label",
+                "features": ["value"],
+                "sequence_column": "st",
+                "order_column": "step",
+            },
+            "st",
+            "sequence_column",
+        ),
+        (
+            "forecast",
+            {"layout": "series", "target": "value", "lookback": 2, "split": {"method": "column", "column": "m"}},
+            "m",
+            "split.column",
+        ),
+        ("classification", {"layout": "wide", "target": "l", "features": ["value"]}, "l", "target"),
+        ("forecast", {"layout": "series", "target": "value", "features": ["st"], "lookback": 2}, "st", "features"),
+    ],
+)
+def test_nested_column_in_any_role_is_422_naming_it_and_its_type(
+    client, auth, nested, task, data, column, field
+) -> None:
+    error = _refused(_submit(client, auth, nested, task, data), 422, "spec_does_not_fit_dataset", f"'{column}'")
+    assert ("map<" in error["message"]) or ("list<" in error["message"]) or ("struct<" in error["message"])
+    assert error["details"][0]["field"] == f"data.{field}"
+
+
+# -- 5. integers beyond the float range -------------------------------------------------------------
+
+
+def test_integer_beyond_the_float_range_is_422_naming_where(client, auth) -> None:
+    ds = _upload(client, auth, "sine.csv", sine_csv(200).encode())
+    job_id = client.post(JOBS, headers=auth, json=forecast_spec(ds)).json()["id"]
+    huge = int("9" * 400)
+    r = client.post(f"{JOBS}/{job_id}/predict", headers=auth, json={"inputs": [[[huge]]]})
+    error = _refused(r, 422, "non_finite_number", "inputs[0][0][0]", "float range")
+    assert error["details"][0]["field"] == "inputs[0][0][0]"
+    space = {"training.learning_rate": {"low": -huge, "high": 1e-2}}
+    body = {"name": "t", "base": forecast_spec(ds), "search": "tpe", "space": space}
+    error = _refused(client.post("/api/v1/sweeps", headers=auth, json=body), 422, "non_finite_number")
+    assert error["details"][0]["field"] == "space.training.learning_rate.low"
+    # Large integers a float holds are still numbers (checked by their fields as before).
+    assert client.post(f"{JOBS}/{job_id}/predict", headers=auth, json={"inputs": [[[10**300]]]}).status_code == 409
+
+
+# -- 7. forged keyset cursors -----------------------------------------------------------------------
+
+
+def _cursor(body: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    ("sort", "key", "job_id"),
+    [
+        ("attempts", 2**31, "x"),
+        ("attempts", 2**63, "x"),
+        ("attempts", -(2**63) - 1, "x"),
+        ("attempts", 1.5, "x"),
+        ("created_at", "9999-12-31T23:59:59-23:59", "x"),
+        ("-created_at", "0001-01-01T00:00:00+23:59", "x"),
+        ("name", "a\u0000b", "x"),
+        ("name", "\ud800", "x"),
+        ("attempts", 1, "a\u0000b"),
+        ("test.rmse", 10**400, "x"),
+    ],
+)
+def test_forged_keyset_cursor_is_400_naming_the_cursor(client, auth, sort, key, job_id) -> None:
+    cursor = _cursor({"s": sort, "p": "v", "k": key, "i": job_id})
+    r = client.get(JOBS, params={"sort": sort, "cursor": cursor}, headers=auth)
+    _refused(r, 400, "invalid_cursor", "cursor")
+
+
+def test_in_range_cursors_still_page(client, auth) -> None:
+    for sort, key in (("attempts", 2**31 - 1), ("created_at", "9999-12-31T23:59:59+00:00"), ("test.rmse", 1.5)):
+        cursor = _cursor({"s": sort, "p": "v", "k": key, "i": "x"})
+        r = client.get(JOBS, params={"sort": sort, "cursor": cursor}, headers=auth)
+        assert r.status_code == 200, r.text
+    for path in ("/api/v1/datasets", "/api/v1/sweeps"):
+        r = client.get(path, params={"cursor": _cursor({"o": 2**63})}, headers=auth)
+        _refused(r, 400, "invalid_cursor", "cursor")
+
+
+# -- 8. a horizon that leaves nothing to split ------------------------------------------------------
+
+
+def test_horizon_that_leaves_no_windows_after_purging_names_the_field(client, auth) -> None:
+    ds = _upload(client, auth, "sine.csv", sine_csv(600).encode())
+    data = {"layout": "series", "target": "value", "lookback": 1, "horizon": 590}
+    error = _refused(_submit(client, auth, ds, "forecast", data), 422, "spec_does_not_fit_dataset", "data.horizon")
+    message = error["message"]
+    assert "10 forecast windows" in message and "leaves 0" in message and "data.lookback" in message
+    assert not re.search(r"-\d", message), message  # never a negative count
+    assert error["details"][0]["field"] == "data.horizon"
+
+
+# -- 9. the task filter takes every task ------------------------------------------------------------
+
+
+def test_task_and_cell_filters_take_every_value_of_the_spec(client, auth) -> None:
+    from worker.engine.spec import ModelSpec, Task
+
+    for task in get_args(Task):
+        assert client.get(JOBS, params={"task": task}, headers=auth).status_code == 200, task
+    _refused(client.get(JOBS, params={"task": "poetry"}, headers=auth), 422, "validation_error", "task")
+    for cell in get_args(ModelSpec.model_fields["cell"].annotation):
+        assert client.get(JOBS, params={"cell": cell}, headers=auth).status_code == 200, cell
+
+
+# -- 10. bodies the JSON parser cannot read ---------------------------------------------------------
+
+
+def test_bodies_too_deep_or_with_too_long_integers_are_400_invalid_json(client, auth) -> None:
+    headers = {**auth, "content-type": "application/json"}
+    deep = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"
+    _refused(client.post(JOBS, headers=headers, content=deep), 400, "invalid_json", "not valid JSON", "nested")
+    long_int = '{"dataset_id": "x", "task": "forecast", "n": ' + "9" * 5000 + "}"
+    _refused(client.post(JOBS, headers=headers, content=long_int), 400, "invalid_json", "integer", "digits")
+    # Malformed JSON keeps FastAPI's 422 naming the character.
+    _refused(client.post(JOBS, headers=headers, content='{"a": '), 422, "validation_error", "not valid JSON")
+
+
+def test_every_code_the_app_answers_is_listed() -> None:
+    from app.errors import ERROR_CODES
+
+    for code in ("http_error", "unknown_grid_path", "reserved_grid_path", "invalid_json"):
+        assert code in ERROR_CODES
