@@ -6,7 +6,10 @@ the test metric per data set and variant (mean ± std, min), so that each defaul
 service), and never used on the held-out data sets.
 
     python bench/quality_tune.py --sets ArrowHead JapaneseVowels \\
-        --variant base= --variant no_bias=model.forget_gate_bias:null --variant mean=model.pooling:mean
+        --variant base= --variant no_bias=model.forget_gate_bias:null --variant mean=model.pooling:mean \\
+        --variant long=const.MIN_AUTO_STEPS:3000
+
+``const.NAME:value`` sets a constant of ``worker/engine/defaults.py`` in the variant's runs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import io
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -32,7 +36,8 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     """``name=path:json,path:json`` → (name, {path: value})."""
     name, _, rest = text.partition("=")
     overrides: dict[str, Any] = {}
-    for item in filter(None, rest.split(",")):
+    # Items split at a comma that starts the next ``section.name:`` (a JSON value may hold commas).
+    for item in filter(None, re.split(r",(?=[A-Za-z_]+\.[A-Za-z_]+:)", rest)):
         path, _, value = item.partition(":")
         overrides[path] = json.loads(value)
     return name, overrides
@@ -55,13 +60,37 @@ def build_spec(bench: BenchSet, cell: str, seed: int, overrides: dict[str, Any])
 
 
 def run_one(args: tuple[str, str, str, int, dict[str, Any]]) -> tuple[str, str, float, float, int, int, float]:
-    import pyarrow.csv as pacsv
     import torch
 
-    from worker.engine import JobSpec, train_and_evaluate
+    from worker.engine import defaults
 
     torch.set_num_threads(1)
     set_name, variant, cell, seed, overrides = args
+    overrides = dict(overrides)
+
+    # ``const.NAME``: a constant of worker/engine/defaults.py, for trying a rule before changing it
+    # (restored afterwards: the pool's processes run other variants next).
+    saved: dict[str, Any] = {}
+    for path in [p for p in overrides if p.startswith("const.")]:
+        name = path.removeprefix("const.")
+        if not hasattr(defaults, name):
+            raise SystemExit(f"worker/engine/defaults.py has no constant {name}")
+        saved[name] = getattr(defaults, name)
+        setattr(defaults, name, overrides.pop(path))
+    try:
+        return _run(set_name, variant, cell, seed, overrides)
+    finally:
+        for name, value in saved.items():
+            setattr(defaults, name, value)
+
+
+def _run(
+    set_name: str, variant: str, cell: str, seed: int, overrides: dict[str, Any]
+) -> tuple[str, str, float, float, int, int, float]:
+    import pyarrow.csv as pacsv
+
+    from worker.engine import JobSpec, train_and_evaluate
+
     bench = next(b for b in SETS if b.name == set_name)
     table = pacsv.read_csv(io.BytesIO(bench.content))
     spec = JobSpec.model_validate(build_spec(bench, cell, seed, overrides))

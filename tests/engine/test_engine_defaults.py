@@ -26,12 +26,12 @@ from worker.engine.engine import (
     set_naive_map,
 )
 from worker.engine.errors import DataError
-from worker.engine.models import CombinedForecast, RecurrentModel, forward_in_chunks, patch_steps
+from worker.engine.models import CombinedForecast, RecurrentModel, forward_in_chunks, patch_steps, step_changes
 from worker.engine.predictor import ScaledModel
 from worker.engine.scaling import Scaler, fit_scaler
 from worker.engine.spec import ModelSpec, TrainingSpec
 from worker.engine.splits import split_indices
-from worker.engine.training import StepSchedule, training_loss
+from worker.engine.training import StepSchedule, mixup_loss, training_loss
 
 from .engine_fixtures import separable_arrays, sine_table
 
@@ -111,12 +111,14 @@ def test_explicit_epochs_keep_the_previous_behaviour() -> None:
         "model.ar_ridge": spec.model.ar_ridge,
         "model.ar_scale": spec.model.ar_scale,
         "model.combine": spec.model.combine,
+        "model.differences": spec.model.differences,
         "training.batch_size": spec.training.batch_size,
         "training.learning_rate": spec.training.learning_rate,
         "training.early_stopping_patience": spec.training.early_stopping_patience,
         "training.early_stopping_min_delta": spec.training.early_stopping_min_delta,
         "training.schedule": spec.training.schedule,
         "training.warmup_steps": spec.training.warmup_steps,
+        "training.mixup": spec.training.mixup,
     }
     assert resolved == PREVIOUS_DEFAULTS
     # …and explicit values still win there too.
@@ -141,6 +143,56 @@ def test_scaling_pooling_residual_and_bias_depend_on_task_channels_and_length() 
     assert resolve_defaults(exogenous, TrainingShape(100, 10)).model.residual == "none"
     gru = resolve_defaults(bare_spec(model={"cell": "gru"}), TrainingShape(100, 10, steps=251))
     assert gru.model.forget_gate_bias is None
+
+
+@pytest.mark.parametrize("train_examples", [20, 700, 150_000])  # tiny, medium and large: the same rule
+def test_differences_and_mixup_resolve_from_task_and_channels(train_examples: int) -> None:
+    shape = TrainingShape(train_examples, 10, channels=1, steps=251)
+    univariate = resolve_defaults(bare_spec(), shape)
+    assert univariate.model.differences is True and univariate.training.mixup == 0.4
+    multichannel = resolve_defaults(bare_spec(), TrainingShape(train_examples, 10, channels=12, steps=29))
+    assert multichannel.model.differences is False and multichannel.training.mixup == 0.4
+    for task, layout in (("regression", "arrays"), ("forecast", "series")):
+        other = resolve_defaults(bare_spec(task, layout), shape)
+        assert other.model.differences is False and other.training.mixup == 0.0
+    text = JobSpec.model_validate(
+        {
+            "dataset_id": "ds",
+            "task": "classification",
+            "data": {"layout": "text", "target": "y"},
+            "text": {"column": "t"},
+        }
+    )
+    tokens = resolve_defaults(text, TrainingShape(train_examples, 10, steps=40))
+    assert tokens.model.differences is False and tokens.training.mixup == 0.0
+    # An explicit value wins, in either direction.
+    explicit = bare_spec(model={"differences": False}, training={"mixup": 1.5})
+    resolved = resolve_defaults(explicit, shape)
+    assert resolved.model.differences is False and resolved.training.mixup == 1.5
+    off = resolve_defaults(bare_spec(training={"mixup": 0}), shape)
+    assert off.training.mixup == 0.0
+    on = resolve_defaults(bare_spec("regression", model={"differences": True}), shape)
+    assert on.model.differences is True
+
+
+def test_mixup_and_differences_are_refused_where_they_cannot_apply() -> None:
+    with pytest.raises(ValueError, match="training.mixup 0.4 blends numeric inputs and their class targets"):
+        bare_spec("regression", training={"mixup": 0.4})
+    with pytest.raises(ValueError, match="training.mixup 1 blends"):
+        bare_spec("forecast", "series", training={"mixup": 1})
+    text = {"dataset_id": "ds", "task": "classification", "data": {"layout": "text", "target": "y"}}
+    with pytest.raises(ValueError, match="needs task 'classification' without token inputs"):
+        JobSpec.model_validate({**text, "text": {"column": "t"}, "training": {"mixup": 0.2}})
+    with pytest.raises(ValueError, match="model.differences reads the change of numeric inputs"):
+        JobSpec.model_validate({**text, "text": {"column": "t"}, "model": {"differences": True}})
+    with pytest.raises(ValueError, match="model.differences"):
+        bare_spec(
+            "tagging", "sequences", data={"sequence_column": "s", "order_column": "o"}, model={"differences": True}
+        )
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        bare_spec(training={"mixup": -0.1})
+    # Off is always allowed.
+    assert bare_spec("regression", training={"mixup": 0}).training.mixup == 0.0
 
 
 @pytest.mark.parametrize(("steps", "patch"), [(29, 1), (64, 1), (65, 2), (251, 4), (427, 7)])
@@ -284,6 +336,61 @@ def test_pooling_modes_read_what_they_say() -> None:
     torch.testing.assert_close(models["last"](x), head(outputs[:, -1]))
     torch.testing.assert_close(models["mean"](x), head(outputs.mean(dim=1)))
     torch.testing.assert_close(models["max"](x), head(outputs.max(dim=1).values))
+
+
+def test_differences_reach_the_network_scaled_to_unit_spread_on_the_training_part() -> None:
+    spec = ModelSpec(cell="gru", hidden_size=4, differences=True, patch=2, pooling="mean")
+    model = RecurrentModel(spec, num_features=2, num_outputs=3)
+    # Two values and two changes per step, in groups of 2 steps.
+    assert model.rnn.input_size == 8
+    ramp = torch.arange(6.0).reshape(1, 6, 1)
+    x_train = torch.cat([ramp * 0.1, ramp * 3.0 + torch.tensor([0.0, 1, 0, 1, 0, 1]).reshape(1, 6, 1)], dim=2)
+    np.testing.assert_allclose(step_changes(x_train)[0, :, 0].numpy(), [0, 0.1, 0.1, 0.1, 0.1, 0.1], atol=1e-6)
+    model.set_difference_scale(x_train)
+    expected = 1.0 / step_changes(x_train).std(dim=(0, 1))
+    torch.testing.assert_close(model.difference_scale, expected)
+    seen: list[torch.Tensor] = []
+    model.rnn.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0]))
+    model(x_train)
+    # Step 2 of the network holds steps 2 and 3: each step's values, then its scaled changes.
+    step = seen[0][0, 1].reshape(2, 4)
+    torch.testing.assert_close(step[:, :2], x_train[0, 2:4])
+    torch.testing.assert_close(step[:, 2:], step_changes(x_train)[0, 2:4] * expected)
+    # A constant feature (no change at all) keeps scale 1 instead of dividing by zero.
+    model.set_difference_scale(torch.ones(3, 5, 2))
+    torch.testing.assert_close(model.difference_scale, torch.ones(2))
+
+
+def test_mixup_blends_inputs_and_targets_in_the_same_proportion() -> None:
+    torch.manual_seed(0)
+    model = RecurrentModel(ModelSpec(cell="rnn", hidden_size=4), num_features=1, num_outputs=2)
+    xb, yb = torch.randn(4, 5, 1), torch.tensor([0, 1, 1, 0])
+    partner = torch.tensor([1, 0, 3, 2])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    got = mixup_loss(model, loss_fn, xb, yb, 0.7, partner)
+    out = model(0.7 * xb + 0.3 * xb[partner])
+    torch.testing.assert_close(got, 0.7 * loss_fn(out, yb) + 0.3 * loss_fn(out, yb[partner]))
+    # Weight 1 is the plain loss.
+    torch.testing.assert_close(mixup_loss(model, loss_fn, xb, yb, 1.0, partner), loss_fn(model(xb), yb))
+
+
+def test_mixup_training_is_reproducible_and_still_detects_a_run_that_learned_nothing() -> None:
+    data = separable_arrays(n=120)
+    spec = bare_spec(
+        training={"epochs": 4, "batch_size": 16, "learning_rate": 0.02, "mixup": 0.4},
+        evaluation={"attribution": False, "bootstrap_samples": 0},
+    )
+    first, second = train_and_evaluate(spec, data), train_and_evaluate(spec, data)
+    assert first.summary.test == second.summary.test and first.summary.test["accuracy"] > 0.8
+    plain = train_and_evaluate(
+        spec.model_copy(update={"training": spec.training.model_copy(update={"mixup": 0.0})}), data
+    )
+    assert plain.summary.val != first.summary.val  # the blends changed what was learned
+    assert first.evaluation is not None and not any("never moved" in n for n in first.evaluation.notes)
+    # Judged on the training part unblended: a run with no signal is still called out.
+    flat = train_and_evaluate(spec, {"X": np.zeros_like(data["X"]), "y": data["y"]})
+    assert flat.evaluation is not None
+    assert any("never moved below that of predicting the majority class" in n for n in flat.evaluation.notes)
 
 
 def test_lstm_forget_gate_bias_is_set_and_other_gates_are_not() -> None:

@@ -83,6 +83,9 @@ CASES = [
     ("gru", False, 1, "forecast", "standard", {"residual": "ar", "combine": "inverse_mse"}),
     ("lstm", False, 1, "classification", "per_example", {"patch": 3, "pooling": "mean"}),
     ("rnn", True, 1, "regression", "standard", {"patch": 4}),
+    # Step changes next to the values (a buffer scales them), with patching and under the AR.
+    ("gru", False, 1, "classification", "per_example", {"differences": True, "patch": 3, "pooling": "mean"}),
+    ("lstm", False, 1, "forecast", "standard", {"residual": "ar", "differences": True}),
 ]
 
 

@@ -108,6 +108,10 @@ def test_graph_plan() -> None:
     assert graph_plan(spec, gpu, 10, 64) == ("eager", None)  # one ragged batch: nothing to replay
     mode, note = graph_plan(spec.model_copy(update={"optimizer": "sgd"}), gpu, 1000, 64)
     assert mode == "eager" and note is not None and "'sgd' cannot be captured" in note
+    # Mixup draws a fresh blend every batch: trained eagerly, and the note says why.
+    mode, note = graph_plan(spec.model_copy(update={"mixup": 0.4}), gpu, 1000, 64)
+    assert mode == "eager" and note is not None and "training.mixup" in note
+    assert graph_plan(spec.model_copy(update={"mixup": 0.0}), gpu, 1000, 64) == ("graph", None)
     with pytest.raises(ValueError):
         TrainingSpec.model_validate({"cuda_graphs": "on"})
 

@@ -44,6 +44,7 @@ def test_defaults_are_filled_in() -> None:
         "ar_ridge": "auto",
         "ar_scale": "auto",
         "combine": "auto",
+        "differences": "auto",
         "forget_gate_bias": "auto",
         "embedding_dim": None,
         "patch": "auto",
@@ -53,6 +54,7 @@ def test_defaults_are_filled_in() -> None:
     # Data-aware values stay "auto" until the job is submitted against a dataset (test_engine_defaults).
     assert normalized["training"]["early_stopping_patience"] == "auto"
     assert normalized["training"]["epochs"] == normalized["training"]["batch_size"] == "auto"
+    assert normalized["training"]["mixup"] == "auto"
     assert normalized["evaluation"] == {"bootstrap_samples": 1000, "attribution": True}
     assert normalized["device"] == "auto"
     # The normalized form validates to the same spec (it is what the API stores).

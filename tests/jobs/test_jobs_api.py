@@ -58,6 +58,7 @@ def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
         "ar_ridge": "loo",
         "ar_scale": "select",
         "combine": "inverse_mse",
+        "differences": False,
         "forget_gate_bias": 1.0,
         "embedding_dim": None,
         "patch": 1,
@@ -70,7 +71,7 @@ def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
     assert training["batch_size"] == 8 and training["epochs"] == 94  # ⌈1500 steps / 16⌉
     assert training["early_stopping_patience"] == 47 and training["early_stopping_min_delta"] == 0.001
     assert training["schedule"] == "one_cycle" and training["warmup_steps"] == 75  # 5% of 94 × 16
-    assert spec["data"]["scaling"] == "standard"
+    assert spec["data"]["scaling"] == "standard" and training["mixup"] == 0.0  # mixup is for classes
     assert job["progress"] == {"epoch": 0, "epochs": 94}
     assert job["id"] in (broker_job_ids() or set())  # the embedded broker holds it (task id = job id)
     assert client.get(f"/api/v1/jobs/{job['id']}", headers=auth).json()["spec"] == spec

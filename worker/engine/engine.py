@@ -469,6 +469,8 @@ def train_and_evaluate(
         torch.manual_seed(seed)
         model = _build_model(spec, prep).to(target)
         for member in recurrent_members(model):
+            if member.differences:
+                member.set_difference_scale(tensors["train"])
             if member.residual:
                 set_naive_map(member, spec, prep)
             if member.ar_log:

@@ -59,12 +59,18 @@ def patch_steps(x: torch.Tensor, patch: int) -> torch.Tensor:
     return x.reshape(-1, (steps + pad) // patch, patch * features)
 
 
+def step_changes(x: torch.Tensor) -> torch.Tensor:
+    """``[B, T, F]`` → each step's change from the step before (0 at the first step)."""
+    return torch.cat([torch.zeros_like(x[:, :1, :]), x[:, 1:, :] - x[:, :-1, :]], dim=1)
+
+
 class RecurrentModel(nn.Module):
     """Maps ``x [B, T, F]`` to ``[B, outputs]`` from what ``spec.pooling`` reads of the last layer.
 
     ``last``: the final hidden state(s); ``mean`` / ``max``: over the last layer's outputs at
-    every step (both directions when bidirectional). With ``spec.patch`` k > 1 the network reads
-    groups of k steps as one step (``patch_steps``).
+    every step (both directions when bidirectional). With ``spec.differences`` each step also
+    carries its change from the step before (``step_changes``, scaled by ``difference_scale``); with
+    ``spec.patch`` k > 1 the network reads groups of k steps as one step (``patch_steps``).
 
     Forecast residuals: ``last_value`` predicts the change from the window's last target value;
     ``ar`` adds the network to a linear autoregression over the window's target values (least
@@ -72,7 +78,8 @@ class RecurrentModel(nn.Module):
     training starts exactly at the AR forecast. ``steps`` (the window length) is needed for ``ar``.
     """
 
-    # Buffers of a residual model (see ``set_naive_map`` and ``set_ar_map``).
+    # Buffers of a residual model (see ``set_naive_map`` and ``set_ar_map``) and of ``differences``.
+    difference_scale: torch.Tensor
     naive_column: torch.Tensor
     naive_slope: torch.Tensor
     naive_intercept: torch.Tensor
@@ -88,7 +95,13 @@ class RecurrentModel(nn.Module):
         # An unresolved spec (a model built directly, an artifact saved before pooling existed) reads
         # the final hidden state and keeps PyTorch's initialisation, as every model did before.
         self.pooling = "last" if spec.pooling == "auto" else spec.pooling
-        self.rnn = build_rnn(spec, num_features * self.patch)
+        # ``differences``: each step's change from the step before, next to its value (an artifact saved
+        # before the option existed reads the values alone).
+        self.differences = spec.differences is True
+        inputs = num_features * (2 if self.differences else 1)
+        if self.differences:
+            self.register_buffer("difference_scale", torch.ones(num_features))
+        self.rnn = build_rnn(spec, inputs * self.patch)
         self.directions = 2 if spec.bidirectional else 1
         # Identity when unused: saves a kernel per step of the training loop.
         self.dropout: nn.Module = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
@@ -124,6 +137,14 @@ class RecurrentModel(nn.Module):
         self.naive_column.fill_(column)
         self.naive_slope.copy_(slope)
         self.naive_intercept.copy_(intercept)
+
+    def set_difference_scale(self, x: torch.Tensor) -> None:
+        """For ``differences``: scale each feature's step-to-step change to unit spread over ``x``
+        (the training inputs ``[B, T, F]``), so it reaches the network at the values' magnitude
+        (a smooth z-normalised series changes by a few hundredths per step)."""
+        std = step_changes(x.float()).std(dim=(0, 1)) if x.shape[0] * x.shape[1] > 1 else torch.zeros(x.shape[2])
+        ok = torch.isfinite(std) & (std > 1e-8)
+        self.difference_scale.copy_(torch.where(ok, 1.0 / std.clamp(min=1e-8), torch.ones_like(std)))
 
     def set_ar_map(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
         """For ``residual 'ar'``: the least-squares map from the target column's last ``lags`` scaled
@@ -169,6 +190,8 @@ class RecurrentModel(nn.Module):
         return base + self._network(x - last)
 
     def _network(self, x: torch.Tensor) -> torch.Tensor:
+        if self.differences:
+            x = torch.cat([x, step_changes(x) * self.difference_scale], dim=2)
         if self.patch > 1:
             x = patch_steps(x, self.patch)
         outputs, hidden = self.rnn(x)

@@ -150,6 +150,12 @@ class ModelSpec(_Strict):
         description="the network reads each group of this many consecutive steps as one step "
         "(features × patch inputs); auto: enough to bring long sequences to at most 64 steps",
     )
+    differences: bool | Auto = Field(
+        default="auto",
+        description="the network also reads each step's change from the step before (the first difference of "
+        "every input feature, scaled to unit spread on the training part) next to its value; auto: on for "
+        "classification of a single channel (the shape is the class), off otherwise",
+    )
     forget_gate_bias: Annotated[float, Field(ge=-10.0, le=10.0)] | Auto | None = Field(
         default="auto",
         description="initial LSTM forget-gate bias (lstm only; null keeps PyTorch's initialisation)",
@@ -187,6 +193,12 @@ class TrainingSpec(_Strict):
     schedule: Schedule | Auto = Field(default="auto", description="learning-rate schedule, stepped per batch")
     warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] | Auto = Field(
         default="auto", description="optimizer steps of linear warm-up"
+    )
+    mixup: Annotated[float, Field(ge=0.0, le=100.0)] | Auto = Field(
+        default="auto",
+        description="classification only: mixup (Zhang et al. 2018), each training batch blended with a "
+        "shuffled copy of itself, inputs and targets alike, by a weight drawn from Beta(mixup, mixup); "
+        "0: off; auto: 0.4 for classification of numeric inputs, 0 otherwise",
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     cuda_graphs: Literal["auto", "off"] = Field(
@@ -263,6 +275,17 @@ class JobSpec(_Strict):
             raise ValueError("model.embedding_dim is for token inputs (layout 'text', or text.column)")
         if self.model.patch not in ("auto", 1) and (self.text is not None or self.task == "tagging"):
             raise ValueError("model.patch groups numeric steps; token inputs and per-step tags take one step at a time")
+        if self.model.differences is True and (self.text is not None or self.task == "tagging"):
+            raise ValueError(
+                "model.differences reads the change of numeric inputs between steps; token inputs and per-step "
+                "tags read each step as it is"
+            )
+        mixup = self.training.mixup
+        if mixup not in ("auto", 0.0) and (self.task != "classification" or self.text is not None):
+            raise ValueError(
+                f"training.mixup {mixup:g} blends numeric inputs and their class targets: it needs task "
+                "'classification' without token inputs (set it to 0 or leave it 'auto')"
+            )
         return self
 
     @model_validator(mode="after")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -155,6 +156,20 @@ def training_loss(model: nn.Module, loss_fn: nn.Module, xb: torch.Tensor, yb: to
     if member_outputs is None:
         return loss_fn(model(xb), yb)
     return torch.stack([loss_fn(out, yb) for out in member_outputs(xb)]).mean()
+
+
+def mixup_loss(
+    model: nn.Module, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor, weight: float, partner: torch.Tensor
+) -> torch.Tensor:
+    """``training.mixup`` (Zhang et al. 2018): the loss on the batch blended with ``xb[partner]`` by
+    ``weight``, against both blends' class targets in the same proportion."""
+    out = model(weight * xb + (1.0 - weight) * xb[partner])
+    return weight * loss_fn(out, yb) + (1.0 - weight) * loss_fn(out, yb[partner])
+
+
+def mixup_alpha(spec: TrainingSpec) -> float:
+    """The Beta parameter of ``training.mixup`` (0: off; an unresolved "auto" counts as off)."""
+    return float(spec.mixup) if isinstance(spec.mixup, (int, float)) else 0.0
 
 
 def constant_prediction_loss(loss_fn: nn.Module, y: torch.Tensor, classification: bool) -> float:
@@ -317,6 +332,9 @@ def graph_plan(spec: TrainingSpec, device: torch.device, n: int, batch_size: int
     """How full batches run on ``device``, and a note when a GPU trains without a CUDA graph."""
     if device.type != "cuda" or spec.cuda_graphs == "off":
         return "eager", None
+    if mixup_alpha(spec) > 0:
+        # The blend weight is drawn on the host every step; a captured graph would replay one.
+        return "eager", "training.mixup draws a blend per batch, which a CUDA graph cannot replay: trained eagerly"
     if spec.optimizer not in CUDA_GRAPH_OPTIMIZERS:
         return "eager", (
             f"training.optimizer '{spec.optimizer}' cannot be captured in a CUDA graph: trained eagerly "
@@ -361,6 +379,9 @@ def fit(
     total_steps = epochs * math.ceil(n / batch_size)
     outcome = TrainOutcome(best_epoch=0, epochs_run=0, cancelled=False, train_seconds=0.0)
     mode, graph_note = graph_plan(spec, x_train.device, n, batch_size) if step_mode is None else (step_mode, None)
+    alpha = mixup_alpha(spec)
+    if alpha > 0:
+        mode = "eager"  # a blend per batch: the static step's buffers hold the batch as drawn
     if graph_note is not None:
         outcome.notes.append(graph_note)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -386,6 +407,8 @@ def fit(
             )
         outcome.train_seconds += time.perf_counter() - started
     schedule = StepSchedule(spec, optimizer, total_steps)
+    # Blend weights from their own stream, seeded like the batches, so a job is reproducible.
+    blend_rng = np.random.default_rng(generator.initial_seed()) if alpha > 0 else None
     metric_name = "accuracy" if y_scale is None else "rmse"
     best_loss, best_epoch, best_state, since_best = math.inf, 0, None, 0
     # The loss that resets the patience: it must beat this by min_delta (relative), so that a tiny,
@@ -406,7 +429,12 @@ def fit(
             xb, yb = x_train[idx], y_train[idx]
             # The graph's gradients keep their addresses: zeroed in place, not freed.
             optimizer.zero_grad(set_to_none=stepper is None)
-            loss = training_loss(model, loss_fn, xb, yb)
+            if blend_rng is not None:
+                partner = torch.randperm(idx.shape[0], generator=generator, device=generator.device)
+                weight = float(blend_rng.beta(alpha, alpha))
+                loss = mixup_loss(model, loss_fn, xb, yb, weight, partner.to(xb.device))
+            else:
+                loss = training_loss(model, loss_fn, xb, yb)
             loss.backward()
             if spec.gradient_clip is not None:
                 nn.utils.clip_grad_norm_(params, spec.gradient_clip)
@@ -454,6 +482,9 @@ def fit(
     else:  # no validation part: the final weights are the result
         best_epoch = outcome.epochs_run
     outcome.best_epoch = best_epoch
+    if alpha > 0 and not outcome.cancelled:
+        # The epochs' losses were of blended batches: judge the kept weights on the training part itself.
+        lowest_train_loss = float(_validate(model, loss_fn, x_train, y_train, y_scale)[0])
     note = stuck_note(lowest_train_loss, constant_prediction_loss(loss_fn, y_train, y_scale is None), y_scale is None)
     if note is not None and not outcome.cancelled:
         outcome.notes.append(note)
