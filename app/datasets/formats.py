@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Literal
 
 from app.errors import AppError, InvalidInput, UnsupportedFormat
+from worker.engine.spec import hidden_characters
 
 DatasetFormat = Literal["csv", "csv.gz", "parquet", "npz"]
 
@@ -47,12 +47,6 @@ def validate_filename(filename: str) -> str:
             f"filename is {len(filename)} characters long; the limit is {MAX_FILENAME_CHARS}",
         )
     return filename
-
-
-def hidden_characters(text: str) -> list[str]:
-    """Control characters (Cc) and invisible formatting ones (Cf: bidi overrides, zero-width
-    spaces) in ``text``, as ``U+XXXX``: they make a name display as something it is not."""
-    return [f"U+{ord(ch):04X}" for ch in text if unicodedata.category(ch) in ("Cc", "Cf")]
 
 
 def format_from_filename(filename: str) -> DatasetFormat:

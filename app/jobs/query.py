@@ -23,7 +23,7 @@ from sqlalchemy.orm import aliased
 from app.errors import AppError, BadRequest
 from app.jobs.final_values import EPOCH_SCOPES, EPOCH_SPLITS, FINAL_SPLITS
 from app.models import Job, JobMetric
-from worker.engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from worker.engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, TAGGING_METRICS
 
 JOB_COLUMNS = {
     "status": Job.status,
@@ -71,7 +71,7 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
     return tokens
 
 
-KNOWN_METRICS = (*REGRESSION_METRICS, *CLASSIFICATION_METRICS)
+KNOWN_METRICS = tuple(dict.fromkeys((*REGRESSION_METRICS, *CLASSIFICATION_METRICS, *TAGGING_METRICS)))
 # What the engine reports per epoch (train: loss; val: loss and rmse or accuracy).
 EPOCH_METRICS = ("loss", "rmse", "accuracy")
 

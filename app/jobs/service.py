@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 def parse_spec(payload: Any, prefix: str = "") -> JobSpec:
     """Validate a raw spec; a 422 whose details name each bad field (``prefix`` for nested specs)."""
     try:
-        return JobSpec.model_validate(payload)
+        return JobSpec.model_validate(payload, context={"submitted": True})
     except ValidationError as exc:
         details = validation_details(exc.errors())
         for d in details:

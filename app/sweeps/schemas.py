@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.jobs.status import JobStatus
 from app.sweeps.space import ParameterRange
+from worker.engine.spec import plain_name
 
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
@@ -19,6 +20,7 @@ class SweepCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, max_length=200)
+    _plain_name = field_validator("name")(plain_name)
     base: dict[str, Any] = Field(description="A JobSpec (schema `JobSpec`); the grid's paths override its fields.")
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,

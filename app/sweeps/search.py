@@ -48,7 +48,7 @@ SEARCH = "tpe"
 PRUNERS = ("median", "hyperband")
 # Per-epoch validation metrics the engine reports (worker.engine.training.fit): the only objectives
 # a pruner can follow epoch by epoch.
-EPOCH_METRICS = {"classification": "accuracy", "regression": "rmse", "forecast": "rmse"}
+EPOCH_METRICS = {"classification": "accuracy", "tagging": "accuracy", "regression": "rmse", "forecast": "rmse"}
 HYPERBAND_REDUCTION_FACTOR = 3
 _ASK_ATTEMPTS = 8
 

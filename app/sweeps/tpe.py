@@ -30,7 +30,7 @@ from app.sweeps.schemas import (
     SweepJob,
     SweepReport,
 )
-from worker.engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, lower_is_better, main_metric
+from worker.engine.metrics import lower_is_better, main_metric, task_metrics
 
 SELECTION_NOTE = (
     "trials are compared, and the best and runner-up chosen, on the validation objective only; "
@@ -46,7 +46,7 @@ def _objective_error(message: str, field: str = "objective") -> AppError:
 
 def check_objective(body: SweepCreate, task: str) -> str:
     """The objective as 'val.<metric>' of this task (default: its main metric); 422 otherwise."""
-    names = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
+    names = task_metrics(task)
     objective = body.objective or f"val.{main_metric(task)}"
     split, _, metric = objective.partition(".")
     if split == "test":

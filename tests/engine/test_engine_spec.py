@@ -125,3 +125,11 @@ def test_loss_must_fit_task() -> None:
 def test_stratified_needs_classification() -> None:
     data = {"layout": "wide", "target": "y", "split": {"method": "stratified"}}
     assert "stratified" in errors(task="regression", data=data)
+
+
+def test_names_with_hidden_characters_are_refused_on_submission_only() -> None:
+    body = {**spec().normalized(), "name": "evil\u202etxt"}
+    with pytest.raises(ValueError, match="invisible formatting characters \\(U\\+202E\\)"):
+        JobSpec.model_validate(body, context={"submitted": True})
+    # A spec stored before the rule (a queued job, an artifact) still reads back as it was.
+    assert JobSpec.model_validate(body).name == "evil\u202etxt"

@@ -256,3 +256,20 @@ def test_every_code_the_app_answers_is_listed() -> None:
 
     for code in ("http_error", "unknown_grid_path", "reserved_grid_path", "invalid_json"):
         assert code in ERROR_CODES
+
+
+# -- names ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bell\u0007", "evil\u202etxt.exe", "zero\u200bwidth"])
+def test_job_and_sweep_names_refuse_control_and_invisible_characters(client, auth, name: str) -> None:
+    ds = _upload(client, auth, "sine.csv", sine_csv(120).encode())
+    job = _refused(client.post(JOBS, headers=auth, json={**forecast_spec(ds), "name": name}), 422, "invalid_spec")
+    assert [d["field"] for d in job["details"]] == ["name"] and "invisible formatting" in job["details"][0]["message"]
+    sweep = client.post(
+        "/api/v1/sweeps", headers=auth, json={"name": name, "base": forecast_spec(ds), "grid": {}, "seeds": [0]}
+    )
+    assert sweep.status_code == 422 and "invisible formatting" in sweep.text, sweep.text
+    # Letters of any script are names; only what hides or reorders text is refused.
+    ok = client.post(JOBS, headers=auth, json={**forecast_spec(ds), "name": "Prüfung – 予測 ✓"})
+    assert ok.status_code == 201, ok.text

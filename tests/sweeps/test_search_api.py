@@ -349,3 +349,33 @@ def test_recovery_asks_for_a_search_the_api_died_before_asking(client, auth, sin
         assert session.get(Sweep, sweep["id"]).stopped is True  # type: ignore[union-attr]
     read = client.get(f"/api/v1/sweeps/{sweep['id']}", headers=auth).json()
     assert read["report"]["search"]["done"] is True and read["report"]["complete"] is True
+
+
+def test_tagging_searches_take_tagging_metrics_and_pruners(client, auth) -> None:
+    rows = "\n".join(f'"ann smith went home {i}","B-PER I-PER O O O"' for i in range(40))
+    dataset = upload(client, auth, "tags.csv", "review,tags\n" + rows + "\n")
+    base = {
+        "dataset_id": dataset,
+        "task": "tagging",
+        "data": {"layout": "text", "target": "tags"},
+        "text": {"column": "review"},
+        "model": {"hidden_size": 8},
+        "training": {"epochs": 2},
+        "evaluation": {"bootstrap_samples": 0, "attribution": False},
+    }
+    space = {"model.hidden_size": {"choices": [4, 8]}}
+    body = {"name": "tags", "base": base, "search": "tpe", "space": space, "max_jobs": 2}
+    # A pruner follows the per-epoch validation accuracy; span F1 is only known at the end.
+    r = client.post("/api/v1/sweeps", headers=auth, json={**body, "objective": "val.span_f1", "pruner": "median"})
+    assert r.status_code == 422, r.text
+    assert (
+        r.json()["error"]["code"] == "invalid_objective" and "val.accuracy for tagging" in r.json()["error"]["message"]
+    )
+    r = client.post("/api/v1/sweeps", headers=auth, json={**body, "objective": "val.rmse"})
+    assert r.status_code == 422 and "tagging metric: accuracy, macro_f1, span_f1" in r.json()["error"]["message"]
+    for extra in ({}, {"objective": "val.span_f1"}, {"pruner": "median"}):
+        r = client.post("/api/v1/sweeps", headers=auth, json={**body, **extra})
+        assert r.status_code == 201, r.text
+    # …and its jobs can be sorted and filtered by span F1.
+    r = client.get("/api/v1/jobs", headers=auth, params={"sort": "-test.span_f1", "where": "test.span_f1 > 0.5"})
+    assert r.status_code == 200, r.text

@@ -14,6 +14,8 @@ import numpy as np
 
 REGRESSION_METRICS = ("mae", "rmse", "smape", "mase", "r2", "mape")
 CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "auroc", "ece")
+# Per-step tags (``tagging.py``): token accuracy, macro F1 over tags, and span F1 for BIO tags.
+TAGGING_METRICS = ("accuracy", "macro_f1", "span_f1")
 # Errors, losses (the per-epoch training losses too) and calibration error go down; scores go up.
 LOWER_IS_BETTER = frozenset({"mae", "rmse", "smape", "mase", "mape", "log_loss", "ece", "loss", "mse"})
 ECE_BINS = 15
@@ -25,6 +27,13 @@ _MAX_WEIGHT_ELEMENTS = 4_000_000
 def lower_is_better(metric_name: str) -> bool:
     """Errors, losses and calibration error go down; scores (accuracy, r2, auroc, …) go up."""
     return metric_name in LOWER_IS_BETTER
+
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """The final metrics a job of ``task`` reports for each split."""
+    if task == "tagging":
+        return TAGGING_METRICS
+    return CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
 
 
 def main_metric(task: str) -> str:

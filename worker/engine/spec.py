@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -21,6 +22,20 @@ Auto = Literal["auto"]
 REGRESSION_LOSSES: tuple[str, ...] = ("mse", "mae", "huber")
 # Tasks whose targets are classes (one per example, or one per step for tagging).
 CLASS_TASKS: tuple[str, ...] = ("classification", "tagging")
+
+
+def hidden_characters(text: str) -> list[str]:
+    """Control characters (Cc) and invisible formatting ones (Cf: bidi overrides, zero-width
+    spaces) in ``text``, as ``U+XXXX``: they make a name display as something it is not."""
+    return [f"U+{ord(ch):04X}" for ch in text if unicodedata.category(ch) in ("Cc", "Cf")]
+
+
+def plain_name(name: str | None) -> str | None:
+    """A job or sweep name, refused when it holds characters that would make it display as something else."""
+    hidden = hidden_characters(name or "")
+    if hidden:
+        raise ValueError(f"holds control or invisible formatting characters ({', '.join(hidden[:5])})")
+    return name
 
 
 class _Strict(BaseModel):
@@ -241,6 +256,13 @@ class JobSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec, validate_default=True)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None, info: ValidationInfo) -> str | None:
+        # Checked when a spec is submitted (validation context ``{"submitted": True}``), not when a
+        # stored one is read back: a job or artifact accepted before the rule still runs and loads.
+        return plain_name(name) if (info.context or {}).get("submitted") else name
 
     @field_validator("data")
     @classmethod

@@ -17,9 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import bootstrap_weight_chunks, json_float
-
-TAGGING_METRICS = ("accuracy", "macro_f1", "span_f1")
+from .metrics import TAGGING_METRICS, bootstrap_weight_chunks, json_float
 
 
 def is_bio(classes: list[Any]) -> bool:
