@@ -88,10 +88,32 @@ def check_content_matches(filename: str, claimed: DatasetFormat, head: bytes) ->
     if claimed == "csv":
         if sniffed is not None:
             raise _mismatch(filename, claimed, f"{sniffed} data")
+        wide = _wide_text_encoding(head)
+        if wide is not None:
+            raise InvalidInput(
+                "invalid_encoding",
+                f"{filename!r} is {wide} text, not UTF-8; save the file as UTF-8 (in Excel: 'CSV UTF-8')",
+                {"filename": filename, "encoding": wide},
+            )
         if b"\x00" in head:
             raise _mismatch(filename, claimed, "binary data")
     elif sniffed != claimed:
         raise _mismatch(filename, claimed, f"{sniffed} data" if sniffed else "something else")
+
+
+def _wide_text_encoding(head: bytes) -> str | None:
+    """``UTF-16`` / ``UTF-32`` when the first bytes are such text (a byte-order mark, or ASCII with a
+    NUL after every character, as Windows' "Unicode text" exports write it); None otherwise."""
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "UTF-32"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    sample = head[:512]
+    if len(sample) >= 8 and sample.count(0) * 2 >= len(sample) - 1:
+        odd, even = sample[1::2], sample[0::2]
+        if odd.count(0) == len(odd) or even.count(0) == len(even):
+            return "UTF-16"
+    return None
 
 
 def _mismatch(filename: str, claimed: DatasetFormat, found: str) -> AppError:

@@ -53,3 +53,20 @@ def test_preview_of_values_beyond_python_date_range_works(client, auth) -> None:
     assert rows[0]["d"] == f"out of range: {2**31 - 1} days since 1970-01-01" and rows[1]["d"] == "1970-01-01"
     assert rows[0]["dur"] == float(2**62) and rows[1]["dur"] == 1.0
     assert rows[0]["nested"] is None and rows[1]["nested"] == ["1970-01-01T00:00:00"]
+
+
+def test_utf16_and_utf32_csv_are_invalid_encoding_naming_it(client, auth) -> None:
+    text = "a,b\n1,2\n3,4\n"
+    cases = {
+        "UTF-16": ["utf-16", "utf-16-le", "utf-16-be"],  # with a byte-order mark, and without (Windows exports)
+        "UTF-32": ["utf-32"],
+    }
+    for name, encodings in cases.items():
+        for encoding in encodings:
+            err = assert_error(
+                upload(client, auth, "wide.csv", text.encode(encoding)), 422, "invalid_encoding", name, "UTF-8"
+            )
+            assert err["details"]["encoding"] == name, (encoding, err)
+    assert_nothing_left()
+    # A NUL inside otherwise plain text is still binary data (415), not a text encoding.
+    assert_error(upload(client, auth, "nul.csv", b"a,b\n1,2\x00\x00\x00\x01\x02\x03\x04\n"), 415, "unsupported_format")
