@@ -16,6 +16,7 @@ import queue
 import re
 import sys
 import threading
+import unicodedata
 import zipfile
 import zlib
 from collections import Counter
@@ -348,6 +349,14 @@ def _column_summaries(schema: pa.Schema, missing: list[int]) -> list[dict[str, A
 def _check_column_names(names: list[str], filename: str) -> None:
     if not names:
         raise InvalidInput("no_columns", f"{filename!r} has no columns")
+    hidden = [name for name in names if any(unicodedata.category(ch) == "Cc" for ch in name)]
+    if hidden:
+        raise InvalidInput(
+            "invalid_column_name",
+            f"{filename!r} has column names with control characters (NUL, tab, escape, …): "
+            f"{', '.join(repr(n) for n in hidden[:5])}; rename those columns",
+            {"columns": hidden[:20]},
+        )
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         shown = ", ".join(repr(n) for n in duplicates)

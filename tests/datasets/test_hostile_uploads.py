@@ -70,3 +70,18 @@ def test_utf16_and_utf32_csv_are_invalid_encoding_naming_it(client, auth) -> Non
     assert_nothing_left()
     # A NUL inside otherwise plain text is still binary data (415), not a text encoding.
     assert_error(upload(client, auth, "nul.csv", b"a,b\n1,2\x00\x00\x00\x01\x02\x03\x04\n"), 415, "unsupported_format")
+
+
+def test_column_names_with_control_characters_are_refused(client, auth) -> None:
+    for name in ("a\x00", "tab\there", "esc\x1b[31m"):
+        content = parquet_bytes(pa.table({name: [1.0, 2.0], "b": [3.0, 4.0]}))
+        err = assert_error(
+            upload(client, auth, "cols.parquet", content), 422, "invalid_column_name", "control characters"
+        )
+        assert err["details"]["columns"] == [name]
+    csv_err = assert_error(upload(client, auth, "cols.csv", b"a\x1bb,c\n1,2\n"), 422, "invalid_column_name")
+    assert csv_err["details"]["columns"] == ["a\x1bb"]
+    assert_nothing_left()
+    # Any printable name is fine, in any script.
+    ok = upload(client, auth, "ok.parquet", parquet_bytes(pa.table({"température °C": [1.0], "予測": [2.0]})))
+    assert ok.status_code == 201, ok.text
