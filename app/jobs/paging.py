@@ -58,7 +58,7 @@ class Cursor:
 
 def parse_sort(sort: str) -> SortKey:
     descending = sort.startswith("-")
-    field = sort.lstrip("-+")
+    field = sort[1:] if sort.startswith(("-", "+")) else sort  # one sign at most: '--x' is no sort
     if field in JOB_SORTS:
         _, kind, nullable = JOB_SORTS[field]
         return SortKey(sort, field, descending, None, kind, nullable)

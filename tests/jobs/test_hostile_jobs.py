@@ -273,3 +273,10 @@ def test_job_and_sweep_names_refuse_control_and_invisible_characters(client, aut
     # Letters of any script are names; only what hides or reorders text is refused.
     ok = client.post(JOBS, headers=auth, json={**forecast_spec(ds), "name": "Prüfung – 予測 ✓"})
     assert ok.status_code == 201, ok.text
+
+
+def test_a_sort_takes_one_sign_at_most(client, auth) -> None:
+    for sort in ("--test.rmse", "-+created_at", "++created_at"):
+        _refused(client.get(JOBS, headers=auth, params={"sort": sort}), 400, "invalid_sort", "cannot sort by")
+    for sort in ("-test.rmse", "+created_at", "created_at"):
+        assert client.get(JOBS, headers=auth, params={"sort": sort}).status_code == 200
