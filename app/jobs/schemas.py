@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.jobs import workers
 from app.jobs.status import JobStatus
@@ -94,6 +94,8 @@ class JobMetrics(BaseModel):
 
 
 class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
     inputs: list[Any] = Field(
         description="Input windows in original units: [N, T, F] (or [N, T] for one feature); for a text model "
         "a list of texts (strings; for tagging and token sequences also lists of words)."

@@ -325,10 +325,15 @@ def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) 
         except DataError as exc:
             raise InvalidInput("invalid_inputs", str(exc), [{"field": "inputs", "message": str(exc)}]) from exc
     try:
-        array = np.asarray(inputs, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+        # Read as JSON gave it first: strings ("0.1") and booleans are not numbers here.
+        array = np.asarray(inputs)
+        if array.dtype.kind not in "iuf":
+            raise TypeError(f"elements of kind {array.dtype.kind!r}")
+        array = array.astype(np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidInput(
-            "invalid_inputs", "inputs must be a rectangular array of numbers shaped [N, T, F] or [N, T]"
+            "invalid_inputs",
+            "inputs must be a rectangular array of numbers (not strings or booleans) shaped [N, T, F] or [N, T]",
         ) from exc
     if array.ndim not in (2, 3) or array.shape[0] == 0:
         raise InvalidInput("invalid_inputs", f"inputs must be shaped [N, T, F] or [N, T]; got {list(array.shape)}")

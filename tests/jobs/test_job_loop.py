@@ -62,6 +62,19 @@ def _check_full_result(stack: Stack, job_id: str) -> None:
     assert np.asarray(r.json()["predictions"], dtype=float).size == 1
     bad = stack.client.post(f"/api/v1/jobs/{job_id}/predict", headers=stack.headers, json={"inputs": [[[1, 2]]]})
     assert bad.status_code == 422
+    # Strings and booleans are not numbers, and a misspelt field is not ignored.
+    text = [[[str(v) for v in step] for step in window[0]]]
+    flags = [[[True] for _ in window[0]]]
+    for body in ({"inputs": text}, {"inputs": flags}, {"inputs": window, "input_units": "raw"}):
+        r = stack.client.post(f"/api/v1/jobs/{job_id}/predict", headers=stack.headers, json=body)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["code"] in ("invalid_inputs", "validation_error"), r.text
+    assert (
+        "not strings or booleans"
+        in stack.client.post(f"/api/v1/jobs/{job_id}/predict", headers=stack.headers, json={"inputs": text}).json()[
+            "error"
+        ]["message"]
+    )
 
 
 def _events(stack: Stack, job_id: str) -> list[tuple[str, dict]]:
