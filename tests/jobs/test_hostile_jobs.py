@@ -11,9 +11,9 @@ from typing import Any, get_args
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
+from tests.datasets.conftest import assert_error, parquet_bytes
 from tests.stack import forecast_spec, sine_csv
 
 JOBS = "/api/v1/jobs"
@@ -25,25 +25,10 @@ def _upload(client: Any, auth: dict[str, str], filename: str, content: bytes) ->
     return str(r.json()["id"])
 
 
-def _parquet(table: pa.Table) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink)
-    return sink.getvalue()
-
-
 def _npz(**arrays: Any) -> bytes:
     sink = io.BytesIO()
     np.savez(sink, **arrays)
     return sink.getvalue()
-
-
-def _refused(response: Any, status: int, code: str, *fragments: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["code"] == code, error
-    for fragment in fragments:
-        assert fragment in error["message"], (fragment, error["message"])
-    return dict(error)
 
 
 def _submit(client: Any, auth: dict[str, str], dataset_id: str, task: str, data: dict[str, Any]) -> Any:
@@ -57,7 +42,7 @@ def test_nanosecond_timestamps_as_a_feature_are_422_naming_the_column(client, au
     rows = "\n".join(f"{1700000000000000000 + i * 1000000001},{math.sin(i / 4):.4f}" for i in range(200))
     ds = _upload(client, auth, "ns.csv", f"ts,value\n{rows}\n".encode())
     data = {"layout": "series", "target": "value", "features": ["ts", "value"], "lookback": 4}
-    error = _refused(_submit(client, auth, ds, "forecast", data), 422, "spec_does_not_fit_dataset", "'ts'", "2^53")
+    error = assert_error(_submit(client, auth, ds, "forecast", data), 422, "spec_does_not_fit_dataset", "'ts'", "2^53")
     assert "cannot be represented exactly as floats" in error["message"] and "rescale" in error["message"]
     assert error["details"][0]["field"] == "data.features"
 
@@ -71,12 +56,12 @@ def test_parquet_uint64_max_as_target_is_422_naming_the_column(client, auth) -> 
             "value": pa.array(np.sin(np.arange(n) / 3)),
         }
     )
-    ds = _upload(client, auth, "big.parquet", _parquet(table))
+    ds = _upload(client, auth, "big.parquet", parquet_bytes(table))
     data = {"layout": "series", "target": "big", "lookback": 4}
-    error = _refused(_submit(client, auth, ds, "forecast", data), 422, "spec_does_not_fit_dataset", "target 'big'")
+    error = assert_error(_submit(client, auth, ds, "forecast", data), 422, "spec_does_not_fit_dataset", "target 'big'")
     assert str(2**64 - 1) in error["message"] and error["details"][0]["field"] == "data.target"
     wide = {"layout": "wide", "target": "big", "features": ["x", "value"]}
-    _refused(_submit(client, auth, ds, "classification", wide), 422, "spec_does_not_fit_dataset", "'big'", "2^53")
+    assert_error(_submit(client, auth, ds, "classification", wide), 422, "spec_does_not_fit_dataset", "'big'", "2^53")
 
 
 # -- 2. empty NPZ arrays ----------------------------------------------------------------------------
@@ -85,7 +70,7 @@ def test_parquet_uint64_max_as_target_is_422_naming_the_column(client, auth) -> 
 def test_npz_with_zero_examples_is_422_naming_the_array(client, auth) -> None:
     ds = _upload(client, auth, "z.npz", _npz(X=np.zeros((0, 3, 1)), y=np.zeros(0)))
     for task in ("regression", "classification"):
-        error = _refused(
+        error = assert_error(
             _submit(client, auth, ds, task, {"layout": "arrays", "target": "y"}),
             422,
             "spec_does_not_fit_dataset",
@@ -93,7 +78,7 @@ def test_npz_with_zero_examples_is_422_naming_the_array(client, auth) -> None:
         )
         assert "[0, 3, 1]" in error["message"]
     no_targets = _upload(client, auth, "h0.npz", _npz(X=np.zeros((20, 3, 1)), y=np.zeros((20, 0))))
-    _refused(
+    assert_error(
         _submit(client, auth, no_targets, "regression", {"layout": "arrays", "target": "y"}),
         422,
         "spec_does_not_fit_dataset",
@@ -118,7 +103,7 @@ def nested(client, auth) -> str:
             "value": pa.array(np.sin(np.arange(n) / 3)),
         }
     )
-    return _upload(client, auth, "nested.parquet", _parquet(table))
+    return _upload(client, auth, "nested.parquet", parquet_bytes(table))
 
 
 @pytest.mark.parametrize(
@@ -151,7 +136,7 @@ def nested(client, auth) -> str:
 def test_nested_column_in_any_role_is_422_naming_it_and_its_type(
     client, auth, nested, task, data, column, field
 ) -> None:
-    error = _refused(_submit(client, auth, nested, task, data), 422, "spec_does_not_fit_dataset", f"'{column}'")
+    error = assert_error(_submit(client, auth, nested, task, data), 422, "spec_does_not_fit_dataset", f"'{column}'")
     assert ("map<" in error["message"]) or ("list<" in error["message"]) or ("struct<" in error["message"])
     assert error["details"][0]["field"] == f"data.{field}"
 
@@ -164,11 +149,11 @@ def test_integer_beyond_the_float_range_is_422_naming_where(client, auth) -> Non
     job_id = client.post(JOBS, headers=auth, json=forecast_spec(ds)).json()["id"]
     huge = int("9" * 400)
     r = client.post(f"{JOBS}/{job_id}/predict", headers=auth, json={"inputs": [[[huge]]]})
-    error = _refused(r, 422, "non_finite_number", "inputs[0][0][0]", "float range")
+    error = assert_error(r, 422, "non_finite_number", "inputs[0][0][0]", "float range")
     assert error["details"][0]["field"] == "inputs[0][0][0]"
     space = {"training.learning_rate": {"low": -huge, "high": 1e-2}}
     body = {"name": "t", "base": forecast_spec(ds), "search": "tpe", "space": space}
-    error = _refused(client.post("/api/v1/sweeps", headers=auth, json=body), 422, "non_finite_number")
+    error = assert_error(client.post("/api/v1/sweeps", headers=auth, json=body), 422, "non_finite_number")
     assert error["details"][0]["field"] == "space.training.learning_rate.low"
     # Large integers a float holds are still numbers (checked by their fields as before).
     assert client.post(f"{JOBS}/{job_id}/predict", headers=auth, json={"inputs": [[[10**300]]]}).status_code == 409
@@ -199,7 +184,7 @@ def _cursor(body: dict[str, Any]) -> str:
 def test_forged_keyset_cursor_is_400_naming_the_cursor(client, auth, sort, key, job_id) -> None:
     cursor = _cursor({"s": sort, "p": "v", "k": key, "i": job_id})
     r = client.get(JOBS, params={"sort": sort, "cursor": cursor}, headers=auth)
-    _refused(r, 400, "invalid_cursor", "cursor")
+    assert_error(r, 400, "invalid_cursor", "cursor")
 
 
 def test_in_range_cursors_still_page(client, auth) -> None:
@@ -209,7 +194,7 @@ def test_in_range_cursors_still_page(client, auth) -> None:
         assert r.status_code == 200, r.text
     for path in ("/api/v1/datasets", "/api/v1/sweeps"):
         r = client.get(path, params={"cursor": _cursor({"o": 2**63})}, headers=auth)
-        _refused(r, 400, "invalid_cursor", "cursor")
+        assert_error(r, 400, "invalid_cursor", "cursor")
 
 
 # -- 8. a horizon that leaves nothing to split ------------------------------------------------------
@@ -218,7 +203,7 @@ def test_in_range_cursors_still_page(client, auth) -> None:
 def test_horizon_that_leaves_no_windows_after_purging_names_the_field(client, auth) -> None:
     ds = _upload(client, auth, "sine.csv", sine_csv(600).encode())
     data = {"layout": "series", "target": "value", "lookback": 1, "horizon": 590}
-    error = _refused(_submit(client, auth, ds, "forecast", data), 422, "spec_does_not_fit_dataset", "data.horizon")
+    error = assert_error(_submit(client, auth, ds, "forecast", data), 422, "spec_does_not_fit_dataset", "data.horizon")
     message = error["message"]
     assert "10 forecast windows" in message and "leaves 0" in message and "data.lookback" in message
     assert not re.search(r"-\d", message), message  # never a negative count
@@ -233,7 +218,7 @@ def test_task_and_cell_filters_take_every_value_of_the_spec(client, auth) -> Non
 
     for task in get_args(Task):
         assert client.get(JOBS, params={"task": task}, headers=auth).status_code == 200, task
-    _refused(client.get(JOBS, params={"task": "poetry"}, headers=auth), 422, "validation_error", "task")
+    assert_error(client.get(JOBS, params={"task": "poetry"}, headers=auth), 422, "validation_error", "task")
     for cell in get_args(ModelSpec.model_fields["cell"].annotation):
         assert client.get(JOBS, params={"cell": cell}, headers=auth).status_code == 200, cell
 
@@ -244,11 +229,11 @@ def test_task_and_cell_filters_take_every_value_of_the_spec(client, auth) -> Non
 def test_bodies_too_deep_or_with_too_long_integers_are_400_invalid_json(client, auth) -> None:
     headers = {**auth, "content-type": "application/json"}
     deep = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"
-    _refused(client.post(JOBS, headers=headers, content=deep), 400, "invalid_json", "not valid JSON", "nested")
+    assert_error(client.post(JOBS, headers=headers, content=deep), 400, "invalid_json", "not valid JSON", "nested")
     long_int = '{"dataset_id": "x", "task": "forecast", "n": ' + "9" * 5000 + "}"
-    _refused(client.post(JOBS, headers=headers, content=long_int), 400, "invalid_json", "integer", "digits")
+    assert_error(client.post(JOBS, headers=headers, content=long_int), 400, "invalid_json", "integer", "digits")
     # Malformed JSON keeps FastAPI's 422 naming the character.
-    _refused(client.post(JOBS, headers=headers, content='{"a": '), 422, "validation_error", "not valid JSON")
+    assert_error(client.post(JOBS, headers=headers, content='{"a": '), 422, "validation_error", "not valid JSON")
 
 
 def test_every_code_the_app_answers_is_listed() -> None:
@@ -264,7 +249,7 @@ def test_every_code_the_app_answers_is_listed() -> None:
 @pytest.mark.parametrize("name", ["bell\u0007", "evil\u202etxt.exe", "zero\u200bwidth"])
 def test_job_and_sweep_names_refuse_control_and_invisible_characters(client, auth, name: str) -> None:
     ds = _upload(client, auth, "sine.csv", sine_csv(120).encode())
-    job = _refused(client.post(JOBS, headers=auth, json={**forecast_spec(ds), "name": name}), 422, "invalid_spec")
+    job = assert_error(client.post(JOBS, headers=auth, json={**forecast_spec(ds), "name": name}), 422, "invalid_spec")
     assert [d["field"] for d in job["details"]] == ["name"] and "invisible formatting" in job["details"][0]["message"]
     sweep = client.post(
         "/api/v1/sweeps", headers=auth, json={"name": name, "base": forecast_spec(ds), "grid": {}, "seeds": [0]}
@@ -277,6 +262,6 @@ def test_job_and_sweep_names_refuse_control_and_invisible_characters(client, aut
 
 def test_a_sort_takes_one_sign_at_most(client, auth) -> None:
     for sort in ("--test.rmse", "-+created_at", "++created_at"):
-        _refused(client.get(JOBS, headers=auth, params={"sort": sort}), 400, "invalid_sort", "cannot sort by")
+        assert_error(client.get(JOBS, headers=auth, params={"sort": sort}), 400, "invalid_sort", "cannot sort by")
     for sort in ("-test.rmse", "+created_at", "created_at"):
         assert client.get(JOBS, headers=auth, params={"sort": sort}).status_code == 200
