@@ -252,7 +252,16 @@ def _detail(error: Any) -> dict[str, Any]:
         return {"field": "body", "message": f"request body is not valid JSON (at character {at})", "type": kind}
     # Our own validators raise ValueError; pydantic prefixes their text with "Value error, ".
     message = message.removeprefix("Value error, ")
-    return {"field": _loc_to_field(loc), "message": message, "type": kind}
+    field = _loc_to_field(loc)
+    if not field and kind == "value_error":
+        # A check across fields runs on the whole spec (no location); its message starts with the
+        # field it is about ("model.embedding_dim is for token inputs …"): that field is named.
+        named = _SPEC_PATH.match(message)
+        field = named.group(0) if named else field
+    return {"field": field, "message": message, "type": kind}
+
+
+_SPEC_PATH = re.compile(r"(?:data|model|training|text|evaluation)(?:\.[a-z_]+)+")
 
 
 def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:

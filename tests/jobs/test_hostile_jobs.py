@@ -265,3 +265,16 @@ def test_a_sort_takes_one_sign_at_most(client, auth) -> None:
         assert_error(client.get(JOBS, headers=auth, params={"sort": sort}), 400, "invalid_sort", "cannot sort by")
     for sort in ("-test.rmse", "+created_at", "created_at"):
         assert client.get(JOBS, headers=auth, params={"sort": sort}).status_code == 200
+
+
+def test_checks_across_fields_name_the_field_their_message_starts_with(client, auth) -> None:
+    ds = _upload(client, auth, "sine.csv", sine_csv(120).encode())
+    cases = [
+        ({"model": {"embedding_dim": 8}}, "model.embedding_dim"),
+        ({"training": {"mixup": 0.4}}, "training.mixup"),
+        ({"model": {"combine": "equal", "residual": "none"}}, "model.combine"),
+    ]
+    for change, field in cases:
+        body = {**forecast_spec(ds), **{k: {**forecast_spec(ds)[k], **v} for k, v in change.items()}}
+        error = assert_error(client.post(JOBS, headers=auth, json=body), 422, "invalid_spec", field)
+        assert [d["field"] for d in error["details"]] == [field], error

@@ -124,7 +124,7 @@ BAD_CASES = [
         "spec_does_not_fit_dataset",
         "data.target",
     ),
-    ("reviews", {"text": None}, "invalid_spec", ""),
+    ("reviews", {"text": None}, "invalid_spec", "data.layout"),  # "data.layout 'text' needs text.column"
     (
         "tags",
         {
