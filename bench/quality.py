@@ -279,7 +279,8 @@ def score(client: httpx.Client, submitted: Submitted) -> Row:
         f"batch {resolved['training']['batch_size']}, epochs {resolved['training']['epochs']}, "
         f"scaling {resolved['data']['scaling']}, schedule {resolved['training']['schedule']}, "
         f"pooling {resolved['model']['pooling']}, patch {resolved['model']['patch']}, "
-        f"residual {resolved['model']['residual']}"
+        f"residual {resolved['model']['residual']}, differences {str(resolved['model']['differences']).lower()}, "
+        f"mixup {resolved['training']['mixup']:g}"
     )
     return Row(
         bench.name, bench.metric, values, best, means.get(best, float("nan")), references, settings_seen, collapsed
