@@ -92,3 +92,20 @@ def test_purge_that_leaves_nothing_names_horizon_with_real_counts(val_fraction: 
     # Without a purge the old message stands.
     with pytest.raises(DataError, match="has only 1 examples"):
         split_indices("temporal", 1, val_fraction=0.1, test_fraction=0.1, rng=np.random.default_rng(0))
+
+
+def test_token_sequences_name_the_sequence_column() -> None:
+    """Token sequences (text.column of 'sequences') name data.sequence_column, as numeric sequences do."""
+    table = pa.table(
+        {
+            "case": pa.array([1, 1, None, 2]),
+            "step": [0, 1, 0, 1],
+            "word": ["ann", "smith", "bob", "went"],
+            "tag": ["B", "I", "B", "O"],
+        }
+    )
+    data = {"layout": "sequences", "target": "tag", "sequence_column": "case", "order_column": "step"}
+    spec = make_spec("tagging", data, text={"column": "word"}, training={"epochs": 1})
+    with pytest.raises(DataError, match="missing values in column 'case'") as err:
+        build_examples(spec, table)
+    assert err.value.field == "data.sequence_column"

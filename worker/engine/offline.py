@@ -78,7 +78,7 @@ def _token_windows(spec: JobSpec, steps: int, features: list[str], table: pa.Tab
             texts = [t.split() for t in texts]
         return PredictionWindows(texts, {"row": list(range(table.num_rows))})
     assert d.sequence_column is not None and d.order_column is not None
-    order, runs = _group_runs(table, d.sequence_column, d.order_column)
+    order, runs = _group_runs(table, d.sequence_column, d.order_column, "data.sequence_column")
     index = {d.sequence_column: [name for name, _, _ in runs]}
     step_rows = [order[a:b] for _, a, b in runs]
     orders = table.column(d.order_column).to_pylist()
@@ -126,7 +126,7 @@ def _series(spec: JobSpec, steps: int, features: list[str], table: pa.Table) -> 
 def _sequences(spec: JobSpec, steps: int, features: list[str], table: pa.Table) -> PredictionWindows:
     d = spec.data
     assert d.sequence_column is not None and d.order_column is not None
-    order, runs = _group_runs(table, d.sequence_column, d.order_column)
+    order, runs = _group_runs(table, d.sequence_column, d.order_column, "data.sequence_column")
     short = [(name, b - a) for name, a, b in runs if b - a != steps]
     if short:
         name, length = short[0]

@@ -217,7 +217,7 @@ def sequence_token_examples(spec: JobSpec, table: pa.Table) -> TokenExamples:
 
     d = spec.data
     assert d.sequence_column is not None and d.order_column is not None
-    order, runs = _group_runs(table, d.sequence_column, d.order_column)
+    order, runs = _group_runs(table, d.sequence_column, d.order_column, "data.sequence_column")
     starts = np.array([a for _, a, _ in runs])
     stops = np.array([b for _, _, b in runs])
     names = [name for name, _, _ in runs]
