@@ -88,6 +88,9 @@ def _walk(value: Any, path: str) -> Iterator[tuple[str, str]]:
             yield from _walk(item, f"{path}[{index}]" if path else f"[{index}]")
 
 
+TOO_DEEP = "it is nested deeper than the parser allows (about 1000 levels)"
+
+
 def _invalid_json(problem: str) -> AppError:
     return BadRequest("invalid_json", f"the body is not valid JSON: {problem}", {"field": "body"})
 
@@ -107,7 +110,7 @@ def check_json_body(body: bytes) -> AppError | None:
             [{"field": "body", "message": f"{exc} is not a finite number", "type": "non_finite_number"}],
         )
     except RecursionError:
-        return _invalid_json("it is nested deeper than the parser allows (about 1000 levels)")
+        return _invalid_json(TOO_DEEP)
     except json.JSONDecodeError:
         return None  # FastAPI's 422 names the character where parsing failed
     except ValueError as exc:
@@ -117,7 +120,7 @@ def check_json_body(body: bytes) -> AppError | None:
     try:
         problems = list(_walk(parsed, ""))
     except RecursionError:  # parsed, but deeper than the walk can follow from here
-        return _invalid_json("it is nested deeper than the parser allows (about 1000 levels)")
+        return _invalid_json(TOO_DEEP)
     if not problems:
         return None
     field, kind = problems[0]

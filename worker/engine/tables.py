@@ -70,8 +70,6 @@ def refuse_missing(column: pa.ChunkedArray, name: str, field: str) -> None:
 
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
-# Integers up to 2**53 in magnitude are exactly floats; beyond, neighbouring values become one.
-MAX_EXACT_FLOAT_INT = 2**53
 
 
 def refuse_non_finite(values: np.ndarray, name: str, field: str) -> None:
