@@ -280,7 +280,7 @@ def score(client: httpx.Client, submitted: Submitted) -> Row:
         f"scaling {resolved['data']['scaling']}, schedule {resolved['training']['schedule']}, "
         f"pooling {resolved['model']['pooling']}, patch {resolved['model']['patch']}, "
         f"residual {resolved['model']['residual']}, differences {str(resolved['model']['differences']).lower()}, "
-        f"mixup {resolved['training']['mixup']:g}"
+        f"mixup {resolved['training']['mixup']:g}, ensemble {resolved['model'].get('ensemble', 1)}"
     )
     return Row(
         bench.name, bench.metric, values, best, means.get(best, float("nan")), references, settings_seen, collapsed

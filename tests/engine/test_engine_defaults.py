@@ -26,7 +26,14 @@ from worker.engine.engine import (
     set_naive_map,
 )
 from worker.engine.errors import DataError
-from worker.engine.models import CombinedForecast, RecurrentModel, forward_in_chunks, patch_steps, step_changes
+from worker.engine.models import (
+    CombinedForecast,
+    Ensemble,
+    RecurrentModel,
+    forward_in_chunks,
+    patch_steps,
+    step_changes,
+)
 from worker.engine.predictor import ScaledModel
 from worker.engine.scaling import Scaler, fit_scaler
 from worker.engine.spec import ModelSpec, TrainingSpec
@@ -112,6 +119,7 @@ def test_explicit_epochs_keep_the_previous_behaviour() -> None:
         "model.ar_scale": spec.model.ar_scale,
         "model.combine": spec.model.combine,
         "model.differences": spec.model.differences,
+        "model.ensemble": spec.model.ensemble,
         "training.batch_size": spec.training.batch_size,
         "training.learning_rate": spec.training.learning_rate,
         "training.early_stopping_patience": spec.training.early_stopping_patience,
@@ -391,6 +399,92 @@ def test_mixup_training_is_reproducible_and_still_detects_a_run_that_learned_not
     flat = train_and_evaluate(spec, {"X": np.zeros_like(data["X"]), "y": data["y"]})
     assert flat.evaluation is not None
     assert any("never moved below that of predicting the majority class" in n for n in flat.evaluation.notes)
+
+
+@pytest.mark.parametrize(("train_examples", "expected"), [(20, 5), (1_000, 5), (1_001, 1), (150_000, 1)])
+def test_ensemble_resolves_to_five_networks_for_small_classification_sets(train_examples: int, expected: int) -> None:
+    shape = TrainingShape(train_examples, 10, channels=1, steps=251)
+    assert resolve_defaults(bare_spec(), shape).model.ensemble == expected
+    multichannel = resolve_defaults(bare_spec(), TrainingShape(train_examples, 10, channels=12, steps=29))
+    assert multichannel.model.ensemble == expected
+    for task, layout in (("regression", "arrays"), ("forecast", "series")):
+        assert resolve_defaults(bare_spec(task, layout), shape).model.ensemble == 1
+    text = JobSpec.model_validate(
+        {
+            "dataset_id": "ds",
+            "task": "classification",
+            "data": {"layout": "text", "target": "y"},
+            "text": {"column": "t"},
+        }
+    )
+    assert resolve_defaults(text, TrainingShape(train_examples, 10, steps=40)).model.ensemble == 1
+    # An explicit value wins, in either direction, and explicit epochs keep one network.
+    assert resolve_defaults(bare_spec(model={"ensemble": 1}), shape).model.ensemble == 1
+    assert resolve_defaults(bare_spec(model={"ensemble": 3}), TrainingShape(150_000, 10)).model.ensemble == 3
+    assert resolve_defaults(bare_spec("regression", model={"ensemble": 2}), shape).model.ensemble == 2
+    assert resolve_defaults(bare_spec(training={"epochs": 5}), shape).model.ensemble == 1
+
+
+def test_ensemble_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(ValueError, match="model.ensemble 3 averages whole-sequence networks"):
+        bare_spec("forecast", "series", model={"ensemble": 3})
+    text = {"dataset_id": "ds", "task": "classification", "data": {"layout": "text", "target": "y"}}
+    with pytest.raises(ValueError, match="model.ensemble 2 .* without token inputs"):
+        JobSpec.model_validate({**text, "text": {"column": "t"}, "model": {"ensemble": 2}})
+    with pytest.raises(ValueError, match="model.ensemble"):
+        bare_spec("tagging", "sequences", data={"sequence_column": "s", "order_column": "o"}, model={"ensemble": 2})
+    with pytest.raises(ValueError, match="less than or equal to 16"):
+        bare_spec(model={"ensemble": 17})
+    # One network is always allowed.
+    assert bare_spec("forecast", "series", model={"ensemble": 1}).model.ensemble == 1
+
+
+def test_ensemble_predicts_the_mean_of_its_members() -> None:
+    torch.manual_seed(0)
+    spec = ModelSpec(cell="gru", hidden_size=4, ensemble=3)
+    classes = Ensemble(spec, num_features=2, num_outputs=4, count=3, probabilities=True)
+    x = torch.randn(5, 6, 2)
+    members = classes.member_outputs(x)
+    # Different initialisations, so different networks.
+    assert not torch.allclose(members[0], members[1])
+    mean_probabilities = torch.stack([torch.softmax(m, dim=-1) for m in members]).mean(dim=0)
+    # The output is a log-probability: its softmax (what every consumer of logits takes) is the mean.
+    torch.testing.assert_close(torch.softmax(classes(x), dim=-1), mean_probabilities)
+    torch.testing.assert_close(classes(x).exp().sum(dim=-1), torch.ones(5))
+    outputs = Ensemble(spec, num_features=2, num_outputs=1, count=3, probabilities=False)
+    torch.testing.assert_close(outputs(x), torch.stack(outputs.member_outputs(x)).mean(dim=0))
+    # Each member learns from its own loss, with and without mixup.
+    loss_fn = torch.nn.CrossEntropyLoss()
+    y = torch.tensor([0, 1, 2, 3, 0])
+    own = torch.stack([loss_fn(m, y) for m in members]).mean()
+    torch.testing.assert_close(training_loss(classes, loss_fn, x, y), own)
+    partner = torch.tensor([1, 0, 3, 2, 4])
+    blended = classes.member_outputs(0.7 * x + 0.3 * x[partner])
+    expected = torch.stack([0.7 * loss_fn(m, y) + 0.3 * loss_fn(m, y[partner]) for m in blended]).mean()
+    torch.testing.assert_close(mixup_loss(classes, loss_fn, x, y, 0.7, partner), expected)
+
+
+def test_an_ensemble_job_trains_every_member_and_reports_one_model() -> None:
+    data = separable_arrays(n=120)
+    spec = bare_spec(
+        model={"ensemble": 3, "hidden_size": 8},
+        training={"epochs": 3, "batch_size": 16, "learning_rate": 0.02, "mixup": 0.4},
+        evaluation={"attribution": True, "bootstrap_samples": 0},
+    )
+    first, second = train_and_evaluate(spec, data), train_and_evaluate(spec, data)
+    assert first.summary.test == second.summary.test and first.summary.test["accuracy"] > 0.8
+    predictor = load_predictor(first.artifact)
+    assert isinstance(predictor.model, Ensemble) and len(predictor.model.members) == 3
+    # Every member moved from its initialisation and the members still differ.
+    torch.manual_seed(spec.training.seed)
+    untrained = Ensemble(spec.model, 2, 2, 3, probabilities=True)
+    for before, after in zip(untrained.member_models(), predictor.model.member_models(), strict=True):
+        assert not torch.allclose(before.head.weight, after.head.weight.cpu())
+    heads = [m.head.weight for m in predictor.model.member_models()]
+    assert not torch.allclose(heads[0], heads[1])
+    probabilities = np.asarray(predictor.predict(data["X"][:10])["probabilities"])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert first.evaluation is not None and first.evaluation.attribution is not None
 
 
 def test_lstm_forget_gate_bias_is_set_and_other_gates_are_not() -> None:

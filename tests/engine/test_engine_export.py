@@ -86,6 +86,9 @@ CASES = [
     # Step changes next to the values (a buffer scales them), with patching and under the AR.
     ("gru", False, 1, "classification", "per_example", {"differences": True, "patch": 3, "pooling": "mean"}),
     ("lstm", False, 1, "forecast", "standard", {"residual": "ar", "differences": True}),
+    # Ensembles: three networks' mean probabilities (as log-probabilities) or mean outputs, in one graph.
+    ("gru", False, 1, "classification", "per_example", {"ensemble": 3, "differences": True, "patch": 2}),
+    ("lstm", True, 1, "regression", "standard", {"ensemble": 2, "pooling": "mean"}),
 ]
 
 

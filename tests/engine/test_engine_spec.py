@@ -45,6 +45,7 @@ def test_defaults_are_filled_in() -> None:
         "ar_scale": "auto",
         "combine": "auto",
         "differences": "auto",
+        "ensemble": "auto",
         "forget_gate_bias": "auto",
         "embedding_dim": None,
         "patch": "auto",

@@ -59,6 +59,7 @@ def test_submit_stores_normalized_spec_and_enqueues(client, auth, sine) -> None:
         "ar_scale": "select",
         "combine": "inverse_mse",
         "differences": False,
+        "ensemble": 1,
         "forget_gate_bias": 1.0,
         "embedding_dim": None,
         "patch": 1,

@@ -77,6 +77,14 @@ AUTO_COMBINE = "inverse_mse"
 # Mixup (``training.mixup``, Zhang et al. 2018) for classification of numeric inputs: the Beta
 # parameter of the blend weight. See the README's table for the measurements behind it.
 AUTO_MIXUP = 0.4
+# Ensembles (``model.ensemble``) for classification of numeric inputs on small training sets, where
+# one network's accuracy swings 0.1–0.2 between seeds: this many networks from different
+# initialisations, their class probabilities averaged. Measured (3 seeds × {lstm, gru}, mean (worst),
+# one network → five): ArrowHead 0.754 (0.709) → 0.793 (0.749), OSULeaf 0.780 (0.756) → 0.818
+# (0.777), JapaneseVowels 0.989 (0.978) → 0.988 (0.984). Five times the training: only up to
+# MAX_AUTO_ENSEMBLE_EXAMPLES training examples, where a job takes seconds to minutes.
+AUTO_ENSEMBLE = 5
+MAX_AUTO_ENSEMBLE_EXAMPLES = 1_000
 # Sequences to read longer than this are patched: groups of k consecutive steps become one step of
 # k × features inputs, k the smallest that brings the network to at most this many steps.
 MAX_NETWORK_STEPS = 64
@@ -88,6 +96,7 @@ PREVIOUS_DEFAULTS: dict[str, Any] = {
     "model.pooling": "last",
     "model.forget_gate_bias": None,
     "model.differences": False,
+    "model.ensemble": 1,
     "model.residual": "none",
     "model.patch": 1,
     "model.ar_ridge": 0.0,
@@ -150,6 +159,11 @@ def auto_differences(task: str, channels: int, tokens: bool = False) -> bool:
 
 def auto_mixup(task: str, tokens: bool = False) -> float:
     return AUTO_MIXUP if task == "classification" and not tokens else 0.0
+
+
+def auto_ensemble(task: str, train_examples: int, tokens: bool = False) -> int:
+    small = train_examples <= MAX_AUTO_ENSEMBLE_EXAMPLES
+    return AUTO_ENSEMBLE if task == "classification" and not tokens and small else 1
 
 
 def auto_residual(spec: JobSpec) -> str:
@@ -225,6 +239,8 @@ def resolve_defaults(spec: JobSpec, shape: TrainingShape) -> JobSpec:
         model["ar_scale"] = AUTO_AR_SCALE
     if spec.model.differences == "auto":
         model["differences"] = auto_differences(spec.task, shape.channels, tokens=spec.text is not None)
+    if spec.model.ensemble == "auto":
+        model["ensemble"] = auto_ensemble(spec.task, shape.train_examples, tokens=spec.text is not None)
     if spec.model.forget_gate_bias == "auto":
         model["forget_gate_bias"] = auto_forget_gate_bias(spec.model.cell, spec.task, shape.steps)
     t = spec.training

@@ -82,7 +82,9 @@ def _build_model(spec: JobSpec, prep: PreparedData) -> torch.nn.Module:
 
         codec = prep.examples.codec
         return build_sequence_model(spec, num_features, num_outputs, codec.vocab_size if codec is not None else None)
-    return build_recurrent_model(spec.model, num_features, num_outputs, steps=prep.examples.steps)
+    return build_recurrent_model(
+        spec.model, num_features, num_outputs, steps=prep.examples.steps, classes=spec.task in CLASS_TASKS
+    )
 
 
 # Ridge on the AR's normal equations, relative to their mean diagonal: enough to make a

@@ -11,7 +11,7 @@ from torch import nn
 from .errors import DataError
 from .models import build_recurrent_model, forward_in_chunks
 from .scaling import PER_EXAMPLE_MIN_STD, Scaler
-from .spec import JobSpec
+from .spec import CLASS_TASKS, JobSpec
 from .text import TextCodec, check_text_inputs, uses_sequence_model
 
 # The artifact layout version: written by engine.build_artifact, checked here on load.
@@ -135,7 +135,9 @@ class Predictor:
             vocab = int(state["embedding.weight"].shape[0]) if "embedding.weight" in state else None
             self.model = build_sequence_model(spec, len(self.features), num_outputs, vocab)
         else:
-            self.model = build_recurrent_model(self.spec.model, len(self.features), num_outputs, steps=self.steps)
+            self.model = build_recurrent_model(
+                self.spec.model, len(self.features), num_outputs, steps=self.steps, classes=spec.task in CLASS_TASKS
+            )
         self.model.load_state_dict(state)
         self.model.eval()
         self.scaled_model = ScaledModel(self.model, self.x_scaler, self.y_scaler).to(self.device).eval()

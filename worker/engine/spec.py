@@ -22,6 +22,8 @@ Auto = Literal["auto"]
 REGRESSION_LOSSES: tuple[str, ...] = ("mse", "mae", "huber")
 # Tasks whose targets are classes (one per example, or one per step for tagging).
 CLASS_TASKS: tuple[str, ...] = ("classification", "tagging")
+# ``model.ensemble``: networks per model, at most (each one multiplies the job's training time).
+MAX_ENSEMBLE = 16
 
 
 def hidden_characters(text: str) -> list[str]:
@@ -171,6 +173,14 @@ class ModelSpec(_Strict):
         "every input feature, scaled to unit spread on the training part) next to its value; auto: on for "
         "classification of a single channel (the shape is the class), off otherwise",
     )
+    ensemble: Annotated[int, Field(ge=1, le=MAX_ENSEMBLE)] | Auto = Field(
+        default="auto",
+        description="classification and regression of numeric inputs: this many networks of the same shape "
+        "train side by side from different initialisations (same batches, each its own loss) and the model "
+        "predicts their mean class probabilities (classification) or mean outputs (regression); auto: 5 for "
+        "classification with at most 1,000 training examples, where one network's result swings most "
+        "between seeds, else 1",
+    )
     forget_gate_bias: Annotated[float, Field(ge=-10.0, le=10.0)] | Auto | None = Field(
         default="auto",
         description="initial LSTM forget-gate bias (lstm only; null keeps PyTorch's initialisation)",
@@ -301,6 +311,13 @@ class JobSpec(_Strict):
             raise ValueError(
                 "model.differences reads the change of numeric inputs between steps; token inputs and per-step "
                 "tags read each step as it is"
+            )
+        ensemble = self.model.ensemble
+        if ensemble not in ("auto", 1) and (self.task not in ("classification", "regression") or self.text is not None):
+            raise ValueError(
+                f"model.ensemble {ensemble} averages whole-sequence networks: it needs task 'classification' or "
+                "'regression' without token inputs (forecasts combine an AR model and a last_value model through "
+                "model.combine instead)"
             )
         mixup = self.training.mixup
         if mixup not in ("auto", 0.0) and (self.task != "classification" or self.text is not None):

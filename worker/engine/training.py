@@ -162,9 +162,13 @@ def mixup_loss(
     model: nn.Module, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor, weight: float, partner: torch.Tensor
 ) -> torch.Tensor:
     """``training.mixup`` (Zhang et al. 2018): the loss on the batch blended with ``xb[partner]`` by
-    ``weight``, against both blends' class targets in the same proportion."""
-    out = model(weight * xb + (1.0 - weight) * xb[partner])
-    return weight * loss_fn(out, yb) + (1.0 - weight) * loss_fn(out, yb[partner])
+    ``weight``, against both blends' class targets in the same proportion; for an ensemble
+    (``member_outputs``) the mean of its members' own losses, as in ``training_loss``."""
+    blended = weight * xb + (1.0 - weight) * xb[partner]
+    member_outputs = getattr(model, "member_outputs", None)
+    outputs = [model(blended)] if member_outputs is None else member_outputs(blended)
+    losses = [weight * loss_fn(out, yb) + (1.0 - weight) * loss_fn(out, yb[partner]) for out in outputs]
+    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
 
 def mixup_alpha(spec: TrainingSpec) -> float:
