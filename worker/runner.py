@@ -94,7 +94,8 @@ def classify_error(exc: BaseException) -> JobFailure:
     if isinstance(exc, MemoryError) or "out of memory" in text.lower():
         return JobFailure(
             "out_of_memory",
-            "ran out of memory while training; lower training.batch_size, model.hidden_size or data.lookback",
+            "ran out of memory while training; lower training.batch_size, model.hidden_size, model.ensemble "
+            "or data.lookback",
         )
     return JobFailure("internal_error", f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:500])
 

@@ -197,7 +197,7 @@ def settle_expired(session: Session, row: Any, now: datetime) -> JobStatus | Non
                 f"worker lost: the worker running this job (last {worker_id}) stopped renewing its "
                 f"lease on each of {attempts} attempts (RNNLAB_MAX_ATTEMPTS={max_attempts}): it crashed, "
                 "was killed (often for using more memory than the machine has: try a smaller "
-                "batch_size, hidden_size or lookback) or lost its database connection"
+                "batch_size, hidden_size, ensemble or lookback) or lost its database connection"
             ),
         }
     else:

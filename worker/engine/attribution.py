@@ -51,7 +51,9 @@ def integrated_gradients(
     Zero is the training mean under standard scaling, a neutral reference. Midpoint Riemann sum.
     """
     alphas = (torch.arange(steps, device=x.device, dtype=x.dtype) + 0.5) / steps
-    per_pass = max(1, _IG_ROWS_PER_PASS // steps)
+    # Every network of an ensemble (``model.ensemble``) keeps its own graph: fewer rows per pass.
+    networks = max(1, sum(isinstance(m, nn.RNNBase) for m in model.modules()))
+    per_pass = max(1, _IG_ROWS_PER_PASS // (steps * networks))
     out = torch.empty_like(x)
     for start in range(0, x.shape[0], per_pass):
         xb = x[start : start + per_pass]
@@ -68,7 +70,8 @@ def integrated_gradients(
 def attribution_map(model: nn.Module, x: torch.Tensor, classification: bool) -> np.ndarray:
     """Mean |IG| over examples as [T, F], normalized to sum 1.
 
-    Classification attributes the predicted class logit; regression and forecast the first output.
+    Classification attributes the predicted class logit (for an ensemble, the log of the members'
+    mean probability of that class); regression and forecast the first output.
     """
     with recurrent_layers_in_train_mode(model):
         with torch.no_grad():

@@ -238,7 +238,8 @@ class CombinedForecast(nn.Module):
 
 class Ensemble(nn.Module):
     """``model.ensemble``: networks of the same shape from different initialisations, trained side by
-    side (same batches; ``member_outputs`` gives each its own loss, as for ``CombinedForecast``). The
+    side (same batches; ``member_outputs`` gives each its own loss, and the step minimises their mean
+    with one optimizer and one gradient clip over all members, as for ``CombinedForecast``). The
     model predicts the members' mean class probabilities, as log-probabilities (so a softmax of its
     output is that mean, and every consumer of logits reads it unchanged), or their mean outputs for
     regression. Averaging networks that differ only in their start is the standard cure for the
@@ -285,7 +286,7 @@ def combines(spec: ModelSpec) -> bool:
 
 
 def build_recurrent_model(
-    spec: ModelSpec, num_features: int, num_outputs: int, steps: int | None = None, *, classes: bool = False
+    spec: ModelSpec, num_features: int, num_outputs: int, steps: int | None = None, *, classes: bool
 ) -> RecurrentModel | CombinedForecast | Ensemble:
     """The model ``spec`` describes; ``classes``: its outputs are class logits (an ensemble then
     averages probabilities, not logits)."""

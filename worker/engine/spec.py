@@ -176,7 +176,8 @@ class ModelSpec(_Strict):
     ensemble: Annotated[int, Field(ge=1, le=MAX_ENSEMBLE)] | Auto = Field(
         default="auto",
         description="classification and regression of numeric inputs: this many networks of the same shape "
-        "train side by side from different initialisations (same batches, each its own loss) and the model "
+        "train side by side from different initialisations (same batches, on the mean of their own losses) "
+        "and the model "
         "predicts their mean class probabilities (classification) or mean outputs (regression); auto: 5 for "
         "classification with at most 1,000 training examples, where one network's result swings most "
         "between seeds, else 1",
