@@ -19,7 +19,7 @@ job's own test windows for forecasting. A data set passes when every default run
 reference(s) and its mean is within 3 points of accuracy (10% of MAE) of the best swept setting.
 
     python bench/quality.py                      # all 9 data sets
-    python bench/quality.py --sweep-seeds 1 --concurrency 4   # the README's run: 41 min at load 6-13
+    python bench/quality.py --sweep-seeds 1 --concurrency 4   # the README's run: 18 min at load 4-6
     python bench/quality.py --sets Lynx Airline ShampooSales co2 nile elnino JapaneseVowels --sweep-seeds 1
     python bench/quality.py --sets ArrowHead Lynx --seeds 2
 
