@@ -307,6 +307,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2, help="jobs the worker runs at a time")
     parser.add_argument("--no-sweep", action="store_true")
     args = parser.parse_args()
+    # ``kill`` (SIGTERM) unwinds like Ctrl-C, so the service and its worker processes are stopped
+    # with the run instead of training on as orphans.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     started = time.perf_counter()
     sets = bench_sets(args.sets)
     seeds = list(range(args.seeds))
