@@ -69,6 +69,31 @@ def test_json_bodies_with_nul_or_non_finite_values_are_refused_naming_the_field(
     assert client.get("/api/v1/jobs", headers=auth).json()["items"] == []
 
 
+def test_a_boolean_where_a_spec_takes_a_number_is_a_422_naming_the_field(client, auth) -> None:
+    sine = upload_sine(client, auth)
+    spec = forecast_spec(sine)
+    for section, name, value in (
+        ("model", "ensemble", True),
+        ("model", "hidden_size", False),
+        ("training", "epochs", True),
+    ):
+        body = {**spec, section: {**spec.get(section, {}), name: value}}
+        error = error_of(client.post("/api/v1/jobs", headers=auth, json=body), 422, "invalid_spec")
+        assert error["details"][0]["field"] == f"{section}.{name}"
+        assert f"not the boolean {str(value).lower()}" in error["details"][0]["message"]
+    grid = {"name": "s", "base": spec, "grid": {"model.ensemble": [True, 2]}, "seeds": [0]}
+    error = error_of(client.post("/api/v1/sweeps", headers=auth, json=grid), 422, "invalid_spec")
+    assert error["details"][0]["field"] == "grid.model.ensemble[0]"
+    # A field that takes booleans still does.
+    on = {**spec, "model": {**spec.get("model", {}), "bidirectional": True}}
+    assert client.post("/api/v1/jobs", headers=auth, json=on).status_code == 201
+    # A number past the float range in a where filter, as in a JSON body, is refused.
+    error = error_of(
+        client.get("/api/v1/jobs", headers=auth, params={"where": "test.rmse > 1e999"}), 400, "invalid_where"
+    )
+    assert "1e999 is beyond the float range" in error["message"]
+
+
 def test_a_json_body_over_the_limit_is_413_before_parsing(client, auth, monkeypatch) -> None:
     set_setting(monkeypatch, max_json_body_bytes="4096")
     body = json.dumps({"inputs": [[[0.5] * 2000]]})

@@ -12,6 +12,7 @@ normalized spec (``model.hidden_size``, ``training.learning_rate``). Operators: 
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from datetime import UTC, datetime
@@ -59,7 +60,10 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
         kind = m.lastgroup
         value = m.group(kind or "")
         if kind == "num":
-            tokens.append(("value", float(value)))
+            number = float(value)
+            if not math.isfinite(number):
+                raise _bad(f"{value} is beyond the float range (at most about 1.8e308)")
+            tokens.append(("value", number))
         elif kind == "str":
             tokens.append(("value", value[1:-1]))
         elif kind == "word" and value.lower() in ("and", "or", "in", "not"):

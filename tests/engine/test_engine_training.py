@@ -177,6 +177,19 @@ def test_forecast_predictor_returns_original_units() -> None:
     prediction = np.array(predictor.predict(window[None, :]))
     assert prediction.shape == (1, 2)
     assert abs(prediction[0, 0] - table.column("value").to_numpy()[10]) < 5.0
+    # Finite in JSON but past what the model computes in: a 4xx naming the inputs, not null forecasts.
+    with pytest.raises(DataError, match=r"2 input values beyond the float32 range"):
+        predictor.predict(np.array([[1e308, 3.5e38, *window[2:]]]))
+
+    # Inputs so far out that the model's arithmetic overflows (an AR's lag weights times 3e38): refused,
+    # not returned as null forecasts. Stand in for such a model with one whose output overflows.
+    class Overflowing(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :2, 0] * 1e38 * 1e38
+
+    predictor.scaled_model = Overflowing()
+    with pytest.raises(DataError, match=r"2 predicted values overflowed \(not finite\)"):
+        predictor.predict(window[None, :])
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])

@@ -102,7 +102,28 @@ def check_inputs(inputs: Any, steps: int, features: list[str]) -> np.ndarray:
         )
     if not np.all(np.isfinite(x)):
         raise DataError(f"{int((~np.isfinite(x)).sum())} missing or infinite input values", field="inputs")
+    beyond = int((np.abs(x) > FLOAT32_MAX).sum())
+    if beyond:
+        raise DataError(
+            f"{beyond} input values beyond the float32 range the model computes in (±{FLOAT32_MAX:.4g})",
+            field="inputs",
+        )
     return x.astype(np.float32)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def finite_outputs(out: np.ndarray) -> np.ndarray:
+    """``out``, or a ``DataError`` when inputs far outside the training data overflowed the model."""
+    bad = int((~np.isfinite(out)).sum())
+    if bad:
+        raise DataError(
+            f"{bad} predicted values overflowed (not finite): the inputs are too far outside the range "
+            "the model was trained on",
+            field="inputs",
+        )
+    return out
 
 
 class Predictor:
@@ -152,7 +173,9 @@ class Predictor:
     def outputs(self, inputs: Any) -> np.ndarray:
         """``ScaledModel`` outputs for raw windows (or texts): values in original units, or class probabilities."""
         x, _ = self.model_inputs(inputs)
-        return forward_in_chunks(self.scaled_model, torch.as_tensor(x, device=self.device)).cpu().numpy()
+        return finite_outputs(
+            forward_in_chunks(self.scaled_model, torch.as_tensor(x, device=self.device)).cpu().numpy()
+        )
 
     def predict(self, inputs: Any) -> Any:
         """Forecast / regression: a list [N, H] (or [N] for a single regression output).
@@ -162,7 +185,7 @@ class Predictor:
         labels one per token).
         """
         x, tokens = self.model_inputs(inputs)
-        out = forward_in_chunks(self.scaled_model, torch.as_tensor(x, device=self.device)).cpu().numpy()
+        out = finite_outputs(forward_in_chunks(self.scaled_model, torch.as_tensor(x, device=self.device)).cpu().numpy())
         return format_predictions(self.spec.task, self.classes, out, tokens)
 
 

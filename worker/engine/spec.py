@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
@@ -43,6 +43,28 @@ def plain_name(name: str | None) -> str | None:
 class _Strict(BaseModel):
     # Unknown fields are rejected so a typo never silently falls back to a default.
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # Pydantic reads true / false as 1 / 0 for a number; in a spec that is a mistake, not a count.
+        if isinstance(value, bool) and info.field_name is not None:
+            kinds = _kinds(cls.model_fields[info.field_name].annotation)
+            if bool not in kinds and (int in kinds or float in kinds):
+                allowed = "a number" + "".join(f" or {k!r}" for k in kinds if isinstance(k, str))
+                allowed += " or null" if type(None) in kinds else ""
+                raise ValueError(f"expected {allowed}, not the boolean {str(value).lower()}")
+        return value
+
+
+def _kinds(annotation: Any) -> list[Any]:
+    """The plain types and literal values a field's type is made of (``Annotated[int, …] | Literal["auto"]``
+    → ``[int, "auto"]``)."""
+    if isinstance(annotation, type) or not get_args(annotation):
+        return [annotation]
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [kind for arg in get_args(annotation) for kind in _kinds(arg)]
 
 
 class SplitSpec(_Strict):
