@@ -88,6 +88,10 @@ def format_predictions(
     return values.tolist()
 
 
+# Inputs beyond this overflow the float32 the model computes in.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def check_inputs(inputs: Any, steps: int, features: list[str]) -> np.ndarray:
     """Raw windows as float32 ``[N, steps, features]``; a ``DataError`` naming the expected shape otherwise."""
     expected = [steps, len(features)]
@@ -109,9 +113,6 @@ def check_inputs(inputs: Any, steps: int, features: list[str]) -> np.ndarray:
             field="inputs",
         )
     return x.astype(np.float32)
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def finite_outputs(out: np.ndarray) -> np.ndarray:
@@ -172,7 +173,9 @@ class Predictor:
 
     def outputs(self, inputs: Any) -> np.ndarray:
         """``ScaledModel`` outputs for raw windows (or texts): values in original units, or class probabilities."""
-        x, _ = self.model_inputs(inputs)
+        return self._forward(self.model_inputs(inputs)[0])
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         return finite_outputs(
             forward_in_chunks(self.scaled_model, torch.as_tensor(x, device=self.device)).cpu().numpy()
         )
@@ -185,8 +188,7 @@ class Predictor:
         labels one per token).
         """
         x, tokens = self.model_inputs(inputs)
-        out = finite_outputs(forward_in_chunks(self.scaled_model, torch.as_tensor(x, device=self.device)).cpu().numpy())
-        return format_predictions(self.spec.task, self.classes, out, tokens)
+        return format_predictions(self.spec.task, self.classes, self._forward(x), tokens)
 
 
 def load_predictor(artifact: dict[str, Any], device: str = "cpu") -> Predictor:

@@ -198,10 +198,9 @@ class ModelSpec(_Strict):
     ensemble: Annotated[int, Field(ge=1, le=MAX_ENSEMBLE)] | Auto = Field(
         default="auto",
         description="classification and regression of numeric inputs: this many networks of the same shape "
-        "train side by side from different initialisations (same batches, on the mean of their own losses) "
-        "and the model "
-        "predicts their mean class probabilities (classification) or mean outputs (regression); auto: 5 for "
-        "classification with at most 1,000 training examples, where one network's result swings most "
+        "train side by side from different initialisations (same batches, on the mean of their own losses) and "
+        "the model predicts their mean class probabilities (classification) or mean outputs (regression); auto: "
+        "5 for classification with at most 1,000 training examples, where one network's result swings most "
         "between seeds, else 1",
     )
     forget_gate_bias: Annotated[float, Field(ge=-10.0, le=10.0)] | Auto | None = Field(
