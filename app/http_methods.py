@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from starlette.responses import Response
 from starlette.routing import Match
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # The methods our routes use; each is tried against the path (routes may be nested routers).
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
@@ -36,7 +36,9 @@ def allowed_methods(routes: Sequence[object], scope: Scope) -> list[str]:
 
 
 class OptionsAnswer:
-    """ASGI middleware: ``OPTIONS`` on a known path answers 204 with the full ``Allow`` header."""
+    """ASGI middleware: ``OPTIONS`` on a known path answers 204 with the full ``Allow`` header, and
+    ``HEAD`` on a path that takes GET answers as GET would, without the body (FastAPI's GET routes
+    do not take HEAD themselves, so health checkers that send HEAD got a 405)."""
 
     def __init__(self, app: ASGIApp, routes: Sequence[object]) -> None:
         self.app = app
@@ -48,4 +50,24 @@ class OptionsAnswer:
             if methods:
                 await Response(status_code=204, headers={"Allow": ", ".join(methods)})(scope, receive, send)
                 return
+        if scope["type"] == "http" and scope["method"] == "HEAD" and "GET" in allowed_methods(self.routes, scope):
+            await self._head(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    async def _head(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answered = False
+
+        async def headers_only(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                await send(message)  # GET's headers, Content-Length included (RFC 9110 §9.3.2)
+            elif message["type"] == "http.response.body" and not answered:
+                answered = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def until_answered() -> Message:
+            # Once the headers are out, a stream (the event stream) is told the client left.
+            return {"type": "http.disconnect"} if answered else await receive()
+
+        await self.app({**scope, "method": "GET"}, until_answered, headers_only)

@@ -151,6 +151,21 @@ def test_options_and_405_list_every_method_of_the_path(client, auth) -> None:
     assert r.status_code == 405 and r.headers["allow"] == "DELETE, GET, HEAD, OPTIONS"
 
 
+def test_head_answers_as_get_without_the_body(client, auth) -> None:
+    for path, headers in (("/healthz", {}), ("/", {}), ("/api/v1/jobs", auth), ("/api/v1/jobs", {})):
+        got, head = client.get(path, headers=headers), client.head(path, headers=headers)
+        assert head.status_code == got.status_code and head.content == b""
+        assert head.headers["content-length"] == got.headers["content-length"]
+        assert head.headers["content-type"] == got.headers["content-type"]
+    # An event stream that would run while the job is queued ends once the headers are out.
+    job = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(upload_sine(client, auth))).json()["id"]
+    head = client.head(f"/api/v1/jobs/{job}/events", headers=auth)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"].startswith("text/event-stream")
+    assert client.head("/api/v1/nope", headers=auth).status_code == 404
+    assert client.head("/api/v1/jobs/abc/cancel", headers=auth).status_code == 405  # POST only
+
+
 def test_openapi_documents_every_error_status_and_the_event_stream(client) -> None:
     doc = client.get("/openapi.json").json()
     missing = []

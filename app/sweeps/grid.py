@@ -19,6 +19,7 @@ RESERVED_PATHS = {
     "training.seed": "training.seed is set from the sweep's 'seeds'; list the seeds there",
     "dataset_id": "a sweep runs on the base spec's dataset; dataset_id cannot be swept",
     "task": "a sweep compares settings of one task; task cannot be swept",
+    "name": "name labels a job and changes nothing it trains; name the sweep instead",
 }
 
 
@@ -49,6 +50,16 @@ def check_grid(grid: Mapping[str, Sequence[Any]]) -> None:
             leaves = sorted(p for p in SPEC_PATHS if p.startswith(path.split(".")[0] + "."))
             hint = f"; paths under '{path.split('.')[0]}' are: {', '.join(leaves)}" if leaves else ""
             raise grid_error(f"grid path '{path}' is not a JobSpec field{hint}", f"grid.{path}", "unknown_grid_path")
+        if any(p.startswith(path + ".") for p in SPEC_PATHS):
+            # A whole section would replace the base's, dropping every field it does not repeat (and
+            # would overlap any path inside it).
+            named = sorted({f"{path}.{key}" for value in values if isinstance(value, dict) for key in value})
+            example = ", ".join(named[:6]) or next(p for p in sorted(SPEC_PATHS) if p.startswith(path + "."))
+            raise grid_error(
+                f"grid path '{path}' names a whole section, which would replace the base spec's; sweep its "
+                f"fields one path each (e.g. {example})",
+                f"grid.{path}",
+            )
         if len(values) == 0:
             raise grid_error(f"grid path '{path}' has no values; give at least one", f"grid.{path}")
         seen: set[str] = set()
@@ -56,14 +67,11 @@ def check_grid(grid: Mapping[str, Sequence[Any]]) -> None:
             key = json.dumps(value, sort_keys=True)
             if key in seen:
                 raise grid_error(
-                    f"grid.{path}[{index}] repeats the value {key}; each value is one setting",
+                    f"grid.{path}[{index}] repeats the value {key if len(key) <= 80 else key[:80] + '…'}; "
+                    "each value is one setting",
                     f"grid.{path}[{index}]",
                 )
             seen.add(key)
-    for path in grid:
-        for other in grid:
-            if other != path and other.startswith(path + "."):
-                raise grid_error(f"grid paths '{path}' and '{other}' overlap; sweep one or the other", f"grid.{other}")
 
 
 _SAMPLE_MAX_POPULATION = 2**62

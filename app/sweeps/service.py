@@ -103,6 +103,12 @@ def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep
     for name in ("space", "objective", "pruner", "confirm_seeds", "startup_trials"):
         if getattr(body, name) is not None:
             raise grids.grid_error(f"'{name}' belongs to a tpe search; this sweep's search is '{body.search}'", name)
+    if "parallelism" in body.model_fields_set:  # it has a default, so only a value the user sent is refused
+        raise grids.grid_error(
+            f"'parallelism' belongs to a tpe search; a {body.search} sweep queues all its jobs at once "
+            "(the workers' concurrency decides how many run)",
+            "parallelism",
+        )
     grids.check_grid(body.grid)
     plan = _planned_settings(body)
     sweep_id = new_id()

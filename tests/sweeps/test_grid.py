@@ -48,8 +48,8 @@ def test_blame_names_the_grid_value_or_the_base_field() -> None:
     assert grids.blame_field("", indices) == "grid" and grids.blame_field("", {}) == "base"
 
 
-def test_check_grid_refuses_overlapping_paths() -> None:
+def test_check_grid_refuses_a_whole_section_and_so_overlapping_paths() -> None:
     with pytest.raises(AppError) as info:
         grids.check_grid({"model": [{"cell": "gru"}], "model.hidden_size": [4]})
-    assert info.value.details[0]["field"] == "grid.model.hidden_size"
+    assert info.value.details[0]["field"] == "grid.model" and "e.g. model.cell" in info.value.message
     grids.check_grid({"model.cell": ["gru"], "data.split.method": ["random"]})  # nested paths are known

@@ -128,12 +128,23 @@ def test_bad_base_field_is_named_as_base(client, auth, sine) -> None:
         ({"dataset_id": ["x"]}, "reserved_grid_path", "grid.dataset_id"),
         ({"model.hidden_size": []}, "invalid_grid", "grid.model.hidden_size"),
         ({"model.hidden_size": [4, 8, 4]}, "invalid_grid", "grid.model.hidden_size[2]"),
-        ({"name": ["x" * 600]}, "invalid_grid", "grid"),  # the setting would not fit setting_key
+        ({"data.target": ["x" * 600]}, "invalid_grid", "grid"),  # the setting would not fit setting_key
+        ({"name": ["a", "b"]}, "reserved_grid_path", "grid.name"),  # a label: two identical trainings
+        # A whole section would replace the base's (its epochs, hidden size ...): fields one by one.
+        ({"model": [{"cell": "lstm"}]}, "invalid_grid", "grid.model"),
+        ({"data.split": [{"method": "random"}]}, "invalid_grid", "grid.data.split"),
     ],
 )
 def test_grid_paths_are_checked(client, auth, sine, grid, code, field) -> None:
     err = refused(client, auth, sweep_body(sine, grid), code)
     assert err["details"][0]["field"] == field
+
+
+def test_a_whole_section_in_the_grid_names_its_fields_and_parallelism_is_for_tpe(client, auth, sine) -> None:
+    err = refused(client, auth, sweep_body(sine, {"training": [{"learning_rate": 0.01}]}), "invalid_grid")
+    assert "names a whole section" in err["message"] and "training.learning_rate" in err["message"]
+    err = refused(client, auth, sweep_body(sine, {"model.hidden_size": [4]}, parallelism=3), "invalid_grid")
+    assert err["details"][0]["field"] == "parallelism" and "tpe" in err["message"]
 
 
 def test_unknown_path_lists_the_known_ones(client, auth, sine) -> None:
