@@ -17,6 +17,7 @@ from app.config import get_settings
 from app.db import new_session
 from app.errors import AppError, Unauthorized
 from app.models import ApiKey, Project, utcnow
+from worker.engine.spec import hidden_characters
 
 KEY_PREFIX = "rnl_"
 DEFAULT_PROJECT = "default"
@@ -36,9 +37,25 @@ def get_or_create_project(session: Session, name: str) -> Project:
     return project
 
 
+MAX_PROJECT_NAME = 200  # the column's length
+
+
+def check_project_name(name: str) -> str:
+    """``name``, or a ``ValueError`` saying why it cannot name a project (empty, too long, or with
+    control or invisible formatting characters that make it display as something it is not)."""
+    if not name.strip():
+        raise ValueError("a project name cannot be empty")
+    if len(name) > MAX_PROJECT_NAME:
+        raise ValueError(f"a project name has at most {MAX_PROJECT_NAME} characters (got {len(name)})")
+    hidden = hidden_characters(name)
+    if hidden:
+        raise ValueError(f"a project name cannot hold control or invisible characters ({', '.join(hidden[:5])})")
+    return name
+
+
 def create_key(session: Session, project_name: str) -> tuple[str, ApiKey]:
     """Create a key for the project (created if new); returns the plain key, shown once."""
-    project = get_or_create_project(session, project_name)
+    project = get_or_create_project(session, check_project_name(project_name))
     plain = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(project_id=project.id, prefix=plain[:12], key_hash=hash_key(plain))
     session.add(row)
@@ -54,9 +71,12 @@ def list_keys(session: Session) -> list[tuple[ApiKey, str]]:
 
 
 def revoke_key(session: Session, key_id_or_prefix: str) -> int:
+    """Revoke the active key with this id, this prefix (as ``keys list`` shows it, "…" and all) or
+    this whole key; returns how many were revoked."""
+    given = key_id_or_prefix.strip().removesuffix("…")
     result = session.execute(
         update(ApiKey)
-        .where((ApiKey.id == key_id_or_prefix) | (ApiKey.prefix == key_id_or_prefix))
+        .where((ApiKey.id == given) | (ApiKey.prefix == given) | (ApiKey.key_hash == hash_key(given)))
         .where(ApiKey.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )

@@ -135,6 +135,28 @@ def test_cli_keys_create_prints_key_alone(env) -> None:
         [sys.executable, "-m", "app.cli", "keys", "list"], capture_output=True, text=True, env=run_env, check=True
     )
     assert "revoked=-" not in listed.stdout
+    # A project name that would display as something it is not, or none at all, is refused.
+    for bad in ("", "  ", "a\x01b", "evil\u202eppa", "x" * 201):
+        out = subprocess.run(
+            [sys.executable, "-m", "app.cli", "keys", "create", "--project", bad],
+            capture_output=True,
+            text=True,
+            env=run_env,
+        )
+        assert out.returncode == 2 and out.stdout == "" and "project name" in out.stderr, (bad, out.stderr)
+
+
+def test_a_key_is_revoked_by_its_id_its_prefix_as_listed_or_the_whole_key(env) -> None:
+    from app.auth import create_key, revoke_key
+    from app.db import new_session
+
+    with new_session() as session:
+        whole, _ = create_key(session, "epsilon")
+        listed, row = create_key(session, "epsilon")
+        assert revoke_key(session, whole) == 1  # someone who holds a leaked key has the key
+        assert revoke_key(session, row.prefix + "…") == 1  # copied from 'keys list'
+        assert revoke_key(session, whole) == 0 and revoke_key(session, listed) == 0  # already revoked
+        assert revoke_key(session, "rnl_unknown") == 0
 
 
 def test_framework_422_uses_the_error_body(client, auth) -> None:
