@@ -60,15 +60,14 @@ def _database_session() -> Any:
 @keys_app.command("create")
 def keys_create(project: Annotated[str, typer.Option(help="Project the key belongs to (created if new).")]) -> None:
     """Create an API key; prints the key alone on stdout (it is stored hashed and shown only once)."""
-    from app.auth import check_project_name, create_key
+    from app.auth import create_key
 
-    try:
-        check_project_name(project)
-    except ValueError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
     with _database_session() as session:
-        plain, _ = create_key(session, project)
+        try:
+            plain, _ = create_key(session, project)  # the name is checked before anything is written
+        except ValueError as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from None
     typer.echo(plain)
 
 

@@ -149,7 +149,9 @@ def _total(scheduler: torch.optim.lr_scheduler.LRScheduler) -> int:
     return int(getattr(scheduler, "total_steps", 1 << 62))
 
 
-def training_loss(model: nn.Module, loss_fn: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+def training_loss(
+    model: nn.Module, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], xb: torch.Tensor, yb: torch.Tensor
+) -> torch.Tensor:
     """The loss a training step minimises: of the model's output, or for a forecast combination
     (``CombinedForecast``) the mean of its members' own losses, so each member learns as if alone."""
     member_outputs = getattr(model, "member_outputs", None)
@@ -164,11 +166,11 @@ def mixup_loss(
     """``training.mixup`` (Zhang et al. 2018): the loss on the batch blended with ``xb[partner]`` by
     ``weight``, against both blends' class targets in the same proportion; for an ensemble
     (``member_outputs``) the mean of its members' own losses, as in ``training_loss``."""
-    blended = weight * xb + (1.0 - weight) * xb[partner]
-    member_outputs = getattr(model, "member_outputs", None)
-    outputs = [model(blended)] if member_outputs is None else member_outputs(blended)
-    losses = [weight * loss_fn(out, yb) + (1.0 - weight) * loss_fn(out, yb[partner]) for out in outputs]
-    return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+    def blended_loss(out: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        return weight * loss_fn(out, yb) + (1.0 - weight) * loss_fn(out, yb[partner])
+
+    return training_loss(model, blended_loss, weight * xb + (1.0 - weight) * xb[partner], yb)
 
 
 def mixup_alpha(spec: TrainingSpec) -> float:
