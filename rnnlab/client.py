@@ -33,6 +33,7 @@ class Event:
 
     event: str
     data: dict[str, Any]
+    id: str | None = None  # ``EPOCH.RUN``; sent back as ``Last-Event-ID`` to resume a dropped stream
 
 
 class _CountingReader:
@@ -145,17 +146,20 @@ class Client:
         except httpx.TransportError as exc:
             raise RnnlabError(0, "connection_error", f"cannot reach rnnlab at {self.url}: {exc}") from exc
 
-    def events(self, path: str) -> Iterator[Event]:
-        """Server-Sent Events from ``GET /api/v1{path}``, parsed, until the server closes the stream."""
-        with self._http.stream("GET", f"/api/v1{path}", timeout=httpx.Timeout(60.0, read=None)) as response:
+    def events(self, path: str, last_event_id: str | None = None) -> Iterator[Event]:
+        """Server-Sent Events from ``GET /api/v1{path}``, parsed, until the server closes the stream;
+        ``last_event_id`` (an earlier event's ``id``) resumes after that event."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else None
+        timeout = httpx.Timeout(60.0, read=None)
+        with self._http.stream("GET", f"/api/v1{path}", headers=headers, timeout=timeout) as response:
             if response.is_error:
                 response.read()
                 raise_for_error(response)
-            name, data = "message", list[str]()
+            name, data, event_id = "message", list[str](), last_event_id
             for line in response.iter_lines():
                 if not line:
                     if data:
-                        yield Event(name, json.loads("\n".join(data)))
+                        yield Event(name, json.loads("\n".join(data)), event_id)
                     name, data = "message", []
                 elif line.startswith(":"):
                     continue  # keep-alive comment
@@ -163,6 +167,8 @@ class Client:
                     name = line[6:].strip()
                 elif line.startswith("data:"):
                     data.append(line[5:].strip())
+                elif line.startswith("id:"):
+                    event_id = line[3:].strip()
 
 
 def raise_for_error(response: httpx.Response) -> None:
@@ -273,18 +279,20 @@ class Job:
     def follow(self) -> Iterator[Event]:
         """The job's events (``status``, ``epoch``, ``end``) as they happen, until it has finished.
 
-        A dropped connection is resumed; epochs already seen are not repeated.
+        A dropped connection is resumed (``Last-Event-ID``: the server sends only the epochs after the
+        last one seen); epochs already seen are not repeated.
         """
-        last_epoch, run = 0, None
+        last_epoch, run, last_id = 0, None, None
         while True:
             try:
-                for event in self._client.events(f"/jobs/{self.id}/events"):
+                for event in self._client.events(f"/jobs/{self.id}/events", last_id):
+                    last_id = event.id or last_id
+                    current = (event.id or "").partition(".")[2] or run  # the id names the run
+                    if run is not None and current != run:
+                        last_epoch = 0  # a retried or handed-back job starts its epochs again
+                    run = current
                     if event.event == "status":
                         self.info.update(event.data)
-                        current = (event.data.get("attempts"), event.data.get("started_at"))
-                        if run is not None and current != run:
-                            last_epoch = 0  # a retried or handed-back job starts its epochs again
-                        run = current
                     if event.event == "epoch":
                         if int(event.data["epoch"]) <= last_epoch:
                             continue

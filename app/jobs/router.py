@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -180,13 +181,32 @@ def _snapshot(job_id: str, after_epoch: int) -> tuple[dict[str, Any] | None, lis
         return service.event_snapshot(session, job_id, after_epoch)
 
 
-def _sse(event: str, data: Any) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+def _sse(event: str, data: Any, event_id: str) -> str:
+    return f"id: {event_id}\nevent: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+def _run_token(status: dict[str, Any]) -> str:
+    """Names one run of a job (a retried or handed-back job starts its epochs again): its attempt and
+    when it was claimed, hashed short. Part of every event's id."""
+    run = f"{status['attempts']}|{status['started_at']}"
+    return hashlib.blake2s(run.encode(), digest_size=4).hexdigest()
+
+
+def _resume_from(last_event_id: str | None) -> tuple[int, str | None]:
+    """``Last-Event-ID`` (``EPOCH.RUN``, as this stream sends it) → the last epoch the client has and
+    the run it belongs to; anything else → start from the beginning."""
+    epoch, _, run = (last_event_id or "").strip().partition(".")
+    if not epoch.isdecimal() or not run or len(epoch) > 9:
+        return 0, None
+    return int(epoch), run
 
 
 _EVENTS_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "A text/event-stream: `status`, `epoch` and `end` events, each `data:` a JSON object.",
+        "description": (
+            "A text/event-stream: `status`, `epoch` and `end` events, each `data:` a JSON object and an "
+            "`id:` (`EPOCH.RUN`). A client reconnecting with `Last-Event-ID` gets only the epochs after it."
+        ),
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
 }
@@ -195,6 +215,11 @@ _EVENTS_RESPONSE: dict[int | str, dict[str, Any]] = {
 @router.get("/{job_id}/events", response_class=StreamingResponse, responses=_EVENTS_RESPONSE)
 async def job_events(job_id: str, request: Request, project: CurrentProject, session: SessionDep) -> StreamingResponse:
     """Server-Sent Events: ``status`` on every change, ``epoch`` per finished epoch, ``end`` when done.
+
+    Every event has an ``id`` (``EPOCH.RUN``: the last epoch sent and the job's run); reconnecting with
+    the ``Last-Event-ID`` header (browsers' EventSource does so by itself) resumes after that epoch:
+    only the epochs the client has not seen, then the current ``status``. An id of an earlier run
+    (the job was retried or handed back since) or one that cannot be read starts from epoch 1.
 
     Each key may hold RNNLAB_MAX_EVENT_STREAMS_PER_KEY streams open at once (429 beyond).
     """
@@ -210,7 +235,7 @@ async def job_events(job_id: str, request: Request, project: CurrentProject, ses
     async def stream() -> AsyncIterator[str]:
         refreshed = time.monotonic()
         try:
-            async for event in events(job_id, request):
+            async for event in events(job_id, request, request.headers.get("last-event-id")):
                 yield event
                 if time.monotonic() - refreshed > STREAM_REFRESH_SECONDS:  # idle streams yield keep-alives
                     refreshed = time.monotonic()
@@ -224,42 +249,47 @@ async def job_events(job_id: str, request: Request, project: CurrentProject, ses
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def events(job_id: str, request: Request) -> AsyncIterator[str]:
+async def events(job_id: str, request: Request, last_event_id: str | None = None) -> AsyncIterator[str]:
     """The event stream of one job. It reads SQL only when the process's shared watcher
     (app.jobs.watch) saw the job change."""
     watcher = get_watcher()
     watcher.watch(job_id)
     try:
-        async for event in _job_events(watcher, job_id, request):
+        async for event in _job_events(watcher, job_id, request, last_event_id):
             yield event
     finally:
         watcher.unwatch(job_id)
 
 
-async def _job_events(watcher: JobWatcher, job_id: str, request: Request) -> AsyncIterator[str]:
+async def _job_events(
+    watcher: JobWatcher, job_id: str, request: Request, last_event_id: str | None
+) -> AsyncIterator[str]:
     last_status: dict[str, Any] | None = None
-    last_epoch = 0
-    run: tuple[Any, Any] | None = None
+    last_epoch, resumed_run = _resume_from(last_event_id)
+    run: str | None = None
     while True:
         seen = watcher.version(job_id)  # before reading: a change after this read wakes us again
         status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
         if status is None:
-            yield _sse("end", {"status": "deleted"})
+            yield _sse("end", {"status": "deleted"}, f"{last_epoch}.{run or resumed_run or '-'}")
             return
-        if (status["attempts"], status["started_at"]) != run:
+        if _run_token(status) != run:
             # A retried or handed-back job restarts its epochs from 1; every claim sets started_at.
-            run, last_epoch = (status["attempts"], status["started_at"]), 0
+            # A client resuming the run it saw keeps its epochs; any other run starts from 0.
+            run = _run_token(status)
+            last_epoch = last_epoch if run == resumed_run else 0
+            resumed_run = None
             status, epochs = await run_in_threadpool(_snapshot, job_id, last_epoch)
             if status is None:
                 continue
         for item in epochs:
             last_epoch = max(last_epoch, item["epoch"])
-            yield _sse("epoch", item)
+            yield _sse("epoch", item, f"{last_epoch}.{run}")
         if status != last_status:
-            yield _sse("status", status)
+            yield _sse("status", status, f"{last_epoch}.{run}")
             last_status = status
         if status["status"] in FINISHED:
-            yield _sse("end", {"status": status["status"]})
+            yield _sse("end", {"status": status["status"]}, f"{last_epoch}.{run}")
             return
         # Idle streams wake only for a keep-alive: the server cancels a stream whose client left
         # (Starlette listens for the disconnect), or the keep-alive write finds it gone.

@@ -351,6 +351,44 @@ def test_job_page_follows_a_running_job_live(site: Site) -> None:
     assert_local_only(site)
 
 
+def test_job_page_resumes_a_dropped_event_stream_with_last_event_id(site: Site) -> None:
+    from worker.runner import run_job
+
+    spec = forecast_spec(site.dataset, epochs=2)
+    spec["name"] = "dropped-stream"
+    headers = {"Authorization": f"Bearer {site.key}"}
+    job = httpx.post(f"{site.base}/api/v1/jobs", headers=headers, json=spec).json()["id"]
+    asked: list[str | None] = []
+
+    def events(route: Any) -> None:
+        asked.append(route.request.headers.get("last-event-id"))
+        if len(asked) == 1:  # the first stream sends one event and closes without `end`, as a dropped one
+            body = 'id: 7.feedface\nevent: status\ndata: {"status": "queued"}\n\n'
+            route.fulfill(status=200, headers={"content-type": "text/event-stream"}, body=body)
+        else:
+            route.continue_()
+
+    context = site.browser.new_context(viewport={"width": 1440, "height": 900})
+    context.route(f"**/api/v1/jobs/{job}/events", events)
+    page = context.new_page()
+    page.on("request", lambda r: site.requests.append(r.url))
+    page.goto(f"{site.base}/#/jobs/{job}")
+    page.fill("#api-key", site.key)
+    page.click("#key-form button")
+    page.locator("#job-title", has_text="queued").wait_for(timeout=15_000)
+    deadline = time.monotonic() + 15
+    while len(asked) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    # Reconnected by itself, naming the last event it had; that id's run is not the job's, so the
+    # server starts from epoch 1 and the page still follows the job to its end.
+    assert asked[:2] == [None, "7.feedface"]
+    assert run_job(job, "test-worker") == "succeeded"
+    page.locator("#evaluation").wait_for(timeout=20_000)
+    assert {"1", "2"} <= set(chart_state(page, "chart-loss")["texts"])
+    context.close()
+    assert_local_only(site)
+
+
 def test_classification_job_shows_confusion_matrix(site: Site) -> None:
     page = open_page(site, f"/jobs/{site.classifier}")
     page.locator("#chart-confusion canvas").first.wait_for(timeout=15_000)

@@ -227,3 +227,60 @@ def test_event_stream_follows_a_job_handed_back_and_claimed_again(client, auth, 
     listener.join(timeout=20)
     new_run = [e[1]["epoch"] for e in events if e[0] == "epoch" and e[1]["metrics"]["train"]["loss"] == 0.5]
     assert new_run == [1, 2, 3, 4] and events[-1] == ("end", {"status": "cancelled"})
+
+
+def _stream(client, auth, job_id: str, last_event_id: str | None = None) -> list[tuple[str, str, dict]]:
+    """(id, event, data) of a whole event stream (the job has finished, so it ends by itself)."""
+    import json
+
+    headers = {**auth, **({"Last-Event-ID": last_event_id} if last_event_id is not None else {})}
+    out, block = [], {}
+    with client.stream("GET", f"/api/v1/jobs/{job_id}/events", headers=headers) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if not line:
+                if block:
+                    out.append((block["id"], block["event"], json.loads(block["data"])))
+                block = {}
+            elif not line.startswith(":"):
+                field, _, value = line.partition(": ")
+                block[field] = value
+    return out
+
+
+def test_every_event_has_an_id_and_last_event_id_resumes_after_it(client, auth, job_id) -> None:
+    from worker.runner import record_epoch
+
+    with new_session() as session:
+        first = state.claim_job(session, job_id, "w1", lease_seconds=60)
+    for epoch in (1, 2, 3, 4):
+        record_epoch(first, epoch, {"train": {"loss": 1.0 / epoch}}, 60)
+    with new_session() as session:  # handed back: the stream of the first run stays readable
+        assert state.release_job(session, first)
+
+    whole = _stream(client, auth, job_id)
+    epochs = [(i, d["epoch"]) for i, e, d in whole if e == "epoch"]
+    run = epochs[0][0].split(".")[1]
+    assert epochs == [(f"{n}.{run}", n) for n in (1, 2, 3, 4)]
+    assert [e for _, e, _ in whole][-1] == "status" and whole[-1][0] == f"4.{run}"
+
+    resumed = _stream(client, auth, job_id, f"2.{run}")
+    assert [d["epoch"] for _, e, d in resumed if e == "epoch"] == [3, 4]
+    assert [e for _, e, _ in resumed] == ["epoch", "epoch", "status"]
+    assert _stream(client, auth, job_id, f"4.{run}")[0][1] == "status"  # nothing new: the status only
+
+    # An id of another run, or one that cannot be read, starts from epoch 1.
+    for stale in (f"2.{'0' * 8}", "garbage", "", "9" * 30 + f".{run}", f"-1.{run}"):
+        assert [d["epoch"] for _, e, d in _stream(client, auth, job_id, stale) if e == "epoch"] == [1, 2, 3, 4]
+
+    with new_session() as session:  # claimed again elsewhere: a new run, whose epochs start from 1
+        second = state.claim_job(session, job_id, "w2", lease_seconds=60)
+        session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id))
+        session.commit()
+    record_epoch(second, 1, {"train": {"loss": 0.5}}, 60)
+    with new_session() as session:
+        state.finish_job(session, second, "cancelled")
+    after = _stream(client, auth, job_id, f"4.{run}")  # the client saw 4 epochs of the old run
+    assert [d["epoch"] for _, e, d in after if e == "epoch"] == [1]
+    new_run = after[0][0].split(".")[1]
+    assert new_run != run and after[-1] == (f"1.{new_run}", "end", {"status": "cancelled"})

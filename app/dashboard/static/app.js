@@ -364,50 +364,63 @@ function renderJobHead(head, job) {
 }
 
 // SSE through fetch: EventSource cannot send an Authorization header, and the key must stay out of URLs.
+// A dropped stream is resumed like EventSource would: Last-Event-ID brings only the epochs not yet seen.
 async function followJob(job, series, drawCurves, head) {
   const controller = new AbortController();
   state.stream = controller;
   const byKey = new Map(series.map((s) => [`${s.split}.${s.name}`, s]));
   let redraw = null;
-  try {
-    const response = await api(`/jobs/${job.id}/events`, { raw: true, signal: controller.signal });
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        const event = /^event: (.*)$/m.exec(block)?.[1];
-        const data = /^data: (.*)$/m.exec(block)?.[1];
-        if (!event || !data) continue;
-        const payload = JSON.parse(data);
-        if (event === "epoch") {
-          for (const [split, values] of Object.entries(payload.metrics)) {
-            for (const [name, v] of Object.entries(values)) {
-              const key = `${split}.${name}`;
-              if (!byKey.has(key)) byKey.set(key, { name, split, epochs: [], values: [] });
-              const s = byKey.get(key);
-              const at = s.epochs.indexOf(payload.epoch);
-              if (at >= 0) s.values[at] = v; else { s.epochs.push(payload.epoch); s.values.push(v); }
+  let lastId = null;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const headers = lastId ? { "Last-Event-ID": lastId } : {};
+      const response = await api(`/jobs/${job.id}/events`, { raw: true, signal: controller.signal, headers });
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          const event = /^event: (.*)$/m.exec(block)?.[1];
+          const data = /^data: (.*)$/m.exec(block)?.[1];
+          lastId = /^id: (.*)$/m.exec(block)?.[1] || lastId;
+          if (!event || !data) continue;
+          attempt = 0;
+          const payload = JSON.parse(data);
+          if (event === "epoch") {
+            for (const [split, values] of Object.entries(payload.metrics)) {
+              for (const [name, v] of Object.entries(values)) {
+                const key = `${split}.${name}`;
+                if (!byKey.has(key)) byKey.set(key, { name, split, epochs: [], values: [] });
+                const s = byKey.get(key);
+                const at = s.epochs.indexOf(payload.epoch);
+                if (at >= 0) s.values[at] = v; else { s.epochs.push(payload.epoch); s.values.push(v); }
+              }
             }
+            clearTimeout(redraw);
+            redraw = setTimeout(() => drawCurves([...byKey.values()]), 100);
+          } else if (event === "status") {
+            Object.assign(job, payload);
+            renderJobHead(head, job);
+          } else if (event === "end") {
+            if (state.stream === controller) route();  // the evaluation and downloads are ready now
+            return;
           }
-          clearTimeout(redraw);
-          redraw = setTimeout(() => drawCurves([...byKey.values()]), 100);
-        } else if (event === "status") {
-          Object.assign(job, payload);
-          renderJobHead(head, job);
-        } else if (event === "end") {
-          if (state.stream === controller) route();  // the evaluation and downloads are ready now
-          return;
         }
       }
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      // A refused stream (the key's stream cap, a revoked key, a deleted job) is not retried.
+      if (err instanceof ApiError || attempt >= 5) { say(`live updates stopped: ${err.message}`); return; }
     }
-  } catch (err) {
-    if (err.name !== "AbortError") say(`live updates stopped: ${err.message}`);
+    if (state.stream !== controller) return;
+    if (attempt >= 5) { say("live updates stopped: the event stream keeps closing; reload to try again"); return; }
+    await new Promise((resolve) => setTimeout(resolve, 1000 * 2 ** Math.min(attempt, 4)));
+    if (state.stream !== controller) return;
   }
 }
 
