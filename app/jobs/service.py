@@ -248,7 +248,7 @@ def event_snapshot(
     if job is None:
         return None, []
     status = JobRead.from_row(job).model_dump(
-        mode="json", include={"id", "status", "progress", "attempts", "started_at", "error"}
+        mode="json", include={"id", "status", "progress", "attempts", "started_at", "error", "waiting_for"}
     )
     rows = session.execute(
         select(EpochMetric.epoch, EpochMetric.split, EpochMetric.name, EpochMetric.value)

@@ -263,6 +263,8 @@ def test_every_event_has_an_id_and_last_event_id_resumes_after_it(client, auth, 
     run = epochs[0][0].split(".")[1]
     assert epochs == [(f"{n}.{run}", n) for n in (1, 2, 3, 4)]
     assert [e for _, e, _ in whole][-1] == "status" and whole[-1][0] == f"4.{run}"
+    # queued again, and no worker serves its queue here: the status says what the job waits for
+    assert whole[-1][2]["status"] == "queued" and "'default' queue" in whole[-1][2]["waiting_for"]
 
     resumed = _stream(client, auth, job_id, f"2.{run}")
     assert [d["epoch"] for _, e, d in resumed if e == "epoch"] == [3, 4]
