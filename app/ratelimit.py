@@ -38,7 +38,9 @@ def _limiter() -> tuple[MovingWindowRateLimiter | None, list[RateLimitItem], boo
         if _state["config"] != config:
             items = parse_many(settings.rate_limit) if settings.rate_limit.strip() else []
             redis = settings.broker_url.startswith(("redis://", "rediss://"))
-            storage = storage_from_string(settings.broker_url if redis else "memory://")
+            # Short timeouts: while Redis is away, requests go on uncounted (see _check_rate).
+            options = {"socket_timeout": 2, "socket_connect_timeout": 2} if redis else {}
+            storage = storage_from_string(settings.broker_url if redis else "memory://", **options)
             _state.update(
                 config=config,
                 limiter=MovingWindowRateLimiter(storage) if items else None,
@@ -72,7 +74,26 @@ async def enforce_rate_limit(request: Request) -> None:
         _check_rate(limiter, items, who)
 
 
+# While the count's store (Redis) cannot be reached, requests are let through uncounted rather than
+# answered 500: an outage of the broker must not take the API down with it (submits still answer 201;
+# the jobs wait in SQL). After a failure the store is left alone for this long, then tried again.
+STORE_RETRY_SECONDS = 5.0
+_store_down_until = {"at": 0.0}
+
+
 def _check_rate(limiter: MovingWindowRateLimiter, items: list[RateLimitItem], who: str) -> None:
+    if time.monotonic() < _store_down_until["at"]:
+        return
+    try:
+        _hit(limiter, items, who)
+    except TooManyRequests:
+        raise
+    except Exception as exc:  # the store's own errors (redis ConnectionError, TimeoutError, …)
+        _store_down_until["at"] = time.monotonic() + STORE_RETRY_SECONDS
+        log.warning("rate limit not counted for %s s: its store is unreachable (%s)", STORE_RETRY_SECONDS, exc)
+
+
+def _hit(limiter: MovingWindowRateLimiter, items: list[RateLimitItem], who: str) -> None:
     for item in items:
         if not limiter.hit(item, "rnnlab", who):
             reset_at = limiter.get_window_stats(item, "rnnlab", who).reset_time
@@ -113,7 +134,8 @@ def _stream_redis() -> Any:
         if _redis["key"] != (url, os.getpid()):
             import redis
 
-            _redis.update(key=(url, os.getpid()), client=redis.Redis.from_url(url, socket_timeout=5))
+            client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+            _redis.update(key=(url, os.getpid()), client=client)
         return _redis["client"]
 
 
@@ -142,11 +164,22 @@ def acquire_event_stream(who: str) -> str:
     client = _stream_redis()
     if client is not None:
         now = time.time()
-        result = int(
-            client.eval(
-                _ACQUIRE, 1, _stream_key(who), now, now + STREAM_TTL_SECONDS, limit, token, int(STREAM_TTL_SECONDS) + 5
+        try:
+            result = int(
+                client.eval(
+                    _ACQUIRE,
+                    1,
+                    _stream_key(who),
+                    now,
+                    now + STREAM_TTL_SECONDS,
+                    limit,
+                    token,
+                    int(STREAM_TTL_SECONDS) + 5,
+                )
             )
-        )
+        except Exception as exc:  # Redis unreachable: the stream opens uncounted (as the rate limit does)
+            log.warning("event stream not counted: its store is unreachable (%s)", exc)
+            return token
         if result < 0:
             raise _too_many(-result - 1, limit)
         return token

@@ -399,3 +399,30 @@ def test_the_stream_cap_is_counted_in_redis_across_api_processes(monkeypatch, re
     ratelimit.release_event_stream(who, alive)
     assert ratelimit.open_event_streams(who) == 0
     assert dead
+
+
+def test_an_unreachable_redis_does_not_turn_requests_into_500s(client, auth, monkeypatch) -> None:
+    """The rate limit and the stream cap count in Redis when the broker is Redis; while it is away,
+    requests go on uncounted: a submit still answers 201, bad input 4xx, and event streams open."""
+    import socket
+
+    from app import ratelimit
+
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = client.post("/api/v1/datasets", headers=auth, files={"file": ("s.csv", sine_csv(120).encode(), "text/csv")})
+    dataset_id = r.json()["id"]
+    set_setting(monkeypatch, broker_url=f"redis://127.0.0.1:{port}/0", rate_limit="100/second")
+    monkeypatch.setitem(ratelimit._store_down_until, "at", 0.0)
+
+    assert client.get("/api/v1/jobs").status_code == 401  # no key: 401, not 500
+    assert ratelimit._store_down_until["at"] > time.monotonic()  # the failure was noted: not asked again
+    assert client.get("/api/v1/jobs", headers=auth).status_code == 200
+    assert client.post("/api/v1/jobs", headers=auth, json={"x": 1}).status_code == 422
+    job = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(dataset_id, epochs=1))
+    assert job.status_code == 201, job.text  # waits in SQL until the broker is back
+    client.post(f"/api/v1/jobs/{job.json()['id']}/cancel", headers=auth)
+    with client.stream("GET", f"/api/v1/jobs/{job.json()['id']}/events", headers=auth) as stream:
+        assert stream.status_code == 200
+        assert any(line.startswith("event: end") for line in stream.iter_lines())
