@@ -347,10 +347,10 @@ def up(
 
 def main() -> None:
     # The composition root: the client's user commands (rnnlab.cli) next to the server commands.
-    from rnnlab.cli import register
+    from rnnlab.cli import register, run
 
     register(app)
-    app()
+    run(app)
 
 
 if __name__ == "__main__":

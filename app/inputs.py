@@ -92,7 +92,8 @@ TOO_DEEP = "it is nested deeper than the parser allows (about 1000 levels)"
 
 
 def _invalid_json(problem: str) -> AppError:
-    return BadRequest("invalid_json", f"the body is not valid JSON: {problem}", {"field": "body"})
+    details = [{"field": "body", "message": problem, "type": "invalid_json"}]  # as validation errors list theirs
+    return BadRequest("invalid_json", f"the body is not valid JSON: {problem}", details)
 
 
 def check_json_body(body: bytes) -> AppError | None:

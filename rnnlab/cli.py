@@ -2,13 +2,15 @@
 
 ``app.cli`` mounts these next to the server commands; ``register(app)`` is the one entry point.
 Every read command takes ``--output table|json|csv``; errors print the API's code and message
-on stderr and exit 1. ``jobs submit --follow`` and ``jobs follow`` exit 0 when the job
-succeeded, 1 when it failed, 2 when it was cancelled or pruned.
+on stderr and exit 1 (a usage error, such as an unknown option, exits 64). ``jobs submit --follow``
+and ``jobs follow`` exit 0 when the job succeeded, 1 when it failed, 2 when it was cancelled or
+pruned; ``sweeps submit --follow`` exits 1 when no job of the sweep succeeded.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +25,9 @@ from rnnlab.errors import RnnlabError
 from rnnlab.output import OutputFormat, print_json, print_rows
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_STOPPED = 0, 1, 2
+# A usage error (an unknown option, a missing file argument) exits 64, EX_USAGE of sysexits.h, not
+# click's 2: with --follow, 2 means the job was cancelled or pruned.
+EXIT_USAGE = 64
 FOLLOW_EXIT_CODES = {"succeeded": EXIT_SUCCEEDED, "failed": EXIT_FAILED, "cancelled": EXIT_STOPPED, "pruned": 2}
 
 stderr = Console(stderr=True)
@@ -48,9 +53,10 @@ def reported_errors() -> Iterator[None]:
         if isinstance(exc.details, list):
             for detail in exc.details[:10]:
                 if isinstance(detail, dict) and detail.get("field"):
-                    stderr.print(f"  {detail['field']}: {detail.get('message', '')}", highlight=False)
+                    field, message = str(detail["field"]), str(detail.get("message", ""))
+                    stderr.print(f"  {field}: {message.removeprefix(f'{field}: ')}", highlight=False)
         raise typer.Exit(1) from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TypeError) as exc:
         stderr.print(f"[red]error[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
 
@@ -82,9 +88,17 @@ spec_app = typer.Typer(help="Job spec helpers.", no_args_is_help=True)
 
 def load_document(path: Path) -> dict[str, Any]:
     """A YAML or JSON file (by suffix; YAML otherwise, which also reads JSON) as a dict."""
-    text = path.read_text()
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text: {exc}") from None
     if path.suffix.lower() == ".json":
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from None
     else:
         import yaml
 
@@ -94,7 +108,24 @@ def load_document(path: Path) -> dict[str, Any]:
             raise ValueError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping (a JSON object), not {type(data).__name__}")
+    if isinstance(data.get("base"), list | str | int | float | bool):
+        raise ValueError(f"{path}: base must be a job spec (a mapping), not {type(data['base']).__name__}")
+    _json_values(data, path, "")
     return data
+
+
+def _json_values(value: Any, path: Path, where: str) -> None:
+    """Refuse what YAML reads but JSON cannot carry (dates, times, binary), naming where it is."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: key {key!r}{f' in {where}' if where else ''} must be a string; quote it")
+            _json_values(item, path, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _json_values(item, path, f"{where}[{i}]")
+    elif value is not None and not isinstance(value, str | int | float | bool):
+        raise ValueError(f"{path}: {where} is read as a {type(value).__name__} ({value!r}); quote it to give a string")
 
 
 # --- datasets ------------------------------------------------------------------------------------
@@ -143,10 +174,11 @@ def datasets_show(ctx: typer.Context, dataset_id: str, output: Output = OutputFo
     with reported_errors():
         dataset = _client(ctx).datasets.get(dataset_id)
     if output != OutputFormat.table:
-        rows = dataset.get("columns") or [
-            {"name": k, "dtype": "array", "missing": v} for k, v in (dataset.get("arrays") or {}).items()
-        ]
-        print_rows(rows, ["name", "dtype", "missing"], output, raw=dataset)
+        if dataset.get("columns"):
+            print_rows(dataset["columns"], ["name", "dtype", "missing"], output, raw=dataset)
+        else:
+            arrays = [{"array": k, "shape": v} for k, v in (dataset.get("arrays") or {}).items()]
+            print_rows(arrays, ["array", "shape"], output, raw=dataset)
         return
     print_rows([dataset], DATASET_COLUMNS + ["sha256"], output)
     if dataset.get("columns"):
@@ -189,10 +221,11 @@ JOB_COLUMNS = ["id", "name", "status", "cell", "epoch", "main", "created_at"]
 
 
 def job_row(info: dict[str, Any]) -> dict[str, Any]:
-    """A job as one flat row: the main test metric (rmse, or accuracy for classification) as ``name=value``."""
+    """A job as one flat row: the main test metric (rmse; accuracy for classification and tagging) as
+    ``name=value``."""
     spec, summary = info.get("spec") or {}, info.get("summary") or {}
     test = summary.get("test") or {}
-    name = "accuracy" if spec.get("task") == "classification" else "rmse"
+    name = "accuracy" if spec.get("task") in ("classification", "tagging") else "rmse"
     main = (name, test[name]) if name in test else None
     progress = info.get("progress") or {}
     return {
@@ -376,9 +409,8 @@ def jobs_model(
     ] = None,
 ) -> None:
     """Download a succeeded job's model: pt, onnx (scalers folded in) or safetensors."""
-    chosen = model_format or (
-        out.suffix.lstrip(".") if out.suffix.lstrip(".") in ("pt", "onnx", "safetensors") else "pt"
-    )
+    suffix = out.suffix.lower().lstrip(".")
+    chosen = model_format or (suffix if suffix in ("pt", "onnx", "safetensors") else "pt")
     with reported_errors():
         _client(ctx).jobs.get(job_id).download_model(out, format=chosen)  # type: ignore[arg-type]
     stderr.print(f"wrote {chosen} model of job {job_id} to {out}")
@@ -453,7 +485,11 @@ def sweeps_submit(
         sweep = _client(ctx).sweeps.submit_body(load_document(sweep_file))
         if follow:
             stderr.print(f"submitted sweep {sweep.id} ({sweep.info['progress']['total']} jobs); waiting")
-            print_report(sweep.wait().info["report"], output)
+            report = sweep.wait().info["report"]
+            print_report(report, output)
+            if not report.get("succeeded"):
+                stderr.print("[red]no job of the sweep succeeded[/red]", highlight=False)
+                raise typer.Exit(EXIT_FAILED)
             return
     print_rows([sweep_row(sweep.info)], SWEEP_COLUMNS, output, raw=sweep.info)
 
@@ -510,18 +546,23 @@ def predict(
     ] = None,
 ) -> None:
     """Offline prediction, no server: windows cut from INPUT the way the job's layout did, predictions out."""
-    from worker.engine.offline import predict_file, write_table
+    from worker.engine.offline import OUTPUT_SUFFIXES, predict_file, write_table
 
     with reported_errors():  # the engine's DataError is a ValueError: one line, exit 1
+        if out is not None and not out.name.lower().endswith(OUTPUT_SUFFIXES):
+            raise ValueError(f"--out {out}: predictions are written as {' or '.join(OUTPUT_SUFFIXES)}")
         table = predict_file(model, input_file)
-    if out is None:
-        import pyarrow.csv as pcsv
+        if out is None:
+            import pyarrow.csv as pcsv
 
-        sink = sys.stdout.buffer
-        pcsv.write_csv(table, sink)
-        sink.flush()
-        return
-    write_table(table, out)
+            try:
+                sink = sys.stdout.buffer
+                pcsv.write_csv(table, sink)
+                sink.flush()
+            except BrokenPipeError:  # `| head`: the reader has what it wanted; nothing more to flush
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        write_table(table, out)
     stderr.print(f"wrote {table.num_rows} predictions to {out}")
 
 
@@ -538,4 +579,23 @@ def main() -> None:
     """``rnnlab-client``-style entry point without the server commands (used by tests)."""
     app = typer.Typer(help="rnnlab client commands.", no_args_is_help=True)
     register(app)
-    app()
+    run(app)
+
+
+def run(app: typer.Typer) -> None:
+    """Run the command line; a usage error exits ``EXIT_USAGE`` (see there).
+
+    Click's errors are told apart by class name: typer ships its own copy of click in newer releases.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except Exception as exc:
+        kinds = {cls.__name__ for cls in type(exc).__mro__}
+        if "Abort" in kinds:
+            stderr.print("Aborted.")
+            raise SystemExit(EXIT_FAILED) from None
+        if "ClickException" not in kinds:
+            raise
+        exc.show()  # type: ignore[attr-defined]
+        raise SystemExit(EXIT_USAGE if "UsageError" in kinds else exc.exit_code) from None  # type: ignore[attr-defined]
+    raise SystemExit(code if isinstance(code, int) else 0)

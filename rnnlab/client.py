@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
+from urllib.parse import quote
 
 import httpx
 
@@ -85,7 +86,15 @@ class Client:
         http: httpx.Client | None = None,
     ) -> None:
         self.url = (url or os.environ.get("RNNLAB_URL") or DEFAULT_URL).rstrip("/")
+        try:
+            parsed = httpx.URL(self.url)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"the server URL {self.url!r} is not a valid URL: {exc}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ValueError(f"the server URL {self.url!r} must start with http:// or https:// and name a host")
         key = api_key if api_key is not None else os.environ.get("RNNLAB_API_KEY")
+        if key is not None and not key.isascii():
+            raise ValueError("the API key holds characters outside ASCII; rnnlab keys are ASCII (copy it again)")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = http or httpx.Client(base_url=self.url, timeout=timeout)
         self._http.headers.update(headers)
@@ -218,21 +227,30 @@ class Datasets:
         return self._client.pages("/datasets", page_size=page_size)
 
     def get(self, dataset_id: str) -> dict[str, Any]:
-        return dict(self._client.json("GET", f"/datasets/{dataset_id}"))
+        return dict(self._client.json("GET", f"/datasets/{path_id('dataset', dataset_id)}"))
 
     def preview(self, dataset_id: str, rows: int = 20) -> dict[str, Any]:
-        return dict(self._client.json("GET", f"/datasets/{dataset_id}/preview", params={"rows": rows}))
+        path = f"/datasets/{path_id('dataset', dataset_id)}/preview"
+        return dict(self._client.json("GET", path, params={"rows": rows}))
 
     def delete(self, dataset_id: str) -> None:
-        self._client.request("DELETE", f"/datasets/{dataset_id}")
+        self._client.request("DELETE", f"/datasets/{path_id('dataset', dataset_id)}")
 
     def leaderboard(self, dataset_id: str, metric: str = "test.rmse", limit: int = 10) -> dict[str, Any]:
         """The dataset's best jobs by a final metric (``test.rmse``, ``test.accuracy``, …)."""
         params = {"metric": metric, "limit": limit}
-        return dict(self._client.json("GET", f"/datasets/{dataset_id}/leaderboard", params=params))
+        return dict(self._client.json("GET", f"/datasets/{path_id('dataset', dataset_id)}/leaderboard", params=params))
 
 
 # --- jobs ----------------------------------------------------------------------------------------
+
+
+def path_id(kind: str, value: Any) -> str:
+    """An id as one URL path segment: a non-empty string, percent-encoded (``/``, ``?`` and ``#``
+    included), so an odd id asks for that id and nothing else."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"a {kind} id must be a non-empty string, not {value!r}")
+    return quote(value, safe="")
 
 
 def spec_payload(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
@@ -243,6 +261,8 @@ def spec_payload(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
     """
     if isinstance(spec, Mapping):
         return dict(spec)
+    if not hasattr(spec, "model_dump"):
+        raise TypeError(f"a job spec must be a mapping (JSON object) or a JobSpec, not {type(spec).__name__}")
     return dict(spec.model_dump(mode="json", exclude_unset=True))
 
 
@@ -360,7 +380,7 @@ class Jobs:
         return Job(self._client, dict(self._client.json("POST", "/jobs", json=spec_payload(spec))))
 
     def get(self, job_id: str) -> Job:
-        return Job(self._client, dict(self._client.json("GET", f"/jobs/{job_id}")))
+        return Job(self._client, dict(self._client.json("GET", f"/jobs/{path_id('job', job_id)}")))
 
     def list(
         self,
@@ -415,15 +435,21 @@ class Sweep:
 
     @property
     def done(self) -> bool:
+        """Every job has ended and, for a search (tpe), nothing is left to ask: the report's
+        ``complete``. (Between two trials every job so far can have ended while the search goes on.)"""
+        report = self.info.get("report")
+        if isinstance(report, dict) and "complete" in report:
+            return bool(report["complete"])
         progress = self.info.get("progress") or {}
-        return bool(progress.get("total")) and progress.get("finished") == progress.get("total")
+        finished = bool(progress.get("total")) and progress.get("finished") == progress.get("total")
+        return finished and self.info.get("search") != "tpe"  # a list item has no report: refresh
 
     def refresh(self) -> Sweep:
         self.info = dict(self._client.json("GET", f"/sweeps/{self.id}"))
         return self
 
     def wait(self, *, timeout: float | None = None, poll_seconds: float = 2.0) -> Sweep:
-        """Block until every job of the sweep has finished."""
+        """Block until every job of the sweep has finished (for a search: and no trial is left to ask)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.refresh().done:
             if deadline is not None and time.monotonic() > deadline:
@@ -482,7 +508,7 @@ class Sweeps:
         return Sweep(self._client, dict(self._client.json("POST", "/sweeps", json=payload)))
 
     def get(self, sweep_id: str) -> Sweep:
-        return Sweep(self._client, dict(self._client.json("GET", f"/sweeps/{sweep_id}")))
+        return Sweep(self._client, dict(self._client.json("GET", f"/sweeps/{path_id('sweep', sweep_id)}")))
 
     def list(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
         return self._client.pages("/sweeps", page_size=page_size)

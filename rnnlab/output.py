@@ -20,13 +20,21 @@ class OutputFormat(StrEnum):
 
 
 def cell(value: Any) -> str:
+    """A value for a table: floats to 4 significant digits, for reading."""
     if value is None:
         return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
+    return csv_cell(value)
+
+
+def csv_cell(value: Any) -> str:
+    """A value for CSV: numbers exactly as the API sent them (floats round-trip), nested values as JSON."""
+    if value is None:
+        return ""
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    return str(value)  # repr of a float: the shortest text that reads back as the same float
 
 
 def print_json(data: Any) -> None:
@@ -49,7 +57,7 @@ def print_rows(
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow(["" if row.get(c) is None else cell(row.get(c)) for c in columns])
+            writer.writerow([csv_cell(row.get(c)) for c in columns])
         return
     table = Table(title=title, title_justify="left")
     for column in columns:

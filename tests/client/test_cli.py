@@ -114,6 +114,10 @@ def test_cli_walkthrough(served: Served, tmp_path: Path) -> None:
     assert json.loads(shown.stdout)["status"] == "succeeded"
     metrics = list(csv.DictReader(io.StringIO(rnnlab(served, "jobs", "metrics", job_id, "--output", "csv").stdout)))
     assert [row["epoch"] for row in metrics] == ["1", "2", "3"] and float(metrics[-1]["train.loss"]) > 0
+    # CSV carries the numbers exactly as the API sent them (tables round to 4 digits, CSV must not).
+    series = json.loads(rnnlab(served, "jobs", "metrics", job_id, "--output", "json").stdout)["series"]
+    train_loss = next(s for s in series if s["split"] == "train" and s["name"] == "loss")["values"]
+    assert [float(row["train.loss"]) for row in metrics] == train_loss
 
     table = rnnlab(served, "jobs", "evaluation", job_id)
     assert table.returncode == 0, table.stderr
@@ -138,6 +142,19 @@ def test_cli_walkthrough(served: Served, tmp_path: Path) -> None:
     rows = result.column("row").to_pylist()
     offline_values = [result.column("prediction")[rows.index(end)].as_py() for end in (287, 298, 299)]
     np.testing.assert_allclose(offline_values, np.asarray(served_predictions)[:, 0], rtol=1e-4, atol=1e-4)
+
+    # No windows in the file, or an output path that cannot be a file: one line, exit 1.
+    empty = tmp_path / "empty.csv"
+    empty.write_text("t,value\n")
+    for model_file in (model, tmp_path / "model.pt"):
+        if not model_file.exists():
+            assert rnnlab(served, "jobs", "model", job_id, "-o", str(model_file)).returncode == 0
+        for args in (("--input", str(empty)), ("--input", str(data), "-o", str(tmp_path))):
+            refused = rnnlab(served, "predict", "--model", str(model_file), *args)
+            assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    upper = tmp_path / "MODEL.ONNX"  # the suffix picks the format whatever its case
+    assert rnnlab(served, "jobs", "model", job_id, "-o", str(upper)).returncode == 0
+    assert upper.read_bytes() == model.read_bytes()
 
     schema = json.loads(rnnlab(served, "spec", "schema").stdout)
     assert {"dataset_id", "task", "data", "model", "training"} <= set(schema["properties"])
@@ -219,3 +236,8 @@ def test_sweeps_submit_follow_show_report(served: Served, tmp_path: Path) -> Non
     assert [row["status"] for row in jobs] == ["succeeded", "succeeded"]
     table = rnnlab(served, "sweeps", "report", sweep_id)
     assert table.returncode == 0 and "test rmse over seeds" in table.stdout and "2/2 jobs succeeded" in table.stdout
+
+    if not torch.cuda.is_available():  # every job fails (no GPU here): --follow exits 1, as for a job
+        body.write_text(json.dumps({"base": {**base, "device": "cuda"}, "grid": {}, "seeds": [0]}))
+        failed = rnnlab(served, "sweeps", "submit", str(body), "--follow")
+        assert failed.returncode == 1 and "no job of the sweep succeeded" in failed.stderr, failed.stderr

@@ -197,9 +197,20 @@ def load_model_file(path: str | Path) -> Predictor | OnnxPredictor:
     path = Path(path)
     data = path.read_bytes()
     model_format = model_format_of(path, data[:16])
-    if model_format == "onnx":
-        return OnnxPredictor(data)
-    if model_format == "safetensors":
-        return Predictor(from_safetensors(data))
-    artifact = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    return Predictor(artifact)
+    try:
+        if model_format == "onnx":
+            return OnnxPredictor(data)
+        if model_format == "safetensors":
+            return Predictor(from_safetensors(data))
+        artifact = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(artifact, dict):
+            raise DataError(f"holds a {type(artifact).__name__}, not an rnnlab model")
+        return Predictor(artifact)
+    except DataError as exc:
+        raise DataError(f"{path.name} is not a usable rnnlab {model_format} model: {exc}") from None
+    except Exception as exc:  # whatever the file's parser says about bytes that are not such a model
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"{path.name} is not a readable rnnlab {model_format} model (download it again with "
+            f"`rnnlab jobs model`): {reason}"
+        ) from None

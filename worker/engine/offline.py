@@ -20,6 +20,7 @@ from .spec import JobSpec
 from .tables import is_numeric, numeric_column, require_column
 
 INPUT_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".npz")
+OUTPUT_SUFFIXES = (".csv", ".parquet")
 
 
 @dataclass
@@ -198,6 +199,8 @@ def predictions_table(spec: JobSpec, classes: list[Any] | None, windows: Predict
 def write_table(table: pa.Table, path: str | Path) -> None:
     """CSV, or Parquet when the name ends in .parquet."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; give a file name ending in .csv or .parquet")
     if path.name.lower().endswith(".parquet"):
         import pyarrow.parquet as pq
 

@@ -104,6 +104,8 @@ def check_inputs(inputs: Any, steps: int, features: list[str]) -> np.ndarray:
             f"{', '.join(features)}); got {list(np.shape(inputs))}",
             field="inputs",
         )
+    if len(x) == 0:
+        raise DataError("no input windows (N is 0): nothing to predict", field="inputs")
     if not np.all(np.isfinite(x)):
         raise DataError(f"{int((~np.isfinite(x)).sum())} missing or infinite input values", field="inputs")
     beyond = int((np.abs(x) > FLOAT32_MAX).sum())

@@ -191,16 +191,21 @@ def constant_prediction_loss(loss_fn: nn.Module, y: torch.Tensor, classification
         return float(loss_fn(out, y))
 
 
-def stuck_note(best_train_loss: float, constant_loss: float, classification: bool) -> str | None:
-    """A note when training ended no better than a constant prediction, with the likely fixes."""
+def stuck_note(best_train_loss: float, constant_loss: float, classification: bool, scaled: bool = True) -> str | None:
+    """A note when training ended no better than a constant prediction, with the likely fixes
+    (``scaled``: the inputs are numbers that ``data.scaling`` scales, not token ids)."""
     if not (math.isfinite(constant_loss) and constant_loss > 0) or best_train_loss < STUCK_LOSS_SHARE * constant_loss:
         return None
     level = "the majority class" if classification else "the mean target"
+    scaling = (
+        ", or another data.scaling ('per_example' when the shape carries the class, 'standard' when the level does)"
+        if scaled
+        else ""
+    )
     return (
         f"the training loss never moved below that of predicting {level} ({best_train_loss:.4g} vs "
         f"{constant_loss:.4g}): the model learned nothing from the inputs. Likely fixes: more optimizer "
-        "steps (training.epochs 'auto', a smaller batch_size), a higher training.learning_rate, or "
-        "another data.scaling ('per_example' when the shape carries the class, 'standard' when the level does)"
+        f"steps (training.epochs 'auto', a smaller batch_size), a higher training.learning_rate{scaling}"
     )
 
 
@@ -491,7 +496,9 @@ def fit(
     if alpha > 0 and not outcome.cancelled:
         # The epochs' losses were of blended batches: judge the kept weights on the training part itself.
         lowest_train_loss = float(_validate(model, loss_fn, x_train, y_train, y_scale)[0])
-    note = stuck_note(lowest_train_loss, constant_prediction_loss(loss_fn, y_train, y_scale is None), y_scale is None)
+    constant = constant_prediction_loss(loss_fn, y_train, y_scale is None)
+    # Token ids (text layouts) are not scaled: no data.scaling advice for them.
+    note = stuck_note(lowest_train_loss, constant, y_scale is None, scaled=x_train.is_floating_point())
     if note is not None and not outcome.cancelled:
         outcome.notes.append(note)
     return outcome
