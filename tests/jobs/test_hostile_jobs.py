@@ -229,7 +229,9 @@ def test_task_and_cell_filters_take_every_value_of_the_spec(client, auth) -> Non
 def test_bodies_too_deep_or_with_too_long_integers_are_400_invalid_json(client, auth) -> None:
     headers = {**auth, "content-type": "application/json"}
     deep = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"
-    assert_error(client.post(JOBS, headers=headers, content=deep), 400, "invalid_json", "not valid JSON", "nested")
+    too_deep = client.post(JOBS, headers=headers, content=deep)
+    assert_error(too_deep, 400, "invalid_json", "not valid JSON", "nested")
+    assert [d["field"] for d in too_deep.json()["error"]["details"]] == ["body"]  # a list, as validation errors'
     long_int = '{"dataset_id": "x", "task": "forecast", "n": ' + "9" * 5000 + "}"
     assert_error(client.post(JOBS, headers=headers, content=long_int), 400, "invalid_json", "integer", "digits")
     # Malformed JSON keeps FastAPI's 422 naming the character.
