@@ -27,8 +27,8 @@ def migrate() -> None:
     typer.echo("database is up to date", err=True)
 
 
-def _database_session() -> Any:
-    """A session, or a clear exit when the database has not been created yet."""
+def _database_state() -> tuple[str, str]:
+    """("ready" | "missing" | "uninitialised" | "unreachable", what to tell the user)."""
     import sqlalchemy as sa
 
     from app.config import get_settings
@@ -37,24 +37,34 @@ def _database_session() -> Any:
     settings = get_settings()
     if settings.database_url.startswith("sqlite") and not (settings.home / "rnnlab.db").exists():
         # Connecting would create an empty database file (and its directory) here.
-        typer.echo(
+        return "missing", (
             f"no rnnlab database at {settings.home / 'rnnlab.db'}: run this from the directory where you ran "
-            "`rnnlab up` (or `rnnlab migrate`), or set RNNLAB_HOME to that .rnnlab directory",
-            err=True,
+            "`rnnlab up` (or `rnnlab migrate`), or set RNNLAB_HOME to that .rnnlab directory"
         )
+    with new_session() as session:
+        try:
+            session.execute(sa.text("SELECT 1 FROM api_keys WHERE 1 = 0"))
+        except sa.exc.DBAPIError as exc:
+            text = str(exc.orig).lower()
+            if isinstance(exc, sa.exc.OperationalError) and "no such table" not in text:
+                return "unreachable", f"cannot reach the database at {settings.database_url}: {exc.orig}"
+            return "uninitialised", (
+                f"the database at {settings.database_url} is not initialised: run `rnnlab migrate`, or start "
+                "`rnnlab up` (which migrates) first — from the directory whose .rnnlab/ you use, or with "
+                "RNNLAB_HOME set"
+            )
+    return "ready", ""
+
+
+def _database_session() -> Any:
+    """A session, or a clear exit when the database is missing, not created yet or unreachable."""
+    from app.db import new_session
+
+    state, message = _database_state()
+    if state != "ready":
+        typer.echo(message, err=True)
         raise typer.Exit(1)
-    session = new_session()
-    try:
-        session.execute(sa.text("SELECT 1 FROM api_keys WHERE 1 = 0"))
-    except sa.exc.DBAPIError:
-        session.close()
-        typer.echo(
-            f"the database at {get_settings().database_url} is not initialised: run `rnnlab migrate`, or start "
-            "`rnnlab up` (which migrates) first — from the directory whose .rnnlab/ you use, or with RNNLAB_HOME set",
-            err=True,
-        )
-        raise typer.Exit(1) from None
-    return session
+    return new_session()
 
 
 @keys_app.command("create")
@@ -184,7 +194,18 @@ def worker(
 ) -> None:
     """Run a Celery worker that trains jobs. GPU workers: --queues gpu, one worker per GPU (pick it with
     CUDA_VISIBLE_DEVICES), running --concurrency jobs on it at once."""
+    _require_migrated_database()
     os.execv(sys.executable, worker_command(queues, concurrency, pool))
+
+
+def _require_migrated_database() -> None:
+    """Exit with the fix when the worker would find no rnnlab database (a missing SQLite file, whose
+    connection would create an empty one, or tables not created yet). A database that cannot be
+    reached right now is left to the worker, which keeps retrying."""
+    state, message = _database_state()
+    if state in ("missing", "uninitialised"):
+        typer.echo(f"rnnlab worker: {message}", err=True)
+        raise typer.Exit(1)
 
 
 def visible_gpus() -> list[str]:

@@ -70,6 +70,22 @@ def test_keys_from_another_directory_leave_no_empty_database(tmp_path: Path) -> 
     assert list(elsewhere.iterdir()) == []  # no .rnnlab/rnnlab.db left behind
 
 
+def test_a_worker_without_a_database_says_so_instead_of_starting(tmp_path: Path) -> None:
+    """Started where there is no .rnnlab (or without RNNLAB_HOME), a worker used to create an empty
+    database, report ready and log 'no such table' on every recovery pass."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = [sys.executable, "-m", "app.cli", "worker"]
+    out = subprocess.run(run, cwd=elsewhere, env=_clean_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "no rnnlab database" in out.stderr and "RNNLAB_HOME" in out.stderr
+    assert list(elsewhere.iterdir()) == []
+    # An empty database file (created by hand, never migrated): not initialised.
+    (elsewhere / ".rnnlab").mkdir()
+    (elsewhere / ".rnnlab" / "rnnlab.db").touch()
+    out = subprocess.run(run, cwd=elsewhere, env=_clean_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and "not initialised: run `rnnlab migrate`" in out.stderr
+
+
 def test_docs_declare_the_api_key_so_swagger_can_send_it(client) -> None:
     schema = client.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["apiKey"] == {

@@ -157,6 +157,14 @@ def request_cancel(session: Session, job: Job) -> JobStatus:
         session.refresh(job)
         if result.rowcount == 1 or job.status in FINISHED:  # type: ignore[attr-defined]
             break
+    if job.status == RUNNING and job.lease_expires_at is not None and job.lease_expires_at < utcnow():
+        # Its worker is gone (the lease ran out) and no recovery loop has settled it yet, e.g. no worker
+        # runs at all: nobody would ever see the request, so the job is cancelled here and now.
+        now = utcnow()
+        row = (job.id, job.attempts, job.max_attempts, True, job.worker_id)
+        if settle_expired(session, row, now) is not None:
+            session.commit()
+        session.refresh(job)
     return JobStatus(job.status)
 
 
@@ -201,7 +209,14 @@ def settle_expired(session: Session, row: Any, now: datetime) -> JobStatus | Non
             ),
         }
     else:
-        values = {"status": QUEUED, "worker_id": None, "lease_expires_at": None, "dispatched_at": None}
+        # progress starts again with the next run, as a handed-back job's does (_requeue)
+        values = {
+            "status": QUEUED,
+            "worker_id": None,
+            "lease_expires_at": None,
+            "dispatched_at": None,
+            "progress_epoch": 0,
+        }
     result = session.execute(update(Job).where(still).values(**values).execution_options(synchronize_session=False))
     return JobStatus(values["status"]) if result.rowcount == 1 else None  # type: ignore[attr-defined]
 

@@ -286,3 +286,29 @@ def test_every_event_has_an_id_and_last_event_id_resumes_after_it(client, auth, 
     assert [d["epoch"] for _, e, d in after if e == "epoch"] == [1]
     new_run = after[0][0].split(".")[1]
     assert new_run != run and after[-1] == (f"1.{new_run}", "end", {"status": "cancelled"})
+
+
+def test_cancel_of_a_job_whose_worker_is_gone_cancels_it_at_once(client, auth, job_id) -> None:
+    """No worker runs the recovery loop (none is alive): a running job whose lease ran out would keep
+    'running' with cancel_requested forever; the cancel settles it itself."""
+    with new_session() as session:
+        state.claim_job(session, job_id, "gone", lease_seconds=60)
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=auth)
+    assert r.status_code == 202 and r.json()["status"] == "cancelled", r.text
+
+
+def test_a_job_requeued_after_its_lease_ran_out_starts_its_progress_again(job_id) -> None:
+    from worker.runner import record_epoch
+
+    with new_session() as session:
+        claim = state.claim_job(session, job_id, "gone", lease_seconds=60)
+    for epoch in (1, 2, 3):
+        record_epoch(claim, epoch, {"train": {"loss": 1.0}}, 60)
+    with new_session() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+        assert state.expire_leases(session) == ([job_id], [])
+        job = session.get(Job, job_id)
+        assert job.status == "queued" and job.progress_epoch == 0
