@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -83,22 +84,50 @@ class GrowingSource(Protocol):
     def abort(self) -> None: ...
 
 
+def temp_owner() -> str:
+    """The prefix of this process's temp names: ``~HOST.PIDNS~PID~``, so that a later cleanup on the
+    same host and in the same PID namespace (a container has its own, even with the host's network
+    and name) can tell a dead process's leftovers (a crash mid-upload) from files still being written."""
+    host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-")[:64] or "host"
+    try:
+        namespace = "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit())
+    except OSError:  # not Linux
+        namespace = "0"
+    return f"~{host}.{namespace}~{os.getpid()}~"
+
+
 def _new_temp_path(directory: Path, suffix: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=directory, suffix=suffix)
+    fd, name = tempfile.mkstemp(dir=directory, suffix=suffix, prefix=temp_owner())
     os.close(fd)
     return Path(name)
 
 
+def _owner_is_gone(name: str) -> bool:
+    """A temp name made by a process of this host that no longer runs. Names from other hosts (a
+    volume several machines or containers mount) are never judged by PID: their PIDs mean nothing here."""
+    _, host, pid, *_ = [*name.split("~", 3), "", "", ""]
+    if not name.startswith("~") or host != temp_owner().split("~")[1] or not pid.isdecimal():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (another user's): alive
+        return False
+    return False
+
+
 def _remove_stale(directory: Path, max_age_seconds: float) -> int:
-    """Delete temp files a crashed process left behind (older than any upload in flight)."""
+    """Delete temp files a crashed process left behind: any whose process (on this host) is gone, and
+    any older than ``max_age_seconds`` (longer than any upload in flight)."""
     cutoff = time.time() - max_age_seconds
     removed = 0
     if not directory.exists():
         return 0
     for path in directory.iterdir():
         try:
-            if path.stat().st_mtime < cutoff:
+            if _owner_is_gone(path.name) or path.stat().st_mtime < cutoff:
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
                 else:

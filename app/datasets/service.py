@@ -40,7 +40,7 @@ from app.jobs.status import ACTIVE
 from app.models import Dataset, Job, Sweep
 from app.pagination import PageParams, fetch_page
 from app.quotas import check_stored_bytes_quota
-from app.storage import Storage, StorageUnavailable, StreamedPut, get_storage
+from app.storage import Storage, StorageUnavailable, StreamedPut, get_storage, temp_owner
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ async def upload_dataset(session: Session, project_id: str, request: Request) ->
 def create_dataset(session: Session, project_id: str, upload: ReceivedUpload) -> tuple[Dataset, bool]:
     """Validate, describe and store a received upload (whose temporary file this consumes)."""
     storage = get_storage()
-    work_dir = Path(tempfile.mkdtemp(dir=storage.temp_dir, prefix="dataset-"))
+    work_dir = Path(tempfile.mkdtemp(dir=storage.temp_dir, prefix=f"{temp_owner()}dataset-"))
     try:
         mine = _same_content(session, project_id, upload)
         if mine is not None:
