@@ -280,6 +280,28 @@ def _wait_until_up(
     return False
 
 
+def _stop_group(proc: subprocess.Popen[bytes], timeout_seconds: float = 10.0) -> None:
+    """Stop every process left in the process group of ``proc``, a child that has exited (each child
+    leads a group of its own): SIGTERM, then SIGKILL after ``timeout_seconds``. A killed API process
+    leaves its server processes running, still holding the port."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        deadline = time.monotonic() + timeout_seconds
+        try:
+            os.killpg(proc.pid, sig)
+            while time.monotonic() < deadline:
+                time.sleep(0.1)
+                os.killpg(proc.pid, 0)  # raises once the group is empty
+        except ProcessLookupError:
+            return
+        except PermissionError:  # the group's id was reused by a process not ours: nothing of ours left
+            return
+
+
+# ``rnnlab up`` starts a child that died again, unless it died this often within the window.
+MAX_RESTARTS = 3
+RESTART_WINDOW_SECONDS = 300.0
+
+
 @app.command()
 def up(
     host: Annotated[str | None, typer.Option(help="Interface the API listens on; defaults to RNNLAB_HOST.")] = None,
@@ -308,23 +330,27 @@ def up(
         commands.append((worker_argv("gpu", settings.jobs_per_gpu, None) + ["--hostname", f"gpu{gpu}@%h"], pinned))
     if gpus:
         typer.echo(f"GPU workers: {len(gpus)} ({settings.jobs_per_gpu} job(s) per GPU)", err=True)
-    worker_procs: list[subprocess.Popen[bytes]] = []
+    children: dict[str, tuple[list[str], dict[str, str] | None]] = {}
+    for i, (argv, env) in enumerate(commands):
+        children["worker" if i == 0 else f"gpu worker {gpus[i - 1]}"] = (argv, env)
+    children["api"] = ([sys.executable, "-m", "app.cli", "api", "--host", host, "--port", str(port)], None)
     ready_events: list[threading.Event] = []
-    for argv, env in commands:
-        worker_proc = subprocess.Popen(
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        argv, env = children[name]
+        if name == "api":
+            return subprocess.Popen(argv, preexec_fn=_own_group_tied_to_parent)
+        proc = subprocess.Popen(
             argv, preexec_fn=_own_group_tied_to_parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
         )
         ready = threading.Event()
-        assert worker_proc.stdout is not None
-        threading.Thread(target=_forward_until_ready, args=(worker_proc.stdout, ready), daemon=True).start()
-        worker_procs.append(worker_proc)
+        assert proc.stdout is not None
+        threading.Thread(target=_forward_until_ready, args=(proc.stdout, ready), daemon=True).start()
         ready_events.append(ready)
-    worker_ready = _all_set(ready_events)
-    api_proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "api", "--host", host, "--port", str(port)],
-        preexec_fn=_own_group_tied_to_parent,
-    )
-    procs = [api_proc, *worker_procs]
+        return proc
+
+    running = {name: start(name) for name in children}
+    worker_ready = _all_set(list(ready_events))
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -336,29 +362,55 @@ def up(
     # Browsers and clients on this machine reach a wildcard listener through the loopback address.
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{shown_host}:{port}"
+    exits: dict[str, int | None] = {}
     try:
-        if _wait_until_up(url, worker_ready, procs, timeout_seconds=120) and not stopping:
+        if _wait_until_up(url, worker_ready, list(running.values()), timeout_seconds=120) and not stopping:
             typer.echo(
                 f"rnnlab is up: {url}/ (docs at /docs); data in {settings.home}. "
                 "Create a key with: rnnlab keys create --project demo. Ctrl-C stops.",
                 err=True,
             )
-        elif not stopping and all(p.poll() is None for p in procs):
+        elif not stopping and all(p.poll() is None for p in running.values()):
             typer.echo(f"rnnlab is not ready after 120 s ({url}/readyz); still waiting, Ctrl-C stops.", err=True)
-        while not stopping and all(p.poll() is None for p in procs):
+        # Once up, a child that dies (killed, out of memory) is started again: a worker's job goes back to
+        # the queue by its lease, and the API keeps no state. One that keeps dying stops everything.
+        started_up = all(p.poll() is None for p in running.values())
+        restarts: dict[str, list[float]] = {name: [] for name in children}
+        while not stopping:
+            for name, proc in running.items():
+                code = proc.poll()
+                if code is None:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in restarts[name] if now - t < RESTART_WINDOW_SECONDS]
+                if not started_up or len(recent) >= MAX_RESTARTS:
+                    exits[name] = code
+                    if started_up:
+                        typer.echo(
+                            f"{name} exited ({code}) {len(recent) + 1} times within {RESTART_WINDOW_SECONDS:.0f} s; "
+                            "stopping",
+                            err=True,
+                        )
+                    stopping = True
+                    break
+                typer.echo(f"{name} exited ({code}); starting it again", err=True)
+                _stop_group(proc)  # what it started (the API's processes hold the port) goes with it
+                restarts[name] = [*recent, now]
+                running[name] = start(name)
             time.sleep(0.2)
     finally:
-        for p in procs:
+        for p in running.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 30
-        for p in procs:
+        for p in running.values():
             try:
                 p.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 p.kill()
-    codes = {"api": api_proc.returncode, "worker": worker_procs[0].returncode}
-    codes.update({f"gpu worker {gpu}": p.returncode for gpu, p in zip(gpus, worker_procs[1:], strict=True)})
+        for p in running.values():  # anything a child left running when it died
+            _stop_group(p)
+    codes = {name: exits.get(name, p.returncode) for name, p in running.items()}
     failed = {name: c for name, c in codes.items() if c not in (0, None, -signal.SIGTERM, -signal.SIGINT)}
     if failed:
         typer.echo(f"stopped with errors: {failed}", err=True)

@@ -27,7 +27,7 @@ def _clean_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def test_up_says_it_is_up_only_once_api_and_worker_are_ready(tmp_path: Path) -> None:
+def test_up_says_it_is_up_only_once_api_and_worker_are_ready_and_restarts_a_dead_child(tmp_path: Path) -> None:
     port = _free_port()
     env = {**_clean_env(tmp_path), "RNNLAB_HOME": str(tmp_path / "home")}
     log_path = tmp_path / "up.log"
@@ -50,9 +50,45 @@ def test_up_says_it_is_up_only_once_api_and_worker_are_ready(tmp_path: Path) -> 
         text = log_path.read_text(errors="replace")
         assert text.index(" ready.") < text.index("rnnlab is up"), text
         assert f"http://127.0.0.1:{port}/" in text
+
+        # Once up, a child that dies is started again: the API killed (its server processes, which
+        # hold the port, are stopped with it) and then the worker.
+        api_pids = _pids(f"app.cli api --host 127.0.0.1 --port {port}", proc.pid)
+        assert len(api_pids) == 1
+        os.kill(api_pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text(errors="replace")
+            new = _pids(f"app.cli api --host 127.0.0.1 --port {port}", proc.pid)
+            if new and new != api_pids and _ready(port):
+                break
+            time.sleep(0.2)
+        assert "api exited (-9); starting it again" in log_path.read_text(errors="replace")
+        ready_before = log_path.read_text(errors="replace").count(" ready.")
+        [worker_pid] = _pids("celery -A worker.celery_app", proc.pid)  # the worker's main process: up's child
+        os.kill(worker_pid, signal.SIGKILL)
+        while log_path.read_text(errors="replace").count(" ready.") == ready_before:
+            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text(errors="replace")
+            time.sleep(0.2)
+        assert "worker exited (-9); starting it again" in log_path.read_text(errors="replace")
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=60) == 0, log_path.read_text(errors="replace")
+    assert _pids(f"--port {port}") == [] and not _ready(port)  # nothing left serving the port
+
+
+def _pids(pattern: str, parent: int | None = None) -> list[int]:
+    """Processes whose command line holds ``pattern`` (only children of ``parent`` when given)."""
+    parent_option = ["-P", str(parent)] if parent is not None else []
+    out = subprocess.run(["pgrep", *parent_option, "-f", "--", pattern], capture_output=True, text=True).stdout
+    return sorted(int(p) for p in out.split())
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_keys_from_another_directory_leave_no_empty_database(tmp_path: Path) -> None:
