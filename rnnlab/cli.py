@@ -207,9 +207,27 @@ def datasets_preview(
         )
 
 
+@datasets_app.command("leaderboard")
+def datasets_leaderboard(
+    ctx: typer.Context,
+    dataset_id: str,
+    metric: Annotated[str, typer.Option(help="A final metric: test.rmse, test.accuracy, val.mae, …")] = "test.rmse",
+    limit: Annotated[int, typer.Option(help="The best this many jobs.")] = 10,
+    output: Output = OutputFormat.table,
+) -> None:
+    """The dataset's best succeeded jobs by a final metric, best first."""
+    with reported_errors():
+        board = _client(ctx).datasets.leaderboard(dataset_id, metric, limit)
+    rows = [{**item, "ci": item.get("interval")} for item in board["items"]]
+    direction = "lower" if board.get("lower_is_better") else "higher"
+    columns = ["rank", "job_id", "name", "cell", "value", "ci", "sweep_id"]
+    print_rows(rows, columns, output, title=f"{board['metric']} ({direction} is better)", raw=board)
+
+
 @datasets_app.command("delete")
 def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
-    """Delete a dataset (refused while a queued or running job uses it)."""
+    """Delete a dataset (refused while a queued or running job uses it; a sweep's jobs go with
+    ``rnnlab sweeps delete``)."""
     with reported_errors():
         _client(ctx).datasets.delete(dataset_id)
     stderr.print(f"deleted dataset {dataset_id}")
@@ -511,6 +529,22 @@ def sweeps_show(ctx: typer.Context, sweep_id: str, output: Output = OutputFormat
         print_rows([sweep_row(info)], SWEEP_COLUMNS, output)
     columns = ["id", "setting_key", "seed", "status", "main_metric"]
     print_rows(info["jobs"], columns, output, title="jobs", raw=info)
+
+
+@sweeps_app.command("cancel")
+def sweeps_cancel(ctx: typer.Context, sweep_id: str, output: Output = OutputFormat.table) -> None:
+    """Cancel a sweep: its queued jobs at once, its running ones within one epoch; a search asks no more."""
+    with reported_errors():
+        answer = _client(ctx).sweeps.get(sweep_id).cancel()
+    print_rows([answer], ["id", "cancelled", "cancel_requested"], output, raw=answer)
+
+
+@sweeps_app.command("delete")
+def sweeps_delete(ctx: typer.Context, sweep_id: str) -> None:
+    """Delete a sweep whose jobs have all ended, with those jobs (cancel it first)."""
+    with reported_errors():
+        _client(ctx).sweeps.get(sweep_id).delete()
+    stderr.print(f"deleted sweep {sweep_id}")
 
 
 @sweeps_app.command("report")

@@ -237,6 +237,15 @@ def test_sweeps_submit_follow_show_report(served: Served, tmp_path: Path) -> Non
     table = rnnlab(served, "sweeps", "report", sweep_id)
     assert table.returncode == 0 and "test rmse over seeds" in table.stdout and "2/2 jobs succeeded" in table.stdout
 
+    board = json.loads(rnnlab(served, "datasets", "leaderboard", dataset_id, "--output", "json").stdout)
+    assert board["metric"] == "test.rmse" and len(board["items"]) == 2
+    assert "test.rmse (lower is better)" in rnnlab(served, "datasets", "leaderboard", dataset_id).stdout
+    cancelled = rnnlab(served, "sweeps", "cancel", sweep_id, "--output", "json")
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["cancelled"] == 0  # nothing left to cancel
+    assert rnnlab(served, "sweeps", "delete", sweep_id).returncode == 0
+    gone = rnnlab(served, "sweeps", "show", sweep_id)
+    assert gone.returncode == 1 and "sweep_not_found" in gone.stderr
+
     if not torch.cuda.is_available():  # every job fails (no GPU here): --follow exits 1, as for a job
         body.write_text(json.dumps({"base": {**base, "device": "cuda"}, "grid": {}, "seeds": [0]}))
         failed = rnnlab(served, "sweeps", "submit", str(body), "--follow")
