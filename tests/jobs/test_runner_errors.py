@@ -230,7 +230,8 @@ def test_event_stream_follows_a_job_handed_back_and_claimed_again(client, auth, 
 
 
 def _stream(client, auth, job_id: str, last_event_id: str | None = None) -> list[tuple[str, str, dict]]:
-    """(id, event, data) of a whole event stream (the job has finished, so it ends by itself)."""
+    """(id, event, data) of an event stream up to its first ``status`` event (which follows the epochs
+    the stream had to send; a queued job's stream would go on) and its ``end`` when it has one."""
     import json
 
     headers = {**auth, **({"Last-Event-ID": last_event_id} if last_event_id is not None else {})}
@@ -241,6 +242,8 @@ def _stream(client, auth, job_id: str, last_event_id: str | None = None) -> list
             if not line:
                 if block:
                     out.append((block["id"], block["event"], json.loads(block["data"])))
+                    if block["event"] == "end" or (block["event"] == "status" and block["data"].find('"queued"') > 0):
+                        break
                 block = {}
             elif not line.startswith(":"):
                 field, _, value = line.partition(": ")
