@@ -576,13 +576,15 @@ def predict(
     ],
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Write predictions here (.csv or .parquet); default: CSV on stdout."),
+        typer.Option("--out", "-o", help="Write predictions here (.csv or .parquet); default (or -): CSV on stdout."),
     ] = None,
 ) -> None:
     """Offline prediction, no server: windows cut from INPUT the way the job's layout did, predictions out."""
     from worker.engine.offline import OUTPUT_SUFFIXES, predict_file, write_table
 
     with reported_errors():  # the engine's DataError is a ValueError: one line, exit 1
+        if out is not None and str(out) == "-":
+            out = None  # `-o -`: standard output, as without -o
         if out is not None and not out.name.lower().endswith(OUTPUT_SUFFIXES):
             raise ValueError(f"--out {out}: predictions are written as {' or '.join(OUTPUT_SUFFIXES)}")
         table = predict_file(model, input_file)

@@ -117,6 +117,14 @@ class Client:
             response = self._http.request(method, f"/api/v1{path}", **kwargs)
         except httpx.TransportError as exc:
             raise RnnlabError(0, "connection_error", f"cannot reach rnnlab at {self.url}: {exc}") from exc
+        except ValueError as exc:
+            if "JSON compliant" not in str(exc):
+                raise
+            # httpx's JSON encoder refuses NaN and infinity (JSON has neither) before anything is sent.
+            raise ValueError(
+                f"{method} {path}: the body holds NaN or infinity, which JSON cannot carry; "
+                "the API takes finite numbers (fill or drop the missing values)"
+            ) from None
         raise_for_error(response)
         return response
 

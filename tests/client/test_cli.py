@@ -152,6 +152,9 @@ def test_cli_walkthrough(served: Served, tmp_path: Path) -> None:
         for args in (("--input", str(empty)), ("--input", str(data), "-o", str(tmp_path))):
             refused = rnnlab(served, "predict", "--model", str(model_file), *args)
             assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    to_stdout = rnnlab(served, "predict", "--model", str(model), "--input", str(data), "-o", "-")
+    assert to_stdout.returncode == 0 and to_stdout.stdout.startswith('"row","prediction"'), to_stdout.stdout[:80]
+    assert not (ROOT / "-").exists()
     upper = tmp_path / "MODEL.ONNX"  # the suffix picks the format whatever its case
     assert rnnlab(served, "jobs", "model", job_id, "-o", str(upper)).returncode == 0
     assert upper.read_bytes() == model.read_bytes()

@@ -95,6 +95,8 @@ def test_ids_are_one_path_segment_and_must_not_be_empty() -> None:
             client.jobs.get(empty)
     with pytest.raises(TypeError, match="must be a mapping"):
         client.jobs.submit([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="POST /jobs: the body holds NaN or infinity"):
+        client.jobs.submit({"dataset_id": "d", "training": {"learning_rate": float("nan")}})
     assert "job id must be a non-empty string" in one_line_error(cli("jobs", "show", ""))
 
 
