@@ -19,6 +19,7 @@ Errors: a key that is not there raises :class:`FileNotFoundError`; a store that 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -84,16 +85,23 @@ class GrowingSource(Protocol):
     def abort(self) -> None: ...
 
 
-def temp_owner() -> str:
-    """The prefix of this process's temp names: ``~HOST.PIDNS~PID~``, so that a later cleanup on the
-    same host and in the same PID namespace (a container has its own, even with the host's network
-    and name) can tell a dead process's leftovers (a crash mid-upload) from files still being written."""
+@functools.cache
+def _host_tag() -> str:
+    """``HOST.PIDNS``: where this process's PIDs mean something (a container has its own PID namespace,
+    even with the host's network and name). Read once: a forked process keeps both."""
     host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-")[:64] or "host"
     try:
         namespace = "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit())
     except OSError:  # not Linux
         namespace = "0"
-    return f"~{host}.{namespace}~{os.getpid()}~"
+    return f"{host}.{namespace}"
+
+
+def temp_owner() -> str:
+    """The prefix of this process's temp names: ``~HOST.PIDNS~PID~``, so that a later cleanup on the
+    same host and in the same PID namespace can tell a dead process's leftovers (a crash mid-upload)
+    from files still being written."""
+    return f"~{_host_tag()}~{os.getpid()}~"
 
 
 def _new_temp_path(directory: Path, suffix: str) -> Path:
@@ -107,7 +115,7 @@ def _owner_is_gone(name: str) -> bool:
     """A temp name made by a process of this host that no longer runs. Names from other hosts (a
     volume several machines or containers mount) are never judged by PID: their PIDs mean nothing here."""
     _, host, pid, *_ = [*name.split("~", 3), "", "", ""]
-    if not name.startswith("~") or host != temp_owner().split("~")[1] or not pid.isdecimal():
+    if not name.startswith("~") or host != _host_tag() or not pid.isdecimal():
         return False
     try:
         os.kill(int(pid), 0)

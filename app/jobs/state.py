@@ -157,10 +157,10 @@ def request_cancel(session: Session, job: Job) -> JobStatus:
         session.refresh(job)
         if result.rowcount == 1 or job.status in FINISHED:  # type: ignore[attr-defined]
             break
-    if job.status == RUNNING and job.lease_expires_at is not None and job.lease_expires_at < utcnow():
+    now = utcnow()
+    if job.status == RUNNING and job.lease_expires_at is not None and job.lease_expires_at < now:
         # Its worker is gone (the lease ran out) and no recovery loop has settled it yet, e.g. no worker
         # runs at all: nobody would ever see the request, so the job is cancelled here and now.
-        now = utcnow()
         row = (job.id, job.attempts, job.max_attempts, True, job.worker_id)
         if settle_expired(session, row, now) is not None:
             session.commit()
