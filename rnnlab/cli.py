@@ -427,9 +427,17 @@ def jobs_model(
     ] = None,
 ) -> None:
     """Download a succeeded job's model: pt, onnx (scalers folded in) or safetensors."""
+    formats = ("pt", "onnx", "safetensors")
     suffix = out.suffix.lower().lstrip(".")
-    chosen = model_format or (suffix if suffix in ("pt", "onnx", "safetensors") else "pt")
+    chosen = model_format or (suffix if suffix in formats else "pt")
     with reported_errors():
+        # `rnnlab predict` and the loaders read the format off the suffix, so the two must agree
+        if out.suffix and suffix not in formats:
+            raise ValueError(f"--out {out}: a model file ends in .pt, .onnx or .safetensors")
+        if out.suffix and model_format and model_format.lower() != suffix:
+            raise ValueError(f"--out {out} says {suffix} but --format says {model_format}")
+        if out.is_dir():
+            raise ValueError(f"--out {out} is a directory; name the model file")
         _client(ctx).jobs.get(job_id).download_model(out, format=chosen)  # type: ignore[arg-type]
     stderr.print(f"wrote {chosen} model of job {job_id} to {out}")
 

@@ -163,11 +163,12 @@ class Client:
         except httpx.TransportError as exc:
             raise RnnlabError(0, "connection_error", f"cannot reach rnnlab at {self.url}: {exc}") from exc
 
-    def events(self, path: str, last_event_id: str | None = None) -> Iterator[Event]:
+    def events(self, path: str, last_event_id: str | None = None, read_timeout: float | None = None) -> Iterator[Event]:
         """Server-Sent Events from ``GET /api/v1{path}``, parsed, until the server closes the stream;
-        ``last_event_id`` (an earlier event's ``id``) resumes after that event."""
+        ``last_event_id`` (an earlier event's ``id``) resumes after that event. ``read_timeout``: the
+        longest wait for the next bytes (``httpx.ReadTimeout`` after it); ``None`` waits for ever."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else None
-        timeout = httpx.Timeout(60.0, read=None)
+        timeout = httpx.Timeout(60.0, read=read_timeout)
         with self._http.stream("GET", f"/api/v1{path}", headers=headers, timeout=timeout) as response:
             if response.is_error:
                 response.read()
@@ -304,16 +305,23 @@ class Job:
         self.info = dict(self._client.json("GET", f"/jobs/{self.id}"))
         return self
 
-    def follow(self) -> Iterator[Event]:
+    def follow(self, timeout: float | None = None) -> Iterator[Event]:
         """The job's events (``status``, ``epoch``, ``end``) as they happen, until it has finished.
 
         A dropped connection is resumed (``Last-Event-ID``: the server sends only the epochs after the
-        last one seen); epochs already seen are not repeated.
+        last one seen); epochs already seen are not repeated. With ``timeout`` (seconds) a job still
+        running after it raises ``TimeoutError``.
         """
         last_epoch, run, last_id = 0, None, None
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} is still {self.status} after {timeout}s")
+            # Without a deadline the stream may stay silent for ever; with one, a read waits at most
+            # until it (the server's keep-alives do not reach this loop), then the job is looked up.
+            read_timeout = None if deadline is None else max(0.1, deadline - time.monotonic())
             try:
-                for event in self._client.events(f"/jobs/{self.id}/events", last_id):
+                for event in self._client.events(f"/jobs/{self.id}/events", last_id, read_timeout):
                     last_id = event.id or last_id
                     current = (event.id or "").partition(".")[2] or run  # the id names the run
                     if run is not None and current != run:
@@ -329,6 +337,10 @@ class Job:
                     if event.event == "end":
                         self.refresh()
                         return
+                    if deadline is not None and time.monotonic() >= deadline:
+                        break
+            except httpx.ReadTimeout:
+                pass  # the deadline came while the stream was silent
             except httpx.TransportError:
                 time.sleep(1.0)
             if self.refresh().done:
@@ -338,11 +350,12 @@ class Job:
         """Block until the job has finished (succeeded, failed, cancelled or pruned); returns it.
 
         ``progress=True`` shows a live bar per epoch (rich) on stderr, following the event stream.
+        ``timeout`` (seconds, either way): ``TimeoutError`` if the job is still running after it.
         """
         if progress:
             from rnnlab.progress import follow_with_progress
 
-            follow_with_progress(self)
+            follow_with_progress(self, timeout=timeout)
             return self
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.refresh().done:

@@ -25,8 +25,9 @@ def epoch_line(metrics: dict[str, dict[str, float | None]]) -> str:
     return "  ".join(parts)
 
 
-def follow_with_progress(job: Job, console: Console | None = None) -> None:
-    """Follow ``job`` until it has finished, drawing the bar on ``console`` (stderr by default)."""
+def follow_with_progress(job: Job, console: Console | None = None, timeout: float | None = None) -> None:
+    """Follow ``job`` until it has finished, drawing the bar on ``console`` (stderr by default);
+    ``TimeoutError`` if it is still running after ``timeout`` seconds."""
     console = console or Console(stderr=True)
     epochs = int((job.info.get("progress") or {}).get("epochs") or 0) or None
     columns: list[Any] = [
@@ -39,7 +40,7 @@ def follow_with_progress(job: Job, console: Console | None = None) -> None:
     ]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("train", total=epochs, job=job.id, status=job.status, line="")
-        for event in job.follow():
+        for event in job.follow(timeout):
             if event.event == "status":
                 total = (event.data.get("progress") or {}).get("epochs") or epochs
                 done = (event.data.get("progress") or {}).get("epoch", 0)

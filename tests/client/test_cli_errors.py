@@ -160,3 +160,15 @@ def test_zero_input_windows_are_refused_before_the_model_runs() -> None:
 
     with pytest.raises(DataError, match="no input windows"):
         check_inputs(np.zeros((0, 6, 2), dtype=np.float32), 6, ["a", "b"])
+
+
+def test_model_download_suffix_and_format_must_agree(tmp_path: Path) -> None:
+    """The loaders and `rnnlab predict` read a model's format off its suffix: no .pt in m.txt."""
+    assert "ends in .pt, .onnx or .safetensors" in one_line_error(
+        cli("jobs", "model", "j1", "-o", str(tmp_path / "m.txt"))
+    )
+    assert "says onnx but --format says pt" in one_line_error(
+        cli("jobs", "model", "j1", "-o", str(tmp_path / "m.onnx"), "--format", "pt")
+    )
+    assert "is a directory" in one_line_error(cli("jobs", "model", "j1", "-o", str(tmp_path)))
+    assert not list(tmp_path.iterdir())  # nothing written, and no server was asked (none answers)

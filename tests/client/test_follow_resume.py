@@ -94,3 +94,60 @@ def test_follow_skips_epochs_a_server_without_resume_sends_again(monkeypatch) ->
     )
     events = list(client.jobs.get("j1").follow())
     assert [e.data["epoch"] for e in events if e.event == "epoch"] == [1, 2, 3]
+
+
+class _Silent(httpx.SyncByteStream):
+    """Sends ``chunks``, then stays silent until the read timeout (the clock moves on by ``wait``)."""
+
+    def __init__(self, chunks: list[bytes], clock: list[float], wait: float) -> None:
+        self.chunks, self.clock, self.wait = chunks, clock, wait
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.chunks
+        self.clock[0] += self.wait
+        raise httpx.ReadTimeout("timed out")
+
+
+def _running_client(monkeypatch, read_timeouts: list[float | None]) -> Client:
+    clock = [0.0]
+    monkeypatch.setattr("rnnlab.client.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("rnnlab.client.time.sleep", lambda s: None)
+    running = {"id": "j1", "status": "running", "attempts": 1, "started_at": "t1"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            read_timeouts.append(request.extensions["timeout"]["read"])
+            stream = _Silent([_sse("0.A", "status", running), _epoch(1, "A")], clock, wait=4.0)
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
+        return httpx.Response(200, json=running)
+
+    http = httpx.Client(base_url="http://rnnlab.test", transport=httpx.MockTransport(handler))
+    return Client("http://rnnlab.test", "k", http=http)
+
+
+def test_follow_with_a_timeout_gives_up_on_a_job_that_stays_running(monkeypatch) -> None:
+    read_timeouts: list[float | None] = []
+    job = _running_client(monkeypatch, read_timeouts).jobs.get("j1")
+    seen = []
+    try:
+        for event in job.follow(timeout=10):
+            seen.append((event.event, event.data.get("epoch")))
+    except TimeoutError as exc:
+        assert "j1" in str(exc) and "running" in str(exc)
+    else:
+        raise AssertionError("follow(timeout=10) returned while the job was running")
+    # each reconnection waits only for what is left of the deadline: 10 s, then 6 s, then 2 s
+    assert read_timeouts == [10.0, 6.0, 2.0]
+    assert [n for e, n in seen if e == "epoch"] == [1]  # once, though every stream sent it
+
+
+def test_wait_with_progress_keeps_its_timeout(monkeypatch) -> None:
+    read_timeouts: list[float | None] = []
+    job = _running_client(monkeypatch, read_timeouts).jobs.get("j1")
+    try:
+        job.wait(progress=True, timeout=3)
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("wait(progress=True, timeout=3) returned while the job was running")
+    assert read_timeouts == [3.0]
