@@ -114,6 +114,7 @@ class LeaderboardEntry(BaseModel):
     cell: str
     sweep_id: str | None
     setting: dict[str, Any] | None
+    seed: int | None = Field(None, description="training.seed of the job (tells a sweep's runs of one setting apart).")
     metric: str
     value: float
     interval: list[float] | None = Field(description="95% bootstrap interval from the evaluation (test split only).")

@@ -227,8 +227,8 @@ def rank_settings(summaries: Mapping[Hashable, Summary], lower_is_better: bool) 
     relation = "overlap" if overlap else "do not overlap"
     verdict = "not distinguishable" if overlap else "distinguishable"
     explanation = (
-        f"{verdict}: 95% intervals of the best [{best.ci[0]:.6g}, {best.ci[1]:.6g}] and the runner-up "
-        f"[{second.ci[0]:.6g}, {second.ci[1]:.6g}] {relation}"
+        f"{verdict}: 95% intervals of the best [{best.ci[0]:.4g}, {best.ci[1]:.4g}] and the runner-up "
+        f"[{second.ci[0]:.4g}, {second.ci[1]:.4g}] {relation}"
     )
     return order, Ranked(order[0], order[1], not overlap, explanation)
 

@@ -50,6 +50,7 @@ class Site:
     failed: str
     sweep: str
     sweep_jobs: list[str]
+    search: str = ""
     texter: str = ""
     browser: Any = None
     requests: list[str] = field(default_factory=list)
@@ -173,6 +174,20 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             )
             for sweep_job in sweep["jobs"]:
                 assert run_job(sweep_job["id"], "test-worker") == "succeeded"
+            # A two-trial tpe search: ranked on validation, its parameters only in the trials' settings.
+            search = post(
+                "/sweeps",
+                json={
+                    "name": "lr-search",
+                    "base": forecast_spec(ds, epochs=2),
+                    "search": "tpe",
+                    "space": {"training.learning_rate": {"low": 1e-3, "high": 1e-2, "log": True}},
+                    "max_jobs": 2,
+                    "parallelism": 2,
+                },
+            )
+            for trial in search["jobs"]:
+                assert run_job(trial["id"], "test-worker") == "succeeded"
             # A failed one-epoch job with markup in its name and message, and a loss that blew up.
             failed = post("/jobs", json={**forecast_spec(ds), "name": NAME_MARKUP})["id"]
             with new_session() as session:
@@ -199,6 +214,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                     failed=failed,
                     sweep=sweep["id"],
                     sweep_jobs=[j["id"] for j in sweep["jobs"]],
+                    search=search["id"],
                     texter=texter,
                     browser=browser,
                 )
@@ -434,7 +450,7 @@ def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:
     page = open_page(site, "/jobs")
     group = page.locator("tr.group", has_text="size-sweep")
     group.wait_for(timeout=15_000)
-    children = page.locator("tr.child")
+    children = page.locator(f"tr.child[data-in-sweep='{site.sweep}']")
     assert children.count() == 4 and not children.first.is_visible()  # collapsed under the sweep
     group.locator("button.toggle").click()
     assert children.first.is_visible()
@@ -449,7 +465,7 @@ def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:
     page.wait_for_function("location.hash.includes('sort=test.rmse')")
     page.locator("th.sorted[data-sort='test.rmse']").wait_for()
     group = page.locator("tr.group", has_text="size-sweep")
-    if not page.locator("tr.child").first.is_visible():
+    if not page.locator(f"tr.child[data-in-sweep='{site.sweep}']").first.is_visible():
         group.locator("button.toggle").click()
     column = page.evaluate(
         "[...document.querySelectorAll('#jobs thead th')].findIndex((th) => th.dataset.sort === 'test.rmse')"
@@ -461,7 +477,8 @@ def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:
         cells = page.locator(f"#jobs tbody {rows} td:nth-child({column + 1})").all_inner_texts()
         return [float(c) for c in cells if c not in ("–", "")]
 
-    alone, in_sweep = column_values("tr:not(.group):not(.child)"), column_values("tr.child")
+    alone = column_values("tr:not(.group):not(.child)")
+    in_sweep = column_values(f"tr.child[data-in-sweep='{site.sweep}']")
     assert len(alone) + len(in_sweep) >= 5  # every succeeded forecast job
     assert alone == sorted(alone) and in_sweep == sorted(in_sweep)
     # The where box: the API's 400 message inline, then a filter that works.
@@ -484,8 +501,14 @@ def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:
     page.locator(".pager span", has_text="page 2").wait_for()
     second = first_row_id(page)
     assert first != second
+    page.reload()  # the page's cursor is in the address: a reload (or Back) stays on page 2
+    page.locator(".pager span", has_text="page 2").wait_for()
+    page.locator("#jobs tbody tr").first.wait_for()
+    assert first_row_id(page) == second
     page.click("text=‹ Previous")
     page.locator(".pager span", has_text="page 1").wait_for()
+    page.locator("#jobs tbody tr").first.wait_for()
+    assert first_row_id(page) == first
     page.context.close()
     assert_local_only(site)
 
@@ -493,7 +516,7 @@ def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:
 def test_compare_overlays_curves_and_diffs_specs(site: Site) -> None:
     page = open_page(site, "/jobs")
     page.locator("tr.group", has_text="size-sweep").wait_for(timeout=15_000)
-    page.locator("tr.group button.toggle").click()
+    page.locator("tr.group", has_text="size-sweep").locator("button.toggle").click()
     for job_id in site.sweep_jobs[:2]:
         page.locator(f"tr[data-id='{job_id}'] input[type=checkbox]").check()
     page.check(f"tr[data-id='{site.job}'] input[type=checkbox]")
@@ -555,6 +578,8 @@ def test_datasets_upload_preview_leaderboard_and_new_job(site: Site) -> None:
     assert page.locator("#dataset-preview tbody tr").count() == 20
     assert "browser-gru" in page.inner_text("#dataset-jobs")
     assert "browser-gru" in page.inner_text("#leaderboard")
+    # Each job's value is named by its own metric; the full list is one click away, filtered.
+    assert "rmse " in page.inner_text("#dataset-jobs")
     # The new-job form comes prefilled with the JobSpec defaults from /openapi.json; a field that takes
     # a number or "auto" is a text box (prefilled "auto"), so a number can be typed in.
     assert page.input_value("#spec-training-epochs") == "auto"
@@ -584,6 +609,80 @@ def test_datasets_upload_preview_leaderboard_and_new_job(site: Site) -> None:
     page.fill("#upload-name", "tiny")
     page.click("#upload-form button")
     page.locator("#dataset-title", has_text="tiny").wait_for(timeout=15_000)
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_dataset_link_filters_the_jobs_list(site: Site) -> None:
+    page = open_page(site, f"/datasets/{site.labels_dataset}")
+    page.locator("#dataset-all-jobs").click()
+    page.locator("#jobs tbody tr").first.wait_for(timeout=15_000)
+    assert page.input_value("#dataset-filter") == site.labels_dataset
+    rows = page.locator("#jobs tbody tr").all_inner_texts()
+    assert rows and all("updown" in r for r in rows)  # only the jobs on that dataset, its name shown
+    assert "classification" in rows[0]
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_jobs_list_refreshes_in_place_and_not_under_a_focused_control(site: Site) -> None:
+    """A queued job keeps the list refreshing; the refresh swaps the rows, not the page: the scroll
+    position and the toolbar stay, and nothing is redrawn while a control has the focus."""
+    headers = {"Authorization": f"Bearer {site.key}"}
+    spec = forecast_spec(site.dataset, epochs=2)
+    spec["name"] = "waiting-job"
+    spec["model"]["cell"] = "gru"
+    job = httpx.post(f"{site.base}/api/v1/jobs", headers=headers, json=spec).json()["id"]
+    try:
+        page = open_page(site, "/jobs", height=360)
+        page.locator(f"#jobs tr[data-id='{job}']").wait_for(timeout=15_000)
+        page.evaluate("document.querySelector('#status-filter').dataset.kept = 'yes'")
+        page.evaluate("document.querySelector('#jobs').dataset.old = 'yes'")
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        scrolled = page.evaluate("window.scrollY")
+        assert scrolled > 0
+        page.wait_for_function("!document.querySelector('#jobs').dataset.old", timeout=15_000)  # new rows
+        assert page.evaluate("document.querySelector('#status-filter').dataset.kept") == "yes"
+        assert page.evaluate("window.scrollY") == scrolled
+        # With the status select focused (a user choosing from it), the rows are left alone.
+        page.focus("#status-filter")
+        page.evaluate("document.querySelector('#jobs').dataset.old = 'yes'")
+        page.wait_for_timeout(5_000)
+        assert page.evaluate("document.querySelector('#jobs').dataset.old") == "yes"
+        assert page.evaluate("document.activeElement.id") == "status-filter"
+        page.context.close()
+    finally:
+        httpx.post(f"{site.base}/api/v1/jobs/{job}/cancel", headers=headers)
+        httpx.delete(f"{site.base}/api/v1/jobs/{job}", headers=headers)
+    assert_local_only(site)
+
+
+def test_tpe_search_page_shows_its_trials_on_the_validation_objective(site: Site) -> None:
+    page = open_page(site, f"/sweeps/{site.search}")
+    page.locator("#chart-parallel canvas").first.wait_for(timeout=45_000)
+    # The parameters come from the trials' settings (a search has no grid), on the split it ranks on.
+    parallel = chart_state(page, "chart-parallel")
+    assert "training.learning_rate" in parallel["texts"] and "val rmse" in parallel["texts"]
+    assert "val rmse" in chart_state(page, "chart-sweep")["texts"]
+    assert "2 of 2 trials asked" in page.inner_text("#search-state")
+    # Setting values are rounded like every number on the page (not 0.0031622776601683794).
+    assert not any(len(t) > 40 for t in page.locator("#sweep-settings td").all_inner_texts())
+    shoot(page, "search")
+    page.goto(f"{site.base}/#/sweeps")
+    page.locator("#sweeps tbody tr").first.wait_for(timeout=15_000)
+    index = page.inner_text("#sweeps")
+    assert "lr-search" in index and "size-sweep" in index and "tpe" in index
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_compare_leaves_out_a_deleted_job_and_names_it(site: Site) -> None:
+    gone = "0" * 32
+    page = open_page(site, f"/compare?jobs={site.job},{gone},{site.classifier},{site.job}")
+    page.locator("#compare-missing").wait_for(timeout=15_000)
+    assert gone in page.inner_text("#compare-missing")
+    assert page.locator("#compare-metrics th").count() == 3  # the label column and two distinct jobs
+    assert "updown-lstm" in chart_state(page, "chart-compare")["texts"]
     page.context.close()
     assert_local_only(site)
 

@@ -5,7 +5,7 @@
 
 const { fmt } = Charts;
 const KEY_STORAGE = "rnnlab.key";
-const state = { key: sessionStorage.getItem(KEY_STORAGE) || "", charts: [], stream: null, timer: null, ticked: new Set(), sweepNames: {} };
+const state = { key: sessionStorage.getItem(KEY_STORAGE) || "", charts: [], stream: null, timer: null, ticked: new Set(), sweepNames: {}, datasetNames: {} };
 // Older versions kept the key in localStorage (shared by every tab, kept forever): drop it.
 localStorage.removeItem(KEY_STORAGE);
 const darkQuery = window.matchMedia("(prefers-color-scheme: dark)");
@@ -36,11 +36,14 @@ function progressBar(job) {
     h("progress", { max: Math.max(epochs, 1), value: epoch }), h("small", {}, `${epoch}/${epochs}`));
 }
 function when(iso) { return iso ? new Date(iso).toLocaleString() : "–"; }
+// In tables: to the minute, the full time on hover.
+function whenCell(iso) {
+  return h("td", { title: when(iso), class: "when" }, iso ? new Date(iso).toLocaleString(undefined, { dateStyle: "short", timeStyle: "short" }) : "–");
+}
 function jobLabel(job) {
   // Sweep jobs share a name: a setting and seed say which one a row is.
   if (job.sweep_id && job.setting) {
-    const setting = Object.entries(job.setting).map(([k, v]) => `${k.split(".").pop()}=${v}`).join(" ");
-    return `${setting || "base"} · seed ${job.spec.training.seed}`;
+    return `${settingLabel(job.setting)} · seed ${job.spec.training.seed}`;
   }
   return job.name || job.id.slice(0, 8);
 }
@@ -120,8 +123,10 @@ let routeGeneration = 0;
 function routedView(root, generation) {
   const current = () => { if (generation !== routeGeneration) throw new StaleRoute(); };
   return {
-    replaceChildren: (...nodes) => { current(); root.replaceChildren(...nodes); },
-    append: (...nodes) => { current(); root.append(...nodes); },
+    // (a null or false is a part left out, not the text "null")
+    replaceChildren: (...nodes) => { current(); root.replaceChildren(...nodes.filter((n) => n !== null && n !== false)); },
+    append: (...nodes) => { current(); root.append(...nodes.filter((n) => n !== null && n !== false)); },
+    check: current,  // before writing into nodes already on the page
   };
 }
 
@@ -148,6 +153,7 @@ async function route() {
     if (parts[0] === "jobs" && parts[1]) await jobView(view, parts[1]);
     else if (parts[0] === "compare") await compareView(view, (params.get("jobs") || "").split(",").filter(Boolean));
     else if (parts[0] === "sweeps" && parts[1]) await sweepView(view, parts[1]);
+    else if (parts[0] === "sweeps") await sweepsView(view);
     else if (parts[0] === "datasets" && parts[1]) await datasetView(view, parts[1]);
     else if (parts[0] === "datasets") await datasetsView(view);
     else await jobsView(view, params);
@@ -160,18 +166,27 @@ async function route() {
 }
 
 // ---------------------------------------------------------------- jobs list
-const listState = { cursors: [null], page: 0, expanded: new Set() };
+// The page's cursor is in the address (links, reloads and Back keep the page); the cursors of earlier
+// pages are remembered per filter, so "Previous" can step back; after a reload it goes to the first page.
+const listState = { cursors: new Map(), expanded: new Set() };
+const LIST_DEFAULTS = { sort: "-created_at", limit: "50", page: "1" };
 
 async function jobsView(view, params) {
   const where = params.get("where") || "";
   const sort = params.get("sort") || "-created_at";
   const status = params.get("status") || "";
+  const datasetId = params.get("dataset") || "";
   const limit = Number(params.get("limit") || 50);
+  const cursor = params.get("cursor") || "";
+  const pageNo = Math.max(1, Number(params.get("page") || 1) || 1);
+  const filterKey = JSON.stringify([where, sort, status, datasetId, limit]);
+  if (!listState.cursors.has(filterKey)) listState.cursors.set(filterKey, {});
+  const known = listState.cursors.get(filterKey);  // page number -> its cursor
+  if (cursor) known[pageNo] = cursor;
   const setQuery = (changes) => {
-    const next = new URLSearchParams({ where, sort, status, limit: String(limit), ...changes });
-    for (const [k, v] of [...next]) if (!v || (k === "sort" && v === "-created_at") || (k === "limit" && v === "50")) next.delete(k);
-    listState.cursors = [null];
-    listState.page = 0;
+    // A new filter, sort or page size starts at page 1; only the pager passes a cursor.
+    const next = new URLSearchParams({ where, sort, status, dataset: datasetId, limit: String(limit), cursor: "", page: "", ...changes });
+    for (const [k, v] of [...next]) if (!v || LIST_DEFAULTS[k] === v) next.delete(k);
     navigate(`#/jobs${next.toString() ? `?${next}` : ""}`);
   };
 
@@ -180,12 +195,17 @@ async function jobsView(view, params) {
   const statusSelect = h("select", { id: "status-filter", "aria-label": "status",
     onchange: (e) => setQuery({ status: e.target.value }) },
     ["", "queued", "running", "succeeded", "failed", "cancelled", "pruned"].map((s) => h("option", { value: s, selected: s === status }, s || "any status")));
+  await loadDatasetNames();
+  const datasetSelect = h("select", { id: "dataset-filter", "aria-label": "dataset", onchange: (e) => setQuery({ dataset: e.target.value }) },
+    h("option", { value: "" }, "any dataset"),
+    Object.values(state.datasetNames).map((d) => h("option", { value: d.id, selected: d.id === datasetId }, d.name)),
+    datasetId && !state.datasetNames[datasetId] ? h("option", { value: datasetId, selected: true }, datasetId.slice(0, 8)) : null);
   const compareButton = h("button", { id: "compare-button", type: "button", disabled: state.ticked.size < 2,
     onclick: () => navigate(`#/compare?jobs=${[...state.ticked].join(",")}`) }, `Compare ticked (${state.ticked.size})`);
   const toolbar = h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); setQuery({ where: whereInput.value.trim() }); } },
     h("label", {}, "where ", whereInput), h("button", { type: "submit" }, "Filter"),
     where ? h("button", { type: "button", onclick: () => setQuery({ where: "" }) }, "Clear") : null,
-    statusSelect, compareButton);
+    statusSelect, datasetSelect, compareButton);
   const tableHolder = h("div");
   const pager = h("div", { class: "pager" });
   view.replaceChildren(section("Jobs", toolbar, whereError, tableHolder, pager));
@@ -193,42 +213,56 @@ async function jobsView(view, params) {
   const query = new URLSearchParams({ limit: String(limit), sort });
   if (where) query.set("where", where);
   if (status) query.set("status", status);
-  const cursor = listState.cursors[listState.page];
+  if (datasetId) query.set("dataset_id", datasetId);
   if (cursor) query.set("cursor", cursor);
-  let page;
-  try {
-    page = await api(`/jobs?${query}`);
-  } catch (err) {
-    if (err.status === 400) {  // the where language's own message, next to the box that caused it
-      whereError.textContent = err.message;
-      whereInput.setAttribute("aria-invalid", "true");
-      tableHolder.replaceChildren(empty("Fix the filter to see jobs. Fields: ", h("code", {}, "test.rmse"), ", ",
-        h("code", {}, "model.cell"), ", ", h("code", {}, "status"), " …; operators = != < <= > >= in, not in, and, or."));
-      return;
+  const load = async () => {
+    let page;
+    try {
+      page = await api(`/jobs?${query}`);
+    } catch (err) {
+      if (err.status === 400) {  // the where language's own message, next to the box that caused it
+        view.check();
+        whereError.textContent = err.message;
+        whereInput.setAttribute("aria-invalid", "true");
+        tableHolder.replaceChildren(empty("Fix the filter to see jobs. Fields: ", h("code", {}, "test.rmse"), ", ",
+          h("code", {}, "model.cell"), ", ", h("code", {}, "status"), " …; operators = != < <= > >= in, not in, and, or."));
+        return null;
+      }
+      throw err;
     }
-    throw err;
+    await loadSweepNames();
+    view.check();
+    if (!page.items.length) {
+      tableHolder.replaceChildren(where || status || datasetId || cursor
+        ? empty("No job matches this filter.")
+        : empty(h("h3", {}, "No jobs yet"),
+          h("p", {}, "Upload a dataset and start a job from the ", h("a", { href: "#/datasets" }, "datasets page"),
+            ", or POST a spec to ", h("code", {}, "/api/v1/jobs"), " (see the ", docsLink(), ").")));
+    } else {
+      tableHolder.replaceChildren(jobsTable(page.items, sort, (s) => setQuery({ sort: s }), compareButton));
+    }
+    const previous = pageNo <= 2 ? {} : known[pageNo - 1] ? { cursor: known[pageNo - 1], page: String(pageNo - 1) } : null;
+    pager.replaceChildren(
+      h("button", { type: "button", id: "previous-page", disabled: pageNo === 1, onclick: () => setQuery(previous || {}) },
+        previous ? "‹ Previous" : "« First page"),
+      h("span", { id: "page-number" }, `page ${pageNo}`),
+      h("button", { type: "button", id: "next-page", disabled: !page.next_cursor,
+        onclick: () => setQuery({ cursor: page.next_cursor, page: String(pageNo + 1) }) }, "Next ›"),
+      h("label", {}, " per page ", h("select", { id: "page-size", onchange: (e) => setQuery({ limit: e.target.value }) },
+        [25, 50, 100, 200].map((n) => h("option", { value: n, selected: n === limit }, n)))),
+    );
+    return page;
+  };
+  const page = await load();
+  // Refresh the rows in place while something on this page is still moving: the scroll position stays,
+  // and nothing is redrawn while a control of the page has the focus (a select being chosen from).
+  if (page?.items.some((j) => ["queued", "running"].includes(j.status))) {
+    state.timer = setInterval(async () => {
+      const focused = document.activeElement;
+      if (focused && focused !== document.body && $("#view").contains(focused) && focused.matches("input, select, textarea")) return;
+      try { await load(); } catch (err) { if (!(err instanceof StaleRoute)) say(`could not refresh the list: ${err.message}`); }
+    }, 4000);
   }
-  await loadSweepNames();
-  if (!page.items.length) {
-    tableHolder.replaceChildren(where || status || listState.page
-      ? empty("No job matches this filter.")
-      : empty(h("h3", {}, "No jobs yet"),
-        h("p", {}, "Upload a dataset and start a job from the ", h("a", { href: "#/datasets" }, "datasets page"),
-          ", or POST a spec to ", h("code", {}, "/api/v1/jobs"), " (see the ", docsLink(), ").")));
-  } else {
-    tableHolder.replaceChildren(jobsTable(page.items, sort, (s) => setQuery({ sort: s }), compareButton));
-  }
-  pager.replaceChildren(
-    h("button", { type: "button", disabled: listState.page === 0,
-      onclick: () => { listState.page -= 1; route(); } }, "‹ Previous"),
-    h("span", {}, `page ${listState.page + 1}`),
-    h("button", { type: "button", id: "next-page", disabled: !page.next_cursor,
-      onclick: () => { listState.cursors[listState.page + 1] = page.next_cursor; listState.page += 1; route(); } }, "Next ›"),
-    h("label", {}, " per page ", h("select", { onchange: (e) => setQuery({ limit: e.target.value }) },
-      [25, 50, 100, 200].map((n) => h("option", { value: n, selected: n === limit }, n)))),
-  );
-  // Refresh while something on this page is still moving.
-  if (page.items.some((j) => ["queued", "running"].includes(j.status))) state.timer = setInterval(() => { if (document.activeElement?.id !== "where") route(); }, 4000);
 }
 
 async function loadSweepNames() {
@@ -238,6 +272,13 @@ async function loadSweepNames() {
   } catch { /* names are a nicety: ids still work */ }
 }
 
+async function loadDatasetNames() {
+  try {
+    const datasets = await api("/datasets?limit=200");
+    state.datasetNames = Object.fromEntries(datasets.items.map((d) => [d.id, d]));
+  } catch { /* as above */ }
+}
+
 function jobsTable(jobs, sort, setSort, compareButton) {
   const metrics = [...new Set(jobs.map((j) => mainMetric(taskOf(j))))].sort().reverse().flatMap((m) => [`test.${m}`, `val.${m}`]);
   const header = (label, key) => {
@@ -245,31 +286,41 @@ function jobsTable(jobs, sort, setSort, compareButton) {
     const active = sort.replace(/^-/, "") === key;
     const descending = sort.startsWith("-");
     const next = active && !descending ? `-${key}` : key;
+    // The button makes the header reachable and pressable from the keyboard; the click reaches the th.
     return h("th", { class: `sortable${active ? " sorted" : ""}`, "data-sort": key, "aria-sort": active ? (descending ? "descending" : "ascending") : "none",
-      onclick: () => setSort(next) }, label, active ? (descending ? " ▼" : " ▲") : "");
+      onclick: () => setSort(next) }, h("button", { type: "button", class: "sort", title: `sort by ${label}` }, label, active ? (descending ? " ▼" : " ▲") : ""));
   };
   const thead = h("thead", {}, h("tr", {}, h("th", {}, ""), header("name", "name"), header("status", "status"), h("th", {}, "cell"),
-    h("th", {}, "progress"), metrics.map((m) => header(m, m)), header("created", "created_at")));
+    h("th", {}, "task"), h("th", {}, "dataset"), h("th", {}, "progress"), metrics.map((m) => header(m, m)), header("created", "created_at")));
   const tbody = h("tbody");
+  const datasetCell = (job) => {
+    const ds = state.datasetNames[job.dataset_id];
+    return h("td", { class: "clip", title: ds?.name || job.dataset_id }, h("a", { href: `#/datasets/${job.dataset_id}`, onclick: (e) => e.stopPropagation() }, ds?.name || job.dataset_id.slice(0, 8)));
+  };
+  const metricCells = (job) => metrics.map((m) => { const [split, name] = m.split("."); return h("td", { class: "num" }, fmt(job.summary?.[split]?.[name])); });
   const rowOf = (job, child) => {
-    const box = h("input", { type: "checkbox", "aria-label": `tick ${job.id}`, checked: state.ticked.has(job.id),
+    const label = child ? jobLabel(job) : (job.name || job.id.slice(0, 8));
+    const box = h("input", { type: "checkbox", "aria-label": `tick ${job.name || job.id}${child ? ` (${jobLabel(job)})` : ""}`, "data-job": job.id, checked: state.ticked.has(job.id),
       onclick: (e) => e.stopPropagation(),
       onchange: (e) => {
         if (e.target.checked) state.ticked.add(job.id); else state.ticked.delete(job.id);
         compareButton.disabled = state.ticked.size < 2;
         compareButton.textContent = `Compare ticked (${state.ticked.size})`;
       } });
-    const tr = h("tr", { "data-id": job.id, class: child ? "child" : "", onclick: () => navigate(`#/jobs/${job.id}`) },
+    const tr = h("tr", { "data-id": job.id, "data-in-sweep": child ? job.sweep_id : null, class: child ? "child" : "", onclick: () => navigate(`#/jobs/${job.id}`) },
       h("td", {}, box),
-      h("td", {}, h("a", { href: `#/jobs/${job.id}` }, child ? jobLabel(job) : (job.name || job.id.slice(0, 8)))),
+      h("td", { class: "clip", title: child ? `${job.name || ""} · ${label}` : label }, h("a", { href: `#/jobs/${job.id}` }, label)),
       h("td", {}, statusPill(job.status)),
       h("td", {}, job.spec?.model?.cell ?? "–"),
+      h("td", {}, taskOf(job) ?? "–"),
+      datasetCell(job),
       h("td", {}, progressBar(job)),
-      metrics.map((m) => { const [split, name] = m.split("."); return h("td", { class: "num" }, fmt(job.summary?.[split]?.[name])); }),
-      h("td", {}, when(job.created_at)));
+      metricCells(job),
+      whenCell(job.created_at));
     return tr;
   };
-  // Jobs of one sweep collapse into one group row, placed where the first of them falls in this order.
+  // Jobs of one sweep collapse into one group row, placed where the first of them falls in this order;
+  // the row shows that job's metrics (under a metric sort: the sweep's best on this page).
   const groups = new Map();
   for (const job of jobs) if (job.sweep_id) (groups.get(job.sweep_id) || groups.set(job.sweep_id, []).get(job.sweep_id)).push(job);
   const placed = new Set();
@@ -279,30 +330,34 @@ function jobsTable(jobs, sort, setSort, compareButton) {
     placed.add(job.sweep_id);
     const members = groups.get(job.sweep_id);
     const sweep = state.sweepNames[job.sweep_id];
+    const sweepName = sweep?.name || job.sweep_id.slice(0, 8);
     const open = listState.expanded.has(job.sweep_id);
     const counts = {};
     for (const m of members) counts[m.status] = (counts[m.status] || 0) + 1;
     const done = members.reduce((a, m) => a + m.progress.epoch, 0);
     const total = members.reduce((a, m) => a + m.progress.epochs, 0);
     const children = members.map((m) => { const r = rowOf(m, true); r.hidden = !open; return r; });
-    const toggle = h("button", { type: "button", class: "toggle", "aria-expanded": String(open), title: "show or hide its jobs",
+    const toggle = h("button", { type: "button", class: "toggle", "aria-expanded": String(open), "aria-label": `jobs of sweep ${sweepName}`,
+      title: "show or hide its jobs",
       onclick: (e) => {
         e.stopPropagation();
         const nowOpen = !listState.expanded.has(job.sweep_id);
         if (nowOpen) listState.expanded.add(job.sweep_id); else listState.expanded.delete(job.sweep_id);
-        e.target.setAttribute("aria-expanded", String(nowOpen));
-        e.target.textContent = nowOpen ? "▾" : "▸";
+        e.currentTarget.setAttribute("aria-expanded", String(nowOpen));
+        e.currentTarget.textContent = nowOpen ? "▾" : "▸";
         children.forEach((r) => { r.hidden = !nowOpen; });
       } }, open ? "▾" : "▸");
     tbody.append(h("tr", { class: "group", "data-sweep": job.sweep_id },
       h("td", {}, toggle),
-      h("td", {}, "sweep ", h("a", { href: `#/sweeps/${job.sweep_id}` }, sweep?.name || job.sweep_id.slice(0, 8)),
+      h("td", { class: "clip", title: sweepName }, "sweep ", h("a", { href: `#/sweeps/${job.sweep_id}` }, sweepName),
         h("small", {}, ` · ${members.length} jobs on this page`)),
       h("td", {}, Object.entries(counts).map(([s, n]) => h("span", { class: `status ${s}` }, `${n} ${s}`))),
       h("td", {}, job.spec?.model?.cell ?? "–"),
+      h("td", {}, taskOf(job) ?? "–"),
+      datasetCell(job),
       h("td", {}, progressBar({ progress: { epoch: done, epochs: total } })),
-      metrics.map(() => h("td", {}, "")),
-      h("td", {}, when(job.created_at))));
+      metricCells(job).map((td) => { td.classList.add("group-value"); td.title = `its job ${jobLabel(job)}`; return td; }),
+      whenCell(job.created_at)));
     tbody.append(...children);
   }
   return tableWrap(h("table", { id: "jobs" }, thead, tbody));
@@ -311,27 +366,50 @@ function jobsTable(jobs, sort, setSort, compareButton) {
 // ---------------------------------------------------------------- job page
 async function jobView(view, id) {
   const job = await api(`/jobs/${encodeURIComponent(id)}`);
-  const metrics = await api(`/jobs/${job.id}/metrics`);
+  // Names for the sweep and dataset links (a page opened directly has not loaded them yet).
+  const [metrics] = await Promise.all([api(`/jobs/${job.id}/metrics`),
+    job.sweep_id && !state.sweepNames[job.sweep_id] ? loadSweepNames() : null,
+    !state.datasetNames[job.dataset_id] ? loadDatasetNames() : null]);
   const evaluation = job.status === "succeeded" ? await api(`/jobs/${job.id}/evaluation`).catch(() => null) : null;
   const head = h("section", { id: "job-head" });
   const curves = h("section", {}, h("h2", {}, "Learning curves"), h("div", { class: "chart-row" }, chartBox("chart-loss"), chartBox("chart-metric")));
   view.replaceChildren(head, curves);
   renderJobHead(head, job);
+  // Live updates change the data of the charts already drawn (setOption merges: zoom stays), and wait
+  // while the pointer is on a chart, so its tooltip is not swept away; they land when it leaves.
+  const drawn = { loss: null, metric: null };
+  let pending = null;
+  let hovering = false;
+  const lossEl = curves.querySelector("#chart-loss");
+  const metricEl = curves.querySelector("#chart-metric");
   const drawCurves = (series) => {
-    disposeCharts();
+    if (!lossEl.isConnected) return;  // a late update for a page the user has left (or that was redrawn)
+    if (hovering) { pending = series; return; }
+    const finished = !["queued", "running"].includes(job.status);
     const loss = series.filter((s) => s.name === "loss").map((s) => ({ ...s, name: `${s.split} loss` }));
     const other = series.filter((s) => s.name !== "loss" && s.split === "val").map((s) => ({ ...s, name: `${s.split} ${s.name}` }));
     const best = job.summary?.best_epoch ?? null;
-    if (loss.length && loss.some((s) => s.epochs.length)) mountChart($("#chart-loss"), Charts.curves({ series: loss, yName: "loss", bestEpoch: best }));
-    else $("#chart-loss").replaceChildren(empty("No epochs recorded yet."));
-    if (other.length) mountChart($("#chart-metric"), Charts.curves({ series: other, yName: other.length === 1 ? other[0].name : "validation metric", bestEpoch: best }));
-    else $("#chart-metric").replaceChildren(empty("No validation metric recorded yet."));
+    const draw = (key, el, option, none) => {
+      if (!option) { if (!drawn[key]) el.replaceChildren(empty(none)); return; }
+      // Axes are replaced whole (a one-epoch axis has a fixed range the next must not inherit).
+      if (drawn[key]) drawn[key].setOption(option, { replaceMerge: ["xAxis", "yAxis", "series"] });
+      else {
+        el.replaceChildren();
+        drawn[key] = mountChart(el, option);
+        el.addEventListener("mouseenter", () => { hovering = true; });
+        el.addEventListener("mouseleave", () => { hovering = false; if (pending) { const next = pending; pending = null; drawCurves(next); } });
+      }
+    };
+    draw("loss", lossEl, loss.length && loss.some((s) => s.epochs.length) ? Charts.curves({ series: loss, yName: "loss", bestEpoch: best }) : null,
+      finished ? "No epochs recorded." : "No epochs recorded yet.");
+    draw("metric", metricEl, other.length ? Charts.curves({ series: other, yName: other.length === 1 ? other[0].name : "validation metric", bestEpoch: best }) : null,
+      finished ? "No validation metric recorded." : "No validation metric recorded yet.");
   };
   drawCurves(metrics.series);
   if (evaluation) renderEvaluation(view, evaluation);
   else view.append(section("Evaluation", empty(["queued", "running"].includes(job.status)
     ? "The evaluation appears here when the job has succeeded."
-    : `No evaluation: the job ${job.status}.`)));
+    : `No evaluation: the job ${{ failed: "failed", cancelled: "was cancelled", pruned: "was pruned by its search" }[job.status] || job.status}.`)));
   view.append(specSection(job));
   if (["queued", "running"].includes(job.status)) followJob(job, metrics.series, drawCurves, head);
 }
@@ -349,13 +427,16 @@ function renderJobHead(head, job) {
     h("button", { type: "button", onclick: () => download(`/jobs/${job.id}/metrics`, `rnnlab-${job.id}-metrics.json`).catch((e) => { modelError.textContent = e.message; }) }, "metrics .json"));
   const cancel = ["queued", "running"].includes(job.status)
     ? h("button", { type: "button", id: "cancel-job", onclick: async () => { try { await api(`/jobs/${job.id}/cancel`, { method: "POST" }); route(); } catch (err) { say(err.message); } } }, "Cancel")
-    : null;
+    : h("button", { type: "button", id: "delete-job", onclick: async () => {
+      if (!window.confirm(`Delete job ${job.name || job.id} with its metrics, evaluation and model?`)) return;
+      try { await api(`/jobs/${job.id}`, { method: "DELETE" }); state.ticked.delete(job.id); navigate("#/jobs"); } catch (err) { say(err.message); }
+    } }, "Delete");
   const sweep = job.sweep_id ? h("span", {}, " · sweep ", h("a", { href: `#/sweeps/${job.sweep_id}` }, state.sweepNames[job.sweep_id]?.name || job.sweep_id.slice(0, 8)), ` · ${jobLabel(job)}`) : null;
   head.replaceChildren(...[
     h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / ", job.id),
     h("h2", { id: "job-title" }, job.name || job.id, " ", statusPill(job.status), cancel),
     h("p", { id: "job-status" }, progressBar(job), ` · ${job.spec.model.cell} h=${job.spec.model.hidden_size} × ${job.spec.model.num_layers}`,
-      ` · ${taskOf(job)} on `, h("a", { href: `#/datasets/${job.dataset_id}` }, "its dataset"), sweep,
+      ` · ${taskOf(job)} on `, h("a", { href: `#/datasets/${job.dataset_id}`, id: "job-dataset" }, state.datasetNames[job.dataset_id]?.name || "its dataset"), sweep,
       ` · attempts ${job.attempts}/${job.max_attempts}`, job.device ? ` · ${job.device}` : "",
       job.train_seconds ? ` · trained in ${fmt(job.train_seconds, 3)} s` : "",
       ` · created ${when(job.created_at)}`, job.finished_at ? ` · finished ${when(job.finished_at)}` : ""),
@@ -517,9 +598,18 @@ async function compareView(view, ids) {
     view.replaceChildren(empty(h("h2", {}, "Nothing to compare"), h("p", {}, "Tick two or more jobs in the ", h("a", { href: "#/jobs" }, "jobs list"), " and press “Compare ticked”.")));
     return;
   }
-  const jobs = await Promise.all(ids.map((id) => api(`/jobs/${encodeURIComponent(id)}`)));
+  // A saved link outlives its jobs: one deleted job is named and left out, the others are compared.
+  const unique = [...new Set(ids)];
+  const found = await Promise.all(unique.map((id) => api(`/jobs/${encodeURIComponent(id)}`).catch((err) => {
+    if (err.status === 404) return null;
+    throw err;
+  })));
+  const missing = unique.filter((_, i) => !found[i]);
+  const jobs = found.filter(Boolean);
+  if (!jobs.length) throw Object.assign(new Error(`none of these jobs exists any more: ${missing.join(", ")}`), { status: 404 });
   const evaluations = await Promise.all(jobs.map((j) => (j.status === "succeeded" ? api(`/jobs/${j.id}/evaluation`).catch(() => null) : null)));
-  const history = await api(`/metrics?${ids.map((id) => `job_id=${encodeURIComponent(id)}`).join("&")}&max_points=500`);
+  const history = await api(`/metrics?${jobs.map((j) => `job_id=${encodeURIComponent(j.id)}`).join("&")}&max_points=500`);
+  const historyOf = new Map(history.jobs.map((j) => [j.job_id, j]));
   const names = [...new Set(history.jobs.flatMap((j) => j.series.map((s) => `${s.split}.${s.name}`)))].sort();
   const label = (j) => (j.sweep_id ? `${j.name || ""} ${jobLabel(j)}`.trim() : j.name || j.id.slice(0, 8));
   const chosen = names.includes("val.loss") ? "val.loss" : names[0];
@@ -527,9 +617,9 @@ async function compareView(view, ids) {
   const chartHolder = chartBox("chart-compare", 360);
   const draw = (name) => {
     disposeCharts();
-    const series = history.jobs.map((j, i) => {
-      const s = j.series.find((x) => `${x.split}.${x.name}` === name) || { epochs: [], values: [] };
-      return { name: label(jobs[i]), epochs: s.epochs, values: s.values };
+    const series = jobs.map((job) => {
+      const s = historyOf.get(job.id)?.series.find((x) => `${x.split}.${x.name}` === name) || { epochs: [], values: [] };
+      return { name: label(job), epochs: s.epochs, values: s.values };
     });
     mountChart(chartHolder, Charts.curves({ series, yName: name }));
   };
@@ -554,6 +644,8 @@ async function compareView(view, ids) {
     })));
   view.replaceChildren(
     section(`Compare ${jobs.length} jobs`, h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / compare"),
+      missing.length ? h("p", { id: "compare-missing", class: "error inline" },
+        `Left out, no longer found (deleted?): ${missing.join(", ")}`) : null,
       h("label", {}, "series ", select), chartHolder),
     section("Test metrics (95% CI)", metricNames.length ? metricsTable : empty("None of these jobs has an evaluation yet.")),
     section("Spec differences", h("label", {}, onlyDiff, " only fields that differ"), tableWrap(specTable)));
@@ -561,8 +653,9 @@ async function compareView(view, ids) {
 }
 
 // ---------------------------------------------------------------- sweep page
+function settingValue(v) { return typeof v === "number" ? fmt(v) : Array.isArray(v) ? `[${v.map(settingValue).join(", ")}]` : String(v); }
 function settingLabel(setting) {
-  const parts = Object.entries(setting).map(([k, v]) => `${k.split(".").pop()}=${v}`);
+  const parts = Object.entries(setting || {}).map(([k, v]) => `${k.split(".").pop()}=${settingValue(v)}`);
   return parts.join(" ") || "base";
 }
 
@@ -574,8 +667,11 @@ async function sweepView(view, id) {
   const settings = report.settings;
   const labels = settings.map((s) => settingLabel(s.setting));
   const indexOf = new Map(settings.map((s, i) => [s.setting_key, i]));
-  const seeds = sweep.jobs.filter((j) => j.main_metric !== null && indexOf.has(j.setting_key))
-    .map((j) => ({ setting: indexOf.get(j.setting_key), value: j.main_metric, seed: j.seed }));
+  // The seed points are on the split the settings are ranked on: test for grids, the validation
+  // objective for a tpe search (its test values are in the confirmation below, never used to choose).
+  const ranked = (j) => (report.split === "val" ? j.objective_value : j.main_metric);
+  const seeds = sweep.jobs.filter((j) => j.status === "succeeded" && ranked(j) != null && indexOf.has(j.setting_key))
+    .map((j) => ({ setting: indexOf.get(j.setting_key), value: ranked(j), seed: j.seed }));
   const best = report.best;
   const bestText = best
     ? [h("p", { id: "sweep-best" }, best.explanation),
@@ -585,26 +681,38 @@ async function sweepView(view, id) {
     : [h("p", { id: "sweep-best" }, "No finished jobs yet.")];
   const jobsOf = (key) => sweep.jobs.filter((j) => j.setting_key === key);
   const table = tableWrap(h("table", { id: "sweep-settings" },
-    h("thead", {}, h("tr", {}, ["rank", "setting", "n", `mean ± std (${m})`, "95% CI", "seed CV", "jobs"].map((t) => h("th", {}, t)))),
+    h("thead", {}, h("tr", {}, ["rank", "setting", "n", `mean ± std (${report.split} ${m})`, "95% CI", "seed CV", "jobs"].map((t) => h("th", {}, t)))),
     h("tbody", {}, settings.map((s) => {
       const stat = s.metrics[m];
       return h("tr", {}, h("td", {}, s.rank ?? "–"),
-        h("td", {}, Object.entries(s.setting).map(([k, v]) => `${k}=${v}`).join(", ") || "base"),
+        h("td", {}, Object.entries(s.setting).map(([k, v]) => `${k}=${settingValue(v)}`).join(", ") || "base"),
         h("td", {}, `${s.n}/${s.jobs}`),
         h("td", { class: "num" }, stat ? `${fmt(stat.mean)} ± ${fmt(stat.std)}` : "–"),
         h("td", { class: "num" }, stat?.ci ? `[${fmt(stat.ci[0])}, ${fmt(stat.ci[1])}]` : "–"),
         h("td", { class: s.high_seed_variance ? "loses num" : "num" }, s.seed_cv === null ? "–" : fmt(s.seed_cv, 3)),
-        h("td", { class: "job-links" }, jobsOf(s.setting_key).map((j) => h("a", { href: `#/jobs/${j.id}`, title: j.status }, `seed ${j.seed}`))));
+        h("td", { class: "job-links" }, jobsOf(s.setting_key).map((j) => h("a", { href: `#/jobs/${j.id}`, title: j.status, class: j.status === "succeeded" ? "" : `job-${j.status}` },
+          `seed ${j.seed}`, j.status === "succeeded" ? "" : ` (${j.status})`))));
     }))));
-  const compareAll = h("a", { href: `#/compare?jobs=${sweep.jobs.map((j) => j.id).join(",")}` }, "compare all its jobs");
+  // The comparison takes at most 50 jobs (the API's limit): the best-ranked settings' jobs first.
+  const byRank = [...sweep.jobs].sort((a, b) => (indexOf.get(a.setting_key) ?? 1e9) - (indexOf.get(b.setting_key) ?? 1e9));
+  const compareAll = h("a", { href: `#/compare?jobs=${byRank.slice(0, 50).map((j) => j.id).join(",")}` },
+    sweep.jobs.length > 50 ? "compare the first 50 of its jobs" : "compare all its jobs");
   view.replaceChildren(
-    section(null, h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / sweep"),
-      h("h2", { id: "sweep-title" }, `Sweep ${sweep.name || sweep.id}`),
+    section(null, h("p", { class: "crumbs" }, h("a", { href: "#/sweeps" }, "Sweeps"), " / ", sweep.id),
+      h("h2", { id: "sweep-title" }, `Sweep ${sweep.name || sweep.id}`, " ", report.complete
+        ? h("button", { type: "button", id: "delete-sweep", onclick: async () => {
+          if (!window.confirm(`Delete sweep ${sweep.name || sweep.id} and its ${sweep.jobs.length} jobs?`)) return;
+          try { await api(`/sweeps/${sweep.id}`, { method: "DELETE" }); navigate("#/sweeps"); } catch (err) { say(err.message); }
+        } }, "Delete")
+        : h("button", { type: "button", id: "cancel-sweep", onclick: async () => {
+          try { await api(`/sweeps/${sweep.id}/cancel`, { method: "POST" }); route(); } catch (err) { say(err.message); }
+        } }, "Cancel its queued and running jobs")),
       h("p", { id: "sweep-progress" }, `${report.succeeded} of ${report.total} jobs succeeded`,
         report.pruned ? `, ${report.pruned} pruned` : "",
         report.complete ? "" : " (still running: the statistics can change)", ` · ${sweep.search} search · ${report.split} ${m}, ${report.lower_is_better ? "lower" : "higher"} is better · `, compareAll),
       bestText),
     section("Settings", chartBox("chart-sweep", 340), table),
+    report.search ? confirmationSection(report) : null,
     section("What moves the metric", h("div", { class: "chart-row" },
       h("div", {}, h("h3", {}, "Parallel coordinates (one line per job)"), chartBox("chart-parallel", 320)),
       h("div", {}, h("h3", {}, "Parameter effect"), chartBox("chart-effect", 320),
@@ -615,16 +723,62 @@ async function sweepView(view, id) {
   if (!settings.some((s) => s.metrics[m])) {
     $("#chart-sweep").replaceChildren(empty("No succeeded jobs yet: the statistics appear as seeds finish."));
   } else {
-    mountChart($("#chart-sweep"), Charts.sweepSettings({ labels, metric: m, seeds,
+    mountChart($("#chart-sweep"), Charts.sweepSettings({ labels, metric: m, seeds, split: report.split,
       means: settings.map((s) => s.metrics[m]?.mean ?? null), intervals: settings.map((s) => s.metrics[m]?.ci ?? null) }));
   }
-  const params = Object.keys(sweep.grid || {});
-  const rows = sweep.jobs.filter((j) => j.main_metric !== null).map((j) => [...params.map((p) => j.setting[p]), j.main_metric]);
-  if (params.length && rows.length) mountChart($("#chart-parallel"), Charts.parallel({ parameters: params, rows, metric: m, lowerIsBetter: report.lower_is_better }));
+  // A grid names its parameters; a search's trials carry theirs in their settings.
+  const params = Object.keys(sweep.grid || {}).length ? Object.keys(sweep.grid)
+    : [...new Set(sweep.jobs.flatMap((j) => Object.keys(j.setting || {})))].sort();
+  const rows = sweep.jobs.filter((j) => j.status === "succeeded" && ranked(j) != null && params.every((p) => p in (j.setting || {})))
+    .map((j) => [...params.map((p) => j.setting[p]), ranked(j)]);
+  if (params.length && rows.length) mountChart($("#chart-parallel"), Charts.parallel({ parameters: params, rows, metric: m, lowerIsBetter: report.lower_is_better, split: report.split }));
   else $("#chart-parallel").replaceChildren(empty(params.length ? "No succeeded jobs yet." : "This sweep varies only the seed."));
-  if (Object.keys(report.parameters).length) mountChart($("#chart-effect"), Charts.parameterEffect({ parameters: report.parameters, metric: m }));
+  if (Object.keys(report.parameters).length) mountChart($("#chart-effect"), Charts.parameterEffect({ parameters: report.parameters, metric: m, split: report.split }));
   else $("#chart-effect").replaceChildren(empty("No parameter effect yet."));
   if (!report.complete) state.timer = setInterval(() => route(), 5000);
+}
+
+// A tpe search chooses on validation metrics; the best and the runner-up are then re-run over the
+// confirmation seeds, and their test metric is reported here (never used to choose).
+function confirmationSection(report) {
+  const search = report.search;
+  const conf = search.confirmation;
+  const testName = report.main_metric;
+  const summary = (stat) => (stat ? `${fmt(stat.mean)} ± ${fmt(stat.std)}${stat.ci ? ` [${fmt(stat.ci[0])}, ${fmt(stat.ci[1])}]` : ""} (n=${stat.n})` : "–");
+  const rows = conf ? [["best", conf.best], ["runner-up", conf.runner_up]].filter(([, c]) => c) : [];
+  return section("Search and confirmation",
+    h("p", { id: "search-state" }, `${search.trials} of ${search.trial_budget} trials asked · ${search.pruned} pruned`,
+      search.pruner ? ` by ${search.pruner}` : "", ` · objective ${search.objective} (${search.direction})`,
+      search.done ? " · done" : " · still searching"),
+    h("p", { class: "hint" }, search.selection),
+    rows.length
+      ? tableWrap(h("table", { id: "sweep-confirmation" },
+        h("thead", {}, h("tr", {}, ["", "setting", "seeds", `${search.objective} (mean ± std [95% CI])`, `test ${testName}`].map((t) => h("th", {}, t)))),
+        h("tbody", {}, rows.map(([role, c]) => h("tr", {}, h("td", {}, role), h("td", {}, settingLabel(c.setting)), h("td", {}, c.seeds.join(", ") || "–"),
+          h("td", { class: "num" }, summary(c.objective)), h("td", { class: "num" }, summary(c.test)))))))
+      : empty(conf ? "The confirmation runs start when every trial has ended." : "This search has no confirmation seeds."));
+}
+
+// ---------------------------------------------------------------- sweeps index
+async function sweepsView(view) {
+  const [page] = await Promise.all([api("/sweeps?limit=200"), loadDatasetNames()]);
+  for (const sw of page.items) state.sweepNames[sw.id] = sw;
+  const table = page.items.length
+    ? tableWrap(h("table", { id: "sweeps" },
+      h("thead", {}, h("tr", {}, ["name", "search", "dataset", "finished", "succeeded", "failed / cancelled / pruned", "created"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, page.items.map((sw) => {
+        const p = sw.progress;
+        return h("tr", { "data-id": sw.id, onclick: () => navigate(`#/sweeps/${sw.id}`) },
+          h("td", { class: "clip", title: sw.name || sw.id }, h("a", { href: `#/sweeps/${sw.id}` }, sw.name || sw.id.slice(0, 8))),
+          h("td", {}, sw.search),
+          h("td", { class: "clip" }, state.datasetNames[sw.dataset_id]?.name || sw.dataset_id.slice(0, 8)),
+          h("td", {}, progressBar({ progress: { epoch: p.finished, epochs: p.total } })),
+          h("td", { class: "num" }, p.succeeded), h("td", { class: "num" }, `${p.failed} / ${p.cancelled} / ${p.pruned}`),
+          whenCell(sw.created_at));
+      }))))
+    : empty(h("h3", {}, "No sweeps yet"), h("p", {}, "POST a base spec and a grid to ", h("code", {}, "/api/v1/sweeps"),
+      " or run ", h("code", {}, "rnnlab sweeps submit"), " (see the ", docsLink(), ")."));
+  view.replaceChildren(section("Sweeps", page.next_cursor ? h("p", { class: "hint" }, "The 200 newest sweeps.") : null, table));
 }
 
 // ---------------------------------------------------------------- datasets
@@ -653,7 +807,7 @@ async function datasetsView(view) {
         h("td", { class: "num" }, d.num_rows ?? "–"),
         // The list carries a column count (names are on the dataset's own page); NPZ files list their arrays.
         h("td", {}, d.arrays ? Object.keys(d.arrays).join(", ") : d.num_columns != null ? `${d.num_columns} columns` : (d.columns || []).map((c) => c.name).join(", ")),
-        h("td", { class: "num" }, `${fmt(d.size_bytes / 1024, 3)} KiB`), h("td", {}, when(d.created_at)))))))
+        h("td", { class: "num" }, `${fmt(d.size_bytes / 1024, 3)} KiB`), whenCell(d.created_at))))))
     : empty(h("h3", {}, "No datasets yet"), h("p", {}, "Upload a .csv, .csv.gz, .parquet or .npz file above (or POST it to ",
       h("code", {}, "/api/v1/datasets"), ", see the ", docsLink(), ")."));
   view.replaceChildren(section("Upload a dataset", form, uploadMessage), section("Datasets", table));
@@ -666,7 +820,10 @@ async function datasetView(view, id) {
     api(`/jobs?dataset_id=${ds.id}&limit=50`),
     fetch("/openapi.json").then((r) => r.json()),
   ]);
-  const task = taskOf(jobs.items[0] || {});
+  // The leaderboard opens on the main metric of the task most of these jobs have.
+  const tasks = {};
+  for (const j of jobs.items) tasks[taskOf(j)] = (tasks[taskOf(j)] || 0) + 1;
+  const task = Object.entries(tasks).sort((a, b) => b[1] - a[1])[0]?.[0];
   const metric = `test.${mainMetric(task)}`;
   const columns = ds.columns
     ? tableWrap(h("table", { id: "dataset-columns" }, h("thead", {}, h("tr", {}, ["column", "type", "missing"].map((t) => h("th", {}, t)))),
@@ -682,10 +839,13 @@ async function datasetView(view, id) {
     previewTable = h("pre", { id: "dataset-preview" }, JSON.stringify(preview.arrays, null, 1).slice(0, 4000));
   } else previewTable = empty("Nothing to preview.");
   const jobsTableEl = jobs.items.length
-    ? tableWrap(h("table", { id: "dataset-jobs" }, h("thead", {}, h("tr", {}, ["job", "status", "cell", "progress", metric].map((t) => h("th", {}, t)))),
-      h("tbody", {}, jobs.items.map((j) => h("tr", {}, h("td", {}, h("a", { href: `#/jobs/${j.id}` }, j.sweep_id ? `${j.name || ""} ${jobLabel(j)}` : j.name || j.id.slice(0, 8))),
-        h("td", {}, statusPill(j.status)), h("td", {}, j.spec.model.cell), h("td", {}, progressBar(j)),
-        h("td", { class: "num" }, fmt(j.summary?.test?.[mainMetric(taskOf(j))])))))))
+    // Each job's own main metric, named in its cell: a regression's rmse is not an accuracy.
+    ? [tableWrap(h("table", { id: "dataset-jobs" }, h("thead", {}, h("tr", {}, ["job", "status", "task", "cell", "progress", "test metric"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, jobs.items.map((j) => h("tr", {}, h("td", { class: "clip" }, h("a", { href: `#/jobs/${j.id}` }, j.sweep_id ? `${j.name || ""} ${jobLabel(j)}` : j.name || j.id.slice(0, 8))),
+        h("td", {}, statusPill(j.status)), h("td", {}, taskOf(j)), h("td", {}, j.spec.model.cell), h("td", {}, progressBar(j)),
+        h("td", { class: "num" }, j.summary?.test ? `${mainMetric(taskOf(j))} ${fmt(j.summary.test[mainMetric(taskOf(j))])}` : "–")))))),
+      h("p", { class: "hint" }, jobs.next_cursor ? `The 50 newest jobs; ` : "", h("a", { id: "dataset-all-jobs", href: `#/jobs?dataset=${ds.id}` }, "these jobs in the jobs list"),
+        " (filter, sort and compare them there).")]
     : empty("No job uses this dataset yet: start one with the form below.");
   const boardHolder = h("div", { id: "leaderboard" });
   const metricSelect = h("select", { "aria-label": "leaderboard metric", onchange: (e) => loadBoard(e.target.value) },
@@ -695,7 +855,8 @@ async function datasetView(view, id) {
       const board = await api(`/datasets/${ds.id}/leaderboard?metric=${encodeURIComponent(name)}&limit=10`);
       boardHolder.replaceChildren(board.items.length
         ? tableWrap(h("table", {}, h("thead", {}, h("tr", {}, ["rank", "job", "cell", name, "95% CI"].map((t) => h("th", {}, t)))),
-          h("tbody", {}, board.items.map((e) => h("tr", {}, h("td", {}, e.rank), h("td", {}, h("a", { href: `#/jobs/${e.job_id}` }, `${e.name || e.job_id.slice(0, 8)}${e.setting ? ` · ${settingLabel(e.setting)}` : ""}`)),
+          h("tbody", {}, board.items.map((e) => h("tr", {}, h("td", {}, e.rank), h("td", { class: "clip" }, h("a", { href: `#/jobs/${e.job_id}` },
+            `${e.name || e.job_id.slice(0, 8)}${e.setting ? ` · ${settingLabel(e.setting)}` : ""}${e.sweep_id && e.seed != null ? ` · seed ${e.seed}` : ""}`)),
             h("td", {}, e.cell), h("td", { class: "num" }, fmt(e.value)), h("td", { class: "num" }, e.interval ? `[${fmt(e.interval[0])}, ${fmt(e.interval[1])}]` : "–"))))))
         : empty(`No succeeded job has ${name} yet.`));
     } catch (err) { boardHolder.replaceChildren(h("p", { class: "error inline" }, err.message)); }
@@ -704,7 +865,8 @@ async function datasetView(view, id) {
     section(null, h("p", { class: "crumbs" }, h("a", { href: "#/datasets" }, "Datasets"), " / ", ds.id),
       h("h2", { id: "dataset-title" }, ds.name),
       h("p", {}, `${ds.format} · ${ds.num_rows ?? "–"} rows · ${fmt(ds.size_bytes / 1024, 3)} KiB · sha256 ${ds.sha256.slice(0, 12)}… · uploaded ${when(ds.created_at)}`)),
-    h("div", { class: "chart-row" }, section("Columns", columns), section("Leaderboard", h("label", {}, "metric ", metricSelect), boardHolder)),
+    section("Leaderboard", h("label", {}, "metric ", metricSelect), boardHolder),
+    section("Columns", columns),
     section("Preview (first 20 rows)", previewTable),
     section("Jobs on this dataset", jobsTableEl),
     section("New job", newJobForm(ds, schema)));
@@ -819,6 +981,6 @@ $("#key-form").addEventListener("submit", (event) => {
   route();
 });
 $("#api-key").value = state.key;
-window.addEventListener("hashchange", () => { listState.cursors = [null]; listState.page = 0; route(); });
+window.addEventListener("hashchange", () => route());
 darkQuery.addEventListener("change", () => route());  // charts pick their theme at creation
 route();

@@ -15,6 +15,9 @@ const Charts = (() => {
     return new Intl.NumberFormat("en-US", { maximumSignificantDigits: digits, useGrouping: false }).format(x);
   }
 
+  // Axis ticks: nice round numbers, so as many digits as they carry (never three "0.995" in a row).
+  const tick = (v) => fmt(v, 6);
+
   function escapeHtml(value) {
     return String(value ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
   }
@@ -69,7 +72,7 @@ const Charts = (() => {
         type: logScale ? "log" : "value",
         ...axisName(yName + (logScale ? " (log scale)" : ""), 52),
         scale: !logScale,
-        axisLabel: { formatter: (v) => fmt(v, 3) },
+        axisLabel: { formatter: tick },
       },
       dataZoom: [{ type: "inside", xAxisIndex: 0 }],
       series: lines,
@@ -135,7 +138,7 @@ const Charts = (() => {
       animation: false,
       tooltip: { trigger: "item", formatter: (p) => p.seriesType === "custom" ? `95% CI [${fmt(p.value[0])}, ${fmt(p.value[1])}]` : `${escapeHtml(p.name)}: ${fmt(p.value)}` },
       grid: { left: 120, right: 64, top: 16, bottom: 48 },
-      xAxis: { type: "value", ...axisName(`test ${metric} (${lowerIsBetter ? "lower" : "higher"} is better)`, 28), axisLabel: { formatter: (v) => fmt(v, 3) } },
+      xAxis: { type: "value", ...axisName(`test ${metric} (${lowerIsBetter ? "lower" : "higher"} is better)`, 28), axisLabel: { formatter: tick } },
       yAxis: { type: "category", data: names, inverse: true },
       series,
     };
@@ -210,14 +213,14 @@ const Charts = (() => {
       animation: false,
       tooltip: { trigger: "item", formatter: (p) => `${escapeHtml(p.name)}: ${fmt(p.value)}` },
       grid: { left: 120, right: 64, top: 16, bottom: 48 },
-      xAxis: { type: "value", ...axisName(`${metric} worse when shuffled`, 28), axisLabel: { formatter: (v) => fmt(v, 3) } },
+      xAxis: { type: "value", ...axisName(`${metric} worse when shuffled`, 28), axisLabel: { formatter: tick } },
       yAxis: { type: "category", data: entries.map((e) => e[0]), inverse: true },
       series: [{ type: "bar", data: entries.map((e) => e[1]), barMaxWidth: 24, label: { show: true, position: "right", formatter: (p) => fmt(p.value, 3) } }],
     };
   }
 
   /** Per-setting mean with its CI as error bars; each seed's value as a point just right of it. */
-  function sweepSettings({ labels, means, intervals, seeds, metric }) {
+  function sweepSettings({ labels, means, intervals, seeds, metric, split = "test" }) {
     // A value axis with one unit per setting, so seed points can sit beside the mean instead of under it.
     const rank = {};
     const seedPoints = seeds.map((s) => {
@@ -248,7 +251,7 @@ const Charts = (() => {
         axisLabel: { customValues: labels.map((_, i) => i), formatter: (v) => labels[v] ?? "", hideOverlap: true },
       },
       // onZero off: the x axis spans -0.5.., so the y axis would otherwise cross it at the first setting.
-      yAxis: { type: "value", scale: true, axisLine: { onZero: false }, ...axisName(`test ${metric}`, 52), axisLabel: { formatter: (v) => fmt(v, 3) } },
+      yAxis: { type: "value", scale: true, axisLine: { onZero: false }, ...axisName(`${split} ${metric}`, 52), axisLabel: { formatter: tick } },
       series: [
         errorBars("95% CI", intervals.map((ci, i) => (ci ? [i, ci[0], ci[1]] : null)).filter(Boolean), false, "#d3365d"),
         { name: "mean", type: "scatter", symbol: "diamond", symbolSize: 14, data: means.map((m, i) => (m === null ? null : [i, m])).filter(Boolean), z: 11 },
@@ -258,7 +261,7 @@ const Charts = (() => {
   }
 
   /** One line per job through its parameter values to its metric, coloured by the metric. */
-  function parallel({ parameters, rows, metric, lowerIsBetter }) {
+  function parallel({ parameters, rows, metric, lowerIsBetter, split = "test" }) {
     const axes = parameters.map((p, i) => {
       const values = rows.map((r) => r[i]);
       const numeric = values.every((v) => typeof v === "number");
@@ -268,7 +271,7 @@ const Charts = (() => {
     });
     const metricDim = parameters.length;
     const metricValues = rows.map((r) => r[metricDim]);
-    axes.push({ dim: metricDim, name: `test ${metric}`, type: "value", scale: true, axisLabel: { formatter: (v) => fmt(v, 3) } });
+    axes.push({ dim: metricDim, name: `${split} ${metric}`, type: "value", scale: true, axisLabel: { formatter: tick } });
     const data = rows.map((r) => r.map((v, i) => (i < metricDim && axes[i].type === "category" ? String(v) : v)));
     const lo = Math.min(...metricValues);
     const hi = Math.max(...metricValues);
@@ -294,12 +297,12 @@ const Charts = (() => {
   }
 
   /** For each swept parameter, the mean of the setting means at each of its values. */
-  function parameterEffect({ parameters, metric }) {
+  function parameterEffect({ parameters, metric, split = "test" }) {
     const labels = [];
     const bars = [];
     for (const [path, p] of Object.entries(parameters)) {
       for (const v of p.values) {
-        labels.push(`${path.split(".").pop()}=${v.value}`);
+        labels.push(`${path.split(".").pop()}=${typeof v.value === "number" ? fmt(v.value) : v.value}`);
         bars.push({ value: v.mean, path });
       }
     }
@@ -311,7 +314,8 @@ const Charts = (() => {
       tooltip: { trigger: "item", formatter: (p) => `${escapeHtml(p.name)}: mean ${fmt(p.value)}` },
       grid: { left: 64, right: 24, top: 16, bottom: 64 },
       xAxis: { type: "category", data: labels, ...axisName("parameter value", 40), axisLabel: { interval: 0, hideOverlap: true } },
-      yAxis: { type: "value", scale: true, ...axisName(`mean test ${metric}`, 52), axisLabel: { formatter: (v) => fmt(v, 3) } },
+      // Bars start at zero: a bar's length is its value (a cut axis makes 4% look like 10×).
+      yAxis: { type: "value", scale: false, ...axisName(`mean ${split} ${metric}`, 52), axisLabel: { formatter: tick } },
       series: [
         {
           type: "bar",
