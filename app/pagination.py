@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel
-from sqlalchemy import Select
+from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session
 
 from app.errors import BadRequest
 
 T = TypeVar("T")
-# Cursors only ever hold offsets this API produced; anything beyond is forged (and would overflow SQL).
-MAX_OFFSET = 2**31 - 1
 
 
 class Page(BaseModel, Generic[T]):
@@ -35,25 +34,41 @@ async def page_params(
     return PageParams(limit=limit, cursor=cursor)
 
 
-def _decode(cursor: str | None) -> int:
+def _decode(cursor: str | None) -> tuple[datetime, str] | None:
     if not cursor:
-        return 0
+        return None
     try:
-        offset = json.loads(base64.urlsafe_b64decode(cursor.encode()).decode())["o"]
-        if not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        position = json.loads(base64.urlsafe_b64decode(cursor.encode()).decode())
+        created, ident = datetime.fromisoformat(position["c"]), position["i"]
+        if not isinstance(ident, str) or len(ident) > 64:
             raise ValueError
-        return offset
+        if created.tzinfo is not None:
+            created = created.astimezone(UTC)  # OverflowError for a forged year-1 time east of UTC
+        return created, ident
     except Exception as exc:  # any malformed cursor is the client's error
         raise BadRequest("invalid_cursor", "cursor is not a next_cursor returned by this API") from exc
 
 
-def _encode(offset: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode()
+def _encode(created: datetime, ident: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"c": created.isoformat(), "i": ident}).encode()).decode()
 
 
-def fetch_page(session: Session, query: Select[Any], params: PageParams) -> tuple[list[Any], str | None]:
-    """Run an ordered query for one page; returns the rows and the next cursor (None on the last page)."""
-    offset = _decode(params.cursor)
-    rows = list(session.scalars(query.offset(offset).limit(params.limit + 1)))
-    next_cursor = _encode(offset + params.limit) if len(rows) > params.limit else None
-    return rows[: params.limit], next_cursor
+def fetch_page(
+    session: Session, query: Select[Any], params: PageParams, created: Any, ident: Any
+) -> tuple[list[Any], str | None]:
+    """One page of ``query``, newest first by (``created``, ``ident``) columns; the rows and the next
+    cursor (None on the last page).
+
+    The cursor is the last row's position (keyset paging), not an offset: rows added or deleted
+    between two pages neither repeat an item nor skip one.
+    """
+    after = _decode(params.cursor)
+    if after is not None:
+        query = query.where(or_(created < after[0], and_(created == after[0], ident < after[1])))
+    query = query.order_by(created.desc(), ident.desc())
+    rows = list(session.scalars(query.limit(params.limit + 1)))
+    page = rows[: params.limit]
+    if len(rows) <= params.limit:
+        return page, None
+    last = page[-1]
+    return page, _encode(last.created_at, last.id)

@@ -95,10 +95,26 @@ def check_content_matches(filename: str, claimed: DatasetFormat, head: bytes) ->
                 f"{filename!r} is {wide} text, not UTF-8; save the file as UTF-8 (in Excel: 'CSV UTF-8')",
                 {"filename": filename, "encoding": wide},
             )
-        if b"\x00" in head:
+        if b"\x00" in head and not _text_with_nuls(head):
             raise _mismatch(filename, claimed, "binary data")
     elif sniffed != claimed:
         raise _mismatch(filename, claimed, f"{sniffed} data" if sniffed else "something else")
+
+
+def _text_with_nuls(head: bytes) -> bool:
+    """UTF-8 text with a few NUL characters in it (a text file, refused later with the NUL's line and
+    offset as ``nul_character``), rather than binary content named ``.csv``."""
+    rest = head.replace(b"\x00", b"")
+    if head.count(0) * 100 > len(head):
+        return False
+    try:
+        text = rest.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(rest) - 4:  # only a character cut at the end of the sample is forgiven
+            return False
+        text = rest[: exc.start].decode("utf-8")
+    controls = sum(1 for c in text if c < " " and c not in "\t\n\r\f")
+    return controls * 100 <= len(text)
 
 
 def _wide_text_encoding(head: bytes) -> str | None:

@@ -76,7 +76,7 @@ def list_datasets(
             sha256=r.sha256,
             created_at=r.created_at,
             num_rows=r.num_rows,
-            num_columns=count,
+            num_columns=None if r.format == "npz" else count,
             arrays=r.arrays,
         )
         for r, count in rows

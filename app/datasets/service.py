@@ -71,13 +71,8 @@ def list_datasets(
 
     The column lists are not loaded (a page of wide tables was megabytes); one dataset's GET has them.
     """
-    query = (
-        select(Dataset)
-        .options(defer(Dataset.columns, raiseload=True))
-        .where(Dataset.project_id == project_id)
-        .order_by(Dataset.created_at.desc(), Dataset.id.desc())
-    )
-    rows, cursor = fetch_page(session, query, params)
+    query = select(Dataset).options(defer(Dataset.columns, raiseload=True)).where(Dataset.project_id == project_id)
+    rows, cursor = fetch_page(session, query, params, Dataset.created_at, Dataset.id)
     counts: dict[str, int | None] = {}
     if rows:
         counted = select(Dataset.id, func.json_array_length(Dataset.columns)).where(

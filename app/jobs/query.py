@@ -12,9 +12,12 @@ normalized spec (``model.hidden_size``, ``training.learning_rate``). Operators: 
 
 from __future__ import annotations
 
+import difflib
+import functools
 import math
 import operator
 import re
+import typing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,8 +26,9 @@ from sqlalchemy.orm import aliased
 
 from app.errors import AppError, BadRequest
 from app.jobs.final_values import EPOCH_SCOPES, EPOCH_SPLITS, FINAL_SPLITS
-from app.models import Job, JobMetric
+from app.models import Job, JobMetric, JobStatus
 from worker.engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, TAGGING_METRICS
+from worker.engine.spec import JobSpec, ModelSpec
 
 JOB_COLUMNS = {
     "status": Job.status,
@@ -140,9 +144,15 @@ class MetricJoins:
         return query
 
 
-SPEC_SECTIONS = ("data", "model", "training", "evaluation")
+SPEC_SECTIONS = ("data", "model", "training", "evaluation", "text")
 STRING_COLUMNS = {"status", "task", "name", "dataset_id", "sweep_id", "device", "model.cell"}
 TIME_COLUMNS = {"created_at", "finished_at"}
+# Columns with a fixed set of values: another value is a typo, not an empty result.
+ENUM_COLUMNS: dict[str, tuple[str, ...]] = {
+    "status": tuple(s.value for s in JobStatus),
+    "task": typing.get_args(JobSpec.model_fields["task"].annotation),
+    "model.cell": typing.get_args(ModelSpec.model_fields["cell"].annotation),
+}
 MAX_NESTING = 32
 OPERATORS = {
     "=": operator.eq,
@@ -160,6 +170,9 @@ def _coerce(field: str, value: Any, kind: str) -> Any:
     if value is None:
         return None
     if kind == "string" and isinstance(value, str):
+        choices = ENUM_COLUMNS.get(field)
+        if choices is not None and value not in choices:
+            raise _bad(f"{field} is one of {', '.join(choices)}; got {value!r}")
         return value
     if kind == "number" and isinstance(value, int | float) and not isinstance(value, bool):
         return value
@@ -180,6 +193,55 @@ def _coerce(field: str, value: Any, kind: str) -> Any:
     raise _bad(f"{field} compares with {wanted}; got {value!r}")
 
 
+def _annotation_members(annotation: Any) -> list[Any]:
+    """The types inside ``X | None``, ``Annotated[X, …]``, ``Literal``-free unions, as a flat list."""
+    args = typing.get_args(annotation)
+    if not args or typing.get_origin(annotation) in (typing.Literal, list, tuple, set, frozenset):
+        return [annotation]
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _annotation_members(args[0])
+    if typing.get_origin(annotation) is dict:
+        return [dict]
+    return [m for a in args for m in _annotation_members(a)]
+
+
+@functools.cache
+def spec_paths() -> tuple[frozenset[str], frozenset[str]]:
+    """The JobSpec's leaf paths (``model.hidden_size``) and the paths of free-form mappings below
+    which any key is allowed."""
+    from pydantic import BaseModel
+
+    leaves: set[str] = set()
+    mappings: set[str] = set()
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            path = f"{prefix}{name}"
+            members = _annotation_members(info.annotation)
+            nested = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+            for sub in nested:
+                walk(sub, path + ".")
+            if dict in members:
+                mappings.add(path)
+            if not nested or any(m is not type(None) and m not in nested for m in members):
+                leaves.add(path)
+
+    walk(JobSpec, "")
+    return frozenset(leaves), frozenset(mappings)
+
+
+def _check_spec_path(field: str) -> None:
+    """A spec path that names no field of the spec is a 400 (it would silently match nothing)."""
+    leaves, mappings = spec_paths()
+    if field in leaves or any(field.startswith(m + ".") for m in mappings):
+        return
+    section = field.split(".")[0]
+    known = sorted(p for p in leaves if p.startswith(section + "."))
+    close = difflib.get_close_matches(field, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; {section} has: {', '.join(known)}"
+    raise _bad(f"unknown spec path {field!r}{hint}")
+
+
 def field_expression(field: str, sample: Any, joins: MetricJoins) -> tuple[ColumnElement[Any], str]:
     """The SQL expression for a field and the kind of value it compares with."""
     if field in JOB_COLUMNS:
@@ -190,6 +252,7 @@ def field_expression(field: str, sample: Any, joins: MetricJoins) -> tuple[Colum
         return joins.value(key), "number"
     path = tuple(field.split("."))
     if path[0] in SPEC_SECTIONS and len(path) >= 2:
+        _check_spec_path(field)
         # Spec values are typed by what they are compared with; the spec schema fixes each path's
         # type, so a mismatched comparison simply matches nothing.
         element = Job.spec[path]

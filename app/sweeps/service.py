@@ -12,7 +12,7 @@ from app.config import get_settings
 from app.datasets.loading import load_dataset_data
 from app.datasets.service import get_dataset
 from app.db import get_scoped
-from app.errors import AppError, InvalidInput, validation_message
+from app.errors import AppError, Conflict, InvalidInput, validation_message
 from app.jobs import state
 from app.jobs.service import delete_jobs, dispatch, fit_spec_to_dataset, new_job, parse_spec
 from app.jobs.status import ACTIVE, FINISHED, JobStatus
@@ -222,10 +222,8 @@ def _summary(sweep: Sweep, progress: SweepProgress) -> SweepSummary:
 
 
 def list_sweeps(session: Session, project: Project, page: PageParams) -> tuple[list[SweepSummary], str | None]:
-    query: Select[Any] = (
-        select(Sweep).where(Sweep.project_id == project.id).order_by(Sweep.created_at.desc(), Sweep.id.desc())
-    )
-    sweeps, cursor = fetch_page(session, query, page)
+    query: Select[Any] = select(Sweep).where(Sweep.project_id == project.id)
+    sweeps, cursor = fetch_page(session, query, page, Sweep.created_at, Sweep.id)
     progress = progress_by_sweep(session, [s.id for s in sweeps])
     return [_summary(s, progress[s.id]) for s in sweeps], cursor
 
@@ -288,6 +286,14 @@ def cancel_sweep(session: Session, project: Project, sweep_id: str) -> SweepCanc
 def delete_sweep(session: Session, project: Project, sweep_id: str) -> None:
     """Delete a sweep whose jobs have all finished, with those jobs (409 while any is queued or running)."""
     sweep = get_sweep(session, project, sweep_id)
-    delete_jobs(session, list(session.scalars(select(Job).where(Job.sweep_id == sweep.id))))
+    jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep.id)))
+    active = [j.id for j in jobs if j.status in ACTIVE]
+    if active:
+        raise Conflict(
+            "sweep_active",
+            f"sweep '{sweep.id}' has {len(active)} queued or running job(s); cancel the sweep first",
+            {"jobs": active},
+        )
+    delete_jobs(session, jobs)
     session.delete(sweep)
     session.commit()

@@ -70,6 +70,9 @@ def test_utf16_and_utf32_csv_are_invalid_encoding_naming_it(client, auth) -> Non
     assert_nothing_left()
     # A NUL inside otherwise plain text is still binary data (415), not a text encoding.
     assert_error(upload(client, auth, "nul.csv", b"a,b\n1,2\x00\x00\x00\x01\x02\x03\x04\n"), 415, "unsupported_format")
+    # One stray NUL in a text file near its start is that text's problem, named by line (as later on).
+    text = b"a,b\n1,\x002\n" + b"3,4\n" * 200
+    assert_error(upload(client, auth, "stray.csv", text), 422, "nul_character", "line 2")
 
 
 def test_column_names_with_control_characters_are_refused(client, auth) -> None:

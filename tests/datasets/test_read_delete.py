@@ -36,6 +36,20 @@ def test_list_is_newest_first_with_a_cursor(client, auth, other_auth) -> None:
     assert client.get("/api/v1/datasets?cursor=bogus", headers=auth).status_code == 400
 
 
+def test_the_cursor_is_a_position_so_uploads_and_deletes_between_pages_skip_or_repeat_nothing(client, auth) -> None:
+    ids = [upload(client, auth, f"d{i}.csv", small_csv(i)).json()["id"] for i in range(5)]
+    first = client.get("/api/v1/datasets?limit=2", headers=auth).json()
+    assert [d["id"] for d in first["items"]] == ids[::-1][:2]
+    upload(client, auth, "newer.csv", small_csv(50))  # lands before the first page: not in the next ones
+    assert client.delete(f"/api/v1/datasets/{ids[4]}", headers=auth).status_code == 204  # one already seen
+    rest, cursor = [], first["next_cursor"]
+    while cursor:
+        page = client.get("/api/v1/datasets", params={"limit": 2, "cursor": cursor}, headers=auth).json()
+        rest += [d["id"] for d in page["items"]]
+        cursor = page["next_cursor"]
+    assert rest == ids[::-1][2:]  # an offset cursor repeated ids[2] here and skipped ids[0]
+
+
 def test_get_returns_the_dataset(client, auth) -> None:
     created = upload(client, auth, "d.csv", small_csv(1)).json()
     r = client.get(f"/api/v1/datasets/{created['id']}", headers=auth)

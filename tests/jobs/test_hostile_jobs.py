@@ -193,8 +193,12 @@ def test_in_range_cursors_still_page(client, auth) -> None:
         r = client.get(JOBS, params={"sort": sort, "cursor": cursor}, headers=auth)
         assert r.status_code == 200, r.text
     for path in ("/api/v1/datasets", "/api/v1/sweeps"):
-        r = client.get(path, params={"cursor": _cursor({"o": 2**63})}, headers=auth)
-        assert_error(r, 400, "invalid_cursor", "cursor")
+        for far in ("9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00"):
+            r = client.get(path, params={"cursor": _cursor({"c": far, "i": "x"})}, headers=auth)
+            assert r.status_code == 200, r.text
+        for forged in ({"o": 2**63}, {"c": "0001-01-01T00:00:00+01:00", "i": "x"}, {"c": "now", "i": "x"}):
+            r = client.get(path, params={"cursor": _cursor(forged)}, headers=auth)
+            assert_error(r, 400, "invalid_cursor", "cursor")
 
 
 # -- 8. a horizon that leaves nothing to split ------------------------------------------------------

@@ -471,7 +471,7 @@ def test_delete_sweep_with_its_jobs(client, auth, sine) -> None:
     ).json()
     job_ids = [j["id"] for j in sweep["jobs"]]
     assert client.delete(f"/api/v1/jobs/{job_ids[0]}", headers=auth).json()["error"]["code"] == "job_in_sweep"
-    assert client.delete(f"/api/v1/sweeps/{sweep['id']}", headers=auth).json()["error"]["code"] == "job_active"
+    assert client.delete(f"/api/v1/sweeps/{sweep['id']}", headers=auth).json()["error"]["code"] == "sweep_active"
     client.post(f"/api/v1/sweeps/{sweep['id']}/cancel", headers=auth)
     assert client.delete(f"/api/v1/sweeps/{sweep['id']}", headers=auth).status_code == 204
     assert client.get(f"/api/v1/sweeps/{sweep['id']}", headers=auth).status_code == 404
