@@ -694,6 +694,13 @@ def test_narrow_window_and_dark_mode(site: Site) -> None:
     assert overflow <= 0, f"the page scrolls sideways by {overflow}px at 800px"
     shoot(page, "job-800px")
     page.context.close()
+    # A phone: wide tables scroll inside their cards, the page itself never sideways.
+    for path in ("/jobs", f"/jobs/{site.job}", "/datasets"):
+        page = open_page(site, path, width=390, height=844)
+        page.locator("#view table").first.wait_for(timeout=15_000)
+        overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at 390px"
+        page.context.close()
     page = open_page(site, f"/sweeps/{site.sweep}", dark=True)
     # The sweep page (its report, then three charts) takes ~6 s on an idle 2-core machine; under the
     # whole suite's load it took over 15 s twice.
