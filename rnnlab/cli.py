@@ -394,14 +394,16 @@ def jobs_evaluation(ctx: typer.Context, job_id: str, output: Output = OutputForm
             "baseline_value": c.get("baseline"),
             "model": c.get("model"),
             "improvement": c.get("improvement"),
-            "verdict": {True: "beats", False: "does not beat", None: "-"}[c.get("beats")],
+            "verdict": {True: "beats", False: "does not beat", None: "-"}[c.get("beats")]
+            + (" (within noise)" if c.get("beats") and c.get("significant") is False else ""),
+            "difference_ci": c.get("difference_interval"),
         }
         for name, c in comparison.items()
     ]
     if baseline_rows:
         print_rows(
             baseline_rows,
-            ["baseline", "metric", "baseline_value", "model", "improvement", "verdict"],
+            ["baseline", "metric", "baseline_value", "model", "improvement", "verdict", "difference_ci"],
             output,
             title="baselines (test)",
         )

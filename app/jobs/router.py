@@ -18,7 +18,7 @@ from app.db import SessionDep, new_session
 from app.jobs import model_export, service
 from app.jobs.export import metrics_csv
 from app.jobs.model_export import ModelFormat
-from app.jobs.schemas import JobMetrics, JobRead, Leaderboard, PredictRequest, PredictResponse
+from app.jobs.schemas import ComparedMetrics, JobMetrics, JobRead, Leaderboard, PredictRequest, PredictResponse
 from app.jobs.status import FINISHED, JobStatus
 from app.jobs.watch import JobWatcher, get_watcher
 from app.pagination import Page, PageParams, page_params
@@ -136,7 +136,19 @@ def job_evaluation(job_id: str, project: CurrentProject, session: SessionDep) ->
     return service.job_evaluation(session, project, job_id)
 
 
-@router.get("/{job_id}/model", response_class=FileResponse)
+_MODEL_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The model file (format pt or safetensors: application/octet-stream; onnx: application/onnx).",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "application/onnx": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    307: {"description": "On object storage: a presigned URL of the stored file (no Authorization needed)."},
+}
+
+
+@router.get("/{job_id}/model", response_class=FileResponse, responses=_MODEL_RESPONSE)
 def job_model(
     job_id: str,
     project: CurrentProject,
@@ -302,7 +314,7 @@ async def _job_events(
 metrics_router = APIRouter(prefix="/metrics", tags=["dashboards"])
 
 
-@metrics_router.get("", response_class=OrjsonResponse)
+@metrics_router.get("", response_model=ComparedMetrics, response_class=OrjsonResponse)
 def compare_metrics(
     project: CurrentProject,
     session: SessionDep,

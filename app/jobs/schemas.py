@@ -93,6 +93,17 @@ class JobMetrics(BaseModel):
     series: list[MetricSeries]
 
 
+class JobHistory(BaseModel):
+    job_id: str
+    name: str | None
+    status: str
+    series: list[MetricSeries]
+
+
+class ComparedMetrics(BaseModel):
+    jobs: list[JobHistory] = Field(description="In the order asked (a repeated id once).")
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
 

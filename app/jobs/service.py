@@ -312,6 +312,17 @@ def _predictor(path: str, mtime: float) -> Any:
     return load_predictor(artifact)
 
 
+def _invalid_inputs(message: str) -> InvalidInput:
+    return InvalidInput("invalid_inputs", message, [{"field": "inputs", "message": message, "type": "invalid_inputs"}])
+
+
+def _all_plain_numbers(value: Any) -> bool:
+    """Nested lists whose leaves are all ints or floats (no bool, no string)."""
+    if isinstance(value, list):
+        return all(_all_plain_numbers(v) for v in value)
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) -> Any:
     import numpy as np
 
@@ -324,26 +335,27 @@ def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) 
         try:
             return predictor.predict(inputs)
         except DataError as exc:
-            raise InvalidInput("invalid_inputs", str(exc), [{"field": "inputs", "message": str(exc)}]) from exc
+            raise _invalid_inputs(str(exc)) from exc
     try:
         # Read as JSON gave it first: strings ("0.1") and booleans are not numbers here.
         array = np.asarray(inputs)
+        if array.dtype.kind == "O" and _all_plain_numbers(inputs):
+            array = np.asarray(inputs, dtype=np.float64)  # integers beyond int64 (10**30) are numbers too
         if array.dtype.kind not in "iuf":
             raise TypeError(f"elements of kind {array.dtype.kind!r}")
         array = array.astype(np.float64)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise InvalidInput(
-            "invalid_inputs",
-            "inputs must be a rectangular array of numbers (not strings or booleans) shaped [N, T, F] or [N, T]",
+        raise _invalid_inputs(
+            "inputs must be a rectangular array of numbers (not strings or booleans) shaped [N, T, F] or [N, T]"
         ) from exc
     if array.ndim not in (2, 3) or array.shape[0] == 0:
-        raise InvalidInput("invalid_inputs", f"inputs must be shaped [N, T, F] or [N, T]; got {list(array.shape)}")
+        raise _invalid_inputs(f"inputs must be shaped [N, T, F] or [N, T]; got {list(array.shape)}")
     if not np.isfinite(array).all():
-        raise InvalidInput("invalid_inputs", "inputs contain NaN or infinite values")
+        raise _invalid_inputs("inputs contain NaN or infinite values")
     try:
         return predictor.predict(array)
     except DataError as exc:
-        raise InvalidInput("invalid_inputs", str(exc), [{"field": "inputs", "message": str(exc)}]) from exc
+        raise _invalid_inputs(str(exc)) from exc
 
 
 def compare_metrics(

@@ -42,6 +42,9 @@ def test_lstm_beats_the_naive_baseline_on_a_sine_wave() -> None:
     assert evaluation["comparison"]["naive"]["beats"] is True
     assert evaluation["comparison"]["mean"]["beats"] is True
     assert evaluation["metrics"]["test"]["rmse"] < 0.5 * evaluation["baselines"]["naive"]["rmse"]
+    # Half the naive error: far beyond resampling noise (the paired difference interval is below 0).
+    naive = evaluation["comparison"]["naive"]
+    assert naive["significant"] is True and naive["difference_interval"][1] < 0
     assert "seasonal_naive" in evaluation["baselines"]  # period 20 detected
     low, high = evaluation["intervals"]["test"]["rmse"]
     assert low <= evaluation["metrics"]["test"]["rmse"] <= high
@@ -68,6 +71,7 @@ def test_separable_classification_is_above_95_percent() -> None:
     assert evaluation["metrics"]["test"]["accuracy"] > 0.95
     assert set(evaluation["baselines"]) == {"majority_class", "nearest_neighbour"}
     assert evaluation["comparison"]["majority_class"]["beats"] is True
+    assert evaluation["comparison"]["majority_class"]["difference_interval"][0] > 0  # accuracy: higher is better
     matrix = evaluation["confusion_matrix"]
     assert matrix["labels"] == ["0", "1"] and sum(map(sum, matrix["matrix"])) == result.num_examples["test"]
     assert evaluation["generalization_gap"]["metric"] == "accuracy"

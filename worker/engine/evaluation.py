@@ -17,6 +17,7 @@ from .metrics import (
     bootstrap_intervals,
     json_float,
     main_metric,
+    paired_differences,
     point_metrics,
     undefined_metric_notes,
 )
@@ -50,8 +51,11 @@ def predict_original(model: nn.Module, x: torch.Tensor, prep: PreparedData, task
     return prep.y_scaler.inverse(out.double().cpu().numpy())
 
 
-def compare(main: str, model_value: float | None, baseline_value: float | None) -> dict[str, Any]:
-    """Relative improvement of the model over a baseline on the main metric (positive = better)."""
+def compare(
+    main: str, model_value: float | None, baseline_value: float | None, difference: list[float] | None = None
+) -> dict[str, Any]:
+    """Relative improvement of the model over a baseline on the main metric (positive = better), and,
+    given the paired bootstrap interval of model − baseline, whether the gap is beyond resampling noise."""
     improvement, beats = None, None
     if model_value is not None and baseline_value is not None:
         lower = main in LOWER_IS_BETTER
@@ -65,7 +69,19 @@ def compare(main: str, model_value: float | None, baseline_value: float | None) 
         "baseline": baseline_value,
         "improvement": improvement,
         "beats": beats,
+        "difference_interval": difference,
+        "significant": None if difference is None else bool(difference[0] > 0 or difference[1] < 0),
     }
+
+
+def noise_notes(main: str, comparison: dict[str, dict[str, Any]]) -> list[str]:
+    """A note for each baseline the model beats by less than the test part can tell apart."""
+    return [
+        f"beats {name} on {main}, but within resampling noise: the paired 95% interval of model − {name} "
+        f"is [{c['difference_interval'][0]:.4g}, {c['difference_interval'][1]:.4g}], which holds 0"
+        for name, c in comparison.items()
+        if c["beats"] and c["significant"] is False
+    ]
 
 
 def per_part(
@@ -131,7 +147,14 @@ def evaluate(
         baseline_preds, baseline_notes = classification_baselines(prep, num_classes, rng)
     notes += baseline_notes
     baselines = {name: point_metrics(task, y_test, pred, scale) for name, pred in baseline_preds.items()}
-    comparison = {name: compare(main, metrics["test"][main], values[main]) for name, values in baselines.items()}
+    differences = paired_differences(
+        task, y_test, predictions["test"], baseline_preds, spec.evaluation.bootstrap_samples, rng
+    )
+    comparison = {
+        name: compare(main, metrics["test"][main], values[main], differences.get(name))
+        for name, values in baselines.items()
+    }
+    notes += noise_notes(main, comparison)
 
     train_value, test_value = metrics["train"][main], metrics["test"][main]
     gap = None

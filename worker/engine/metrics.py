@@ -207,3 +207,45 @@ def bootstrap_intervals(
         low, high = np.percentile(values, [tail, 100.0 - tail])
         intervals[name] = [float(low), float(high)]
     return intervals
+
+
+def _main_scores(task: str, y_true: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The main metric alone per resample (accuracy, or rmse): the same values ``scores`` gives it."""
+    total = weights.sum(axis=1)
+    if task == "classification":
+        return weights @ (pred.argmax(axis=1) == y_true).astype(np.float64) / total
+    err = pred.reshape(len(pred), -1).astype(np.float64) - y_true.reshape(len(y_true), -1).astype(np.float64)
+    return np.sqrt(weights @ (err**2).mean(axis=1) / total)
+
+
+def paired_differences(
+    task: str,
+    y_true: np.ndarray,
+    model_pred: np.ndarray,
+    baseline_preds: dict[str, np.ndarray],
+    samples: int,
+    rng: np.random.Generator,
+    level: float = 0.95,
+) -> dict[str, list[float] | None]:
+    """Per baseline, the percentile interval of (model − baseline) on the main metric over paired
+    bootstrap resamples: the model and the baseline are scored on the same drawn test examples, so
+    what the two share (hard examples, an easy test part) cancels and only their difference varies."""
+    if samples == 0 or len(y_true) == 0 or not baseline_preds:
+        return {name: None for name in baseline_preds}
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in baseline_preds}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for weights in bootstrap_weight_chunks(len(y_true), samples, rng):
+            model = _main_scores(task, y_true, model_pred, weights)
+            for name, pred in baseline_preds.items():
+                collected[name].append(model - _main_scores(task, y_true, pred, weights))
+    tail = 100.0 * (1.0 - level) / 2.0
+    out: dict[str, list[float] | None] = {}
+    for name, chunks in collected.items():
+        values = np.concatenate(chunks)
+        values = values[np.isfinite(values)]
+        if len(values) < 0.5 * samples:
+            out[name] = None
+            continue
+        low, high = np.percentile(values, [tail, 100.0 - tail])
+        out[name] = [float(low), float(high)]
+    return out

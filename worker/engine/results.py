@@ -27,6 +27,16 @@ class Comparison(_Strict):
     baseline: float | None
     improvement: float | None = Field(description="Relative gain over the baseline; positive = the model is better.")
     beats: bool | None
+    difference_interval: list[float] | None = Field(
+        None,
+        description="95% paired bootstrap interval of model − baseline on the metric (both scored on the same "
+        "resampled test examples); null without bootstrap samples, and for tagging jobs.",
+    )
+    significant: bool | None = Field(
+        None,
+        description="The difference interval excludes 0: the gap (either way) is beyond resampling noise of the "
+        "test part. beats true with significant false: the model is ahead, but the test part cannot tell.",
+    )
 
 
 class GeneralizationGap(_Strict):

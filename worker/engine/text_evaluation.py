@@ -14,8 +14,8 @@ from torch import nn
 
 from .attribution import IG_STEPS, recurrent_layers_in_train_mode
 from .data import PreparedData
-from .evaluation import compare, naive_scale, per_part, predict_parts
-from .metrics import LOWER_IS_BETTER, bootstrap_intervals, json_float, main_metric, point_metrics
+from .evaluation import compare, naive_scale, noise_notes, per_part, predict_parts
+from .metrics import LOWER_IS_BETTER, bootstrap_intervals, json_float, main_metric, paired_differences, point_metrics
 from .models import forward_in_chunks
 from .results import Evaluation
 from .sequence_model import SequenceModel, token_lengths
@@ -47,9 +47,12 @@ def evaluate_sequences(
     gap = None
     if train_value is not None and test_value is not None:
         gap = json_float(test_value - train_value if main in LOWER_IS_BETTER else train_value - test_value)
+    differences = body.pop("differences", {})  # per-example tasks; tagging has none
     body["comparison"] = {
-        name: compare(main, test_value, values.get(main)) for name, values in body["baselines"].items()
+        name: compare(main, test_value, values.get(main), differences.get(name))
+        for name, values in body["baselines"].items()
     }
+    body["notes"] += noise_notes(main, body["comparison"])
     body["generalization_gap"] = {
         "metric": main,
         "train": train_value,
@@ -104,6 +107,9 @@ def _per_example(
         "intervals": {"test": intervals},
         "baselines": {name: point_metrics(task, y_test, pred, scale) for name, pred in baseline_preds.items()},
         "notes": notes,
+        "differences": paired_differences(
+            task, y_test, predictions["test"], baseline_preds, spec.evaluation.bootstrap_samples, rng
+        ),
     }
     if task == "classification":
         assert classes is not None

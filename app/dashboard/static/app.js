@@ -523,9 +523,15 @@ function renderEvaluation(view, ev) {
   const lowerIsBetter = !["accuracy", "balanced_accuracy", "macro_f1", "span_f1", "r2", "auroc"].includes(main);
   const baselineValues = {};
   for (const [name, b] of Object.entries(ev.baselines || {})) if (typeof b?.[main] === "number") baselineValues[name] = b[main];
-  const verdicts = h("ul", { class: "verdicts" }, Object.entries(ev.comparison || {}).map(([name, c]) =>
-    h("li", { class: c.beats ? "beats" : "loses" }, `${c.beats ? "beats" : "does not beat"} ${name}: ${main} ${fmt(c.model)} vs ${fmt(c.baseline)}`,
-      typeof c.improvement === "number" ? ` (${fmt(100 * Math.abs(c.improvement), 3)}% ${c.improvement >= 0 ? "better" : "worse"})` : "")));
+  // A lead the paired bootstrap cannot tell from noise is said so (amber), not shown as a plain win.
+  const verdicts = h("ul", { class: "verdicts" }, Object.entries(ev.comparison || {}).map(([name, c]) => {
+    const noise = c.beats && c.significant === false;
+    const diff = c.difference_interval ? `[${fmt(c.difference_interval[0], 3)}, ${fmt(c.difference_interval[1], 3)}]` : null;
+    return h("li", { class: noise ? "noise" : c.beats ? "beats" : "loses", title: diff ? `paired 95% interval of model − ${name}: ${diff}` : null },
+      `${c.beats ? "beats" : "does not beat"} ${name}: ${main} ${fmt(c.model)} vs ${fmt(c.baseline)}`,
+      typeof c.improvement === "number" ? ` (${fmt(100 * Math.abs(c.improvement), 3)}% ${c.improvement >= 0 ? "better" : "worse"})` : "",
+      noise ? ` — within noise: the paired 95% interval of the difference ${diff} holds 0` : c.beats && c.significant ? " — beyond noise" : "");
+  }));
   const evalSection = section("Evaluation", h("div", { class: "chart-row" },
     h("div", {}, evaluationTable(ev), verdicts, ev.notes?.length ? h("ul", { class: "notes" }, ev.notes.map((n) => h("li", {}, n))) : null),
     h("div", {}, h("h3", {}, "Against baselines"), chartBox("chart-baselines", 60 + 44 * (1 + Object.keys(baselineValues).length)))));
