@@ -101,6 +101,8 @@ def check_json_body(body: bytes) -> AppError | None:
         return _invalid_json(TOO_DEEP)
     except json.JSONDecodeError:
         return None  # FastAPI's 422 names the character where parsing failed
+    except UnicodeDecodeError as exc:  # json.loads reads UTF-8/16/32 only; Latin-1 bytes land here
+        return _invalid_json(f"it is not UTF-8 text (byte 0x{body[exc.start]:02x} at offset {exc.start}); send UTF-8")
     except ValueError as exc:
         if "integer string conversion" not in str(exc):
             return None

@@ -74,6 +74,13 @@ def test_json_bodies_with_nul_or_non_finite_values_are_refused_naming_the_field(
     assert client.get("/api/v1/jobs", headers=auth).json()["items"] == []
 
 
+def test_a_json_body_that_is_not_utf8_is_named_as_such(client, auth) -> None:
+    body = '{"name": "café"}'.encode("latin-1")
+    r = client.post("/api/v1/jobs", headers={**auth, "content-type": "application/json"}, content=body)
+    error = error_of(r, 400, "invalid_json")
+    assert "not UTF-8" in error["message"] and "0xe9" in error["message"]
+
+
 def test_a_boolean_where_a_spec_takes_a_number_is_a_422_naming_the_field(client, auth) -> None:
     sine = upload_sine(client, auth)
     spec = forecast_spec(sine)

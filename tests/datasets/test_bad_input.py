@@ -201,6 +201,16 @@ def test_missing_file_field_names_file(client, auth) -> None:
     assert_nothing_left()
 
 
+def test_repeated_or_overlong_fields_list_the_field_in_details(client, auth) -> None:
+    files = [("file", ("a.csv", b"a\n1\n")), ("file", ("b.csv", b"a\n1\n"))]
+    err = assert_error(client.post(UPLOAD_URL, headers=auth, files=files), 422, "validation_error", "file")
+    message = err["message"].partition(": ")[2]
+    assert err["details"] == [{"field": "file", "message": message, "type": "validation_error"}]
+    r = client.post(UPLOAD_URL, headers=auth, data={"name": "x" * 5000}, files={"file": ("a.csv", b"a\n1\n")})
+    assert assert_error(r, 422, "validation_error", "name")["details"][0]["field"] == "name"
+    assert_nothing_left()
+
+
 def test_file_part_without_a_filename(client, auth) -> None:
     boundary = "xyz"
     body = f'--{boundary}\r\nContent-Disposition: form-data; name="file"\r\n\r\na\n1\n\r\n--{boundary}--\r\n'
