@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 
 from app.auth import CurrentProject
 from app.db import SessionDep, new_session
+from app.errors import not_found
 from app.jobs import model_export, service
 from app.jobs.export import metrics_csv
 from app.jobs.model_export import ModelFormat
@@ -151,6 +153,7 @@ _MODEL_RESPONSE: dict[int | str, dict[str, Any]] = {
 @router.get("/{job_id}/model", response_class=FileResponse, responses=_MODEL_RESPONSE)
 def job_model(
     job_id: str,
+    request: Request,
     project: CurrentProject,
     session: SessionDep,
     format: Annotated[ModelFormat, Query(description="pt, onnx (scalers folded in) or safetensors.")] = "pt",
@@ -165,7 +168,16 @@ def job_model(
     model = model_export.exported_model(session, project, job_id, format)
     filename = f"rnnlab-{job_id}.{format}"
     if isinstance(model, Path):
-        return FileResponse(model, media_type=model_export.MEDIA_TYPES[format], filename=filename)
+        try:
+            stat = os.stat(model)
+        except FileNotFoundError as exc:  # the job was deleted since the lookup
+            raise not_found("job", job_id) from exc
+        response = FileResponse(model, media_type=model_export.MEDIA_TYPES[format], filename=filename, stat_result=stat)
+        # A client that has this file already (its ETag) gets a 304 instead of the bytes again.
+        asked = {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}
+        if response.headers["etag"] in asked or "*" in asked:
+            return Response(status_code=304, headers={"etag": response.headers["etag"]})
+        return response
     if isinstance(model, model_export.ModelRedirect):
         return RedirectResponse(model.url, status_code=307)
     headers = {"Content-Disposition": f'attachment; filename="{filename}"'}

@@ -53,6 +53,12 @@ def _check_full_result(stack: Stack, job_id: str) -> None:
 
     r = stack.client.get(f"/api/v1/jobs/{job_id}/model", headers=stack.headers)
     assert r.status_code == 200
+    # A client holding this file (its ETag) is answered 304, without the bytes; another ETag gets them.
+    again = {**stack.headers, "If-None-Match": r.headers["etag"]}
+    not_modified = stack.client.get(f"/api/v1/jobs/{job_id}/model", headers=again)
+    assert not_modified.status_code == 304 and not_modified.content == b""
+    other = {**stack.headers, "If-None-Match": '"something-else"'}
+    assert stack.client.get(f"/api/v1/jobs/{job_id}/model", headers=other).content == r.content
     artifact = torch.load(io.BytesIO(r.content), weights_only=True)
     assert artifact["spec"]["model"]["cell"] == "gru" and artifact["state_dict"]
 
