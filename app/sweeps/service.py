@@ -286,14 +286,13 @@ def cancel_sweep(session: Session, project: Project, sweep_id: str) -> SweepCanc
 def delete_sweep(session: Session, project: Project, sweep_id: str) -> None:
     """Delete a sweep whose jobs have all finished, with those jobs (409 while any is queued or running)."""
     sweep = get_sweep(session, project, sweep_id)
-    jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep.id)))
-    active = [j.id for j in jobs if j.status in ACTIVE]
-    if active:
-        raise Conflict(
-            "sweep_active",
-            f"sweep '{sweep.id}' has {len(active)} queued or running job(s); cancel the sweep first",
-            {"jobs": active},
-        )
-    delete_jobs(session, jobs)
+    try:
+        delete_jobs(session, list(session.scalars(select(Job).where(Job.sweep_id == sweep.id))))
+    except Conflict as exc:
+        if exc.code != "job_active":
+            raise
+        active = len(exc.details["jobs"])
+        message = f"sweep '{sweep.id}' has {active} queued or running job(s); cancel the sweep first"
+        raise Conflict("sweep_active", message, exc.details) from exc
     session.delete(sweep)
     session.commit()

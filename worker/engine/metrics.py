@@ -193,20 +193,21 @@ def bootstrap_intervals(
         for weights in bootstrap_weight_chunks(len(y_true), samples, rng):
             for name, values in scores(task, y_true, pred, weights, naive_scale).items():
                 collected.setdefault(name, []).append(values)
+    return {name: percentile_interval(collected.get(name), samples, level) for name in names}
+
+
+def percentile_interval(chunks: list[np.ndarray] | None, samples: int, level: float = 0.95) -> list[float] | None:
+    """The central ``level`` percentile interval of bootstrap values gathered in chunks; None when the
+    value was undefined (not finite) in most resamples, e.g. a class rarely drawn."""
+    if not chunks:
+        return None
+    values = np.concatenate(chunks)
+    values = values[np.isfinite(values)]
+    if len(values) < 0.5 * samples:
+        return None
     tail = 100.0 * (1.0 - level) / 2.0
-    intervals: dict[str, list[float] | None] = {}
-    for name in names:
-        if name not in collected:
-            intervals[name] = None
-            continue
-        values = np.concatenate(collected[name])
-        values = values[np.isfinite(values)]
-        if len(values) < 0.5 * samples:  # undefined in most resamples (e.g. a class rarely drawn)
-            intervals[name] = None
-            continue
-        low, high = np.percentile(values, [tail, 100.0 - tail])
-        intervals[name] = [float(low), float(high)]
-    return intervals
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return [float(low), float(high)]
 
 
 def _main_scores(task: str, y_true: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -238,14 +239,4 @@ def paired_differences(
             model = _main_scores(task, y_true, model_pred, weights)
             for name, pred in baseline_preds.items():
                 collected[name].append(model - _main_scores(task, y_true, pred, weights))
-    tail = 100.0 * (1.0 - level) / 2.0
-    out: dict[str, list[float] | None] = {}
-    for name, chunks in collected.items():
-        values = np.concatenate(chunks)
-        values = values[np.isfinite(values)]
-        if len(values) < 0.5 * samples:
-            out[name] = None
-            continue
-        low, high = np.percentile(values, [tail, 100.0 - tail])
-        out[name] = [float(low), float(high)]
-    return out
+    return {name: percentile_interval(chunks, samples, level) for name, chunks in collected.items()}

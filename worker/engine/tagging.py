@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import TAGGING_METRICS, bootstrap_weight_chunks, json_float
+from .metrics import TAGGING_METRICS, bootstrap_weight_chunks, json_float, percentile_interval
 
 
 def is_bio(classes: list[Any]) -> bool:
@@ -132,17 +132,7 @@ def tagging_intervals(
         for weights in bootstrap_weight_chunks(len(y_true), samples, rng):
             for name, values in tagging_scores(counts, weights).items():
                 collected.setdefault(name, []).append(values)
-    tail = 100.0 * (1.0 - level) / 2.0
-    intervals: dict[str, list[float] | None] = {}
-    for name in TAGGING_METRICS:
-        values = np.concatenate(collected[name]) if name in collected else np.array([])
-        values = values[np.isfinite(values)]
-        if len(values) < 0.5 * samples:
-            intervals[name] = None
-            continue
-        low, high = np.percentile(values, [tail, 100.0 - tail])
-        intervals[name] = [float(low), float(high)]
-    return intervals
+    return {name: percentile_interval(collected.get(name), samples, level) for name in TAGGING_METRICS}
 
 
 def majority_tag(y_train: np.ndarray, num_classes: int) -> int:
