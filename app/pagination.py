@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from app.errors import BadRequest
 
 T = TypeVar("T")
+_IDENT = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 class Page(BaseModel, Generic[T]):
@@ -40,7 +42,8 @@ def _decode(cursor: str | None) -> tuple[datetime, str] | None:
     try:
         position = json.loads(base64.urlsafe_b64decode(cursor.encode()).decode())
         created, ident = datetime.fromisoformat(position["c"]), position["i"]
-        if not isinstance(ident, str) or len(ident) > 64:
+        # Ids are hex (new_id); anything else (a NUL, a lone surrogate) would fail in the database.
+        if not isinstance(ident, str) or not _IDENT.fullmatch(ident):
             raise ValueError
         if created.tzinfo is not None:
             created = created.astimezone(UTC)  # OverflowError for a forged year-1 time east of UTC

@@ -431,7 +431,7 @@ def jobs_model(
     """Download a succeeded job's model: pt, onnx (scalers folded in) or safetensors."""
     formats = ("pt", "onnx", "safetensors")
     suffix = out.suffix.lower().lstrip(".")
-    chosen = model_format or (suffix if suffix in formats else "pt")
+    chosen = (model_format or (suffix if suffix in formats else "pt")).lower()
     with reported_errors():
         # `rnnlab predict` and the loaders read the format off the suffix, so the two must agree
         if out.suffix and suffix not in formats:

@@ -6,10 +6,11 @@ engine's own ``JobSpec`` (the one pydantic definition the server validates with)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
@@ -163,10 +164,18 @@ class Client:
         except httpx.TransportError as exc:
             raise RnnlabError(0, "connection_error", f"cannot reach rnnlab at {self.url}: {exc}") from exc
 
-    def events(self, path: str, last_event_id: str | None = None, read_timeout: float | None = None) -> Iterator[Event]:
+    def events(
+        self,
+        path: str,
+        last_event_id: str | None = None,
+        read_timeout: float | None = None,
+        keepalives: bool = False,
+    ) -> Generator[Event, None, None]:
         """Server-Sent Events from ``GET /api/v1{path}``, parsed, until the server closes the stream;
         ``last_event_id`` (an earlier event's ``id``) resumes after that event. ``read_timeout``: the
-        longest wait for the next bytes (``httpx.ReadTimeout`` after it); ``None`` waits for ever."""
+        longest wait for the next bytes (``httpx.ReadTimeout`` after it); ``None`` waits for ever.
+        ``keepalives``: the server's keep-alive comments come through too, as ``Event("keep-alive")``
+        (a caller with a deadline gets control back at each one)."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else None
         timeout = httpx.Timeout(60.0, read=read_timeout)
         with self._http.stream("GET", f"/api/v1{path}", headers=headers, timeout=timeout) as response:
@@ -180,7 +189,8 @@ class Client:
                         yield Event(name, json.loads("\n".join(data)), event_id)
                     name, data = "message", []
                 elif line.startswith(":"):
-                    continue  # keep-alive comment
+                    if keepalives:  # a comment: the server's keep-alive
+                        yield Event("keep-alive", {}, event_id)
                 elif line.startswith("event:"):
                     name = line[6:].strip()
                 elif line.startswith("data:"):
@@ -317,28 +327,34 @@ class Job:
         while True:
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} is still {self.status} after {timeout}s")
-            # Without a deadline the stream may stay silent for ever; with one, a read waits at most
-            # until it (the server's keep-alives do not reach this loop), then the job is looked up.
+            # With a deadline, a read waits at most until it, and the server's keep-alives (every 15 s)
+            # come through, so a queued job or a slow epoch cannot hold the loop past it.
             read_timeout = None if deadline is None else max(0.1, deadline - time.monotonic())
             try:
-                for event in self._client.events(f"/jobs/{self.id}/events", last_id, read_timeout):
-                    last_id = event.id or last_id
-                    current = (event.id or "").partition(".")[2] or run  # the id names the run
-                    if run is not None and current != run:
-                        last_epoch = 0  # a retried or handed-back job starts its epochs again
-                    run = current
-                    if event.event == "status":
-                        self.info.update(event.data)
-                    if event.event == "epoch":
-                        if int(event.data["epoch"]) <= last_epoch:
+                events = self._client.events(f"/jobs/{self.id}/events", last_id, read_timeout, deadline is not None)
+                with contextlib.closing(events):  # leaving early closes the stream too
+                    for event in events:
+                        if event.event == "keep-alive":
+                            if deadline is not None and time.monotonic() >= deadline:
+                                break
                             continue
-                        last_epoch = int(event.data["epoch"])
-                    yield event
-                    if event.event == "end":
-                        self.refresh()
-                        return
-                    if deadline is not None and time.monotonic() >= deadline:
-                        break
+                        last_id = event.id or last_id
+                        current = (event.id or "").partition(".")[2] or run  # the id names the run
+                        if run is not None and current != run:
+                            last_epoch = 0  # a retried or handed-back job starts its epochs again
+                        run = current
+                        if event.event == "status":
+                            self.info.update(event.data)
+                        if event.event == "epoch":
+                            if int(event.data["epoch"]) <= last_epoch:
+                                continue
+                            last_epoch = int(event.data["epoch"])
+                        yield event
+                        if event.event == "end":
+                            self.refresh()
+                            return
+                        if deadline is not None and time.monotonic() >= deadline:
+                            break
             except httpx.ReadTimeout:
                 pass  # the deadline came while the stream was silent
             except httpx.TransportError:

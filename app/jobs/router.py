@@ -174,7 +174,8 @@ def job_model(
             raise not_found("job", job_id) from exc
         response = FileResponse(model, media_type=model_export.MEDIA_TYPES[format], filename=filename, stat_result=stat)
         # A client that has this file already (its ETag) gets a 304 instead of the bytes again.
-        asked = {tag.strip() for tag in request.headers.get("if-none-match", "").split(",")}
+        # (compared weakly, as RFC 9110 asks: a proxy may have marked the tag W/)
+        asked = {tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")}
         if response.headers["etag"] in asked or "*" in asked:
             return Response(status_code=304, headers={"etag": response.headers["etag"]})
         return response

@@ -650,6 +650,13 @@ def test_jobs_list_refreshes_in_place_and_not_under_a_focused_control(site: Site
         page.wait_for_timeout(5_000)
         assert page.evaluate("document.querySelector('#jobs').dataset.old") == "yes"
         assert page.evaluate("document.activeElement.id") == "status-filter"
+        # Once nothing on the page moves, the refreshing stops (it polled for as long as the tab was open).
+        page.evaluate("document.activeElement.blur()")
+        httpx.post(f"{site.base}/api/v1/jobs/{job}/cancel", headers=headers)
+        page.locator(f"#jobs tr[data-id='{job}'] .status", has_text="cancelled").wait_for(timeout=15_000)
+        listed = sum("/api/v1/jobs?" in u for u in site.requests)
+        page.wait_for_timeout(9_000)
+        assert sum("/api/v1/jobs?" in u for u in site.requests) == listed
         page.context.close()
     finally:
         httpx.post(f"{site.base}/api/v1/jobs/{job}/cancel", headers=headers)

@@ -151,3 +151,42 @@ def test_wait_with_progress_keeps_its_timeout(monkeypatch) -> None:
     else:
         raise AssertionError("wait(progress=True, timeout=3) returned while the job was running")
     assert read_timeouts == [3.0]
+
+
+class _KeepingAlive(httpx.SyncByteStream):
+    """A queued job's stream: one status event, then only keep-alive comments; each moves the clock."""
+
+    def __init__(self, clock: list[float]) -> None:
+        self.clock = clock
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield _sse("0.A", "status", {"id": "j1", "status": "queued"})
+        for _ in range(1000):
+            self.clock[0] += 15.0  # the server's keep-alive interval
+            yield b": keep-alive\n\n"
+
+
+def test_follow_with_a_timeout_is_not_held_by_keep_alives(monkeypatch) -> None:
+    """The server sends a comment every 15 s while a job waits: each is a successful read, so no read
+    timeout fires; the deadline must still end the follow."""
+    clock = [0.0]
+    monkeypatch.setattr("rnnlab.client.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("rnnlab.client.time.sleep", lambda s: None)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=_KeepingAlive(clock))
+        return httpx.Response(200, json={"id": "j1", "status": "queued"})
+
+    http = httpx.Client(base_url="http://rnnlab.test", transport=httpx.MockTransport(handler))
+    job = Client("http://rnnlab.test", "k", http=http).jobs.get("j1")
+    seen = []
+    try:
+        for event in job.follow(timeout=60):
+            seen.append(event.event)
+    except TimeoutError:
+        pass
+    else:
+        raise AssertionError("follow(timeout=60) returned while the job was queued")
+    assert clock[0] <= 75  # given up at the first keep-alive past the deadline, not after 1000 of them
+    assert "keep-alive" not in seen  # comments are the loop's business, not the caller's

@@ -196,7 +196,13 @@ def test_in_range_cursors_still_page(client, auth) -> None:
         for far in ("9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00"):
             r = client.get(path, params={"cursor": _cursor({"c": far, "i": "x"})}, headers=auth)
             assert r.status_code == 200, r.text
-        for forged in ({"o": 2**63}, {"c": "0001-01-01T00:00:00+01:00", "i": "x"}, {"c": "now", "i": "x"}):
+        for forged in (
+            {"o": 2**63},
+            {"c": "0001-01-01T00:00:00+01:00", "i": "x"},
+            {"c": "now", "i": "x"},
+            {"c": "2024-01-01T00:00:00+00:00", "i": "\u0000"},  # PostgreSQL text holds no NUL
+            {"c": "2024-01-01T00:00:00+00:00", "i": "\ud800"},  # a lone surrogate cannot be encoded
+        ):
             r = client.get(path, params={"cursor": _cursor(forged)}, headers=auth)
             assert_error(r, 400, "invalid_cursor", "cursor")
 

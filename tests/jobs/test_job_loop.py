@@ -57,6 +57,8 @@ def _check_full_result(stack: Stack, job_id: str) -> None:
     again = {**stack.headers, "If-None-Match": r.headers["etag"]}
     not_modified = stack.client.get(f"/api/v1/jobs/{job_id}/model", headers=again)
     assert not_modified.status_code == 304 and not_modified.content == b""
+    weak = {**stack.headers, "If-None-Match": f"W/{r.headers['etag']}"}  # as a proxy may pass it on
+    assert stack.client.get(f"/api/v1/jobs/{job_id}/model", headers=weak).status_code == 304
     other = {**stack.headers, "If-None-Match": '"something-else"'}
     assert stack.client.get(f"/api/v1/jobs/{job_id}/model", headers=other).content == r.content
     artifact = torch.load(io.BytesIO(r.content), weights_only=True)

@@ -253,15 +253,24 @@ async function jobsView(view, params) {
     );
     return page;
   };
-  const page = await load();
+  const moving = (page) => page?.items.some((j) => ["queued", "running"].includes(j.status));
   // Refresh the rows in place while something on this page is still moving: the scroll position stays,
   // and nothing is redrawn while a control of the page has the focus (a select being chosen from).
-  if (page?.items.some((j) => ["queued", "running"].includes(j.status))) {
-    state.timer = setInterval(async () => {
+  // It stops once everything on the page has ended; a slow answer is not overtaken by the next tick.
+  if (moving(await load())) {
+    let busy = false;
+    const timer = setInterval(async () => {
       const focused = document.activeElement;
-      if (focused && focused !== document.body && $("#view").contains(focused) && focused.matches("input, select, textarea")) return;
-      try { await load(); } catch (err) { if (!(err instanceof StaleRoute)) say(`could not refresh the list: ${err.message}`); }
+      if (busy || (focused && focused !== document.body && $("#view").contains(focused) && focused.matches("input, select, textarea"))) return;
+      busy = true;
+      try {
+        if (!moving(await load())) clearInterval(timer);
+      } catch (err) {
+        if (err instanceof StaleRoute) clearInterval(timer);
+        else say(`could not refresh the list: ${err.message}`);
+      } finally { busy = false; }
     }, 4000);
+    state.timer = timer;
   }
 }
 
