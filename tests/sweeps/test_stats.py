@@ -99,7 +99,7 @@ def test_best_and_runner_up_distinguishable_when_intervals_do_not_overlap() -> N
     order, ranked = stats.rank_settings({"a": a, "b": b}, lower_is_better=True)
     assert order == ["a", "b"] and ranked is not None
     assert ranked.best == "a" and ranked.runner_up == "b" and ranked.distinguishable is True
-    assert "do not overlap" in ranked.explanation and "[0.751" in ranked.explanation and "[1.751" in ranked.explanation
+    assert "do not overlap" in ranked.explanation and "[0.7516" in ranked.explanation and "[1.752" in ranked.explanation
 
     order, ranked = stats.rank_settings({"a": a, "b": b}, lower_is_better=False)
     assert order == ["b", "a"] and ranked is not None and ranked.best == "b"
