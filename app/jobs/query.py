@@ -7,7 +7,8 @@ Fields: ``<split>.<metric>`` of final metrics (train/val/test), ``best.<split>.<
 ``last.<split>.<metric>`` for the epoch metrics (loss, rmse or accuracy) of train/val at the best
 and at the last epoch, the job columns ``status``,
 ``task``, ``name``, ``dataset_id``, ``sweep_id``, ``device``, ``attempts``, and any dotted path of the
-normalized spec (``model.hidden_size``, ``training.learning_rate``). Operators: = == != < <= > >= in, not in.
+normalized spec (``model.hidden_size``, ``training.learning_rate``). Operators: = == != < <= > >= in, not in,
+and ``contains`` (a substring of a text field, any case: ``name contains "lstm"``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import typing
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, not_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, not_, or_, select
 from sqlalchemy.orm import aliased
 
 from app.errors import AppError, BadRequest
@@ -70,7 +71,7 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
             tokens.append(("value", number))
         elif kind == "str":
             tokens.append(("value", value[1:-1]))
-        elif kind == "word" and value.lower() in ("and", "or", "in", "not"):
+        elif kind == "word" and value.lower() in ("and", "or", "in", "not", "contains"):
             tokens.append((value.lower(), value))
         elif kind == "word" and value.lower() in ("true", "false", "null"):
             tokens.append(("value", {"true": True, "false": False, "null": None}[value.lower()]))
@@ -320,6 +321,17 @@ class _Parser:
                 raise _bad("missing ')'")
             return node
         field = self.take("word")
+        if self.peek() == "contains":
+            # A substring of a text field, any case: name contains "lstm" (% and _ are plain characters).
+            self.take("contains")
+            value = self.take("value")
+            column, kind = field_expression(field, value if isinstance(value, str) else "", self.joins)
+            self.reads_spec |= field not in JOB_COLUMNS and field.split(".")[0] in SPEC_SECTIONS
+            if kind != "string":
+                raise _bad(f"contains works on text fields such as name or data.target; {field} is not one")
+            if not isinstance(value, str):
+                raise _bad(f"contains takes a quoted string; got {value!r}")
+            return func.lower(column).contains(value.lower(), autoescape=True)
         if self.peek() in ("in", "not"):
             negate = self.peek() == "not"
             if negate:

@@ -335,6 +335,25 @@ def test_where_refuses_mismatched_types_with_400(client, auth, sine, backend, wh
     assert r.json()["error"]["code"] == "invalid_where" and says in r.json()["error"]["message"]
 
 
+def test_where_contains_finds_a_substring_in_any_case(client, auth, sine) -> None:
+    names = ["Alpha-LSTM", "beta_lstm", "gamma-gru", "50%_off", "5000_off"]
+    for name in names:
+        assert client.post("/api/v1/jobs", headers=auth, json={**forecast_spec(sine), "name": name}).status_code == 201
+
+    def found(where: str) -> set[str]:
+        r = client.get("/api/v1/jobs", params={"where": where}, headers=auth)
+        assert r.status_code == 200, r.text
+        return {j["name"] for j in r.json()["items"]}
+
+    assert found('name contains "lstm"') == {"Alpha-LSTM", "beta_lstm"}
+    assert found('name contains "%"') == {"50%_off"}  # % and _ are characters, not LIKE wildcards
+    assert found('name contains "a_l"') == {"beta_lstm"}
+    assert found('not name contains "lstm" and data.target contains "VAL"') == {"gamma-gru", "50%_off", "5000_off"}
+    for where, says in (('test.rmse contains "1"', "text fields"), ("name contains 5", "quoted string")):
+        r = client.get("/api/v1/jobs", params={"where": where}, headers=auth)
+        assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
+
+
 def test_forged_cursor_is_400(client, auth) -> None:
     import base64
     import json
