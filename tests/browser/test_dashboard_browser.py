@@ -683,6 +683,32 @@ def test_tpe_search_page_shows_its_trials_on_the_validation_objective(site: Site
     assert_local_only(site)
 
 
+def test_cancel_and_delete_from_the_job_and_sweep_pages(site: Site) -> None:
+    headers = {"Authorization": f"Bearer {site.key}"}
+    spec = forecast_spec(site.dataset, epochs=2)
+    spec["name"] = "to-be-deleted"
+    job = httpx.post(f"{site.base}/api/v1/jobs", headers=headers, json=spec).json()["id"]
+    page = open_page(site, f"/jobs/{job}")
+    page.once("dialog", lambda d: d.accept())  # the confirmation before a delete
+    page.click("#cancel-job")
+    page.locator("#job-title", has_text="cancelled").wait_for(timeout=15_000)
+    page.click("#delete-job")
+    page.wait_for_function("location.hash === '#/jobs'")
+    assert httpx.get(f"{site.base}/api/v1/jobs/{job}", headers=headers).status_code == 404
+    # A sweep: cancel its queued jobs, then delete it with them.
+    body = {"name": "short-lived", "base": forecast_spec(site.dataset, epochs=2), "grid": {}, "seeds": [0]}
+    sweep = httpx.post(f"{site.base}/api/v1/sweeps", headers=headers, json=body).json()
+    page.goto(f"{site.base}/#/sweeps/{sweep['id']}")
+    page.click("#cancel-sweep", timeout=45_000)
+    page.once("dialog", lambda d: d.accept())
+    page.click("#delete-sweep", timeout=45_000)
+    page.wait_for_function("location.hash === '#/sweeps'")
+    assert httpx.get(f"{site.base}/api/v1/sweeps/{sweep['id']}", headers=headers).status_code == 404
+    assert httpx.get(f"{site.base}/api/v1/jobs/{sweep['jobs'][0]['id']}", headers=headers).status_code == 404
+    page.context.close()
+    assert_local_only(site)
+
+
 def test_compare_leaves_out_a_deleted_job_and_names_it(site: Site) -> None:
     gone = "0" * 32
     page = open_page(site, f"/compare?jobs={site.job},{gone},{site.classifier},{site.job}")

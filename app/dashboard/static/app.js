@@ -225,7 +225,7 @@ async function jobsView(view, params) {
         whereError.textContent = err.message;
         whereInput.setAttribute("aria-invalid", "true");
         tableHolder.replaceChildren(empty("Fix the filter to see jobs. Fields: ", h("code", {}, "test.rmse"), ", ",
-          h("code", {}, "model.cell"), ", ", h("code", {}, "status"), " …; operators = != < <= > >= in, not in, contains (name contains "lstm"), and, or, not."));
+          h("code", {}, "model.cell"), ", ", h("code", {}, "status"), " …; operators = != < <= > >= in, not in, contains (", h("code", {}, 'name contains "lstm"'), "), and, or, not."));
         return null;
       }
       throw err;
