@@ -77,6 +77,23 @@ def test_empty_npz_arrays_are_data_errors() -> None:
         build_examples(spec, {"X": np.zeros((5, 3, 1)), "y": np.zeros((5, 0))})
 
 
+def test_npz_integers_beyond_2_53_are_refused_like_table_columns() -> None:
+    x = np.arange(60, dtype=np.int64).reshape(20, 3, 1)
+    x[3, 1, 0] = -(2**62)
+    spec = make_spec("regression", {"layout": "arrays", "target": "y"})
+    with pytest.raises(DataError, match=r"array 'X' holds integers beyond ±2\^53 \(e.g. -4611686018427387904\)") as err:
+        build_examples(spec, {"X": x, "y": np.zeros(20)})
+    assert err.value.field == "data.features"
+    big_y = np.full(20, 2**60, dtype=np.int64)
+    with pytest.raises(DataError, match=r"array 'y' holds integers beyond") as err:
+        build_examples(spec, {"X": np.zeros((20, 3, 1)), "y": big_y})
+    assert err.value.field == "data.target"
+    # As class labels, large integers are names: accepted.
+    labels = np.where(np.arange(20) % 2 == 0, 2**60, 7).astype(np.int64)
+    classes = make_spec("classification", {"layout": "arrays", "target": "y"})
+    build_examples(classes, {"X": np.zeros((20, 3, 1)), "y": labels})
+
+
 @pytest.mark.parametrize("val_fraction", [0.15, 0.0])
 def test_purge_that_leaves_nothing_names_horizon_with_real_counts(val_fraction: float) -> None:
     spec = make_spec(

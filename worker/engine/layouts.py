@@ -22,6 +22,7 @@ from .tables import (
     normalize_split_labels,
     numeric_column,
     plain_column,
+    refuse_inexact_integers,
     refuse_non_finite,
     require_column,
     split_label_column,
@@ -345,6 +346,9 @@ def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> 
                 field="data.features",
             )
     refuse_non_finite(x_raw, "array 'X'", "data.features")
+    refuse_inexact_integers(x_raw, "array 'X'", "data.features")
+    if spec.task != "classification":  # class labels are names, however large
+        refuse_inexact_integers(y_raw, "array 'y'", "data.target")
     labels = y_raw
     if y_raw.dtype.kind == "f":
         missing = int(np.isnan(y_raw).sum())

@@ -98,6 +98,23 @@ def numeric_column(table: pa.Table, name: str, field: str, role: str = "column")
     return values
 
 
+EXACT_INTEGER = 2**53  # beyond it, not every integer has a float64 of its own
+
+
+def refuse_inexact_integers(values: np.ndarray, name: str, field: str) -> None:
+    """Integer arrays (NPZ) by the same rule as table columns: beyond ±2^53 they are refused."""
+    if values.dtype.kind not in "iu" or values.size == 0:
+        return
+    low, high = int(values.min()), int(values.max())
+    largest = high if abs(high) >= abs(low) else low
+    if abs(largest) > EXACT_INTEGER:
+        raise DataError(
+            f"{name} holds integers beyond ±2^53 (e.g. {largest}), which cannot be represented exactly as "
+            "floats; drop or rescale them before uploading",
+            field=field,
+        )
+
+
 def as_float64(column: pa.ChunkedArray, name: str, field: str, role: str = "column") -> np.ndarray:
     """A numeric column as float64; integers beyond ±2**53 (which no float holds exactly) are refused."""
     try:
