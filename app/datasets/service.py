@@ -289,7 +289,7 @@ def _in_use(dataset_id: str, job_ids: list[str]) -> AppError:
     return Conflict(
         "dataset_in_use",
         f"dataset '{dataset_id}' is used by queued or running jobs{shown}; cancel them or wait until they finish",
-        {"job_ids": job_ids},
+        {"jobs": job_ids, "job_ids": job_ids},  # "jobs" as in job_active and sweep_active; job_ids kept
     )
 
 

@@ -130,7 +130,7 @@ def test_delete_is_409_while_a_job_uses_the_dataset(client, auth, status) -> Non
     dataset_id = upload(client, auth, "d.csv", small_csv(1)).json()["id"]
     job_id = insert_job(dataset_id, status)
     err = assert_error(client.delete(f"/api/v1/datasets/{dataset_id}", headers=auth), 409, "dataset_in_use", job_id)
-    assert err["details"]["job_ids"] == [job_id]
+    assert err["details"]["jobs"] == err["details"]["job_ids"] == [job_id]  # named as in job_active
     assert client.get(f"/api/v1/datasets/{dataset_id}", headers=auth).status_code == 200
     assert len(storage_files()) == 1
 
