@@ -123,6 +123,8 @@ def test_cli_walkthrough(served: Served, tmp_path: Path) -> None:
     assert table.returncode == 0, table.stderr
     assert "95% CI on test" in table.stdout and "ci_low" in table.stdout
     assert re.search(r"naive .*(beats|does not beat)", table.stdout), table.stdout
+    # each baseline's paired interval of model − baseline, rounded like the other cells
+    assert "difference_ci" in table.stdout and re.search(r"naive .*\[-?[0-9.e-]+, -?[0-9.e-]+\]", table.stdout)
     evaluation_csv = rnnlab(served, "jobs", "evaluation", job_id, "--output", "csv").stdout
     assert evaluation_csv.splitlines()[0] == "metric,train,val,test,ci_low,ci_high"
 
