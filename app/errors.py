@@ -117,11 +117,6 @@ class AppError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-        if details is None and code == "validation_error":
-            # Validation errors always list {field, message, type}; "name: at most …" names its field.
-            field, sep, text = message.partition(": ")
-            named = sep and " " not in field
-            details = [{"field": field if named else "body", "message": text if named else message, "type": code}]
         self.details = details
 
     def with_message(self, message: str, details: Any = None) -> AppError:

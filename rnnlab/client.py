@@ -324,8 +324,12 @@ class Job:
         """
         last_epoch, run, last_id = 0, None, None
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def expired() -> bool:
+            return deadline is not None and time.monotonic() >= deadline
+
         while True:
-            if deadline is not None and time.monotonic() >= deadline:
+            if expired():
                 raise TimeoutError(f"job {self.id} is still {self.status} after {timeout}s")
             # With a deadline, a read waits at most until it, and the server's keep-alives (every 15 s)
             # come through, so a queued job or a slow epoch cannot hold the loop past it.
@@ -335,7 +339,7 @@ class Job:
                 with contextlib.closing(events):  # leaving early closes the stream too
                     for event in events:
                         if event.event == "keep-alive":
-                            if deadline is not None and time.monotonic() >= deadline:
+                            if expired():
                                 break
                             continue
                         last_id = event.id or last_id
@@ -353,7 +357,7 @@ class Job:
                         if event.event == "end":
                             self.refresh()
                             return
-                        if deadline is not None and time.monotonic() >= deadline:
+                        if expired():
                             break
             except httpx.ReadTimeout:
                 pass  # the deadline came while the stream was silent

@@ -67,6 +67,12 @@ def too_large(limit_bytes: int, what: str = "the file") -> AppError:
     )
 
 
+def _field_error(field: str, message: str) -> InvalidInput:
+    """A form field that breaks a rule: a validation_error listing it, as schema errors do."""
+    details = [{"field": field, "message": message, "type": "validation_error"}]
+    return InvalidInput("validation_error", f"{field}: {message}", details)
+
+
 def _decode_param(raw: bytes) -> str:
     # Browsers and curl send UTF-8 names; parse_options_header hands back the raw bytes as latin-1.
     try:
@@ -163,7 +169,7 @@ class MultipartUploadSink:
             raise InvalidInput("empty_file", f"{self._filename!r} is empty (0 bytes)")
         name = self._name.decode("utf-8", errors="replace").strip() if self._name_seen else ""
         if len(name) > MAX_NAME_CHARS:
-            raise InvalidInput("validation_error", f"name: at most {MAX_NAME_CHARS} characters")
+            raise _field_error(NAME_FIELD, f"at most {MAX_NAME_CHARS} characters")
         check_dataset_name(name)
         return ReceivedUpload(
             path=self._path,
@@ -208,7 +214,7 @@ class MultipartUploadSink:
             self._begin_file(options.get(b"filename"))
         elif field == NAME_FIELD:
             if self._name_seen:
-                raise InvalidInput("validation_error", "name: send the 'name' field once")
+                raise _field_error(NAME_FIELD, "send the 'name' field once")
             self._name_seen = True
             self._part = NAME_FIELD
         else:
@@ -216,7 +222,7 @@ class MultipartUploadSink:
 
     def _begin_file(self, raw_filename: bytes | None) -> None:
         if self._path is not None:
-            raise InvalidInput("validation_error", "file: send exactly one 'file' part per upload")
+            raise _field_error(FILE_FIELD, "send exactly one 'file' part per upload")
         if raw_filename is None:
             raise InvalidInput(
                 "invalid_filename",
@@ -251,7 +257,7 @@ class MultipartUploadSink:
         elif self._part == NAME_FIELD:
             self._name += data[start:end]
             if len(self._name) > MAX_TEXT_FIELD_BYTES:
-                raise InvalidInput("validation_error", f"name: at most {MAX_NAME_CHARS} characters")
+                raise _field_error(NAME_FIELD, f"at most {MAX_NAME_CHARS} characters")
 
     def _on_part_end(self) -> None:
         if self._part == FILE_FIELD and self._file is not None:

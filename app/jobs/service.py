@@ -419,7 +419,7 @@ def leaderboard(session: Session, project: Project, dataset_id: str, metric: str
                 cell=job.cell,
                 sweep_id=job.sweep_id,
                 setting=job.setting,
-                seed=(job.spec.get("training") or {}).get("seed") if isinstance(job.spec, dict) else None,
+                seed=job.spec.get("training", {}).get("seed"),
                 metric=metric,
                 value=float(metric_value_),
                 interval=interval,

@@ -230,7 +230,8 @@ async function jobsView(view, params) {
       }
       throw err;
     }
-    await loadSweepNames();
+    // Sweep names only when this page shows a sweep not named yet (not on every refresh).
+    if (page.items.some((j) => j.sweep_id && !state.sweepNames[j.sweep_id])) await loadSweepNames();
     view.check();
     if (!page.items.length) {
       tableHolder.replaceChildren(where || status || datasetId || cursor
