@@ -17,6 +17,9 @@ setting's mean, and the reference computed here from the raw data: 1-NN Euclidea
 archive's train/test split for classification; naive, seasonal naive and least-squares AR on the
 job's own test windows for forecasting. A data set passes when every default run beats the
 reference(s) and its mean is within 3 points of accuracy (10% of MAE) of the best swept setting.
+Below the table, per data set, how well its test part can tell each default run from the
+strongest reference: the paired 95% bootstrap interval of (run − reference) per test example,
+from the job's own ``/predict`` on the test inputs (1-NN for a univariate set, the AR for a series).
 
     python bench/quality.py                      # all 9 data sets
     python bench/quality.py --sweep-seeds 1 --concurrency 4   # the README's run: 18 min at load 4-6
@@ -65,12 +68,26 @@ SWEEPS: dict[str, dict[str, list[Any]]] = {
 
 def nearest_neighbour_accuracy(bench: BenchSet) -> float:
     """1-NN with Euclidean distance on the archive's train/test split (the UCR reference)."""
-    assert bench.x_train is not None and bench.x_test is not None
-    train = bench.x_train.reshape(len(bench.x_train), -1)
-    test = bench.x_test.reshape(len(bench.x_test), -1)
-    distances = (test**2).sum(1)[:, None] - 2 * test @ train.T + (train**2).sum(1)[None, :]
-    predicted = np.asarray(bench.y_train)[distances.argmin(axis=1)]
-    return float(np.mean(predicted == np.asarray(bench.y_test)))
+    return float(np.mean(nearest_neighbour_labels(bench) == np.asarray(bench.y_test)))
+
+
+def test_targets(bench: BenchSet, test_windows: int) -> np.ndarray:
+    """Indices of the series' last ``test_windows`` one-step targets (the job's temporal test part)."""
+    assert bench.series is not None
+    return np.arange(len(bench.series) - test_windows, len(bench.series))
+
+
+def ar_forecasts(bench: BenchSet, targets: np.ndarray) -> np.ndarray:
+    """Least-squares AR(lookback) with an intercept, fitted on every window before ``targets``."""
+    assert bench.series is not None
+    y = bench.series
+    lookback = int(bench.data["lookback"])
+    fit_targets = np.arange(lookback, targets[0])
+    design = np.stack([y[t - lookback : t] for t in fit_targets])
+    design = np.hstack([design, np.ones((len(design), 1))])
+    coef, *_ = np.linalg.lstsq(design, y[fit_targets], rcond=None)
+    test_design = np.hstack([np.stack([y[t - lookback : t] for t in targets]), np.ones((len(targets), 1))])
+    return test_design @ coef
 
 
 def forecast_references(bench: BenchSet, test_windows: int) -> dict[str, float]:
@@ -78,18 +95,58 @@ def forecast_references(bench: BenchSet, test_windows: int) -> dict[str, float]:
     one-step targets (the job's temporal test part), AR fitted on every earlier window."""
     assert bench.series is not None
     y = bench.series
-    lookback = int(bench.data["lookback"])
-    targets = np.arange(len(y) - test_windows, len(y))
+    targets = test_targets(bench, test_windows)
     refs = {"naive": float(np.mean(np.abs(y[targets] - y[targets - 1])))}
     if bench.season is not None:
         refs["seasonal_naive"] = float(np.mean(np.abs(y[targets] - y[targets - bench.season])))
-    fit_targets = np.arange(lookback, targets[0])
-    design = np.stack([y[t - lookback : t] for t in fit_targets])
-    design = np.hstack([design, np.ones((len(design), 1))])
-    coef, *_ = np.linalg.lstsq(design, y[fit_targets], rcond=None)
-    test_design = np.hstack([np.stack([y[t - lookback : t] for t in targets]), np.ones((len(targets), 1))])
-    refs["ar"] = float(np.mean(np.abs(test_design @ coef - y[targets])))
+    refs["ar"] = float(np.mean(np.abs(ar_forecasts(bench, targets) - y[targets])))
     return refs
+
+
+def nearest_neighbour_labels(bench: BenchSet) -> np.ndarray:
+    """The 1-NN Euclidean label of each archive test example (nearest of the archive's train examples)."""
+    assert bench.x_train is not None and bench.x_test is not None
+    train = bench.x_train.reshape(len(bench.x_train), -1)
+    test = bench.x_test.reshape(len(bench.x_test), -1)
+    distances = (test**2).sum(1)[:, None] - 2 * test @ train.T + (train**2).sum(1)[None, :]
+    return np.asarray(bench.y_train)[distances.argmin(axis=1)]
+
+
+def paired_interval(differences: np.ndarray, samples: int = 4_000) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of per-example differences (job − reference):
+    both scored on the same resampled test examples, as the service's ``difference_interval``."""
+    rng = np.random.default_rng(0)
+    means = differences[rng.integers(0, len(differences), size=(samples, len(differences)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def gap_to_reference(client: httpx.Client, bench: BenchSet, job: dict[str, Any], test_windows: int) -> Any:
+    """The job's paired 95% interval against the strongest reference (1-NN; the AR for a series):
+    per test example, the job's score minus the reference's, from the job's own ``/predict`` on
+    the test inputs. None where the bench cannot rebuild the job's test inputs exactly (a
+    ``sequences`` layout's variable lengths) or its predictions do not reproduce the job's test metric."""
+    if bench.task == "classification":
+        if bench.data["layout"] != "wide":
+            return None
+        assert bench.x_test is not None
+        body = {"inputs": bench.x_test.tolist()}
+        labels = checked(client.post(f"/api/v1/jobs/{job['id']}/predict", json=body))["predictions"]["labels"]
+        truth = np.asarray(bench.y_test).astype(str)
+        job_score = (np.asarray(labels).astype(str) == truth).astype(float)
+        reference = (nearest_neighbour_labels(bench).astype(str) == truth).astype(float)
+    else:
+        assert bench.series is not None
+        y = bench.series
+        lookback = int(bench.data["lookback"])
+        targets = test_targets(bench, test_windows)
+        body = {"inputs": [[[float(v)] for v in y[t - lookback : t]] for t in targets]}
+        predicted = np.asarray(checked(client.post(f"/api/v1/jobs/{job['id']}/predict", json=body))["predictions"])
+        job_score = np.abs(predicted.reshape(len(targets), -1)[:, 0] - y[targets])
+        reference = np.abs(ar_forecasts(bench, targets) - y[targets])
+    if not np.isclose(job_score.mean(), test_value(job, bench.metric), rtol=1e-4, atol=1e-6):
+        return None
+    return paired_interval(job_score - reference)
 
 
 # ---------------------------------------------------------------- the service, as a client
@@ -229,6 +286,8 @@ class Row:
     references: dict[str, float]
     settings_seen: str
     collapsed: int
+    # Per default run: the paired 95% interval of (run − strongest reference), or None (see gap_to_reference).
+    gaps: list[tuple[float, float] | None] = field(default_factory=list)
 
     @property
     def higher_is_better(self) -> bool:
@@ -274,6 +333,7 @@ def score(client: httpx.Client, submitted: Submitted) -> Row:
         references = {"1nn_euclidean": nearest_neighbour_accuracy(bench)}
     else:
         references = forecast_references(bench, test_windows)
+    gaps = [gap_to_reference(client, bench, job, test_windows) for job in defaults]
     resolved = defaults[0]["spec"]
     settings_seen = (
         f"batch {resolved['training']['batch_size']}, epochs {resolved['training']['epochs']}, "
@@ -283,7 +343,15 @@ def score(client: httpx.Client, submitted: Submitted) -> Row:
         f"mixup {resolved['training']['mixup']:g}, ensemble {resolved['model'].get('ensemble', 1)}"
     )
     return Row(
-        bench.name, bench.metric, values, best, means.get(best, float("nan")), references, settings_seen, collapsed
+        bench.name,
+        bench.metric,
+        values,
+        best,
+        means.get(best, float("nan")),
+        references,
+        settings_seen,
+        collapsed,
+        gaps,
     )
 
 
@@ -296,6 +364,22 @@ def format_row(row: Row) -> str:
     return (
         f"| {row.name} | {row.metric} | {mean:.{digits}f} ± {std:.{digits}f} | {worst:.{digits}f} | "
         f"{row.best_mean:.{digits}f} ({row.best_setting}) | {refs} | {verdict} |"
+    )
+
+
+def format_gaps(row: Row) -> str | None:
+    """How far the test set can tell the default runs from the strongest reference: each run's paired
+    interval, and how many hold 0 (a lead or a gap within resampling noise)."""
+    known = [g for g in row.gaps if g is not None]
+    if not known:
+        return None
+    reference = "1nn_euclidean" if row.higher_is_better else "ar"
+    digits = 3 if row.higher_is_better else 2
+    inside = sum(low <= 0 <= high for low, high in known)
+    intervals = " ".join(f"[{low:+.{digits}f}, {high:+.{digits}f}]" for low, high in known)
+    return (
+        f"{row.name}: run − {reference}, paired 95% intervals on the test examples: {intervals}; "
+        f"{inside} of {len(known)} hold 0"
     )
 
 
@@ -341,6 +425,9 @@ def main() -> None:
     print()
     for row in rows:
         print(f"{row.name}: defaults resolved to {row.settings_seen} (lstm seed 0)")
+        gaps = format_gaps(row)
+        if gaps:
+            print(gaps)
         if row.collapsed:
             print(f"{row.name}: {row.collapsed} default run(s) noted a training loss that never moved")
     print(f"wall time {time.perf_counter() - started:.0f} s, worker concurrency {args.concurrency}")
