@@ -46,6 +46,20 @@ class Settings(BaseSettings):
         le=1000,
         description="Database connections a process keeps open for reuse (as many again may open at peaks).",
     )
+    db_lock_timeout_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="PostgreSQL: a statement waiting longer than this for a row lock fails (503 database_busy) "
+        "instead of waiting on a stuck process; 0 waits forever.",
+    )
+    db_idle_transaction_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        le=86400,
+        description="PostgreSQL: a session left idle inside a transaction this long (a frozen or partitioned "
+        "process) is ended by the server, releasing its locks; 0 never.",
+    )
     api_workers: int | None = Field(default=None, ge=1, le=64, description="API processes; default from CPUs.")
     gc_freeze: bool = Field(default=True, description="gc.freeze() after start-up, with higher GC thresholds.")
     access_log: bool = Field(

@@ -51,11 +51,44 @@ def make_engine(url: str) -> Engine:
     # psycopg (3) gets the one-round-trip ping below; any other driver SQLAlchemy's pre-ping.
     psycopg = make_url(url).get_dialect().driver == "psycopg"
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=not psycopg)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _postgres_session_limits)
     if psycopg:
         event.listen(engine, "connect", _mark_fresh)
         event.listen(engine, "checkout", _ping_postgres)
         event.listen(engine, "checkin", _mark_used)
     return engine
+
+
+def _postgres_session_limits(dbapi_connection: Any, _: Any) -> None:
+    """Bound what a stuck process can cost the others, on every new PostgreSQL connection.
+
+    A worker frozen (a paused VM, a partitioned host) inside a write holds its job's row lock; with
+    PostgreSQL's defaults everything that touches the row waits with it, and waiters pile up until
+    the API's pool is gone. ``lock_timeout``: such a waiter fails after RNNLAB_DB_LOCK_TIMEOUT_SECONDS
+    (an API request answers 503 database_busy). ``idle_in_transaction_session_timeout``: the server
+    ends the frozen session after RNNLAB_DB_IDLE_TRANSACTION_SECONDS, releasing its locks (every
+    transaction here is short). TCP keepalives: a client host that vanished is noticed in about
+    two minutes instead of the kernel's two hours. Session settings (``SET``), so a URL's own
+    ``options`` (a search_path) stay as they are.
+    """
+    settings = get_settings()
+    values = {
+        "lock_timeout": f"{round(settings.db_lock_timeout_seconds * 1000)}ms",
+        "idle_in_transaction_session_timeout": f"{round(settings.db_idle_transaction_seconds * 1000)}ms",
+        "tcp_keepalives_idle": "60",
+        "tcp_keepalives_interval": "10",
+        "tcp_keepalives_count": "6",
+    }
+    autocommit = dbapi_connection.autocommit
+    dbapi_connection.autocommit = True  # a SET inside a transaction that is rolled back would not last
+    try:
+        cursor = dbapi_connection.cursor()
+        for name, value in values.items():
+            cursor.execute(f"SET {name} = '{value}'")
+        cursor.close()
+    finally:
+        dbapi_connection.autocommit = autocommit
 
 
 # A read run by read_with_retry skips the ping of a connection used this recently (HikariCP's

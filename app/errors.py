@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.http_methods import allowed_methods
@@ -102,6 +103,12 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "not_ready": (503, "the database or the broker does not answer (readiness)"),
     "dataset_file_missing": (503, "the dataset's stored file is missing from storage"),
     "storage_unavailable": (503, "the object store (RNNLAB_STORAGE_URL) cannot be reached; nothing was stored"),
+    "database_unavailable": (503, "the database cannot be reached; try again (`Retry-After`)"),
+    "database_busy": (
+        503,
+        "a row the request needs is locked by a process that does not answer, or every database connection "
+        "is in use; try again (`Retry-After`)",
+    ),
 }
 
 
@@ -283,6 +290,20 @@ def validation_message(details: list[dict[str, Any]]) -> str:
     return "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in details[:5])
 
 
+# PostgreSQL's lock_not_available: a statement waited RNNLAB_DB_LOCK_TIMEOUT_SECONDS for a row lock.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def database_error(exc: Exception) -> tuple[str, str]:
+    """The code and message of a 503 for a database that is down, or busy past its limits."""
+    if isinstance(exc, sa_exc.TimeoutError):  # the pool had no connection to give within its timeout
+        return "database_busy", "every database connection of this server is in use; try again"
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) == LOCK_NOT_AVAILABLE or "database is locked" in str(orig):  # SQLite's
+        return "database_busy", "a row this request needs is locked by another process that does not answer; try again"
+    return "database_unavailable", "the database cannot be reached; try again"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
@@ -306,6 +327,13 @@ def install_error_handlers(app: FastAPI) -> None:
             if methods:
                 headers["Allow"] = ", ".join(methods)
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers or None)
+
+    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _database_error(_: Request, exc: Exception) -> JSONResponse:
+        code, message = database_error(exc)
+        log.warning("%s: %s", code, exc)
+        return JSONResponse(error_body(code, message), status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -20,9 +20,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy import false as sa_false
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from app.jobs.status import JobStatus
 
@@ -38,6 +39,16 @@ NAMING_CONVENTION = {
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def db_now(session: Session) -> Any:
+    """ "Now" for what processes compare across machines — leases, dispatch times, worker heartbeats:
+    the database's clock on PostgreSQL (a SQL expression, evaluated by the server, so workers whose
+    clocks disagree still agree on when a lease runs out), this process's clock on SQLite (one machine).
+    Usable in ``values()`` and ``where()``, and with ``+``/``-`` a ``timedelta``."""
+    if session.get_bind().dialect.name == "postgresql":
+        return func.statement_timestamp(type_=DateTime(timezone=True))
+    return utcnow()
 
 
 def new_id() -> str:

@@ -62,15 +62,18 @@ def _init_child(**_: object) -> None:
 _heartbeat: tuple[str, list[str]] | None = None
 
 
-def _recover() -> None:
-    """The heartbeat (which queues this worker serves), then jobs (dead leases, lost messages), then
-    searches: a tpe sweep whose slot freed while no one asked (the API or a worker restarted mid-search)
-    gets its next trials."""
+def _beat() -> None:
+    """The heartbeat: which queues this worker serves (what the API's ``waiting_for`` reads)."""
     if _heartbeat is not None:
         try:
             record_heartbeat(*_heartbeat)
         except Exception:
             log.exception("could not record this worker's heartbeat")
+
+
+def _recover() -> None:
+    """Jobs (dead leases, lost messages), then searches: a tpe sweep whose slot freed while no one
+    asked (the API or a worker restarted mid-search) gets its next trials."""
     recover_jobs()
     advance_searches()
 
@@ -84,16 +87,26 @@ def _recovery_loop() -> None:
             log.exception("recovery pass failed; retrying in %.1f s", interval)
 
 
+def _heartbeat_loop() -> None:
+    # Its own thread: a recovery pass that waits on a locked row (up to RNNLAB_DB_LOCK_TIMEOUT_SECONDS
+    # per statement) must not make a live worker look gone.
+    interval = get_settings().recovery_interval_seconds
+    while not _recovery_stop.wait(interval):
+        _beat()
+
+
 @worker_ready.connect
 def _start_recovery(sender: Any = None, **_: object) -> None:
     """Every worker runs the recovery loop; its conditional UPDATEs make concurrent loops safe."""
     global _heartbeat
     queues = sorted(celery_app.amqp.queues.consume_from or celery_app.amqp.queues)
     _heartbeat = (f"{getattr(sender, 'hostname', None) or worker_identity()}:{os.getpid()}", queues)
+    _beat()
     try:
         _recover()
     except Exception:
         log.exception("first recovery pass failed")
+    threading.Thread(target=_heartbeat_loop, name="rnnlab-heartbeat", daemon=True).start()
     threading.Thread(target=_recovery_loop, name="rnnlab-recovery", daemon=True).start()
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Iterable
-from datetime import timedelta
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -31,7 +30,7 @@ from app.config import get_settings
 from app.db import new_session
 from app.jobs import state
 from app.jobs.status import JobStatus
-from app.models import Job, utcnow
+from app.models import Job
 from app.queue import QUEUES, broker_job_ids, send_job
 
 log = logging.getLogger(__name__)
@@ -138,14 +137,13 @@ def recover_jobs() -> dict[str, list[str]]:
     settings = get_settings()
     with new_session() as session:
         requeued, ended = state.expire_leases(session)
-        now = utcnow()
-        candidates = state.jobs_to_redispatch(session, now - timedelta(seconds=DISPATCH_GRACE_SECONDS))
+        candidates = state.jobs_to_redispatch(session, DISPATCH_GRACE_SECONDS)
     held = broker_job_ids()
     if held is None:
         # Cannot see inside this broker: fall back to resending after a quiet period (a duplicate
         # message is harmless, the claim lets only one through).
         with new_session() as session:
-            lost = state.jobs_to_redispatch(session, now - timedelta(seconds=settings.redispatch_after_seconds))
+            lost = state.jobs_to_redispatch(session, settings.redispatch_after_seconds)
     else:
         lost = [(job_id, queue) for job_id, queue in candidates if job_id not in held]
     resent: list[str] = []

@@ -15,7 +15,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.jobs.status import FINISHED, JobStatus, allowed
-from app.models import EpochMetric, Evaluation, Job, JobMetric, utcnow
+from app.models import EpochMetric, Evaluation, Job, JobMetric, db_now
 
 QUEUED, RUNNING, CANCELLED, FAILED = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED
 
@@ -40,7 +40,7 @@ def _held(claim: Claim) -> Any:
 
 def claim_job(session: Session, job_id: str, worker_id: str, lease_seconds: float) -> Claim | None:
     """queued → running for this worker, with a lease; None when the job is not claimable."""
-    now = utcnow()
+    now = db_now(session)
     job = session.get(Job, job_id)
     if job is None or job.status != QUEUED or job.cancel_requested:
         return None
@@ -82,7 +82,7 @@ def renew_lease(
     row = session.execute(
         update(Job)
         .where(_held(claim))
-        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds), **values)
+        .values(lease_expires_at=db_now(session) + timedelta(seconds=lease_seconds), **values)
         .returning(Job.cancel_requested)
         .execution_options(synchronize_session=False)
     ).first()
@@ -98,7 +98,7 @@ def finish_job(session: Session, claim: Claim, status: JobStatus, *, commit: boo
     result = session.execute(
         update(Job)
         .where(_held(claim))
-        .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values)
+        .values(status=status, finished_at=db_now(session), lease_expires_at=None, **values)
         .execution_options(synchronize_session=False)
     )
     if commit:
@@ -118,7 +118,7 @@ def retry_later(session: Session, claim: Claim, delay_seconds: float) -> bool:
     again only after that pause, and meanwhile it holds no in-flight place of its queue (other jobs
     on the queue are dispatched as usual).
     """
-    return _requeue(session, claim, dispatched_at=None, not_before=utcnow() + timedelta(seconds=delay_seconds))
+    return _requeue(session, claim, dispatched_at=None, not_before=db_now(session) + timedelta(seconds=delay_seconds))
 
 
 def _requeue(session: Session, claim: Claim, **values: object) -> bool:
@@ -143,7 +143,7 @@ def request_cancel(session: Session, job: Job) -> JobStatus:
         result = session.execute(
             update(Job)
             .where(Job.id == job.id, Job.status == QUEUED)
-            .values(status=CANCELLED, cancel_requested=True, finished_at=utcnow())
+            .values(status=CANCELLED, cancel_requested=True, finished_at=db_now(session))
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -157,29 +157,35 @@ def request_cancel(session: Session, job: Job) -> JobStatus:
         session.refresh(job)
         if result.rowcount == 1 or job.status in FINISHED:  # type: ignore[attr-defined]
             break
-    now = utcnow()
-    if job.status == RUNNING and job.lease_expires_at is not None and job.lease_expires_at < now:
-        # Its worker is gone (the lease ran out) and no recovery loop has settled it yet, e.g. no worker
-        # runs at all: nobody would ever see the request, so the job is cancelled here and now.
+    if job.status == RUNNING and job.lease_expires_at is not None:
+        # Its worker is gone (the lease ran out: settle_expired checks that by the database's clock) and
+        # no recovery loop has settled it yet, e.g. no worker runs at all: nobody would ever see the
+        # request, so the job is cancelled here and now.
         row = (job.id, job.attempts, job.max_attempts, True, job.worker_id)
-        if settle_expired(session, row, now) is not None:
+        if settle_expired(session, row, db_now(session)) is not None:
             session.commit()
         session.refresh(job)
     return JobStatus(job.status)
 
 
-def expired_leases(session: Session, now: datetime) -> list[Any]:
-    """Running jobs whose lease ran out: rows of (id, attempts, max_attempts, cancel_requested, worker_id)."""
+def expired_leases(session: Session, now: Any) -> list[Any]:
+    """Running jobs whose lease ran out: rows of (id, attempts, max_attempts, cancel_requested, worker_id).
+
+    On PostgreSQL the rows are locked until the caller commits, and a row another process holds
+    locked is skipped (``SKIP LOCKED``): a worker frozen inside a write to its job (a paused VM) must
+    not stall every recovery loop behind it; the next pass after the server ends that session
+    (RNNLAB_DB_IDLE_TRANSACTION_SECONDS) settles it. SQLite takes no row locks (the clause is left out).
+    """
     return list(
         session.execute(
-            select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.worker_id).where(
-                Job.status == RUNNING, Job.lease_expires_at < now
-            )
+            select(Job.id, Job.attempts, Job.max_attempts, Job.cancel_requested, Job.worker_id)
+            .where(Job.status == RUNNING, Job.lease_expires_at < now)
+            .with_for_update(skip_locked=True)
         )
     )
 
 
-def settle_expired(session: Session, row: Any, now: datetime) -> JobStatus | None:
+def settle_expired(session: Session, row: Any, now: datetime | Any) -> JobStatus | None:
     """Requeue (attempts left), fail ('worker lost') or cancel one expired job; the new status or None.
 
     Guarded by everything that was read, cancel_requested included: a cancel or a renewal that
@@ -223,7 +229,7 @@ def settle_expired(session: Session, row: Any, now: datetime) -> JobStatus | Non
 
 def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[str], list[str]]:
     """Settle every expired lease. Returns (requeued ids, ids that ended: failed or cancelled)."""
-    now = now or utcnow()
+    now = now or db_now(session)
     requeued: list[str] = []
     ended: list[str] = []
     for row in expired_leases(session, now):
@@ -248,13 +254,13 @@ def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[s
 # before its ``not_before`` (a retry's pause after the store was unreachable).
 
 
-def _waiting(queue: str) -> Any:
+def _waiting(queue: str, now: Any) -> Any:
     return and_(
         Job.queue == queue,
         Job.status == QUEUED,
         Job.dispatched_at.is_(None),
         Job.cancel_requested.is_(False),
-        or_(Job.not_before.is_(None), Job.not_before <= utcnow()),
+        or_(Job.not_before.is_(None), Job.not_before <= now),
     )
 
 
@@ -265,7 +271,9 @@ def _in_flight(queue: str) -> Any:
 def waiting_heads(session: Session, queue: str) -> list[tuple[str, datetime]]:
     """Projects with jobs waiting for the broker on ``queue``: (project id, oldest waiting job's created_at)."""
     rows = session.execute(
-        select(Job.project_id, func.min(Job.created_at)).where(_waiting(queue)).group_by(Job.project_id)
+        select(Job.project_id, func.min(Job.created_at))
+        .where(_waiting(queue, db_now(session)))
+        .group_by(Job.project_id)
     )
     return [(r[0], r[1]) for r in rows]
 
@@ -283,7 +291,10 @@ def active_by_project(session: Session, queue: str) -> dict[str, int]:
 def oldest_waiting(session: Session, queue: str, project_id: str) -> str | None:
     """The project's longest-waiting job on ``queue`` (submission order within a project)."""
     return session.scalar(
-        select(Job.id).where(Job.project_id == project_id, _waiting(queue)).order_by(Job.created_at, Job.id).limit(1)
+        select(Job.id)
+        .where(Job.project_id == project_id, _waiting(queue, db_now(session)))
+        .order_by(Job.created_at, Job.id)
+        .limit(1)
     )
 
 
@@ -302,8 +313,8 @@ def reserve_dispatch(session: Session, job_id: str, queue: str, limit: int) -> b
     in_flight = select(func.count()).select_from(Job).where(_in_flight(queue)).scalar_subquery()
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, _waiting(queue), in_flight < limit)
-        .values(dispatched_at=utcnow(), not_before=None)
+        .where(Job.id == job_id, _waiting(queue, db_now(session)), in_flight < limit)
+        .values(dispatched_at=db_now(session), not_before=None)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
@@ -321,8 +332,9 @@ def unreserve(session: Session, job_ids: list[str]) -> None:
         session.commit()
 
 
-def jobs_to_redispatch(session: Session, older_than: datetime) -> list[tuple[str, str]]:
-    """Jobs in flight since before ``older_than`` (the broker may have lost them): (id, queue)."""
+def jobs_to_redispatch(session: Session, older_than_seconds: float) -> list[tuple[str, str]]:
+    """Jobs in flight for more than ``older_than_seconds`` (the broker may have lost them): (id, queue)."""
+    older_than = db_now(session) - timedelta(seconds=older_than_seconds)
     rows = session.execute(
         select(Job.id, Job.queue)
         .where(
@@ -342,7 +354,7 @@ def mark_dispatched(session: Session, job_ids: list[str]) -> None:
         session.execute(
             update(Job)
             .where(Job.id.in_(job_ids), Job.status == QUEUED, Job.dispatched_at.is_not(None))
-            .values(dispatched_at=utcnow())
+            .values(dispatched_at=db_now(session))
             .execution_options(synchronize_session=False)
         )
         session.commit()

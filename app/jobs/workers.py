@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 
 from app.config import get_settings
 from app.db import new_session
-from app.models import WorkerHeartbeat, utcnow
+from app.models import WorkerHeartbeat, db_now
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ def heartbeat_ttl() -> timedelta:
 
 
 def record_heartbeat(worker_id: str, queues: list[str]) -> None:
-    now = utcnow()
     with new_session() as session:
+        now = db_now(session)
         values = {"queues": ",".join(sorted(queues)), "seen_at": now}
         done = session.execute(update(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id).values(**values))
         if not getattr(done, "rowcount", 0):
@@ -64,7 +64,7 @@ def live_queues() -> frozenset[str] | None:
     try:
         with new_session() as session:
             rows = session.scalars(
-                select(WorkerHeartbeat.queues).where(WorkerHeartbeat.seen_at >= utcnow() - heartbeat_ttl())
+                select(WorkerHeartbeat.queues).where(WorkerHeartbeat.seen_at >= db_now(session) - heartbeat_ttl())
             ).all()
     except DBAPIError as exc:
         log.warning("could not read worker heartbeats: %s", exc)
