@@ -133,6 +133,14 @@ def _requeue(session: Session, claim: Claim, **values: object) -> bool:
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
+def _epochs_kept() -> Any:
+    """The progress of a queued job that ends cancelled: the epochs an earlier, lost attempt left
+    (a requeue resets ``progress_epoch`` to 0, and only the next claim clears those epochs), so that
+    the progress and the stored learning curves agree."""
+    kept = select(func.max(EpochMetric.epoch)).where(EpochMetric.job_id == Job.id).scalar_subquery()
+    return func.coalesce(kept, 0)
+
+
 def request_cancel(session: Session, job: Job) -> JobStatus:
     """Cancel a queued job now; ask a running one to stop at its next epoch. Returns the new status.
 
@@ -143,7 +151,7 @@ def request_cancel(session: Session, job: Job) -> JobStatus:
         result = session.execute(
             update(Job)
             .where(Job.id == job.id, Job.status == QUEUED)
-            .values(status=CANCELLED, cancel_requested=True, finished_at=db_now(session))
+            .values(status=CANCELLED, cancel_requested=True, finished_at=db_now(session), progress_epoch=_epochs_kept())
             .execution_options(synchronize_session=False)
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -240,7 +248,7 @@ def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[s
     session.execute(
         update(Job)
         .where(Job.status == QUEUED, Job.cancel_requested.is_(True))
-        .values(status=CANCELLED, finished_at=now)
+        .values(status=CANCELLED, finished_at=now, progress_epoch=_epochs_kept())
         .execution_options(synchronize_session=False)
     )
     session.commit()

@@ -354,6 +354,25 @@ def test_where_contains_finds_a_substring_in_any_case(client, auth, sine) -> Non
         assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
 
 
+def test_a_requeued_job_cancelled_before_its_next_run_reports_the_epochs_it_kept(client, auth, sine) -> None:
+    from app.models import EpochMetric
+
+    job_id = client.post("/api/v1/jobs", headers=auth, json=forecast_spec(sine)).json()["id"]
+    with new_session() as session:
+        assert state.claim_job(session, job_id, "w1", lease_seconds=60) is not None
+        session.add_all(EpochMetric(job_id=job_id, epoch=e, split="train", name="loss", value=1.0) for e in (1, 2, 3))
+        session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+        assert state.expire_leases(session) == ([job_id], [])  # requeued: progress starts again at 0
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=auth).json()["progress"]["epoch"] == 0
+    r = client.post(f"/api/v1/jobs/{job_id}/cancel", headers=auth)
+    assert r.json()["status"] == "cancelled"
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=auth).json()
+    series = client.get(f"/api/v1/jobs/{job_id}/metrics", headers=auth).json()["series"]
+    # Progress and learning curves agree: the lost attempt's three epochs, kept.
+    assert job["progress"]["epoch"] == 3 and max(max(s["epochs"]) for s in series) == 3
+
+
 def test_forged_cursor_is_400(client, auth) -> None:
     import base64
     import json
