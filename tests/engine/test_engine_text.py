@@ -258,3 +258,13 @@ def test_token_inputs_are_never_patched() -> None:
     assert resolved.model.patch == 1
     with pytest.raises(ValidationError, match="model.patch"):
         text_spec(model={"patch": 4})
+
+
+def test_a_text_run_that_learns_nothing_gets_advice_that_fits_text() -> None:
+    # Every text the same: nothing to learn. The note must not suggest data.scaling (token ids are
+    # not scaled, and the API refuses a scaling for text).
+    table = pa.table({"review": ["the same words"] * 80, "label": ["pos", "neg"] * 40})
+    result = train_and_evaluate(text_spec(training={"epochs": 3}, evaluation={"attribution": False}), table)
+    assert result.evaluation is not None
+    (note,) = [n for n in result.evaluation.notes if "never moved" in n]
+    assert "learning_rate" in note and "scaling" not in note

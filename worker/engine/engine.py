@@ -490,6 +490,7 @@ def train_and_evaluate(
             generator=generator,
             on_epoch=on_epoch,
             should_stop=should_stop,
+            scaled_inputs=spec.text is None,  # token ids are not scaled: no data.scaling advice for them
         )
         if isinstance(model, CombinedForecast) and not outcome.cancelled:
             prep.notes.append(set_combination_weights(model, spec, prep))

@@ -367,8 +367,12 @@ def fit(
     on_epoch: Callable[[EpochReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     step_mode: StepMode | None = None,
+    scaled_inputs: bool = True,
 ) -> TrainOutcome:
     """Train ``model`` in place; with validation data, early-stop and restore the best weights.
+
+    ``scaled_inputs``: the inputs are numbers ``data.scaling`` scales (False for token ids, which
+    reach the model as floats too), for the advice of a note when nothing was learned.
 
     ``y_scale`` (per output) converts scaled regression errors to original units; None for
     classification. Loss values are accumulated on the device and read once per epoch.
@@ -497,8 +501,7 @@ def fit(
         # The epochs' losses were of blended batches: judge the kept weights on the training part itself.
         lowest_train_loss = float(_validate(model, loss_fn, x_train, y_train, y_scale)[0])
     constant = constant_prediction_loss(loss_fn, y_train, y_scale is None)
-    # Token ids (text layouts) are not scaled: no data.scaling advice for them.
-    note = stuck_note(lowest_train_loss, constant, y_scale is None, scaled=x_train.is_floating_point())
+    note = stuck_note(lowest_train_loss, constant, y_scale is None, scaled=scaled_inputs)
     if note is not None and not outcome.cancelled:
         outcome.notes.append(note)
     return outcome
