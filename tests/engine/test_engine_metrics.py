@@ -10,6 +10,7 @@ from worker.engine.metrics import (
     bootstrap_intervals,
     bootstrap_weight_chunks,
     classification_scores,
+    drop_intervals_missing_their_point,
     point_metrics,
 )
 
@@ -105,6 +106,27 @@ def test_bootstrap_intervals_are_seeded_and_contain_the_estimate() -> None:
     for name in ("mae", "rmse", "r2", "smape"):
         low, high = first[name]  # type: ignore[misc]
         assert low < point[name] < high  # type: ignore[operator]
+
+
+def test_an_interval_that_excludes_its_own_value_is_left_out_with_a_note() -> None:
+    # 18 test examples, confidences spread over [0.5, 1]: resamples repeat examples, so their calibration
+    # bins look worse, and every bootstrap ECE lands above the test part's own (found by search, seed 70).
+    rng = np.random.default_rng(70)
+    y = rng.integers(0, 2, 18)
+    confidence = rng.uniform(0.5, 1.0, 18)
+    predicted = np.where(rng.random(18) < confidence, y, 1 - y)
+    probabilities = np.zeros((18, 2))
+    probabilities[np.arange(18), predicted] = confidence
+    probabilities[np.arange(18), 1 - predicted] = 1 - confidence
+    point = point_metrics("classification", y, probabilities)
+    intervals = bootstrap_intervals("classification", y, probabilities, 500, np.random.default_rng(0))
+    low, high = intervals["ece"]  # type: ignore[misc]
+    assert point["ece"] < low < high  # the percentile interval misses the value it is about
+    kept = {name: interval for name, interval in intervals.items() if name != "ece"}
+    notes = drop_intervals_missing_their_point(point, intervals, 18)
+    assert intervals["ece"] is None and {k: v for k, v in intervals.items() if k != "ece"} == kept
+    (note,) = notes
+    assert note.startswith("ece's 95% bootstrap interval is left out") and "18 test examples" in note
 
 
 def test_bootstrap_coverage_is_close_to_nominal() -> None:

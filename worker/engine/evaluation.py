@@ -15,6 +15,7 @@ from .data import PreparedData
 from .metrics import (
     LOWER_IS_BETTER,
     bootstrap_intervals,
+    drop_intervals_missing_their_point,
     json_float,
     main_metric,
     paired_differences,
@@ -137,6 +138,7 @@ def evaluate(
         notes.append("mase for regression is scaled by the training mean's in-sample MAE (no time order)")
     y_test = prep.y_original("test")
     intervals = bootstrap_intervals(task, y_test, predictions["test"], spec.evaluation.bootstrap_samples, rng, scale)
+    notes += drop_intervals_missing_their_point(metrics["test"], intervals, len(y_test))
 
     if task == "forecast":
         baseline_preds, baseline_notes = forecast_baselines(prep, spec.data.season_period, rng, tensors["test"].device)
