@@ -105,7 +105,9 @@ def document_of(row: Any) -> dict[str, Any]:
         "train_seconds": row.train_seconds,
         "summary": summary,
         "error": {"type": row.error_type, "message": row.error_message or ""} if row.error_type else None,
-        "waiting_for": workers.waiting_for(row.queue) if queued else None,
+        "waiting_for": workers.waiting_for(row.queue, running=row.status == JobStatus.RUNNING)
+        if queued or row.status == JobStatus.RUNNING
+        else None,
     }
 
 

@@ -49,8 +49,9 @@ class JobRead(BaseModel):
     error: JobError | None
     waiting_for: str | None = Field(
         default=None,
-        description="Queued jobs only: what the job waits for when no live worker serves its queue "
-        "(e.g. a device 'cuda' job while no GPU worker runs); null otherwise.",
+        description="Queued and running jobs: what the job waits for when no live worker serves its queue "
+        "(e.g. a device 'cuda' job while no GPU worker runs; a running job whose worker is gone with no "
+        "other worker left); null otherwise.",
     )
 
     @classmethod
@@ -77,7 +78,9 @@ class JobRead(BaseModel):
             train_seconds=job.train_seconds,
             summary=Summary.model_validate(job.summary) if job.summary else None,
             error=JobError(type=job.error_type, message=job.error_message or "") if job.error_type else None,
-            waiting_for=workers.waiting_for(job.queue) if job.status == JobStatus.QUEUED else None,
+            waiting_for=workers.waiting_for(job.queue, running=job.status == JobStatus.RUNNING)
+            if job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+            else None,
         )
 
 

@@ -81,14 +81,25 @@ def clear_cache() -> None:
         _cache = None
 
 
-def waiting_for(queue: str) -> str | None:
-    """What a queued job on ``queue`` waits for when no live worker serves that queue, else None."""
+def waiting_for(queue: str, running: bool = False) -> str | None:
+    """What a queued job on ``queue`` waits for when no live worker serves that queue, else None.
+
+    ``running``: for a running job the same absence means its own worker is gone too (killed, its
+    machine lost): nothing will finish it, and only a worker's recovery loop requeues it once its
+    lease runs out (or a cancel then ends it).
+    """
     queues = live_queues()
     if queues is None or queue in queues:
         return None
     seconds = int(heartbeat_ttl().total_seconds())
     start = "rnnlab worker --queues gpu (one per GPU)" if queue == "gpu" else f"rnnlab worker --queues {queue}"
     hint = " or docker compose --profile gpu up" if queue == "gpu" else ""
+    if running:
+        return (
+            f"a worker serving the '{queue}' queue: none has been seen in the last {seconds} s, its own worker "
+            f"included, so nothing is running it now; a worker started for the queue requeues it once its lease "
+            f"runs out, and a cancel then ends it at once (start one: {start}{hint})"
+        )
     return (
         f"a worker serving the '{queue}' queue: none has been seen in the last {seconds} s (start one: {start}{hint})"
     )

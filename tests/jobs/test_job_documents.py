@@ -73,6 +73,14 @@ def test_status_and_list_documents_match_job_read(client: Any, auth: dict[str, s
     # Queued jobs say what they wait for when no worker serves their queue, as JobRead does.
     queued = [item for item in listed if item["status"] == "queued"]
     assert queued and all(item["waiting_for"] and "default" in item["waiting_for"] for item in queued)
+    # A running job with no live worker for its queue: its own worker is gone too, and it says so.
+    running = next(item for item in listed if item["id"] == ids[0])
+    assert running["status"] == "running" and "its own worker included" in running["waiting_for"]
+    # With a live worker for the queue, neither waits for anything.
+    workers.record_heartbeat("w1:123", ["default"])
+    workers.clear_cache()
+    assert client.get(f"/api/v1/jobs/{ids[0]}", headers=auth).json()["waiting_for"] is None
+    assert client.get(f"/api/v1/jobs/{queued[0]['id']}", headers=auth).json()["waiting_for"] is None
     if backend == "sqlite":
         nan_job = next(item for item in listed if item["id"] == ids[4])
         assert nan_job["summary"]["train"]["rmse"] is None
