@@ -8,6 +8,7 @@ Screenshots of each view land in tests/artifacts/ (git-ignored) for a reviewer t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -444,6 +445,27 @@ def test_failed_job_shows_markup_as_text_and_a_readable_point(site: Site) -> Non
     shoot(page, "job-failed")
     page.context.close()
     assert_local_only(site)
+
+
+def test_a_job_that_waits_for_a_worker_says_what_for(site: Site) -> None:
+    # What the API says of a queued cuda job with no GPU worker (or a running job whose worker is
+    # gone): the job's own JSON, with waiting_for set, and markup in it that must stay text.
+    context = site.browser.new_context(viewport={"width": 1440, "height": 900})
+    page = context.new_page()
+    waiting = "a worker serving the 'gpu' queue: none has been seen in the last 15 s <img id=waitinj>"
+
+    def with_waiting_for(route: Any) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json={**response.json(), "waiting_for": waiting})
+
+    page.route(re.compile(rf".*/api/v1/jobs/{site.failed}$"), with_waiting_for)
+    page.goto(f"{site.base}/#/jobs/{site.failed}")
+    page.fill("#api-key", site.key)
+    page.click("#key-form button")
+    page.locator("#job-waiting").wait_for(timeout=15_000)
+    assert page.inner_text("#job-waiting") == f"Waiting for {waiting}"
+    assert page.locator("#waitinj").count() == 0
+    context.close()
 
 
 def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:

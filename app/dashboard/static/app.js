@@ -451,6 +451,8 @@ function renderJobHead(head, job) {
       job.train_seconds ? ` · trained in ${fmt(job.train_seconds, 3)} s` : "",
       ` · created ${when(job.created_at)}`, job.finished_at ? ` · finished ${when(job.finished_at)}` : ""),
     job.error ? h("p", { id: "job-error", class: "error" }, h("b", {}, job.error.type), ": ", job.error.message) : null,
+    // A queued job no live worker can take (a cuda job with no GPU worker), or a running one whose worker is gone.
+    job.waiting_for ? h("p", { id: "job-waiting", class: "noise", role: "status" }, h("b", {}, "Waiting for "), job.waiting_for) : null,
     downloads, modelError].filter(Boolean));  // replaceChildren would print a null as "null"
 }
 
