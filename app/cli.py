@@ -77,7 +77,9 @@ def keys_create(project: Annotated[str, typer.Option(help="Project the key belon
             plain, _ = create_key(session, project)  # the name is checked before anything is written
         except ValueError as exc:
             typer.echo(str(exc), err=True)
-            raise typer.Exit(2) from None
+            from rnnlab.cli import EXIT_USAGE
+
+            raise typer.Exit(EXIT_USAGE) from None  # a usage error (64), as for every other command
     typer.echo(plain)
 
 

@@ -4,13 +4,18 @@
 Every read command takes ``--output table|json|csv``; errors print the API's code and message
 on stderr and exit 1 (a usage error, such as an unknown option, exits 64). ``jobs submit --follow``
 and ``jobs follow`` exit 0 when the job succeeded, 1 when it failed, 2 when it was cancelled or
-pruned; ``sweeps submit --follow`` exits 1 when no job of the sweep succeeded.
+pruned; ``sweeps submit --follow`` exits 1 when no job of the sweep succeeded. A follow that cannot
+reach the server (it reconnects for a minute first) exits 69, so that 1 keeps meaning "failed".
+
+Names, messages and every other text of the user or the server are printed verbatim, never read as
+rich markup; messages are not wrapped (a pipe or a CI log gets one line per message).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,45 +24,80 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
-from rnnlab.client import Client, Job
+from rnnlab.client import MODEL_FORMATS, Client, Job, model_format
 from rnnlab.errors import RnnlabError
-from rnnlab.output import OutputFormat, print_json, print_rows
+from rnnlab.output import OutputFormat, print_json, print_rows, progress_console
 
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_STOPPED = 0, 1, 2
 # A usage error (an unknown option, a missing file argument) exits 64, EX_USAGE of sysexits.h, not
 # click's 2: with --follow, 2 means the job was cancelled or pruned.
 EXIT_USAGE = 64
+# --follow when the server stays unreachable (after a minute of reconnecting): EX_UNAVAILABLE, not 1,
+# which means the job failed.
+EXIT_UNAVAILABLE = 69
 FOLLOW_EXIT_CODES = {"succeeded": EXIT_SUCCEEDED, "failed": EXIT_FAILED, "cancelled": EXIT_STOPPED, "pruned": 2}
 
-stderr = Console(stderr=True)
+# Messages on stderr: soft_wrap, so a long one stays one line in a pipe or a CI log (rich would
+# otherwise break it at 80 columns with real newlines); a terminal wraps it on screen by itself.
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
+
+def say(message: str | Text) -> None:
+    """One line on stderr; a string is printed verbatim (user and server text is never markup)."""
+    stderr.print(message, markup=False)
+
+
+def say_error(message: str) -> None:
+    say(Text.assemble(("error", "red"), " ", message))
+
+
+# Help texts are rich markup for typer: brackets must be escaped to show.
 Output = Annotated[OutputFormat, typer.Option("--output", "-o", help="table, json or csv.")]
 UrlOption = Annotated[
     str | None,
-    typer.Option("--url", envvar="RNNLAB_URL", help="Server URL [env RNNLAB_URL; default http://127.0.0.1:8000]."),
+    typer.Option(
+        "--url", envvar="RNNLAB_URL", help=escape("Server URL [env RNNLAB_URL; default http://127.0.0.1:8000].")
+    ),
 ]
 KeyOption = Annotated[
-    str | None, typer.Option("--api-key", envvar="RNNLAB_API_KEY", help="API key [env RNNLAB_API_KEY].")
+    str | None,
+    typer.Option("--api-key", envvar="RNNLAB_API_KEY", help=escape("API key [env RNNLAB_API_KEY].")),
 ]
+
+
+def _details_lines(exc: RnnlabError) -> list[str]:
+    """The error's per-field details that the message does not already say (the API's message holds
+    the first few as ``field: message``)."""
+    lines = []
+    if isinstance(exc.details, list):
+        for detail in exc.details[:10]:
+            if isinstance(detail, dict) and detail.get("field"):
+                field, message = str(detail["field"]), str(detail.get("message", ""))
+                line = f"{field}: {message.removeprefix(f'{field}: ')}"
+                if line not in exc.message:
+                    lines.append(line)
+    return lines
 
 
 @contextmanager
-def reported_errors() -> Iterator[None]:
-    """API errors and bad files as one line on stderr and exit code 1, never a traceback."""
+def reported_errors(unreachable: int = EXIT_FAILED) -> Iterator[None]:
+    """API errors and bad files as one line on stderr and exit code 1, never a traceback.
+
+    ``unreachable``: the exit code when the server could not be reached (``connection_error``);
+    the follow commands pass ``EXIT_UNAVAILABLE``, 1 being "the job failed" there."""
     try:
         yield
     except RnnlabError as exc:
-        stderr.print(f"[red]error[/red] {exc.code}: {exc.message}", highlight=False)
-        if isinstance(exc.details, list):
-            for detail in exc.details[:10]:
-                if isinstance(detail, dict) and detail.get("field"):
-                    field, message = str(detail["field"]), str(detail.get("message", ""))
-                    stderr.print(f"  {field}: {message.removeprefix(f'{field}: ')}", highlight=False)
-        raise typer.Exit(1) from None
+        say_error(f"{exc.code}: {exc.message}")
+        for line in _details_lines(exc):
+            say(f"  {line}")
+        raise typer.Exit(unreachable if exc.status_code == 0 else EXIT_FAILED) from None
     except (OSError, ValueError, TypeError) as exc:
-        stderr.print(f"[red]error[/red] {exc}", highlight=False)
+        say_error(str(exc))
         raise typer.Exit(1) from None
 
 
@@ -128,6 +168,45 @@ def _json_values(value: Any, path: Path, where: str) -> None:
         raise ValueError(f"{path}: {where} is read as a {type(value).__name__} ({value!r}); quote it to give a string")
 
 
+def _value_at(document: Any, parts: list[str]) -> Any:
+    """The value at a dotted field path of the API's details (``data.target``, ``base.name``,
+    ``data.features.0``, ``grid.model.hidden_size``: keys may hold dots themselves); ``...`` if none."""
+    if not parts:
+        return document
+    if isinstance(document, dict):
+        for end in range(len(parts), 0, -1):  # the longest key first
+            key = ".".join(parts[:end])
+            if key in document:
+                found = _value_at(document[key], parts[end:])
+                if found is not ...:
+                    return found
+        return ...
+    if isinstance(document, list) and parts[0].isdigit() and int(parts[0]) < len(document):
+        return _value_at(document[int(parts[0])], parts[1:])
+    return ...
+
+
+@contextmanager
+def quoting_hints(document: dict[str, Any]) -> Iterator[None]:
+    """A 422 about a field that must be a string, whose value YAML read as a number or a boolean
+    (``name: 123``, ``target: no``): its detail says so and to quote it, as for a date."""
+    try:
+        yield
+    except RnnlabError as exc:
+        for detail in exc.details if isinstance(exc.details, list) else []:
+            if not isinstance(detail, dict) or "valid string" not in str(detail.get("message", "")):
+                continue
+            field = re.sub(r"\[(\d+)\]", r".\1", str(detail.get("field") or ""))
+            value = _value_at(document, [part for part in field.split(".") if part])
+            if isinstance(value, bool | int | float):
+                kind = "boolean" if isinstance(value, bool) else "number"
+                detail["message"] = (
+                    f"{detail.get('message')} (the file gives the {kind} {json.dumps(value)}: "
+                    "YAML reads unquoted yes/no/on/off/true/false and numbers so; quote it to give a string)"
+                )
+        raise
+
+
 # --- datasets ------------------------------------------------------------------------------------
 
 DATASET_COLUMNS = ["id", "name", "format", "size_bytes", "num_rows", "created_at"]
@@ -141,16 +220,16 @@ def datasets_upload(
     output: Output = OutputFormat.table,
 ) -> None:
     """Upload a file (streamed, with a progress bar); prints the new dataset."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
     with (
         reported_errors(),
         Progress(
-            "[progress.description]{task.description}",
+            TextColumn("{task.description}", style="progress.description", markup=False),  # the file's name
             BarColumn(),
             DownloadColumn(),
             TransferSpeedColumn(),
-            console=stderr,
+            console=progress_console(),
         ) as bar,
     ):
         task = bar.add_task(f"upload {file.name}", total=file.stat().st_size)
@@ -191,7 +270,7 @@ def datasets_show(ctx: typer.Context, dataset_id: str, output: Output = OutputFo
 def datasets_preview(
     ctx: typer.Context,
     dataset_id: str,
-    rows: Annotated[int, typer.Option(help="Rows to show.")] = 20,
+    rows: Annotated[int, typer.Option(min=1, max=1000, help="Rows to show (1–1000).")] = 20,
     output: Output = OutputFormat.table,
 ) -> None:
     """The first rows of a table (or the head of each array)."""
@@ -212,7 +291,7 @@ def datasets_leaderboard(
     ctx: typer.Context,
     dataset_id: str,
     metric: Annotated[str, typer.Option(help="A final metric: test.rmse, test.accuracy, val.mae, …")] = "test.rmse",
-    limit: Annotated[int, typer.Option(help="The best this many jobs.")] = 10,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="The best this many jobs (1–500).")] = 10,
     output: Output = OutputFormat.table,
 ) -> None:
     """The dataset's best succeeded jobs by a final metric, best first."""
@@ -230,7 +309,7 @@ def datasets_delete(ctx: typer.Context, dataset_id: str) -> None:
     ``rnnlab sweeps delete``)."""
     with reported_errors():
         _client(ctx).datasets.delete(dataset_id)
-    stderr.print(f"deleted dataset {dataset_id}")
+    say(f"deleted dataset {dataset_id}")
 
 
 # --- jobs ----------------------------------------------------------------------------------------
@@ -258,9 +337,11 @@ def job_row(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def follow_job(job: Job) -> int:
-    """Follow with a live progress bar; the exit code for the job's final status."""
+def follow_job(job: Job, output: OutputFormat) -> int:
+    """Follow with a live progress bar on stderr, then print the finished job on stdout in ``output``
+    (json: the ``GET /jobs/{id}`` body); the exit code for the job's final status."""
     job.wait(progress=True)
+    print_rows([job_row(job.info)], JOB_COLUMNS, output, raw=job.info)
     return FOLLOW_EXIT_CODES.get(job.status, EXIT_FAILED)
 
 
@@ -274,25 +355,28 @@ def jobs_submit(
     ] = False,
     output: Output = OutputFormat.table,
 ) -> None:
-    """Submit a job spec. With --follow: exit 0 succeeded, 1 failed, 2 cancelled or pruned."""
-    with reported_errors():
+    """Submit a job spec; prints the job (with --follow: once it has ended). With --follow: exit 0
+    succeeded, 1 failed, 2 cancelled or pruned, 69 server unreachable."""
+    with reported_errors(EXIT_UNAVAILABLE if follow else EXIT_FAILED):
         spec = load_document(spec_file)
         if dataset:
             spec["dataset_id"] = dataset
-        job = _client(ctx).jobs.submit(spec)
+        with quoting_hints(spec):
+            job = _client(ctx).jobs.submit(spec)
         if not follow:
             print_rows([job_row(job.info)], JOB_COLUMNS, output, raw=job.info)
             return
-        stderr.print(f"submitted job {job.id}")
-        code = follow_job(job)
+        say(f"submitted job {job.id}")
+        code = follow_job(job, output)
     raise typer.Exit(code)
 
 
 @jobs_app.command("follow")
-def jobs_follow(ctx: typer.Context, job_id: str) -> None:
-    """Show a job's progress until it ends; exit 0 succeeded, 1 failed, 2 cancelled or pruned."""
-    with reported_errors():
-        code = follow_job(_client(ctx).jobs.get(job_id))
+def jobs_follow(ctx: typer.Context, job_id: str, output: Output = OutputFormat.table) -> None:
+    """Show a job's progress until it ends, then print it; exit 0 succeeded, 1 failed, 2 cancelled or
+    pruned, 69 server unreachable."""
+    with reported_errors(EXIT_UNAVAILABLE):
+        code = follow_job(_client(ctx).jobs.get(job_id), output)
     raise typer.Exit(code)
 
 
@@ -306,7 +390,7 @@ def jobs_list(
     status: Annotated[list[str] | None, typer.Option(help="Repeatable: queued, running, succeeded, …")] = None,
     dataset: Annotated[str | None, typer.Option("--dataset", help="Only jobs on this dataset.")] = None,
     sweep: Annotated[str | None, typer.Option("--sweep", help="Only jobs of this sweep.")] = None,
-    limit: Annotated[int, typer.Option(help="At most this many jobs (0: all).")] = 50,
+    limit: Annotated[int, typer.Option(min=0, help="At most this many jobs (0: all).")] = 50,
     output: Output = OutputFormat.table,
 ) -> None:
     """Jobs, newest first unless --sort says otherwise."""
@@ -318,9 +402,15 @@ def jobs_list(
     print_rows([job_row(i) for i in infos], JOB_COLUMNS, output, raw=infos)
 
 
+# `jobs show -o csv`: the job's own fields on every row, then one row per split with final metrics.
+SHOW_CSV_COLUMNS = ["id", "name", "status", "cell", "epoch", "created_at", "sweep_id", "error", "split"]
+
+
 @jobs_app.command("show")
 def jobs_show(ctx: typer.Context, job_id: str, output: Output = OutputFormat.table) -> None:
-    """A job: status, progress, final metrics per split, error."""
+    """A job: status, progress, final metrics per split, error. CSV: one row per split with final
+    metrics (train, val, test), each led by the job's id, name, status, cell, epoch, created_at,
+    sweep_id and error; one row with an empty split for a job without them (queued, running, failed)."""
     with reported_errors():
         info = _client(ctx).jobs.get(job_id).info
     summary = info.get("summary") or {}
@@ -330,12 +420,18 @@ def jobs_show(ctx: typer.Context, job_id: str, output: Output = OutputFormat.tab
         if isinstance(values := summary.get(split), dict) and values
     ]
     metric_names = list(dict.fromkeys(name for row in rows for name in row if name != "split"))
-    if output != OutputFormat.table:
-        print_rows(rows, ["split", *metric_names], output, raw=info)
+    error = info.get("error") or None
+    error_text = f"{error.get('type')}: {error.get('message')}" if isinstance(error, dict) else error
+    if output == OutputFormat.json:
+        print_json(info)
+        return
+    if output == OutputFormat.csv:
+        own = {**job_row(info), "error": error_text}
+        print_rows([{**own, **row} for row in rows] or [own], [*SHOW_CSV_COLUMNS, *metric_names], output)
         return
     print_rows([job_row(info)], [*JOB_COLUMNS, "sweep_id"], output)
-    if info.get("error"):
-        stderr.print(f"[red]{info['error']['type']}[/red]: {info['error']['message']}", highlight=False)
+    if error_text:
+        say(Text(str(error_text), style="red"))
     if rows:
         print_rows(
             rows, ["split", *metric_names], output, title=f"final metrics (best epoch {summary.get('best_epoch')})"
@@ -416,32 +512,42 @@ def jobs_evaluation(ctx: typer.Context, job_id: str, output: Output = OutputForm
         ]
         print_rows(cm_rows, ["true", *labels], output, title="confusion matrix (rows true, columns predicted)")
     for note in evaluation.get("notes") or []:
-        stderr.print(f"note: {note}", highlight=False)
+        say(f"note: {note}")
 
 
 @jobs_app.command("model")
 def jobs_model(
     ctx: typer.Context,
     job_id: str,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the model; the suffix picks the format.")],
-    model_format: Annotated[
-        str | None, typer.Option("--format", help="pt, onnx or safetensors (default: from -o's suffix, else pt).")
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="The model file to write: .pt, .onnx or .safetensors picks the format.")
+    ],
+    format_option: Annotated[
+        str | None,
+        typer.Option("--format", help="pt, onnx or safetensors: for a file name without a suffix (else from it)."),
     ] = None,
 ) -> None:
     """Download a succeeded job's model: pt, onnx (scalers folded in) or safetensors."""
-    formats = ("pt", "onnx", "safetensors")
     suffix = out.suffix.lower().lstrip(".")
-    chosen = (model_format or (suffix if suffix in formats else "pt")).lower()
     with reported_errors():
         # `rnnlab predict` and the loaders read the format off the suffix, so the two must agree
-        if out.suffix and suffix not in formats:
+        if out.suffix and suffix not in MODEL_FORMATS:
             raise ValueError(f"--out {out}: a model file ends in .pt, .onnx or .safetensors")
-        if out.suffix and model_format and model_format.lower() != suffix:
-            raise ValueError(f"--out {out} says {suffix} but --format says {model_format}")
+        if out.suffix and format_option and format_option.lower() != suffix:
+            raise ValueError(f"--out {out} says {suffix} but --format says {format_option}")
         if out.is_dir():
             raise ValueError(f"--out {out} is a directory; name the model file")
+        if not out.suffix and not format_option:
+            # `-o json` elsewhere picks an output format; here it would be a model file named "json"
+            mistaken = ""
+            if out.name.lower() in {f.value for f in OutputFormat}:
+                mistaken = " (-o here names the model file, not an output format)"
+            raise ValueError(
+                f"--out {out} has no .pt, .onnx or .safetensors suffix{mistaken}: name the file so, or give --format"
+            )
+        chosen = model_format(out, format_option)
         _client(ctx).jobs.get(job_id).download_model(out, format=chosen)  # type: ignore[arg-type]
-    stderr.print(f"wrote {chosen} model of job {job_id} to {out}")
+    say(f"wrote {chosen} model of job {job_id} to {out}")
 
 
 @jobs_app.command("cancel")
@@ -457,7 +563,7 @@ def jobs_delete(ctx: typer.Context, job_id: str) -> None:
     """Delete a finished job with its metrics, evaluation and model."""
     with reported_errors():
         _client(ctx).jobs.get(job_id).delete()
-    stderr.print(f"deleted job {job_id}")
+    say(f"deleted job {job_id}")
 
 
 # --- sweeps --------------------------------------------------------------------------------------
@@ -470,7 +576,8 @@ def sweep_row(info: dict[str, Any]) -> dict[str, Any]:
     return {**info, **{k: progress.get(k) for k in ("total", "finished", "succeeded")}}
 
 
-def print_report(report: dict[str, Any], output: OutputFormat) -> None:
+def print_report(report: dict[str, Any], output: OutputFormat, sweep_id: str | None = None) -> None:
+    """The report's settings, best first; ``sweep_id`` (after ``sweeps submit --follow``) leads each row."""
     main = report["main_metric"]
     rows = []
     for setting in report["settings"]:
@@ -478,6 +585,7 @@ def print_report(report: dict[str, Any], output: OutputFormat) -> None:
         ci = summary.get("ci") or [None, None]
         rows.append(
             {
+                "sweep_id": sweep_id,
                 "rank": setting.get("rank"),
                 "setting": setting["setting"],
                 "n": setting["n"],
@@ -489,12 +597,12 @@ def print_report(report: dict[str, Any], output: OutputFormat) -> None:
             }
         )
     direction = "lower" if report.get("lower_is_better") else "higher"
-    title = f"test {main} over seeds ({direction} is better; {report['succeeded']}/{report['total']} jobs succeeded)"
-    print_rows(
-        rows, ["rank", "setting", "n", "mean", "std", "ci_low", "ci_high", "seed_cv"], output, title=title, raw=report
-    )
+    split = report.get("split") or "test"  # val for a tpe search: its settings are ranked on validation
+    title = f"{split} {main} over seeds ({direction} is better; {report['succeeded']}/{report['total']} jobs succeeded)"
+    columns = ["rank", "setting", "n", "mean", "std", "ci_low", "ci_high", "seed_cv"]
+    print_rows(rows, ["sweep_id", *columns] if sweep_id else columns, output, title=title, raw=report)
     if output == OutputFormat.table and report.get("best"):
-        stderr.print(report["best"]["explanation"], highlight=False)
+        say(str(report["best"]["explanation"]))
 
 
 @sweeps_app.command("submit")
@@ -508,15 +616,25 @@ def sweeps_submit(
     ] = False,
     output: Output = OutputFormat.table,
 ) -> None:
-    """Submit a sweep: one job per (setting, seed)."""
-    with reported_errors():
-        sweep = _client(ctx).sweeps.submit_body(load_document(sweep_file))
+    """Submit a sweep: one job per (setting, seed); prints the sweep. With --follow, once it has ended:
+    json the whole sweep (its report under "report"), csv the report's rows led by the sweep's id, a
+    table both; exit 1 if no job succeeded, 69 if the server stays unreachable."""
+    with reported_errors(EXIT_UNAVAILABLE if follow else EXIT_FAILED):
+        body = load_document(sweep_file)
+        with quoting_hints(body):
+            sweep = _client(ctx).sweeps.submit_body(body)
         if follow:
-            stderr.print(f"submitted sweep {sweep.id} ({sweep.info['progress']['total']} jobs); waiting")
-            report = sweep.wait().info["report"]
-            print_report(report, output)
+            say(f"submitted sweep {sweep.id} ({sweep.info['progress']['total']} jobs); waiting")
+            info = sweep.wait(notify=say).info
+            report = info["report"]
+            if output == OutputFormat.json:
+                print_json(info)
+            else:
+                if output == OutputFormat.table:
+                    print_rows([sweep_row(info)], SWEEP_COLUMNS, output)
+                print_report(report, output, sweep_id=sweep.id if output == OutputFormat.csv else None)
             if not report.get("succeeded"):
-                stderr.print("[red]no job of the sweep succeeded[/red]", highlight=False)
+                say(Text("no job of the sweep succeeded", style="red"))
                 raise typer.Exit(EXIT_FAILED)
             return
     print_rows([sweep_row(sweep.info)], SWEEP_COLUMNS, output, raw=sweep.info)
@@ -554,12 +672,13 @@ def sweeps_delete(ctx: typer.Context, sweep_id: str) -> None:
     """Delete a sweep whose jobs have all ended, with those jobs (cancel it first)."""
     with reported_errors():
         _client(ctx).sweeps.get(sweep_id).delete()
-    stderr.print(f"deleted sweep {sweep_id}")
+    say(f"deleted sweep {sweep_id}")
 
 
 @sweeps_app.command("report")
 def sweeps_report(ctx: typer.Context, sweep_id: str, output: Output = OutputFormat.table) -> None:
-    """Per setting: the main test metric's mean, std and 95% CI over seeds, best first."""
+    """Per setting: the main metric's mean, std and 95% CI over seeds, best first (test metrics; for a tpe
+    search validation metrics, as the report's split says)."""
     with reported_errors():
         report = _client(ctx).sweeps.get(sweep_id).report()
     print_report(report, output)
@@ -609,7 +728,7 @@ def predict(
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return
         write_table(table, out)
-    stderr.print(f"wrote {table.num_rows} predictions to {out}")
+    say(f"wrote {table.num_rows} predictions to {out}")
 
 
 def register(app: typer.Typer) -> None:
@@ -638,7 +757,7 @@ def run(app: typer.Typer) -> None:
     except Exception as exc:
         kinds = {cls.__name__ for cls in type(exc).__mro__}
         if "Abort" in kinds:
-            stderr.print("Aborted.")
+            say("Aborted.")
             raise SystemExit(EXIT_FAILED) from None
         if "ClickException" not in kinds:
             raise

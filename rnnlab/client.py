@@ -7,11 +7,14 @@ engine's own ``JobSpec`` (the one pydantic definition the server validates with)
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, Literal
 from urllib.parse import quote
@@ -26,7 +29,15 @@ if TYPE_CHECKING:
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled", "pruned"})
 ModelFormat = Literal["pt", "onnx", "safetensors"]
+MODEL_FORMATS: tuple[ModelFormat, ...] = ("pt", "onnx", "safetensors")
 ProgressCallback = Callable[[int, int], None]  # (bytes sent, total bytes)
+Notify = Callable[[str], None]  # a one-line notice: the connection dropped, or is back
+# How long ``follow`` and the ``wait``s keep reconnecting while the server cannot be reached (the API
+# restarted by `rnnlab up`'s supervisor, a deploy) before they give up with ``connection_error``.
+RECONNECT_SECONDS = 60.0
+# A 429 answer is retried after its ``Retry-After``, at most this many times per request.
+RATE_LIMIT_RETRIES = 10
+log = logging.getLogger("rnnlab")
 
 
 @dataclass(frozen=True)
@@ -43,12 +54,21 @@ class _CountingReader:
 
     def __init__(self, file: BinaryIO, total: int, callback: ProgressCallback) -> None:
         self._file, self._total, self._callback, self._sent = file, total, callback, 0
+        self._reported = -1  # the callback is called once per new count (not again for the final b"")
 
     def read(self, size: int = -1) -> bytes:
         chunk = self._file.read(size)
         self._sent += len(chunk)
-        self._callback(self._sent, self._total)
+        if self._sent != self._reported:
+            self._reported = self._sent
+            self._callback(self._sent, self._total)
         return chunk
+
+    def restart(self, start: int) -> None:
+        """Back to ``start`` for a retried upload (a 429): the count starts again from 0, and says so."""
+        self._file.seek(start)
+        self._sent = self._reported = 0
+        self._callback(0, self._total)
 
     def __iter__(self) -> Iterator[bytes]:
         while chunk := self.read(1024 * 1024):
@@ -59,6 +79,53 @@ class _CountingReader:
 
     def tell(self) -> int:
         return self._file.tell()
+
+
+def _clean_key(key: str | None) -> str | None:
+    """The API key with surrounding whitespace (a pasted newline) removed; a key with a space or a
+    control character inside is refused. The message never holds the key: it is a secret."""
+    if key is None:
+        return None
+    key = key.strip()
+    if not key.isascii():
+        raise ValueError("the API key holds characters outside ASCII; rnnlab keys are ASCII (copy it again)")
+    if any(not ch.isprintable() or ch.isspace() for ch in key):
+        raise ValueError(
+            "the API key holds a space or a control character inside it; rnnlab keys are one word (copy it "
+            "again; the key is not shown here)"
+        )
+    return key or None
+
+
+def _header_error() -> ValueError:
+    # httpx's LocalProtocolError quotes the bad header value: the key itself. Never shown.
+    return ValueError(
+        "the request was not sent: a header holds a character HTTP does not allow (check the API key; "
+        "it is not shown here)"
+    )
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (a number or an HTTP date), or None."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _replayable(kwargs: Mapping[str, Any]) -> bool:
+    """Whether a request can be sent again as it is: no file or streamed body (they are read once)."""
+    return "files" not in kwargs and isinstance(kwargs.get("content"), bytes | str | None)
 
 
 def _file_size(file: BinaryIO) -> int:
@@ -85,6 +152,7 @@ class Client:
         *,
         timeout: float = 60.0,
         http: httpx.Client | None = None,
+        max_retry_wait: float = 120.0,
     ) -> None:
         self.url = (url or os.environ.get("RNNLAB_URL") or DEFAULT_URL).rstrip("/")
         try:
@@ -93,10 +161,9 @@ class Client:
             raise ValueError(f"the server URL {self.url!r} is not a valid URL: {exc}") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ValueError(f"the server URL {self.url!r} must start with http:// or https:// and name a host")
-        key = api_key if api_key is not None else os.environ.get("RNNLAB_API_KEY")
-        if key is not None and not key.isascii():
-            raise ValueError("the API key holds characters outside ASCII; rnnlab keys are ASCII (copy it again)")
+        key = _clean_key(api_key if api_key is not None else os.environ.get("RNNLAB_API_KEY"))
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.max_retry_wait = max_retry_wait
         self._http = http or httpx.Client(base_url=self.url, timeout=timeout)
         self._http.headers.update(headers)
         self.datasets = Datasets(self)
@@ -112,22 +179,48 @@ class Client:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """Send a request to ``/api/v1{path}``; an error answer raises :class:`RnnlabError`."""
-        try:
-            response = self._http.request(method, f"/api/v1{path}", **kwargs)
-        except httpx.TransportError as exc:
-            raise RnnlabError(0, "connection_error", f"cannot reach rnnlab at {self.url}: {exc}") from exc
-        except ValueError as exc:
-            if "JSON compliant" not in str(exc):
-                raise
-            # httpx's JSON encoder refuses NaN and infinity (JSON has neither) before anything is sent.
-            raise ValueError(
-                f"{method} {path}: the body holds NaN or infinity, which JSON cannot carry; "
-                "the API takes finite numbers (fill or drop the missing values)"
-            ) from None
+    def request(
+        self, method: str, path: str, *, rewind: Callable[[], None] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """Send a request to ``/api/v1{path}``; an error answer raises :class:`RnnlabError`.
+
+        A 429 (``rate_limited``) is sent again after its ``Retry-After``, up to ``max_retry_wait``
+        seconds in all; a body read from a file is sent again only with ``rewind`` (back to its start).
+        """
+        waited = 0.0
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                response = self._http.request(method, f"/api/v1{path}", **kwargs)
+            except httpx.LocalProtocolError:
+                raise _header_error() from None
+            except httpx.TransportError as exc:
+                raise RnnlabError(0, "connection_error", f"cannot reach rnnlab at {self.url}: {exc}") from exc
+            except ValueError as exc:
+                if "JSON compliant" not in str(exc):
+                    raise
+                # httpx's JSON encoder refuses NaN and infinity (JSON has neither) before anything is sent.
+                raise ValueError(
+                    f"{method} {path}: the body holds NaN or infinity, which JSON cannot carry; "
+                    "the API takes finite numbers (fill or drop the missing values)"
+                ) from None
+            pause = self._rate_limit_pause(response, attempt, waited)
+            if pause is None or not (rewind is not None or _replayable(kwargs)):
+                break
+            response.close()
+            time.sleep(pause)
+            waited += pause
+            if rewind is not None:
+                rewind()
         raise_for_error(response)
         return response
+
+    def _rate_limit_pause(self, response: httpx.Response, attempt: int, waited: float) -> float | None:
+        """Seconds to wait before sending a 429'd request again, or None: not a 429, or out of retries."""
+        if response.status_code != 429 or attempt >= RATE_LIMIT_RETRIES:
+            return None
+        pause = _retry_after(response)
+        pause = 1.0 if pause is None else pause
+        return pause if waited + pause <= self.max_retry_wait else None
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
@@ -147,22 +240,32 @@ class Client:
         self, path: str, destination: str | Path | IO[bytes], params: Mapping[str, Any] | None = None
     ) -> None:
         """Write the body of ``GET /api/v1{path}`` to a path or binary file, chunk by chunk."""
-        try:
-            # follow_redirects: a server on object storage may answer a model download with a 307 to
-            # a presigned URL of the store (httpx drops the Authorization header for the other host).
-            with self._http.stream("GET", f"/api/v1{path}", params=params, follow_redirects=True) as response:
-                if response.is_error:
-                    response.read()
-                    raise_for_error(response)
-                if isinstance(destination, str | Path):
-                    with open(destination, "wb") as out:
+        waited = 0.0
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            try:
+                # follow_redirects: a server on object storage may answer a model download with a 307 to
+                # a presigned URL of the store (httpx drops the Authorization header for the other host).
+                with self._http.stream("GET", f"/api/v1{path}", params=params, follow_redirects=True) as response:
+                    if response.is_error:
+                        response.read()
+                        pause = self._rate_limit_pause(response, attempt, waited)
+                        if pause is not None:
+                            time.sleep(pause)
+                            waited += pause
+                            continue
+                        raise_for_error(response)
+                    if isinstance(destination, str | Path):
+                        with open(destination, "wb") as out:
+                            for chunk in response.iter_bytes():
+                                out.write(chunk)
+                    else:
                         for chunk in response.iter_bytes():
-                            out.write(chunk)
-                else:
-                    for chunk in response.iter_bytes():
-                        destination.write(chunk)
-        except httpx.TransportError as exc:
-            raise RnnlabError(0, "connection_error", f"cannot reach rnnlab at {self.url}: {exc}") from exc
+                            destination.write(chunk)
+                    return
+            except httpx.LocalProtocolError:
+                raise _header_error() from None
+            except httpx.TransportError as exc:
+                raise RnnlabError(0, "connection_error", f"cannot reach rnnlab at {self.url}: {exc}") from exc
 
     def events(
         self,
@@ -178,11 +281,19 @@ class Client:
         (a caller with a deadline gets control back at each one)."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else None
         timeout = httpx.Timeout(60.0, read=read_timeout)
+        try:
+            yield from self._read_events(path, headers, timeout, last_event_id, keepalives)
+        except httpx.LocalProtocolError:
+            raise _header_error() from None
+
+    def _read_events(
+        self, path: str, headers: dict[str, str] | None, timeout: httpx.Timeout, event_id: str | None, keepalives: bool
+    ) -> Generator[Event, None, None]:
         with self._http.stream("GET", f"/api/v1{path}", headers=headers, timeout=timeout) as response:
             if response.is_error:
                 response.read()
                 raise_for_error(response)
-            name, data, event_id = "message", list[str](), last_event_id
+            name, data = "message", list[str]()
             for line in response.iter_lines():
                 if not line:
                     if data:
@@ -206,7 +317,7 @@ def raise_for_error(response: httpx.Response) -> None:
         body = response.json()
     except ValueError:
         body = None
-    raise RnnlabError.from_body(response.status_code, body, response.text)
+    raise RnnlabError.from_body(response.status_code, body, response.text, _retry_after(response))
 
 
 # --- datasets ------------------------------------------------------------------------------------
@@ -238,8 +349,21 @@ class Datasets:
         body: Any = file
         if progress is not None:
             body = _CountingReader(file, _file_size(file), progress)
+        rewind: Callable[[], None] | None = None  # a rate-limited upload is sent again from its start
+        seekable = getattr(file, "seekable", None)
+        if callable(seekable) and seekable():
+            start = file.tell()
+
+            def back_to_start() -> None:
+                if isinstance(body, _CountingReader):
+                    body.restart(start)
+                else:
+                    file.seek(start)
+
+            rewind = back_to_start
+
         data = {"name": name} if name else None
-        return dict(self._client.json("POST", "/datasets", files={"file": (filename, body)}, data=data))
+        return dict(self._client.json("POST", "/datasets", files={"file": (filename, body)}, data=data, rewind=rewind))
 
     def list(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
         """Every dataset of the project, newest first (pages fetched as the iteration goes)."""
@@ -285,6 +409,89 @@ def spec_payload(spec: JobSpec | Mapping[str, Any]) -> dict[str, Any]:
     return dict(spec.model_dump(mode="json", exclude_unset=True))
 
 
+def model_format(path: str | Path | None, format: str | None = None) -> str:
+    """The format to save a model in: a path's suffix (``.pt``, ``.onnx``, ``.safetensors``, any case)
+    picks it, as ``rnnlab jobs model -o`` and the loaders read it; a path without a suffix, or a file
+    object (``path`` None), takes ``format``, else ``pt``. A path with another suffix, or whose suffix
+    says another format than ``format``, is refused (``ValueError``)."""
+    chosen = format.lower() if isinstance(format, str) and format else None
+    if path is None:
+        return chosen or "pt"
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in MODEL_FORMATS:
+        if chosen is not None and chosen != suffix:
+            raise ValueError(f"{path} says {suffix} but the format asked for is {format}")
+        return suffix
+    if suffix:
+        raise ValueError(f"{path}: a model file ends in .pt, .onnx or .safetensors")
+    return chosen or "pt"
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong with the connection, in a few words (an httpx error's text is often empty)."""
+    if isinstance(error, RnnlabError):
+        if error.status_code == 0 and error.__cause__ is not None:
+            return _reason(error.__cause__)
+        return str(error)
+    return str(error) or type(error).__name__
+
+
+def _transient(error: BaseException) -> bool:
+    """A failure that reconnecting can cure: the server unreachable or restarting, or a 429 / 502–504."""
+    if isinstance(error, httpx.LocalProtocolError):
+        return False
+    if isinstance(error, httpx.TransportError):
+        return True
+    return isinstance(error, RnnlabError) and error.status_code in (0, 429, 502, 503, 504)
+
+
+class _Reconnecting:
+    """Retries while the server cannot be reached: 0.5 s, 1 s, 2 s … (at most 10 s, at least a 429's
+    Retry-After) between tries, for at most ``window`` seconds of one outage and never past
+    ``deadline``; then ``RnnlabError`` ``connection_error``. ``notify`` hears when the connection is
+    lost and when it is back (by default: a warning on the ``rnnlab`` logger)."""
+
+    FIRST_DELAY, MAX_DELAY = 0.5, 10.0
+
+    def __init__(self, url: str, what: str, window: float, deadline: float | None, notify: Notify | None) -> None:
+        self.url, self.what, self.window, self.deadline = url, what, window, deadline
+        self.notify = notify or log.warning
+        self.since: float | None = None
+        self.delay = self.FIRST_DELAY
+
+    def ok(self) -> None:
+        """The server answered: an outage, if any, is over."""
+        if self.since is not None:
+            self.notify(f"reconnected to rnnlab at {self.url}")
+        self.since, self.delay = None, self.FIRST_DELAY
+
+    def wait(self, error: BaseException) -> None:
+        """Sleep before the next try, or raise ``connection_error`` once the outage has lasted ``window``.
+        Returns at once when the deadline has come (the caller raises its ``TimeoutError``)."""
+        now = time.monotonic()
+        first = self.since is None
+        since = self.since = now if self.since is None else self.since
+        if now - since >= self.window:
+            raise RnnlabError(
+                0,
+                "connection_error",
+                f"gave up {self.what} after {self.window:g} s without a connection to rnnlab at {self.url}: "
+                f"{_reason(error)}",
+            ) from error
+        if first:
+            self.notify(
+                f"lost the connection to rnnlab at {self.url} ({_reason(error)}); "
+                f"reconnecting for up to {self.window:g} s"
+            )
+        retry_after = error.retry_after if isinstance(error, RnnlabError) else None
+        pause = min(max(self.delay, retry_after or 0.0), since + self.window - now)
+        if self.deadline is not None:
+            pause = min(pause, self.deadline - now)
+        self.delay = min(self.delay * 2, self.MAX_DELAY)
+        if pause > 0:
+            time.sleep(pause)
+
+
 class Job:
     """A job on the server. ``info`` is the last ``Job`` body read (see ``refresh``)."""
 
@@ -315,15 +522,25 @@ class Job:
         self.info = dict(self._client.json("GET", f"/jobs/{self.id}"))
         return self
 
-    def follow(self, timeout: float | None = None) -> Iterator[Event]:
+    def follow(
+        self,
+        timeout: float | None = None,
+        *,
+        reconnect_seconds: float = RECONNECT_SECONDS,
+        notify: Notify | None = None,
+    ) -> Iterator[Event]:
         """The job's events (``status``, ``epoch``, ``end``) as they happen, until it has finished.
 
         A dropped connection is resumed (``Last-Event-ID``: the server sends only the epochs after the
-        last one seen); epochs already seen are not repeated. With ``timeout`` (seconds) a job still
-        running after it raises ``TimeoutError``.
+        last one seen); epochs already seen are not repeated. While the server cannot be reached (an
+        API restart) it reconnects with backoff for up to ``reconnect_seconds``, then raises
+        ``RnnlabError`` ``connection_error`` (status 0); ``notify(message)`` hears when the connection
+        is lost and when it is back (default: a warning on the ``rnnlab`` logger). With ``timeout``
+        (seconds) a job still running after it raises ``TimeoutError``, reconnecting or not.
         """
         last_epoch, run, last_id = 0, None, None
         deadline = None if timeout is None else time.monotonic() + timeout
+        retry = _Reconnecting(self._client.url, f"following job {self.id}", reconnect_seconds, deadline, notify)
 
         def expired() -> bool:
             return deadline is not None and time.monotonic() >= deadline
@@ -338,6 +555,7 @@ class Job:
                 events = self._client.events(f"/jobs/{self.id}/events", last_id, read_timeout, deadline is not None)
                 with contextlib.closing(events):  # leaving early closes the stream too
                     for event in events:
+                        retry.ok()
                         if event.event == "keep-alive":
                             if expired():
                                 break
@@ -355,31 +573,53 @@ class Job:
                             last_epoch = int(event.data["epoch"])
                         yield event
                         if event.event == "end":
-                            self.refresh()
+                            try:
+                                self.refresh()
+                            except RnnlabError as exc:  # the server went just now: the end event says it
+                                if not _transient(exc):
+                                    raise
+                                self.info["status"] = event.data.get("status", self.status)
                             return
                         if expired():
                             break
             except httpx.ReadTimeout:
                 pass  # the deadline came while the stream was silent
-            except httpx.TransportError:
-                time.sleep(1.0)
-            if self.refresh().done:
-                return
+            except (httpx.TransportError, RnnlabError) as exc:  # dropped, refused, restarting, 429
+                if not _transient(exc):
+                    raise
+                retry.wait(exc)
+            try:
+                if self.refresh().done:
+                    return
+            except RnnlabError as exc:
+                if not _transient(exc):
+                    raise
+                retry.wait(exc)
 
-    def wait(self, *, progress: bool = False, timeout: float | None = None, poll_seconds: float = 1.0) -> Job:
+    def wait(
+        self,
+        *,
+        progress: bool = False,
+        timeout: float | None = None,
+        poll_seconds: float = 1.0,
+        reconnect_seconds: float = RECONNECT_SECONDS,
+        notify: Notify | None = None,
+    ) -> Job:
         """Block until the job has finished (succeeded, failed, cancelled or pruned); returns it.
 
         ``progress=True`` shows a live bar per epoch (rich) on stderr, following the event stream.
         ``timeout`` (seconds, either way): ``TimeoutError`` if the job is still running after it.
+        ``reconnect_seconds`` and ``notify``: while the server cannot be reached, as for ``follow``.
         """
         if progress:
             from rnnlab.progress import follow_with_progress
 
-            follow_with_progress(self, timeout=timeout)
+            follow_with_progress(self, timeout=timeout, reconnect_seconds=reconnect_seconds, notify=notify)
             return self
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.refresh().done:
-            if deadline is not None and time.monotonic() > deadline:
+        retry = _Reconnecting(self._client.url, f"waiting for job {self.id}", reconnect_seconds, deadline, notify)
+        while not _refreshed(lambda: self.refresh().done, retry):
+            if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} is still {self.status} after {timeout}s")
             time.sleep(poll_seconds)
         return self
@@ -392,9 +632,15 @@ class Job:
         """Metrics per split with bootstrap intervals, baselines, confusion matrix, attribution."""
         return dict(self._client.json("GET", f"/jobs/{self.id}/evaluation"))
 
-    def download_model(self, path: str | Path | IO[bytes], format: ModelFormat = "pt") -> None:
-        """Save the trained model: ``pt`` (torch), ``onnx`` (scalers folded in) or ``safetensors``."""
-        self._client.stream_to(f"/jobs/{self.id}/model", path, params={"format": format})
+    def download_model(self, path: str | Path | IO[bytes], format: ModelFormat | None = None) -> None:
+        """Save the trained model: ``pt`` (torch), ``onnx`` (scalers folded in) or ``safetensors``.
+
+        A path's suffix picks the format (``m.onnx`` → onnx), as the CLI and the loaders read it; a
+        path without a suffix, or a binary file object, takes ``format`` (default ``pt``). A suffix
+        that is no model format, or says another than ``format``, is refused (``ValueError``).
+        """
+        chosen = model_format(path if isinstance(path, str | Path) else None, format)
+        self._client.stream_to(f"/jobs/{self.id}/model", path, params={"format": chosen})
 
     def predict(self, inputs: Any) -> Any:
         """Predictions for raw input windows ``[N, T, F]`` (or ``[N, T]``) in original units, or for a
@@ -409,6 +655,23 @@ class Job:
 
     def delete(self) -> None:
         self._client.request("DELETE", f"/jobs/{self.id}")
+
+
+def _refreshed(done: Callable[[], bool], retry: _Reconnecting) -> bool:
+    """``done()`` (a refresh), retried while the server cannot be reached; False when it could not be
+    read before the deadline (the caller checks it)."""
+    while True:
+        try:
+            finished = done()
+        except RnnlabError as exc:
+            if not _transient(exc):
+                raise
+            retry.wait(exc)
+            if retry.deadline is not None and time.monotonic() >= retry.deadline:
+                return False
+            continue
+        retry.ok()
+        return finished
 
 
 class Jobs:
@@ -489,11 +752,23 @@ class Sweep:
         self.info = dict(self._client.json("GET", f"/sweeps/{self.id}"))
         return self
 
-    def wait(self, *, timeout: float | None = None, poll_seconds: float = 2.0) -> Sweep:
-        """Block until every job of the sweep has finished (for a search: and no trial is left to ask)."""
+    def wait(
+        self,
+        *,
+        timeout: float | None = None,
+        poll_seconds: float = 2.0,
+        reconnect_seconds: float = RECONNECT_SECONDS,
+        notify: Notify | None = None,
+    ) -> Sweep:
+        """Block until every job of the sweep has finished (for a search: and no trial is left to ask).
+
+        ``timeout``: ``TimeoutError`` after it. While the server cannot be reached it keeps trying
+        for up to ``reconnect_seconds`` (``notify`` hears of it, as for ``Job.follow``), then raises
+        ``RnnlabError`` ``connection_error``."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.refresh().done:
-            if deadline is not None and time.monotonic() > deadline:
+        retry = _Reconnecting(self._client.url, f"waiting for sweep {self.id}", reconnect_seconds, deadline, notify)
+        while not _refreshed(lambda: self.refresh().done, retry):
+            if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"sweep {self.id} is not finished after {timeout}s: {self.info.get('progress')}")
             time.sleep(poll_seconds)
         return self
@@ -503,7 +778,12 @@ class Sweep:
         return dict(self.refresh().info["report"])
 
     def jobs(self) -> list[Job]:
-        return [self._client.jobs.get(item["id"]) for item in self.refresh().info["jobs"]]
+        """The sweep's jobs in full, in the sweep's order: ``GET /jobs?sweep_id=…`` page by page (500 a
+        page), not one request per job."""
+        order = [str(item["id"]) for item in self.refresh().info.get("jobs") or []]
+        found = {job.id: job for job in self._client.jobs.list(sweep_id=self.id, page_size=500)}
+        rank = {job_id: i for i, job_id in enumerate(order)}
+        return sorted(found.values(), key=lambda job: rank.get(job.id, len(rank)))
 
     def leaderboard(self, metric: str | None = None, limit: int = 10) -> dict[str, Any]:
         """The sweep dataset's leaderboard by ``metric`` (default: the sweep's main test metric)."""

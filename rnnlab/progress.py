@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 if TYPE_CHECKING:
     from rnnlab.client import Job
@@ -25,22 +27,51 @@ def epoch_line(metrics: dict[str, dict[str, float | None]]) -> str:
     return "  ".join(parts)
 
 
-def follow_with_progress(job: Job, console: Console | None = None, timeout: float | None = None) -> None:
+def final_line(job: Job) -> Text:
+    """``job ID succeeded`` (or ``failed: Type: message``), styled, the server's text taken verbatim."""
+    status = job.status
+    style = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
+    message = Text.assemble(f"job {job.id} ", (status, style))
+    error = job.info.get("error")
+    if error:
+        message.append(f": {error.get('type')}: {error.get('message')}")
+    return message
+
+
+def follow_with_progress(
+    job: Job,
+    console: Console | None = None,
+    timeout: float | None = None,
+    *,
+    reconnect_seconds: float | None = None,
+    notify: Callable[[str], None] | None = None,
+) -> None:
     """Follow ``job`` until it has finished, drawing the bar on ``console`` (stderr by default);
-    ``TimeoutError`` if it is still running after ``timeout`` seconds."""
-    console = console or Console(stderr=True)
+    ``TimeoutError`` if it is still running after ``timeout`` seconds. While the server cannot be
+    reached the follow reconnects (see ``Job.follow``) and says so above the bar (or to ``notify``)."""
+    from rnnlab.client import RECONNECT_SECONDS
+    from rnnlab.output import progress_console
+
+    console = console or progress_console()
     epochs = int((job.info.get("progress") or {}).get("epochs") or 0) or None
+    # markup=False: ids, statuses and metric names are the server's text, not rich markup
     columns: list[Any] = [
-        TextColumn("[bold]{task.fields[job]}[/bold] {task.fields[status]}"),
+        TextColumn("{task.fields[job]}", style="bold", markup=False),
+        TextColumn("{task.fields[status]}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("epochs"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[line]}"),
+        TextColumn("{task.fields[line]}", markup=False),
     ]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("train", total=epochs, job=job.id, status=job.status, line="")
-        for event in job.follow(timeout):
+
+        def notice(message: str) -> None:
+            progress.console.print(Text(message, style="yellow"), soft_wrap=True)
+
+        window = RECONNECT_SECONDS if reconnect_seconds is None else reconnect_seconds
+        for event in job.follow(timeout, reconnect_seconds=window, notify=notify or notice):
             if event.event == "status":
                 total = (event.data.get("progress") or {}).get("epochs") or epochs
                 done = (event.data.get("progress") or {}).get("epoch", 0)
@@ -49,10 +80,4 @@ def follow_with_progress(job: Job, console: Console | None = None, timeout: floa
                 progress.update(task, completed=int(event.data["epoch"]), line=epoch_line(event.data["metrics"]))
             elif event.event == "end":
                 progress.update(task, status=event.data.get("status", ""))
-    status = job.status
-    style = {"succeeded": "green", "failed": "red"}.get(status, "yellow")
-    message = f"job {job.id} [{style}]{status}[/{style}]"
-    error = job.info.get("error")
-    if error:
-        message += f": {error.get('type')}: {error.get('message')}"
-    console.print(message)
+    console.print(final_line(job), soft_wrap=True)

@@ -143,7 +143,7 @@ def test_cli_keys_create_prints_key_alone(env) -> None:
             text=True,
             env=run_env,
         )
-        assert out.returncode == 2 and out.stdout == "" and "project name" in out.stderr, (bad, out.stderr)
+        assert out.returncode == 64 and out.stdout == "" and "project name" in out.stderr, (bad, out.stderr)
 
 
 def test_a_key_is_revoked_by_its_id_its_prefix_as_listed_or_the_whole_key(env) -> None:

@@ -216,6 +216,24 @@ def test_spec_errors_are_one_line_with_the_field(served: Served, tmp_path: Path)
     assert out.returncode == 1 and "must hold a mapping" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_names_with_brackets_are_printed_verbatim(served: Served, tmp_path: Path) -> None:
+    """Rich reads "[/eur]" as a closing tag: user and server text must never be parsed as markup."""
+    data = tmp_path / "prices.csv"
+    data.write_text("t,price[usd]\n" + "".join(f"{i},{i / 10}\n" for i in range(50)))
+    uploaded = rnnlab(served, "datasets", "upload", str(data), "--name", "prices [/eur]", "--output", "json")
+    assert uploaded.returncode == 0, uploaded.stderr
+    dataset_id = json.loads(uploaded.stdout)["id"]
+    for args in (("datasets", "list"), ("datasets", "show", dataset_id), ("datasets", "preview", dataset_id)):
+        out = rnnlab(served, *args)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        assert ("price[usd]" if args[1] == "preview" else "prices [/eur]") in out.stdout
+    spec = tmp_path / "[bold]spec.yaml"
+    spec.write_text(f"dataset_id: {dataset_id}\ntask: forecast\ndata: {{layout: series, target: '[/x]'}}\n")
+    refused = rnnlab(served, "jobs", "submit", str(spec))
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "[/x]" in refused.stderr and "price[usd]" in refused.stderr, refused.stderr
+
+
 @pytest.mark.parametrize("output", ["table", "json", "csv"])
 def test_read_commands_take_every_output_format(served: Served, output: str) -> None:
     for args in (("datasets", "list"), ("jobs", "list"), ("sweeps", "list")):
@@ -234,9 +252,11 @@ def test_sweeps_submit_follow_show_report(served: Served, tmp_path: Path) -> Non
     body.write_text(json.dumps({"name": "seeds", "base": base, "grid": {"model.hidden_size": [4]}, "seeds": [0, 1]}))
     followed = rnnlab(served, "sweeps", "submit", str(body), "--follow", "--output", "json")
     assert followed.returncode == 0, followed.stderr
-    report = json.loads(followed.stdout)
+    record = json.loads(followed.stdout)  # the whole sweep once it has ended, its report inside
+    report = record["report"]
     assert report["complete"] and report["settings"][0]["n"] == 2
     sweep_id = re.search(r"submitted sweep (\S+)", followed.stderr).group(1)  # type: ignore[union-attr]
+    assert record["id"] == sweep_id
     jobs = list(csv.DictReader(io.StringIO(rnnlab(served, "sweeps", "show", sweep_id, "--output", "csv").stdout)))
     assert [row["status"] for row in jobs] == ["succeeded", "succeeded"]
     table = rnnlab(served, "sweeps", "report", sweep_id)
