@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import get_settings
 from app.errors import not_found
 
-_state: dict[str, Any] = {"pid": None, "engine": None, "factory": None}
+_state: dict[str, Any] = {"pid": None, "engine": None, "factory": None, "worker": False}
 T = TypeVar("T")
 
 
@@ -34,7 +34,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, session_limits: bool = True) -> Engine:
     # A request over the pool's size opens a connection and closes it after (on SQLite with its
     # pragmas): with SQLAlchemy's default of 5, polling at 8-16 concurrent requests per process
     # spent more time connecting than querying. RNNLAB_DB_POOL_SIZE connections are kept.
@@ -51,7 +51,7 @@ def make_engine(url: str) -> Engine:
     # psycopg (3) gets the one-round-trip ping below; any other driver SQLAlchemy's pre-ping.
     psycopg = make_url(url).get_dialect().driver == "psycopg"
     engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=not psycopg)
-    if engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql" and session_limits:  # migrations wait for their locks as before
         event.listen(engine, "connect", _postgres_session_limits)
     if psycopg:
         event.listen(engine, "connect", _mark_fresh)
@@ -66,19 +66,24 @@ def _postgres_session_limits(dbapi_connection: Any, _: Any) -> None:
     A worker frozen (a paused VM, a partitioned host) inside a write holds its job's row lock; with
     PostgreSQL's defaults everything that touches the row waits with it, and waiters pile up until
     the API's pool is gone. ``lock_timeout``: such a waiter fails after RNNLAB_DB_LOCK_TIMEOUT_SECONDS
-    (an API request answers 503 database_busy). ``idle_in_transaction_session_timeout``: the server
-    ends the frozen session after RNNLAB_DB_IDLE_TRANSACTION_SECONDS, releasing its locks (every
-    transaction here is short). TCP keepalives: a client host that vanished is noticed in about
-    two minutes instead of the kernel's two hours. Session settings (``SET``), so a URL's own
-    ``options`` (a search_path) stay as they are.
+    (an API request answers 503 database_busy). In worker processes,
+    ``idle_in_transaction_session_timeout``: the server ends a session left idle inside a transaction
+    for RNNLAB_DB_IDLE_TRANSACTION_SECONDS, releasing its locks (a worker's writes are short; an API
+    request may hold a read transaction over a slow upload, and holds no row lock meanwhile).
+    TCP keepalives: a client host that vanished is noticed in about two minutes instead of the
+    kernel's two hours. ``TimeZone`` UTC: a day-long interval added to a time is 24 hours, whatever
+    the server's zone (across a daylight-saving change it would be 23 or 25). Session settings
+    (``SET``), so a URL's own ``options`` (a search_path) stay as they are.
     """
     settings = get_settings()
+    idle = settings.db_idle_transaction_seconds if _state["worker"] else 0.0
     values = {
-        "lock_timeout": f"{round(settings.db_lock_timeout_seconds * 1000)}ms",
-        "idle_in_transaction_session_timeout": f"{round(settings.db_idle_transaction_seconds * 1000)}ms",
+        "lock_timeout": _milliseconds(settings.db_lock_timeout_seconds),
+        "idle_in_transaction_session_timeout": _milliseconds(idle),
         "tcp_keepalives_idle": "60",
         "tcp_keepalives_interval": "10",
         "tcp_keepalives_count": "6",
+        "TimeZone": "UTC",
     }
     autocommit = dbapi_connection.autocommit
     dbapi_connection.autocommit = True  # a SET inside a transaction that is rolled back would not last
@@ -89,6 +94,19 @@ def _postgres_session_limits(dbapi_connection: Any, _: Any) -> None:
         cursor.close()
     finally:
         dbapi_connection.autocommit = autocommit
+
+
+def _milliseconds(seconds: float) -> str:
+    """A PostgreSQL duration; 0 stays 0 (off), any other value is at least 1 ms (0 would mean off)."""
+    return f"{max(1, round(seconds * 1000)) if seconds > 0 else 0}ms"
+
+
+def mark_worker_process() -> None:
+    """This process runs jobs: its connections get the idle-in-transaction limit (see
+    ``_postgres_session_limits``). Called by the worker's start-up signals, before it connects."""
+    if not _state["worker"]:
+        _state["worker"] = True
+        reset_engine()
 
 
 # A read run by read_with_retry skips the ping of a connection used this recently (HikariCP's

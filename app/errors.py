@@ -290,18 +290,39 @@ def validation_message(details: list[dict[str, Any]]) -> str:
     return "; ".join(f"{d['field'] or 'body'}: {d['message']}" for d in details[:5])
 
 
-# PostgreSQL's lock_not_available: a statement waited RNNLAB_DB_LOCK_TIMEOUT_SECONDS for a row lock.
-LOCK_NOT_AVAILABLE = "55P03"
+# SQLSTATEs of a database that is busy past its limits (RNNLAB_DB_LOCK_TIMEOUT_SECONDS's
+# lock_not_available, a deadlock, a serialization failure) or out of reach for now (class 08, a
+# connection exception; the server shutting down or starting; too many connections; a session it
+# ended, e.g. idle in a transaction too long). Anything else is a bug: a 500, with its traceback.
+BUSY_SQLSTATES = frozenset({"55P03", "40P01", "40001"})
+UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "25P03"})
+_SQLITE_UNAVAILABLE = ("unable to open database file", "disk i/o error")
 
 
-def database_error(exc: Exception) -> tuple[str, str]:
-    """The code and message of a 503 for a database that is down, or busy past its limits."""
+def database_error(exc: Exception) -> tuple[str, str] | None:
+    """The code and message of a 503 for a database that is busy past its limits or cannot be
+    reached, or None when the error is not one of those (a bug: it stays a 500)."""
+    busy = ("database_busy", "the database is busy: a row this request needs is locked by another process; try again")
+    unavailable = ("database_unavailable", "the database cannot be reached; try again")
     if isinstance(exc, sa_exc.TimeoutError):  # the pool had no connection to give within its timeout
         return "database_busy", "every database connection of this server is in use; try again"
-    orig = getattr(exc, "orig", None)
-    if getattr(orig, "sqlstate", None) == LOCK_NOT_AVAILABLE or "database is locked" in str(orig):  # SQLite's
-        return "database_busy", "a row this request needs is locked by another process that does not answer; try again"
-    return "database_unavailable", "the database cannot be reached; try again"
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return None
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in BUSY_SQLSTATES:
+        return busy
+    if exc.connection_invalidated or sqlstate in UNAVAILABLE_SQLSTATES or (sqlstate or "").startswith("08"):
+        return unavailable
+    text = str(orig).lower()
+    if "database is locked" in text:  # SQLite past its busy_timeout
+        return busy
+    if any(part in text for part in _SQLITE_UNAVAILABLE):
+        return unavailable
+    # psycopg's OperationalError with no SQLSTATE: the connection itself failed (refused, reset).
+    if sqlstate is None and isinstance(exc, sa_exc.OperationalError) and type(orig).__module__.startswith("psycopg"):
+        return unavailable
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -328,12 +349,15 @@ def install_error_handlers(app: FastAPI) -> None:
                 headers["Allow"] = ", ".join(methods)
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers or None)
 
-    @app.exception_handler(sa_exc.OperationalError)
+    @app.exception_handler(sa_exc.DBAPIError)
     @app.exception_handler(sa_exc.TimeoutError)
     async def _database_error(_: Request, exc: Exception) -> JSONResponse:
-        code, message = database_error(exc)
-        log.warning("%s: %s", code, exc)
-        return JSONResponse(error_body(code, message), status_code=503, headers={"Retry-After": "5"})
+        answer = database_error(exc)
+        if answer is None:  # a bug (a missing column, bad SQL): the usual 500
+            log.exception("unhandled error", exc_info=exc)
+            return JSONResponse(error_body("internal_error", "internal server error"), status_code=500)
+        log.warning("%s: %s", answer[0], exc)
+        return JSONResponse(error_body(*answer), status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -27,7 +27,7 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is None:
-        engine = make_engine(get_settings().database_url)
+        engine = make_engine(get_settings().database_url, session_limits=False)
         with engine.connect() as connection:
             _run(connection)
         engine.dispose()

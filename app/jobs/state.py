@@ -170,8 +170,8 @@ def request_cancel(session: Session, job: Job) -> JobStatus:
         # no recovery loop has settled it yet, e.g. no worker runs at all: nobody would ever see the
         # request, so the job is cancelled here and now.
         row = (job.id, job.attempts, job.max_attempts, True, job.worker_id)
-        if settle_expired(session, row, db_now(session)) is not None:
-            session.commit()
+        settle_expired(session, row, db_now(session))
+        session.commit()  # also when nothing matched: SQLite holds its write lock until the transaction ends
         session.refresh(job)
     return JobStatus(job.status)
 

@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 from app.config import get_settings
 from app.db import new_session
+from app.jobs import workers
 from app.models import Job
 
 log = logging.getLogger(__name__)
@@ -56,11 +57,16 @@ def _read_keys(job_ids: list[str]) -> dict[str, tuple[Any, ...]]:
                     Job.progress_epoch,
                     Job.progress_epochs,
                     Job.error_type,
+                    Job.queue,
                 ).where(Job.id.in_(job_ids[i : i + _CHUNK]))
             )
             for row in rows:
                 keys[row[0]] = tuple(row[1:])
-    return keys
+    # Whether a live worker serves the job's queue (what ``waiting_for`` says): a worker that goes away
+    # changes no column of the job, and its page should still hear of it. The heartbeats are read at
+    # most every few seconds per process (workers.live_queues), not per job.
+    live = workers.live_queues() if keys else None
+    return {job_id: (*key, None if live is None else key[-1] in live) for job_id, key in keys.items()}
 
 
 class JobWatcher:

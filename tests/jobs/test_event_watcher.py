@@ -86,3 +86,23 @@ def test_redis_notification_wakes_the_watcher_before_its_tick(client, auth, monk
         asyncio.run(scenario())
     finally:
         get_settings.cache_clear()
+
+
+def test_a_worker_coming_or_going_wakes_the_streams_of_its_queue(client, auth) -> None:
+    # No column of the job changes when its worker goes away; its waiting_for does, and its page hears it.
+    from app.jobs import workers
+
+    (job_id,) = _jobs(client, auth, 1)
+    workers.clear_cache()
+
+    async def scenario() -> None:
+        watcher = watch.JobWatcher(poll_seconds=0.05, redis_url=None)
+        watcher.watch(job_id)
+        await asyncio.sleep(0.3)
+        seen = watcher.version(job_id)
+        await asyncio.to_thread(workers.record_heartbeat, "w1:1", ["default"])
+        workers.clear_cache()
+        assert await watcher.wait(job_id, seen, 5.0) == seen + 1
+        watcher.unwatch(job_id)
+
+    asyncio.run(scenario())

@@ -549,3 +549,28 @@ def test_metrics_as_csv_one_row_per_epoch(client, auth, other_auth, sine) -> Non
     ]
     assert client.get(f"/api/v1/jobs/{job_id}/metrics?format=xml", headers=auth).status_code == 422
     assert client.get(f"/api/v1/jobs/{job_id}/metrics?format=csv", headers=other_auth).status_code == 404
+
+
+def test_a_bug_in_sql_stays_a_500_and_a_locked_database_is_a_503(client, auth, monkeypatch) -> None:
+    from sqlalchemy import text
+
+    from app.jobs import service
+
+    def broken(session, *args, **kwargs):  # a missing column: SQLite's OperationalError, PostgreSQL's ProgrammingError
+        session.execute(text("SELECT no_such_column FROM jobs"))
+
+    monkeypatch.setattr(service, "list_jobs", broken)
+    r = client.get("/api/v1/jobs", headers=auth)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"  # not "try again"
+
+    def locked(session, *args, **kwargs):
+        import sqlite3
+
+        from sqlalchemy.exc import OperationalError
+
+        raise OperationalError("UPDATE jobs", {}, sqlite3.OperationalError("database is locked"))
+
+    monkeypatch.setattr(service, "list_jobs", locked)
+    r = client.get("/api/v1/jobs", headers=auth)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "database_busy"
+    assert r.headers["retry-after"] == "5"

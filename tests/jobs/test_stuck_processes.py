@@ -18,10 +18,11 @@ import pytest
 from sqlalchemy import exc, select, text, update
 from sqlalchemy.orm import Session
 
+import app.db
 import app.models
 from app.config import get_settings
 from app.db import new_session, reset_engine
-from app.jobs import state, workers
+from app.jobs import dispatch, state, workers
 from app.models import Job, utcnow
 from tests.stack import forecast_spec, sine_csv
 
@@ -72,15 +73,29 @@ def lock_row(frozen: list[Session], job_id: str) -> Session:
     return session
 
 
+def as_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's connections as a worker's (mark_worker_process, undone after the test)."""
+    monkeypatch.setitem(app.db._state, "worker", True)
+    reset_engine()
+
+
 def test_connections_carry_the_lock_and_idle_transaction_limits(client, monkeypatch) -> None:
     with new_session() as session:
         assert session.scalar(text("SHOW lock_timeout")) == "10s"
-        assert session.scalar(text("SHOW idle_in_transaction_session_timeout")) == "1min"
+        # An API request may hold a read transaction over a slow upload: no idle limit there.
+        assert session.scalar(text("SHOW idle_in_transaction_session_timeout")) == "0"
+        assert session.scalar(text("SHOW TimeZone")) == "UTC"  # a day-long interval is 24 h
         assert session.scalar(text("SHOW search_path")).startswith("rnnlab_test_")  # the URL's options kept
+    as_worker(monkeypatch)
+    with new_session() as session:
+        assert session.scalar(text("SHOW idle_in_transaction_session_timeout")) == "1min"
     settings(monkeypatch, db_lock_timeout_seconds="0", db_idle_transaction_seconds="2.5")
     with new_session() as session:
         assert session.scalar(text("SHOW lock_timeout")) == "0"  # 0: wait forever, PostgreSQL's default
         assert session.scalar(text("SHOW idle_in_transaction_session_timeout")) == "2500ms"
+    settings(monkeypatch, db_lock_timeout_seconds="0.0001")
+    with new_session() as session:  # not rounded down to 0, which would mean "wait forever"
+        assert session.scalar(text("SHOW lock_timeout")) == "1ms"
 
 
 def test_recovery_skips_a_job_a_frozen_worker_holds_locked(client, auth, frozen) -> None:
@@ -112,6 +127,7 @@ def test_a_request_needing_a_locked_row_answers_503_database_busy(client, auth, 
 
 def test_the_server_ends_a_session_left_idle_in_a_transaction(client, auth, frozen, monkeypatch) -> None:
     settings(monkeypatch, db_idle_transaction_seconds="0.5", db_lock_timeout_seconds="5")
+    as_worker(monkeypatch)
     (job_id,) = submit(client, auth)
     holder = lock_row(frozen, job_id)
     time.sleep(1.5)
@@ -128,7 +144,10 @@ def test_leases_and_heartbeats_follow_the_database_clock_not_the_process_clock(c
     real = utcnow
 
     def skewed(offset: timedelta) -> None:
-        monkeypatch.setattr(app.models, "utcnow", lambda: real() + offset)
+        # Every module's name for the process clock (raising=False: a module that no longer imports
+        # it, as it should not, gets an unused one; one that reads it again fails this test).
+        for module in (app.models, state, workers, dispatch):
+            monkeypatch.setattr(module, "utcnow", lambda: real() + offset, raising=False)
 
     skewed(timedelta(hours=-2))  # a worker whose clock is two hours slow claims and beats
     with new_session() as session:
