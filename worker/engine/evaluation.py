@@ -75,6 +75,15 @@ def compare(
     }
 
 
+def intervals_on_test(
+    spec: JobSpec, y_test: np.ndarray, pred: np.ndarray, point: dict[str, Any], rng: np.random.Generator, scale: Any
+) -> tuple[dict[str, list[float] | None], list[str]]:
+    """The test part's bootstrap intervals, without those that miss their own value (with a note each)."""
+    task = spec.task
+    intervals = bootstrap_intervals(task, y_test, pred, spec.evaluation.bootstrap_samples, rng, scale)
+    return intervals, drop_intervals_missing_their_point(point, intervals, len(y_test))
+
+
 def noise_notes(main: str, comparison: dict[str, dict[str, Any]]) -> list[str]:
     """A note for each baseline the model beats by less than the test part can tell apart."""
     return [
@@ -137,8 +146,8 @@ def evaluate(
     if task == "regression":
         notes.append("mase for regression is scaled by the training mean's in-sample MAE (no time order)")
     y_test = prep.y_original("test")
-    intervals = bootstrap_intervals(task, y_test, predictions["test"], spec.evaluation.bootstrap_samples, rng, scale)
-    notes += drop_intervals_missing_their_point(metrics["test"], intervals, len(y_test))
+    intervals, interval_notes = intervals_on_test(spec, y_test, predictions["test"], metrics["test"], rng, scale)
+    notes += interval_notes
 
     if task == "forecast":
         baseline_preds, baseline_notes = forecast_baselines(prep, spec.data.season_period, rng, tensors["test"].device)

@@ -14,16 +14,8 @@ from torch import nn
 
 from .attribution import IG_STEPS, recurrent_layers_in_train_mode
 from .data import PreparedData
-from .evaluation import compare, naive_scale, noise_notes, per_part, predict_parts
-from .metrics import (
-    LOWER_IS_BETTER,
-    bootstrap_intervals,
-    drop_intervals_missing_their_point,
-    json_float,
-    main_metric,
-    paired_differences,
-    point_metrics,
-)
+from .evaluation import compare, intervals_on_test, naive_scale, noise_notes, per_part, predict_parts
+from .metrics import LOWER_IS_BETTER, json_float, main_metric, paired_differences, point_metrics
 from .models import forward_in_chunks
 from .results import Evaluation
 from .sequence_model import SequenceModel, token_lengths
@@ -104,8 +96,8 @@ def _per_example(
     notes = list(prep.notes)
     metrics, predictions = predict_parts(model, tensors, prep, task, scale)
     y_test = prep.y_original("test")
-    intervals = bootstrap_intervals(task, y_test, predictions["test"], spec.evaluation.bootstrap_samples, rng, scale)
-    notes += drop_intervals_missing_their_point(metrics["test"], intervals, len(y_test))
+    intervals, interval_notes = intervals_on_test(spec, y_test, predictions["test"], metrics["test"], rng, scale)
+    notes += interval_notes
     baseline_preds, baseline_notes = _text_baselines(spec, prep)
     notes += baseline_notes
     if task == "regression":
