@@ -22,7 +22,7 @@ strongest reference: the paired 95% bootstrap interval of (run − reference) pe
 from the job's own ``/predict`` on the test inputs (1-NN for a univariate set, the AR for a series).
 
     python bench/quality.py                      # all 9 data sets
-    python bench/quality.py --sweep-seeds 1 --concurrency 4   # the README's run: 18 min at load 4-6
+    python bench/quality.py --sweep-seeds 1 --concurrency 4   # the README's run: 18-24 min at load 4-6
     python bench/quality.py --sets Lynx Airline ShampooSales co2 nile elnino JapaneseVowels --sweep-seeds 1
     python bench/quality.py --sets ArrowHead Lynx --seeds 2
 
