@@ -56,12 +56,16 @@ def build_report(
     jobs_per_setting: dict[str, int] = {}
     values: dict[str, dict[str, list[float]]] = {}
     succeeded: dict[str, int] = {}
+    counted: set[tuple[str, int]] = set()
     for row in rows:
         settings.setdefault(row.setting_key, row.setting)
         jobs_per_setting[row.setting_key] = jobs_per_setting.get(row.setting_key, 0) + 1
         values.setdefault(row.setting_key, {})
-        if row.status != JobStatus.SUCCEEDED:
+        if row.status != JobStatus.SUCCEEDED or (row.setting_key, row.seed) in counted:
+            # A setting run again with a seed it already ran (a tpe search proposes a setting twice; every
+            # trial has the same seed) repeats that run, not a new draw: it counts once.
             continue
+        counted.add((row.setting_key, row.seed))
         succeeded[row.setting_key] = succeeded.get(row.setting_key, 0) + 1
         for name, value in row.metrics.items():
             if value is not None:  # e.g. mase is null where the naive forecast is exact

@@ -172,7 +172,10 @@ def load_trials(session: Session, sweep: Sweep, *, with_curves: bool) -> list[Tr
             JobMetric.name == metric,
         )
     ):
-        rows[job_id].value = value
+        # A trial that ended between the two reads (SQLite reads outside a transaction see each commit)
+        # is left for the next read, not a KeyError.
+        if job_id in rows:
+            rows[job_id].value = value
     if with_curves:
         epoch_metric = EPOCH_METRICS.get(str(sweep.base_spec.get("task")), metric)
         for job_id, epoch, value in session.execute(
@@ -185,7 +188,7 @@ def load_trials(session: Session, sweep: Sweep, *, with_curves: bool) -> list[Tr
                 EpochMetric.name == epoch_metric,
             )
         ):
-            if value is not None:
+            if value is not None and job_id in rows:
                 rows[job_id].curve[int(epoch)] = float(value)
     return list(rows.values())
 
@@ -210,13 +213,20 @@ def _setting_job(session: Session, sweep: Sweep, setting: dict[str, Any], seed: 
 
 
 def confirmation_plan(sweep: Sweep, rows: Sequence[TrialRow]) -> list[tuple[dict[str, Any], int]]:
-    """(setting, seed) of each confirmation run: the best and the runner-up trial by the validation
-    objective, with every confirm seed but the one their trial already ran with."""
+    """(setting, seed) of each confirmation run: the best and the runner-up *setting* by the
+    validation objective (a setting the search proposed twice is one candidate, at its best trial),
+    with every confirm seed but the one their trial already ran with."""
     done = [r for r in rows if _trial_state(r.status, r.value) == TrialState.COMPLETE]
     lower = direction(sweep) == "minimize"
     ranked = sorted(done, key=lambda r: ((r.value if lower else -(r.value or 0.0)), r.number))
+    top: list[dict[str, Any]] = []
+    for row in ranked:
+        if row.setting not in top:
+            top.append(row.setting)
+        if len(top) == 2:
+            break
     trial_seed = _trial_seed(sweep)
-    return [(row.setting, seed) for row in ranked[:2] for seed in (sweep.confirm_seeds or []) if seed != trial_seed]
+    return [(setting, seed) for setting in top for seed in (sweep.confirm_seeds or []) if seed != trial_seed]
 
 
 def _ask(session: Session, sweep_id: str) -> list[Job] | None:

@@ -130,7 +130,7 @@ UNBOUNDED: Bounds = (None, None)
 _UNIT: Bounds = (0.0, 1.0)
 _NON_NEGATIVE: Bounds = (0.0, None)
 METRIC_BOUNDS: dict[str, Bounds] = {
-    **dict.fromkeys(("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece"), _UNIT),
+    **dict.fromkeys(("accuracy", "balanced_accuracy", "macro_f1", "auroc", "ece", "span_f1"), _UNIT),
     **dict.fromkeys(("mae", "rmse", "mse", "mase", "mape", "log_loss", "loss"), _NON_NEGATIVE),
     "smape": (0.0, 200.0),
     "r2": (None, 1.0),
@@ -206,7 +206,10 @@ def rank_settings(summaries: Mapping[Hashable, Summary], lower_is_better: bool) 
     """Settings ordered best first by mean; the best compared with the runner-up.
 
     ``distinguishable`` is True when their 95% intervals do not overlap, False when they do, and
-    None when either has fewer than two seeds (no interval) or there is no runner-up.
+    None when either has fewer than two seeds (no interval), when every seed of either gave the same
+    value (no spread to judge by), or there is no runner-up. Non-overlap of two 95% intervals is a
+    strict test (about the 0.5% level for two normal means): "not distinguishable" often means "not
+    shown with these seeds", rarely "equal".
     """
     if not summaries:
         return [], None
@@ -215,6 +218,17 @@ def rank_settings(summaries: Mapping[Hashable, Summary], lower_is_better: bool) 
     if len(order) < 2:
         return order, Ranked(order[0], None, None, "only one setting has results; nothing to compare")
     second = summaries[order[1]]
+    flat = [name for name, s in (("best", best), ("runner-up", second)) if s.std == 0.0]
+    if flat and best.ci is not None and second.ci is not None:
+        # Every seed gave the same value (accuracy on a small test part comes in steps; a bound such
+        # as 1.0): the interval is a point, not a spread, and any gap would read as "distinguishable".
+        return order, Ranked(
+            order[0],
+            order[1],
+            None,
+            f"undecided: every seed of the {' and the '.join(flat)} gave the same value, so the spread over "
+            "seeds cannot be estimated from them; add seeds",
+        )
     if best.ci is None or second.ci is None:
         return order, Ranked(
             order[0],
@@ -247,7 +261,8 @@ def parameter_effect(setting_means: Sequence[tuple[Mapping[str, Any], float]], p
 
     ``range``: max - min of the per-value means (each setting weighted equally). ``share_of_variance``:
     between-group sum of squares / total sum of squares of the setting means (eta squared, 0..1);
-    None when the setting means do not vary (nothing to explain).
+    None when the setting means do not vary (nothing to explain) or every value has a setting of its
+    own (then it is 1 whatever the parameter does).
     """
     if not setting_means:
         raise ValueError("parameter_effect needs at least one setting mean")
@@ -261,7 +276,9 @@ def parameter_effect(setting_means: Sequence[tuple[Mapping[str, Any], float]], p
     value_means = [(value, math.fsum(ms) / len(ms), len(ms)) for value, ms in groups.values()]
     between_ss = math.fsum(count * (gm - grand) ** 2 for _, gm, count in value_means)
     group_means = [gm for _, gm, _ in value_means]
-    share = None if total_ss <= 0 else min(1.0, between_ss / total_ss)
+    # Every value with a setting of its own (one swept parameter; a continuous tpe parameter): the
+    # groups are the settings, and the share would be 1 even for pure seed noise.
+    share = None if total_ss <= 0 or len(groups) == len(setting_means) else min(1.0, between_ss / total_ss)
     return ParameterEffect(value_means, max(group_means) - min(group_means), share)
 
 

@@ -216,7 +216,12 @@ def _confirmed(
     test_metric: str,
 ) -> ConfirmedSetting:
     key = json.dumps(setting, sort_keys=True)
-    done = [r for r in rows if r.setting_key == key and r.status == JobStatus.SUCCEEDED]
+    # One run per seed (a setting the search proposed twice ran its trial seed twice: one draw).
+    by_seed: dict[int, SweepJobRow] = {}
+    for r in rows:
+        if r.setting_key == key and r.status == JobStatus.SUCCEEDED:
+            by_seed.setdefault(r.seed, r)
+    done = list(by_seed.values())
 
     def summary(values: list[float], name: str) -> MetricSummary | None:
         if not values:
