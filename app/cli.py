@@ -144,6 +144,9 @@ def api(
         "http": "auto",
         "loop": "auto",
         "access_log": settings.access_log,
+        # Event streams stay open while a job runs: without a bound, a stop (SIGTERM, a restart) waited
+        # for every open job page and `rnnlab jobs follow` (clients reconnect to the next server).
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
     }
     if processes > 1 and balanced_sockets_supported():
         # A listening socket per process, so that connections spread over the processes.

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         "process) is ended by the server, releasing its locks; 0 never.",
     )
     api_workers: int | None = Field(default=None, ge=1, le=64, description="API processes; default from CPUs.")
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="An API process told to stop waits this long for open requests (event streams, uploads), "
+        "then closes them.",
+    )
     gc_freeze: bool = Field(default=True, description="gc.freeze() after start-up, with higher GC thresholds.")
     access_log: bool = Field(
         default=True, description="One log line per HTTP request (uvicorn's access log); off behind a logging proxy."

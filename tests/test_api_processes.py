@@ -227,3 +227,34 @@ def test_each_api_process_serves_its_own_socket_and_a_restart_keeps_it(tmp_path)
         assert victim not in now and sorted(now.values(), key=sorted) == sorted(own.values(), key=sorted)
     finally:
         _stop(proc)
+
+
+def test_a_stop_does_not_wait_for_open_event_streams_past_the_grace(tmp_path) -> None:
+    # An event stream stays open for as long as its job runs (here: queued, no worker); a SIGTERM used
+    # to wait for it, so a restart hung while any job page or `rnnlab jobs follow` was open.
+    proc, base = _serve(tmp_path, ["api", "--workers", "1"], {"RNNLAB_SHUTDOWN_GRACE_SECONDS": "1"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")} | {"RNNLAB_HOME": str(tmp_path / "home")}
+    key = subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--project", "p"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    headers = {"Authorization": f"Bearer {key}"}
+    rows = "t,value\n" + "\n".join(f"{i},{i % 7}" for i in range(120))
+    dataset = httpx.post(f"{base}/api/v1/datasets", headers=headers, files={"file": ("s.csv", rows.encode())}).json()
+    spec = {"dataset_id": dataset["id"], "task": "forecast", "data": {"layout": "series", "target": "value"}}
+    job = httpx.post(f"{base}/api/v1/jobs", headers=headers, json=spec).json()
+    try:
+        with httpx.stream("GET", f"{base}/api/v1/jobs/{job['id']}/events", headers=headers, timeout=60) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("id:")  # the stream is open
+            stopped = time.monotonic()
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(30)  # the grace is 1 s; before, this waited for the job to end
+            assert time.monotonic() - stopped < 20
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import delete, insert
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -44,6 +44,8 @@ from worker.engine import (
 from worker.engine.results import Timings
 
 log = logging.getLogger(__name__)
+# Epoch metric rows per INSERT statement (5 parameters each; PostgreSQL takes at most 65,535).
+EPOCH_ROWS_PER_INSERT = 2_000
 
 
 # Set when this worker begins a warm shutdown. It lives in shared memory created before the pool
@@ -446,14 +448,24 @@ def record_epoch(
 def record_epochs(
     claim: state.Claim, epochs: Sequence[tuple[int, dict[str, dict[str, Any]]]], lease_seconds: float
 ) -> bool | None:
-    """:func:`record_epoch` for the epochs kept since the last write that worked (and the current one)."""
+    """:func:`record_epoch` for the epochs kept since the last write that worked (and the current one).
+
+    The job's row is written last, just before the commit: a worker that freezes (a paused VM) while
+    it sends the epochs holds no lock on the job, and one that freezes after the update is idle in its
+    transaction, which the server ends (RNNLAB_DB_IDLE_TRANSACTION_SECONDS). Frozen in the middle of a
+    statement the server waits for, it would hold the job's row for as long as it stays frozen.
+    """
     with new_session() as session:
         last = max(epoch for epoch, _ in epochs)
-        status = state.renew_lease(session, claim, lease_seconds, commit=False, progress_epoch=last)
-        if status is None:
+        try:
+            _write_epochs(session, claim.job_id, epochs, replace=len(epochs) > 1)
+        except IntegrityError:  # the attempt that replaced this one wrote these epochs already
             session.rollback()
             return None
-        _write_epochs(session, claim.job_id, epochs, replace=len(epochs) > 1)
+        status = state.renew_lease(session, claim, lease_seconds, commit=False, progress_epoch=last)
+        if status is None:  # the claim is lost: nothing of this attempt is written
+            session.rollback()
+            return None
         session.commit()
     return status
 
@@ -469,8 +481,10 @@ def _write_epochs(
     if replace:
         session.execute(delete(EpochMetric).where(EpochMetric.job_id == job_id, EpochMetric.epoch.in_(numbers)))
     rows = [row for epoch, metrics in epochs for row in _metric_rows(job_id, metrics, epoch)]
-    if rows:
-        session.execute(insert(EpochMetric), rows)
+    # One multi-row INSERT per chunk (not an executemany, which psycopg pipelines as many messages): a
+    # statement the server has whole, so a sender that freezes leaves it waiting between statements.
+    for start in range(0, len(rows), EPOCH_ROWS_PER_INSERT):
+        session.execute(insert(EpochMetric).values(rows[start : start + EPOCH_ROWS_PER_INSERT]))
 
 
 def persist_result(
@@ -497,26 +511,33 @@ def persist_result(
     assert result.evaluation is not None  # only a cancelled run has none
     evaluation = result.evaluation.model_dump(mode="json")
     with new_session() as session:
-        ok = state.finish_job(
-            session,
-            claim,
-            JobStatus.SUCCEEDED,
-            commit=False,
-            summary=result.summary.model_dump(mode="json"),
-            artifact_key=key,
-            train_seconds=result.train_seconds,
-            progress_epoch=result.epochs_run,
-            device=result.device,
-        )
-        if not ok:
-            session.rollback()
-            storage.delete(key)
-            log.warning("job %s: claim lost before results were saved; discarding this attempt", claim.job_id)
-            return None
         try:
-            _write_epochs(session, claim.job_id, unwritten)  # before the best/last values read them
-            record_final_values(session, claim.job_id, evaluation["metrics"], result.summary.best_epoch)
-            session.add(Evaluation(job_id=claim.job_id, body=evaluation))
+            # The results first and the job's row last, as in record_epochs: a worker frozen while it
+            # sends them holds no lock on the job. Discarded with the rollback if the claim is lost.
+            try:
+                _write_epochs(session, claim.job_id, unwritten)  # before the best/last values read them
+                record_final_values(session, claim.job_id, evaluation["metrics"], result.summary.best_epoch)
+                session.add(Evaluation(job_id=claim.job_id, body=evaluation))
+                session.flush()
+            except IntegrityError:  # the attempt that replaced this one stored its results already
+                ok = False
+            else:
+                ok = state.finish_job(
+                    session,
+                    claim,
+                    JobStatus.SUCCEEDED,
+                    commit=False,
+                    summary=result.summary.model_dump(mode="json"),
+                    artifact_key=key,
+                    train_seconds=result.train_seconds,
+                    progress_epoch=result.epochs_run,
+                    device=result.device,
+                )
+            if not ok:
+                session.rollback()
+                storage.delete(key)
+                log.warning("job %s: claim lost before results were saved; discarding this attempt", claim.job_id)
+                return None
             session.commit()
         except BaseException:
             storage.delete(key)  # nothing points at it

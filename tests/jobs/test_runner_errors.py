@@ -81,6 +81,45 @@ def test_a_stale_attempt_writes_no_epoch_metrics(job_id) -> None:
     assert [(r.epoch, r.value) for r in rows] == [(1, 0.5)]
 
 
+def test_a_stale_attempt_after_the_current_one_wrote_the_epoch_writes_nothing(job_id) -> None:
+    from worker.runner import record_epoch
+
+    stale, current = _replace_attempt(job_id)
+    assert record_epoch(current, 1, {"train": {"loss": 0.5}}, 60) is False
+    assert record_epoch(stale, 1, {"train": {"loss": 1.0}}, 60) is None  # its insert collides: claim lost
+    with new_session() as session:
+        rows = session.scalars(select(EpochMetric).where(EpochMetric.job_id == job_id)).all()
+    assert [(r.epoch, r.value) for r in rows] == [(1, 0.5)]
+
+
+def test_the_job_row_is_written_last_before_the_commit(job_id) -> None:
+    # A worker frozen while it sends epoch rows must not hold the job's row lock: the server ends a
+    # session idle in its transaction, not one waiting for the rest of a statement.
+    from sqlalchemy import event
+
+    from app.db import get_engine
+    from worker.runner import record_epochs
+
+    with new_session() as session:
+        claim = state.claim_job(session, job_id, "A", lease_seconds=60)
+    assert claim is not None
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, *args) -> None:
+        statements.append(
+            statement.split()[0].upper() + " " + statement.split()[1 if statement.startswith("UPDATE") else 2]
+        )
+
+    engine = get_engine()
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        kept = [(e, {"train": {"loss": 1.0 / e}, "val": {"loss": 2.0 / e}}) for e in (1, 2, 3)]
+        assert record_epochs(claim, kept, 60) is False
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert statements[-1] == "UPDATE jobs" and all("jobs" not in s for s in statements[:-1]), statements
+
+
 def test_a_stale_attempt_cannot_overwrite_the_model(job_id) -> None:
     from worker.runner import persist_result
 
