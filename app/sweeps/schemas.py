@@ -170,10 +170,21 @@ class ParameterReport(BaseModel):
 class ConfirmedSetting(BaseModel):
     setting_key: str
     setting: dict[str, Any]
-    seeds: list[int] = Field(description="Seeds with a succeeded run: the trial's own and the confirmation runs.")
-    objective: MetricSummary | None = Field(description="The validation objective over those seeds.")
+    seeds: list[int] = Field(
+        description="Seeds of the succeeded confirmation runs: fresh runs only, not the trial that selected "
+        "the setting."
+    )
+    objective: MetricSummary | None = Field(
+        description="The validation objective over the confirmation runs. The selecting trial is left out: "
+        "the best of many noisy trials is optimistic by being chosen (selection bias)."
+    )
     test: MetricSummary | None = Field(
-        description="The test main metric over those seeds: reported, never used to choose."
+        description="The test main metric over the confirmation runs: reported, never used to choose."
+    )
+    trial_objective: float | None = Field(
+        default=None,
+        description="The validation objective of the trial that selected the setting (its best trial), for "
+        "comparison with the confirmation runs: optimistic by construction.",
     )
 
 

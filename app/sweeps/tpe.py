@@ -214,14 +214,19 @@ def _confirmed(
     test: dict[str, dict[str, float | None]],
     metric: str,
     test_metric: str,
+    lower: bool,
 ) -> ConfirmedSetting:
+    """The confirmation runs' statistics: fresh runs only. The trial that won the selection is left
+    out (its value is the best of many noisy draws, biased by having been chosen) and reported beside
+    them as ``trial_objective``."""
     key = json.dumps(setting, sort_keys=True)
-    # One run per seed (a setting the search proposed twice ran its trial seed twice: one draw).
+    ran = [r for r in rows if r.setting_key == key and r.status == JobStatus.SUCCEEDED]
     by_seed: dict[int, SweepJobRow] = {}
-    for r in rows:
-        if r.setting_key == key and r.status == JobStatus.SUCCEEDED:
+    for r in ran:
+        if r.trial_number is None:
             by_seed.setdefault(r.seed, r)
     done = list(by_seed.values())
+    trial_values = [v for r in ran if r.trial_number is not None and (v := r.metrics.get(metric)) is not None]
 
     def summary(values: list[float], name: str) -> MetricSummary | None:
         if not values:
@@ -236,6 +241,7 @@ def _confirmed(
         seeds=sorted(r.seed for r in done),
         objective=summary(objective, metric),
         test=summary(tests, test_metric),
+        trial_objective=(min if lower else max)(trial_values) if trial_values else None,
     )
 
 
@@ -262,7 +268,8 @@ def read_tpe(session: Session, sweep: Sweep) -> tuple[list[SweepJob], SweepRepor
         for setting, _ in plan:
             if setting not in settings:
                 settings.append(setting)
-        confirmed = [_confirmed(s, rows, finals["test"], metric, test_metric) for s in settings]
+        lower = search.direction(sweep) == "minimize"
+        confirmed = [_confirmed(s, rows, finals["test"], metric, test_metric, lower) for s in settings]
         confirmation = Confirmation(
             seeds=list(sweep.confirm_seeds),
             best=confirmed[0] if confirmed else None,

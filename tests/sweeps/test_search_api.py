@@ -275,9 +275,11 @@ def test_confirmation_runs_the_best_and_runner_up_with_each_seed(client, auth, s
     read = client.get(f"/api/v1/sweeps/{sweep['id']}", headers=auth).json()
     confirmation = read["report"]["search"]["confirmation"]
     assert read["report"]["search"]["done"] is True and read["report"]["complete"] is True
-    assert confirmation["best"]["seeds"] == [0, 1, 2] and confirmation["runner_up"] is None
+    # The fresh runs only (seeds 1 and 2): the trial that won the selection is reported beside them.
+    assert confirmation["best"]["seeds"] == [1, 2] and confirmation["runner_up"] is None
+    assert confirmation["best"]["trial_objective"] == pytest.approx(0.3)
     objective = confirmation["best"]["objective"]
-    assert objective["n"] == 3 and objective["mean"] == pytest.approx(0.3)
+    assert objective["n"] == 2 and objective["mean"] == pytest.approx(0.3)
     assert 0 <= objective["ci"][0] <= objective["mean"] <= objective["ci"][1]
 
 
@@ -303,7 +305,8 @@ def test_confirmation_with_a_runner_up_and_the_report(client, auth, sine) -> Non
     confirmation = report["search"]["confirmation"]
     assert confirmation["best"]["setting"] == trials[1]["setting"]
     assert confirmation["runner_up"]["setting"] == trials[2]["setting"]
-    assert confirmation["best"]["objective"]["n"] == 3 and confirmation["best"]["test"]["n"] == 3
+    assert confirmation["best"]["objective"]["n"] == 2 and confirmation["best"]["test"]["n"] == 2  # seeds 5, 6
+    assert confirmation["best"]["trial_objective"] == pytest.approx(0.2)
     assert report["search"]["done"] is True and read["progress"]["total"] == 7
     assert report["best"]["best"]["setting"] == trials[1]["setting"]  # ranked on val, not test
 

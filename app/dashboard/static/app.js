@@ -771,8 +771,10 @@ function confirmationSection(report) {
     h("p", { class: "hint" }, search.selection),
     rows.length
       ? tableWrap(h("table", { id: "sweep-confirmation" },
-        h("thead", {}, h("tr", {}, ["", "setting", "seeds", `${search.objective} (mean ± std [95% CI])`, `test ${testName}`].map((t) => h("th", {}, t)))),
-        h("tbody", {}, rows.map(([role, c]) => h("tr", {}, h("td", {}, role), h("td", {}, settingLabel(c.setting)), h("td", {}, c.seeds.join(", ") || "–"),
+        h("thead", {}, h("tr", {}, ["", "setting", "selecting trial", "confirmation seeds", `${search.objective} (mean ± std [95% CI])`, `test ${testName}`].map((t) => h("th", {}, t)))),
+        h("tbody", {}, rows.map(([role, c]) => h("tr", {}, h("td", {}, role), h("td", {}, settingLabel(c.setting)),
+          h("td", { class: "num", title: "the trial that won the selection: optimistic by being chosen, so left out of the confirmation" }, c.trial_objective == null ? "–" : fmt(c.trial_objective)),
+          h("td", {}, c.seeds.join(", ") || "–"),
           h("td", { class: "num" }, summary(c.objective)), h("td", { class: "num" }, summary(c.test)))))))
       : empty(conf ? "The confirmation runs start when every trial has ended." : "This search has no confirmation seeds."));
 }
