@@ -10,8 +10,10 @@ from worker.engine.metrics import (
     bootstrap_intervals,
     bootstrap_weight_chunks,
     classification_scores,
+    correlated_lags,
     drop_intervals_missing_their_point,
     point_metrics,
+    resample_block,
 )
 
 
@@ -141,3 +143,33 @@ def test_bootstrap_coverage_is_close_to_nominal() -> None:
         assert interval is not None
         hits += interval[0] <= truth <= interval[1]
     assert 0.88 <= hits / trials <= 0.99
+
+
+def test_block_resamples_draw_runs_of_consecutive_examples() -> None:
+    (counts,) = bootstrap_weight_chunks(20, 50, np.random.default_rng(0), block=5)
+    assert counts.shape == (50, 20) and np.all(counts.sum(axis=1) == 20)
+    for row in counts:  # four blocks of five: every run of drawn examples is at least five long
+        runs = np.split(np.flatnonzero(row), np.flatnonzero(np.diff(np.flatnonzero(row)) > 1) + 1)
+        assert min(len(run) for run in runs) >= 5, row
+    (whole,) = bootstrap_weight_chunks(20, 3, np.random.default_rng(0), block=20)
+    assert np.all(whole == 1)  # one block of every example: the sample itself
+
+
+def test_forecast_intervals_resample_blocks_sized_by_the_errors_memory() -> None:
+    rng = np.random.default_rng(3)
+    n = 120
+    iid = rng.standard_normal(n)
+    persistent = np.zeros(n)
+    for t in range(1, n):  # AR(0.9): each error remembers the last
+        persistent[t] = 0.9 * persistent[t - 1] + rng.standard_normal()
+    y = np.zeros((n, 1))
+    assert resample_block("regression", y, persistent[:, None]) == 1  # separate cases: never blocks
+    assert resample_block("forecast", np.zeros((n, 3)), iid[:, None] * np.ones((1, 3))) == 5  # ∛120, horizon 3
+    assert correlated_lags(iid) <= 2 and correlated_lags(persistent) >= 5
+    assert resample_block("forecast", y, persistent[:, None]) == 2 * correlated_lags(persistent)
+    # Blocks widen the interval of an error that runs in long stretches; independent draws would
+    # treat 120 windows as 120 separate pieces of evidence.
+    as_forecast = bootstrap_intervals("forecast", y, persistent[:, None], 400, np.random.default_rng(0))["rmse"]
+    as_cases = bootstrap_intervals("regression", y, persistent[:, None], 400, np.random.default_rng(0))["rmse"]
+    assert as_forecast is not None and as_cases is not None
+    assert as_forecast[1] - as_forecast[0] > 1.3 * (as_cases[1] - as_cases[0])

@@ -165,15 +165,58 @@ def undefined_metric_notes(task: str, y_true: np.ndarray, part: str, num_classes
     return notes
 
 
-def bootstrap_weight_chunks(n: int, samples: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Resample counts ``[b, n]`` (rows sum to n), in chunks that bound memory."""
+def bootstrap_weight_chunks(n: int, samples: int, rng: np.random.Generator, block: int = 1) -> Iterator[np.ndarray]:
+    """Resample counts ``[b, n]`` (rows sum to n), in chunks that bound memory.
+
+    ``block`` > 1: a moving-block bootstrap (Künsch 1989): each resample is made of runs of ``block``
+    consecutive examples from random starts (the last run cut to n in all), so that examples whose
+    errors are correlated with their neighbours' — consecutive forecast windows — are drawn together.
+    """
     chunk = max(1, min(samples, _MAX_WEIGHT_ELEMENTS // max(n, 1)))
+    block = max(1, min(block, n))
     done = 0
     while done < samples:
         b = min(chunk, samples - done)
-        draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
+        if block == 1:
+            picked = rng.integers(0, n, size=(b, n))
+        else:
+            starts = rng.integers(0, n - block + 1, size=(b, -(-n // block)))
+            picked = (starts[:, :, None] + np.arange(block)).reshape(b, -1)[:, :n]
+        draws = picked + (np.arange(b) * n)[:, None]
         yield np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
         done += b
+
+
+def resample_block(task: str, y_true: np.ndarray, pred: np.ndarray) -> int:
+    """Consecutive test examples resampled together: one for every task but a forecast (its examples
+    are separate cases); for a forecast, windows whose errors run together (overlapping windows, a
+    model that misses a slow pattern) — the largest of the horizon, ∛n (the usual order of a block
+    length, Hall, Horowitz & Jing 1995) and twice the lag after which the errors' autocorrelation
+    stays insignificant (Politis & White 2004's rule for that lag), never more than half the windows.
+    """
+    n = len(y_true)
+    if task != "forecast" or n < 4:
+        return 1
+    horizon = int(y_true.shape[1]) if y_true.ndim > 1 else 1
+    errors = (pred.reshape(n, -1)[:, 0] - y_true.reshape(n, -1)[:, 0]).astype(np.float64)
+    return max(1, min(max(horizon, round(n ** (1 / 3)), 2 * correlated_lags(errors)), n // 2))
+
+
+def correlated_lags(series: np.ndarray) -> int:
+    """The smallest lag m after which the next K autocorrelations all stay within c·√(log10 n / n)
+    (c = 2, K = max(5, √log10 n)): how far the series remembers itself (Politis & White 2004)."""
+    n = len(series)
+    centred = series - series.mean()
+    variance = float(centred @ centred)
+    if n < 4 or variance <= 0.0 or not math.isfinite(variance):
+        return 0
+    limit = 2.0 * math.sqrt(math.log10(n) / n)
+    window = max(5, math.ceil(math.sqrt(math.log10(n))))
+    acf = np.array([float(centred[k:] @ centred[: n - k]) / variance for k in range(1, n // 2 + 1)])
+    for m in range(len(acf)):
+        if np.all(np.abs(acf[m : m + window]) < limit):
+            return m
+    return len(acf)
 
 
 def bootstrap_intervals(
@@ -185,13 +228,14 @@ def bootstrap_intervals(
     naive_scale: float | None = None,
     level: float = 0.95,
 ) -> dict[str, list[float] | None]:
-    """Percentile bootstrap intervals over examples for every metric of the task."""
+    """Percentile bootstrap intervals over examples for every metric of the task (over blocks of
+    consecutive windows for a forecast: ``resample_block``)."""
     names = CLASSIFICATION_METRICS if task == "classification" else REGRESSION_METRICS
     if samples == 0 or len(y_true) == 0:
         return {}
     collected: dict[str, list[np.ndarray]] = {}
     with np.errstate(divide="ignore", invalid="ignore"):
-        for weights in bootstrap_weight_chunks(len(y_true), samples, rng):
+        for weights in bootstrap_weight_chunks(len(y_true), samples, rng, resample_block(task, y_true, pred)):
             for name, values in scores(task, y_true, pred, weights, naive_scale).items():
                 collected.setdefault(name, []).append(values)
     return {name: percentile_interval(collected.get(name), samples, level) for name in names}
@@ -260,7 +304,7 @@ def paired_differences(
         return {name: None for name in baseline_preds}
     collected: dict[str, list[np.ndarray]] = {name: [] for name in baseline_preds}
     with np.errstate(divide="ignore", invalid="ignore"):
-        for weights in bootstrap_weight_chunks(len(y_true), samples, rng):
+        for weights in bootstrap_weight_chunks(len(y_true), samples, rng, resample_block(task, y_true, model_pred)):
             model = _main_scores(task, y_true, model_pred, weights)
             for name, pred in baseline_preds.items():
                 collected[name].append(model - _main_scores(task, y_true, pred, weights))
