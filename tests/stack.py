@@ -10,6 +10,7 @@ import io
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -22,6 +23,19 @@ import numpy as np
 from app.cli import worker_argv
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli_key(env: dict[str, str], project: str) -> str:
+    """A key made the way a user makes one (``rnnlab keys create``) for the server ``env`` points at."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "keys", "create", "--project", project],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
 
 # Short leases and fast recovery so crash tests finish in seconds. A 3 s lease expired under CPU
 # starvation (4 test processes and their workers on 2 slow cores) although heartbeats come every

@@ -15,7 +15,7 @@ import pytest
 
 from app.cli import default_api_workers
 from app.serving import balanced_sockets_supported, listening_sockets
-from tests.stack import ROOT
+from tests.stack import ROOT, cli_key
 
 
 def test_default_api_workers_follow_the_cpus(monkeypatch) -> None:
@@ -234,14 +234,7 @@ def test_a_stop_does_not_wait_for_open_event_streams_past_the_grace(tmp_path) ->
     # to wait for it, so a restart hung while any job page or `rnnlab jobs follow` was open.
     proc, base = _serve(tmp_path, ["api", "--workers", "1"], {"RNNLAB_SHUTDOWN_GRACE_SECONDS": "1"})
     env = {k: v for k, v in os.environ.items() if not k.startswith("RNNLAB_")} | {"RNNLAB_HOME": str(tmp_path / "home")}
-    key = subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "create", "--project", "p"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
+    key = cli_key(env, "p")
     headers = {"Authorization": f"Bearer {key}"}
     rows = "t,value\n" + "\n".join(f"{i},{i % 7}" for i in range(120))
     dataset = httpx.post(f"{base}/api/v1/datasets", headers=headers, files={"file": ("s.csv", rows.encode())}).json()

@@ -333,29 +333,18 @@ def conclude(
         return release(claim)
     if result.cancelled and pruned and not cancel_requested:
         # Its per-epoch curve is stored (with any epoch kept back); the summary says where it stopped.
-        with new_session() as session:
-            ok = state.finish_job(
-                session,
-                claim,
-                JobStatus.PRUNED,
-                commit=False,
-                summary=result.summary.model_dump(mode="json"),
-                progress_epoch=result.epochs_run,
-                train_seconds=result.train_seconds,
-                device=result.device,
-            )
-            if ok:
-                _write_epochs(session, claim.job_id, unwritten)
-            session.commit()
+        ok = _finish_with_epochs(
+            claim,
+            JobStatus.PRUNED,
+            unwritten,
+            summary=result.summary.model_dump(mode="json"),
+            progress_epoch=result.epochs_run,
+            train_seconds=result.train_seconds,
+            device=result.device,
+        )
         return JobStatus.PRUNED if ok else None
     if result.cancelled:
-        with new_session() as session:
-            ok = state.finish_job(
-                session, claim, JobStatus.CANCELLED, commit=False, summary=result.summary.model_dump(mode="json")
-            )
-            if ok:
-                _write_epochs(session, claim.job_id, unwritten)
-            session.commit()
+        _finish_with_epochs(claim, JobStatus.CANCELLED, unwritten, summary=result.summary.model_dump(mode="json"))
         return JobStatus.CANCELLED
     try:
         return persist_result(claim, result, unwritten)
@@ -419,6 +408,24 @@ class PruneCheck:
             return
         if self.pruned:
             log.info("job %s: pruned after epoch %d", self.job_id, epoch)
+
+
+def _finish_with_epochs(
+    claim: state.Claim, status: JobStatus, unwritten: Sequence[tuple[int, dict[str, dict[str, Any]]]], **values: Any
+) -> bool:
+    """The epochs kept back, then the job's final row — last, as in ``record_epochs`` — in one
+    transaction, only while the claim holds."""
+    with new_session() as session:
+        try:
+            _write_epochs(session, claim.job_id, unwritten)
+        except IntegrityError:  # the attempt that replaced this one wrote these epochs already
+            session.rollback()
+            return False
+        if not state.finish_job(session, claim, status, commit=False, **values):
+            session.rollback()
+            return False
+        session.commit()
+    return True
 
 
 def release(claim: state.Claim) -> str | None:

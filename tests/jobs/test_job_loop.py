@@ -17,7 +17,7 @@ import pytest
 import torch
 from sqlalchemy import update
 
-from tests.stack import ROOT, Stack, forecast_spec, sine_csv
+from tests.stack import ROOT, Stack, cli_key, forecast_spec, sine_csv
 
 pytestmark = pytest.mark.integration
 
@@ -258,14 +258,7 @@ def test_embedded_default_as_a_user_starts_it(tmp_path) -> None:
     user = UserSession(tmp_path, env)
     user.start()
     try:
-        key = subprocess.run(
-            [sys.executable, "-m", "app.cli", "keys", "create", "--project", "demo"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        key = cli_key(env, "demo")
         headers = {"Authorization": f"Bearer {key}"}
         ds = httpx.post(
             f"{user.base}/api/v1/datasets",
