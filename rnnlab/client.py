@@ -180,12 +180,19 @@ class Client:
         self.close()
 
     def request(
-        self, method: str, path: str, *, rewind: Callable[[], None] | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        rewind: Callable[[], None] | None = None,
+        retry_rate_limit: bool = True,
+        **kwargs: Any,
     ) -> httpx.Response:
         """Send a request to ``/api/v1{path}``; an error answer raises :class:`RnnlabError`.
 
         A 429 (``rate_limited``) is sent again after its ``Retry-After``, up to ``max_retry_wait``
         seconds in all; a body read from a file is sent again only with ``rewind`` (back to its start).
+        ``retry_rate_limit=False``: a 429 raises at once (a caller with a deadline waits for it itself).
         """
         waited = 0.0
         for attempt in range(RATE_LIMIT_RETRIES + 1):
@@ -203,7 +210,7 @@ class Client:
                     f"{method} {path}: the body holds NaN or infinity, which JSON cannot carry; "
                     "the API takes finite numbers (fill or drop the missing values)"
                 ) from None
-            pause = self._rate_limit_pause(response, attempt, waited)
+            pause = self._rate_limit_pause(response, attempt, waited) if retry_rate_limit else None
             if pause is None or not (rewind is not None or _replayable(kwargs)):
                 break
             response.close()
@@ -280,7 +287,8 @@ class Client:
         ``keepalives``: the server's keep-alive comments come through too, as ``Event("keep-alive")``
         (a caller with a deadline gets control back at each one)."""
         headers = {"Last-Event-ID": last_event_id} if last_event_id else None
-        timeout = httpx.Timeout(60.0, read=read_timeout)
+        # With a deadline (read_timeout), connecting waits no longer than it either.
+        timeout = httpx.Timeout(60.0 if read_timeout is None else min(60.0, read_timeout), read=read_timeout)
         try:
             yield from self._read_events(path, headers, timeout, last_event_id, keepalives)
         except httpx.LocalProtocolError:
@@ -522,6 +530,12 @@ class Job:
         self.info = dict(self._client.json("GET", f"/jobs/{self.id}"))
         return self
 
+    def _poll(self, deadline: float | None) -> Job:
+        """``refresh`` for a loop with a deadline: a 429 raises (the loop's backoff waits for it, never
+        past the deadline) and the request waits no longer than the time left."""
+        self.info = dict(self._client.json("GET", f"/jobs/{self.id}", **_polling(deadline)))
+        return self
+
     def follow(
         self,
         timeout: float | None = None,
@@ -551,6 +565,7 @@ class Job:
             # With a deadline, a read waits at most until it, and the server's keep-alives (every 15 s)
             # come through, so a queued job or a slow epoch cannot hold the loop past it.
             read_timeout = None if deadline is None else max(0.1, deadline - time.monotonic())
+            closed = False
             try:
                 events = self._client.events(f"/jobs/{self.id}/events", last_id, read_timeout, deadline is not None)
                 with contextlib.closing(events):  # leaving early closes the stream too
@@ -574,7 +589,7 @@ class Job:
                         yield event
                         if event.event == "end":
                             try:
-                                self.refresh()
+                                self._poll(deadline)
                             except RnnlabError as exc:  # the server went just now: the end event says it
                                 if not _transient(exc):
                                     raise
@@ -582,6 +597,8 @@ class Job:
                             return
                         if expired():
                             break
+                    else:
+                        closed = True  # the server closed the stream without an end event
             except httpx.ReadTimeout:
                 pass  # the deadline came while the stream was silent
             except (httpx.TransportError, RnnlabError) as exc:  # dropped, refused, restarting, 429
@@ -589,12 +606,18 @@ class Job:
                     raise
                 retry.wait(exc)
             try:
-                if self.refresh().done:
+                if self._poll(deadline).done:
                     return
             except RnnlabError as exc:
                 if not _transient(exc):
                     raise
                 retry.wait(exc)
+                continue
+            if closed:
+                # Closed without an end event while the job runs on: reconnect after a pause, not at
+                # once (a proxy answering an empty 200 would make this loop spin).
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                time.sleep(_Reconnecting.FIRST_DELAY if left is None else min(_Reconnecting.FIRST_DELAY, left))
 
     def wait(
         self,
@@ -618,7 +641,7 @@ class Job:
             return self
         deadline = None if timeout is None else time.monotonic() + timeout
         retry = _Reconnecting(self._client.url, f"waiting for job {self.id}", reconnect_seconds, deadline, notify)
-        while not _refreshed(lambda: self.refresh().done, retry):
+        while not _refreshed(lambda: self._poll(deadline).done, retry):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} is still {self.status} after {timeout}s")
             time.sleep(poll_seconds)
@@ -655,6 +678,14 @@ class Job:
 
     def delete(self) -> None:
         self._client.request("DELETE", f"/jobs/{self.id}")
+
+
+def _polling(deadline: float | None) -> dict[str, Any]:
+    """Request options of a poll inside a loop that reconnects (``_Reconnecting``) until ``deadline``."""
+    options: dict[str, Any] = {"retry_rate_limit": False}
+    if deadline is not None:
+        options["timeout"] = max(0.1, min(60.0, deadline - time.monotonic()))
+    return options
 
 
 def _refreshed(done: Callable[[], bool], retry: _Reconnecting) -> bool:
@@ -752,6 +783,11 @@ class Sweep:
         self.info = dict(self._client.json("GET", f"/sweeps/{self.id}"))
         return self
 
+    def _poll(self, deadline: float | None) -> Sweep:
+        """``refresh`` within a deadline (see ``Job._poll``)."""
+        self.info = dict(self._client.json("GET", f"/sweeps/{self.id}", **_polling(deadline)))
+        return self
+
     def wait(
         self,
         *,
@@ -767,7 +803,7 @@ class Sweep:
         ``RnnlabError`` ``connection_error``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         retry = _Reconnecting(self._client.url, f"waiting for sweep {self.id}", reconnect_seconds, deadline, notify)
-        while not _refreshed(lambda: self.refresh().done, retry):
+        while not _refreshed(lambda: self._poll(deadline).done, retry):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"sweep {self.id} is not finished after {timeout}s: {self.info.get('progress')}")
             time.sleep(poll_seconds)

@@ -189,6 +189,23 @@ def test_follow_gives_up_after_the_window_or_at_the_deadline(server: FakeServer)
     assert server.clock[0] - start == pytest.approx(5)
 
 
+def test_429s_while_waiting_never_run_past_the_timeout(server: FakeServer) -> None:
+    # A poll inside wait/follow leaves a 429 to the loop's backoff, which stops at the deadline; the
+    # request's own retries (up to max_retry_wait, 120 s) ran 30 s past a 1 s timeout before.
+    server.routes[("GET", "/jobs/j1")] = httpx.Response(200, json={"id": "j1", "status": "running"})
+    job = server.client().jobs.get("j1")
+    server.routes[("GET", "/jobs/j1")] = rate_limited("30")
+    server.routes[("GET", "/jobs/j1/events")] = rate_limited("30")
+    for wait in (
+        lambda: job.wait(timeout=1, notify=lambda m: None),
+        lambda: list(job.follow(timeout=1, notify=lambda m: None)),
+    ):
+        start = server.clock[0]
+        with pytest.raises(TimeoutError):
+            wait()
+        assert server.clock[0] - start == pytest.approx(1)
+
+
 def test_follow_waits_a_too_many_streams_answer_out(server: FakeServer) -> None:
     streams = answers(
         error(429, "too_many_streams", "this key already has 5 open event streams", **{"Retry-After": "7"}),
