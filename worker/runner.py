@@ -12,8 +12,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -44,6 +44,7 @@ from worker.engine import (
 from worker.engine.results import Timings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # Epoch metric rows per INSERT statement (5 parameters each; PostgreSQL takes at most 65,535).
 EPOCH_ROWS_PER_INSERT = 2_000
 
@@ -415,17 +416,12 @@ def _finish_with_epochs(
 ) -> bool:
     """The epochs kept back, then the job's final row — last, as in ``record_epochs`` — in one
     transaction, only while the claim holds."""
-    with new_session() as session:
-        try:
-            _write_epochs(session, claim.job_id, unwritten)
-        except IntegrityError:  # the attempt that replaced this one wrote these epochs already
-            session.rollback()
-            return False
-        if not state.finish_job(session, claim, status, commit=False, **values):
-            session.rollback()
-            return False
-        session.commit()
-    return True
+    finished = _epochs_then_job(
+        claim.job_id,
+        unwritten,
+        lambda session: state.finish_job(session, claim, status, commit=False, **values) or None,
+    )
+    return finished is not None
 
 
 def release(claim: state.Claim) -> str | None:
@@ -462,19 +458,36 @@ def record_epochs(
     transaction, which the server ends (RNNLAB_DB_IDLE_TRANSACTION_SECONDS). Frozen in the middle of a
     statement the server waits for, it would hold the job's row for as long as it stays frozen.
     """
+    last = max(epoch for epoch, _ in epochs)
+    return _epochs_then_job(
+        claim.job_id,
+        epochs,
+        lambda session: state.renew_lease(session, claim, lease_seconds, commit=False, progress_epoch=last),
+        replace=len(epochs) > 1,
+    )
+
+
+def _epochs_then_job(
+    job_id: str,
+    epochs: Sequence[tuple[int, dict[str, dict[str, Any]]]],
+    write_job: Callable[[Session], T | None],
+    replace: bool = True,
+) -> T | None:
+    """In one transaction: the epochs, then ``write_job`` (the job's row, guarded by the claim; None
+    when the claim is lost), then the commit — or nothing at all when the claim is lost or the
+    attempt that replaced this one stored these epochs already (their keys collide)."""
     with new_session() as session:
-        last = max(epoch for epoch, _ in epochs)
         try:
-            _write_epochs(session, claim.job_id, epochs, replace=len(epochs) > 1)
-        except IntegrityError:  # the attempt that replaced this one wrote these epochs already
+            _write_epochs(session, job_id, epochs, replace=replace)
+        except IntegrityError:
             session.rollback()
             return None
-        status = state.renew_lease(session, claim, lease_seconds, commit=False, progress_epoch=last)
-        if status is None:  # the claim is lost: nothing of this attempt is written
+        result = write_job(session)
+        if result is None:
             session.rollback()
             return None
         session.commit()
-    return status
+    return result
 
 
 def _write_epochs(

@@ -193,7 +193,7 @@ def expired_leases(session: Session, now: Any) -> list[Any]:
     )
 
 
-def settle_expired(session: Session, row: Any, now: datetime | Any) -> JobStatus | None:
+def settle_expired(session: Session, row: Any, now: Any) -> JobStatus | None:
     """Requeue (attempts left), fail ('worker lost') or cancel one expired job; the new status or None.
 
     Guarded by everything that was read, cancel_requested included: a cancel or a renewal that
@@ -237,7 +237,7 @@ def settle_expired(session: Session, row: Any, now: datetime | Any) -> JobStatus
 
 def expire_leases(session: Session, now: datetime | None = None) -> tuple[list[str], list[str]]:
     """Settle every expired lease. Returns (requeued ids, ids that ended: failed or cancelled)."""
-    now = now or db_now(session)
+    now = now if now is not None else db_now(session)
     requeued: list[str] = []
     ended: list[str] = []
     for row in expired_leases(session, now):
