@@ -261,9 +261,10 @@ def _detail(error: Any) -> dict[str, Any]:
     message = message.removeprefix("Value error, ")
     field = _loc_to_field(loc)
     if not field and kind == "value_error":
-        # A check across fields runs on the whole spec (no location); its message starts with the
-        # field it is about ("model.embedding_dim is for token inputs …"): that field is named.
-        named = _SPEC_PATH.match(message)
+        # A check across fields runs on the whole spec (no location); the first field its message
+        # names is the one it is about ("model.embedding_dim is for token inputs …", "task 'tagging'
+        # needs text.tokenizer 'word'"): that field is named.
+        named = _SPEC_PATH.search(message)
         field = named.group(0) if named else field
     return {"field": field, "message": message, "type": kind}
 

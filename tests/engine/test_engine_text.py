@@ -85,6 +85,37 @@ def test_tokenizer_round_trip(kind: str) -> None:
     assert again.encode(["an unseen zebra"])[1][0].count("[UNK]") >= (1 if kind == "word" else 0)
 
 
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_words_spelling_the_special_tokens_are_words_not_padding(lowercase: bool) -> None:
+    """``tokenizers`` matched ``[PAD]``/``[UNK]`` inside raw input: a tagged word ``x[PAD]y`` became three
+    tokens (tags out of line with words), and ``[PAD]`` in a text was padding. One word, one token; id 0
+    only after the text; the stored form (models saved before this fix included) encodes the same."""
+    words = ["ann", "x[PAD]y", "went", "[UNK]", "[PAD]", "to"]
+    spec = JobSpec.model_validate(
+        {
+            "dataset_id": "ds",
+            "task": "tagging",
+            "data": {"layout": "text", "target": "tags"},
+            "text": {"column": "words", "lowercase": lowercase},
+        }
+    )
+    codec = TextCodec.train(spec, [words], pretokenized=True)
+    codec.max_length = 8
+    ids, tokens = codec.encode([words])
+    assert len(tokens[0]) == len(words) and codec.lengths([words]).tolist() == [len(words)]
+    assert np.all(ids[0, : len(words)] != 0) and np.all(ids[0, len(words) :] == 0)
+    assert ids[0, 1] not in (0, 1)  # x[PAD]y was a training word: it has its own id
+    stored = codec.to_dict()
+    assert '"added_tokens":[]' in stored["tokenizer"].replace(" ", "")
+    assert np.array_equal(TextCodec.from_dict(stored).encode([words])[0], ids)
+
+    free = text_spec(text={"column": "review", "lowercase": lowercase})
+    text_codec = TextCodec.train(free, ["great film", "bad film"], pretokenized=False)
+    text_codec.max_length = 8
+    with_pad, _ = text_codec.encode(["great [PAD]", "[PAD] great"])
+    assert np.count_nonzero(with_pad[0]) == 4 and np.count_nonzero(with_pad[1]) == 4  # [ pad ] great
+
+
 def test_vocabulary_comes_from_the_training_part_only() -> None:
     spec = text_spec(text={"column": "review", "max_length": 2})
     codec = TextCodec.train(spec, ["seen words"], pretokenized=False)

@@ -98,6 +98,11 @@ def test_text_job_end_to_end(api: tuple[Any, dict[str, str]], tmp_path: Path) ->
     for bad in ([[1.0, 2.0]], []):
         r = client.post(f"{JOBS}/{job['id']}/predict", headers=auth, json={"inputs": bad})
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_inputs", r.text
+    # A lone surrogate is valid JSON but not Unicode text (the tokenizer raised a TypeError: a 500).
+    body = b'{"inputs": ["good", "x\\ud800y"]}'
+    r = client.post(f"{JOBS}/{job['id']}/predict", headers={**auth, "content-type": "application/json"}, content=body)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_inputs", r.text
+    assert "inputs[1]" in r.json()["error"]["message"] and "surrogate" in r.json()["error"]["message"]
 
 
 def _bad_tables() -> dict[str, pa.Table]:
@@ -133,7 +138,7 @@ BAD_CASES = [
             "text": {"column": "review", "tokenizer": "bpe"},
         },
         "invalid_spec",
-        "",
+        "text.tokenizer",
     ),
     (
         "reviews",
@@ -141,6 +146,7 @@ BAD_CASES = [
         "invalid_spec",
         "data",
     ),
+    ("reviews", {"data": {"layout": "wide", "target": "label"}}, "invalid_spec", "text.column"),
     ("reviews", {"data": {"layout": "text", "target": "label", "scaling": "standard"}}, "invalid_spec", "data"),
     ("reviews", {"text": {"column": "review", "vocab_size": 2}}, "invalid_spec", "text.vocab_size"),
 ]

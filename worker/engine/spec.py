@@ -320,7 +320,10 @@ class JobSpec(_Strict):
         if layout == "text" and self.text is None:
             raise ValueError("data.layout 'text' needs text.column: the column holding the text")
         if self.text is not None and layout not in ("text", "sequences"):
-            raise ValueError(f"the text section is for layouts 'text' and 'sequences' (got '{layout}')")
+            raise ValueError(
+                f"text.column is for layouts 'text' and 'sequences' (got '{layout}'): leave the text section out "
+                "for numeric inputs"
+            )
         if self.text is not None and layout == "sequences" and self.data.features is not None:
             raise ValueError("text.column is the input of a 'sequences' job; leave data.features out")
         if self.text is not None and self.task == "tagging" and self.text.tokenizer != "word":

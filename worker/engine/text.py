@@ -60,6 +60,22 @@ def _tokenizer(kind: str, lowercase: bool, pretokenized: bool) -> Any:
     return tok
 
 
+def _without_added_tokens(tok: Any) -> Any:
+    """The tokenizer without its added-token matching. The trainer registers ``[PAD]`` and ``[UNK]`` as
+    added tokens, which ``tokenizers`` finds in the *raw* input before the word model runs: a word
+    ``x[PAD]y`` became three tokens (tags out of line with the words) and ``[PAD]`` in a text acted as
+    padding. Both stay in the model's vocabulary (ids 0 and 1); only the matching goes."""
+    import json
+
+    from tokenizers import Tokenizer
+
+    values = json.loads(tok.to_str())
+    if not values.get("added_tokens"):
+        return tok
+    values["added_tokens"] = []
+    return Tokenizer.from_str(json.dumps(values))
+
+
 @dataclass
 class TextCodec:
     """A trained tokenizer and the fixed number of steps: strings (or word lists) → padded token ids."""
@@ -82,7 +98,7 @@ class TextCodec:
             trainer = trainers.WordLevelTrainer(vocab_size=t.vocab_size, special_tokens=special, show_progress=False)
         words = (w for text in texts for w in text) if pretokenized else iter(texts)
         tok.train_from_iterator(words, trainer=trainer)
-        return cls(tok, t.max_length if isinstance(t.max_length, int) else 0, pretokenized)
+        return cls(_without_added_tokens(tok), t.max_length if isinstance(t.max_length, int) else 0, pretokenized)
 
     @property
     def vocab_size(self) -> int:
@@ -90,23 +106,32 @@ class TextCodec:
 
     def tokens(self, texts: list[Any]) -> list[list[str]]:
         """The tokens of every text, uncut."""
-        return [e.tokens for e in self._encodings(texts)]
+        return [tokens for _, tokens in self._encodings(texts)]
 
-    def _encodings(self, texts: list[Any]) -> list[Any]:
-        return list(self.tokenizer.encode_batch(list(texts), is_pretokenized=self.pretokenized))
+    def _encodings(self, texts: list[Any]) -> list[tuple[list[int], list[str]]]:
+        """Ids and tokens of every text. A word that *is* the padding token (``[PAD]`` in a text whose
+        case is kept) is unknown, never padding: id 0 means "no token here" to the model."""
+        out = []
+        for e in self.tokenizer.encode_batch(list(texts), is_pretokenized=self.pretokenized):
+            ids, tokens = list(e.ids), list(e.tokens)
+            for j, token_id in enumerate(ids):
+                if token_id == PAD_ID:
+                    ids[j], tokens[j] = UNK_ID, UNK
+            out.append((ids, tokens))
+        return out
 
     def lengths(self, texts: list[Any]) -> np.ndarray:
         """Tokens per text before cutting to ``max_length``."""
-        return np.array([len(e.ids) for e in self._encodings(texts)], dtype=np.int64)
+        return np.array([len(ids) for ids, _ in self._encodings(texts)], dtype=np.int64)
 
     def encode(self, texts: list[Any]) -> tuple[np.ndarray, list[list[str]]]:
         """Token ids int64 ``[N, max_length]`` (cut, then padded with 0) and the kept tokens of each text."""
         ids = np.zeros((len(texts), self.max_length), dtype=np.int64)
         kept: list[list[str]] = []
-        for i, e in enumerate(self._encodings(texts)):
-            n = min(len(e.ids), self.max_length)
-            ids[i, :n] = e.ids[:n]
-            kept.append(list(e.tokens[:n]))
+        for i, (text_ids, tokens) in enumerate(self._encodings(texts)):
+            n = min(len(text_ids), self.max_length)
+            ids[i, :n] = text_ids[:n]
+            kept.append(tokens[:n])
         return ids, kept
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,7 +147,8 @@ class TextCodec:
     def from_dict(cls, values: dict[str, Any]) -> TextCodec:
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_str(values["tokenizer"]), int(values["max_length"]), bool(values["pretokenized"]))
+        tokenizer = _without_added_tokens(Tokenizer.from_str(values["tokenizer"]))  # models saved before too
+        return cls(tokenizer, int(values["max_length"]), bool(values["pretokenized"]))
 
 
 def check_text_inputs(inputs: Any, pretokenized: bool) -> list[Any]:
@@ -133,16 +159,27 @@ def check_text_inputs(inputs: Any, pretokenized: bool) -> list[Any]:
         out: list[Any] = []
         for i, item in enumerate(inputs):
             if isinstance(item, str):
-                out.append(item.split())
+                out.append(_unicode(item, i).split())
             elif isinstance(item, list | tuple) and all(isinstance(w, str) for w in item):
-                out.append([str(w) for w in item])
+                out.append([_unicode(str(w), i) for w in item])
             else:
                 raise DataError(f"inputs[{i}] must be a text or a list of words (strings)", field="inputs")
         return out
     bad = [i for i, item in enumerate(inputs) if not isinstance(item, str)]
     if bad:
         raise DataError(f"inputs[{bad[0]}] is not a string; this model takes texts", field="inputs")
-    return list(inputs)
+    return [_unicode(item, i) for i, item in enumerate(inputs)]
+
+
+def _unicode(text: str, index: int) -> str:
+    """A text the tokenizer can take: a lone surrogate (JSON's ``"\\ud800"``) is not Unicode text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise DataError(
+            f"inputs[{index}] is not valid Unicode text (a lone surrogate at character {exc.start})", field="inputs"
+        ) from None
+    return text
 
 
 # --- reading examples from a table ----------------------------------------------------------------
