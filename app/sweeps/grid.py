@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import random
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,9 +29,10 @@ def _spec_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
         paths.add(path)
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            paths |= _spec_paths(annotation, f"{path}.")
+        # A section may be optional (``text: TextSpec | None``): its fields are paths too.
+        for member in (field.annotation, *typing.get_args(field.annotation)):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                paths |= _spec_paths(member, f"{path}.")
     return paths
 
 

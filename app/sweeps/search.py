@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,13 +34,16 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from app.datasets.service import get_dataset
 from app.db import new_session
-from app.jobs.service import dispatch, new_job, parse_spec
+from app.jobs.service import dispatch, fit_spec_to_dataset, new_job, parse_spec
 from app.jobs.status import ACTIVE, JobStatus
 from app.models import EpochMetric, Job, JobMetric, Project, Sweep
 from app.sweeps import grid as grids
 from app.sweeps import space as spaces
+from worker.engine.defaults import TrainingShape, resolve_defaults, unresolved_fields
 from worker.engine.metrics import lower_is_better
+from worker.engine.spec import JobSpec
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -204,12 +208,45 @@ def _setting_job(session: Session, sweep: Sweep, setting: dict[str, Any], seed: 
     raw = grids.build_spec(sweep.base_spec, setting, seed)
     if raw.get("name") is None and sweep.name:
         raw["name"] = sweep.name
-    spec = parse_spec(raw)  # every point of the space was checked at submit time
+    spec = _resolved(session, sweep, parse_spec(raw))  # every point of the space was checked at submit time
     project = session.get(Project, sweep.project_id)
     assert project is not None
     job = new_job(project, spec, sweep_id=sweep.id, setting=setting)
     job.trial_number = number
     return job
+
+
+# The sizes each distinct data section gives (a search asks one trial at a time: the dataset is read
+# once per process and section, not once per trial). Datasets never change; bounded like a cache.
+_SHAPES: OrderedDict[str, TrainingShape] = OrderedDict()
+_SHAPES_KEPT = 64
+
+
+def _resolved(session: Session, sweep: Sweep, spec: JobSpec) -> JobSpec:
+    """The trial's spec with its "auto" values resolved from the dataset, as a single job's or a grid
+    setting's are at submit: the stored spec shows what ran (it held "auto" before)."""
+    if not unresolved_fields(spec):
+        return spec
+    # What the sizes depend on: the data and text sections, the task and the seed (the split's draw,
+    # and the text length seen in the training part).
+    key = json.dumps(
+        [
+            sweep.dataset_id,
+            spec.task,
+            spec.training.seed,
+            spec.data.model_dump(mode="json"),
+            None if spec.text is None else spec.text.model_dump(mode="json"),
+        ],
+        sort_keys=True,
+    )
+    shape = _SHAPES.get(key)
+    if shape is None:
+        shape, _ = fit_spec_to_dataset(spec, get_dataset(session, sweep.project_id, sweep.dataset_id))
+        _SHAPES[key] = shape
+        while len(_SHAPES) > _SHAPES_KEPT:
+            _SHAPES.popitem(last=False)
+    _SHAPES.move_to_end(key)
+    return resolve_defaults(spec, shape)
 
 
 def confirmation_plan(sweep: Sweep, rows: Sequence[TrialRow]) -> list[tuple[dict[str, Any], int]]:

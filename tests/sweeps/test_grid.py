@@ -53,3 +53,15 @@ def test_check_grid_refuses_a_whole_section_and_so_overlapping_paths() -> None:
         grids.check_grid({"model": [{"cell": "gru"}], "model.hidden_size": [4]})
     assert info.value.details[0]["field"] == "grid.model" and "e.g. model.cell" in info.value.message
     grids.check_grid({"model.cell": ["gru"], "data.split.method": ["random"]})  # nested paths are known
+
+
+def test_the_optional_text_section_is_swept_field_by_field() -> None:
+    """``text`` is ``TextSpec | None``: its fields are paths (they were unknown), the section a whole value
+    is refused (it replaced the base's section, dropping its max_length)."""
+    from app.sweeps.space import ParameterRange, check_space
+
+    grids.check_grid({"text.max_length": [4, 8], "text.tokenizer": ["word", "bpe"]})
+    check_space({"text.vocab_size": ParameterRange(low=20, high=100)})
+    with pytest.raises(AppError) as info:
+        grids.check_grid({"text": [{"column": "review", "tokenizer": "bpe"}]})
+    assert info.value.code == "invalid_grid" and "text.tokenizer" in info.value.message

@@ -139,6 +139,37 @@ def test_a_search_asks_parallelism_trials_then_one_per_finished_trial(client, au
     assert "validation" in report["report"]["search"]["selection"]
 
 
+def test_trial_specs_hold_resolved_values_not_auto(client, auth, sine) -> None:
+    """A base that leaves the training budget to the data: every trial and confirmation run stores the
+    values it runs with (trials stored "auto" for batch size, epochs, schedule, scaling…), resolved
+    from the dataset as a single job's are, and the swept values stay as asked."""
+    from worker.engine.defaults import unresolved_fields
+    from worker.engine.spec import JobSpec
+
+    base = forecast_spec(sine)
+    base["training"] = {"seed": 0}
+    body = {**tpe_body(sine, max_jobs=6, parallelism=2, confirm_seeds=[0, 1]), "base": base}
+    r = client.post("/api/v1/sweeps", headers=auth, json=body)
+    assert r.status_code == 201, r.text
+    sweep_id = r.json()["id"]
+    single = client.post("/api/v1/jobs", headers=auth, json=base).json()["spec"]
+    for _ in range(6):
+        with new_session() as session:
+            active = list(session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status.in_(ACTIVE))))
+        for job_id in active:
+            end_trial(job_id, 0.5)
+        search.advance_search(sweep_id)
+    jobs = client.get(f"/api/v1/sweeps/{sweep_id}", headers=auth).json()["jobs"]
+    assert len(jobs) >= 4 and any(j["trial_number"] is None for j in jobs)  # trials and confirmations
+    for row in jobs:
+        job = {**row, **client.get(f"/api/v1/jobs/{row['id']}", headers=auth).json()}
+        spec = JobSpec.model_validate(job["spec"])
+        assert unresolved_fields(spec) == [], job["spec"]
+        assert job["spec"]["training"]["epochs"] == single["training"]["epochs"]
+        assert job["spec"]["training"]["batch_size"] == single["training"]["batch_size"]
+        assert job["spec"]["training"]["learning_rate"] == job["setting"]["training.learning_rate"]
+
+
 def end_trial(job_id: str, val_rmse: float | None, status: str = "succeeded", curve: list[float] | None = None) -> None:
     """What a worker writes when a trial ends: its curve, status and final validation (and test) metrics."""
     with new_session() as session:
