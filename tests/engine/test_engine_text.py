@@ -171,6 +171,22 @@ def test_tagging_metrics_match_a_hand_computed_case() -> None:
     assert 0.0 <= low <= 4 / 6 <= high <= 1.0
 
 
+def test_tagging_paired_differences_resample_sequences_for_both() -> None:
+    from worker.engine.tagging import tagging_paired_differences
+
+    rng = np.random.default_rng(0)
+    classes = ["O", "B-X", "I-X"]
+    y_true = rng.integers(0, 3, size=(40, 6))
+    y_true[:, 5] = -100  # padding is never scored
+    wrong = (y_true + 1) % 3
+    out = tagging_paired_differences(
+        y_true, y_true, {"same": y_true.copy(), "wrong": wrong}, classes, 200, np.random.default_rng(1)
+    )
+    assert out["same"] == [0.0, 0.0]  # identical predictions: every resample's difference is 0
+    assert out["wrong"] == [1.0, 1.0]  # perfect vs always wrong, in every resample
+    assert tagging_paired_differences(y_true, y_true, {"same": y_true}, classes, 0, rng) == {"same": None}
+
+
 def test_tagging_baselines() -> None:
     pad = -100
     y_train = np.array([[1, 0, 0], [1, 1, pad]])
@@ -245,12 +261,21 @@ def test_text_tagging_and_token_sequences() -> None:
         task="tagging",
         data={"layout": "text", "target": "tags"},
         text={"column": "sentence"},
-        evaluation={"attribution": False},
+        evaluation={"attribution": True},
     )
     result = train_and_evaluate(spec, pa.table({"sentence": texts, "tags": tags}))
     e = result.evaluation
     assert e.main_metric == "accuracy" and set(e.metrics["test"]) == {"accuracy", "macro_f1", "span_f1"}
     assert set(e.baselines) == {"majority_tag", "most_frequent_tag"}
+    # Each baseline gets its paired interval on the test sequences (it was null for tagging), around
+    # the point difference; attribution is not computed for per-step outputs, and the notes say so.
+    for name, compared in e.comparison.items():
+        assert compared.difference_interval is not None and compared.model is not None
+        low, high = compared.difference_interval
+        assert low <= compared.model - (compared.baseline or 0.0) <= high, name
+        assert compared.significant == (low > 0 or high < 0)
+    assert e.comparison["majority_tag"].significant is True  # a real model beats "everything is O"
+    assert e.attribution is None and any("attribution is not computed for tagging" in n for n in e.notes)
     assert e.metrics["test"]["span_f1"] > 0.8 and e.intervals["test"]["span_f1"] is not None
     answer = load_predictor(result.artifact).predict(["ann smith alpha", ["bob", "smith"]])
     assert answer["labels"] == [["B-PER", "I-PER", "O"], ["B-PER", "I-PER"]]

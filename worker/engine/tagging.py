@@ -135,6 +135,32 @@ def tagging_intervals(
     return {name: percentile_interval(collected.get(name), samples, level) for name in TAGGING_METRICS}
 
 
+def tagging_paired_differences(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    baseline_preds: dict[str, np.ndarray],
+    classes: list[Any],
+    samples: int,
+    rng: np.random.Generator,
+    metric: str = "accuracy",
+    level: float = 0.95,
+) -> dict[str, list[float] | None]:
+    """Per baseline, the percentile interval of (model − baseline) on ``metric`` over paired bootstrap
+    resamples of whole sequences: both scored on the same drawn test sequences (as
+    ``metrics.paired_differences`` does for one output per example)."""
+    if samples == 0 or len(y_true) == 0 or not baseline_preds:
+        return {name: None for name in baseline_preds}
+    model = sequence_counts(y_true, y_pred, classes)
+    baselines = {name: sequence_counts(y_true, pred, classes) for name, pred in baseline_preds.items()}
+    collected: dict[str, list[np.ndarray]] = {name: [] for name in baseline_preds}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for weights in bootstrap_weight_chunks(len(y_true), samples, rng):
+            ours = tagging_scores(model, weights)[metric]
+            for name, counts in baselines.items():
+                collected[name].append(ours - tagging_scores(counts, weights)[metric])
+    return {name: percentile_interval(chunks, samples, level) for name, chunks in collected.items()}
+
+
 def majority_tag(y_train: np.ndarray, num_classes: int) -> int:
     real = y_train[y_train >= 0]
     return int(np.bincount(real, minlength=num_classes).argmax())

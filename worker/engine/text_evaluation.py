@@ -20,7 +20,7 @@ from .models import forward_in_chunks
 from .results import Evaluation
 from .sequence_model import SequenceModel, token_lengths
 from .spec import JobSpec
-from .tagging import tagging_baselines, tagging_intervals, tagging_point_metrics
+from .tagging import tagging_baselines, tagging_intervals, tagging_paired_differences, tagging_point_metrics
 
 # Texts whose integrated gradients are averaged into the token importance, and shown in full.
 MAX_TEXT_ATTRIBUTION_EXAMPLES = 256
@@ -47,7 +47,7 @@ def evaluate_sequences(
     gap = None
     if train_value is not None and test_value is not None:
         gap = json_float(test_value - train_value if main in LOWER_IS_BETTER else train_value - test_value)
-    differences = body.pop("differences", {})  # per-example tasks; tagging has none
+    differences = body.pop("differences", {})
     body["comparison"] = {
         name: compare(main, test_value, values.get(main), differences.get(name))
         for name, values in body["baselines"].items()
@@ -296,11 +296,18 @@ def _tagging(
         notes.append("span_f1 is null: the tags are not in BIO form (O, B-X, I-X)")
     real = y_test >= 0
     notes.append("metrics count every real (unpadded) token; intervals resample whole sequences")
+    if spec.evaluation.attribution:
+        notes.append(
+            "attribution is not computed for tagging jobs (one prediction per step: integrated gradients and "
+            "permutation importance here explain one output per example)"
+        )
+    samples = spec.evaluation.bootstrap_samples
     return {
         "main_metric": "accuracy",
         "metrics": metrics,
         "intervals": {"test": intervals},
         "baselines": {name: tagging_point_metrics(y_test, pred, classes) for name, pred in baseline_preds.items()},
+        "differences": tagging_paired_differences(y_test, predictions["test"], baseline_preds, classes, samples, rng),
         "confusion_matrix": _confusion(classes, y_test[real], predictions["test"][real]),
         "notes": notes,
     }
