@@ -808,7 +808,7 @@ def test_a_default_spec_runs_with_resolved_values_in_its_artifact() -> None:
     reports: list[Any] = []
     # One epoch is enough to see what ran: stop right after it (the artifact is still built).
     result = train_and_evaluate(
-        spec, sine_table(n=120), device="cpu", on_epoch=reports.append, should_stop=lambda: True
+        spec, sine_table(n=120), device="cpu", on_epoch=reports.append, should_stop=lambda: bool(reports)
     )
     stored = result.artifact["spec"]
     # 120 rows, lookback 24 → 96 windows, 68 train → batch 8, 9 steps an epoch → 167 epochs.

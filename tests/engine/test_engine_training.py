@@ -115,17 +115,27 @@ def test_early_stopping_restores_the_best_weights() -> None:
     assert result.evaluation.metrics["val"]["rmse"] == pytest.approx(best.metrics["val"]["rmse"], rel=1e-4)
 
 
-def test_should_stop_cancels_within_an_epoch() -> None:
-    spec = make_spec("forecast", {"layout": "series", "target": "value"}, training={"epochs": 50})
+def test_should_stop_cancels_after_an_epoch_and_between_batches() -> None:
+    spec = make_spec(
+        "forecast", {"layout": "series", "target": "value"}, training={"epochs": 50, "batch_size": 8}
+    )
+    reports: list[Any] = []
+    result = train_and_evaluate(spec, sine_table(), on_epoch=reports.append, should_stop=lambda: len(reports) >= 2)
+    assert result.cancelled and result.epochs_run == 2 and result.evaluation is None
+    assert result.artifact["format"] == "rnnlab.model/1"
+
+    # Inside an epoch too (an epoch of 300,000 batches could not be cancelled): asked before each
+    # batch but the first, it stops before the fourth; the part-run epoch is not reported.
     calls: list[int] = []
 
     def should_stop() -> bool:
         calls.append(1)
-        return len(calls) >= 2
+        return len(calls) >= 3
 
-    result = train_and_evaluate(spec, sine_table(), should_stop=should_stop)
-    assert result.cancelled and result.epochs_run == 2 and result.evaluation is None
-    assert result.artifact["format"] == "rnnlab.model/1"
+    reports.clear()
+    result = train_and_evaluate(spec, sine_table(), on_epoch=reports.append, should_stop=should_stop)
+    assert result.cancelled and result.epochs_run == 0 and reports == [] and len(calls) == 3
+    assert result.evaluation is None and result.artifact["format"] == "rnnlab.model/1"
 
 
 def test_divergence_is_reported() -> None:

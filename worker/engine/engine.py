@@ -438,7 +438,7 @@ def train_and_evaluate(
 ) -> EngineResult:
     """Prepare the data, train with early stopping, evaluate on the test part and package the model.
 
-    ``on_epoch`` is called after every epoch; ``should_stop`` right after it — returning True ends
+    ``on_epoch`` is called after every epoch; ``should_stop`` right after it and between batches — True ends
     training with ``cancelled=True`` and no evaluation. Raises ``DataError`` when the data does not
     fit the spec and ``TrainingDiverged`` when the loss stops being finite; CUDA OOM propagates.
     """

@@ -436,6 +436,12 @@ def fit(
         loss_sum.zero_()
         perm = torch.randperm(n, generator=generator, device=generator.device).to(x_train.device)
         for start in range(0, n, batch_size):
+            if start and should_stop is not None and should_stop():
+                # A cancel, a lost claim or a shutdown does not wait for the end of a long epoch
+                # (an epoch of 300,000 batches could not be cancelled at all): the part-run epoch is
+                # dropped, the best weights so far are kept.
+                outcome.cancelled = True
+                break
             idx = perm[start : start + batch_size]
             if stepper is not None and idx.shape[0] == batch_size:
                 stepper.run(idx)
@@ -456,6 +462,8 @@ def fit(
             optimizer.step()
             schedule.after_step()
             loss_sum += loss.detach() * idx.shape[0]
+        if outcome.cancelled:
+            break
         stats = [loss_sum / n]
         if val is not None:
             stats.extend(_validate(model, loss_fn, val[0], val[1], y_scale))
