@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     broker_visibility_timeout_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     embedded_broker_poll_seconds: float = Field(default=0.1, gt=0)
     max_sweep_jobs: int = Field(default=500, ge=1)
+    max_training_memory_bytes: int = Field(
+        default=32 * 1024**3,
+        ge=1,
+        description="A job whose estimated training memory (parameters with gradients and Adam state, plus one "
+        "batch's activations) is above this is refused at submit (422 model_too_large).",
+    )
     sse_poll_seconds: float = Field(default=0.5, gt=0)
 
     # Bounded cost per request (see "Hardening and limits" in the README).

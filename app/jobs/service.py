@@ -35,6 +35,7 @@ from app.quotas import check_active_jobs_quota
 from app.storage import StorageUnavailable, get_storage
 from worker.engine import DataError, JobSpec, check_spec_fits, results
 from worker.engine.defaults import TrainingShape, resolve_defaults
+from worker.engine.footprint import describe, footprint
 from worker.engine.metrics import lower_is_better
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,24 @@ def resolve_spec_for_dataset(spec: JobSpec, dataset: Dataset, data: Any | None =
     """The spec with its "auto" values resolved from the dataset (422 when it cannot run on it), and
     the loaded data for reuse."""
     shape, data = fit_spec_to_dataset(spec, dataset, data)
-    return resolve_defaults(spec, shape), data
+    return resolve_within_limits(spec, shape), data
+
+
+def resolve_within_limits(spec: JobSpec, shape: TrainingShape) -> JobSpec:
+    """``resolve_defaults``, then 422 ``model_too_large`` when training it would need more memory than
+    ``RNNLAB_MAX_TRAINING_MEMORY_BYTES`` (every field had its bound, but hidden 4096 × 8 bidirectional
+    LSTM layers is 3 billion parameters: a worker grew past 9 GB and could not be cancelled)."""
+    resolved = resolve_defaults(spec, shape)
+    cost = footprint(resolved, shape)
+    limit = get_settings().max_training_memory_bytes
+    if cost.training_bytes > limit:
+        message = (
+            f"this model is too large to train here: {describe(cost)}, above the limit of "
+            f"{limit / 1024**3:,.1f} GiB (RNNLAB_MAX_TRAINING_MEMORY_BYTES); lower model.hidden_size, "
+            "model.num_layers, model.ensemble or training.batch_size"
+        )
+        raise InvalidInput("model_too_large", message, [{"field": "model", "message": message, "type": "too_large"}])
+    return resolved
 
 
 def fit_spec_to_dataset(spec: JobSpec, dataset: Dataset, data: Any | None = None) -> tuple[TrainingShape, Any]:

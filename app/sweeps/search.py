@@ -36,12 +36,12 @@ from sqlalchemy.orm import Session
 
 from app.datasets.service import get_dataset
 from app.db import new_session
-from app.jobs.service import dispatch, fit_spec_to_dataset, new_job, parse_spec
+from app.jobs.service import dispatch, fit_spec_to_dataset, new_job, parse_spec, resolve_within_limits
 from app.jobs.status import ACTIVE, JobStatus
 from app.models import EpochMetric, Job, JobMetric, Project, Sweep
 from app.sweeps import grid as grids
 from app.sweeps import space as spaces
-from worker.engine.defaults import TrainingShape, resolve_defaults, unresolved_fields
+from worker.engine.defaults import TrainingShape, unresolved_fields
 from worker.engine.metrics import lower_is_better
 from worker.engine.spec import JobSpec
 
@@ -246,7 +246,7 @@ def _resolved(session: Session, sweep: Sweep, spec: JobSpec) -> JobSpec:
         while len(_SHAPES) > _SHAPES_KEPT:
             _SHAPES.popitem(last=False)
     _SHAPES.move_to_end(key)
-    return resolve_defaults(spec, shape)
+    return resolve_within_limits(spec, shape)
 
 
 def confirmation_plan(sweep: Sweep, rows: Sequence[TrialRow]) -> list[tuple[dict[str, Any], int]]:

@@ -14,7 +14,7 @@ from app.datasets.service import get_dataset
 from app.db import get_scoped
 from app.errors import AppError, Conflict, InvalidInput, validation_message
 from app.jobs import state
-from app.jobs.service import delete_jobs, dispatch, fit_spec_to_dataset, new_job, parse_spec
+from app.jobs.service import delete_jobs, dispatch, fit_spec_to_dataset, new_job, parse_spec, resolve_within_limits
 from app.jobs.status import ACTIVE, FINISHED, JobStatus
 from app.models import Job, Project, Sweep, new_id
 from app.pagination import PageParams, fetch_page
@@ -31,7 +31,7 @@ from app.sweeps.schemas import (
     SweepRead,
     SweepSummary,
 )
-from worker.engine.defaults import TrainingShape, resolve_defaults
+from worker.engine.defaults import TrainingShape
 from worker.engine.metrics import main_metric
 from worker.engine.spec import JobSpec
 
@@ -84,6 +84,20 @@ def _check_setting_fits(
 ) -> tuple[TrainingShape, Any]:
     try:
         return fit_spec_to_dataset(spec, dataset, data)
+    except AppError as exc:
+        details = [
+            {**d, "field": grids.blame_field(d.get("field") or "", indices), "setting": setting}
+            for d in (exc.details or [])
+        ]
+        fields = ", ".join(d["field"] for d in details)
+        raise exc.with_message(f"{fields}: {exc.message}", details) from exc
+
+
+def _resolve_setting(spec: JobSpec, shape: TrainingShape, indices: dict[str, int], setting: dict[str, Any]) -> JobSpec:
+    """The setting's spec resolved from the data, within the server's limits (a too large model is
+    blamed on the grid value that made it: ``grid.model.hidden_size[2]``)."""
+    try:
+        return resolve_within_limits(spec, shape)
     except AppError as exc:
         details = [
             {**d, "field": grids.blame_field(d.get("field") or "", indices), "setting": setting}
@@ -148,7 +162,7 @@ def create_sweep(session: Session, project: Project, body: SweepCreate) -> Sweep
         # The seed changes neither the windows nor the split sizes: one fit check per setting.
         shape, data = _check_setting_fits(specs[0], dataset, data, indices, setting)
         # Resolved per setting, so the stored specs show the batch size and epochs each one ran.
-        specs = [resolve_defaults(spec, shape) for spec in specs]
+        specs = [_resolve_setting(spec, shape, indices, setting) for spec in specs]
         jobs += [new_job(project, spec, sweep_id=sweep_id, setting=setting) for spec in specs]
     assert dataset is not None  # the plan has at least one setting
     check_active_jobs_quota(session, project.id, len(jobs))

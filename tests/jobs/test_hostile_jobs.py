@@ -290,3 +290,47 @@ def test_checks_across_fields_name_the_field_their_message_starts_with(client, a
         body = {**forecast_spec(ds), **{k: {**forecast_spec(ds)[k], **v} for k, v in change.items()}}
         error = assert_error(client.post(JOBS, headers=auth, json=body), 422, "invalid_spec", field)
         assert [d["field"] for d in error["details"]] == [field], error
+
+
+# -- what a model costs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("cell", "layers", "bidirectional"), [("lstm", 3, True), ("gru", 1, False), ("rnn", 2, True)])
+def test_the_parameter_estimate_is_what_pytorch_builds(cell: str, layers: int, bidirectional: bool) -> None:
+    import torch
+
+    from worker.engine.footprint import recurrent_parameters
+
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](
+        5, 16, layers, bidirectional=bidirectional
+    )
+    built = sum(p.numel() for p in module.parameters())
+    assert recurrent_parameters(cell, 5, 16, layers, 2 if bidirectional else 1) == built
+
+
+def test_a_model_too_large_to_train_is_a_422_before_anything_runs(client, auth, monkeypatch) -> None:
+    """Every field in its bounds, 3 billion parameters together (a worker grew past 9 GB, uncancellable):
+    refused at submit, for a job, a grid value (named) and a tpe range's upper end; the server's
+    limit is a setting."""
+    from app.config import get_settings
+
+    ds = _upload(client, auth, "sine.csv", sine_csv(300).encode())
+    huge = {"cell": "lstm", "hidden_size": 4096, "num_layers": 8, "bidirectional": True}
+    body = {**forecast_spec(ds), "model": huge}
+    error = assert_error(client.post(JOBS, headers=auth, json=body), 422, "model_too_large", "million parameters")
+    assert error["details"][0]["field"] == "model" and "RNNLAB_MAX_TRAINING_MEMORY_BYTES" in error["message"]
+
+    deep = {**forecast_spec(ds), "model": {**huge, "hidden_size": 8}}
+    grid = {"base": deep, "grid": {"model.hidden_size": [8, 4096]}}
+    error = assert_error(client.post("/api/v1/sweeps", headers=auth, json=grid), 422, "model_too_large")
+    assert error["details"][0]["field"] == "grid.model.hidden_size[1]", error
+    space = {"model.hidden_size": {"low": 8, "high": 4096}, "model.num_layers": {"choices": [1, 8]}}
+    tpe = {"base": deep, "search": "tpe", "space": space, "max_jobs": 4}
+    error = assert_error(client.post("/api/v1/sweeps", headers=auth, json=tpe), 422, "model_too_large")
+    assert error["details"][0]["field"].startswith("space.model."), error
+    assert client.get(JOBS, headers=auth).json()["items"] == []
+
+    assert client.post(JOBS, headers=auth, json=forecast_spec(ds)).status_code == 201  # a small one runs
+    monkeypatch.setenv("RNNLAB_MAX_TRAINING_MEMORY_BYTES", "1000")
+    get_settings.cache_clear()
+    assert_error(client.post(JOBS, headers=auth, json=forecast_spec(ds)), 422, "model_too_large", "0.0 GiB")
