@@ -36,6 +36,7 @@ lint: setup
 	$(BIN)/ruff format --check app worker rnnlab tests bench
 	$(BIN)/mypy app worker rnnlab
 
+# Three of the benchmarks; the others run one at a time (README: Benchmarks lists every command).
 bench: setup
 	$(BIN)/python bench/engine_vs_raw.py
 	$(BIN)/python bench/job_overhead.py

@@ -67,7 +67,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unknown_grid_path": (422, "a sweep grid path is not a JobSpec field; the message lists the fields under it"),
     "reserved_grid_path": (
         422,
-        "a grid path a sweep cannot vary (dataset_id, task, training.seed); the message says why",
+        "a grid path a sweep cannot vary (dataset_id, task, training.seed, name); the message says why",
     ),
     "invalid_space": (422, "a tpe search space parameter is invalid or cannot run on the dataset; details name it"),
     "invalid_objective": (
@@ -75,6 +75,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "a tpe objective is not a validation metric of the task (or not one a pruner can follow)",
     ),
     "spec_does_not_fit_dataset": (422, "the spec cannot run on this dataset (missing column, too short, …)"),
+    "model_too_large": (
+        422,
+        "the model's estimated training memory is above RNNLAB_MAX_TRAINING_MEMORY_BYTES (lower model.hidden_size, "
+        "model.num_layers, model.ensemble or training.batch_size)",
+    ),
     "invalid_inputs": (
         422,
         "prediction inputs are not a finite array of the model's shape (or texts, for a text model)",
@@ -260,6 +265,10 @@ def _detail(error: Any) -> dict[str, Any]:
     # Our own validators raise ValueError; pydantic prefixes their text with "Value error, ".
     message = message.removeprefix("Value error, ")
     field = _loc_to_field(loc)
+    if field in _SPEC_SECTIONS and kind == "value_error" and message.startswith(f"{field}."):
+        # A check on a section whose message begins with one of its fields ("data.scaling: …"): that field.
+        named = _SPEC_PATH.match(message)
+        field = named.group(0) if named else field
     if not field and kind == "value_error":
         # A check across fields runs on the whole spec (no location); the first field its message
         # names is the one it is about ("model.embedding_dim is for token inputs …", "task 'tagging'
@@ -269,6 +278,7 @@ def _detail(error: Any) -> dict[str, Any]:
     return {"field": field, "message": message, "type": kind}
 
 
+_SPEC_SECTIONS = ("data", "model", "training", "text", "evaluation")
 _SPEC_PATH = re.compile(r"(?:data|model|training|text|evaluation)(?:\.[a-z_]+)+")
 
 

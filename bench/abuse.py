@@ -1,7 +1,8 @@
 """Hostile requests against the real API: status, latency and the server's peak memory, per case.
 
 Serves rnnlab with uvicorn in a subprocess (a fresh RNNLAB_HOME on SQLite, auth on, no worker) and
-sends the requests of issue 14 one case at a time. Before each case the server's peak-RSS counter
+sends hostile requests (very wide CSVs, oversized bodies, compression bombs, stalled bodies) one case
+at a time. Before each case the server's peak-RSS counter
 is reset (``/proc/PID/clear_refs``), so "peak" is that case's own peak over the resident memory
 before it. Each line ends with the goal it is held to; the first lines are normal requests, the
 reference measured in the same run.

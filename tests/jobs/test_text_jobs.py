@@ -147,7 +147,7 @@ BAD_CASES = [
         "data",
     ),
     ("reviews", {"data": {"layout": "wide", "target": "label"}}, "invalid_spec", "text.column"),
-    ("reviews", {"data": {"layout": "text", "target": "label", "scaling": "standard"}}, "invalid_spec", "data"),
+    ("reviews", {"data": {"layout": "text", "target": "label", "scaling": "standard"}}, "invalid_spec", "data.scaling"),
     ("reviews", {"text": {"column": "review", "vocab_size": 2}}, "invalid_spec", "text.vocab_size"),
 ]
 

@@ -101,7 +101,8 @@ class DataSpec(_Strict):
     scaling: Scaling | Auto = Field(
         default="auto",
         description="per_example z-normalises each example per channel (not for forecast); "
-        "auto: per_example for classification, standard otherwise",
+        "auto: per_example for classification of one channel, standard otherwise (standard whenever "
+        "training.epochs is set); token inputs: none",
     )
     season_period: int | None = Field(
         default=None, ge=2, le=100_000, description="period for the seasonal naive baseline"
@@ -156,56 +157,65 @@ class ModelSpec(_Strict):
     bidirectional: bool = False
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     pooling: Pooling | Auto = Field(
-        default="auto", description="what the head reads from the sequence: the final hidden state, or the mean/max"
+        default="auto",
+        description="what the head reads from the sequence: the final hidden state, or the mean/max; auto: mean "
+        "for sequences of at least 64 steps that are not forecasts, else last (last whenever training.epochs is set)",
     )
     residual: Literal["none", "last_value", "ar"] | Auto = Field(
         default="auto",
         description="forecast only: 'last_value' reads each window relative to its last step and predicts "
         "the change from the last target value (the naive forecast); 'ar' adds the network to a "
-        "least-squares linear autoregression over the window, fitted on the training windows",
+        "least-squares linear autoregression over the window, fitted on the training windows; auto: 'ar' for a "
+        "forecast whose target is an input, else 'none' ('none' whenever training.epochs is set)",
     )
     ar_ridge: Annotated[float, Field(ge=0.0, le=1_000.0)] | Literal["loo"] | Auto = Field(
         default="auto",
         description="residual 'ar' only: ridge penalty on the lag weights of the AR the model keeps (refitted "
         "on the training and validation windows after training), relative to the mean diagonal of its "
         "normal equations (0: plain least squares); 'loo': the penalty with the lowest leave-one-out "
-        "error over those windows",
+        "error over those windows; auto: 'loo' (0 whenever training.epochs is set)",
     )
     ar_scale: Literal["linear", "log", "select"] | Auto = Field(
         default="auto",
         description="residual 'ar' only: the scale the AR (and the network's correction) works in: 'linear' "
         "(the target's own units), 'log' (the logarithm of a positive target: a multiplicative series), "
-        "'select': whichever forecasts the windows before the test part better, by rolling-origin error",
+        "'select': whichever forecasts the windows before the test part better, by rolling-origin error (decided "
+        "when the job trains; the job's spec keeps 'select', the artifact's spec and the notes hold the choice); "
+        "auto: 'select' ('linear' whenever training.epochs is set)",
     )
     combine: Literal["none", "equal", "inverse_mse"] | Auto = Field(
         default="auto",
         description="residual 'ar' only: also train a 'last_value' network in the same job and forecast the "
         "weighted mean of the two (a forecast combination): 'equal' halves, 'inverse_mse' weights inversely "
         "proportional to each member's validation MSE before the AR refit (Bates & Granger 1969); "
-        "'none': the 'ar' model alone",
+        "'none': the 'ar' model alone; auto: 'inverse_mse' with residual 'ar', else 'none' ('none' whenever "
+        "training.epochs is set)",
     )
     patch: Annotated[int, Field(ge=1, le=4096)] | Auto = Field(
         default="auto",
         description="the network reads each group of this many consecutive steps as one step "
-        "(features × patch inputs); auto: enough to bring long sequences to at most 64 steps",
+        "(features × patch inputs); auto: enough to bring sequences longer than 64 steps to at most 64, and "
+        "always 1 for forecasts, tagging and token inputs (1 whenever training.epochs is set)",
     )
     differences: bool | Auto = Field(
         default="auto",
         description="the network also reads each step's change from the step before (the first difference of "
         "every input feature, scaled to unit spread on the training part) next to its value; auto: on for "
-        "classification of a single channel (the shape is the class), off otherwise",
+        "classification of a single numeric channel (the shape is the class), off otherwise (off whenever "
+        "training.epochs is set)",
     )
     ensemble: Annotated[int, Field(ge=1, le=MAX_ENSEMBLE)] | Auto = Field(
         default="auto",
         description="classification and regression of numeric inputs: this many networks of the same shape "
         "train side by side from different initialisations (same batches, on the mean of their own losses) and "
         "the model predicts their mean class probabilities (classification) or mean outputs (regression); auto: "
-        "5 for classification with at most 1,000 training examples, where one network's result swings most "
-        "between seeds, else 1",
+        "5 for classification of numeric inputs with at most 1,000 training examples, where one network's result "
+        "swings most between seeds, else 1 (1 whenever training.epochs is set)",
     )
     forget_gate_bias: Annotated[float, Field(ge=-10.0, le=10.0)] | Auto | None = Field(
         default="auto",
-        description="initial LSTM forget-gate bias (lstm only; null keeps PyTorch's initialisation)",
+        description="initial LSTM forget-gate bias (lstm only; null keeps PyTorch's initialisation); auto: 1.0 for "
+        "forecasts and sequences of at least 64 steps, else null (null whenever training.epochs is set)",
     )
     embedding_dim: int | None = Field(
         default=None,
@@ -218,34 +228,49 @@ class ModelSpec(_Strict):
 
 class TrainingSpec(_Strict):
     epochs: Annotated[int, Field(ge=1, le=10_000)] | Auto = Field(
-        default="auto", description="auto: enough epochs for a budget of optimizer steps"
+        default="auto",
+        description="auto: enough epochs for 1,500 optimizer steps (30 to 1,000), and every other 'auto' in the "
+        "spec is resolved from the data; a number keeps the earlier defaults for the other 'auto' options "
+        "(batch 64, learning rate 0.001, patience 10, no schedule, scaling standard, no ensemble, …; each "
+        "option's description names its own)",
     )
     batch_size: Annotated[int, Field(ge=1, le=65_536)] | Auto = Field(
-        default="auto", description="auto: from the number of training examples"
+        default="auto",
+        description="auto: the power of two nearest to the square root of the training examples, 8 to 256 "
+        "(64 whenever training.epochs is set)",
     )
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop", "adagrad"] = "adam"
     learning_rate: Annotated[float, Field(gt=0.0, le=10.0)] | Auto = Field(
-        default="auto", description="auto: 0.003 for classification, 0.001 otherwise"
+        default="auto",
+        description="auto: 0.003 for classification, 0.001 otherwise (0.001 whenever training.epochs is set)",
     )
     weight_decay: float = Field(default=0.0, ge=0.0, le=100.0)
     loss: Loss | None = Field(default=None, description="null: cross_entropy for classification, mse otherwise")
     gradient_clip: float | None = Field(default=1.0, gt=0.0)
     early_stopping_patience: Annotated[int, Field(ge=1)] | Auto | None = Field(
-        default="auto", description="epochs without improvement; auto scales with the epochs"
+        default="auto",
+        description="epochs without improvement (null: no early stopping); auto: half the epochs, at least 10 "
+        "(10 whenever training.epochs is set)",
     )
     early_stopping_min_delta: Annotated[float, Field(ge=0.0, lt=1.0)] | Auto = Field(
         default="auto",
-        description="relative improvement of the validation loss that resets the patience",
+        description="relative improvement of the validation loss that resets the patience; auto: 0.001 "
+        "(0 whenever training.epochs is set)",
     )
-    schedule: Schedule | Auto = Field(default="auto", description="learning-rate schedule, stepped per batch")
+    schedule: Schedule | Auto = Field(
+        default="auto",
+        description="learning-rate schedule, stepped per batch; auto: one_cycle (none whenever training.epochs is set)",
+    )
     warmup_steps: Annotated[int, Field(ge=0, le=1_000_000)] | Auto = Field(
-        default="auto", description="optimizer steps of linear warm-up"
+        default="auto",
+        description="optimizer steps of linear warm-up; auto: 5% of the planned steps, at most 500 "
+        "(0 whenever training.epochs is set)",
     )
     mixup: Annotated[float, Field(ge=0.0, le=100.0)] | Auto = Field(
         default="auto",
         description="classification only: mixup (Zhang et al. 2018), each training batch blended with a "
         "shuffled copy of itself, inputs and targets alike, by a weight drawn from Beta(mixup, mixup); "
-        "0: off; auto: 0.4 for classification of numeric inputs, 0 otherwise",
+        "0: off; auto: 0.4 for classification of numeric inputs, 0 otherwise (0 whenever training.epochs is set)",
     )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     cuda_graphs: Literal["auto", "off"] = Field(
@@ -311,7 +336,7 @@ class JobSpec(_Strict):
         if task == "tagging" and data.layout not in ("sequences", "text"):
             raise ValueError(f"task 'tagging' needs data.layout 'sequences' or 'text' (got '{data.layout}')")
         if data.layout == "text" and data.scaling not in ("auto", "none"):
-            raise ValueError("data.layout 'text' reads token ids, which are not scaled; leave data.scaling 'auto'")
+            raise ValueError("data.scaling: layout 'text' reads token ids, which are not scaled; leave it 'auto'")
         return data
 
     @model_validator(mode="after")
