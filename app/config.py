@@ -112,7 +112,9 @@ class Settings(BaseSettings):
     body_read_timeout_seconds: float = Field(default=30.0, gt=0, description="408 when no body chunk arrives.")
     max_columns: int = Field(default=2000, ge=1, description="Tables with more columns are refused (422).")
     max_preview_cells: int = Field(default=50_000, ge=1, description="A preview shows at most rows x columns cells.")
-    max_decompressed_bytes: int = Field(default=1024**3, ge=1, description="Largest decompressed .csv.gz / .npz.")
+    max_decompressed_bytes: int = Field(
+        default=1024**3, ge=1, description="Largest decompressed .csv.gz / .npz / decoded .parquet."
+    )
     max_compression_ratio: float = Field(default=100.0, gt=1, description="Decompressed/compressed size limit.")
     compression_ratio_floor_bytes: int = Field(
         default=64 * 1024**2, ge=0, description="Output this small is never refused for its ratio alone."

@@ -100,7 +100,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "column_not_found": (422, "a column named in the request does not exist in the dataset"),
     "array_not_found": (422, "an array named in the request does not exist in the NPZ"),
     "too_many_columns": (422, "the table has more columns than RNNLAB_MAX_COLUMNS"),
-    "invalid_column_name": (422, "a column name holds control characters (NUL, tab, escape, …)"),
+    "invalid_column_name": (
+        422,
+        "a column name holds control or invisible formatting characters (NUL, tab, escape, U+202E, U+200B, …)",
+    ),
     "invalid_name": (422, "the dataset name holds control or invisible formatting characters"),
     "rate_limited": (429, "too many requests with this key; wait `Retry-After` seconds (RNNLAB_RATE_LIMIT)"),
     "too_many_streams": (429, "this key already has its open event streams (RNNLAB_MAX_EVENT_STREAMS_PER_KEY)"),

@@ -16,7 +16,6 @@ import queue
 import re
 import sys
 import threading
-import unicodedata
 import zipfile
 import zlib
 from collections import Counter
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -91,7 +91,7 @@ def inspect_upload(
     if fmt == "npz":
         return InspectedContent(stored_path=path, suffix=".npz", arrays=inspect_npz(path, filename, max_bytes))
     if fmt == "parquet":
-        num_rows, columns = inspect_parquet(path, filename)
+        num_rows, columns = inspect_parquet(path, filename, max_bytes)
         return InspectedContent(stored_path=path, suffix=".parquet", num_rows=num_rows, columns=columns)
     csv_path = path
     if fmt == "csv.gz":
@@ -288,16 +288,21 @@ def decompress_gzip(src: Path, dst: Path, filename: str, max_bytes: int) -> None
 
 def check_csv_header(path: Path, filename: str, max_columns: int) -> None:
     """Refuse a header line too long to be one, or with more than ``max_columns`` columns, before
-    Arrow reads a block: its per-column cost made 100,000 columns take seconds and gigabytes."""
+    Arrow reads a block: its per-column cost made 100,000 columns take seconds and gigabytes.
+
+    The header ends at the first line break of any kind: LF, CR LF, or a lone CR (classic Mac OS line
+    endings, which Arrow's CSV reader also takes; the header read up to LF alone was the whole file)."""
     with path.open("rb") as f:
-        head = f.readline(MAX_HEADER_BYTES + 1)
-    if len(head) > MAX_HEADER_BYTES:
+        head = f.read(MAX_HEADER_BYTES + 1)
+    ends = [at for at in (head.find(b"\n"), head.find(b"\r")) if at >= 0]
+    line = head[: min(ends) + 1] if ends else head
+    if len(line) > MAX_HEADER_BYTES:
         raise InvalidInput(
             "unparseable_csv",
             f"{filename!r} cannot be parsed: line 1: the header line is longer than {MAX_HEADER_BYTES} bytes",
             {"line": 1, "reason": "header line too long"},
         )
-    text = head.decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    text = line.decode("utf-8-sig", errors="replace").rstrip("\r\n")
     if not text.strip():
         return  # Arrow reports the empty file with its own words
     if csv.field_size_limit() <= MAX_HEADER_BYTES:
@@ -305,7 +310,14 @@ def check_csv_header(path: Path, filename: str, max_columns: int) -> None:
         # long column name); a header line is at most MAX_HEADER_BYTES. The limit is process-wide and
         # only ever raised here.
         csv.field_size_limit(MAX_HEADER_BYTES + 1)
-    count = len(next(csv.reader([text]), []))
+    try:
+        count = len(next(csv.reader([text]), []))
+    except csv.Error as exc:
+        raise InvalidInput(
+            "unparseable_csv",
+            f"{filename!r} cannot be parsed: line 1: {exc}",
+            {"line": 1, "reason": str(exc)[:MAX_ERROR_SNIPPET_CHARS]},
+        ) from exc
     if count > max_columns:
         raise too_many_columns(filename, count, max_columns)
 
@@ -349,13 +361,20 @@ def _column_summaries(schema: pa.Schema, missing: list[int]) -> list[dict[str, A
 def _check_column_names(names: list[str], filename: str) -> None:
     if not names:
         raise InvalidInput("no_columns", f"{filename!r} has no columns")
-    hidden = [name for name in names if any(unicodedata.category(ch) == "Cc" for ch in name)]
+    # Control characters, and invisible formatting ones (U+202E shows text reversed, U+200B is a
+    # zero-width space): two columns would look alike, as file, dataset and job names would.
+    hidden = [(i, name, hidden_characters(name)) for i, name in enumerate(names) if hidden_characters(name)]
     if hidden:
+        shown = "; ".join(f"column {i} {ascii(name)} ({', '.join(chars[:3])})" for i, name, chars in hidden[:5])
         raise InvalidInput(
             "invalid_column_name",
-            f"{filename!r} has column names with control characters (NUL, tab, escape, …): "
-            f"{', '.join(repr(n) for n in hidden[:5])}; rename those columns",
-            {"columns": hidden[:20]},
+            f"{filename!r} has column names with control characters (NUL, tab, escape, …) or invisible "
+            f"formatting characters (such as U+202E or U+200B): {shown}; rename those columns",
+            {
+                "columns": [name for _, name, _ in hidden[:20]],
+                "column_indices": [i for i, _, _ in hidden[:20]],
+                "characters": [chars for _, _, chars in hidden[:20]],
+            },
         )
     duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
@@ -548,6 +567,7 @@ def _write_parquet(
     schema = reader.schema
     _check_column_names(schema.names, filename)
     missing = [0] * len(schema)
+    floating = {i for i, kind in enumerate(schema.types) if pa.types.is_floating(kind)}
     num_rows = 0
     pending: list[pa.RecordBatch] = []
     pending_bytes = 0
@@ -566,6 +586,8 @@ def _write_parquet(
             num_rows += batch.num_rows
             for i, column in enumerate(batch.columns):
                 missing[i] += column.null_count
+                if i in floating:  # "NAN" is no null value to Arrow's reader but a NaN: missing too
+                    missing[i] += _nan_count(column)
             pending.append(batch)
             pending_bytes += batch.nbytes
             if pending_bytes >= ROW_GROUP_BYTES:
@@ -682,8 +704,28 @@ def locate_bad_row(path: Path) -> tuple[int, str] | None:
     return None
 
 
-def inspect_parquet(path: Path, filename: str) -> tuple[int, list[dict[str, Any]]]:
-    """Open the Parquet file, then read every column once (validating its pages) to count missing values."""
+# Rows per batch while a Parquet upload is scanned. Dictionary-encoded text is read as dictionaries
+# (see dictionary_leaves), so a batch holds each distinct value once whatever it decodes to.
+PARQUET_BATCH_ROWS = 16384
+# Bytes per value Arrow decodes each Parquet physical type to (BYTE_ARRAY: its offset; the text
+# itself is counted from the file's uncompressed sizes and, exactly, while scanning).
+_PHYSICAL_BYTES = {"BOOLEAN": 0.125, "INT32": 4, "INT64": 8, "INT96": 8, "FLOAT": 4, "DOUBLE": 8, "BYTE_ARRAY": 4}
+
+
+def inspect_parquet(path: Path, filename: str, max_bytes: int | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """Open the Parquet file, then read every column once (validating its pages) to count missing values
+    (nulls, and NaN in float columns).
+
+    A Parquet file is compressed like a ``.csv.gz``, and as easily a bomb: a few KiB of dictionary
+    pages can decode to gigabytes. Its decoded size is held to the same limits
+    (:func:`decompression_limit`, and ``max_bytes``): first as the footer declares it (each column
+    chunk's uncompressed size, and its value count at the width Arrow decodes it to), then as
+    counted batch by batch while scanning. Text columns that are dictionary-encoded are read as
+    dictionaries, so no batch expands the repeated values before they are counted.
+    """
+    limit, code = decompression_limit(path.stat().st_size)
+    if max_bytes is not None and max_bytes < limit:
+        limit, code = max_bytes, "file_too_large"
     try:
         with pq.ParquetFile(path) as parquet:
             schema = parquet.schema_arrow
@@ -691,18 +733,97 @@ def inspect_parquet(path: Path, filename: str) -> tuple[int, list[dict[str, Any]
             if len(schema.names) > max_columns:
                 raise too_many_columns(filename, len(schema.names), max_columns)
             _check_column_names(schema.names, filename)
-            num_rows = parquet.metadata.num_rows
+            metadata = parquet.metadata
+            num_rows = metadata.num_rows
             if num_rows == 0:
                 raise _no_rows(filename, schema.names)
+            declared = _declared_decoded_bytes(metadata)
+            if declared > limit:
+                raise decompression_refused(f"{filename} (about {declared} bytes decoded)", limit, code)
+            dictionaries = dictionary_leaves(metadata)
+        with pq.ParquetFile(path, read_dictionary=dictionaries or None) as parquet:
             missing = []
+            decoded = 0
             for name in schema.names:
                 count = 0
-                for batch in parquet.iter_batches(columns=[name], batch_size=65536):
-                    count += batch.column(0).null_count
+                floating = pa.types.is_floating(schema.field(name).type)
+                for batch in parquet.iter_batches(columns=[name], batch_size=PARQUET_BATCH_ROWS):
+                    column = batch.column(0)
+                    decoded += decoded_bytes(column)
+                    if decoded > limit:
+                        raise decompression_refused(f"{filename} (its columns decoded)", limit, code)
+                    count += column.null_count
+                    if floating:
+                        count += _nan_count(column)
                 missing.append(count)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InvalidInput("invalid_parquet", f"{filename!r} is not a readable Parquet file: {str(exc)[:300]}") from exc
     return num_rows, _column_summaries(schema, missing)
+
+
+def _declared_decoded_bytes(metadata: pq.FileMetaData) -> int:
+    """What the footer says the columns decode to: per column chunk, the larger of its uncompressed
+    pages and its values at their decoded width (dictionary-encoded repeats are small pages)."""
+    total = 0.0
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            width = _PHYSICAL_BYTES.get(chunk.physical_type)
+            if width is None:  # FIXED_LEN_BYTE_ARRAY: the schema says how long
+                width = metadata.schema.column(c).length or 1
+            total += max(chunk.total_uncompressed_size, chunk.num_values * width)
+    return int(total)
+
+
+def dictionary_leaves(metadata: pq.FileMetaData) -> list[int]:
+    """Leaf columns of text (BYTE_ARRAY) with a dictionary page in some row group: read as dictionaries."""
+    leaves = []
+    for c in range(metadata.num_columns):
+        if metadata.schema.column(c).physical_type != "BYTE_ARRAY":
+            continue
+        groups = (metadata.row_group(g).column(c) for g in range(metadata.num_row_groups))
+        if any(chunk.has_dictionary_page for chunk in groups):
+            leaves.append(c)
+    return leaves
+
+
+def _nan_count(column: pa.Array) -> int:
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return int(pc.sum(pc.is_nan(column)).as_py() or 0)
+
+
+def decoded_bytes(array: pa.Array) -> int:
+    """Arrow's size of ``array`` with every dictionary decoded: what a reader that does not keep
+    dictionaries (the workers, a preview) holds in memory for it."""
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        values = array.dictionary
+        if is_binary_like(values.type):
+            lengths = pc.binary_length(values)
+            text = pc.sum(pc.take(lengths, array.indices)).as_py() or 0
+            offsets = 8 if pa.types.is_large_string(values.type) or pa.types.is_large_binary(values.type) else 4
+            return int(text) + (len(array) + 1) * offsets + len(array) // 8 + 1
+        per_value = decoded_bytes(values) / max(len(values), 1)
+        return int(per_value * len(array)) + len(array) // 8 + 1
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        offsets = 8 if pa.types.is_large_list(kind) else 4
+        return (len(array) + 1) * offsets + decoded_bytes(array.values)
+    if pa.types.is_fixed_size_list(kind):
+        return decoded_bytes(array.values)
+    if pa.types.is_struct(kind):
+        return sum(decoded_bytes(array.field(i)) for i in range(kind.num_fields)) + len(array) // 8 + 1
+    return int(array.nbytes)
+
+
+def is_binary_like(kind: pa.DataType) -> bool:
+    return bool(
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+    )
 
 
 # -- arrays --------------------------------------------------------------------------------------

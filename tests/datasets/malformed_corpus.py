@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from tests.datasets.conftest import csv_bytes, npz_bytes, parquet_bytes
 
@@ -66,6 +67,14 @@ def _patch_zip(content: bytes, *, flag: int | None = None, method: int | None = 
     return bytes(data)
 
 
+def _repeated_text_parquet(rows: int, chars: int) -> bytes:
+    """``rows`` copies of one dictionary-encoded ``chars``-long string: a few KiB that decode to much more."""
+    text = pa.DictionaryArray.from_arrays(pa.array(np.zeros(rows, np.int32)), pa.array(["a" * chars]))
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"s": text}), sink, compression="zstd", store_schema=False)
+    return sink.getvalue()
+
+
 def _good_npz() -> bytes:
     return npz_bytes(X=np.zeros((4, 3, 1)), y=np.arange(4.0))
 
@@ -101,6 +110,9 @@ def _csv_cases() -> Iterator[Case]:
     yield Case("a parquet named .csv", "pq.csv", parquet_bytes(pa.table({"a": [1, 2]})))
     yield Case("a PNG named .csv", "image.csv", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
     yield Case("utf-16 text", "utf16.csv", "a,b\n1,2\n".encode("utf-16"))
+    yield Case("column name with U+202E", "bidi-col.csv", "a\u202e,b\n1,2\n".encode())
+    yield Case("column names alike but for U+200B", "zw-col.csv", "a\u200b,a\n1,2\n".encode())
+    yield Case("CR-only line endings, ragged", "cr-ragged.csv", b"a,b\r1,2\r3\r4,5\r")
 
 
 def _gzip_cases() -> Iterator[Case]:
@@ -136,6 +148,10 @@ def _parquet_cases() -> Iterator[Case]:
     corrupt = bytearray(good)
     corrupt[10:40] = b"\xff" * 30
     yield Case("parquet: corrupt pages", "pages.parquet", bytes(corrupt))
+    yield Case("parquet: ratio bomb of repeated text", "bigstr.parquet", _repeated_text_parquet(400, 32 * 1024))
+    yield Case("parquet: ratio bomb of zeros", "zeros.parquet", parquet_bytes(pa.table({"a": np.zeros(100_000)})))
+    yield Case("parquet: column name with U+202E", "bidi.parquet", parquet_bytes(pa.table({"a\u202e": [1.0]})))
+    yield Case("parquet: column name with U+200B", "zw.parquet", parquet_bytes(pa.table({"a\u200b": [1], "a": [2]})))
 
 
 def _npz_cases() -> Iterator[Case]:

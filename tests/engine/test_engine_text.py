@@ -243,7 +243,7 @@ def test_predict_with_strings_and_every_export_agree(trained: Any, tmp_path: Pat
     np.testing.assert_allclose(table.column("probability_pos").to_numpy()[:3], reference[:3, 1], atol=1e-6)
 
 
-def test_text_tagging_and_token_sequences() -> None:
+def test_text_tagging_and_token_sequences(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     texts, tags = [], []
     for _ in range(160):
@@ -298,6 +298,26 @@ def test_text_tagging_and_token_sequences() -> None:
     )
     result = train_and_evaluate(spec, pa.table(rows))
     assert result.evaluation.metrics["test"]["span_f1"] > 0.8
+
+    # Offline, sequence ids may be UUIDs (as DuckDB and Polars write them) and steps times of day
+    # with nanoseconds: the output names them as text (the step's time raised, the UUID did not fit).
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    ids = [uuid.UUID(int=7), uuid.UUID(int=7), uuid.UUID(int=9)]
+    offline = pa.table(
+        {
+            "sentence": pa.array([u.bytes for u in ids], pa.uuid()),
+            "position": pa.array([1, 2, 5], pa.time64("ns")),
+            "token": ["ann", "smith", "bob"],
+        }
+    )
+    pq.write_table(offline, tmp_path / "steps.parquet")
+    torch.save(result.artifact, tmp_path / "tagger.pt")
+    out = predict_file(tmp_path / "tagger.pt", tmp_path / "steps.parquet")
+    assert out.column("sentence").to_pylist() == [str(ids[0])] * 2 + [str(ids[2])]
+    assert out.column("position").to_pylist() == ["00:00:00.000000001", "00:00:00.000000002", "00:00:00.000000005"]
 
 
 # --- defaults for token inputs -----------------------------------------------------------------------

@@ -3,8 +3,12 @@ the job's ``data_error`` message in the worker), never an Arrow or numpy excepti
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.engine.engine_fixtures import make_spec, sine_table
@@ -12,7 +16,7 @@ from worker.engine import DataError
 from worker.engine.data import check_spec_fits, prepare_data
 from worker.engine.layouts import build_examples
 from worker.engine.splits import split_indices
-from worker.engine.tables import label_column, numeric_column, split_label_column
+from worker.engine.tables import encode_classes, label_column, numeric_column, split_label_column
 from worker.runner import classify_error
 
 
@@ -126,3 +130,111 @@ def test_token_sequences_name_the_sequence_column() -> None:
     with pytest.raises(DataError, match="missing values in column 'case'") as err:
         build_examples(spec, table)
     assert err.value.field == "data.sequence_column"
+
+
+@pytest.mark.parametrize("dtype", ["datetime64[D]", "timedelta64[s]", "complex128", "V8"])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_npz_y_of_dates_durations_complex_or_raw_bytes_is_refused_at_submit(task: str, dtype: str) -> None:
+    """Such labels made the job succeed and /predict and the exports fail (datetime classes in the .pt)."""
+    y = np.array([0, 1] * 20).astype(dtype) if dtype != "V8" else np.zeros(40, dtype=dtype)
+    spec = make_spec(task, {"layout": "arrays", "target": "y"})
+    with pytest.raises(DataError, match=r"array y has dtype") as err:
+        check_spec_fits(spec, {"X": np.random.default_rng(0).standard_normal((40, 6, 2)), "y": y})
+    assert err.value.field == "data.target"
+    # The encoder itself takes only numbers, booleans and text.
+    with pytest.raises(DataError, match="class labels must be") as encoded:
+        encode_classes(np.array([0, 1] * 3, dtype="datetime64[D]"), "data.target")
+    assert encoded.value.field == "data.target"
+    codes, classes = encode_classes(np.array(["b", "a", "b"], dtype=object), "data.target")
+    assert classes == ["a", "b"] and codes.tolist() == [1, 0, 1]
+    assert all(type(c) is str for c in classes)
+
+
+def test_npz_zero_dimensional_y_names_data_target() -> None:
+    spec = make_spec("regression", {"layout": "arrays", "target": "y"})
+    with pytest.raises(DataError, match=r"array y must be shaped \[N\] or \[N, H\] with N=40; got \[\]") as err:
+        check_spec_fits(spec, {"X": np.zeros((40, 6, 2)), "y": np.array(1.0)})
+    assert err.value.field == "data.target"
+
+
+def _key_table(key: pa.Array, tmp_path: Any = None) -> pa.Table:
+    """A table with key column ``k`` (read back from Parquet, as the worker reads it, with ``tmp_path``)."""
+    n = len(key)
+    table = pa.table(
+        {
+            "y": np.sin(np.arange(n) / 3),
+            "cls": [["a", "b", "a"][i % 3] for i in range(n)],  # constant per sequence (k = i % 3)
+            "o": np.arange(n),
+            "k": key,
+        }
+    )
+    if tmp_path is None:
+        return table
+    pq.write_table(table, tmp_path / "keys.parquet")
+    return pq.read_table(tmp_path / "keys.parquet")
+
+
+def _key_specs() -> dict[str, Any]:
+    return {
+        "data.group_column": make_spec(
+            "forecast", {"layout": "series", "target": "y", "lookback": 2, "group_column": "k", "order_column": "o"}
+        ),
+        "data.order_column": make_spec(
+            "forecast", {"layout": "series", "target": "y", "lookback": 2, "order_column": "k"}
+        ),
+        "data.sequence_column": make_spec(
+            "classification",
+            {"layout": "sequences", "target": "cls", "sequence_column": "k", "order_column": "o", "features": ["y"]},
+        ),
+    }
+
+
+def test_uuid_json_and_time_of_day_key_columns_group_order_and_sequence(tmp_path) -> None:
+    """UUIDs (as DuckDB and Polars write sequence ids), JSON text and nanosecond times of day were a 500
+    (Arrow cannot sort extension types; a time with nanoseconds has no Python value)."""
+    n = 60
+    keys = {
+        "uuid": pa.array([uuid.UUID(int=i % 3).bytes for i in range(n)], pa.uuid()),
+        "json": pa.array([f'{{"a": {i % 3}}}' for i in range(n)], pa.json_()),
+        "time64[ns]": pa.array([i % 3 for i in range(n)], pa.time64("ns")),
+        "string_view": pa.array([str(i % 3) for i in range(n)], pa.string_view()),
+    }
+    names = {
+        "uuid": [str(uuid.UUID(int=i)) for i in range(3)],
+        "json": ['{"a": 0}', '{"a": 1}', '{"a": 2}'],
+        "time64[ns]": ["00:00:00.000000000", "00:00:00.000000001", "00:00:00.000000002"],
+        "string_view": ["0", "1", "2"],
+    }
+    for label, key in keys.items():
+        table = _key_table(key, None if label == "string_view" else tmp_path)
+        assert table.schema.field("k").type == key.type, label
+        specs = _key_specs()
+        grouped = build_examples(specs["data.group_column"], table)
+        assert grouped.group_names == names[label], label
+        assert grouped.n == 3 * (n // 3 - 2), label
+        ordered = build_examples(specs["data.order_column"], table)
+        assert ordered.n == n - 2, label
+        sequences = build_examples(specs["data.sequence_column"], table)
+        assert sequences.n == 3 and sequences.steps == n // 3, label
+        check_spec_fits(specs["data.sequence_column"], table)
+
+
+def test_key_columns_arrow_cannot_sort_are_data_errors_naming_the_field() -> None:
+    n = 60
+    table = _key_table(pa.array([pa.MonthDayNano([1, 2, i % 3]) for i in range(n)], pa.month_day_nano_interval()))
+    for field, spec in _key_specs().items():
+        with pytest.raises(DataError, match=r"column 'k' has type month_day_nano_interval, which cannot order") as err:
+            build_examples(spec, table)
+        assert err.value.field == field
+
+
+def test_nan_in_key_columns_is_refused_like_null() -> None:
+    """A NaN order value was sorted last and a NaN group became a series named 'nan'."""
+    n = 60
+    key = np.array([float(i % 3) for i in range(n)])
+    key[5] = np.nan
+    table = _key_table(pa.array(key))
+    for field, spec in _key_specs().items():
+        with pytest.raises(DataError, match=r"1 missing values in column 'k' \(null or NaN\)") as err:
+            check_spec_fits(spec, table)
+        assert err.value.field == field

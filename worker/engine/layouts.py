@@ -16,7 +16,9 @@ import pyarrow.compute as pc
 from .errors import DataError
 from .spec import JobSpec
 from .tables import (
+    count_missing,
     encode_classes,
+    is_nested,
     is_numeric,
     label_column,
     normalize_split_labels,
@@ -114,13 +116,19 @@ def _group_runs(
     """Row order sorted by (group, order) and the [start, stop) run of each group in it.
 
     ``group_field`` is the spec field naming the group column (``data.sequence_column`` for sequences).
+    Missing values (null, or NaN in a float column) are refused in either column: a row without a
+    series or a position has no place in a window.
     """
     keys: dict[str, pa.ChunkedArray] = {}
     for name, field_name in ((group_column, group_field), (order_column, "data.order_column")):
         if name is not None:
             column = _sort_key(table, name, field_name)
-            if column.null_count:
-                raise DataError(f"{column.null_count} missing values in column '{name}'", field=field_name)
+            missing = count_missing(column)
+            if missing:
+                raise DataError(
+                    f"{missing} missing values in column '{name}' (null or NaN); every row needs a value there",
+                    field=field_name,
+                )
             keys[name] = column
     n = table.num_rows
     if not keys:
@@ -128,20 +136,80 @@ def _group_runs(
     order = np.asarray(pc.sort_indices(pa.table(keys), sort_keys=[(k, "ascending") for k in keys]))
     if group_column is None:
         return order, [("all", 0, n)]
-    groups = keys[group_column].take(pa.array(order)).to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]]) if n else np.array([], dtype=np.int64)
+    if n == 0:
+        return order, []
+    groups = keys[group_column].take(pa.array(order)).combine_chunks()
+    changed = pc.not_equal(groups.slice(1), groups.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, changed.astype(bool)])
     stops = np.r_[starts[1:], n]
-    return order, [(str(groups[a]), int(a), int(b)) for a, b in zip(starts, stops, strict=True)]
+    names = _key_names(table.column(group_column), groups, starts)
+    return order, [(name, int(a), int(b)) for name, a, b in zip(names, starts, stops, strict=True)]
+
+
+def _key_names(original: pa.ChunkedArray, sorted_keys: pa.Array, starts: np.ndarray) -> list[str]:
+    """Each group's name: an extension type's own text (a UUID's canonical form, JSON text), a time of
+    day as Arrow writes it (exact to the nanosecond), anything else as numpy shows the sort key."""
+    picked = sorted_keys.take(pa.array(starts))
+    kind = original.type
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if isinstance(kind, pa.BaseExtensionType):
+        try:
+            extension = pa.ExtensionArray.from_storage(kind, picked.cast(kind.storage_type))
+            return [str(value) for value in extension.to_pylist()]
+        except (pa.ArrowException, ValueError, TypeError):
+            pass
+    try:
+        if pa.types.is_time(kind):
+            return [str(value) for value in pc.cast(picked.cast(kind), pa.string()).to_pylist()]
+        return [str(value) for value in picked.to_numpy(zero_copy_only=False)]
+    except (pa.ArrowException, ValueError, OverflowError):
+        try:
+            return [str(value) for value in pc.cast(picked, pa.string()).to_pylist()]
+        except pa.ArrowException:
+            return [f"group {i}" for i in range(len(picked))]
 
 
 def _sort_key(table: pa.Table, name: str, field_name: str) -> pa.ChunkedArray:
-    """A column to sort rows by, as a type Arrow sorts: nested types (list, struct, map) are refused,
-    dictionary-encoded ones decoded, half floats widened."""
+    """A column to sort rows by, as a type Arrow sorts and compares: nested types (list, struct, map)
+    are refused, extension types (UUID, JSON) read as their storage, dictionary-encoded ones decoded,
+    half floats widened, times of day as integers of their unit, string views as strings. A type Arrow
+    still cannot sort (intervals) is a ``DataError`` naming the field."""
     column = plain_column(table, name, field_name)
-    if pa.types.is_dictionary(column.type):
-        column = column.cast(column.type.value_type)
-    if pa.types.is_float16(column.type):
-        column = column.cast(pa.float64())
+    for _ in range(3):  # an extension of a dictionary, a dictionary of an extension: unwrap each
+        kind = column.type
+        if isinstance(kind, pa.BaseExtensionType):
+            column = pa.chunked_array([chunk.storage for chunk in column.chunks], type=kind.storage_type)
+        elif pa.types.is_dictionary(kind):
+            column = column.cast(kind.value_type)
+        else:
+            break
+    kind = column.type
+    if is_nested(kind) or pa.types.is_dictionary(kind) or isinstance(kind, pa.BaseExtensionType):
+        raise DataError(
+            f"column '{name}' has type {table.column(name).type}; it must hold one plain value "
+            "(a number, text or date) per row, not a list, struct or map",
+            field=field_name,
+        )
+    try:
+        if pa.types.is_float16(kind):
+            column = column.cast(pa.float64())
+        elif pa.types.is_time(kind):
+            column = column.cast(pa.int64() if kind.bit_width == 64 else pa.int32())
+        elif pa.types.is_string_view(kind):
+            column = column.cast(pa.large_string())
+        elif pa.types.is_binary_view(kind):
+            column = column.cast(pa.large_binary())
+        # Sorting and comparing check the type before the values: one row tells whether they can.
+        probe = column.slice(0, 1)
+        pc.sort_indices(probe)
+        pc.not_equal(probe, probe)
+    except (pa.ArrowTypeError, pa.ArrowNotImplementedError, pa.ArrowInvalid) as exc:
+        raise DataError(
+            f"column '{name}' has type {table.column(name).type}, which cannot order or group rows ({exc}); "
+            "use a column of numbers, text or dates",
+            field=field_name,
+        ) from None
     return column
 
 
@@ -327,9 +395,16 @@ def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> 
             f"array X needs at least one time step and one feature; got shape {list(x_raw.shape)}",
             field="data.layout",
         )
-    if y_raw.shape[0] != n or y_raw.ndim not in (1, 2):
+    if y_raw.ndim not in (1, 2) or y_raw.shape[0] != n:  # the rank first: a 0-d y has no shape[0]
         raise DataError(
             f"array y must be shaped [N] or [N, H] with N={n}; got {list(y_raw.shape)}", field="data.target"
+        )
+    if y_raw.dtype.kind not in "biufSU":
+        # Dates, durations, complex numbers and raw bytes are no targets: as class labels they became
+        # datetime objects in the model file, which /predict and the exports could not serve.
+        raise DataError(
+            f"array y has dtype {y_raw.dtype}; a target holds numbers, booleans or text (class names)",
+            field="data.target",
         )
     if y_raw.ndim == 2 and y_raw.shape[1] == 0:
         raise DataError(f"array y has no target columns (shape {list(y_raw.shape)})", field="data.target")

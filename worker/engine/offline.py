@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import DataError
 from .layouts import Data, _group_runs
@@ -67,6 +68,18 @@ def prediction_windows(spec: JobSpec, steps: int, features: list[str], data: Dat
     return builders[layout](spec, steps, features, data)
 
 
+def _labels(column: pa.ChunkedArray) -> list[Any]:
+    """A key column's values as the output table can hold them: an extension type's text (a UUID's
+    canonical form, JSON text) and a time of day as Arrow writes it (exact to the nanosecond, where
+    Python's time stops at microseconds); anything else as it is."""
+    kind = column.type
+    if isinstance(kind, pa.BaseExtensionType):
+        return [None if value is None else str(value) for value in column.to_pylist()]
+    if pa.types.is_time(kind):
+        return pc.cast(column, pa.string()).to_pylist()
+    return column.to_pylist()
+
+
 def _token_windows(spec: JobSpec, steps: int, features: list[str], table: pa.Table) -> PredictionWindows:
     """Texts (layout text), or sequences of tokens / numeric steps, as the model's predictor takes them."""
     from .text import text_column
@@ -82,7 +95,7 @@ def _token_windows(spec: JobSpec, steps: int, features: list[str], table: pa.Tab
     order, runs = _group_runs(table, d.sequence_column, d.order_column, "data.sequence_column")
     index = {d.sequence_column: [name for name, _, _ in runs]}
     step_rows = [order[a:b] for _, a, b in runs]
-    orders = table.column(d.order_column).to_pylist()
+    orders = _labels(table.column(d.order_column))
     step_index = {
         d.sequence_column: [name for name, a, b in runs for _ in range(b - a)],
         d.order_column: [orders[r] for rows in step_rows for r in rows],

@@ -155,7 +155,17 @@ def label_column(table: pa.Table, name: str, field: str) -> np.ndarray:
 
 
 def encode_classes(labels: np.ndarray, field: str) -> tuple[np.ndarray, list[Any]]:
-    """Class indices [N] and the sorted class values (plain Python, ints where integral)."""
+    """Class indices [N] and the sorted class values (plain Python, ints where integral).
+
+    Labels are numbers, booleans or text: class values are written into the model file and the
+    evaluation, so anything else (dates, durations, complex numbers, bytes) is refused here.
+    Byte strings are decoded to text by the caller.
+    """
+    if labels.dtype.kind not in "biufUO":
+        raise DataError(
+            f"target has dtype {labels.dtype}; class labels must be numbers, booleans or text",
+            field=field,
+        )
     classes, codes = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
         value = classes[0] if len(classes) else None
@@ -166,6 +176,12 @@ def encode_classes(labels: np.ndarray, field: str) -> tuple[np.ndarray, list[Any
             field=field,
         )
     values = classes.tolist()
+    odd = next((v for v in values if not isinstance(v, str | int | float | bool)), None)
+    if odd is not None:
+        raise DataError(
+            f"target holds {type(odd).__name__} values such as {odd!r}; class labels must be numbers, booleans or text",
+            field=field,
+        )
     if classes.dtype.kind == "f" and all(float(v).is_integer() for v in values):
         values = [int(v) for v in values]
     return codes.astype(np.int64), values
