@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 import tomllib
 from pathlib import Path
 
@@ -39,3 +40,17 @@ def test_every_dashboard_asset_exists_and_ships_in_the_package() -> None:
         assert path.is_file(), name
         relative = str(path.relative_to(ROOT / "app"))
         assert any(fnmatch.fnmatch(relative, p) and relative.count("/") == p.count("/") for p in patterns), relative
+
+
+def test_the_dashboards_compare_limit_is_the_apis(client, auth) -> None:
+    """The jobs list lets at most COMPARE_LIMIT jobs be ticked: exactly as many as GET /metrics compares."""
+    found = re.search(r"const COMPARE_LIMIT = (\d+);", (STATIC / "app.js").read_text())
+    assert found, "app.js names its COMPARE_LIMIT"
+    limit = int(found.group(1))
+
+    def ask(n: int) -> dict:
+        ids = "&".join(f"job_id={i:032x}" for i in range(1, n + 1))
+        return client.get(f"/api/v1/metrics?{ids}", headers=auth).json()
+
+    assert ask(limit + 1)["error"]["code"] == "too_many_jobs"
+    assert ask(limit)["error"]["code"] != "too_many_jobs"  # refused for another reason: no such jobs

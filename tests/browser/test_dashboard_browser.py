@@ -38,6 +38,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 NAME_MARKUP = "<img id=nameinj src=x onerror=document.title=1>"
 COLUMN_MARKUP = "<b id=colinj>level</b>"
 ERROR_MARKUP = "feature '<img id=errinj src=x onerror=\"document.title=1\">' is not numeric"
+# A dataset name as long as a reviewer's (193 characters): it must not widen any page.
+LONG_NAME = ("a-very-long-dataset-name-" * 8)[:193]
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Site:
     sweep_jobs: list[str]
     search: str = ""
     texter: str = ""
+    long_dataset: str = ""
     browser: Any = None
     requests: list[str] = field(default_factory=list)
 
@@ -125,6 +128,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 return dict(r.json())
 
             ds = post("/datasets", files={"file": ("sine.csv", _series_csv().encode(), "text/csv")})["id"]
+            tiny = b"t,value\n0,1\n1,2\n2,3\n"
+            long_ds = post("/datasets", files={"file": ("long.csv", tiny, "text/csv")}, data={"name": LONG_NAME})["id"]
             labels_ds = post("/datasets", files={"file": ("updown.csv", _classes_csv().encode(), "text/csv")})["id"]
             spec = forecast_spec(ds, epochs=4)
             spec["name"] = "browser-gru"
@@ -217,6 +222,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                     sweep_jobs=[j["id"] for j in sweep["jobs"]],
                     search=search["id"],
                     texter=texter,
+                    long_dataset=long_ds,
                     browser=browser,
                 )
                 browser.close()
@@ -357,11 +363,17 @@ def test_job_page_follows_a_running_job_live(site: Site) -> None:
     page.locator("#job-title", has_text="queued").wait_for(timeout=15_000)
     assert "appears here when the job has succeeded" in page.inner_text("#view")
     page.evaluate("window.__same_page = true")  # gone if anything reloads the page
+    page.click("#spec summary")  # an open "Resolved spec" stays open when the job ends
+    page.evaluate("document.querySelector('#chart-loss').dataset.kept = 'yes'")
     assert run_job(job, "test-worker") == "succeeded"
-    # The event stream ends with the job; the page then shows the evaluation without a reload.
+    # The event stream ends with the job; the page then shows the evaluation without a reload, and
+    # without rebuilding what it had: the charts' elements and the open spec stay.
     page.locator("#evaluation").wait_for(timeout=20_000)
     assert "succeeded" in page.inner_text("#job-title")
     assert page.evaluate("window.__same_page") is True
+    assert page.evaluate("document.querySelector('#spec').open") is True
+    assert page.evaluate("document.querySelector('#chart-loss').dataset.kept") == "yes"
+    assert page.locator("button[data-format=pt]").is_enabled()
     assert {"1", "2", "3"} <= set(chart_state(page, "chart-loss")["texts"])
     assert any("/events" in u for u in site.requests)
     page.context.close()
@@ -412,6 +424,8 @@ def test_classification_job_shows_confusion_matrix(site: Site) -> None:
     confusion = chart_state(page, "chart-confusion")
     assert {"predicted class", "true class", "0", "1"} <= set(confusion["texts"])
     assert "accuracy" in page.inner_text("#evaluation")
+    # attribution was off for it: the page says there is none without guessing why (the notes say).
+    assert "evaluation.attribution was off, or" not in page.inner_text("#no-attribution")
     shoot(page, "job-classification")
     page.context.close()
     assert_local_only(site)
@@ -439,7 +453,7 @@ def test_failed_job_shows_markup_as_text_and_a_readable_point(site: Site) -> Non
     loss = chart_state(page, "chart-loss")
     assert loss["drawn"] > 500  # one epoch is a visible point, not a blank box
     assert any("e+22" in t for t in loss["texts"]) and not any("932616" in t for t in loss["texts"])
-    assert page.evaluate("Charts.fmt(1.932616197294619e22)") == "1.93e+22"
+    assert page.evaluate("Charts.fmt(1.932616197294619e22)") == "1.933e+22"  # four digits, as everywhere
     assert page.evaluate("Charts.fmt(0.0123456)") == "0.01235"
     assert page.locator("button[data-format=pt]").is_disabled()
     shoot(page, "job-failed")
@@ -625,12 +639,14 @@ def test_datasets_upload_preview_leaderboard_and_new_job(site: Site) -> None:
     httpx.post(f"{site.base}/api/v1/jobs/{job}/cancel", headers={"Authorization": f"Bearer {site.key}"})
     # Uploading a dataset takes the user to its page.
     page.goto(f"{site.base}/#/datasets")
-    page.set_input_files(
-        "#upload-file", files=[{"name": "tiny.csv", "mimeType": "text/csv", "buffer": b"t,value\n0,1\n1,2\n2,3\n"}]
-    )
+    stamps = b"t,value\n1700000000001,1\n1700000000002,2.5\n1700000000003,3\n"
+    page.set_input_files("#upload-file", files=[{"name": "tiny.csv", "mimeType": "text/csv", "buffer": stamps}])
     page.fill("#upload-name", "tiny")
     page.click("#upload-form button")
     page.locator("#dataset-title", has_text="tiny").wait_for(timeout=15_000)
+    # Preview cells as the API sends them: integers exact (not 1.7e+12), decimals as written.
+    page.locator("#dataset-preview td", has_text="1700000000002").wait_for(timeout=15_000)
+    assert "2.5" in page.inner_text("#dataset-preview") and "e+" not in page.inner_text("#dataset-preview")
     page.context.close()
     assert_local_only(site)
 
@@ -672,6 +688,12 @@ def test_jobs_list_refreshes_in_place_and_not_under_a_focused_control(site: Site
         page.wait_for_timeout(5_000)
         assert page.evaluate("document.querySelector('#jobs').dataset.old") == "yes"
         assert page.evaluate("document.activeElement.id") == "status-filter"
+        # A link in a row keeps the keyboard focus through a refresh (the row is found again by its id).
+        page.focus(f"#jobs tr[data-id='{job}'] td.clip a")
+        page.evaluate("document.querySelector('#jobs').dataset.old = 'yes'")
+        page.wait_for_function("!document.querySelector('#jobs').dataset.old", timeout=15_000)
+        focused = page.evaluate("[document.activeElement.tagName, document.activeElement.closest('tr')?.dataset.id]")
+        assert focused == ["A", job]
         # Once nothing on the page moves, the refreshing stops (it polled for as long as the tab was open).
         page.evaluate("document.activeElement.blur()")
         httpx.post(f"{site.base}/api/v1/jobs/{job}/cancel", headers=headers)
@@ -696,6 +718,27 @@ def test_tpe_search_page_shows_its_trials_on_the_validation_objective(site: Site
     assert "2 of 2 trials asked" in page.inner_text("#search-state")
     # Setting values are rounded like every number on the page (not 0.0031622776601683794).
     assert not any(len(t) > 40 for t in page.locator("#sweep-settings td").all_inner_texts())
+    # Its "best" is the best mean over all runs, named so (the search's own pick is the confirmation's).
+    assert "best mean over all its runs" in page.inner_text("#sweep-best-setting")
+    # Many settings, spread-out values, a continuous parameter: what the chart options make of them.
+    shapes = page.evaluate(
+        """() => {
+            const lrs = Array.from({ length: 20 }, (_, i) => 0.001 * 1.3 ** i);
+            const parallel = Charts.parallel({ parameters: ["lr"], metric: "rmse", lowerIsBetter: true,
+                rows: [[0.001, 1], [0.003, 2], [0.01, 1.5], [0.1, 1]] });
+            const labels = lrs.map((v) => `learning_rate=${Charts.fmt(v)} hidden_size=64`);
+            const settings = Charts.sweepSettings({ labels, means: lrs.map(() => 1), intervals: lrs.map(() => null),
+                seeds: [], metric: "rmse" });
+            const effect = Charts.parameterEffect({ metric: "rmse", parameters: {
+                "training.learning_rate": { values: lrs.map((v, i) => ({ value: v, mean: 1 + i / 10, settings: 1 })) },
+                "model.cell": { values: [{ value: "lstm", mean: 1, settings: 10 },
+                                         { value: "gru", mean: 2, settings: 10 }] } } });
+            return { parallel: parallel.parallelAxis[0].type, tick: settings.xAxis.axisLabel.formatter(0),
+                bars: effect.xAxis.data, interval: effect.xAxis.axisLabel.interval };
+        }"""
+    )
+    assert shapes["parallel"] == "log" and shapes["tick"] == "#1"
+    assert len(shapes["bars"]) == 7 and shapes["interval"] == 0  # 5 bins + 2 values, every one labelled
     shoot(page, "search")
     page.goto(f"{site.base}/#/sweeps")
     page.locator("#sweeps tbody tr").first.wait_for(timeout=15_000)
@@ -750,7 +793,7 @@ def test_narrow_window_and_dark_mode(site: Site) -> None:
     shoot(page, "job-800px")
     page.context.close()
     # A phone: wide tables scroll inside their cards, the page itself never sideways.
-    for path in ("/jobs", f"/jobs/{site.job}", "/datasets"):
+    for path in ("/jobs", f"/jobs/{site.job}", "/datasets", f"/datasets/{site.long_dataset}"):
         page = open_page(site, path, width=390, height=844)
         page.locator("#view table").first.wait_for(timeout=15_000)
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
@@ -787,8 +830,165 @@ def test_empty_states_and_api_docs_offline(site: Site) -> None:
     page.locator(".empty h2", has_text="Nothing to compare").wait_for(timeout=15_000)
     page.goto(site.base + "/#/jobs/no-such-job")
     page.locator(".empty h2", has_text="Not found").wait_for(timeout=15_000)
+    # A malformed link (a broken % escape) says so instead of leaving the previous view half torn down.
+    page.goto(site.base + "/#/jobs/%E0%A4%A")
+    page.locator(".empty h2", has_text="Invalid link").wait_for(timeout=15_000)
+    assert "Not found" not in page.inner_text("#view")
     page.goto(site.base + "/docs")
     page.locator(".swagger-ui .title", has_text="rnnlab").wait_for(timeout=15_000)
     assert page.locator(".opblock-summary-path", has_text="/api/v1/jobs").count() > 0
+    context.close()
+    assert_local_only(site)
+
+
+# Counts the page's requests for single jobs in flight at once (an init script, before app.js).
+COUNT_IN_FLIGHT = """
+    window.__inFlight = 0;
+    window.__mostInFlight = 0;
+    const realFetch = window.fetch;
+    window.fetch = async (...args) => {
+        const counted = String(args[0]).includes("/api/v1/jobs/");
+        if (counted) window.__mostInFlight = Math.max(window.__mostInFlight, ++window.__inFlight);
+        try { return await realFetch(...args); } finally { if (counted) window.__inFlight--; }
+    };
+"""
+
+
+def test_compare_many_jobs_asks_a_few_at_a_time_and_waits_out_429(site: Site) -> None:
+    """A link with more jobs than GET /metrics takes compares its first 50 and says so; the jobs and
+    their evaluations are asked a few at a time, and a 429 (the key's rate limit) is retried after its
+    Retry-After instead of failing the page or showing an evaluation as missing."""
+    real = [site.job, *site.sweep_jobs[:2]]
+    fake = [f"{i:032x}" for i in range(1, 50)]  # 52 ids in all: 3 jobs, then 49 that do not exist
+    refused: set[str] = set()
+
+    def first_time_429(route: Any) -> None:
+        if route.request.url not in refused:
+            refused.add(route.request.url)
+            body = '{"error": {"code": "rate_limited", "message": "rate limit reached; retry in 1 s"}}'
+            route.fulfill(status=429, headers={"Retry-After": "1", "content-type": "application/json"}, body=body)
+        else:
+            route.continue_()
+
+    context = site.browser.new_context(viewport={"width": 1440, "height": 900})
+    context.add_init_script(COUNT_IN_FLIGHT)
+    context.route(re.compile(r".*/api/v1/jobs/[0-9a-f]{32}(/evaluation)?$"), first_time_429)
+    page = context.new_page()
+    page.on("request", lambda r: site.requests.append(r.url))
+    page.goto(f"{site.base}/#/compare?jobs={','.join(real + fake)}")
+    page.fill("#api-key", site.key)
+    page.click("#key-form button")
+    page.locator("#chart-compare canvas").first.wait_for(timeout=45_000)
+    assert "first 50 of the 52 jobs" in page.inner_text("#compare-limit")
+    assert fake[0] in page.inner_text("#compare-missing") and fake[-1] not in page.inner_text("#compare-missing")
+    assert page.locator("#compare-metrics th").count() == 4  # every real job, evaluations retried
+    rmse = page.locator("#compare-metrics tr", has_text="rmse").first.locator("td").all_inner_texts()[1:]
+    assert len(rmse) == 3 and "–" not in rmse, rmse
+    assert any(u.endswith("/evaluation") for u in refused)  # evaluations were refused once, too
+    assert page.evaluate("window.__mostInFlight") <= 6
+    context.close()
+    # Ticking: at most 50 jobs (the limit of GET /metrics); the 51st tick is refused and says why.
+    page = open_page(site, "/jobs")
+    page.locator(f"tr[data-id='{site.job}']").wait_for(timeout=15_000)
+    page.evaluate("for (let i = 0; i < 49; i++) state.ticked.add('f' + i)")
+    page.check(f"tr[data-id='{site.job}'] input[type=checkbox]")
+    assert page.inner_text("#compare-button") == "Compare ticked (50)"
+    page.locator(f"tr[data-id='{site.classifier}'] input[type=checkbox]").click()
+    assert "At most 50 jobs" in page.inner_text("#tick-note")
+    assert not page.locator(f"tr[data-id='{site.classifier}'] input[type=checkbox]").is_checked()
+    assert page.inner_text("#compare-button") == "Compare ticked (50)"
+    page.evaluate("state.ticked.clear()")
+    page.context.close()
+    assert_local_only(site)
+
+
+def test_running_sweep_page_updates_in_place(site: Site) -> None:
+    """While a sweep runs its page refreshes every 5 s by updating what is there (the same chart
+    instances): no reload, no jump to the top."""
+    from worker.runner import run_job
+
+    headers = {"Authorization": f"Bearer {site.key}"}
+    body = {
+        "name": "live-sweep",
+        "base": forecast_spec(site.dataset, epochs=2),
+        "grid": {"model.hidden_size": [4, 8]},
+        "seeds": [0],
+    }
+    sweep = httpx.post(f"{site.base}/api/v1/sweeps", headers=headers, json=body).json()
+    try:
+        page = open_page(site, f"/sweeps/{sweep['id']}", height=420)
+        page.locator("#sweep-progress", has_text="0 of 2 jobs succeeded").wait_for(timeout=45_000)
+        page.evaluate("window.__same_page = true; document.querySelector('#chart-sweep').dataset.kept = 'yes'")
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+        # The pointer off the charts (updates wait while it is on one), left of every card.
+        page.mouse.move(2, 2)
+        scrolled = page.evaluate("window.scrollY")
+        assert scrolled > 0
+        assert run_job(sweep["jobs"][0]["id"], "test-worker") == "succeeded"
+        page.locator("#sweep-progress", has_text="1 of 2 jobs succeeded").wait_for(timeout=20_000)
+        page.locator("#chart-sweep canvas").first.wait_for(timeout=10_000)
+        chart = "echarts.getInstanceByDom(document.querySelector('#chart-sweep')).id"
+        first_chart = page.evaluate(chart)
+        # Where the user was (give or take a line of text that the update added), not the top.
+        assert abs(page.evaluate("window.scrollY") - scrolled) < 60
+        # With the pointer on a chart the update waits (its tooltip stays); it lands when the pointer leaves.
+        page.hover("#chart-parallel")
+        scrolled = page.evaluate("window.scrollY")
+        assert run_job(sweep["jobs"][1]["id"], "test-worker") == "succeeded"
+        page.wait_for_timeout(6_000)
+        assert "1 of 2 jobs succeeded" in page.inner_text("#sweep-progress")
+        page.mouse.move(2, 2)
+        page.locator("#delete-sweep").wait_for(timeout=20_000)  # complete: Cancel became Delete
+        assert "2 of 2 jobs succeeded" in page.inner_text("#sweep-progress")
+        assert page.evaluate(chart) == first_chart  # updated by setOption, not drawn anew
+        assert page.evaluate("window.__same_page") is True
+        assert page.evaluate("document.querySelector('#chart-sweep').dataset.kept") == "yes"
+        assert abs(page.evaluate("window.scrollY") - scrolled) < 60
+        assert {"hidden_size=4", "hidden_size=8"} <= set(chart_state(page, "chart-sweep")["texts"])
+        page.context.close()
+    finally:
+        httpx.delete(f"{site.base}/api/v1/sweeps/{sweep['id']}", headers=headers)
+    assert_local_only(site)
+
+
+def test_datasets_page_pages_and_older_dataset_names_still_show(site: Site) -> None:
+    page = open_page(site, "/datasets?limit=2")
+    page.locator("#datasets tbody tr").first.wait_for(timeout=15_000)
+    assert page.locator("#datasets tbody tr").count() == 2
+    first = page.locator("#datasets tbody tr").first.get_attribute("data-id")
+    page.click("#next-page")
+    page.locator("#page-number", has_text="page 2").wait_for(timeout=15_000)
+    page.locator("#datasets tbody tr").first.wait_for()
+    assert page.locator("#datasets tbody tr").first.get_attribute("data-id") != first
+    # The long name is cut in its cell (and whole on hover).
+    page.goto(f"{site.base}/#/datasets")
+    cell = page.locator("#datasets td.clip", has_text="a-very-long")
+    cell.wait_for(timeout=15_000)
+    assert cell.get_attribute("title") == LONG_NAME
+    assert cell.evaluate("td => td.scrollWidth > td.clientWidth")  # cut (with an ellipsis), not wrapped
+    page.context.close()
+    # A project with more datasets than the newest ones loaded: a job's dataset is still named, looked up
+    # by its id (here the list of the newest is empty and says there are more).
+    context = site.browser.new_context(viewport={"width": 1440, "height": 900})
+    context.route(
+        re.compile(r".*/api/v1/datasets\?limit=500$"),
+        lambda route: route.fulfill(json={"items": [], "next_cursor": "more"}),
+    )
+    page = context.new_page()
+    page.on("request", lambda r: site.requests.append(r.url))
+    page.goto(f"{site.base}/#/jobs")
+    page.fill("#api-key", site.key)
+    page.click("#key-form button")
+    row = page.locator(f"#jobs tr[data-id='{site.job}']")
+    row.wait_for(timeout=15_000)
+    page.wait_for_function(f"document.querySelector(\"#jobs tr[data-id='{site.job}']\").innerText.includes('sine')")
+    page.locator("#dataset-filter option", has_text="sine").first.wait_for(state="attached")
+    assert "newest" in page.inner_text("#dataset-filter")
+    # However long a dataset's name, the filter select stays narrow and the page does not scroll sideways.
+    page.goto(f"{site.base}/#/jobs?dataset={site.long_dataset}")
+    page.locator("#dataset-filter").wait_for()
+    assert page.locator("#dataset-filter").bounding_box()["width"] <= 300
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, f"the jobs page scrolls sideways by {overflow}px"
     context.close()
     assert_local_only(site)

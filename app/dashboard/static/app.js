@@ -62,14 +62,44 @@ class ApiError extends Error {
   }
 }
 
+// GET /metrics compares at most this many jobs (the API's too_many_jobs): the most that can be ticked.
+const COMPARE_LIMIT = 50;
+// Requests one view sends at once when it needs many (a job each): the API allows 100 a second per key.
+const POOL_SIZE = 6;
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 async function api(path, options = {}) {
   const headers = { Authorization: `Bearer ${state.key}`, ...(options.headers || {}) };
   if (options.body && !(options.body instanceof FormData)) headers["Content-Type"] = "application/json";
-  const response = await fetch(`/api/v1${path}`, { ...options, headers });
+  let response;
+  for (let attempt = 0; ; attempt++) {
+    response = await fetch(`/api/v1${path}`, { ...options, headers });
+    // Over the key's rate limit (429): wait the Retry-After the API names and ask again (a 429 is
+    // answered before anything is done, so a repeated POST does nothing twice).
+    if (response.status !== 429 || attempt >= 4) break;
+    const after = Number(response.headers.get("retry-after"));
+    const seconds = Number.isFinite(after) && after >= 0 ? after : 1;
+    if (seconds > 30) break;
+    await sleep(1000 * Math.max(seconds, 0.25) + Math.random() * 250);
+  }
   const isJson = response.headers.get("content-type")?.includes("json");
   if (!response.ok) throw new ApiError(response.status, isJson ? await response.json().catch(() => null) : null);
   if (options.raw) return response;
   return isJson ? response.json() : response.text();
+}
+
+// worker(item) for every item, at most `size` at a time; the results in the items' order.
+async function inPool(items, worker, size = POOL_SIZE) {
+  const results = new Array(items.length);
+  let next = 0;
+  const run = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await worker(items[i], i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(size, items.length) }, run));
+  return results;
 }
 
 // Downloads go through fetch (the key is a header, never a URL) and a local blob: URL.
@@ -101,16 +131,28 @@ function mountChart(el, option) {
   return chart;
 }
 
+function unmountChart(chart) {
+  const at = state.charts.findIndex((c) => c.chart === chart);
+  if (at >= 0) { state.charts[at].observer.disconnect(); state.charts.splice(at, 1); }
+  chart.dispose();
+}
+
 function disposeCharts() {
   for (const { chart, observer } of state.charts) { observer.disconnect(); chart.dispose(); }
   state.charts = [];
 }
 
 // ---------------------------------------------------------------- routing
+// A hand-edited or cut-off link (#/jobs/%E0%A4%A) is not valid percent-encoding: `invalid` says so
+// instead of an exception that would leave the previous view on the page.
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, "") || "jobs";
   const [path, query = ""] = raw.split("?");
-  return { parts: path.split("/").filter(Boolean).map(decodeURIComponent), params: new URLSearchParams(query) };
+  let invalid = false;
+  const parts = path.split("/").filter(Boolean).map((p) => {
+    try { return decodeURIComponent(p); } catch { invalid = true; return p; }
+  });
+  return { parts, params: new URLSearchParams(query), invalid };
 }
 
 function navigate(hash) { if (location.hash === hash) route(); else location.hash = hash; }
@@ -137,8 +179,14 @@ async function route() {
   disposeCharts();
   say("");
   const view = routedView($("#view"), generation);
-  const { parts, params } = parseHash();
+  const { parts, params, invalid } = parseHash();
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.view === parts[0]));
+  if (invalid) {
+    view.replaceChildren(empty(h("h2", {}, "Invalid link"),
+      h("p", { class: "error" }, "This address is not valid (a broken % escape): ", h("code", {}, location.hash)),
+      h("p", {}, h("a", { href: "#/jobs" }, "Back to the jobs"))));
+    return;
+  }
   if (!state.key) {
     view.replaceChildren(empty(
       h("h2", {}, "Enter an API key"),
@@ -153,9 +201,9 @@ async function route() {
     if (parts[0] === "jobs" && parts[1]) await jobView(view, parts[1]);
     else if (parts[0] === "compare") await compareView(view, (params.get("jobs") || "").split(",").filter(Boolean));
     else if (parts[0] === "sweeps" && parts[1]) await sweepView(view, parts[1]);
-    else if (parts[0] === "sweeps") await sweepsView(view);
+    else if (parts[0] === "sweeps") await sweepsView(view, params);
     else if (parts[0] === "datasets" && parts[1]) await datasetView(view, parts[1]);
-    else if (parts[0] === "datasets") await datasetsView(view);
+    else if (parts[0] === "datasets") await datasetsView(view, params);
     else await jobsView(view, params);
   } catch (err) {
     if (err instanceof StaleRoute || generation !== routeGeneration) return;
@@ -195,17 +243,28 @@ async function jobsView(view, params) {
   const statusSelect = h("select", { id: "status-filter", "aria-label": "status",
     onchange: (e) => setQuery({ status: e.target.value }) },
     ["", "queued", "running", "succeeded", "failed", "cancelled", "pruned"].map((s) => h("option", { value: s, selected: s === status }, s || "any status")));
-  await loadDatasetNames();
-  const datasetSelect = h("select", { id: "dataset-filter", "aria-label": "dataset", onchange: (e) => setQuery({ dataset: e.target.value }) },
-    h("option", { value: "" }, "any dataset"),
-    Object.values(state.datasetNames).map((d) => h("option", { value: d.id, selected: d.id === datasetId }, d.name)),
-    datasetId && !state.datasetNames[datasetId] ? h("option", { value: datasetId, selected: true }, datasetId.slice(0, 8)) : null);
+  await Promise.all([loadDatasetNames(), datasetId ? ensureDatasetNames([datasetId]) : null]);
+  // Long names are cut in the option (the select would otherwise be as wide as the longest one).
+  // The newest datasets, and older ones this page's jobs use (their names arrive with the rows).
+  const datasetOptions = () => {
+    const named = Object.values(state.datasetNames).filter((d) => d.name != null)
+      .sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
+    return [h("option", { value: "" }, "any dataset"),
+      ...named.map((d) => h("option", { value: d.id, selected: d.id === datasetId, title: d.name }, shortText(d.name, 40))),
+      datasetId && !state.datasetNames[datasetId]?.name ? h("option", { value: datasetId, selected: true }, datasetId.slice(0, 8)) : null,
+      state.moreDatasets ? h("option", { disabled: true, value: "-" }, `(only the ${DATASET_NAMES_LIMIT} newest and those listed below: an older one's page links to its jobs)`) : null]
+      .filter(Boolean);
+  };
+  const datasetSelect = h("select", { id: "dataset-filter", "aria-label": "dataset", title: state.datasetNames[datasetId]?.name || null,
+    onchange: (e) => setQuery({ dataset: e.target.value }) }, datasetOptions());
+  let knownDatasets = Object.keys(state.datasetNames).length;
   const compareButton = h("button", { id: "compare-button", type: "button", disabled: state.ticked.size < 2,
     onclick: () => navigate(`#/compare?jobs=${[...state.ticked].join(",")}`) }, `Compare ticked (${state.ticked.size})`);
+  const tickNote = h("span", { id: "tick-note", class: "hint", role: "status" });
   const toolbar = h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); setQuery({ where: whereInput.value.trim() }); } },
     h("label", {}, "where ", whereInput), h("button", { type: "submit" }, "Filter"),
     where ? h("button", { type: "button", onclick: () => setQuery({ where: "" }) }, "Clear") : null,
-    statusSelect, datasetSelect, compareButton);
+    statusSelect, datasetSelect, compareButton, tickNote);
   const tableHolder = h("div");
   const pager = h("div", { class: "pager" });
   view.replaceChildren(section("Jobs", toolbar, whereError, tableHolder, pager));
@@ -230,9 +289,17 @@ async function jobsView(view, params) {
       }
       throw err;
     }
-    // Sweep names only when this page shows a sweep not named yet (not on every refresh).
-    if (page.items.some((j) => j.sweep_id && !state.sweepNames[j.sweep_id])) await loadSweepNames();
+    // Sweep names only when this page shows a sweep not named yet (not on every refresh); the names of
+    // datasets older than the newest ones loaded above, one by one (and remembered).
+    await Promise.all([page.items.some((j) => j.sweep_id && !state.sweepNames[j.sweep_id]) ? loadSweepNames() : null,
+      ensureDatasetNames(page.items.map((j) => j.dataset_id))]);
     view.check();
+    if (Object.keys(state.datasetNames).length !== knownDatasets && document.activeElement !== datasetSelect) {
+      knownDatasets = Object.keys(state.datasetNames).length;
+      datasetSelect.replaceChildren(...datasetOptions());
+    }
+    // A refresh redraws the rows: whatever had the keyboard focus in them gets it back.
+    const focus = focusKey($("#view"));
     if (!page.items.length) {
       tableHolder.replaceChildren(where || status || datasetId || cursor
         ? empty("No job matches this filter.")
@@ -252,17 +319,19 @@ async function jobsView(view, params) {
       h("label", {}, " per page ", h("select", { id: "page-size", onchange: (e) => setQuery({ limit: e.target.value }) },
         [25, 50, 100, 200].map((n) => h("option", { value: n, selected: n === limit }, n)))),
     );
+    restoreFocus($("#view"), focus);
     return page;
   };
   const moving = (page) => page?.items.some((j) => ["queued", "running"].includes(j.status));
   // Refresh the rows in place while something on this page is still moving: the scroll position stays,
-  // and nothing is redrawn while a control of the page has the focus (a select being chosen from).
+  // a focused link, button or checkbox keeps the focus (found again by its row and place), and nothing
+  // is redrawn while a control one types into or chooses from has it (the where box, a select).
   // It stops once everything on the page has ended; a slow answer is not overtaken by the next tick.
   if (moving(await load())) {
     let busy = false;
     const timer = setInterval(async () => {
       const focused = document.activeElement;
-      if (busy || (focused && focused !== document.body && $("#view").contains(focused) && focused.matches("input, select, textarea"))) return;
+      if (busy || (focused && $("#view").contains(focused) && focused.matches("input:not([type=checkbox]), select, textarea"))) return;
       busy = true;
       try {
         if (!moving(await load())) clearInterval(timer);
@@ -282,11 +351,54 @@ async function loadSweepNames() {
   } catch { /* names are a nicety: ids still work */ }
 }
 
+// The newest datasets by name (for the dataset filter); older ones a page refers to are asked for one by
+// one by ensureDatasetNames and remembered.
+const DATASET_NAMES_LIMIT = 500;  // the API's largest page
 async function loadDatasetNames() {
   try {
-    const datasets = await api("/datasets?limit=200");
-    state.datasetNames = Object.fromEntries(datasets.items.map((d) => [d.id, d]));
+    const datasets = await api(`/datasets?limit=${DATASET_NAMES_LIMIT}`);
+    for (const d of datasets.items) state.datasetNames[d.id] = d;
+    state.moreDatasets = Boolean(datasets.next_cursor);
   } catch { /* as above */ }
+}
+
+async function ensureDatasetNames(ids) {
+  const unknown = [...new Set(ids)].filter((id) => id && !Object.hasOwn(state.datasetNames, id));
+  await inPool(unknown, async (id) => {
+    try {
+      state.datasetNames[id] = await api(`/datasets/${encodeURIComponent(id)}`);
+    } catch (err) {
+      if (err.status === 404) state.datasetNames[id] = { id, name: null };  // deleted: its id is shown
+    }
+  });
+}
+
+function shortText(text, max) { const s = String(text ?? ""); return s.length > max ? `${s.slice(0, max - 1)}…` : s; }
+
+// Where the keyboard focus is inside `root`, in terms that survive a redraw of the rows: an element's
+// id, a sort header, or a row (data-id / data-sweep) and the place among that row's controls.
+const FOCUSABLE = "a[href], button, input, select, textarea";
+function focusKey(root) {
+  const el = document.activeElement;
+  if (!el || el === document.body || !root.contains(el)) return null;
+  if (el.id) return { id: el.id };
+  const th = el.closest("th[data-sort]");
+  if (th) return { selector: `th[data-sort="${CSS.escape(th.dataset.sort)}"] button`, index: 0 };
+  const row = el.closest("tr[data-id], tr[data-sweep]");
+  if (!row) return null;
+  const selector = row.dataset.id ? `tr[data-id="${CSS.escape(row.dataset.id)}"]` : `tr[data-sweep="${CSS.escape(row.dataset.sweep)}"]`;
+  return { selector, index: [...row.querySelectorAll(FOCUSABLE)].indexOf(el) };
+}
+
+function restoreFocus(root, key) {
+  if (!key || (document.activeElement && document.activeElement !== document.body && root.contains(document.activeElement))) return;
+  let el = null;
+  if (key.id) el = document.getElementById(key.id);
+  else {
+    const holder = root.querySelector(key.selector);
+    el = holder?.matches(FOCUSABLE) ? holder : holder?.querySelectorAll(FOCUSABLE)[key.index];
+  }
+  el?.focus({ preventScroll: true });
 }
 
 function jobsTable(jobs, sort, setSort, compareButton) {
@@ -313,6 +425,14 @@ function jobsTable(jobs, sort, setSort, compareButton) {
     const box = h("input", { type: "checkbox", "aria-label": `tick ${job.name || job.id}${child ? ` (${jobLabel(job)})` : ""}`, "data-job": job.id, checked: state.ticked.has(job.id),
       onclick: (e) => e.stopPropagation(),
       onchange: (e) => {
+        const note = $("#tick-note");
+        if (note) note.textContent = "";
+        if (e.target.checked && state.ticked.size >= COMPARE_LIMIT) {
+          // GET /metrics compares at most 50 jobs: a 51st tick would only fail on the compare page.
+          e.target.checked = false;
+          if (note) note.textContent = `At most ${COMPARE_LIMIT} jobs can be compared at once (the API's limit): untick one first.`;
+          return;
+        }
         if (e.target.checked) state.ticked.add(job.id); else state.ticked.delete(job.id);
         compareButton.disabled = state.ticked.size < 2;
         compareButton.textContent = `Compare ticked (${state.ticked.size})`;
@@ -379,7 +499,7 @@ async function jobView(view, id) {
   // Names for the sweep and dataset links (a page opened directly has not loaded them yet).
   const [metrics] = await Promise.all([api(`/jobs/${job.id}/metrics`),
     job.sweep_id && !state.sweepNames[job.sweep_id] ? loadSweepNames() : null,
-    !state.datasetNames[job.dataset_id] ? loadDatasetNames() : null]);
+    ensureDatasetNames([job.dataset_id])]);
   const evaluation = job.status === "succeeded" ? await api(`/jobs/${job.id}/evaluation`).catch(() => null) : null;
   const head = h("section", { id: "job-head" });
   const curves = h("section", {}, h("h2", {}, "Learning curves"), h("div", { class: "chart-row" }, chartBox("chart-loss"), chartBox("chart-metric")));
@@ -416,12 +536,33 @@ async function jobView(view, id) {
       finished ? "No validation metric recorded." : "No validation metric recorded yet.");
   };
   drawCurves(metrics.series);
-  if (evaluation) renderEvaluation(view, evaluation);
-  else view.append(section("Evaluation", empty(["queued", "running"].includes(job.status)
-    ? "The evaluation appears here when the job has succeeded."
-    : `No evaluation: the job ${{ failed: "failed", cancelled: "was cancelled", pruned: "was pruned by its search" }[job.status] || job.status}.`)));
-  view.append(specSection(job));
-  if (["queued", "running"].includes(job.status)) followJob(job, metrics.series, drawCurves, head);
+  // The evaluation's sections go into a slot, so the end of a live job can fill it in place.
+  const evaluationSlot = h("div", { class: "slot", id: "evaluation-slot" });
+  view.append(evaluationSlot, specSection(job));
+  const showEvaluation = (ev) => {
+    if (ev) renderEvaluation(evaluationSlot, ev);
+    else evaluationSlot.replaceChildren(section("Evaluation", empty(["queued", "running"].includes(job.status)
+      ? "The evaluation appears here when the job has succeeded."
+      : `No evaluation: the job ${{ failed: "failed", cancelled: "was cancelled", pruned: "was pruned by its search" }[job.status] || job.status}.`)));
+  };
+  showEvaluation(evaluation);
+  // When a followed job ends, its header (status, downloads) and evaluation are updated where they
+  // are: the scroll position, the zoom of the curves and an open "Resolved spec" stay.
+  const finish = async (series) => {
+    try {
+      const fresh = await api(`/jobs/${job.id}`);
+      const ev = fresh.status === "succeeded" ? await api(`/jobs/${job.id}/evaluation`).catch((err) => (err.status === 404 ? null : Promise.reject(err))) : null;
+      view.check();
+      Object.assign(job, fresh);
+      renderJobHead(head, job);
+      drawCurves(series);  // the best epoch is known now
+      evaluationSlot.replaceChildren();
+      showEvaluation(ev);
+    } catch (err) {
+      if (!(err instanceof StaleRoute)) say(`could not load the finished job: ${err.message}`);
+    }
+  };
+  if (["queued", "running"].includes(job.status)) followJob(job, metrics.series, drawCurves, head, finish);
 }
 
 function renderJobHead(head, job) {
@@ -458,7 +599,7 @@ function renderJobHead(head, job) {
 
 // SSE through fetch: EventSource cannot send an Authorization header, and the key must stay out of URLs.
 // A dropped stream is resumed like EventSource would: Last-Event-ID brings only the epochs not yet seen.
-async function followJob(job, series, drawCurves, head) {
+async function followJob(job, series, drawCurves, head, finish) {
   const controller = new AbortController();
   state.stream = controller;
   const byKey = new Map(series.map((s) => [`${s.split}.${s.name}`, s]));
@@ -500,7 +641,8 @@ async function followJob(job, series, drawCurves, head) {
             Object.assign(job, payload);
             renderJobHead(head, job);
           } else if (event === "end") {
-            if (state.stream === controller) route();  // the evaluation and downloads are ready now
+            clearTimeout(redraw);
+            if (state.stream === controller) { state.stream = null; finish([...byKey.values()]); }  // the evaluation and downloads are ready now
             return;
           }
         }
@@ -530,7 +672,8 @@ function evaluationTable(ev) {
     }))));
 }
 
-function renderEvaluation(view, ev) {
+// The evaluation's sections, appended to `slot` (an element already on the page).
+function renderEvaluation(slot, ev) {
   const main = ev.main_metric;
   const lowerIsBetter = !["accuracy", "balanced_accuracy", "macro_f1", "span_f1", "r2", "auroc"].includes(main);
   const baselineValues = {};
@@ -547,20 +690,20 @@ function renderEvaluation(view, ev) {
   const evalSection = section("Evaluation", h("div", { class: "chart-row" },
     h("div", {}, evaluationTable(ev), verdicts, ev.notes?.length ? h("ul", { class: "notes" }, ev.notes.map((n) => h("li", {}, n))) : null),
     h("div", {}, h("h3", {}, "Against baselines"), chartBox("chart-baselines", 60 + 44 * (1 + Object.keys(baselineValues).length)))));
-  view.append(evalSection);
+  slot.append(evalSection);
   mountChart($("#chart-baselines"), Charts.baselines({ metric: main, model: ev.metrics.test?.[main], interval: ev.intervals?.test?.[main],
     baselines: baselineValues, lowerIsBetter }));
   if (ev.confusion_matrix) {
     const n = ev.confusion_matrix.labels.length;
-    view.append(section("Confusion matrix (test)", h("div", { class: "square" }, chartBox("chart-confusion", Math.min(160 + 48 * n, 640)))));
+    slot.append(section("Confusion matrix (test)", h("div", { class: "square" }, chartBox("chart-confusion", Math.min(160 + 48 * n, 640)))));
     mountChart($("#chart-confusion"), Charts.confusion(ev.confusion_matrix));
   }
   const attr = ev.attribution;
   if (ev.text_attribution) {
-    view.append(textAttributionSection(ev.text_attribution));
+    slot.append(textAttributionSection(ev.text_attribution));
   } else if (attr?.importance?.length) {
     const shares = Object.entries(attr.feature_importance || {}).map(([f, v]) => `${f} ${fmt(v, 3)}`).join(" · ");
-    view.append(section("Attribution",
+    slot.append(section("Attribution",
       h("div", { class: "chart-row" },
         h("div", {}, h("h3", {}, "Time steps × features (integrated gradients)"),
           h("p", { class: "hint" }, `${attr.examples} test examples; feature totals: ${shares}`),
@@ -571,7 +714,10 @@ function renderEvaluation(view, ev) {
     mountChart($("#chart-attribution"), Charts.attribution(attr));
     if (attr.permutation_importance) mountChart($("#chart-permutation"), Charts.permutation({ importance: attr.permutation_importance, metric: attr.permutation_metric }));
   } else {
-    view.append(section("Attribution", empty("No attribution for this job (evaluation.attribution was off, or the job has no test windows).")));
+    // Why there is none is the server's to say (its notes: attribution off, no test windows, a task
+    // that has none); without such a note the page does not guess.
+    const why = (ev.notes || []).filter((n) => /attribution/i.test(n));
+    slot.append(section("Attribution", empty(h("span", { id: "no-attribution" }, why.length ? why.join(" ") : "No attribution for this job."))));
   }
 }
 
@@ -617,15 +763,22 @@ async function compareView(view, ids) {
     return;
   }
   // A saved link outlives its jobs: one deleted job is named and left out, the others are compared.
-  const unique = [...new Set(ids)];
-  const found = await Promise.all(unique.map((id) => api(`/jobs/${encodeURIComponent(id)}`).catch((err) => {
+  // GET /metrics takes at most 50 jobs: a longer link compares its first 50 and says so. The jobs and
+  // their evaluations are asked a few at a time (a 429 from the key's rate limit is waited out by api()).
+  const all = [...new Set(ids)];
+  const unique = all.slice(0, COMPARE_LIMIT);
+  const found = await inPool(unique, (id) => api(`/jobs/${encodeURIComponent(id)}`).catch((err) => {
     if (err.status === 404) return null;
     throw err;
-  })));
+  }));
   const missing = unique.filter((_, i) => !found[i]);
   const jobs = found.filter(Boolean);
   if (!jobs.length) throw Object.assign(new Error(`none of these jobs exists any more: ${missing.join(", ")}`), { status: 404 });
-  const evaluations = await Promise.all(jobs.map((j) => (j.status === "succeeded" ? api(`/jobs/${j.id}/evaluation`).catch(() => null) : null)));
+  // An evaluation that could not be read is named, not shown as a missing value.
+  const evaluations = await inPool(jobs, (j) => (j.status === "succeeded"
+    ? api(`/jobs/${j.id}/evaluation`).catch((err) => (err.status === 404 ? null : { error: err.message }))
+    : null));
+  const unreadable = jobs.map((j, i) => [j, evaluations[i]]).filter(([, e]) => e?.error);
   const history = await api(`/metrics?${jobs.map((j) => `job_id=${encodeURIComponent(j.id)}`).join("&")}&max_points=500`);
   const historyOf = new Map(history.jobs.map((j) => [j.job_id, j]));
   const names = [...new Set(history.jobs.flatMap((j) => j.series.map((s) => `${s.split}.${s.name}`)))].sort();
@@ -662,10 +815,15 @@ async function compareView(view, ids) {
     })));
   view.replaceChildren(
     section(`Compare ${jobs.length} jobs`, h("p", { class: "crumbs" }, h("a", { href: "#/jobs" }, "Jobs"), " / compare"),
+      all.length > unique.length ? h("p", { id: "compare-limit", class: "error inline" },
+        `Compared the first ${COMPARE_LIMIT} of the ${all.length} jobs in this link: the API compares at most ${COMPARE_LIMIT} at once.`) : null,
       missing.length ? h("p", { id: "compare-missing", class: "error inline" },
         `Left out, no longer found (deleted?): ${missing.join(", ")}`) : null,
       h("label", {}, "series ", select), chartHolder),
-    section("Test metrics (95% CI)", metricNames.length ? metricsTable : empty("None of these jobs has an evaluation yet.")),
+    section("Test metrics (95% CI)",
+      unreadable.length ? h("p", { id: "compare-unreadable", class: "error inline" },
+        `Could not load the evaluation of ${unreadable.map(([j, e]) => `${label(j)} (${e.error})`).join(", ")}; reload to try again.`) : null,
+      metricNames.length ? metricsTable : empty("None of these jobs has an evaluation yet.")),
     section("Spec differences", h("label", {}, onlyDiff, " only fields that differ"), tableWrap(specTable)));
   if (chosen) draw(chosen); else chartHolder.replaceChildren(empty("No epochs recorded for these jobs yet."));
 }
@@ -678,8 +836,71 @@ function settingLabel(setting) {
 }
 
 async function sweepView(view, id) {
-  const sweep = await api(`/sweeps/${encodeURIComponent(id)}`);
-  state.sweepNames[sweep.id] = sweep;
+  const first = await api(`/sweeps/${encodeURIComponent(id)}`);
+  // Built once; while the sweep runs, a refresh every 5 s updates these parts where they are (the
+  // charts by setOption on the same instances): the scroll position stays, a focused link in the
+  // table keeps the focus, and nothing changes while the pointer is on a chart (its tooltip stays;
+  // the update lands when the pointer leaves).
+  const head = h("section", { id: "sweep-head" });
+  const tableHolder = h("div");
+  const confirmationSlot = h("div", { class: "slot" });
+  const parameterList = h("ul", { id: "sweep-parameters" });
+  const boxes = { sweep: chartBox("chart-sweep", 340), parallel: chartBox("chart-parallel", 320), effect: chartBox("chart-effect", 320) };
+  view.replaceChildren(
+    head,
+    section("Settings", boxes.sweep, tableHolder),
+    confirmationSlot,
+    section("What moves the metric", h("div", { class: "chart-row" },
+      h("div", {}, h("h3", {}, "Parallel coordinates (one line per job)"), boxes.parallel),
+      h("div", {}, h("h3", {}, "Parameter effect"), boxes.effect, parameterList))),
+  );
+  const charts = {};
+  let hovering = false;
+  let pending = null;
+  const draw = (key, option, none) => {
+    const el = boxes[key];
+    if (!option) {
+      if (charts[key]) { unmountChart(charts[key]); charts[key] = null; }
+      el.replaceChildren(empty(none));
+      return;
+    }
+    if (charts[key]) { charts[key].setOption(option, { notMerge: true }); return; }
+    el.replaceChildren();
+    charts[key] = mountChart(el, option);
+  };
+  for (const el of Object.values(boxes)) {
+    el.addEventListener("mouseenter", () => { hovering = true; });
+    el.addEventListener("mouseleave", () => { hovering = false; if (pending) { const next = pending; pending = null; render(next); } });
+  }
+  let timer = null;
+  const refresh = async () => {
+    const next = await api(`/sweeps/${encodeURIComponent(id)}`);
+    view.check();
+    if (hovering) pending = next; else render(next);
+    if (next.report.complete) clearInterval(timer);
+  };
+  const render = (sweep) => {
+    state.sweepNames[sweep.id] = sweep;
+    const focus = focusKey($("#view"));
+    renderSweep(sweep, { head, tableHolder, confirmationSlot, parameterList, draw, refresh });
+    restoreFocus($("#view"), focus);
+  };
+  render(first);
+  if (!first.report.complete) {
+    let busy = false;
+    timer = setInterval(async () => {
+      if (busy) return;
+      busy = true;
+      try { await refresh(); } catch (err) {
+        if (err instanceof StaleRoute) clearInterval(timer);
+        else say(`could not refresh the sweep: ${err.message}`);
+      } finally { busy = false; }
+    }, 5000);
+    state.timer = timer;
+  }
+}
+
+function renderSweep(sweep, { head, tableHolder, confirmationSlot, parameterList, draw, refresh }) {
   const report = sweep.report;
   const m = report.main_metric;
   const settings = report.settings;
@@ -691,18 +912,22 @@ async function sweepView(view, id) {
   const seeds = sweep.jobs.filter((j) => j.status === "succeeded" && ranked(j) != null && indexOf.has(j.setting_key))
     .map((j) => ({ setting: indexOf.get(j.setting_key), value: ranked(j), seed: j.seed }));
   const best = report.best;
+  // A search has two "best" settings: this one, by the mean of all its runs (its trial and its
+  // confirmation runs), and the one the search selected by its best trial (the confirmation table).
+  const bestName = report.search ? "best mean over all its runs (trial and confirmation runs)" : "best";
   const bestText = best
     ? [h("p", { id: "sweep-best" }, best.explanation),
-      h("p", { class: "hint" }, `best: ${settingLabel(best.best.setting)} (mean ${fmt(best.best.mean)}, n=${best.best.n})`,
+      h("p", { class: "hint", id: "sweep-best-setting" }, `${bestName}: ${settingLabel(best.best.setting)} (mean ${fmt(best.best.mean)}, n=${best.best.n})`,
         best.runner_up ? ` · runner-up: ${settingLabel(best.runner_up.setting)} (mean ${fmt(best.runner_up.mean)}, n=${best.runner_up.n})` : " · no runner-up",
         best.distinguishable === null ? "" : best.distinguishable ? " · their 95% intervals do not overlap" : " · their 95% intervals overlap: not distinguishable")]
     : [h("p", { id: "sweep-best" }, "No finished jobs yet.")];
   const jobsOf = (key) => sweep.jobs.filter((j) => j.setting_key === key);
+  // "#" numbers the settings as the settings chart does when their names are too long for its axis.
   const table = tableWrap(h("table", { id: "sweep-settings" },
-    h("thead", {}, h("tr", {}, ["rank", "setting", "n", `mean ± std (${report.split} ${m})`, "95% CI", "seed CV", "jobs"].map((t) => h("th", {}, t)))),
-    h("tbody", {}, settings.map((s) => {
+    h("thead", {}, h("tr", {}, ["#", "rank", "setting", "n", `mean ± std (${report.split} ${m})`, "95% CI", "seed CV", "jobs"].map((t) => h("th", {}, t)))),
+    h("tbody", {}, settings.map((s, i) => {
       const stat = s.metrics[m];
-      return h("tr", {}, h("td", {}, s.rank ?? "–"),
+      return h("tr", { "data-id": s.setting_key }, h("td", { class: "num" }, i + 1), h("td", {}, s.rank ?? "–"),
         h("td", {}, Object.entries(s.setting).map(([k, v]) => `${k}=${settingValue(v)}`).join(", ") || "base"),
         h("td", {}, `${s.n}/${s.jobs}`),
         h("td", { class: "num" }, stat ? `${fmt(stat.mean)} ± ${fmt(stat.std)}` : "–"),
@@ -713,47 +938,40 @@ async function sweepView(view, id) {
     }))));
   // The comparison takes at most 50 jobs (the API's limit): the best-ranked settings' jobs first.
   const byRank = [...sweep.jobs].sort((a, b) => (indexOf.get(a.setting_key) ?? 1e9) - (indexOf.get(b.setting_key) ?? 1e9));
-  const compareAll = h("a", { href: `#/compare?jobs=${byRank.slice(0, 50).map((j) => j.id).join(",")}` },
-    sweep.jobs.length > 50 ? "compare the first 50 of its jobs" : "compare all its jobs");
-  view.replaceChildren(
-    section(null, h("p", { class: "crumbs" }, h("a", { href: "#/sweeps" }, "Sweeps"), " / ", sweep.id),
-      h("h2", { id: "sweep-title" }, `Sweep ${sweep.name || sweep.id}`, " ", report.complete
-        ? h("button", { type: "button", id: "delete-sweep", onclick: async () => {
-          if (!window.confirm(`Delete sweep ${sweep.name || sweep.id} and its ${sweep.jobs.length} jobs?`)) return;
-          try { await api(`/sweeps/${sweep.id}`, { method: "DELETE" }); navigate("#/sweeps"); } catch (err) { say(err.message); }
-        } }, "Delete")
-        : h("button", { type: "button", id: "cancel-sweep", onclick: async () => {
-          try { await api(`/sweeps/${sweep.id}/cancel`, { method: "POST" }); route(); } catch (err) { say(err.message); }
-        } }, "Cancel its queued and running jobs")),
-      h("p", { id: "sweep-progress" }, `${report.succeeded} of ${report.total} jobs succeeded`,
-        report.pruned ? `, ${report.pruned} pruned` : "",
-        report.complete ? "" : " (still running: the statistics can change)", ` · ${sweep.search} search · ${report.split} ${m}, ${report.lower_is_better ? "lower" : "higher"} is better · `, compareAll),
-      bestText),
-    section("Settings", chartBox("chart-sweep", 340), table),
-    report.search ? confirmationSection(report) : null,
-    section("What moves the metric", h("div", { class: "chart-row" },
-      h("div", {}, h("h3", {}, "Parallel coordinates (one line per job)"), chartBox("chart-parallel", 320)),
-      h("div", {}, h("h3", {}, "Parameter effect"), chartBox("chart-effect", 320),
-        h("ul", { id: "sweep-parameters" }, Object.entries(report.parameters).map(([path, p]) =>
-          h("li", {}, `${path}: range ${fmt(p.range)}, share of variance ${p.share_of_variance === null ? "–" : `${fmt(100 * p.share_of_variance, 3)}%`}` +
-            (p.importance == null ? "" : `, importance (${report.importance_method}) ${fmt(100 * p.importance, 3)}%`))))))),
-  );
-  if (!settings.some((s) => s.metrics[m])) {
-    $("#chart-sweep").replaceChildren(empty("No succeeded jobs yet: the statistics appear as seeds finish."));
-  } else {
-    mountChart($("#chart-sweep"), Charts.sweepSettings({ labels, metric: m, seeds, split: report.split,
-      means: settings.map((s) => s.metrics[m]?.mean ?? null), intervals: settings.map((s) => s.metrics[m]?.ci ?? null) }));
-  }
+  const compareAll = h("a", { id: "sweep-compare", href: `#/compare?jobs=${byRank.slice(0, COMPARE_LIMIT).map((j) => j.id).join(",")}` },
+    sweep.jobs.length > COMPARE_LIMIT ? `compare the first ${COMPARE_LIMIT} of its jobs` : "compare all its jobs");
+  head.replaceChildren(
+    h("p", { class: "crumbs" }, h("a", { href: "#/sweeps" }, "Sweeps"), " / ", sweep.id),
+    h("h2", { id: "sweep-title" }, `Sweep ${sweep.name || sweep.id}`, " ", report.complete
+      ? h("button", { type: "button", id: "delete-sweep", onclick: async () => {
+        if (!window.confirm(`Delete sweep ${sweep.name || sweep.id} and its ${sweep.jobs.length} jobs?`)) return;
+        try { await api(`/sweeps/${sweep.id}`, { method: "DELETE" }); navigate("#/sweeps"); } catch (err) { say(err.message); }
+      } }, "Delete")
+      : h("button", { type: "button", id: "cancel-sweep", onclick: async () => {
+        try { await api(`/sweeps/${sweep.id}/cancel`, { method: "POST" }); await refresh(); } catch (err) { if (!(err instanceof StaleRoute)) say(err.message); }
+      } }, "Cancel its queued and running jobs")),
+    h("p", { id: "sweep-progress" }, `${report.succeeded} of ${report.total} jobs succeeded`,
+      report.pruned ? `, ${report.pruned} pruned` : "",
+      report.complete ? "" : " (still running: the statistics can change)", ` · ${sweep.search} search · ${report.split} ${m}, ${report.lower_is_better ? "lower" : "higher"} is better · `, compareAll),
+    ...bestText);
+  tableHolder.replaceChildren(table);
+  confirmationSlot.replaceChildren(...(report.search ? [confirmationSection(report)] : []));
+  parameterList.replaceChildren(...Object.entries(report.parameters).map(([path, p]) =>
+    h("li", {}, `${path}: range ${fmt(p.range)}, share of variance ${p.share_of_variance === null ? "–" : `${fmt(100 * p.share_of_variance, 3)}%`}` +
+      (p.importance == null ? "" : `, importance (${report.importance_method}) ${fmt(100 * p.importance, 3)}%`))));
+  draw("sweep", settings.some((s) => s.metrics[m])
+    ? Charts.sweepSettings({ labels, metric: m, seeds, split: report.split,
+      means: settings.map((s) => s.metrics[m]?.mean ?? null), intervals: settings.map((s) => s.metrics[m]?.ci ?? null) })
+    : null, "No succeeded jobs yet: the statistics appear as seeds finish.");
   // A grid names its parameters; a search's trials carry theirs in their settings.
   const params = Object.keys(sweep.grid || {}).length ? Object.keys(sweep.grid)
     : [...new Set(sweep.jobs.flatMap((j) => Object.keys(j.setting || {})))].sort();
   const rows = sweep.jobs.filter((j) => j.status === "succeeded" && ranked(j) != null && params.every((p) => p in (j.setting || {})))
     .map((j) => [...params.map((p) => j.setting[p]), ranked(j)]);
-  if (params.length && rows.length) mountChart($("#chart-parallel"), Charts.parallel({ parameters: params, rows, metric: m, lowerIsBetter: report.lower_is_better, split: report.split }));
-  else $("#chart-parallel").replaceChildren(empty(params.length ? "No succeeded jobs yet." : "This sweep varies only the seed."));
-  if (Object.keys(report.parameters).length) mountChart($("#chart-effect"), Charts.parameterEffect({ parameters: report.parameters, metric: m, split: report.split }));
-  else $("#chart-effect").replaceChildren(empty("No parameter effect yet."));
-  if (!report.complete) state.timer = setInterval(() => route(), 5000);
+  draw("parallel", params.length && rows.length ? Charts.parallel({ parameters: params, rows, metric: m, lowerIsBetter: report.lower_is_better, split: report.split }) : null,
+    params.length ? "No succeeded jobs yet." : "This sweep varies only the seed.");
+  draw("effect", Object.keys(report.parameters).length ? Charts.parameterEffect({ parameters: report.parameters, metric: m, split: report.split }) : null,
+    "No parameter effect yet.");
 }
 
 // A tpe search chooses on validation metrics; the best and the runner-up are then re-run over the
@@ -763,7 +981,10 @@ function confirmationSection(report) {
   const conf = search.confirmation;
   const testName = report.main_metric;
   const summary = (stat) => (stat ? `${fmt(stat.mean)} ± ${fmt(stat.std)}${stat.ci ? ` [${fmt(stat.ci[0])}, ${fmt(stat.ci[1])}]` : ""} (n=${stat.n})` : "–");
-  const rows = conf ? [["best", conf.best], ["runner-up", conf.runner_up]].filter(([, c]) => c) : [];
+  // The search selects by each setting's best trial and then confirms on fresh seeds; the "best mean
+  // over all its runs" above ranks by the mean of every run, so the two can name different settings.
+  const rows = conf ? [["selected by the search (its best trial), confirmed on fresh seeds", conf.best],
+    ["runner-up of the search, confirmed on fresh seeds", conf.runner_up]].filter(([, c]) => c) : [];
   return section("Search and confirmation",
     h("p", { id: "search-state" }, `${search.trials} of ${search.trial_budget} trials asked · ${search.pruned} pruned`,
       search.pruner ? ` by ${search.pruner}` : "", ` · objective ${search.objective} (${search.direction})`,
@@ -779,9 +1000,38 @@ function confirmationSection(report) {
       : empty(conf ? "The confirmation runs start when every trial has ended." : "This search has no confirmation seeds."));
 }
 
+// ---------------------------------------------------------------- cursor paging of the sweeps and datasets
+// As in the jobs list: the page's cursor is in the address (links, reloads and Back keep it), the
+// cursors of earlier pages are remembered, so Previous steps back (after a reload: to the first page).
+function pageOf(list, params) {
+  const limit = Math.min(500, Math.max(1, Number(params.get("limit") || 50) || 50));
+  const cursor = params.get("cursor") || "";
+  const pageNo = Math.max(1, Number(params.get("page") || 1) || 1);
+  const key = `${list}:${limit}`;
+  if (!listState.cursors.has(key)) listState.cursors.set(key, {});
+  const known = listState.cursors.get(key);
+  if (cursor) known[pageNo] = cursor;
+  return { list, limit, cursor, pageNo, known, query: `limit=${limit}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}` };
+}
+
+function pagerOf({ list, limit, pageNo, known }, nextCursor) {
+  if (pageNo === 1 && !nextCursor) return null;
+  const go = (changes) => {
+    const q = new URLSearchParams({ ...(limit !== 50 ? { limit: String(limit) } : {}), ...changes });
+    navigate(`#/${list}${q.toString() ? `?${q}` : ""}`);
+  };
+  const previous = pageNo <= 2 ? {} : known[pageNo - 1] ? { cursor: known[pageNo - 1], page: String(pageNo - 1) } : null;
+  return h("div", { class: "pager" },
+    h("button", { type: "button", id: "previous-page", disabled: pageNo === 1, onclick: () => go(previous || {}) }, previous ? "‹ Previous" : "« First page"),
+    h("span", { id: "page-number" }, `page ${pageNo}`),
+    h("button", { type: "button", id: "next-page", disabled: !nextCursor, onclick: () => go({ cursor: nextCursor, page: String(pageNo + 1) }) }, "Next ›"));
+}
+
 // ---------------------------------------------------------------- sweeps index
-async function sweepsView(view) {
-  const [page] = await Promise.all([api("/sweeps?limit=200"), loadDatasetNames()]);
+async function sweepsView(view, params) {
+  const paging = pageOf("sweeps", params);
+  const page = await api(`/sweeps?${paging.query}`);
+  await ensureDatasetNames(page.items.map((sw) => sw.dataset_id));
   for (const sw of page.items) state.sweepNames[sw.id] = sw;
   const table = page.items.length
     ? tableWrap(h("table", { id: "sweeps" },
@@ -791,19 +1041,21 @@ async function sweepsView(view) {
         return h("tr", { "data-id": sw.id, onclick: () => navigate(`#/sweeps/${sw.id}`) },
           h("td", { class: "clip", title: sw.name || sw.id }, h("a", { href: `#/sweeps/${sw.id}` }, sw.name || sw.id.slice(0, 8))),
           h("td", {}, sw.search),
-          h("td", { class: "clip" }, state.datasetNames[sw.dataset_id]?.name || sw.dataset_id.slice(0, 8)),
+          h("td", { class: "clip", title: state.datasetNames[sw.dataset_id]?.name || sw.dataset_id }, state.datasetNames[sw.dataset_id]?.name || sw.dataset_id.slice(0, 8)),
           h("td", {}, progressBar({ progress: { epoch: p.finished, epochs: p.total } })),
           h("td", { class: "num" }, p.succeeded), h("td", { class: "num" }, `${p.failed} / ${p.cancelled} / ${p.pruned}`),
           whenCell(sw.created_at));
       }))))
     : empty(h("h3", {}, "No sweeps yet"), h("p", {}, "POST a base spec and a grid to ", h("code", {}, "/api/v1/sweeps"),
       " or run ", h("code", {}, "rnnlab sweeps submit"), " (see the ", docsLink(), ")."));
-  view.replaceChildren(section("Sweeps", page.next_cursor ? h("p", { class: "hint" }, "The 200 newest sweeps.") : null, table));
+  view.replaceChildren(section("Sweeps", table, pagerOf(paging, page.next_cursor)));
 }
 
 // ---------------------------------------------------------------- datasets
-async function datasetsView(view) {
-  const page = await api("/datasets?limit=200");
+async function datasetsView(view, params) {
+  const paging = pageOf("datasets", params);
+  const page = await api(`/datasets?${paging.query}`);
+  for (const d of page.items) state.datasetNames[d.id] = d;
   const fileInput = h("input", { type: "file", name: "file", id: "upload-file", required: true, accept: ".csv,.gz,.parquet,.npz" });
   const nameInput = h("input", { type: "text", name: "name", id: "upload-name", placeholder: "name (optional)" });
   const uploadMessage = h("p", { id: "upload-message", class: "inline", role: "status" });
@@ -823,20 +1075,33 @@ async function datasetsView(view) {
     ? tableWrap(h("table", { id: "datasets" },
       h("thead", {}, h("tr", {}, ["name", "format", "rows", "columns", "size", "created"].map((t) => h("th", {}, t)))),
       h("tbody", {}, page.items.map((d) => h("tr", { "data-id": d.id, onclick: () => navigate(`#/datasets/${d.id}`) },
-        h("td", {}, h("a", { href: `#/datasets/${d.id}` }, d.name)), h("td", {}, d.format),
+        h("td", { class: "clip", title: d.name }, h("a", { href: `#/datasets/${d.id}` }, d.name)), h("td", {}, d.format),
         h("td", { class: "num" }, d.num_rows ?? "–"),
         // The list carries a column count (names are on the dataset's own page); NPZ files list their arrays.
         h("td", {}, d.arrays ? Object.keys(d.arrays).join(", ") : d.num_columns != null ? `${d.num_columns} columns` : (d.columns || []).map((c) => c.name).join(", ")),
         h("td", { class: "num" }, `${fmt(d.size_bytes / 1024, 3)} KiB`), whenCell(d.created_at))))))
     : empty(h("h3", {}, "No datasets yet"), h("p", {}, "Upload a .csv, .csv.gz, .parquet or .npz file above (or POST it to ",
       h("code", {}, "/api/v1/datasets"), ", see the ", docsLink(), ")."));
-  view.replaceChildren(section("Upload a dataset", form, uploadMessage), section("Datasets", table));
+  view.replaceChildren(section("Upload a dataset", form, uploadMessage), section("Datasets", table, pagerOf(paging, page.next_cursor)));
+}
+
+// The preview's cells as the API sent them: a number keeps its JSON text (1700000000123 or 0.1, never
+// 1.7e+12 or a rounded float), where the browser gives JSON.parse the source text of each value.
+class ExactNumber { constructor(text) { this.text = text; } }
+function exactPreview(text) {
+  const preview = JSON.parse(text);
+  if (preview.rows) {
+    preview.rows = JSON.parse(text, (key, value, context) =>
+      (typeof value === "number" ? new ExactNumber(context?.source ?? String(value)) : value)).rows;
+  }
+  return preview;
 }
 
 async function datasetView(view, id) {
   const ds = await api(`/datasets/${encodeURIComponent(id)}`);
+  state.datasetNames[ds.id] = ds;
   const [preview, jobs, schema] = await Promise.all([
-    api(`/datasets/${ds.id}/preview?rows=20`),
+    api(`/datasets/${ds.id}/preview?rows=20`, { raw: true }).then(async (r) => exactPreview(await r.text())),
     api(`/jobs?dataset_id=${ds.id}&limit=50`),
     fetch("/openapi.json").then((r) => r.json()),
   ]);
@@ -854,7 +1119,8 @@ async function datasetView(view, id) {
   if (preview.rows?.length) {
     const keys = Object.keys(preview.rows[0]);
     previewTable = tableWrap(h("table", { id: "dataset-preview" }, h("thead", {}, h("tr", {}, keys.map((k) => h("th", {}, k)))),
-      h("tbody", {}, preview.rows.map((r) => h("tr", {}, keys.map((k) => h("td", {}, typeof r[k] === "number" ? fmt(r[k], 6) : r[k] ?? "–")))))));
+      h("tbody", {}, preview.rows.map((r) => h("tr", {}, keys.map((k) => r[k] instanceof ExactNumber
+        ? h("td", { class: "num" }, r[k].text) : h("td", {}, r[k] ?? "–")))))));
   } else if (preview.arrays) {
     previewTable = h("pre", { id: "dataset-preview" }, JSON.stringify(preview.arrays, null, 1).slice(0, 4000));
   } else previewTable = empty("Nothing to preview.");

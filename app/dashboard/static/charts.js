@@ -4,14 +4,14 @@
 "use strict";
 
 const Charts = (() => {
-  // Significant digits, never a 20-digit float: 0.01235, 1235, 1.93e+22.
+  // Significant digits, never a 20-digit float: 0.01235, 1235, 1.933e+22 (exponent form too).
   function fmt(x, digits = 4) {
     if (x === null || x === undefined || x === "") return "–";
     if (typeof x !== "number") return String(x);
     if (!Number.isFinite(x)) return String(x);
     if (x === 0) return "0";
     const abs = Math.abs(x);
-    if (abs >= 1e6 || abs < 1e-3) return x.toExponential(digits - 2).replace(/\.?0+e/, "e");
+    if (abs >= 1e6 || abs < 1e-3) return x.toExponential(digits - 1).replace(/\.?0+e/, "e");
     return new Intl.NumberFormat("en-US", { maximumSignificantDigits: digits, useGrouping: false }).format(x);
   }
 
@@ -219,8 +219,17 @@ const Charts = (() => {
     };
   }
 
+  // Settings named on the axis only while their names fit side by side; otherwise numbered as the
+  // "#" column of the settings table (the tooltip still names each).
+  function settingTicks(labels) {
+    const longest = Math.max(0, ...labels.map((l) => l.length));
+    return labels.length * longest > 110 || longest > 40 ? labels.map((_, i) => `#${i + 1}`) : labels;
+  }
+
   /** Per-setting mean with its CI as error bars; each seed's value as a point just right of it. */
   function sweepSettings({ labels, means, intervals, seeds, metric, split = "test" }) {
+    const ticks = settingTicks(labels);
+    const numbered = ticks !== labels;
     // A value axis with one unit per setting, so seed points can sit beside the mean instead of under it.
     const rank = {};
     const seedPoints = seeds.map((s) => {
@@ -244,11 +253,11 @@ const Charts = (() => {
         type: "value",
         min: -0.5,
         max: labels.length - 0.5,
-        ...axisName("setting", 40),
+        ...axisName(numbered ? "setting (# in the table below)" : "setting", 40),
         splitLine: { show: false },
         // Ticks and labels at the settings only (customValues, ECharts >= 5.5.1), not at round numbers.
         axisTick: { customValues: labels.map((_, i) => i) },
-        axisLabel: { customValues: labels.map((_, i) => i), formatter: (v) => labels[v] ?? "", hideOverlap: true },
+        axisLabel: { customValues: labels.map((_, i) => i), formatter: (v) => ticks[v] ?? "", hideOverlap: true },
       },
       // onZero off: the x axis spans -0.5.., so the y axis would otherwise cross it at the first setting.
       yAxis: { type: "value", scale: true, axisLine: { onZero: false }, ...axisName(`${split} ${metric}`, 52), axisLabel: { formatter: tick } },
@@ -265,8 +274,10 @@ const Charts = (() => {
     const axes = parameters.map((p, i) => {
       const values = rows.map((r) => r[i]);
       const numeric = values.every((v) => typeof v === "number");
+      // 0.001, 0.003, 0.01 are evenly apart on a log axis, crowded at 0 on a linear one.
+      if (numeric && wantsLog(values)) return { dim: i, name: `${p} (log)`, type: "log", axisLabel: { formatter: tick } };
       return numeric
-        ? { dim: i, name: p, type: "value", scale: true }
+        ? { dim: i, name: p, type: "value", scale: true, axisLabel: { formatter: tick } }
         : { dim: i, name: p, type: "category", data: [...new Set(values.map(String))].sort() };
     });
     const metricDim = parameters.length;
@@ -296,24 +307,51 @@ const Charts = (() => {
     };
   }
 
-  /** For each swept parameter, the mean of the setting means at each of its values. */
-  function parameterEffect({ parameters, metric, split = "test" }) {
-    const labels = [];
-    const bars = [];
-    for (const [path, p] of Object.entries(parameters)) {
-      for (const v of p.values) {
-        labels.push(`${path.split(".").pop()}=${typeof v.value === "number" ? fmt(v.value) : v.value}`);
-        bars.push({ value: v.mean, path });
-      }
+  // A continuous parameter (a tpe search's learning rate: every trial its own float) has as many
+  // values as trials: its values are grouped into at most 5 bins of about equal counts (on a log scale
+  // when they span more than 20x), each bar the mean of the setting means in it, weighted by settings.
+  const MAX_VALUES = 6;
+  function effectBars(path, p) {
+    const short = path.split(".").pop();
+    const values = p.values;
+    const numeric = values.every((v) => typeof v.value === "number");
+    if (!numeric || values.length <= MAX_VALUES) {
+      return values.map((v) => ({ label: `${short}=${typeof v.value === "number" ? fmt(v.value) : v.value}`,
+        name: `${path} = ${typeof v.value === "number" ? fmt(v.value) : v.value}`, value: v.mean, path, settings: v.settings }));
     }
+    const sorted = [...values].sort((a, b) => a.value - b.value);
+    const bins = Math.min(5, sorted.length);
+    const out = [];
+    for (let b = 0; b < bins; b++) {
+      const members = sorted.slice(Math.floor((b * sorted.length) / bins), Math.floor(((b + 1) * sorted.length) / bins));
+      const weight = members.reduce((a, v) => a + (v.settings || 1), 0);
+      const mean = members.reduce((a, v) => a + v.mean * (v.settings || 1), 0) / weight;
+      const lo = members[0].value;
+      const hi = members[members.length - 1].value;
+      const range = lo === hi ? fmt(lo, 3) : `${fmt(lo, 3)}–${fmt(hi, 3)}`;
+      out.push({ label: `${short} ${range}`, name: `${path} from ${fmt(lo)} to ${fmt(hi)} (${weight} settings)`, value: mean, path, settings: weight });
+    }
+    return out;
+  }
+
+  /** For each swept parameter, the mean of the setting means at each of its values (or value bins). */
+  function parameterEffect({ parameters, metric, split = "test" }) {
+    const bars = Object.entries(parameters).flatMap(([path, p]) => effectBars(path, p));
     const paths = Object.keys(parameters);
     const palette = ["#2f6fde", "#e0662d", "#2a9d5b", "#9b4dca", "#c9a227", "#d3365d"];
+    // Every bar keeps its label: turned when there are many, cut to 24 characters (whole in the tooltip).
+    const turned = bars.length > 5 || bars.some((b) => b.label.length > 16);
     return {
       backgroundColor: "transparent",
       animation: false,
-      tooltip: { trigger: "item", formatter: (p) => `${escapeHtml(p.name)}: mean ${fmt(p.value)}` },
-      grid: { left: 64, right: 24, top: 16, bottom: 64 },
-      xAxis: { type: "category", data: labels, ...axisName("parameter value", 40), axisLabel: { interval: 0, hideOverlap: true } },
+      tooltip: { trigger: "item", formatter: (p) => `${escapeHtml(bars[p.dataIndex].name)}: mean ${fmt(p.value)}` },
+      grid: { left: 64, right: 24, top: 16, bottom: turned ? 112 : 64 },
+      xAxis: {
+        type: "category",
+        data: bars.map((b) => b.label),
+        ...axisName("parameter value", turned ? 100 : 40),
+        axisLabel: { interval: 0, rotate: turned ? 35 : 0, hideOverlap: false, formatter: (v) => (v.length > 24 ? `${v.slice(0, 23)}…` : v) },
+      },
       // Bars start at zero: a bar's length is its value (a cut axis makes 4% look like 10×).
       yAxis: { type: "value", scale: false, ...axisName(`mean ${split} ${metric}`, 52), axisLabel: { formatter: tick } },
       series: [
@@ -321,7 +359,7 @@ const Charts = (() => {
           type: "bar",
           barMaxWidth: 36,
           data: bars.map((b) => ({ value: b.value, itemStyle: { color: palette[paths.indexOf(b.path) % palette.length] } })),
-          label: { show: true, position: "top", formatter: (p) => fmt(p.value, 3) },
+          label: { show: bars.length <= 12, position: "top", formatter: (p) => fmt(p.value, 3) },
         },
       ],
     };
