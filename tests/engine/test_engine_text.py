@@ -116,6 +116,36 @@ def test_words_spelling_the_special_tokens_are_words_not_padding(lowercase: bool
     assert np.count_nonzero(with_pad[0]) == 4 and np.count_nonzero(with_pad[1]) == 4  # [ pad ] great
 
 
+def test_training_words_that_spell_special_tokens_keep_the_ids_dense() -> None:
+    """With case kept, the word-level trainer numbered [PAD]/[UNK] after training words that spell them:
+    id 0 was a word and the vocabulary one short of its largest id (an IndexError in training)."""
+    words = ["[PAD]", "hello", "x", "world", "[UNK]"]
+    spec = JobSpec.model_validate(
+        {
+            "dataset_id": "ds",
+            "task": "tagging",
+            "data": {"layout": "text", "target": "tags"},
+            "text": {"column": "words", "lowercase": False},
+        }
+    )
+    codec = TextCodec.train(spec, [words], pretokenized=True)
+    vocab = codec.tokenizer.get_vocab()
+    assert vocab["[PAD]"] == 0 and vocab["[UNK]"] == 1
+    assert sorted(vocab.values()) == list(range(codec.vocab_size))
+    rows = 40
+    table = pa.table(
+        {
+            "words": [" ".join(words)] * rows,
+            "tags": ["O B-X O O O"] * rows,
+        }
+    )
+    body = spec.model_dump()
+    body.update(model={"hidden_size": 4, "embedding_dim": 4}, training={"epochs": 2, "batch_size": 8})
+    body["evaluation"] = {"bootstrap_samples": 0, "attribution": False}
+    result = train_and_evaluate(JobSpec.model_validate(body), table)
+    assert result.evaluation is not None and result.epochs_run == 2
+
+
 def test_vocabulary_comes_from_the_training_part_only() -> None:
     spec = text_spec(text={"column": "review", "max_length": 2})
     codec = TextCodec.train(spec, ["seen words"], pretokenized=False)

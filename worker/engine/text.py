@@ -60,20 +60,30 @@ def _tokenizer(kind: str, lowercase: bool, pretokenized: bool) -> Any:
     return tok
 
 
-def _without_added_tokens(tok: Any) -> Any:
+def _without_added_tokens(tok: Any, renumber: bool = False) -> Any:
     """The tokenizer without its added-token matching. The trainer registers ``[PAD]`` and ``[UNK]`` as
     added tokens, which ``tokenizers`` finds in the *raw* input before the word model runs: a word
     ``x[PAD]y`` became three tokens (tags out of line with the words) and ``[PAD]`` in a text acted as
-    padding. Both stay in the model's vocabulary (ids 0 and 1); only the matching goes."""
+    padding. Both stay in the model's vocabulary; only the matching goes.
+
+    ``renumber`` (a tokenizer just trained, never a stored one: its ids are the model's): ``[PAD]`` is
+    id 0, ``[UNK]`` id 1 and the other tokens follow without gaps. The word-level trainer numbers the
+    special tokens after the words when a training word spells one (``[PAD]`` with case kept): id 0 was
+    then a word, and the vocabulary's size was less than its largest id + 1 (an IndexError in training)."""
     import json
 
     from tokenizers import Tokenizer
 
     values = json.loads(tok.to_str())
-    if not values.get("added_tokens"):
-        return tok
+    changed = bool(values.get("added_tokens"))
     values["added_tokens"] = []
-    return Tokenizer.from_str(json.dumps(values))
+    vocab = values.get("model", {}).get("vocab")
+    if renumber and isinstance(vocab, dict):
+        words = sorted((i, t) for t, i in vocab.items() if t not in (PAD, UNK))
+        fixed = {PAD: PAD_ID, UNK: UNK_ID} | {t: n for n, (_, t) in enumerate(words, start=2)}
+        if fixed != vocab:
+            values["model"]["vocab"], changed = fixed, True
+    return Tokenizer.from_str(json.dumps(values)) if changed else tok
 
 
 @dataclass
@@ -98,7 +108,8 @@ class TextCodec:
             trainer = trainers.WordLevelTrainer(vocab_size=t.vocab_size, special_tokens=special, show_progress=False)
         words = (w for text in texts for w in text) if pretokenized else iter(texts)
         tok.train_from_iterator(words, trainer=trainer)
-        return cls(_without_added_tokens(tok), t.max_length if isinstance(t.max_length, int) else 0, pretokenized)
+        tok = _without_added_tokens(tok, renumber=True)
+        return cls(tok, t.max_length if isinstance(t.max_length, int) else 0, pretokenized)
 
     @property
     def vocab_size(self) -> int:
