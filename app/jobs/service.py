@@ -35,7 +35,7 @@ from app.quotas import check_active_jobs_quota
 from app.storage import StorageUnavailable, get_storage
 from worker.engine import DataError, JobSpec, check_spec_fits, results
 from worker.engine.defaults import TrainingShape, resolve_defaults
-from worker.engine.footprint import describe, footprint
+from worker.engine.footprint import blamed_fields, describe, footprint
 from worker.engine.metrics import lower_is_better
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,14 @@ def resolve_within_limits(spec: JobSpec, shape: TrainingShape) -> JobSpec:
     cost = footprint(resolved, shape)
     limit = get_settings().max_training_memory_bytes
     if cost.training_bytes > limit:
+        field, lower = blamed_fields(resolved, cost)
         message = (
             f"this model is too large to train here: {describe(cost)}, above the limit of "
-            f"{limit / 1024**3:,.1f} GiB (RNNLAB_MAX_TRAINING_MEMORY_BYTES); lower model.hidden_size, "
-            "model.num_layers, model.ensemble or training.batch_size"
+            f"{limit / 1024**3:,.1f} GiB (RNNLAB_MAX_TRAINING_MEMORY_BYTES); lower {', '.join(lower[:-1])} "
+            f"or {lower[-1]}"
         )
-        raise InvalidInput("model_too_large", message, [{"field": "model", "message": message, "type": "too_large"}])
+        detail = {"field": field, "message": message, "type": "too_large", "fields": lower}
+        raise InvalidInput("model_too_large", message, [detail])
     return resolved
 
 

@@ -136,6 +136,13 @@ def build_spec(base: Mapping[str, Any], setting: Mapping[str, Any], seed: int | 
     return spec
 
 
+def cost_field(detail: Mapping[str, Any], setting: Mapping[str, Any]) -> str:
+    """A too large model is blamed on the first swept path that drives its cost (``model_too_large``
+    details list those fields, most direct first), else on the field the detail names."""
+    driving = [path for path in detail.get("fields") or [] if path in setting]
+    return driving[0] if driving else str(detail.get("field") or "")
+
+
 def blame_field(field: str, setting_indices: Mapping[str, int]) -> str:
     """Rename a spec field to the grid value that produced it (``grid.model.hidden_size[2]``), if swept."""
     for path, index in setting_indices.items():

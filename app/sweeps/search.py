@@ -36,12 +36,13 @@ from sqlalchemy.orm import Session
 
 from app.datasets.service import get_dataset
 from app.db import new_session
+from app.errors import AppError
 from app.jobs.service import dispatch, fit_spec_to_dataset, new_job, parse_spec, resolve_within_limits
 from app.jobs.status import ACTIVE, JobStatus
-from app.models import EpochMetric, Job, JobMetric, Project, Sweep
+from app.models import EpochMetric, Job, JobMetric, Project, Sweep, utcnow
 from app.sweeps import grid as grids
 from app.sweeps import space as spaces
-from worker.engine.defaults import TrainingShape, unresolved_fields
+from worker.engine.defaults import TrainingShape
 from worker.engine.metrics import lower_is_better
 from worker.engine.spec import JobSpec
 
@@ -208,10 +209,20 @@ def _setting_job(session: Session, sweep: Sweep, setting: dict[str, Any], seed: 
     raw = grids.build_spec(sweep.base_spec, setting, seed)
     if raw.get("name") is None and sweep.name:
         raw["name"] = sweep.name
-    spec = _resolved(session, sweep, parse_spec(raw))  # every point of the space was checked at submit time
+    spec = parse_spec(raw)  # every point of the space parses: each parameter's ends were checked at submit
     project = session.get(Project, sweep.project_id)
     assert project is not None
-    job = new_job(project, spec, sweep_id=sweep.id, setting=setting)
+    try:
+        resolved = _resolved(session, sweep, spec)
+    except AppError as exc:
+        # A point inside the space that this server cannot run (a combination of choices past the
+        # training-memory limit that no checked end reached): the trial fails at once, saying why, and
+        # the search goes on (it raised here on every ask before, and the search never moved again).
+        job = new_job(project, spec, sweep_id=sweep.id, setting=setting)
+        job.status, job.error_type, job.error_message = JobStatus.FAILED, exc.code, exc.message[:2000]
+        job.progress_epochs, job.finished_at = 0, utcnow()
+    else:
+        job = new_job(project, resolved, sweep_id=sweep.id, setting=setting)
     job.trial_number = number
     return job
 
@@ -224,9 +235,8 @@ _SHAPES_KEPT = 64
 
 def _resolved(session: Session, sweep: Sweep, spec: JobSpec) -> JobSpec:
     """The trial's spec with its "auto" values resolved from the dataset, as a single job's or a grid
-    setting's are at submit: the stored spec shows what ran (it held "auto" before)."""
-    if not unresolved_fields(spec):
-        return spec
+    setting's are at submit (the stored spec shows what ran: it held "auto" before), within the
+    server's training-memory limit (``AppError`` ``model_too_large`` past it)."""
     # What the sizes depend on: the data and text sections, the task and the seed (the split's draw,
     # and the text length seen in the training part).
     key = json.dumps(
@@ -345,7 +355,16 @@ def advance_searches() -> dict[str, list[str]]:
                 stop_search(session, sid)  # done is final: nothing can be asked any more
             else:
                 open_ids.append(sid)
-    return {sid: ids for sid in open_ids if (ids := advance_search(sid))}
+    asked: dict[str, list[str]] = {}
+    for sid in open_ids:
+        try:
+            ids = advance_search(sid)
+        except Exception:  # one search that cannot ask (its store unreachable…) does not stop the others
+            log.exception("sweep %s: asking for trials failed; the next recovery pass tries again", sid)
+            continue
+        if ids:
+            asked[sid] = ids
+    return asked
 
 
 def search_done(session: Session, sweep_id: str) -> bool:

@@ -100,7 +100,7 @@ def _resolve_setting(spec: JobSpec, shape: TrainingShape, indices: dict[str, int
         return resolve_within_limits(spec, shape)
     except AppError as exc:
         details = [
-            {**d, "field": grids.blame_field(d.get("field") or "", indices), "setting": setting}
+            {**d, "field": grids.blame_field(grids.cost_field(d, setting), indices), "setting": setting}
             for d in (exc.details or [])
         ]
         fields = ", ".join(d["field"] for d in details)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -31,6 +32,8 @@ from app.sweeps.schemas import (
     SweepReport,
 )
 from worker.engine.metrics import lower_is_better, main_metric, task_metrics
+
+log = logging.getLogger(__name__)
 
 SELECTION_NOTE = (
     "trials are compared, and the best and runner-up chosen, on the validation objective only; "
@@ -133,7 +136,8 @@ def create_tpe_sweep(session: Session, project: Project, body: SweepCreate) -> S
             data = check_spec_against_dataset(spec, dataset, data)
         except AppError as exc:
             details = [
-                {**d, "field": _blame(d.get("field") or "", blamed, point), "point": point} for d in (exc.details or [])
+                {**d, "field": _blame(grids.cost_field(d, point), blamed, point), "point": point}
+                for d in (exc.details or [])
             ]
             fields = ", ".join(d["field"] for d in details)
             raise exc.with_message(f"{fields}: {exc.message}", details) from exc
@@ -159,8 +163,12 @@ def create_tpe_sweep(session: Session, project: Project, body: SweepCreate) -> S
     )
     session.add(sweep)
     session.commit()
-    # Asked after the commit: if this process dies here, a worker's recovery loop asks instead.
-    search.advance_search(sweep.id)
+    # Asked after the commit: if this process dies here, or the ask fails (the store unreachable while
+    # the dataset is read), a worker's recovery loop asks instead; the sweep is stored either way.
+    try:
+        search.advance_search(sweep.id)
+    except Exception:
+        log.exception("sweep %s: the first ask failed; the recovery loop asks again", sweep.id)
     return sweep
 
 

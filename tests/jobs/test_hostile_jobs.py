@@ -330,6 +330,19 @@ def test_a_model_too_large_to_train_is_a_422_before_anything_runs(client, auth, 
     assert error["details"][0]["field"].startswith("space.model."), error
     assert client.get(JOBS, headers=auth).json()["items"] == []
 
+    # A swept batch size that takes a large model over the limit (long windows): the swept value is
+    # named, not the base's model section.
+    monkeypatch.setenv("RNNLAB_MAX_TRAINING_MEMORY_BYTES", str(4 * 1024**3))
+    get_settings.cache_clear()
+    wide = {**forecast_spec(ds), "model": {"cell": "gru", "hidden_size": 2048, "num_layers": 8}}
+    wide["data"] = {**wide["data"], "lookback": 250}
+    grid = {"base": wide, "grid": {"training.batch_size": [1, 2048]}}
+    error = assert_error(client.post("/api/v1/sweeps", headers=auth, json=grid), 422, "model_too_large")
+    assert error["details"][0]["field"] == "grid.training.batch_size[1]", error
+    assert "lower model.hidden_size, model.num_layers, training.batch_size or data.lookback" in error["message"]
+    monkeypatch.delenv("RNNLAB_MAX_TRAINING_MEMORY_BYTES")
+    get_settings.cache_clear()
+
     assert client.post(JOBS, headers=auth, json=forecast_spec(ds)).status_code == 201  # a small one runs
     monkeypatch.setenv("RNNLAB_MAX_TRAINING_MEMORY_BYTES", "1000")
     get_settings.cache_clear()

@@ -105,6 +105,16 @@ def test_text_job_end_to_end(api: tuple[Any, dict[str, str]], tmp_path: Path) ->
     assert "inputs[1]" in r.json()["error"]["message"] and "surrogate" in r.json()["error"]["message"]
 
 
+def test_a_text_model_is_sized_by_the_vocabulary_it_learns(api: tuple[Any, dict[str, str]]) -> None:
+    """text.vocab_size is a ceiling: a few dozen distinct words with vocab_size 1,000,000 and a 4096-wide
+    embedding is a small model (it was refused as 4 billion parameters)."""
+    client, auth = api
+    dataset = _upload(client, auth, "reviews.parquet", planted_table(120))
+    body = _spec(dataset, text={"column": "review", "vocab_size": 1_000_000}, model={"embedding_dim": 4096})
+    r = client.post(JOBS, headers=auth, json=body)
+    assert r.status_code == 201, r.text
+
+
 def _bad_tables() -> dict[str, pa.Table]:
     reviews = planted_table(40)
     return {

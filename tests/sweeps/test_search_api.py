@@ -170,6 +170,31 @@ def test_trial_specs_hold_resolved_values_not_auto(client, auth, sine) -> None:
         assert job["spec"]["training"]["learning_rate"] == job["setting"]["training.learning_rate"]
 
 
+def test_a_trial_the_server_cannot_train_fails_and_the_search_goes_on(client, auth, sine, monkeypatch) -> None:
+    """A point inside the space past the training-memory limit (a combination of choices no checked end
+    reached; here the limit is lowered after the submit): its trial fails at once naming why, the
+    search asks on and ends (the ask raised before, on every pass, and the search never moved)."""
+    from app.config import get_settings
+
+    r = client.post("/api/v1/sweeps", headers=auth, json=tpe_body(sine, max_jobs=4, parallelism=2))
+    assert r.status_code == 201, r.text
+    sweep_id = r.json()["id"]
+    monkeypatch.setenv("RNNLAB_MAX_TRAINING_MEMORY_BYTES", "1000")
+    get_settings.cache_clear()
+    for _ in range(3):
+        with new_session() as session:
+            active = list(session.scalars(select(Job.id).where(Job.sweep_id == sweep_id, Job.status.in_(ACTIVE))))
+        for job_id in active:
+            end_trial(job_id, 0.5)
+        search.advance_searches()  # the recovery loop's pass
+    jobs = client.get(f"/api/v1/sweeps/{sweep_id}", headers=auth).json()["jobs"]
+    assert len(jobs) == 4 and sorted(j["trial_number"] for j in jobs) == [0, 1, 2, 3]
+    failed = [client.get(f"/api/v1/jobs/{j['id']}", headers=auth).json() for j in jobs if j["status"] == "failed"]
+    assert len(failed) == 2 and all(j["error"]["type"] == "model_too_large" for j in failed), failed
+    with new_session() as session:
+        assert search.search_done(session, sweep_id)
+
+
 def end_trial(job_id: str, val_rmse: float | None, status: str = "succeeded", curve: list[float] | None = None) -> None:
     """What a worker writes when a trial ends: its curve, status and final validation (and test) metrics."""
     with new_session() as session:

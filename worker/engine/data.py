@@ -118,7 +118,7 @@ def check_spec_fits(spec: JobSpec, data: Data) -> TrainingShape:
         from .text import fit_codec
 
         codec, _ = fit_codec(spec, examples.texts, split.train)
-        return TrainingShape(len(split.train), len(split.val), 1, codec.max_length)
+        return TrainingShape(len(split.train), len(split.val), 1, codec.max_length, codec.vocab_size)
     return TrainingShape(len(split.train), len(split.val), len(examples.feature_names), examples.steps)
 
 

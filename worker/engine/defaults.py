@@ -121,6 +121,7 @@ class TrainingShape:
     val_examples: int
     channels: int = 1
     steps: int = 1
+    vocabulary: int | None = None  # token inputs: the size of the vocabulary trained on the training part
 
 
 def auto_batch_size(train_examples: int) -> int:

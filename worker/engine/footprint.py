@@ -49,7 +49,8 @@ def footprint(spec: JobSpec, shape: TrainingShape) -> Footprint:
     embedding = 0
     if spec.text is not None:
         inputs = m.embedding_dim or DEFAULT_EMBEDDING_DIM
-        embedding = spec.text.vocab_size * inputs
+        # The vocabulary the tokenizer learns (the training part's distinct tokens), at most vocab_size.
+        embedding = min(spec.text.vocab_size, shape.vocabulary or spec.text.vocab_size) * inputs
     else:
         inputs = max(1, shape.channels) * patch * (2 if m.differences is True else 1)
     directions = 2 if m.bidirectional else 1
@@ -62,6 +63,23 @@ def footprint(spec: JobSpec, shape: TrainingShape) -> Footprint:
     kept_per_step = (GATES[m.cell] + 2) * m.hidden_size * m.num_layers * directions
     activations = BYTES_PER_VALUE * networks * batch * steps * kept_per_step
     return Footprint(parameters=networks * per_network, activation_bytes=activations, networks=networks)
+
+
+def blamed_fields(spec: JobSpec, f: Footprint) -> tuple[str, list[str]]:
+    """The field a refusal names (``model`` when the weights weigh most, ``training.batch_size`` when
+    one batch's activations do) and the fields that would lower the estimate, most direct first."""
+    fields = ["model.hidden_size", "model.num_layers"]
+    if spec.model.bidirectional:
+        fields.append("model.bidirectional")
+    if f.networks > 1:
+        fields.append("model.ensemble" if spec.task != "forecast" else "model.combine")
+    if spec.text is not None:
+        fields += ["model.embedding_dim", "text.vocab_size"]
+    steps = "text.max_length" if spec.text is not None else "data.lookback" if spec.data.layout == "series" else None
+    batch = ["training.batch_size", *([steps] if steps else [])]
+    if f.activation_bytes > BYTES_PER_PARAMETER * f.parameters:
+        return "training.batch_size", [*batch, *fields]
+    return "model", [*fields, *batch]
 
 
 def describe(f: Footprint) -> str:
