@@ -116,9 +116,7 @@ def test_early_stopping_restores_the_best_weights() -> None:
 
 
 def test_should_stop_cancels_after_an_epoch_and_between_batches() -> None:
-    spec = make_spec(
-        "forecast", {"layout": "series", "target": "value"}, training={"epochs": 50, "batch_size": 8}
-    )
+    spec = make_spec("forecast", {"layout": "series", "target": "value"}, training={"epochs": 50, "batch_size": 8})
     reports: list[Any] = []
     result = train_and_evaluate(spec, sine_table(), on_epoch=reports.append, should_stop=lambda: len(reports) >= 2)
     assert result.cancelled and result.epochs_run == 2 and result.evaluation is None
