@@ -16,6 +16,7 @@ import queue
 import re
 import sys
 import threading
+import unicodedata
 import zipfile
 import zlib
 from collections import Counter
@@ -358,18 +359,41 @@ def _column_summaries(schema: pa.Schema, missing: list[int]) -> list[dict[str, A
     ]
 
 
+# Invisible characters that make two column names look alike or display a name as something it is
+# not: bidi embeddings, overrides, isolates and marks (U+202E shows text reversed), zero-width space,
+# word joiner and the invisible operators, the byte-order mark (a CSV's leading one is no part of its
+# header: the reader drops it), deprecated format controls and interlinear annotation. Other invisible
+# formatting characters are spelling: ZWNJ and ZWJ (U+200C, U+200D: Persian words, emoji sequences
+# such as a family), the soft hyphen (U+00AD), tag characters of flag emoji.
+_LOOK_ALIKE_CHARACTERS = frozenset(
+    [0x061C, 0x200B, 0x200E, 0x200F, 0xFEFF]
+    + list(range(0x202A, 0x202F))
+    + list(range(0x2060, 0x2065))
+    + list(range(0x2066, 0x2070))
+    + list(range(0xFFF9, 0xFFFC))
+)
+
+
+def look_alike_characters(name: str) -> list[str]:
+    """Control characters (Cc) and the invisible ones of :data:`_LOOK_ALIKE_CHARACTERS` in a column
+    name, as ``U+XXXX``. Narrower than :func:`hidden_characters` (all of Unicode's Cf, for file,
+    dataset and job names): column names come from data, in every script."""
+    return [f"U+{ord(ch):04X}" for ch in name if ord(ch) in _LOOK_ALIKE_CHARACTERS or unicodedata.category(ch) == "Cc"]
+
+
 def _check_column_names(names: list[str], filename: str) -> None:
     if not names:
         raise InvalidInput("no_columns", f"{filename!r} has no columns")
-    # Control characters, and invisible formatting ones (U+202E shows text reversed, U+200B is a
-    # zero-width space): two columns would look alike, as file, dataset and job names would.
-    hidden = [(i, name, hidden_characters(name)) for i, name in enumerate(names) if hidden_characters(name)]
+    # Control characters, and invisible ones that hide or reorder text (U+202E shows text reversed,
+    # U+200B is a zero-width space): two columns would look alike, as file, dataset and job names would.
+    hidden = [(i, name, chars) for i, name in enumerate(names) if (chars := look_alike_characters(name))]
     if hidden:
         shown = "; ".join(f"column {i} {ascii(name)} ({', '.join(chars[:3])})" for i, name, chars in hidden[:5])
         raise InvalidInput(
             "invalid_column_name",
             f"{filename!r} has column names with control characters (NUL, tab, escape, …) or invisible "
-            f"formatting characters (such as U+202E or U+200B): {shown}; rename those columns",
+            f"characters that make names look alike or reorder them (such as U+202E, U+200B or U+FEFF): "
+            f"{shown}; rename those columns",
             {
                 "columns": [name for _, name, _ in hidden[:20]],
                 "column_indices": [i for i, _, _ in hidden[:20]],
@@ -707,9 +731,14 @@ def locate_bad_row(path: Path) -> tuple[int, str] | None:
 # Rows per batch while a Parquet upload is scanned. Dictionary-encoded text is read as dictionaries
 # (see dictionary_leaves), so a batch holds each distinct value once whatever it decodes to.
 PARQUET_BATCH_ROWS = 16384
-# Bytes per value Arrow decodes each Parquet physical type to (BYTE_ARRAY: its offset; the text
-# itself is counted from the file's uncompressed sizes and, exactly, while scanning).
+# Bytes per value Arrow decodes each Parquet physical type to, for a file whose Arrow schema does not
+# map onto its leaf columns (BYTE_ARRAY: its offset; the text is counted from the uncompressed sizes).
 _PHYSICAL_BYTES = {"BOOLEAN": 0.125, "INT32": 4, "INT64": 8, "INT96": 8, "FLOAT": 4, "DOUBLE": 8, "BYTE_ARRAY": 4}
+# The footer's uncompressed page sizes are what the reader decompresses: past this many times the
+# limit they are a bomb whatever the values decode to. A legitimate file's pages exceed its decoded
+# size by less: int8 in plain INT32 pages is 4 times its Arrow size, a dictionary chunk that fell back
+# to plain pages about 1.4 times.
+_PAGES_OVER_LIMIT = 5
 
 
 def inspect_parquet(path: Path, filename: str, max_bytes: int | None = None) -> tuple[int, list[dict[str, Any]]]:
@@ -718,10 +747,11 @@ def inspect_parquet(path: Path, filename: str, max_bytes: int | None = None) -> 
 
     A Parquet file is compressed like a ``.csv.gz``, and as easily a bomb: a few KiB of dictionary
     pages can decode to gigabytes. Its decoded size is held to the same limits
-    (:func:`decompression_limit`, and ``max_bytes``): first as the footer declares it (each column
-    chunk's uncompressed size, and its value count at the width Arrow decodes it to), then as
-    counted batch by batch while scanning. Text columns that are dictionary-encoded are read as
-    dictionaries, so no batch expands the repeated values before they are counted.
+    (:func:`decompression_limit`, and ``max_bytes``): first, against gross bombs, as the footer
+    declares it (:func:`_declared_decoded_bytes`: the least the columns decode to, and pages over
+    ``_PAGES_OVER_LIMIT`` times the limit), then exactly, as counted batch by batch while scanning.
+    Text columns that are dictionary-encoded are read as dictionaries, so no batch expands the
+    repeated values before they are counted.
     """
     limit, code = decompression_limit(path.stat().st_size)
     if max_bytes is not None and max_bytes < limit:
@@ -737,9 +767,11 @@ def inspect_parquet(path: Path, filename: str, max_bytes: int | None = None) -> 
             num_rows = metadata.num_rows
             if num_rows == 0:
                 raise _no_rows(filename, schema.names)
-            declared = _declared_decoded_bytes(metadata)
+            declared, pages = _declared_decoded_bytes(metadata, schema)
             if declared > limit:
                 raise decompression_refused(f"{filename} (about {declared} bytes decoded)", limit, code)
+            if pages > _PAGES_OVER_LIMIT * limit:
+                raise decompression_refused(f"{filename} (pages of {pages} bytes uncompressed)", limit, code)
             dictionaries = dictionary_leaves(metadata)
         with pq.ParquetFile(path, read_dictionary=dictionaries or None) as parquet:
             missing = []
@@ -761,19 +793,77 @@ def inspect_parquet(path: Path, filename: str, max_bytes: int | None = None) -> 
     return num_rows, _column_summaries(schema, missing)
 
 
-def _declared_decoded_bytes(metadata: pq.FileMetaData) -> int:
-    """What the footer says the columns decode to: per column chunk, the larger of its uncompressed
-    pages and its values at their decoded width (dictionary-encoded repeats are small pages)."""
+def _declared_decoded_bytes(metadata: pq.FileMetaData, schema: pa.Schema) -> tuple[int, int]:
+    """What the footer says the columns decode to, at least, and the size of their uncompressed pages.
+
+    A leaf of a fixed width decodes to its value count at the width of its Arrow type (int8 is one
+    byte, though Parquet stores it as INT32; a decimal 16, though stored in a few): exact, whatever the
+    pages hold. Text decodes to its uncompressed pages when they are plain (each value with its length,
+    as Arrow holds it with an offset), and to at least its offsets when dictionary-encoded: a dictionary
+    page and indices say little of what they expand to, and the scan counts that exactly, reading them
+    as dictionaries (see :func:`dictionary_leaves`). Only a gross bomb is refused from the footer
+    before any page is read; the scan that counts each decoded batch decides the rest.
+    """
+    widths = _leaf_widths(schema, metadata)
     total = 0.0
+    pages = 0
     for g in range(metadata.num_row_groups):
         group = metadata.row_group(g)
         for c in range(group.num_columns):
             chunk = group.column(c)
-            width = _PHYSICAL_BYTES.get(chunk.physical_type)
-            if width is None:  # FIXED_LEN_BYTE_ARRAY: the schema says how long
-                width = metadata.schema.column(c).length or 1
-            total += max(chunk.total_uncompressed_size, chunk.num_values * width)
-    return int(total)
+            pages += chunk.total_uncompressed_size
+            width = widths[c]
+            if width is not None:
+                total += chunk.num_values * width
+            elif chunk.has_dictionary_page:
+                total += chunk.num_values * 4
+            else:
+                total += max(chunk.total_uncompressed_size, chunk.num_values * 4)
+    return int(total), pages
+
+
+def _leaf_widths(schema: pa.Schema, metadata: pq.FileMetaData) -> list[float | None]:
+    """Bytes per value of each Parquet leaf column as Arrow decodes it (``None``: text, of any length)."""
+    kinds: list[pa.DataType] = []
+    for field in schema:
+        _arrow_leaves(field.type, kinds)
+    if len(kinds) == metadata.num_columns:
+        return [_arrow_width(kind) for kind in kinds]
+    widths: list[float | None] = []  # a schema that does not map onto the leaves: their physical types
+    for c in range(metadata.num_columns):
+        column = metadata.schema.column(c)
+        if column.physical_type == "BYTE_ARRAY":
+            widths.append(None)
+        else:  # FIXED_LEN_BYTE_ARRAY: the schema says how long
+            widths.append(_PHYSICAL_BYTES.get(column.physical_type) or column.length or 1)
+    return widths
+
+
+def _arrow_leaves(kind: pa.DataType, out: list[pa.DataType]) -> None:
+    """The leaf types of ``kind`` in Parquet's column order (depth first)."""
+    if isinstance(kind, pa.ExtensionType):
+        kind = kind.storage_type
+    if pa.types.is_dictionary(kind):
+        _arrow_leaves(kind.value_type, out)
+    elif pa.types.is_map(kind):
+        _arrow_leaves(kind.key_type, out)
+        _arrow_leaves(kind.item_type, out)
+    elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        _arrow_leaves(kind.value_type, out)
+    elif pa.types.is_struct(kind):
+        for i in range(kind.num_fields):
+            _arrow_leaves(kind.field(i).type, out)
+    else:
+        out.append(kind)
+
+
+def _arrow_width(kind: pa.DataType) -> float | None:
+    if pa.types.is_null(kind):
+        return 0.0
+    try:
+        return float(kind.bit_width) / 8
+    except ValueError:  # text and binary: no fixed width
+        return None
 
 
 def dictionary_leaves(metadata: pq.FileMetaData) -> list[int]:

@@ -330,21 +330,22 @@ def preview_dataset(dataset: Dataset, rows: int) -> DatasetPreview:
 
 
 def _preview_table(path: Path, rows: int) -> list[dict[str, Any]]:
-    """The first ``rows`` rows as JSON values, each cell shortened (see MAX_PREVIEW_CELL_CHARS) and
-    the whole kept under MAX_PREVIEW_BYTES. Dictionary-encoded text is read as dictionaries and cut
-    before it is decoded, so a repeated long value is never expanded in full."""
+    """The first ``rows`` rows as JSON values, each cell shortened (see :func:`_preview_values`) and
+    the whole kept under MAX_PREVIEW_BYTES of UTF-8 JSON. Dictionary-encoded text is read as
+    dictionaries and cut before it is decoded, so a repeated long value is never expanded in full."""
     out: list[dict[str, Any]] = []
     size = 0
     with pq.ParquetFile(path) as parquet:
         leaves = dictionary_leaves(parquet.metadata)
     with pq.ParquetFile(path, read_dictionary=leaves or None) as parquet:
         for batch in parquet.iter_batches(batch_size=rows):
-            shortened, cut = _shortened_batch(batch.slice(0, rows - len(out)))
-            for i, row in enumerate(_batch_rows(shortened)):
-                cells = {key: jsonable(value) for key, value in row.items()}
-                for name, (unit, lengths) in cut.items():
-                    _note_cut(cells, name, unit, lengths[i])
-                size += len(json.dumps(cells, ensure_ascii=False, default=str))
+            batch = batch.slice(0, rows - len(out))
+            columns = [
+                (name, _preview_values(column)) for name, column in zip(batch.schema.names, batch.columns, strict=True)
+            ]
+            for i in range(batch.num_rows):
+                cells = {name: values[i] for name, values in columns}
+                size += len(json.dumps(cells, ensure_ascii=False, default=str).encode())
                 if out and size > MAX_PREVIEW_BYTES:
                     return out
                 out.append(cells)
@@ -353,46 +354,75 @@ def _preview_table(path: Path, rows: int) -> list[dict[str, Any]]:
     return out
 
 
-def _note_cut(cells: dict[str, Any], name: str, unit: str, length: int | None) -> None:
-    """End a cell that was cut with its full length: text with a note, a list with a last item."""
-    limit = MAX_PREVIEW_CELL_ITEMS if unit == "items" else MAX_PREVIEW_CELL_CHARS
-    value = cells.get(name)
-    if length is None or length <= limit:
-        return
-    note = f"… [{length} {unit}, truncated]"
-    if isinstance(value, list):
-        cells[name] = [*value, note]
-    elif isinstance(value, str):
-        cells[name] = value + note
-
-
-def _shortened_batch(batch: pa.RecordBatch) -> tuple[pa.RecordBatch, dict[str, tuple[str, list[int | None]]]]:
-    """The batch with text cut to MAX_PREVIEW_CELL_CHARS in Arrow (a dictionary's values before it is
-    decoded) and lists to MAX_PREVIEW_CELL_ITEMS items; returns, per column cut, the unit and the
-    values' original lengths."""
-    columns: list[pa.Array] = []
-    cut: dict[str, tuple[str, list[int | None]]] = {}
-    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+def _preview_values(column: pa.Array) -> list[Any]:
+    """The column's values as JSON values, shortened at any depth: text longer than
+    MAX_PREVIEW_CELL_CHARS characters (bytes, for binary) is cut there and ends with a note of its full
+    length; a list, fixed-size list or map keeps MAX_PREVIEW_CELL_ITEMS items and then a last item
+    noting how many it had. The cuts are made in Arrow, before the values become Python objects, and a
+    dictionary's text is cut before it is decoded. A map's entries are ``[key, value]`` pairs."""
+    kind = column.type
+    if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
+        column = column.cast(pa.large_string() if pa.types.is_string_view(kind) else pa.large_binary())
         kind = column.type
-        if pa.types.is_string_view(kind) or pa.types.is_binary_view(kind):
-            column = column.cast(pa.large_string() if pa.types.is_string_view(kind) else pa.large_binary())
-            kind = column.type
-        if pa.types.is_dictionary(kind) and is_binary_like(kind.value_type):
-            values, lengths = _cut_text(column.dictionary)
-            if lengths is not None:
-                cut[name] = (_text_unit(values.type), pc.take(lengths, column.indices).to_pylist())
-                column = pa.DictionaryArray.from_arrays(column.indices, values)
-        elif is_binary_like(kind):
-            column, lengths = _cut_text(column)
-            if lengths is not None:
-                cut[name] = (_text_unit(kind), lengths.to_pylist())
-        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
-            lengths = pc.list_value_length(column)
-            if (pc.max(lengths).as_py() or 0) > MAX_PREVIEW_CELL_ITEMS:
-                cut[name] = ("items", lengths.to_pylist())
-                column = pc.list_slice(column, 0, MAX_PREVIEW_CELL_ITEMS)
-        columns.append(column)
-    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names), cut
+    if pa.types.is_dictionary(kind) and is_binary_like(kind.value_type):
+        head, lengths = _cut_text(column.dictionary)
+        full = None if lengths is None else pc.take(lengths, column.indices)
+        return _noted_text(pc.take(head, column.indices), full, _text_unit(head.type))
+    if pa.types.is_dictionary(kind):
+        return _preview_values(column.dictionary_decode())
+    if is_binary_like(kind):
+        head, lengths = _cut_text(column)
+        return _noted_text(head, lengths, _text_unit(kind))
+    if pa.types.is_map(kind):
+        # As a list of its key/value structs (offsets are absolute in the entries; nulls from the map).
+        entries = pa.ListArray.from_arrays(column.offsets, column.values)
+        valid = column.is_valid().to_pylist()
+        key, item = kind.key_field.name, kind.item_field.name
+        pairs = _preview_lists(entries)
+        return [
+            [[entry[key], entry[item]] if isinstance(entry, dict) else entry for entry in cell]
+            if ok and cell is not None
+            else None
+            for cell, ok in zip(pairs, valid, strict=True)
+        ]
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return _preview_lists(column)
+    if pa.types.is_struct(kind):
+        valid = column.is_valid().to_pylist()
+        fields = [(kind.field(i).name, _preview_values(column.field(i))) for i in range(kind.num_fields)]
+        return [{name: values[r] for name, values in fields} if ok else None for r, ok in enumerate(valid)]
+    return [jsonable(value) for value in _column_values(column)]
+
+
+def _preview_lists(column: pa.Array) -> list[Any]:
+    """Each list of ``column`` as at most MAX_PREVIEW_CELL_ITEMS previewed items (and a note)."""
+    lengths = pc.list_value_length(column).to_pylist()
+    kept = pc.list_slice(column, 0, MAX_PREVIEW_CELL_ITEMS, return_fixed_size_list=False)
+    items = _preview_values(kept.flatten())
+    out: list[Any] = []
+    at = 0
+    for length in lengths:
+        if length is None:
+            out.append(None)
+            continue
+        taken = min(length, MAX_PREVIEW_CELL_ITEMS)
+        cell = items[at : at + taken]
+        at += taken
+        if length > MAX_PREVIEW_CELL_ITEMS:
+            cell.append(f"… [{length} items, truncated]")
+        out.append(cell)
+    return out
+
+
+def _noted_text(head: pa.Array, lengths: pa.Array | None, unit: str) -> list[Any]:
+    """Text already cut to MAX_PREVIEW_CELL_CHARS, each cut value ending with a note of its length."""
+    values = [jsonable(value) for value in head.to_pylist()]
+    if lengths is None:
+        return values
+    return [
+        value + f"… [{length} {unit}, truncated]" if length is not None and length > MAX_PREVIEW_CELL_CHARS else value
+        for value, length in zip(values, lengths.to_pylist(), strict=True)
+    ]
 
 
 def _text_unit(kind: pa.DataType) -> str:
@@ -408,14 +438,6 @@ def _cut_text(values: pa.Array) -> tuple[pa.Array, pa.Array | None]:
         return values, None
     head = (pc.utf8_slice_codeunits if text else pc.binary_slice)(values, 0, MAX_PREVIEW_CELL_CHARS)
     return head, lengths
-
-
-def _batch_rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
-    try:
-        return list(batch.to_pylist())
-    except (OverflowError, ValueError):  # a value Python cannot hold: converted column by column
-        columns = {name: _column_values(batch.column(i)) for i, name in enumerate(batch.schema.names)}
-        return [{name: values[i] for name, values in columns.items()} for i in range(batch.num_rows)]
 
 
 _PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}

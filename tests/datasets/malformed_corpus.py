@@ -75,6 +75,12 @@ def _repeated_text_parquet(rows: int, chars: int) -> bytes:
     return sink.getvalue()
 
 
+def _zstd_parquet(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
 def _good_npz() -> bytes:
     return npz_bytes(X=np.zeros((4, 3, 1)), y=np.arange(4.0))
 
@@ -112,6 +118,8 @@ def _csv_cases() -> Iterator[Case]:
     yield Case("utf-16 text", "utf16.csv", "a,b\n1,2\n".encode("utf-16"))
     yield Case("column name with U+202E", "bidi-col.csv", "a\u202e,b\n1,2\n".encode())
     yield Case("column names alike but for U+200B", "zw-col.csv", "a\u200b,a\n1,2\n".encode())
+    yield Case("column name with a bidi isolate U+2067", "isolate-col.csv", "b,\u2067a\n1,2\n".encode())
+    yield Case("column name with a word joiner U+2060", "wj-col.csv", "a\u2060,a\n1,2\n".encode())
     yield Case("CR-only line endings, ragged", "cr-ragged.csv", b"a,b\r1,2\r3\r4,5\r")
 
 
@@ -152,6 +160,9 @@ def _parquet_cases() -> Iterator[Case]:
     yield Case("parquet: ratio bomb of zeros", "zeros.parquet", parquet_bytes(pa.table({"a": np.zeros(100_000)})))
     yield Case("parquet: column name with U+202E", "bidi.parquet", parquet_bytes(pa.table({"a\u202e": [1.0]})))
     yield Case("parquet: column name with U+200B", "zw.parquet", parquet_bytes(pa.table({"a\u200b": [1], "a": [2]})))
+    yield Case("parquet: column name with U+FEFF inside", "bom.parquet", parquet_bytes(pa.table({"a\ufeffb": [1]})))
+    long_text = pa.table({"s": ["t" * 2000 + str(i) for i in range(2000)]})  # past the dictionary: plain pages
+    yield Case("parquet: 4 MB of pages in a few KB", "pages.parquet", _zstd_parquet(long_text))
 
 
 def _npz_cases() -> Iterator[Case]:

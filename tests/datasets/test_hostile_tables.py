@@ -104,6 +104,86 @@ def test_parquet_bomb_is_counted_without_expanding_it(tmp_path: Path) -> None:
     assert pool.max_memory() - before < 64 * 1024 * 1024
 
 
+def test_parquet_of_small_integers_is_counted_at_their_arrow_width(client, auth, monkeypatch) -> None:
+    """200 int8 one-hot columns of 200,000 rows: 40 MB in Arrow (under the 64 MiB floor) from a file
+    of about 1 MB, refused as "about 160000000 bytes decoded": Parquet stores int8 as INT32."""
+    set_setting(monkeypatch, max_compression_ratio="100", compression_ratio_floor_bytes=str(64 * 1024**2))
+    rows, width = 200_000, 200
+    hot = np.random.default_rng(0).integers(0, width, rows)
+    table = pa.table({f"c{i}": (hot == i).astype(np.int8) for i in range(width)})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    content = sink.getvalue()
+    assert table.nbytes == 40_000_000 and len(content) < 2_000_000
+    limit, _ = inspection.decompression_limit(len(content))
+    assert limit < 160_000_000  # what the physical width declared
+    r = upload(client, auth, "onehot.parquet", content)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["num_rows"] == rows and {c["dtype"] for c in body["columns"]} == {"int8"}
+
+
+def test_parquet_of_dictionary_encoded_floats_is_not_refused_for_its_pages(tmp_path: Path) -> None:
+    """Float32 columns that fell back from dictionary to plain pages declare about 1.4 times their
+    Arrow size in uncompressed pages (500 x 20,000 values, 41.25 MB decoded, declared 58.8 MB and
+    refused under a 50 MB limit); the values' count at their width is what they decode to."""
+    columns, rows = 100, 20_000
+    rng = np.random.default_rng(1)
+    table = pa.table({f"f{i}": rng.standard_normal(rows).astype(np.float32) for i in range(columns)})
+    path = tmp_path / "floats.parquet"
+    pq.write_table(table, path, compression="zstd")
+    metadata = pq.ParquetFile(path).metadata
+    pages = sum(metadata.row_group(0).column(c).total_uncompressed_size for c in range(columns))
+    limit = 10_000_000
+    assert table.nbytes == 8_000_000 and pages > limit  # the old estimate's refusal
+    num_rows, summary = inspection.inspect_parquet(path, "floats.parquet", limit)
+    assert num_rows == rows and len(summary) == columns
+    # The scan still decides: under the decoded size, the same file is refused.
+    with pytest.raises(AppError) as err:
+        inspection.inspect_parquet(path, "floats.parquet", 7_000_000)
+    assert err.value.code == "file_too_large"
+
+
+def test_parquet_footer_estimate_uses_arrow_widths_of_nested_and_decimal_leaves(tmp_path: Path) -> None:
+    table = pa.table(
+        {
+            "i8": pa.array([1, 2], pa.int8()),
+            "l": pa.array([[1, 2, 3], [4]], pa.list_(pa.int16())),
+            "m": pa.array([[("a", 1)], [("b", 2)]], pa.map_(pa.string(), pa.int32())),
+            "s": pa.array([{"x": 1.0, "t": "q"}, {"x": 2.0, "t": "r"}]),
+            "f": pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float32(), 2)),
+            "d": pa.array([1.5, 2.25]).cast(pa.decimal128(5, 2)),
+            "h": pa.array(np.ones(2, np.float16)),
+        }
+    )
+    path = tmp_path / "nested.parquet"
+    pq.write_table(table, path, use_dictionary=False)
+    parquet = pq.ParquetFile(path)
+    widths = inspection._leaf_widths(parquet.schema_arrow, parquet.metadata)
+    #        i8   l    m.key m.value s.x  s.t   f    d     h
+    assert widths == [1.0, 2.0, None, 4.0, 8.0, None, 4.0, 16.0, 2.0]
+    declared, pages = inspection._declared_decoded_bytes(parquet.metadata, parquet.schema_arrow)
+    assert declared >= 2 + 8 + 8 + 16 + 16 + 32 + 4 and pages > 0
+
+
+def test_parquet_pages_far_over_the_limit_are_refused_from_the_footer(tmp_path: Path, monkeypatch) -> None:
+    """Pages are decompressed whole: uncompressed pages many times the limit are refused unread."""
+    # 2000 distinct 2 KB texts: the dictionary page fills and falls back to plain pages, 4 MB of them
+    # zstd holds in a few KB; a dictionary-encoded chunk declares only its offsets decoded.
+    path = tmp_path / "pages.parquet"
+    text = ["t" * 2000 + str(i) for i in range(2000)]
+    pq.write_table(pa.table({"s": text}), path, compression="zstd")
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).has_dictionary_page
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the pages were read")
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", no_reading)
+    with pytest.raises(AppError) as err:
+        inspection.inspect_parquet(path, "pages.parquet", 100_000)
+    assert err.value.code == "file_too_large" and "pages of" in err.value.message
+
+
 def test_parquet_under_the_limits_still_uploads_and_counts_nan_as_missing(client, auth, monkeypatch) -> None:
     set_setting(monkeypatch, compression_ratio_floor_bytes="1000000")
     rng = np.random.default_rng(0)
@@ -168,6 +248,57 @@ def test_preview_stops_at_its_byte_budget(client, auth, monkeypatch) -> None:
     monkeypatch.setattr(service, "MAX_PREVIEW_BYTES", 10)
     body = client.get(f"{UPLOAD_URL}/{r.json()['id']}/preview?rows=200", headers=auth).json()
     assert len(body["rows"]) == 1  # always one row
+
+
+def test_preview_bounds_fixed_size_lists_maps_and_lists_at_any_depth(client, auth) -> None:
+    """A fixed_size_list<float, 100> cell was sent whole, as were maps and lists inside structs."""
+    rows = 3
+    items = service.MAX_PREVIEW_CELL_ITEMS
+    limit = service.MAX_PREVIEW_CELL_CHARS
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(np.arange(100 * rows, dtype=np.float32)), 100)
+    table = pa.table(
+        {
+            "fixed": fixed,
+            "map": pa.array(
+                [[(f"k{i}", i) for i in range(120)]] * (rows - 1) + [None], pa.map_(pa.string(), pa.int64())
+            ),
+            "struct": pa.array([{"v": list(range(80)), "t": "w" * 300}] * (rows - 1) + [None]),
+            "deep": pa.array([[list(range(70))] * 60] * rows, pa.list_(pa.list_(pa.int32()))),
+            "records": pa.array([[{"xs": list(range(55))}]] * rows),
+            "short": pa.array([[1, 2]] * rows, pa.list_(pa.int8(), 2)),
+        }
+    )
+    r = upload(client, auth, "nested.parquet", parquet_bytes(table))
+    assert r.status_code == 201, r.text
+    preview = client.get(f"{UPLOAD_URL}/{r.json()['id']}/preview?rows=10", headers=auth)
+    assert preview.status_code == 200, preview.text
+    cells = preview.json()["rows"]
+    assert len(cells) == rows
+    assert cells[1]["fixed"] == [float(v) for v in range(100, 100 + items)] + ["… [100 items, truncated]"]
+    assert cells[0]["map"] == [[f"k{i}", i] for i in range(items)] + ["… [120 items, truncated]"]
+    assert cells[2]["map"] is None
+    assert cells[0]["struct"] == {
+        "v": [*range(items), "… [80 items, truncated]"],
+        "t": "w" * limit + "… [300 characters, truncated]",
+    }
+    assert cells[2]["struct"] is None
+    inner = [*range(items), "… [70 items, truncated]"]
+    assert cells[0]["deep"] == [inner] * items + ["… [60 items, truncated]"]
+    assert cells[0]["records"] == [{"xs": [*range(items), "… [55 items, truncated]"]}]
+    assert cells[0]["short"] == [1, 2]  # short lists are untouched
+    assert len(preview.content) < 100_000
+
+
+def test_preview_byte_budget_counts_utf8_bytes(client, auth, monkeypatch) -> None:
+    """The ~4 MiB cap counted characters: text of two-byte characters took twice the budget."""
+    table = pa.table({"s": ["é" * 150] * 200})  # about 160 characters a row, 310 bytes
+    r = upload(client, auth, "accents.parquet", parquet_bytes(table))
+    assert r.status_code == 201, r.text
+    monkeypatch.setattr(service, "MAX_PREVIEW_BYTES", 3100)
+    preview = client.get(f"{UPLOAD_URL}/{r.json()['id']}/preview?rows=200", headers=auth)
+    rows = preview.json()["rows"]
+    assert 8 <= len(rows) <= 10  # counted in characters, 19 rows fit
+    assert sum(len(json.dumps(row, ensure_ascii=False).encode()) for row in rows) <= 3100
 
 
 def test_preview_of_npz_long_strings_is_bounded(client, auth, monkeypatch) -> None:
@@ -249,6 +380,42 @@ def test_invisible_characters_in_column_names_are_refused_naming_the_column(clie
     assert r.status_code == 201, r.text
     assert [c["name"] for c in r.json()["columns"]] == ["a", "b"]
     assert json.loads(r.text)["columns"][0]["name"] == "a"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian: ZWNJ is part of the spelling
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # family emoji: ZWJ sequence
+        "tem\u00adperature",  # soft hyphen
+        "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",  # flag: tag characters
+    ],
+)
+def test_column_names_spelled_with_zwnj_zwj_or_soft_hyphen_are_accepted(client, auth, name: str) -> None:
+    """Refusing every Unicode Cf took ZWNJ, ZWJ and the soft hyphen (422 invalid_column_name)."""
+    for filename, content in (
+        ("spelled.csv", f"{name},b\n1,2\n".encode()),
+        ("spelled.parquet", parquet_bytes(pa.table({name: [1.0], "b": [2.0]}))),
+    ):
+        r = upload(client, auth, filename, content)
+        assert r.status_code == 201, (filename, r.text)
+        assert [c["name"] for c in r.json()["columns"]] == [name, "b"]
+
+
+@pytest.mark.parametrize(
+    "char", ["\u202e", "\u202a", "\u2066", "\u200e", "\u061c", "\u200b", "\u2060", "\ufeff", "\x1b"]
+)
+def test_column_names_with_bidi_controls_or_zero_width_spaces_are_still_refused(client, auth, char: str) -> None:
+    code_point = f"U+{ord(char):04X}"
+    err = assert_error(
+        upload(client, auth, "hidden.csv", f"b,a{char}\n1,2\n".encode()),
+        422,
+        "invalid_column_name",
+        code_point,
+    )
+    assert err["details"]["characters"] == [[code_point]]
+    assert inspection.look_alike_characters(f"a{char}\u200c\u200d\u00ad") == [code_point]
+    assert_nothing_left()
 
 
 def test_nan_the_csv_reader_does_not_take_for_null_counts_as_missing(client, auth) -> None:

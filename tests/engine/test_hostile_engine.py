@@ -150,6 +150,33 @@ def test_npz_y_of_dates_durations_complex_or_raw_bytes_is_refused_at_submit(task
     assert all(type(c) is str for c in classes)
 
 
+def test_npz_byte_string_labels_are_decoded_as_utf8() -> None:
+    """``y`` of dtype S holding UTF-8 (``"é".encode()``) raised UnicodeDecodeError from ``astype(str)``:
+    a crash of the worker and a 500 at submit, not a data error."""
+    spec = make_spec("classification", {"layout": "arrays", "target": "y"})
+    x = np.random.default_rng(0).standard_normal((40, 6, 2))
+    y = np.array(["é".encode(), b"a"] * 20)
+    assert y.dtype.kind == "S"
+    check_spec_fits(spec, {"X": x, "y": y})
+    examples = build_examples(spec, {"X": x, "y": y})
+    assert examples.classes == ["a", "é"] and all(type(c) is str for c in examples.classes)
+    assert np.asarray(examples.y).tolist()[:2] == [1, 0]
+    bad = np.array([b"a", b"\xff\xfe"] * 20)
+    for run in (check_spec_fits, build_examples):
+        with pytest.raises(DataError, match=r"array 'y' holds byte strings that are not UTF-8 \(entry 1") as err:
+            run(spec, {"X": x, "y": bad})
+        assert err.value.field == "data.target"
+        assert classify_error(err.value).error_type == "data_error"
+    # The same for a split array of byte strings.
+    split = np.array([b"train"] * 30 + [b"val\xff"] * 10)
+    column_spec = make_spec(
+        "classification", {"layout": "arrays", "target": "y", "split": {"method": "column", "column": "split"}}
+    )
+    with pytest.raises(DataError, match="not UTF-8") as err:
+        build_examples(column_spec, {"X": x, "y": y, "split": split})
+    assert err.value.field == "data.split.column"
+
+
 def test_npz_zero_dimensional_y_names_data_target() -> None:
     spec = make_spec("regression", {"layout": "arrays", "target": "y"})
     with pytest.raises(DataError, match=r"array y must be shaped \[N\] or \[N, H\] with N=40; got \[\]") as err:

@@ -430,7 +430,9 @@ def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> 
         if missing:
             raise DataError(f"{missing} missing values in array 'y'", field="data.target")
         refuse_non_finite(y_raw, "array 'y'", "data.target")
-    elif y_raw.dtype.kind in "SU":
+    elif y_raw.dtype.kind == "S":
+        labels = _decoded_labels(y_raw).astype(object)
+    elif y_raw.dtype.kind == "U":
         labels = y_raw.astype(str).astype(object)
     y, classes = _targets(spec, labels)
     split_labels = None
@@ -457,3 +459,26 @@ def _arrays(spec: JobSpec, arrays: dict[str, np.ndarray], materialize: bool) -> 
         time=np.arange(n),
         split_labels=split_labels,
     )
+
+
+def _decoded_labels(y_raw: np.ndarray) -> np.ndarray:
+    """Byte-string labels (numpy dtype ``S``) decoded as UTF-8: ``astype(str)`` decodes as ASCII and
+    raised UnicodeDecodeError (a crash, not a data error) on any other byte."""
+    try:
+        return np.asarray(np.char.decode(y_raw, "utf-8"))
+    except UnicodeDecodeError as exc:
+        flat = y_raw.reshape(-1)
+        bad = next((i for i, v in enumerate(flat.tolist()) if not _is_utf8(v)), None)
+        where = f" (entry {bad}: {repr(bytes(flat[bad]))[:60]})" if bad is not None else ""
+        raise DataError(
+            f"array 'y' holds byte strings that are not UTF-8{where}; store class names as UTF-8 text",
+            field="data.target",
+        ) from exc
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

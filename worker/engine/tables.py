@@ -197,7 +197,11 @@ def split_label_column(table: pa.Table, name: str) -> np.ndarray:
 
 def normalize_split_labels(values: np.ndarray, where: str) -> np.ndarray:
     if values.dtype.kind == "S":
-        values = np.char.decode(values)
+        try:
+            values = np.char.decode(values, "utf-8")
+        except UnicodeDecodeError as exc:
+            message = f"{where} holds byte strings that are not UTF-8 ({exc.reason})"
+            raise DataError(message, field="data.split.column") from None
     labels = np.char.lower(np.char.strip(values.astype(str)))
     unknown = sorted(set(np.unique(labels).tolist()) - {"train", "val", "test"})
     if unknown:
