@@ -102,7 +102,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "too_many_columns": (422, "the table has more columns than RNNLAB_MAX_COLUMNS"),
     "invalid_column_name": (
         422,
-        "a column name holds control or invisible formatting characters (NUL, tab, escape, U+202E, U+200B, …)",
+        "a column name holds control characters or invisible ones that make names look alike (U+202E, U+200B, …)",
     ),
     "invalid_name": (422, "the dataset name holds control or invisible formatting characters"),
     "rate_limited": (429, "too many requests with this key; wait `Retry-After` seconds (RNNLAB_RATE_LIMIT)"),
