@@ -342,7 +342,11 @@ def database_error(exc: Exception) -> tuple[str, str] | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after_seconds)} if isinstance(exc, TooManyRequests) else None
+        headers = None
+        if isinstance(exc, TooManyRequests):
+            headers = {"Retry-After": str(exc.retry_after_seconds)}
+        elif isinstance(exc, Unavailable):  # the store or a dependency is down or busy: ask again shortly
+            headers = {"Retry-After": "5"}
         return JSONResponse(
             error_body(exc.code, exc.message, exc.details), status_code=exc.status_code, headers=headers
         )

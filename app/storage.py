@@ -12,28 +12,31 @@ Writes are all-or-nothing: a local write goes to a temporary file renamed into p
 store write is one PUT or a multipart upload that is completed only when every part arrived and is
 aborted on any error, so no reader ever sees half a blob.
 
-Errors: a key that is not there raises :class:`FileNotFoundError`; a store that cannot be reached
-(or refuses us) raises :class:`StorageUnavailable`, which the API answers with 503
-``storage_unavailable`` and the worker treats as a reason to retry the job later.
+Errors: a key that is not there raises :class:`KeyNotFound` (a :class:`FileNotFoundError`); a
+store that cannot be reached, refuses us, or has no such bucket raises :class:`StorageUnavailable`,
+which the API answers with 503 ``storage_unavailable`` and the worker treats as a reason to retry the
+job later. A local file that is missing (the cache directory deleted under us) stays a plain
+FileNotFoundError: only the store's own answer means the blob is missing.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
-from app.blobcache import BlobCache
+from app.blobcache import BlobCache, CacheBusy, IncompleteFetch
 from app.config import Settings, get_settings
 from app.errors import Unavailable
 
@@ -43,6 +46,20 @@ from app.errors import Unavailable
 PART_BYTES = 5 * 1024 * 1024
 MAX_CONCURRENT_PARTS = 2
 READ_CHUNK_BYTES = 1024 * 1024
+# How long a store that answered a listing counts as having its bucket (see S3Storage._check_bucket).
+BUCKET_CHECK_SECONDS = 60.0
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class KeyNotFound(FileNotFoundError):
+    """The store answered that it has no object under the key (the bucket is there)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no stored object under {key!r}")
+        self.key = key
 
 
 class StorageUnavailable(Unavailable):
@@ -73,6 +90,7 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
     def iter_bytes(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]: ...
     def local_path(self, key: str) -> Path: ...
+    def read_local(self, key: str, reader: Callable[[Path], T]) -> T: ...
     def presigned_url(self, key: str, expires_seconds: int) -> str | None: ...
     def remove_stale_temp_files(self, max_age_seconds: float) -> int: ...
 
@@ -188,7 +206,10 @@ class LocalStorage:
         return self.path(key).exists()
 
     def size(self, key: str) -> int:
-        return self.path(key).stat().st_size
+        try:
+            return self.path(key).stat().st_size
+        except FileNotFoundError as exc:
+            raise KeyNotFound(key) from exc
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -201,8 +222,18 @@ class LocalStorage:
     def local_path(self, key: str) -> Path:
         path = self.path(key)
         if not path.exists():
-            raise FileNotFoundError(key)
+            raise KeyNotFound(key)
         return path
+
+    def read_local(self, key: str, reader: Callable[[Path], T]) -> T:
+        """``reader`` of the stored file (KeyNotFound when there is none)."""
+        path = self.local_path(key)
+        try:
+            return reader(path)
+        except FileNotFoundError as exc:  # deleted since the check
+            if not path.exists():
+                raise KeyNotFound(key) from exc
+            raise
 
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         return None  # files are served by the API itself
@@ -255,22 +286,52 @@ class S3Storage:
         self.temp_dir = settings.home / "tmp"
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         self.cache = BlobCache(settings.cache_root, settings.cache_max_bytes)
+        self._bucket_seen_at = -BUCKET_CHECK_SECONDS  # time.monotonic() of the last listing that worked
 
     # -- helpers --------------------------------------------------------------------------------
     @contextmanager
     def _errors(self, action: str, key: str) -> Iterator[None]:
-        """Missing keys stay FileNotFoundError; every other store error becomes StorageUnavailable.
+        """A missing key becomes KeyNotFound; every other store error becomes StorageUnavailable.
 
         obstore raises its own error classes for most failures and a plain OSError for some (a part
-        upload that failed, seen when the writer closes)."""
+        upload that failed, seen when the writer closes). It maps every 404 to FileNotFoundError, a
+        missing bucket's too: a 404 on a write, or one whose body says NoSuchBucket, is the store's
+        fault (StorageUnavailable). A HEAD's 404 has no body: :meth:`size` checks the bucket itself.
+        Only obstore calls run inside: a FileNotFoundError here is the store's answer, never a local
+        file's."""
         from obstore.exceptions import BaseError
 
         try:
             yield
-        except FileNotFoundError:
-            raise
+        except FileNotFoundError as exc:
+            if action == "write" or "NoSuchBucket" in str(exc):
+                raise StorageUnavailable(action, key, exc) from exc
+            raise KeyNotFound(key) from exc
         except (BaseError, OSError) as exc:
             raise StorageUnavailable(action, key, exc) from exc
+
+    def _check_bucket(self, action: str, key: str) -> None:
+        """Raise StorageUnavailable unless the bucket answers a listing (one request, at most once
+        every BUCKET_CHECK_SECONDS)."""
+        import obstore
+        from obstore.exceptions import BaseError
+
+        if time.monotonic() - self._bucket_seen_at < BUCKET_CHECK_SECONDS:
+            return
+        try:
+            next(iter(obstore.list(self._store, prefix=key, chunk_size=1)), None)
+        except (BaseError, OSError) as exc:
+            raise StorageUnavailable(action, key, exc) from exc
+        self._bucket_seen_at = time.monotonic()
+
+    def check(self) -> str | None:
+        """None when the bucket answers a listing, else the reason (for a readiness check)."""
+        try:
+            self._bucket_seen_at = -BUCKET_CHECK_SECONDS
+            self._check_bucket("list", "~readiness-probe")
+        except StorageUnavailable as exc:
+            return f"storage unreachable: {exc.message}"
+        return None
 
     def temp_path(self, suffix: str = "") -> Path:
         return _new_temp_path(self.temp_dir, suffix)
@@ -287,11 +348,33 @@ class S3Storage:
         try:
             yield _ObjectWriter(writer, self, key)
         except BaseException as exc:
-            with suppress(Exception):  # abort the multipart upload: no part stays behind
-                writer.__exit__(type(exc), exc, exc.__traceback__)
+            self._abort(writer, key, exc)
             raise
-        with self._errors("write", key):
-            writer.close()  # completes the upload: only now does the object exist
+        try:
+            with self._errors("write", key):
+                writer.close()  # completes the upload: only now does the object exist
+        except StorageUnavailable as exc:
+            self._abort(writer, key, exc)
+            raise
+
+    def _abort(self, writer: Any, key: str, exc: BaseException) -> None:
+        """Abort the multipart upload (no part stays behind); if the store cannot be reached for that,
+        say so: the parts stay in the bucket until a lifecycle rule (AbortIncompleteMultipartUpload)
+        removes them. obstore does not tell the upload's id; ListMultipartUploads on the key shows it."""
+        try:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        except Exception as abort_error:
+            log.warning(
+                "the upload of %s (s3://%s/%s) failed (%s) and could not be aborted (%s): an incomplete "
+                "multipart upload may stay in the bucket (upload id not known to obstore; list the "
+                "bucket's multipart uploads for this key) until an AbortIncompleteMultipartUpload "
+                "lifecycle rule removes it",
+                key,
+                self.bucket,
+                f"{self.prefix}/{key}" if self.prefix else key,
+                _first_line(exc),
+                _first_line(abort_error),
+            )
 
     def put_file(self, source: Path, key: str) -> None:
         """Upload the local file ``source`` to ``key`` (streamed, bounded memory).
@@ -318,7 +401,12 @@ class S3Storage:
     def delete(self, key: str) -> None:
         import obstore
 
-        with self._errors("delete", key), suppress(FileNotFoundError):
+        with (
+            suppress(KeyNotFound),
+            self._cache_errors(key, "delete"),
+            self.cache.store_slot(key),
+            self._errors("delete", key),
+        ):
             obstore.delete(self._store, key)
         self.cache.discard(key)
 
@@ -333,8 +421,14 @@ class S3Storage:
     def size(self, key: str) -> int:
         import obstore
 
-        with self._errors("read", key):
-            return int(obstore.head(self._store, key)["size"])
+        try:
+            with self._cache_errors(key), self.cache.store_slot(key), self._errors("read", key):
+                size = int(obstore.head(self._store, key)["size"])
+        except KeyNotFound:  # a missing bucket answers a HEAD with the same bodiless 404
+            self._check_bucket("read", key)
+            raise
+        self._bucket_seen_at = time.monotonic()
+        return size
 
     def iter_bytes(self, key: str, chunk_bytes: int = READ_CHUNK_BYTES) -> Iterator[bytes]:
         """The object's content in chunks (for streaming it to a client or into a file)."""
@@ -345,14 +439,41 @@ class S3Storage:
             for chunk in result.stream(min_chunk_size=chunk_bytes):
                 yield bytes(chunk)
 
-    def download(self, key: str, target: Path) -> None:
-        with target.open("wb") as f:
-            for chunk in self.iter_bytes(key, PART_BYTES):
+    def download(self, key: str, target: Path) -> dict[str, Any]:
+        """Write the object to ``target``; returns its ``size`` and ``e_tag`` as the store announced them."""
+        import obstore
+
+        with target.open("wb") as f:  # a local error (disk full) is not the store's
+            with self._errors("read", key):
+                result = obstore.get(self._store, key)
+                chunks = iter(result.stream(min_chunk_size=PART_BYTES))
+            while True:
+                with self._errors("read", key):
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    break
                 f.write(chunk)
+        return {"size": int(result.meta["size"]), "e_tag": result.meta.get("e_tag")}
 
     def local_path(self, key: str) -> Path:
         """A local copy of ``key`` from this machine's cache, fetched from the store on a miss."""
-        return self.cache.get(key, lambda target: self.download(key, target))
+        with self._cache_errors(key):
+            return self.cache.get(key, lambda target: self.download(key, target))
+
+    def read_local(self, key: str, reader: Callable[[Path], T]) -> T:
+        """``reader`` of a local copy of ``key``; a copy that fails to read (damaged on this machine's
+        disk) or vanishes before it is read is fetched once more."""
+        with self._cache_errors(key):
+            return self.cache.get_verified(key, lambda target: self.download(key, target), reader)
+
+    @contextmanager
+    def _cache_errors(self, key: str, action: str = "read") -> Iterator[None]:
+        """A busy cache (too many requests to the store in flight, or a stalled fetch) and a short
+        download are the store's fault."""
+        try:
+            yield
+        except (CacheBusy, IncompleteFetch) as exc:
+            raise StorageUnavailable(action, key, exc) from exc
 
     def presigned_url(self, key: str, expires_seconds: int) -> str | None:
         import obstore
@@ -434,6 +555,18 @@ class _ObjectWriter:
     def write(self, data: Any) -> int:
         with self._storage._errors("write", self._key):
             return int(self._writer.write(data))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def storage_ready() -> str | None:
+    """None when this process's store answers (always, for local files), else the reason: for a
+    readiness check. On S3, one LIST request to the bucket."""
+    storage = get_storage()
+    return storage.check() if isinstance(storage, S3Storage) else None
 
 
 def storage_from_settings(settings: Settings) -> Storage:

@@ -29,7 +29,7 @@ from app.jobs.final_values import record_final_values
 from app.jobs.status import JobStatus
 from app.jobs.watch import publish_job_change
 from app.models import Dataset, EpochMetric, Evaluation, Job
-from app.storage import StorageUnavailable, get_storage
+from app.storage import Storage, StorageUnavailable, get_storage
 from app.sweeps import search
 from worker.engine import (
     DataError,
@@ -562,4 +562,17 @@ def persist_result(
         except BaseException:
             storage.delete(key)  # nothing points at it
             raise
+    _delete_earlier_models(storage, claim)
     return JobStatus.SUCCEEDED
+
+
+def _delete_earlier_models(storage: Storage, claim: state.Claim) -> None:
+    """Best effort: models earlier attempts of the job uploaded and never committed (a worker killed
+    between its upload and its commit). A key with no object is fine; what stays is removed when the
+    job is deleted."""
+    for attempt in range(1, claim.attempt):
+        key = f"models/{claim.job_id}-{attempt}.pt"
+        try:
+            storage.delete(key)
+        except Exception as exc:
+            log.warning("job %s: could not remove %s of an earlier attempt: %s", claim.job_id, key, exc)

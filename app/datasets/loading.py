@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -12,22 +13,37 @@ import pyarrow.parquet as pq
 from app.datasets.inspection import check_array_dtype
 from app.errors import InvalidInput, Unavailable
 from app.models import Dataset
-from app.storage import get_storage
+from app.storage import KeyNotFound, get_storage
+
+T = TypeVar("T")
 
 
 def dataset_path(dataset: Dataset) -> Path:
     """A local copy of the stored blob: Parquet for tables (whatever was uploaded), the original file
     for ``.npz``. With an object store it comes from this machine's blob cache, fetched on a miss.
 
-    Raises 503 ``dataset_file_missing`` when the blob is gone, ``storage_unavailable`` when the
-    store cannot be reached.
+    Raises 503 ``dataset_file_missing`` when the store has no such blob, ``storage_unavailable`` when
+    the store cannot be reached (or has no such bucket). A local file error (the cache directory
+    deleted under us) is not reported as a missing blob.
     """
     try:
         return get_storage().local_path(dataset.storage_key)
-    except FileNotFoundError as exc:
-        raise Unavailable(
-            "dataset_file_missing", f"the stored file of dataset '{dataset.id}' is missing from storage"
-        ) from exc
+    except KeyNotFound as exc:
+        raise _missing(dataset) from exc
+
+
+def read_dataset_file(dataset: Dataset, reader: Callable[[Path], T]) -> T:
+    """``reader`` of a local copy of the stored blob (errors as :func:`dataset_path`). A cached copy
+    that vanishes before it is opened, or fails to read (damaged on this machine's disk), is fetched
+    once more and read again."""
+    try:
+        return get_storage().read_local(dataset.storage_key, reader)
+    except KeyNotFound as exc:
+        raise _missing(dataset) from exc
+
+
+def _missing(dataset: Dataset) -> Unavailable:
+    return Unavailable("dataset_file_missing", f"the stored file of dataset '{dataset.id}' is missing from storage")
 
 
 def load_dataset_data(dataset: Dataset, columns: list[str] | None = None) -> pa.Table | dict[str, np.ndarray[Any, Any]]:
@@ -36,7 +52,10 @@ def load_dataset_data(dataset: Dataset, columns: list[str] | None = None) -> pa.
     ``columns`` selects table columns (or arrays) to read; unknown names raise a 422 naming them.
     Arrays are loaded with ``allow_pickle=False``: an upload is never unpickled.
     """
-    path = dataset_path(dataset)
+    return read_dataset_file(dataset, lambda path: _read(path, columns))
+
+
+def _read(path: Path, columns: list[str] | None) -> pa.Table | dict[str, np.ndarray[Any, Any]]:
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files) if columns is None else columns

@@ -13,10 +13,10 @@ from typing import Literal
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
-from app.errors import Conflict, not_found
-from app.jobs.service import model_key, model_path
+from app.errors import Conflict
+from app.jobs.service import load_model_artifact, model_key, model_path
 from app.models import Project
-from app.storage import LocalStorage, get_storage
+from app.storage import KeyNotFound, LocalStorage, get_storage
 
 ModelFormat = Literal["pt", "onnx", "safetensors"]
 MEDIA_TYPES: dict[str, str] = {
@@ -27,13 +27,12 @@ MEDIA_TYPES: dict[str, str] = {
 
 
 @lru_cache(maxsize=8)
-def _converted(path: str, mtime: float, model_format: str) -> bytes:
-    import torch
-
+def _converted(storage_url: str, key: str, model_format: str) -> bytes:
+    """Keyed on the storage key: a model's key names immutable content (job and attempt), and the
+    blob cache's LRU clock (the copy's mtime) moves on every use."""
     from worker.engine.export import export_model
 
-    artifact = torch.load(path, map_location="cpu", weights_only=True)
-    return export_model(artifact, model_format)
+    return export_model(load_model_artifact(key), model_format)
 
 
 @dataclass
@@ -58,11 +57,11 @@ def exported_model(
     presigned URL when so configured). Other formats: the converted model's bytes (cached per file)."""
     if model_format == "pt":
         return stored_model(session, project, job_id)
-    path = model_path(session, project, job_id)
+    key = model_key(session, project, job_id)
     try:
-        return _converted(str(path), path.stat().st_mtime, model_format)
-    except FileNotFoundError as exc:  # deleted since the check
-        raise not_found("job", job_id) from exc
+        return _converted(get_storage().url, key, model_format)
+    except KeyNotFound as exc:
+        raise Conflict("model_not_ready", f"job '{job_id}' has no stored model") from exc
 
 
 def stored_model(session: Session, project: Project, job_id: str) -> Path | StoredModel | ModelRedirect:

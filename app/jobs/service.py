@@ -18,7 +18,7 @@ from app.config import get_settings
 from app.datasets.loading import load_dataset_data
 from app.datasets.service import get_dataset
 from app.db import get_scoped
-from app.errors import BadRequest, Conflict, InvalidInput, not_found, validation_details, validation_message
+from app.errors import BadRequest, Conflict, InvalidInput, validation_details, validation_message
 from app.jobs import state
 from app.jobs.dispatch import nudge
 from app.jobs.documents import DOCUMENT_COLUMNS, document_of, job_document
@@ -32,7 +32,7 @@ from app.models import Dataset, EpochMetric, Evaluation, Job, Project
 from app.pagination import PageParams
 from app.queue import DEFAULT_QUEUE, GPU_QUEUE
 from app.quotas import check_active_jobs_quota
-from app.storage import StorageUnavailable, get_storage
+from app.storage import KeyNotFound, StorageUnavailable, get_storage
 from worker.engine import DataError, JobSpec, check_spec_fits, results
 from worker.engine.defaults import TrainingShape, resolve_defaults
 from worker.engine.footprint import blamed_fields, describe, footprint
@@ -235,7 +235,8 @@ def delete_jobs(session: Session, jobs: Sequence[Job]) -> None:
             f"job(s) {', '.join(active[:5])} are still queued or running; cancel them first",
             {"jobs": active},
         )
-    keys = [j.artifact_key for j in jobs if j.artifact_key]
+    # The model of every attempt: one killed between its upload and its commit left its file behind.
+    keys = list(dict.fromkeys(key for j in jobs for key in model_keys_of(j)))
     # Guarded by status: a job cannot have started since the check (finished jobs never restart).
     ids = [j.id for j in jobs]
     session.execute(delete(Job).where(Job.id.in_(ids), Job.status.in_(FINISHED)))
@@ -243,9 +244,15 @@ def delete_jobs(session: Session, jobs: Sequence[Job]) -> None:
     storage = get_storage()
     for key in keys:
         try:
-            storage.delete(key)
+            storage.delete(key)  # a key with no object is fine
         except StorageUnavailable as exc:  # the jobs are gone; an unreferenced model file stays behind
             log.warning("model %s could not be removed from storage: %s", key, exc.message)
+
+
+def model_keys_of(job: Job) -> list[str]:
+    """The storage keys a job's attempts may have written a model to (``models/{id}-{n}.pt``)."""
+    keys = [f"models/{job.id}-{n}.pt" for n in range(1, (job.attempts or 0) + 1)]
+    return [job.artifact_key, *keys] if job.artifact_key else keys
 
 
 def delete_job(session: Session, project: Project, job_id: str) -> None:
@@ -318,18 +325,25 @@ def model_path(session: Session, project: Project, job_id: str) -> Path:
     key = model_key(session, project, job_id)
     try:
         return get_storage().local_path(key)
-    except FileNotFoundError as exc:
+    except KeyNotFound as exc:
         raise Conflict("model_not_ready", f"job '{job_id}' has no stored model") from exc
 
 
-@lru_cache(maxsize=16)
-def _predictor(path: str, mtime: float) -> Any:
+def load_model_artifact(key: str) -> Any:
+    """The stored ``.pt`` under ``key``, loaded (weights only). A cached copy that fails to load is
+    fetched once more (see Storage.read_local); KeyNotFound when there is none."""
     import torch
 
+    return get_storage().read_local(key, lambda path: torch.load(path, map_location="cpu", weights_only=True))
+
+
+@lru_cache(maxsize=16)
+def _predictor(storage_url: str, key: str) -> Any:
+    """Keyed on the storage key: a model's key names immutable content (job and attempt), and the
+    blob cache's LRU clock (the copy's mtime) moves on every use."""
     from worker.engine import load_predictor
 
-    artifact = torch.load(path, map_location="cpu", weights_only=True)
-    return load_predictor(artifact)
+    return load_predictor(load_model_artifact(key))
 
 
 def _invalid_inputs(message: str) -> InvalidInput:
@@ -346,11 +360,11 @@ def _all_plain_numbers(value: Any) -> bool:
 def predict(session: Session, project: Project, job_id: str, inputs: list[Any]) -> Any:
     import numpy as np
 
-    path = model_path(session, project, job_id)
+    key = model_key(session, project, job_id)
     try:
-        predictor = _predictor(str(path), path.stat().st_mtime)
-    except FileNotFoundError as exc:  # deleted since the check
-        raise not_found("job", job_id) from exc
+        predictor = _predictor(get_storage().url, key)
+    except KeyNotFound as exc:
+        raise Conflict("model_not_ready", f"job '{job_id}' has no stored model") from exc
     if getattr(predictor, "codec", None) is not None:  # a text model: raw strings in, tokenized as in training
         try:
             return predictor.predict(inputs)
