@@ -39,7 +39,7 @@ from app.datasets.inspection import (
     is_binary_like,
     read_npy_header,
 )
-from app.datasets.loading import dataset_path
+from app.datasets.loading import read_dataset_file
 from app.datasets.schemas import ArrayPreview, ColumnInfo, DatasetPreview
 from app.datasets.upload import MULTIPART_OVERHEAD_BYTES, ReceivedUpload, receive_upload
 from app.db import get_scoped
@@ -317,15 +317,19 @@ def preview_dataset(dataset: Dataset, rows: int) -> DatasetPreview:
 
     A table shows at most RNNLAB_MAX_PREVIEW_CELLS cells: fewer rows for a wide one.
     """
-    path = dataset_path(dataset)
     if dataset.columns:
         rows = max(1, min(rows, get_settings().max_preview_cells // len(dataset.columns)))
     columns = [ColumnInfo.model_validate(c) for c in dataset.columns] if dataset.columns else None
     preview = DatasetPreview(id=dataset.id, format=dataset.format, num_rows=dataset.num_rows, columns=columns)
-    if path.suffix == ".npz":
-        preview.arrays = _preview_arrays(path, dataset.filename, rows)
-    else:
-        preview.rows = _preview_table(path, rows)
+
+    def read(path: Path) -> None:
+        if path.suffix == ".npz":
+            preview.arrays = _preview_arrays(path, dataset.filename, rows)
+        else:
+            preview.rows = _preview_table(path, rows)
+
+    # Through the cache's reader: a copy damaged on this machine's disk is fetched again and re-read.
+    read_dataset_file(dataset, read)
     return preview
 
 
