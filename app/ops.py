@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -14,6 +15,7 @@ from app.errors import ErrorBody, NotFound, Unauthorized, error_body
 from app.jobs.status import JobStatus
 from app.models import Dataset, Job
 from app.queue import DEFAULT_QUEUE, broker_ready
+from app.storage import get_storage, storage_ready
 
 router = APIRouter(tags=["operations"])
 
@@ -33,9 +35,28 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"model": ErrorBody, "description": "Database or broker unreachable"}})
+# The store's answer is kept this long: a probe every few seconds costs one bucket listing, not one each.
+STORAGE_CHECK_SECONDS = 10.0
+_storage_checked: tuple[object, float, str | None] | None = None
+
+
+def storage_ready_cached() -> str | None:
+    """:func:`app.storage.storage_ready` (one LIST on S3, nothing for files), at most every
+    STORAGE_CHECK_SECONDS per process and store."""
+    global _storage_checked
+    store, now = get_storage(), time.monotonic()
+    checked = _storage_checked
+    if checked is None or checked[0] is not store or now - checked[1] >= STORAGE_CHECK_SECONDS:
+        checked = _storage_checked = (store, now, storage_ready())
+    return checked[2]
+
+
+@router.get(
+    "/readyz", responses={503: {"model": ErrorBody, "description": "Database, broker or object storage unreachable"}}
+)
 def readyz() -> JSONResponse:
-    checks = {"database": database_ready(), "broker": broker_ready()}
+    # A misnamed bucket or an unreachable store makes every upload and job fail: not ready.
+    checks = {"database": database_ready(), "broker": broker_ready(), "storage": storage_ready_cached()}
     failed = {k: v for k, v in checks.items() if v}
     if failed:
         return JSONResponse(error_body("not_ready", "; ".join(failed.values()), {"checks": failed}), status_code=503)
@@ -93,8 +114,8 @@ def prometheus_text() -> str:
         "# HELP rnnlab_datasets Stored datasets.",
         "# TYPE rnnlab_datasets gauge",
         f"rnnlab_datasets {datasets}",
-        "# HELP rnnlab_ready 1 when the database and the broker answer.",
+        "# HELP rnnlab_ready 1 when the database, the broker and the object store answer.",
         "# TYPE rnnlab_ready gauge",
-        f"rnnlab_ready {int(database_ready() is None and broker_ready() is None)}",
+        f"rnnlab_ready {int(database_ready() is None and broker_ready() is None and storage_ready_cached() is None)}",
     ]
     return "\n".join(lines) + "\n"

@@ -52,7 +52,7 @@ def test_migrations_match_the_models(env) -> None:
 def test_healthz_and_readyz(client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     body = client.get("/readyz").json()
-    assert body["status"] == "ready" and body["checks"] == {"database": "ok", "broker": "ok"}
+    assert body["status"] == "ready" and body["checks"] == {"database": "ok", "broker": "ok", "storage": "ok"}
 
 
 def test_readyz_503_when_database_unreachable(tmp_path, monkeypatch) -> None:

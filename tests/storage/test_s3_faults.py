@@ -93,6 +93,8 @@ def test_a_missing_bucket_is_storage_unavailable_never_a_missing_key(s3_env, s3_
     assert r.headers["retry-after"] == "5"  # a 503 says when to ask again
     preview = s3_client.get(f"/api/v1/datasets/{dataset['id']}/preview?rows=3", headers=s3_auth)
     assert preview.status_code == 503 and preview.json()["error"]["code"] == "storage_unavailable", preview.text
+    ready = s3_client.get("/readyz")  # the API is not ready: every upload and job would fail
+    assert ready.status_code == 503 and "storage" in ready.json()["error"]["details"]["checks"], ready.text
 
 
 def test_a_job_whose_bucket_is_misnamed_is_queued_again_not_failed_as_data_error(
