@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -109,6 +110,24 @@ def gzip_bomb(expanded_bytes: int) -> bytes:
         parts.append(compressor.compress(line))
     parts.append(compressor.flush())
     return b"".join(parts)
+
+
+def parquet_bomb(rows: int, value_bytes: int) -> bytes:
+    """A few KB of Parquet whose text column is one long value repeated ``rows`` times (dictionary
+    encoded: one copy stored), decoding to ``rows * value_bytes`` bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    value = pa.array(["a" * value_bytes])
+    table = pa.table(
+        {
+            "y": pa.array(range(rows), pa.float64()),
+            "s": pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), value),
+        }
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd", store_schema=False)
+    return sink.getvalue()
 
 
 def slowloris(base_url: str, connections: int, wait_s: float) -> tuple[int, int]:
@@ -526,6 +545,14 @@ def main() -> int:
             return r.status_code, f"{len(bomb) / MIB:.1f} MB -> 1.1 GiB, {r.json()['error']['code']}"
 
         report(server, "upload .csv.gz expanding to 1.1 GiB", gz_bomb, "RNNLAB_MAX_COMPRESSION_RATIO=100")
+
+        pq_bomb = parquet_bomb(1500, 1024**2)
+
+        def parquet_bomb_case() -> tuple[int, str]:
+            r = http.post("/api/v1/datasets", files={"file": ("bomb.parquet", pq_bomb)})
+            return r.status_code, f"{len(pq_bomb) / 1024:.1f} KB -> 1.5 GiB decoded, {r.json()['error']['code']}"
+
+        report(server, "upload .parquet decoding to 1.5 GiB", parquet_bomb_case, "RNNLAB_MAX_DECOMPRESSED_BYTES")
 
         def rate() -> tuple[str, str]:
             responses = [http.get("/api/v1/jobs?limit=1") for _ in range(300)]
