@@ -132,12 +132,15 @@ class BlobCache:
         if self._usable(key, path):
             self.hits += 1
             return path
-        with self.store_slot(key), self._key_lock(key):
-            if self._usable(key, path):  # another process fetched it while we waited
+        # The key's lock first, a store slot only for the thread that downloads: threads waiting for a
+        # fetch in progress hold no slot (20 waiters for one slow download took all 8 and got 503s).
+        with self._key_lock(key):
+            if self._usable(key, path):  # another thread or process fetched it while we waited
                 self.hits += 1
                 return path
-            self._drop(key, path)  # a damaged copy, or one without a sidecar
-            self._fetch(key, path, fetch)
+            with self.store_slot(key):
+                self._drop(key, path)  # a damaged copy, or one without a sidecar
+                self._fetch(key, path, fetch)
         self.misses += 1
         self.evict(keep=path)
         return path
@@ -150,8 +153,10 @@ class BlobCache:
         read_errors: tuple[type[BaseException], ...] = READ_ERRORS,
     ) -> T:
         """``reader(path)`` of the local copy of ``key``. When reading fails with one of ``read_errors``
-        (a copy damaged since this process checked it) the copy is dropped and fetched once more; when
-        the copy is gone before the reader opens it (deleted under us), it is fetched once more."""
+        and the copy no longer matches the SHA-256 it was downloaded with (damaged since this process
+        checked it), it is dropped and fetched once more; a copy that still matches is what the store
+        holds, so the error is the reader's answer and is raised (an NPZ of object arrays was
+        downloaded again on every request). A copy gone before the reader opens it is fetched again."""
         path = self.get(key, fetch)
         identity = _identity(path)
         try:
@@ -159,9 +164,21 @@ class BlobCache:
         except FileNotFoundError:
             log.warning("blob cache: the copy of %s went away before it was read; fetching it again", key)
         except read_errors as exc:
-            log.warning("blob cache: reading the copy of %s failed (%s); fetching it again", key, exc)
+            if self._intact(key, path):
+                raise
+            log.warning("blob cache: reading the copy of %s failed (%s) and it is damaged; fetching it again", key, exc)
             self._drop_if(key, path, identity)
         return reader(self.get(key, fetch))
+
+    def _intact(self, key: str, path: Path) -> bool:
+        """The copy matches the size and SHA-256 its sidecar recorded (False when unsure)."""
+        meta = self._read_meta(key)
+        if meta is None or not meta.get("sha256"):
+            return False
+        try:
+            return path.stat().st_size == meta.get("size") and _sha256(path) == meta["sha256"]
+        except FileNotFoundError:
+            return False
 
     def adopt(self, key: str, source: Path) -> None:
         """Keep the local file ``source`` (just written to the store under ``key``) as its copy."""

@@ -45,29 +45,32 @@ def test_eviction_spares_blobs_used_within_the_grace_period(tmp_path) -> None:
 
 def test_readers_racing_eviction_always_open_what_they_were_handed(tmp_path) -> None:
     """The reviewer's repro in small: 8 blobs, a cache too small for them, readers in threads and in
-    two caches on one directory (two processes), each opening its path twice after get()."""
+    two caches on one directory (two processes), each opening its path twice after get(). The grace
+    is short and the readers slow enough that blobs *are* evicted and fetched again meanwhile."""
     root = tmp_path / "cache"
-    caches = [BlobCache(root, max_bytes=3000), BlobCache(root, max_bytes=3000)]
+    caches = [BlobCache(root, max_bytes=3000, grace_seconds=1.0) for _ in range(2)]
     contents = {f"datasets/{i:02d}/{i}.parquet": bytes([65 + i]) * 750 for i in range(8)}
     errors: list[BaseException] = []
 
     def read(n: int) -> None:
         cache = caches[n % 2]
         try:
-            for i in range(60):
+            for i in range(16):
                 key = list(contents)[(n + i) % 8]
                 path = cache.get(key, _writer(contents[key]))
                 assert path.read_bytes()[:1] == contents[key][:1]  # the schema
                 assert path.read_bytes() == contents[key]  # then the table
+                time.sleep(0.3)
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=read, args=(n,)) for n in range(8)]
+    threads = [threading.Thread(target=read, args=(n,)) for n in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert errors == []
+    assert sum(c.misses for c in caches) > len(contents)  # some blob was evicted and fetched again
 
 
 def test_get_verified_fetches_again_when_the_copy_is_gone_before_it_is_read(tmp_path) -> None:
@@ -131,26 +134,34 @@ def test_a_copy_without_its_sidecar_is_fetched_again(tmp_path) -> None:
 
 
 def test_a_copy_that_fails_to_read_is_dropped_and_fetched_once_more(tmp_path) -> None:
+    """A reader error on a copy damaged since this process checked it (same size, other bytes): the
+    copy is fetched again and read again. On a copy that still matches its SHA-256 the error is the
+    reader's answer about what the store holds: raised, with no new download (an NPZ of object arrays
+    was downloaded again on every request)."""
     cache = BlobCache(tmp_path / "cache", max_bytes=10**6)
     calls: list[str] = []
     reads: list[bytes] = []
+    key = "models/j-1.pt"
 
     def reader(path: Path) -> bytes:
         data = path.read_bytes()
         reads.append(data)
-        if len(reads) == 1:
+        if data != b"m" * 10:
             raise RuntimeError("PytorchStreamReader failed reading zip archive")
         return data
 
-    assert cache.get_verified("models/j-1.pt", _writer(b"m" * 10, calls), reader) == b"m" * 10
+    path = cache.get(key, _writer(b"m" * 10, calls))
+    path.write_bytes(b"x" * 10)  # damaged on disk after this process checked it
+    assert cache.get_verified(key, _writer(b"m" * 10, calls), reader) == b"m" * 10
     assert len(calls) == 2 and len(reads) == 2
 
-    def always_broken(path: Path) -> bytes:
-        raise ValueError("Parquet magic bytes not found")
+    def refuses(path: Path) -> bytes:
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
 
-    with pytest.raises(ValueError, match="magic bytes"):  # a damaged stored blob: one more try, no loop
-        cache.get_verified("models/j-1.pt", _writer(b"m" * 10, calls), always_broken)
-    assert len(calls) == 3
+    for _ in range(3):
+        with pytest.raises(ValueError, match="Object arrays"):
+            cache.get_verified(key, _writer(b"m" * 10, calls), refuses)
+    assert len(calls) == 2  # intact: never downloaded again
 
 
 def test_a_download_shorter_than_the_store_said_is_not_kept(tmp_path) -> None:
@@ -236,3 +247,33 @@ def test_past_its_fetch_slots_a_process_gives_up_at_once_and_hits_still_answer(t
     finally:
         release.set()
         holder.join()
+
+
+def test_threads_waiting_for_a_download_in_progress_hold_no_store_slot(tmp_path) -> None:
+    """Waiters for one blob that this process is already downloading wait for it (it makes progress)
+    instead of taking store slots: 20 waiters for one slow download took all 8 and got 503s."""
+    cache = BlobCache(tmp_path / "cache", max_bytes=10**6, max_fetchers=2, slot_wait_seconds=0.2)
+    calls: list[int] = []
+
+    def slow(target: Path) -> None:
+        calls.append(1)
+        with target.open("wb") as f:
+            for _ in range(6):  # 0.6 s, a byte at a time: progress the waiters can see
+                f.write(b"x")
+                f.flush()
+                time.sleep(0.1)
+
+    errors: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            assert cache.get("datasets/00/slow.parquet", slow).read_bytes() == b"x" * 6
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=get) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and calls == [1]

@@ -215,7 +215,9 @@ def test_a_hanging_store_holds_a_few_threads_and_other_requests_answer(s3_env, s
     try:
         assert started.wait(20)
         began = time.monotonic()
-        for dataset in (second, first):  # no slot left; the same blob's fetch makes no progress
+        # Another blob: no store slot left (a 503 after the slot wait). The same blob: its fetch in
+        # flight makes no progress (a 503 after stall_seconds, holding no slot meanwhile).
+        for dataset in (second, first):
             r = s3_client.get(f"/api/v1/datasets/{dataset['id']}/preview?rows=3", headers=s3_auth)
             assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
         assert time.monotonic() - began < 10
