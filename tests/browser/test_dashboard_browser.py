@@ -647,6 +647,25 @@ def test_datasets_upload_preview_leaderboard_and_new_job(site: Site) -> None:
     # Preview cells as the API sends them: integers exact (not 1.7e+12), decimals as written.
     page.locator("#dataset-preview td", has_text="1700000000002").wait_for(timeout=15_000)
     assert "2.5" in page.inner_text("#dataset-preview") and "e+" not in page.inner_text("#dataset-preview")
+    # Lists and structs as text, their numbers exact too (a list cell showed "[object Object]…").
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    nested = pa.table({"lst": [[0.1, 0.2, 3]], "st": [{"a": 1700000000123, "b": "x"}], "v": [1.0]})
+    pq.write_table(nested, sink)
+    r = httpx.post(
+        f"{site.base}/api/v1/datasets",
+        headers={"Authorization": f"Bearer {site.key}"},
+        files={"file": ("nested.parquet", sink.getvalue(), "application/octet-stream")},
+    )
+    assert r.status_code == 201, r.text
+    page.goto(f"{site.base}/#/datasets/{r.json()['id']}")
+    page.locator("#dataset-preview td", has_text="[0.1, 0.2, 3").wait_for(timeout=15_000)
+    shown = page.inner_text("#dataset-preview")
+    assert '{"a": 1700000000123, "b": "x"}' in shown and "object Object" not in shown, shown
     page.context.close()
     assert_local_only(site)
 

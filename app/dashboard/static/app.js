@@ -1096,6 +1096,15 @@ function exactPreview(text) {
   }
   return preview;
 }
+// A preview cell as text: numbers as sent, lists as [a, b], structs and maps as {"k": v} (a list
+// cell showed "[object Object]…", a struct always had).
+function cellText(value, nested = false) {
+  if (value instanceof ExactNumber) return value.text;
+  if (value === null || value === undefined) return nested ? "null" : "–";
+  if (Array.isArray(value)) return `[${value.map((v) => cellText(v, true)).join(", ")}]`;
+  if (typeof value === "object") return `{${Object.entries(value).map(([k, v]) => `${JSON.stringify(k)}: ${cellText(v, true)}`).join(", ")}}`;
+  return nested && typeof value === "string" ? JSON.stringify(value) : String(value);
+}
 
 async function datasetView(view, id) {
   const ds = await api(`/datasets/${encodeURIComponent(id)}`);
@@ -1119,8 +1128,8 @@ async function datasetView(view, id) {
   if (preview.rows?.length) {
     const keys = Object.keys(preview.rows[0]);
     previewTable = tableWrap(h("table", { id: "dataset-preview" }, h("thead", {}, h("tr", {}, keys.map((k) => h("th", {}, k)))),
-      h("tbody", {}, preview.rows.map((r) => h("tr", {}, keys.map((k) => r[k] instanceof ExactNumber
-        ? h("td", { class: "num" }, r[k].text) : h("td", {}, r[k] ?? "–")))))));
+      h("tbody", {}, preview.rows.map((r) => h("tr", {}, keys.map((k) => h("td", r[k] instanceof ExactNumber ? { class: "num" } : {},
+        cellText(r[k]))))))));
   } else if (preview.arrays) {
     previewTable = h("pre", { id: "dataset-preview" }, JSON.stringify(preview.arrays, null, 1).slice(0, 4000));
   } else previewTable = empty("Nothing to preview.");
