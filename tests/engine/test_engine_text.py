@@ -85,13 +85,9 @@ def test_tokenizer_round_trip(kind: str) -> None:
     assert again.encode(["an unseen zebra"])[1][0].count("[UNK]") >= (1 if kind == "word" else 0)
 
 
-@pytest.mark.parametrize("lowercase", [True, False])
-def test_words_spelling_the_special_tokens_are_words_not_padding(lowercase: bool) -> None:
-    """``tokenizers`` matched ``[PAD]``/``[UNK]`` inside raw input: a tagged word ``x[PAD]y`` became three
-    tokens (tags out of line with words), and ``[PAD]`` in a text was padding. One word, one token; id 0
-    only after the text; the stored form (models saved before this fix included) encodes the same."""
-    words = ["ann", "x[PAD]y", "went", "[UNK]", "[PAD]", "to"]
-    spec = JobSpec.model_validate(
+def tagging_words_spec(lowercase: bool) -> JobSpec:
+    """Tagging of a text column "words" (one tag per word in "tags")."""
+    return JobSpec.model_validate(
         {
             "dataset_id": "ds",
             "task": "tagging",
@@ -99,6 +95,15 @@ def test_words_spelling_the_special_tokens_are_words_not_padding(lowercase: bool
             "text": {"column": "words", "lowercase": lowercase},
         }
     )
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_words_spelling_the_special_tokens_are_words_not_padding(lowercase: bool) -> None:
+    """``tokenizers`` matched ``[PAD]``/``[UNK]`` inside raw input: a tagged word ``x[PAD]y`` became three
+    tokens (tags out of line with words), and ``[PAD]`` in a text was padding. One word, one token; id 0
+    only after the text; the stored form (models saved before this fix included) encodes the same."""
+    words = ["ann", "x[PAD]y", "went", "[UNK]", "[PAD]", "to"]
+    spec = tagging_words_spec(lowercase)
     codec = TextCodec.train(spec, [words], pretokenized=True)
     codec.max_length = 8
     ids, tokens = codec.encode([words])
@@ -120,14 +125,7 @@ def test_training_words_that_spell_special_tokens_keep_the_ids_dense() -> None:
     """With case kept, the word-level trainer numbered [PAD]/[UNK] after training words that spell them:
     id 0 was a word and the vocabulary one short of its largest id (an IndexError in training)."""
     words = ["[PAD]", "hello", "x", "world", "[UNK]"]
-    spec = JobSpec.model_validate(
-        {
-            "dataset_id": "ds",
-            "task": "tagging",
-            "data": {"layout": "text", "target": "tags"},
-            "text": {"column": "words", "lowercase": False},
-        }
-    )
+    spec = tagging_words_spec(lowercase=False)
     codec = TextCodec.train(spec, [words], pretokenized=True)
     vocab = codec.tokenizer.get_vocab()
     assert vocab["[PAD]"] == 0 and vocab["[UNK]"] == 1

@@ -3,10 +3,12 @@ and a store that hangs (a fetch that stalls must not hold every thread)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -196,20 +198,27 @@ def _hanging(started: threading.Event, release: threading.Event):
     return fetch
 
 
-def test_a_stalled_fetch_makes_waiters_for_the_same_blob_give_up(tmp_path) -> None:
-    cache = BlobCache(tmp_path / "cache", max_bytes=10**6, stall_seconds=0.5)
+@contextlib.contextmanager
+def _fetch_hanging(cache: BlobCache, key: str) -> Iterator[None]:
+    """Another thread's fetch of ``key`` that writes nothing until the block ends."""
     started, release = threading.Event(), threading.Event()
-    holder = threading.Thread(target=cache.get, args=("models/j-1.pt", _hanging(started, release)))
+    holder = threading.Thread(target=cache.get, args=(key, _hanging(started, release)))
     holder.start()
     try:
         assert started.wait(10)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_stalled_fetch_makes_waiters_for_the_same_blob_give_up(tmp_path) -> None:
+    cache = BlobCache(tmp_path / "cache", max_bytes=10**6, stall_seconds=0.5)
+    with _fetch_hanging(cache, "models/j-1.pt"):
         began = time.monotonic()
         with pytest.raises(CacheBusy, match="no progress"):
             cache.get("models/j-1.pt", _writer(b"never called"))
         assert time.monotonic() - began < 5
-    finally:
-        release.set()
-        holder.join()
 
 
 def test_a_fetch_that_makes_progress_is_waited_for(tmp_path) -> None:
@@ -234,19 +243,12 @@ def test_a_fetch_that_makes_progress_is_waited_for(tmp_path) -> None:
 def test_past_its_fetch_slots_a_process_gives_up_at_once_and_hits_still_answer(tmp_path) -> None:
     cache = BlobCache(tmp_path / "cache", max_bytes=10**6, max_fetchers=1, slot_wait_seconds=0.2)
     cached = cache.get("datasets/aa/a.parquet", _writer(b"a" * 10))
-    started, release = threading.Event(), threading.Event()
-    holder = threading.Thread(target=cache.get, args=("models/j-1.pt", _hanging(started, release)))
-    holder.start()
-    try:
-        assert started.wait(10)
+    with _fetch_hanging(cache, "models/j-1.pt"):
         began = time.monotonic()
         with pytest.raises(CacheBusy, match="too many fetches"):
             cache.get("models/other.pt", _writer(b"o"))
         assert time.monotonic() - began < 2
         assert cache.get("datasets/aa/a.parquet", _writer(b"never called")) == cached  # a hit needs no slot
-    finally:
-        release.set()
-        holder.join()
 
 
 def test_threads_waiting_for_a_download_in_progress_hold_no_store_slot(tmp_path) -> None:
