@@ -226,8 +226,9 @@ def cancel_job(session: Session, project: Project, job_id: str) -> Job:
     return job
 
 
-def delete_jobs(session: Session, jobs: Sequence[Job]) -> None:
-    """Delete finished jobs with their metrics, evaluations (database cascade) and model files."""
+def delete_jobs(session: Session, jobs: Sequence[Job], also: Sequence[Any] = ()) -> None:
+    """Delete finished jobs with their metrics, evaluations (database cascade) and model files; ``also``
+    (rows such as their sweep) are deleted in the same transaction."""
     active = [j.id for j in jobs if j.status in ACTIVE]
     if active:
         raise Conflict(
@@ -240,6 +241,8 @@ def delete_jobs(session: Session, jobs: Sequence[Job]) -> None:
     # Guarded by status: a job cannot have started since the check (finished jobs never restart).
     ids = [j.id for j in jobs]
     session.execute(delete(Job).where(Job.id.in_(ids), Job.status.in_(FINISHED)))
+    for row in also:
+        session.delete(row)
     session.commit()
     storage = get_storage()
     for key in keys:

@@ -39,6 +39,25 @@ def _spec_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
 SPEC_PATHS = frozenset(_spec_paths(JobSpec))
 
 
+def takes_only_whole_numbers(path: str) -> bool:
+    """The spec field at ``path`` takes integers and no other numbers (``model.hidden_size``; not
+    ``model.ar_ridge``, a float or "loo")."""
+    from worker.engine.spec import _kinds
+
+    model: Any = JobSpec
+    annotation: Any = None
+    for name in path.split("."):
+        if model is None or name not in model.model_fields:
+            return False
+        annotation = model.model_fields[name].annotation
+        model = next(
+            (m for m in (annotation, *typing.get_args(annotation)) if isinstance(m, type) and issubclass(m, BaseModel)),
+            None,
+        )
+    kinds = _kinds(annotation)
+    return int in kinds and float not in kinds
+
+
 def grid_error(message: str, field: str, code: str = "invalid_grid", **extra: Any) -> AppError:
     return InvalidInput(code, message, [{"field": field, "message": message, "type": code, **extra}])
 

@@ -63,13 +63,14 @@ def default_startup_trials(trial_budget: int) -> int:
     return max(1, min(10, trial_budget // 4))
 
 
-def confirm_reserve(confirm_seeds: Sequence[int] | None) -> int:
-    """Jobs of max_jobs held back for confirmation: the best and the runner-up, once per seed."""
-    return 2 * len(confirm_seeds or [])
+def confirm_reserve(confirm_seeds: Sequence[int] | None, trial_seed: int) -> int:
+    """Jobs of max_jobs held back for confirmation: the best and the runner-up, once per seed other
+    than the trial seed (which their trials ran with already: it was reserved and never run)."""
+    return 2 * len([seed for seed in confirm_seeds or [] if seed != trial_seed])
 
 
 def trial_budget(sweep: Sweep) -> int:
-    return sweep.max_jobs - confirm_reserve(sweep.confirm_seeds)
+    return sweep.max_jobs - confirm_reserve(sweep.confirm_seeds, _trial_seed(sweep))
 
 
 def objective_metric(sweep: Sweep) -> str:

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -300,13 +301,21 @@ def cancel_sweep(session: Session, project: Project, sweep_id: str) -> SweepCanc
 def delete_sweep(session: Session, project: Project, sweep_id: str) -> None:
     """Delete a sweep whose jobs have all finished, with those jobs (409 while any is queued or running)."""
     sweep = get_sweep(session, project, sweep_id)
+    # The sweep's row locked first: a search asking its next trial (which updates this row in the
+    # transaction that adds the trial) waits for the delete, then finds the sweep gone. The jobs and
+    # the sweep go in one transaction: the jobs were committed away before, a trial asked meanwhile
+    # made the sweep's delete fail (a 500), and the search went on without its history.
+    session.execute(select(Sweep.id).where(Sweep.id == sweep.id).with_for_update())
+    jobs = list(session.scalars(select(Job).where(Job.sweep_id == sweep.id)))
     try:
-        delete_jobs(session, list(session.scalars(select(Job).where(Job.sweep_id == sweep.id))))
+        delete_jobs(session, jobs, also=[sweep])
     except Conflict as exc:
         if exc.code != "job_active":
             raise
         active = len(exc.details["jobs"])
         message = f"sweep '{sweep.id}' has {active} queued or running job(s); cancel the sweep first"
         raise Conflict("sweep_active", message, exc.details) from exc
-    session.delete(sweep)
-    session.commit()
+    except IntegrityError as exc:  # SQLite: a trial added between the read and the delete (no row locks)
+        session.rollback()
+        message = f"sweep '{sweep.id}' asked a new trial meanwhile; cancel the sweep first"
+        raise Conflict("sweep_active", message, {"jobs": []}) from exc

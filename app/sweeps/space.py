@@ -12,7 +12,12 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import AppError
+from app.sweeps import grid as grids
 from app.sweeps.grid import RESERVED_PATHS, SPEC_PATHS, grid_error
+
+# A stepped range with more values than this is refused (Optuna divides with decimals: a step of
+# 1e-300 raised decimal.InvalidOperation, a 500).
+MAX_STEPS = 1_000_000
 
 # What Optuna can store as a categorical choice.
 Scalar = bool | int | float | str | None
@@ -55,7 +60,8 @@ def check_space(space: Mapping[str, ParameterRange]) -> None:
                 raise bad(f"'{path}' has no choices; give at least one", ".choices")
             seen: set[str] = set()
             for index, value in enumerate(rng.choices):
-                key = json.dumps(value)
+                number = isinstance(value, int | float) and not isinstance(value, bool)
+                key = json.dumps(float(value) if number and value is not None else value)  # 2 and 2.0: one
                 if key in seen:
                     raise bad(f"'{path}' repeats the choice {key}", f".choices[{index}]")
                 seen.add(key)
@@ -75,6 +81,22 @@ def check_space(space: Mapping[str, ParameterRange]) -> None:
                 raise bad(f"'{path}': step and log cannot be combined", ".step")
             if rng.step <= 0:
                 raise bad(f"'{path}': step must be positive, got {rng.step}", ".step")
+            if not math.isfinite(rng.step) or (rng.high - rng.low) / rng.step > MAX_STEPS:
+                message = f"'{path}': step {rng.step} makes more than {MAX_STEPS:,} values; give a larger step"
+                raise bad(message, ".step")
+        if grids.takes_only_whole_numbers(path):
+            # An integer field searched over a float range (2 to 4.0) drew 3.27 and every ask failed.
+            for name in ("low", "high", "step"):
+                value = getattr(rng, name)
+                if value is None:
+                    continue
+                if not float(value).is_integer():
+                    raise bad(f"'{path}' takes whole numbers; {name} is {value}", f".{name}")
+                setattr(rng, name, int(value))
+        try:
+            distribution(rng)
+        except (ValueError, ArithmeticError) as exc:  # what Optuna itself refuses
+            raise bad(f"'{path}': {exc}") from None
     for path in space:
         for other in space:
             if other != path and other.startswith(path + "."):

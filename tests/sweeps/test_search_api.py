@@ -47,6 +47,29 @@ def refused_field(client: Any, auth: dict[str, str], body: dict[str, Any], code:
     return str(err["message"])
 
 
+def test_integer_fields_take_whole_ranges_and_steps_stay_sane(client, auth, sine) -> None:
+    """A float-looking range on an integer field (2 to 4.0) drew 3.27 and every ask failed forever; a
+    step of 1e-300 made Optuna raise decimal.InvalidOperation (a 500); a trial seed among the confirm
+    seeds reserved jobs that never run; 2 and 2.0 were two choices."""
+    for space, field in (
+        ({"model.hidden_size": {"low": 2, "high": 4.5}}, "space.model.hidden_size.high"),
+        ({"model.hidden_size": {"low": 2, "high": 6, "step": 1e-300}}, "space.model.hidden_size.step"),
+        ({"training.learning_rate": {"low": 0.001, "high": 0.01, "step": 1e-300}}, "space.training.learning_rate.step"),
+        ({"model.hidden_size": {"choices": [2, 2.0]}}, "space.model.hidden_size.choices[1]"),
+    ):
+        refused_field(client, auth, {**tpe_body(sine), "space": space}, "invalid_space", field)
+    whole = {"model.hidden_size": {"low": 2, "high": 4.0}}
+    r = client.post("/api/v1/sweeps", headers=auth, json={**tpe_body(sine, max_jobs=3, parallelism=2), "space": whole})
+    assert r.status_code == 201, r.text
+    assert r.json()["space"]["model.hidden_size"] == {"low": 2, "high": 4}
+    assert len(r.json()["jobs"]) == 2 and all(
+        isinstance(j["setting"]["model.hidden_size"], int) for j in r.json()["jobs"]
+    )
+    # The trial seed among the confirm seeds holds nothing back: 3 jobs leave room for trials.
+    body = {**tpe_body(sine, max_jobs=3, parallelism=1, confirm_seeds=[0]), "seeds": [0]}
+    assert client.post("/api/v1/sweeps", headers=auth, json=body).status_code == 201
+
+
 def test_invalid_space_is_a_422_naming_the_parameter(client, auth, sine) -> None:
     space = lambda **p: {**SPACE, **p}  # noqa: E731
     refused_field(
@@ -112,7 +135,8 @@ def test_invalid_search_options_are_422s_naming_the_field(client, auth, sine) ->
     refused_field(client, auth, tpe_body(sine, objective="val.mae", pruner="median"), "invalid_objective", "pruner")
     refused_field(client, auth, tpe_body(sine, grid={"model.hidden_size": [4]}), "invalid_space", "grid")
     refused_field(client, auth, tpe_body(sine, seeds=[0, 1]), "invalid_space", "seeds")
-    refused_field(client, auth, tpe_body(sine, max_jobs=6, confirm_seeds=[0, 1, 2]), "too_many_jobs", "max_jobs")
+    # Seeds 1 and 2 (0 is the trial's own) hold back 4 jobs: 5 leave no room for 2 trials.
+    refused_field(client, auth, tpe_body(sine, max_jobs=5, confirm_seeds=[0, 1, 2]), "too_many_jobs", "max_jobs")
     body = {"base": forecast_spec(sine), "grid": {"model.hidden_size": [4]}, "pruner": "median"}
     refused_field(client, auth, body, "invalid_grid", "pruner")
     r = client.post("/api/v1/sweeps", headers=auth, json=tpe_body(sine, pruner="asha"))
@@ -311,10 +335,12 @@ def test_hyperband_keeps_its_rungs_on_the_job(client, auth, sine) -> None:
 
 
 def test_confirmation_runs_the_best_and_runner_up_with_each_seed(client, auth, sine) -> None:
-    body = tpe_body(sine, max_jobs=2 + 6, parallelism=3, confirm_seeds=[0, 1, 2])
+    body = tpe_body(sine, max_jobs=2 + 4, parallelism=3, confirm_seeds=[0, 1, 2])
     sweep = client.post("/api/v1/sweeps", headers=auth, json=body).json()
     trials = sorted(sweep["jobs"], key=lambda j: j["trial_number"])
-    assert len(trials) == 2  # max_jobs 8 - 6 held back for confirming the best and runner-up
+    # max_jobs 6 - 4 held back for confirming the best and runner-up with seeds 1 and 2 (seed 0 is the
+    # trials' own: it was held back too, and never run)
+    assert len(trials) == 2
     # The second trial fails: there is no runner-up, so only the best is confirmed.
     end_trial(trials[1]["id"], None, status="failed")
     assert search.advance_search(sweep["id"]) == []  # a trial still runs: the best is not final
@@ -388,6 +414,40 @@ def test_cancel_stops_asking(client, auth, sine) -> None:
     assert search.advance_search(sweep["id"]) == []
     read = client.get(f"/api/v1/sweeps/{sweep['id']}", headers=auth).json()
     assert read["report"]["search"]["done"] is True and read["progress"]["total"] == 2
+
+
+def test_deleting_a_search_while_it_asks_a_trial_is_all_or_nothing(client, auth, sine, monkeypatch) -> None:
+    """A trial asked while the sweep is being deleted: the delete either waits for nothing of it
+    (PostgreSQL: the ask waits on the sweep's row, then finds it gone) or is refused whole (SQLite: a
+    409, every job kept). Before, the finished trials were committed away, the sweep's delete then
+    failed on the new trial (a 500), and the search went on without its history."""
+    import threading
+
+    from app.sweeps import service as sweeps_service
+
+    sweep_id = client.post("/api/v1/sweeps", headers=auth, json=tpe_body(sine, max_jobs=6, parallelism=2)).json()["id"]
+    with new_session() as session:
+        for job_id in list(session.scalars(select(Job.id).where(Job.sweep_id == sweep_id))):
+            end_trial(job_id, 0.5)
+        finished = set(session.scalars(select(Job.id).where(Job.sweep_id == sweep_id)))
+    real = sweeps_service.delete_jobs
+
+    def asked_meanwhile(session, jobs, also=()):  # the worker's recovery loop asks right now
+        asker = threading.Thread(target=search.advance_search, args=(sweep_id,))
+        asker.start()
+        asker.join(2)
+        real(session, jobs, also)
+
+    monkeypatch.setattr(sweeps_service, "delete_jobs", asked_meanwhile)
+    r = client.delete(f"/api/v1/sweeps/{sweep_id}", headers=auth)
+    with new_session() as session:
+        left = set(session.scalars(select(Job.id).where(Job.sweep_id == sweep_id)))
+        sweep = session.get(Sweep, sweep_id)
+    if r.status_code == 204:
+        assert sweep is None and left == set()
+    else:
+        assert r.status_code == 409 and r.json()["error"]["code"] == "sweep_active", r.text
+        assert sweep is not None and finished <= left  # nothing deleted
 
 
 def test_recovery_asks_for_a_search_the_api_died_before_asking(client, auth, sine) -> None:
