@@ -4,11 +4,17 @@
     (val.accuracy >= 0.9 or status = "failed") and training.seed != 3
 
 Fields: ``<split>.<metric>`` of final metrics (train/val/test), ``best.<split>.<metric>`` and
-``last.<split>.<metric>`` for the epoch metrics (loss, rmse or accuracy) of train/val at the best
-and at the last epoch, the job columns ``status``,
+``last.<split>.<metric>`` for the epoch metrics at the best and at the last epoch (train: loss; val:
+loss and rmse or accuracy), the job columns ``status``,
 ``task``, ``name``, ``dataset_id``, ``sweep_id``, ``device``, ``attempts``, and any dotted path of the
 normalized spec (``model.hidden_size``, ``training.learning_rate``). Operators: = == != < <= > >= in, not in,
 and ``contains`` (a substring of a text field, any case: ``name contains "lstm"``).
+
+A job without a value for a field (no name, no sweep, no ``test.rmse``, a spec value of another type
+than the one compared with, such as ``model.ar_ridge = "loo"`` under ``model.ar_ridge > 0.5``) matches
+no comparison of it (=, <, in, contains, …), and so matches every negation: ``a != v`` is the complement
+of ``a = v``, ``a not in (…)`` of ``a in (…)``, ``not (…)`` of ``(…)``, over all jobs. SQL's NULL
+would drop such jobs from both sides; the compiled conditions never leave a NULL for NOT to keep.
 """
 
 from __future__ import annotations
@@ -22,8 +28,27 @@ import typing
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, not_, or_, select
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    Float,
+    Select,
+    String,
+    and_,
+    case,
+    false,
+    func,
+    literal,
+    literal_column,
+    not_,
+    or_,
+    select,
+)
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.type_api import TypeEngine
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from app.errors import AppError, BadRequest
 from app.jobs.final_values import EPOCH_SCOPES, EPOCH_SPLITS, FINAL_SPLITS
@@ -81,15 +106,19 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
 
 
 KNOWN_METRICS = tuple(dict.fromkeys((*REGRESSION_METRICS, *CLASSIFICATION_METRICS, *TAGGING_METRICS)))
-# What the engine reports per epoch (train: loss; val: loss and rmse or accuracy).
-EPOCH_METRICS = ("loss", "rmse", "accuracy")
+# What the engine reports per epoch (worker/engine/training.py): train only its loss; val its loss and
+# rmse (regression, forecast) or accuracy (classification, tagging). Another name can never have a value.
+EPOCH_SPLIT_METRICS: dict[str, tuple[str, ...]] = {"train": ("loss",), "val": ("loss", "rmse", "accuracy")}
+EPOCH_METRICS = tuple(dict.fromkeys(m for split in EPOCH_SPLITS for m in EPOCH_SPLIT_METRICS[split]))
 
 
 def metric_key(field: str, code: str = "invalid_where", error: type[AppError] = BadRequest) -> tuple[str, str] | None:
     """The (split, name) row of job_metrics a field like ``test.rmse`` or ``best.val.loss`` reads, or None.
 
-    A known split with an unknown metric name (``test.rsme``) is an error naming the known ones,
-    not a filter that silently matches nothing.
+    A known split with an unknown metric name (``test.rsme``), or an epoch value no job can have
+    (``best.train.rmse``: train reports only its loss per epoch), is an error naming the valid ones,
+    not a filter or sort that silently matches nothing. A metric of another task (``test.accuracy``
+    among forecasts) stays valid: a project may mix tasks.
     """
     parts = field.split(".")
     if parts[0] in FINAL_SPLITS and len(parts) == 2:
@@ -99,11 +128,12 @@ def metric_key(field: str, code: str = "invalid_where", error: type[AppError] = 
             raise error(code, f"unknown metric {name!r} in {field!r}; metrics are: {', '.join(KNOWN_METRICS)}{hint}")
         return split, name
     if parts[0] in EPOCH_SCOPES:
-        if len(parts) != 3 or parts[1] not in EPOCH_SPLITS or parts[2] not in EPOCH_METRICS:
+        if len(parts) != 3 or parts[2] not in EPOCH_SPLIT_METRICS.get(parts[1], ()):
+            valid = ", ".join(f"{parts[0]}.{split}.{m}" for split in EPOCH_SPLITS for m in EPOCH_SPLIT_METRICS[split])
             raise error(
                 code,
-                f"unknown epoch value {field!r}; use {parts[0]}.<split>.<metric> with split "
-                f"{' or '.join(EPOCH_SPLITS)} and metric one of: {', '.join(EPOCH_METRICS)} (e.g. {parts[0]}.val.loss)",
+                f"unknown epoch value {field!r}; use {parts[0]}.<split>.<metric>, one of: {valid} "
+                "(train reports only its loss per epoch)",
             )
         return f"{parts[0]}.{parts[1]}", parts[2]
     return None
@@ -243,30 +273,79 @@ def _check_spec_path(field: str) -> None:
     raise _bad(f"unknown spec path {field!r}{hint}")
 
 
-def field_expression(field: str, sample: Any, joins: MetricJoins) -> tuple[ColumnElement[Any], str]:
-    """The SQL expression for a field and the kind of value it compares with."""
+# Job columns a job may leave empty (NULL); the others always hold a value.
+NULLABLE_COLUMNS = frozenset(f for f, column in JOB_COLUMNS.items() if Job.__table__.c[column.key].nullable)
+# How each database names the JSON types a spec value is compared as (json_typeof / json_type).
+_JSON_TYPES: dict[str, dict[str, tuple[str, ...]]] = {
+    "postgresql": {"number": ("number",), "string": ("string",), "boolean": ("boolean",)},
+    "sqlite": {"number": ("integer", "real"), "string": ("text",), "boolean": ("true", "false")},
+}
+
+
+class SpecValue(ColumnElement[Any]):
+    """A spec path's value where the job's JSON holds a ``kind`` (number, string, boolean) there, else NULL.
+
+    A spec path may hold values of several types (``model.ar_ridge``: a number, "loo" or "auto"): a
+    row of another type must not match, rather than fail the whole query (PostgreSQL's cast of "loo"
+    to a number) or compare as something else (SQLite casts "loo" to 0.0, so it equalled 0).
+    """
+
+    inherit_cache = True
+    _traverse_internals = [("path", InternalTraversal.dp_plain_obj), ("kind", InternalTraversal.dp_string)]
+
+    def __init__(self, path: tuple[str, ...], kind: str) -> None:
+        self.path = path
+        self.kind = kind
+        types: dict[str, TypeEngine[Any]] = {"number": Float(), "string": String(), "boolean": Boolean()}
+        self.type = types[kind]
+
+
+@compiles(SpecValue)
+def _compile_spec_value(element: SpecValue, compiler: SQLCompiler, **kw: Any) -> str:
+    raw = Job.spec[element.path]
+    typed = {"number": raw.as_float(), "string": raw.as_string(), "boolean": raw.as_boolean()}[element.kind]
+    dialect = compiler.dialect.name
+    if dialect == "postgresql":
+        json_type = func.json_typeof(raw)
+    elif dialect == "sqlite":
+        json_path = "$" + "".join(f'."{part}"' for part in element.path)
+        json_type = func.json_type(Job.spec, literal(json_path))
+    else:  # pragma: no cover - rnnlab runs on SQLite and PostgreSQL only
+        raise NotImplementedError(f"spec filters on {dialect}")
+    # The type names as literals: constants of the statement, not parameters to expand.
+    names: list[ColumnElement[Any]] = [literal_column(f"'{name}'") for name in _JSON_TYPES[dialect][element.kind]]
+    return compiler.process(case((json_type.in_(names), typed)), **kw)
+
+
+def field_expression(field: str, sample: Any, joins: MetricJoins) -> tuple[ColumnElement[Any], str, bool]:
+    """The SQL expression for a field, the kind of value it compares with, and whether it can be NULL."""
     if field in JOB_COLUMNS:
         kind = "string" if field in STRING_COLUMNS else "time" if field in TIME_COLUMNS else "number"
-        return JOB_COLUMNS[field], kind  # type: ignore[return-value]
+        return JOB_COLUMNS[field], kind, field in NULLABLE_COLUMNS  # type: ignore[return-value]
     key = metric_key(field)
     if key is not None:
-        return joins.value(key), "number"
+        return joins.value(key), "number", True  # a LEFT JOIN: NULL for a job without the value
     path = tuple(field.split("."))
     if path[0] in SPEC_SECTIONS and len(path) >= 2:
         _check_spec_path(field)
-        # Spec values are typed by what they are compared with; the spec schema fixes each path's
-        # type, so a mismatched comparison simply matches nothing.
-        element = Job.spec[path]
-        if isinstance(sample, bool):
-            return element.as_boolean(), "boolean"
-        if isinstance(sample, int | float):
-            return element.as_float(), "number"
-        return element.as_string(), "string"
+        # Spec values are typed by what they are compared with. The spec schema does not fix one
+        # type per path (model.ar_ridge is a number, "loo" or "auto"), so a job holding a value of
+        # another type counts as not having one: no comparison matches it, and every negation does.
+        if sample is None:  # = null / != null: a missing path or a JSON null, whatever the type
+            return Job.spec[path].as_string(), "string", True
+        kind = "boolean" if isinstance(sample, bool) else "number" if isinstance(sample, int | float) else "string"
+        return SpecValue(path, kind), kind, True
     raise _bad(
         f"unknown field {field!r}; use a final metric like test.rmse, an epoch value like best.val.loss, "
         "a spec path like model.hidden_size, "
         f"or one of: {', '.join(sorted(JOB_COLUMNS))}"
     )
+
+
+# A condition and whether it can be NULL (SQL's unknown: a comparison of an empty field). A NULL
+# condition drops its job from the results just like false does, but NOT keeps it NULL: so `not`
+# first turns NULL into false, and `!=` / `not in` on a field that can be empty say so explicitly.
+Node = tuple[ColumnElement[bool], bool]
 
 
 class _Parser:
@@ -287,21 +366,23 @@ class _Parser:
         self.i += 1
         return self.tokens[self.i - 1][1]
 
-    def expr(self) -> ColumnElement[bool]:
-        node = self.conj()
+    def expr(self) -> Node:
+        node, nullable = self.conj()
         while self.peek() == "or":
             self.take("or")
-            node = or_(node, self.conj())
-        return node
+            right, right_nullable = self.conj()
+            node, nullable = or_(node, right), nullable or right_nullable
+        return node, nullable
 
-    def conj(self) -> ColumnElement[bool]:
-        node = self.atom()
+    def conj(self) -> Node:
+        node, nullable = self.atom()
         while self.peek() == "and":
             self.take("and")
-            node = and_(node, self.atom())
-        return node
+            right, right_nullable = self.atom()
+            node, nullable = and_(node, right), nullable or right_nullable
+        return node, nullable
 
-    def atom(self) -> ColumnElement[bool]:
+    def atom(self) -> Node:
         self.depth += 1
         if self.depth > MAX_NESTING:
             raise _bad(f"the filter nests deeper than {MAX_NESTING} levels")
@@ -310,53 +391,66 @@ class _Parser:
         finally:
             self.depth -= 1
 
-    def _atom(self) -> ColumnElement[bool]:
+    def _atom(self) -> Node:
         if self.peek() == "not":
             self.take("not")
-            return not_(self.atom())
+            node, nullable = self.atom()
+            # The complement over all jobs: a job the condition leaves unknown (an empty field) did
+            # not match it, so it matches its negation. A condition that is never NULL is negated as
+            # it is, so the SQL stays as plain as it was (NOT status = 'failed').
+            return not_(func.coalesce(node, false()) if nullable else node), False
         if self.peek() == "punct" and self.tokens[self.i][1] == "(":
             self.take("punct")
-            node = self.expr()
+            inner = self.expr()
             if self.take("punct") != ")":
                 raise _bad("missing ')'")
-            return node
+            return inner
         field = self.take("word")
         if self.peek() == "contains":
             # A substring of a text field, any case: name contains "lstm" (% and _ are plain characters).
             self.take("contains")
             value = self.take("value")
-            column, kind = field_expression(field, value if isinstance(value, str) else "", self.joins)
+            column, kind, nullable = field_expression(field, value if isinstance(value, str) else "", self.joins)
             self.reads_spec |= field not in JOB_COLUMNS and field.split(".")[0] in SPEC_SECTIONS
             if kind != "string":
                 raise _bad(f"contains works on text fields such as name or data.target; {field} is not one")
             if not isinstance(value, str):
                 raise _bad(f"contains takes a quoted string; got {value!r}")
-            return func.lower(column).contains(value.lower(), autoescape=True)
+            return func.lower(column).contains(value.lower(), autoescape=True), nullable
         if self.peek() in ("in", "not"):
             negate = self.peek() == "not"
             if negate:
                 self.take("not")
             self.take("in")
             values = self.value_list()
-            column, kind = field_expression(field, values[0], self.joins)
+            column, kind, nullable = field_expression(field, values[0], self.joins)
             self.reads_spec |= field not in JOB_COLUMNS and field.split(".")[0] in SPEC_SECTIONS
             if any(v is None for v in values):
                 raise _bad(f"null cannot be in a list; use {field} = null")
-            clause = column.in_([_coerce(field, v, kind) for v in values])
-            return not_(clause) if negate else clause
+            coerced = [_coerce(field, v, kind) for v in values]
+            if not negate:
+                return column.in_(coerced), nullable
+            if nullable:  # a job without the field is not in the list
+                return or_(column.not_in(coerced), column.is_(None)), False
+            return column.not_in(coerced), False
         op = self.take("op")
         value = self.take("value")
-        column, kind = field_expression(field, value, self.joins)
+        column, kind, nullable = field_expression(field, value, self.joins)
         self.reads_spec |= field not in JOB_COLUMNS and field.split(".")[0] in SPEC_SECTIONS
         if value is None:
             if op in ("=", "=="):
-                return column.is_(None)
+                return column.is_(None), False
             if op == "!=":
-                return column.is_not(None)
+                return column.is_not(None), False
             raise _bad(f"null can only be compared with = or != (field {field!r})")
         if kind == "boolean" and op not in ("=", "==", "!="):
             raise _bad(f"{field} is true or false: compare it with = or !=")
-        return OPERATORS[op](column, _coerce(field, value, kind))
+        coerced = _coerce(field, value, kind)
+        if op == "!=":
+            # A job without the field is not equal to the value (IS DISTINCT FROM: never NULL). A
+            # column that is never empty keeps the plain != its index reads.
+            return (column.is_distinct_from(coerced) if nullable else column != coerced), False
+        return OPERATORS[op](column, coerced), nullable
 
     def value_list(self) -> list[Any]:
         if self.take("punct") != "(":
@@ -386,7 +480,7 @@ def apply_where(query: Select[Any], text: str, project_id: str | None = None) ->
         raise _bad(f"the filter has more than {MAX_COMPARISONS} comparisons")
     if not parser.tokens:
         raise _bad("empty filter")
-    node = parser.expr()
+    node, _ = parser.expr()
     if parser.i != len(parser.tokens):
         raise _bad(f"unexpected {parser.tokens[parser.i][1]!r} in the filter")
     return parser.joins.apply(query).where(node), parser.reads_spec

@@ -103,6 +103,13 @@ def test_every_list_query_reads_an_index_in_order(client, backend, statements) -
         "where=model.hidden_size = 16 and training.seed > 10",
         "where=model.hidden_size in (8, 32) and test.rmse < 0.05&sort=-name",
     ]
+    # Negations keep the jobs without the value (IS DISTINCT FROM, NOT coalesce(…)): still an index walk.
+    queries += [
+        'where=name != "job-1" and not test.rmse < 0.5',
+        'where=sweep_id != "x" and model.cell not in ("rnn")&sort=-finished_at',
+        'where=status != "failed" and not (best.val.loss > 0.9 or name contains "7")&sort=name',
+        "where=model.hidden_size != 16&sort=test.rmse",
+    ]
     for query in queries:
         statements.seen.clear()
         statements.settings.clear()
