@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,14 @@ import typer
 app = typer.Typer(help="rnnlab: train and evaluate recurrent neural networks.", no_args_is_help=True)
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+
+
+def _own_command() -> str:
+    """How to run this ``rnnlab`` again: its name when it is the one on PATH, else its path."""
+    found, own = shutil.which("rnnlab"), sys.argv[0]
+    if (found and os.path.realpath(found) == os.path.realpath(own)) or own.endswith(".py") or os.sep not in own:
+        return "rnnlab"  # on PATH, or run as ``python -m app.cli``
+    return os.path.relpath(own)
 
 
 @app.command()
@@ -370,9 +380,13 @@ def up(
     exits: dict[str, int | None] = {}
     try:
         if _wait_until_up(url, worker_ready, list(running.values()), timeout_seconds=120) and not stopping:
+            # The command as this process was run (``.venv/bin/rnnlab`` after ``make up``: not on PATH),
+            # with the data directory when it was set (keys live in it: a key made elsewhere is refused).
+            command = _own_command()
+            home = f"RNNLAB_HOME={shlex.quote(os.environ['RNNLAB_HOME'])} " if os.environ.get("RNNLAB_HOME") else ""
             typer.echo(
                 f"rnnlab is up: {url}/ (docs at /docs); data in {settings.home}. "
-                "Create a key with: rnnlab keys create --project demo. Ctrl-C stops.",
+                f"Create a key with: {home}{command} keys create --project demo. Ctrl-C stops.",
                 err=True,
             )
         elif not stopping and all(p.poll() is None for p in running.values()):

@@ -272,6 +272,9 @@ def _detail(error: Any) -> dict[str, Any]:
         # A check on a section whose message begins with one of its fields ("data.scaling: …"): that field.
         named = _SPEC_PATH.match(message)
         field = named.group(0) if named else field
+    if kind == "extra_forbidden" and field.split(".")[0] in _SPEC_SECTIONS:
+        # A misspelled spec field (model.hiden_size): the closest one of its section, as `where` says.
+        message += _closest_spec_field(field)
     if not field and kind == "value_error":
         # A check across fields runs on the whole spec (no location); the first field its message
         # names is the one it is about ("model.embedding_dim is for token inputs …", "task 'tagging'
@@ -282,6 +285,17 @@ def _detail(error: Any) -> dict[str, Any]:
 
 
 _SPEC_SECTIONS = ("data", "model", "training", "text", "evaluation")
+
+
+def _closest_spec_field(field: str) -> str:
+    import difflib
+
+    from app.jobs.query import spec_paths
+
+    parent = field.rsplit(".", 1)[0]
+    siblings = sorted(p for p in spec_paths()[0] if p.rsplit(".", 1)[0] == parent)
+    close = difflib.get_close_matches(field, siblings, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 _SPEC_PATH = re.compile(r"(?:data|model|training|text|evaluation)(?:\.[a-z_]+)+")
 
 

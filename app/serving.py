@@ -141,7 +141,12 @@ def serve(config: Config) -> None:
     try:
         sockets = listening_sockets(config.host, config.port, config.workers, config.backlog)
     except OSError as exc:
-        log.error("%s", exc if exc.errno != errno.EADDRINUSE else f"{config.host}:{config.port} is in use ({exc})")
+        log.error(
+            "%s",
+            exc
+            if exc.errno != errno.EADDRINUSE
+            else f"{config.host}:{config.port} is in use ({exc}); pick another port with --port N or RNNLAB_PORT=N",
+        )
         sys.exit(STARTUP_FAILURE)
     host, port = sockets[0].getsockname()[:2]
     log.info("Uvicorn running on http://%s:%d, %d processes with a socket each", host, port, len(sockets))

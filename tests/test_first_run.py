@@ -50,6 +50,8 @@ def test_up_says_it_is_up_only_once_api_and_worker_are_ready_and_restarts_a_dead
         text = log_path.read_text(errors="replace")
         assert text.index(" ready.") < text.index("rnnlab is up"), text
         assert f"http://127.0.0.1:{port}/" in text
+        # The key command names the data directory the service was started with (keys live in it).
+        assert f"RNNLAB_HOME={tmp_path / 'home'} rnnlab keys create --project demo" in text, text
 
         # Once up, a child that dies is started again: the API killed (its server processes, which
         # hold the port, are stopped with it) and then the worker.

@@ -347,3 +347,11 @@ def test_a_model_too_large_to_train_is_a_422_before_anything_runs(client, auth, 
     monkeypatch.setenv("RNNLAB_MAX_TRAINING_MEMORY_BYTES", "1000")
     get_settings.cache_clear()
     assert_error(client.post(JOBS, headers=auth, json=forecast_spec(ds)), 422, "model_too_large", "0.0 GiB")
+
+
+def test_a_misspelled_spec_field_gets_the_closest_one(client, auth) -> None:
+    ds = _upload(client, auth, "sine.csv", sine_csv(120).encode())
+    body = {**forecast_spec(ds), "model": {"hiden_size": 8}}
+    error = assert_error(client.post(JOBS, headers=auth, json=body), 422, "invalid_spec", "did you mean")
+    assert error["details"][0]["field"] == "model.hiden_size"
+    assert "did you mean 'model.hidden_size'?" in error["details"][0]["message"]
