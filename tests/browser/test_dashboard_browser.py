@@ -454,6 +454,13 @@ def test_failed_job_shows_markup_as_text_and_a_readable_point(site: Site) -> Non
     assert loss["drawn"] > 500  # one epoch is a visible point, not a blank box
     assert any("e+22" in t for t in loss["texts"]) and not any("932616" in t for t in loss["texts"])
     assert page.evaluate("Charts.fmt(1.932616197294619e22)") == "1.933e+22"  # four digits, as everywhere
+    # One wide interval does not flatten the other settings: a log axis past a 20x span.
+    settings = (
+        "Charts.sweepSettings({labels: ['a', 'b'], means: [0.5, 0.6], intervals: [[0.45, 0.55], %s], seeds: [],"
+        " metric: 'rmse'}).yAxis.type"
+    )
+    assert page.evaluate(settings % "[0.01, 5]") == "log"
+    assert page.evaluate(settings % "[0.55, 0.65]") == "value"
     assert page.evaluate("Charts.fmt(0.0123456)") == "0.01235"
     assert page.locator("button[data-format=pt]").is_disabled()
     shoot(page, "job-failed")

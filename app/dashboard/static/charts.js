@@ -236,6 +236,9 @@ const Charts = (() => {
       rank[s.setting] = (rank[s.setting] || 0) + 1;
       return { value: [s.setting + 0.1 + 0.05 * rank[s.setting], s.value], seed: s.seed, setting: s.setting };
     });
+    // One wide interval (two seeds of an unstable setting: [0.008, 5]) flattened every other setting
+    // at the bottom of a linear axis: a log axis when the positive values span more than 20×.
+    const logScale = wantsLog([...means, ...intervals.flatMap((ci) => ci || []), ...seeds.map((s) => s.value)]);
     return {
       backgroundColor: "transparent",
       animation: false,
@@ -260,7 +263,13 @@ const Charts = (() => {
         axisLabel: { customValues: labels.map((_, i) => i), formatter: (v) => ticks[v] ?? "", hideOverlap: true },
       },
       // onZero off: the x axis spans -0.5.., so the y axis would otherwise cross it at the first setting.
-      yAxis: { type: "value", scale: true, axisLine: { onZero: false }, ...axisName(`${split} ${metric}`, 52), axisLabel: { formatter: tick } },
+      yAxis: {
+        type: logScale ? "log" : "value",
+        scale: !logScale,
+        axisLine: { onZero: false },
+        ...axisName(`${split} ${metric}${logScale ? " (log)" : ""}`, 52),
+        axisLabel: { formatter: tick },
+      },
       series: [
         errorBars("95% CI", intervals.map((ci, i) => (ci ? [i, ci[0], ci[1]] : null)).filter(Boolean), false, "#d3365d"),
         { name: "mean", type: "scatter", symbol: "diamond", symbolSize: 14, data: means.map((m, i) => (m === null ? null : [i, m])).filter(Boolean), z: 11 },
