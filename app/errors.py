@@ -296,6 +296,8 @@ def _closest_spec_field(field: str) -> str:
     siblings = sorted(p for p in spec_paths()[0] if p.rsplit(".", 1)[0] == parent)
     close = difflib.get_close_matches(field, siblings, n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
 _SPEC_PATH = re.compile(r"(?:data|model|training|text|evaluation)(?:\.[a-z_]+)+")
 
 
