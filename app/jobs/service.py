@@ -25,7 +25,7 @@ from app.jobs.documents import DOCUMENT_COLUMNS, document_of, job_document
 from app.jobs.final_values import EPOCH_SPLITS
 from app.jobs.history import metric_series
 from app.jobs.paging import fetch_jobs_page
-from app.jobs.query import EPOCH_METRICS, apply_where, metric_value
+from app.jobs.query import EPOCH_SPLIT_METRICS, apply_where, metric_value
 from app.jobs.schemas import JobRead, Leaderboard, LeaderboardEntry
 from app.jobs.status import ACTIVE, FINISHED, JobStatus
 from app.models import Dataset, EpochMetric, Evaluation, Job, Project
@@ -402,11 +402,10 @@ def compare_metrics(
         raise BadRequest("too_many_jobs", f"compare at most 50 jobs at once (got {len(job_ids)})")
     for index, name in enumerate(names or []):
         split, _, metric = name.partition(".")
-        if split not in EPOCH_SPLITS or metric not in EPOCH_METRICS:
+        if metric not in EPOCH_SPLIT_METRICS.get(split, ()):  # train.rmse never has a value: train reports loss
             shown = name if len(name) <= 40 else name[:40] + "…"
-            message = (
-                f"name {shown!r} is not a per-epoch metric: split.metric with split one of "
-                f"{', '.join(EPOCH_SPLITS)} and metric one of {', '.join(EPOCH_METRICS)} (e.g. val.loss)"
+            message = f"name {shown!r} is not a per-epoch metric; one of: " + ", ".join(
+                f"{s}.{m}" for s in EPOCH_SPLITS for m in EPOCH_SPLIT_METRICS[s]
             )
             raise InvalidInput("invalid_metric", message, [{"field": f"name[{index}]", "message": message}])
     jobs = [get_job(session, project, job_id) for job_id in dict.fromkeys(job_ids)]
