@@ -34,6 +34,10 @@ def cell(value: Any) -> str:
         return f"{value:.4g}"
     if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
         return "[" + ", ".join(f"{v:.4g}" for v in value) + "]"  # an interval
+    if isinstance(value, dict) and value and all(isinstance(v, int | float | str | bool) for v in value.values()):
+        # A sweep setting: its paths in one order, values rounded like every other cell (a tpe search's
+        # learning rate printed as 0.0052150863871942895).
+        return ", ".join(f"{key}={cell(value[key])}" for key in sorted(value))
     return csv_cell(value)
 
 

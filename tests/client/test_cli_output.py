@@ -387,3 +387,12 @@ def test_the_quote_hint_finds_a_swept_value(cli: Any, server: FakeServer, tmp_pa
     body.write_text("base: {task: forecast}\ngrid: {data.target: [value, on]}\n")
     swept = cli("sweeps", "submit", str(body))
     assert swept.code == 1 and "the boolean true" in swept.err and "quote it" in swept.err, swept.err
+
+
+def test_a_sweep_setting_cell_reads_like_every_other_cell() -> None:
+    """A tpe search's setting printed its learning rate to 17 digits, its paths in proposal order."""
+    from rnnlab.output import cell, csv_cell
+
+    setting = {"training.learning_rate": 0.0052150863871942895, "model.hidden_size": 8, "model.cell": "gru"}
+    assert cell(setting) == "model.cell=gru, model.hidden_size=8, training.learning_rate=0.005215"
+    assert '"training.learning_rate":0.0052150863871942895' in csv_cell(setting)  # CSV keeps it exact
