@@ -495,6 +495,7 @@ def test_jobs_list_groups_sorts_filters_and_pages(site: Site) -> None:
     group.wait_for(timeout=15_000)
     children = page.locator(f"tr.child[data-in-sweep='{site.sweep}']")
     assert children.count() == 4 and not children.first.is_visible()  # collapsed under the sweep
+    assert "4/4 jobs" in group.inner_text()  # jobs ended, not epochs (pruned jobs ran fewer)
     group.locator("button.toggle").click()
     assert children.first.is_visible()
     assert "hidden_size=4 · seed 0" in page.inner_text("#jobs")

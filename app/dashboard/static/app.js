@@ -464,8 +464,9 @@ function jobsTable(jobs, sort, setSort, compareButton) {
     const open = listState.expanded.has(job.sweep_id);
     const counts = {};
     for (const m of members) counts[m.status] = (counts[m.status] || 0) + 1;
-    const done = members.reduce((a, m) => a + m.progress.epoch, 0);
-    const total = members.reduce((a, m) => a + m.progress.epochs, 0);
+    // Jobs ended of the jobs on this page (by epochs, a finished search whose pruned or early-stopped
+    // jobs ran fewer epochs than planned looked unfinished: 40/48).
+    const ended = members.filter((m) => !["queued", "running"].includes(m.status)).length;
     const children = members.map((m) => { const r = rowOf(m, true); r.hidden = !open; return r; });
     const toggle = h("button", { type: "button", class: "toggle", "aria-expanded": String(open), "aria-label": `jobs of sweep ${sweepName}`,
       title: "show or hide its jobs",
@@ -485,8 +486,14 @@ function jobsTable(jobs, sort, setSort, compareButton) {
       h("td", {}, job.spec?.model?.cell ?? "–"),
       h("td", {}, taskOf(job) ?? "–"),
       datasetCell(job),
-      h("td", {}, progressBar({ progress: { epoch: done, epochs: total } })),
-      metricCells(job).map((td) => { td.classList.add("group-value"); td.title = `its job ${jobLabel(job)}`; return td; }),
+      h("td", {}, h("span", { class: "progress", title: `${ended} of ${members.length} jobs on this page ended` },
+        h("progress", { max: Math.max(members.length, 1), value: ended }), h("small", {}, `${ended}/${members.length} jobs`))),
+      // Its first job in the list's order (its best under a metric sort), not a summary of the sweep.
+      metricCells(job).map((td) => {
+        td.classList.add("group-value");
+        td.title = `its first job in this order: ${jobLabel(job)} (the sweep's page has its statistics)`;
+        return td;
+      }),
       whenCell(job.created_at)));
     tbody.append(...children);
   }
