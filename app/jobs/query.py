@@ -224,16 +224,16 @@ def _coerce(field: str, value: Any, kind: str) -> Any:
     raise _bad(f"{field} compares with {wanted}; got {value!r}")
 
 
-def _annotation_members(annotation: Any) -> list[Any]:
+def annotation_members(annotation: Any) -> list[Any]:
     """The types inside ``X | None``, ``Annotated[X, …]``, ``Literal``-free unions, as a flat list."""
     args = typing.get_args(annotation)
     if not args or typing.get_origin(annotation) in (typing.Literal, list, tuple, set, frozenset):
         return [annotation]
     if typing.get_origin(annotation) is typing.Annotated:
-        return _annotation_members(args[0])
+        return annotation_members(args[0])
     if typing.get_origin(annotation) is dict:
         return [dict]
-    return [m for a in args for m in _annotation_members(a)]
+    return [m for a in args for m in annotation_members(a)]
 
 
 @functools.cache
@@ -248,7 +248,7 @@ def spec_paths() -> tuple[frozenset[str], frozenset[str]]:
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, info in model.model_fields.items():
             path = f"{prefix}{name}"
-            members = _annotation_members(info.annotation)
+            members = annotation_members(info.annotation)
             nested = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
             for sub in nested:
                 walk(sub, path + ".")

@@ -6,13 +6,13 @@ import copy
 import json
 import math
 import random
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
 from app.errors import AppError, InvalidInput
+from app.jobs.query import annotation_members, spec_paths
 from worker.engine.spec import JobSpec
 
 # Fixed by the sweep itself: one dataset and one task per sweep, and seeds come from ``seeds``.
@@ -24,38 +24,26 @@ RESERVED_PATHS = {
 }
 
 
-def _spec_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
-    paths: set[str] = set()
-    for name, field in model.model_fields.items():
-        path = f"{prefix}{name}"
-        paths.add(path)
-        # A section may be optional (``text: TextSpec | None``): its fields are paths too.
-        for member in (field.annotation, *typing.get_args(field.annotation)):
-            if isinstance(member, type) and issubclass(member, BaseModel):
-                paths |= _spec_paths(member, f"{path}.")
-    return paths
+def _all_spec_paths() -> frozenset[str]:
+    """Every JobSpec field path, sections included (``model``, ``model.hidden_size``, ``text.max_length``)."""
+    leaves, _ = spec_paths()
+    return frozenset(leaves) | {".".join(p.split(".")[:i]) for p in leaves for i in range(1, p.count(".") + 1)}
 
 
-SPEC_PATHS = frozenset(_spec_paths(JobSpec))
+SPEC_PATHS = _all_spec_paths()
 
 
 def takes_only_whole_numbers(path: str) -> bool:
     """The spec field at ``path`` takes integers and no other numbers (``model.hidden_size``; not
     ``model.ar_ridge``, a float or "loo")."""
-    from worker.engine.spec import _kinds
-
     model: Any = JobSpec
-    annotation: Any = None
+    members: list[Any] = []
     for name in path.split("."):
         if model is None or name not in model.model_fields:
             return False
-        annotation = model.model_fields[name].annotation
-        model = next(
-            (m for m in (annotation, *typing.get_args(annotation)) if isinstance(m, type) and issubclass(m, BaseModel)),
-            None,
-        )
-    kinds = _kinds(annotation)
-    return int in kinds and float not in kinds
+        members = annotation_members(model.model_fields[name].annotation)
+        model = next((m for m in members if isinstance(m, type) and issubclass(m, BaseModel)), None)
+    return int in members and float not in members
 
 
 def grid_error(message: str, field: str, code: str = "invalid_grid", **extra: Any) -> AppError:
