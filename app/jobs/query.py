@@ -57,6 +57,7 @@ from worker.engine.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, TA
 from worker.engine.spec import JobSpec, ModelSpec
 
 JOB_COLUMNS = {
+    "id": Job.id,
     "status": Job.status,
     "task": Job.task,
     "name": Job.name,
@@ -176,7 +177,7 @@ class MetricJoins:
 
 
 SPEC_SECTIONS = ("data", "model", "training", "evaluation", "text")
-STRING_COLUMNS = {"status", "task", "name", "dataset_id", "sweep_id", "device", "model.cell"}
+STRING_COLUMNS = {"id", "status", "task", "name", "dataset_id", "sweep_id", "device", "model.cell"}
 TIME_COLUMNS = {"created_at", "finished_at"}
 # Columns with a fixed set of values: another value is a typo, not an empty result.
 ENUM_COLUMNS: dict[str, tuple[str, ...]] = {

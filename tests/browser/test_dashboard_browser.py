@@ -882,9 +882,10 @@ COUNT_IN_FLIGHT = """
 
 
 def test_compare_many_jobs_asks_a_few_at_a_time_and_waits_out_429(site: Site) -> None:
-    """A link with more jobs than GET /metrics takes compares its first 50 and says so; the jobs and
-    their evaluations are asked a few at a time, and a 429 (the key's rate limit) is retried after its
-    Retry-After instead of failing the page or showing an evaluation as missing."""
+    """A link with more jobs than GET /metrics takes compares its first 50 and says so; the jobs come
+    in one listing (``where id in (…)``, not a request each), their evaluations a few at a time, and a
+    429 (the key's rate limit) is retried after its Retry-After instead of failing the page or showing
+    an evaluation as missing."""
     real = [site.job, *site.sweep_jobs[:2]]
     fake = [f"{i:032x}" for i in range(1, 50)]  # 52 ids in all: 3 jobs, then 49 that do not exist
     refused: set[str] = set()
@@ -901,7 +902,8 @@ def test_compare_many_jobs_asks_a_few_at_a_time_and_waits_out_429(site: Site) ->
     context.add_init_script(COUNT_IN_FLIGHT)
     context.route(re.compile(r".*/api/v1/jobs/[0-9a-f]{32}(/evaluation)?$"), first_time_429)
     page = context.new_page()
-    page.on("request", lambda r: site.requests.append(r.url))
+    seen: list[str] = []
+    page.on("request", lambda r: (site.requests.append(r.url), seen.append(r.url)))
     page.goto(f"{site.base}/#/compare?jobs={','.join(real + fake)}")
     page.fill("#api-key", site.key)
     page.click("#key-form button")
@@ -913,6 +915,8 @@ def test_compare_many_jobs_asks_a_few_at_a_time_and_waits_out_429(site: Site) ->
     assert len(rmse) == 3 and "–" not in rmse, rmse
     assert any(u.endswith("/evaluation") for u in refused)  # evaluations were refused once, too
     assert page.evaluate("window.__mostInFlight") <= 6
+    assert not [u for u in seen if re.search(r"/api/v1/jobs/[0-9a-f]{32}$", u)]  # no job fetched alone
+    assert len([u for u in seen if "/api/v1/jobs?" in u and "where=id" in u]) == 1
     context.close()
     # Ticking: at most 50 jobs (the limit of GET /metrics); the 51st tick is refused and says why.
     page = open_page(site, "/jobs")

@@ -199,3 +199,10 @@ def test_metrics_of_another_task_stay_valid(client: Any, auth: dict[str, str], j
     assert _matching(client, auth, jobs, "not test.accuracy > 0") == ALL
     assert _matching(client, auth, jobs, "best.val.accuracy > 0 or best.train.loss < 1") == set()
     assert client.get("/api/v1/jobs", params={"sort": "best.val.accuracy"}, headers=auth).status_code == 200
+
+
+def test_id_filters_pick_jobs_by_id(client: Any, auth: dict[str, str], jobs: dict[str, str]) -> None:
+    """``id in (…)`` fetches a chosen set of jobs in one listing (the dashboard's compare page)."""
+    assert _matching(client, auth, jobs, f'id in ("{jobs["a"]}", "{jobs["d"]}", "no-such-job")') == {"a", "d"}
+    assert _matching(client, auth, jobs, f'id = "{jobs["c"]}"') == {"c"}
+    assert _matching(client, auth, jobs, f'id not in ("{jobs["a"]}", "{jobs["d"]}")') == ALL - {"a", "d"}

@@ -770,16 +770,18 @@ async function compareView(view, ids) {
     return;
   }
   // A saved link outlives its jobs: one deleted job is named and left out, the others are compared.
-  // GET /metrics takes at most 50 jobs: a longer link compares its first 50 and says so. The jobs and
-  // their evaluations are asked a few at a time (a 429 from the key's rate limit is waited out by api()).
+  // GET /metrics takes at most 50 jobs: a longer link compares its first 50 and says so. The
+  // evaluations are asked a few at a time (a 429 from the key's rate limit is waited out by api()).
   const all = [...new Set(ids)];
   const unique = all.slice(0, COMPARE_LIMIT);
-  const found = await inPool(unique, (id) => api(`/jobs/${encodeURIComponent(id)}`).catch((err) => {
-    if (err.status === 404) return null;
-    throw err;
-  }));
-  const missing = unique.filter((_, i) => !found[i]);
-  const jobs = found.filter(Boolean);
+  // The jobs come in one listing (`where id in (…)`); an id that could not be a job's is missing.
+  const asked = unique.filter((id) => /^[A-Za-z0-9_-]{1,64}$/.test(id));
+  const listed = asked.length
+    ? (await api(`/jobs?limit=${COMPARE_LIMIT}&where=${encodeURIComponent(`id in (${asked.map((id) => `"${id}"`).join(", ")})`)}`)).items
+    : [];
+  const byId = new Map(listed.map((j) => [j.id, j]));
+  const missing = unique.filter((id) => !byId.has(id));
+  const jobs = unique.filter((id) => byId.has(id)).map((id) => byId.get(id));
   if (!jobs.length) throw Object.assign(new Error(`none of these jobs exists any more: ${missing.join(", ")}`), { status: 404 });
   // An evaluation that could not be read is named, not shown as a missing value.
   const evaluations = await inPool(jobs, (j) => (j.status === "succeeded"
