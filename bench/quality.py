@@ -348,7 +348,8 @@ def score(client: httpx.Client, submitted: Submitted) -> Row:
         f"scaling {resolved['data']['scaling']}, schedule {resolved['training']['schedule']}, "
         f"pooling {resolved['model']['pooling']}, patch {resolved['model']['patch']}, "
         f"residual {resolved['model']['residual']}, differences {str(resolved['model']['differences']).lower()}, "
-        f"mixup {resolved['training']['mixup']:g}, ensemble {resolved['model'].get('ensemble', 1)}"
+        f"mixup {resolved['training']['mixup']:g}, ensemble {resolved['model'].get('ensemble', 1)}, "
+        f"refit {str(resolved['training'].get('refit', False)).lower()}"
     )
     return Row(
         bench.name,

@@ -127,6 +127,7 @@ def test_explicit_epochs_keep_the_previous_behaviour() -> None:
         "training.schedule": spec.training.schedule,
         "training.warmup_steps": spec.training.warmup_steps,
         "training.mixup": spec.training.mixup,
+        "training.refit": spec.training.refit,
     }
     assert resolved == PREVIOUS_DEFAULTS
     # …and explicit values still win there too.
@@ -181,6 +182,33 @@ def test_differences_and_mixup_resolve_from_task_and_channels(train_examples: in
     assert off.training.mixup == 0.0
     on = resolve_defaults(bare_spec("regression", model={"differences": True}), shape)
     assert on.model.differences is True
+
+
+@pytest.mark.parametrize(("train_examples", "refit"), [(31, True), (1_000, True), (1_001, False), (150_000, False)])
+def test_refit_resolves_for_small_classification_sets_with_a_validation_part(train_examples: int, refit: bool) -> None:
+    shape = TrainingShape(train_examples, 5, channels=1, steps=251)
+    assert resolve_defaults(bare_spec(), shape).training.refit is refit
+    assert resolve_defaults(bare_spec(), TrainingShape(train_examples, 0)).training.refit is False  # no val part
+    for task, layout in (("regression", "arrays"), ("forecast", "series")):
+        assert resolve_defaults(bare_spec(task, layout), shape).training.refit is False
+    text = {"dataset_id": "ds", "task": "classification", "data": {"layout": "text", "target": "y"}}
+    tokens = JobSpec.model_validate({**text, "text": {"column": "t"}})
+    assert resolve_defaults(tokens, TrainingShape(train_examples, 5, steps=40)).training.refit is False
+    # An explicit value wins, in either direction.
+    assert resolve_defaults(bare_spec(training={"refit": False}), shape).training.refit is False
+    on = resolve_defaults(bare_spec("regression", training={"refit": True}), TrainingShape(150_000, 5))
+    assert on.training.refit is True
+
+
+def test_refit_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(ValueError, match="training.refit trains a whole-sequence network again"):
+        bare_spec("forecast", "series", training={"refit": True})
+    text = {"dataset_id": "ds", "task": "classification", "data": {"layout": "text", "target": "y"}}
+    with pytest.raises(ValueError, match="training.refit"):
+        JobSpec.model_validate({**text, "text": {"column": "t"}, "training": {"refit": True}})
+    with pytest.raises(ValueError, match="training.refit"):
+        bare_spec("tagging", "sequences", data={"sequence_column": "s", "order_column": "o"}, training={"refit": True})
+    assert bare_spec("forecast", "series", training={"refit": False}).training.refit is False
 
 
 def test_mixup_and_differences_are_refused_where_they_cannot_apply() -> None:

@@ -248,3 +248,68 @@ def test_without_validation_part_the_final_weights_are_kept() -> None:
     assert result.num_examples["val"] == 0 and result.best_epoch == result.epochs_run == 3
     assert result.evaluation.metrics["val"] == {}
     assert any("no validation part" in note for note in result.evaluation.model_dump()["notes"])
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_refit_trains_again_on_train_and_val_and_keeps_the_first_runs_val_metrics(task: str) -> None:
+    """``training.refit``: the same first run (same seed, same epochs, same early stopping), then a
+    second network from the same initialisation on train + val; the kept model is the second (its
+    artifact predicts the test part as the evaluation scored it), the val metrics are the first's."""
+    data = separable_arrays(n=160, steps=6)
+    y: np.ndarray = data["y"] if task == "classification" else data["X"][:, :, 0].mean(axis=1) + 0.1 * data["y"]
+    split = np.array(["train"] * 100 + ["val"] * 30 + ["test"] * 30)
+    arrays = {"X": data["X"], "y": y, "split": split}
+    body = {"layout": "arrays", "target": "y", "split": {"method": "column"}}
+    once = make_spec(task, body, training={"epochs": 5, "refit": False})
+    twice = make_spec(task, body, training={"epochs": 5, "refit": True})
+    first_reports: list[EpochReport] = []
+    reports: list[EpochReport] = []
+    first = train_and_evaluate(once, arrays, on_epoch=first_reports.append)
+    refit = train_and_evaluate(twice, arrays, on_epoch=reports.append)
+    assert first.evaluation is not None and refit.evaluation is not None
+    # The first run is the same run: its epochs are the job's history, its val metrics the job's.
+    assert [r.metrics for r in reports] == [r.metrics for r in first_reports]
+    assert refit.best_epoch == first.best_epoch and refit.epochs_run == first.epochs_run
+    assert refit.evaluation.metrics["val"] == first.evaluation.metrics["val"]
+    # The kept network is another one, trained on more examples: other weights.
+    weights = [name for name, t in first.artifact["state_dict"].items() if t.is_floating_point()]
+    assert any(not torch.equal(first.artifact["state_dict"][n], refit.artifact["state_dict"][n]) for n in weights)
+    note = next(n for n in refit.evaluation.notes if n.startswith("training.refit"))
+    assert f"(130 examples) for {first.epochs_run} epochs" in note
+    assert not any(n.startswith("training.refit") for n in first.evaluation.notes)
+    # The artifact is the kept network: it predicts the test part as the evaluation scored it.
+    out = load_predictor(save_and_load(refit.artifact)).predict(data["X"][130:])
+    if task == "classification":
+        accuracy = np.mean(np.array(out["labels"]).astype(int) == y[130:])
+        assert accuracy == pytest.approx(refit.evaluation.metrics["test"]["accuracy"])
+    else:
+        rmse = float(np.sqrt(np.mean((np.asarray(out) - y[130:]) ** 2)))
+        assert rmse == pytest.approx(refit.evaluation.metrics["test"]["rmse"], rel=1e-4)
+
+
+def test_refit_without_a_validation_part_trains_once_and_says_so() -> None:
+    data = separable_arrays(n=120, steps=6)
+    spec = make_spec(
+        "classification",
+        {"layout": "arrays", "target": "y", "split": {"val_fraction": 0.0}},
+        training={"epochs": 3, "refit": True},
+    )
+    result = train_and_evaluate(spec, data)
+    assert result.evaluation is not None
+    assert "training.refit: no validation part to add, the network was trained once" in result.evaluation.notes
+
+
+def test_a_cancel_during_the_refit_cancels_the_job() -> None:
+    data = separable_arrays(n=160, steps=6)
+    spec = make_spec("classification", {"layout": "arrays", "target": "y"}, training={"epochs": 3, "refit": True})
+    reports: list[EpochReport] = []
+    asked = [0]
+
+    def should_stop() -> bool:
+        if len(reports) < 3:
+            return False
+        asked[0] += 1  # 1: the first run's check after its last epoch; then the refit's batches
+        return asked[0] >= 3
+
+    result = train_and_evaluate(spec, data, on_epoch=reports.append, should_stop=should_stop)
+    assert len(reports) == 3 and result.cancelled and result.evaluation is None and asked[0] == 3

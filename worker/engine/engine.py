@@ -14,7 +14,7 @@ import torch
 from .data import PreparedData, prepare_data, training_shape
 from .defaults import resolve_defaults, unresolved_fields
 from .errors import DataError, DeviceUnavailable
-from .evaluation import evaluate
+from .evaluation import evaluate, predict_original
 from .layouts import Data
 from .models import MAX_AR_LAGS, CombinedForecast, RecurrentModel, build_recurrent_model, recurrent_members
 from .predictor import ARTIFACT_FORMAT
@@ -22,7 +22,7 @@ from .results import Evaluation, Summary
 from .spec import CLASS_TASKS, JobSpec
 from .text import uses_sequence_model
 from .text_evaluation import evaluate_sequences
-from .training import EpochReport, fit
+from .training import EpochReport, TrainOutcome, fit
 
 
 @dataclass
@@ -428,6 +428,53 @@ def build_artifact(spec: JobSpec, prep: PreparedData, model: torch.nn.Module) ->
     }
 
 
+def _refit(
+    spec: JobSpec,
+    prep: PreparedData,
+    tensors: dict[str, torch.Tensor],
+    targets: dict[str, torch.Tensor],
+    target: torch.device,
+    first: TrainOutcome,
+    y_scale: torch.Tensor | None,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[torch.nn.Module, TrainOutcome]:
+    """``training.refit``: the network built again from the job's seed (the first run's initialisation)
+    and trained on the training and validation parts together for the epochs the first run ran, its
+    final weights kept. Called inside the job's forked RNG. The returned outcome keeps the first run's
+    best epoch and epoch count (its history is the job's) and adds the second run's time."""
+    seed = spec.training.seed
+    torch.manual_seed(seed)
+    model = _build_model(spec, prep).to(target)
+    x = torch.cat([tensors["train"], tensors["val"]])
+    y = torch.cat([targets["train"], targets["val"]])
+    for member in recurrent_members(model):
+        if member.differences:
+            member.set_difference_scale(x)
+    second = fit(
+        model,
+        spec.training.model_copy(update={"epochs": first.epochs_run}),
+        (x, y),
+        None,
+        y_scale=y_scale,
+        generator=torch.Generator(device=target).manual_seed(seed),
+        should_stop=should_stop,
+    )
+    outcome = TrainOutcome(
+        best_epoch=first.best_epoch,
+        epochs_run=first.epochs_run,
+        cancelled=second.cancelled,
+        train_seconds=first.train_seconds + second.train_seconds,
+        notes=first.notes + [n for n in second.notes if n not in first.notes],
+    )
+    outcome.notes.append(
+        f"training.refit: after early stopping (best epoch {first.best_epoch} of {first.epochs_run}), the network "
+        f"was trained again from its initialisation on the training and validation parts together "
+        f"({x.shape[0]} examples) for {first.epochs_run} epochs and that network kept; the epoch history and "
+        "the val metrics are the first run's (the kept network has seen the validation examples)"
+    )
+    return model, outcome
+
+
 def train_and_evaluate(
     spec: JobSpec,
     data: Data,
@@ -492,6 +539,14 @@ def train_and_evaluate(
             should_stop=should_stop,
             scaled_inputs=spec.text is None,  # token ids are not scaled: no data.scaling advice for them
         )
+        val_predictions = None
+        if spec.training.refit is True and not outcome.cancelled:
+            if has_val:
+                # The first run's predictions of the validation part: the kept network will have seen it.
+                val_predictions = predict_original(model, tensors["val"], prep, spec.task)
+                model, outcome = _refit(spec, prep, tensors, targets, target, outcome, y_scale, should_stop)
+            else:
+                outcome.notes.append("training.refit: no validation part to add, the network was trained once")
         if isinstance(model, CombinedForecast) and not outcome.cancelled:
             prep.notes.append(set_combination_weights(model, spec, prep))
         for member in recurrent_members(model):
@@ -511,7 +566,7 @@ def train_and_evaluate(
         if uses_sequence_model(spec):
             evaluation = evaluate_sequences(spec, prep, model, tensors, eval_rng)
         else:
-            evaluation = evaluate(spec, prep, model, tensors, eval_rng)
+            evaluation = evaluate(spec, prep, model, tensors, eval_rng, val_predictions=val_predictions)
         m = evaluation.metrics
         summary = Summary(best_epoch=outcome.best_epoch, train=m["train"], val=m["val"], test=m["test"])
     return EngineResult(

@@ -128,8 +128,13 @@ def evaluate(
     model: nn.Module,
     tensors: dict[str, torch.Tensor],
     rng: np.random.Generator,
+    *,
+    val_predictions: np.ndarray | None = None,
 ) -> Evaluation:
-    """The evaluation of a trained model. ``tensors`` holds the scaled inputs of each part on the device."""
+    """The evaluation of a trained model. ``tensors`` holds the scaled inputs of each part on the device.
+
+    ``val_predictions``: the validation part's predictions by the network of the first run, when
+    ``training.refit`` trained the kept one on the validation part too (its own would be in-sample)."""
     task = spec.task
     main = main_metric(task)
     classes = prep.examples.classes
@@ -137,6 +142,9 @@ def evaluate(
     scale = naive_scale(spec, prep) if task != "classification" else None
     notes = list(prep.notes)
     metrics, predictions = predict_parts(model, tensors, prep, task, scale)
+    if val_predictions is not None:
+        predictions["val"] = val_predictions
+        metrics["val"] = point_metrics(task, prep.y_original("val"), val_predictions, scale)
     if "test" in predictions:
         notes += undefined_metric_notes(task, prep.y_original("test"), "test", num_classes)
     if metrics["val"] == {}:

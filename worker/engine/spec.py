@@ -272,6 +272,15 @@ class TrainingSpec(_Strict):
         "shuffled copy of itself, inputs and targets alike, by a weight drawn from Beta(mixup, mixup); "
         "0: off; auto: 0.4 for classification of numeric inputs, 0 otherwise (0 whenever training.epochs is set)",
     )
+    refit: bool | Auto = Field(
+        default="auto",
+        description="classification and regression of numeric inputs: after early stopping, train the network "
+        "again from the same initialisation on the training and validation parts together, for as many epochs "
+        "as the first run ran, and keep that network (its epoch history and val metrics stay the first run's: "
+        "the kept network has seen the validation examples); about twice the training time; auto: on for "
+        "classification of numeric inputs with at most 1,000 training examples and a validation part, off "
+        "otherwise (off whenever training.epochs is set)",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     cuda_graphs: Literal["auto", "off"] = Field(
         default="auto",
@@ -368,6 +377,12 @@ class JobSpec(_Strict):
                 f"model.ensemble {ensemble} averages whole-sequence networks: it needs task 'classification' or "
                 "'regression' without token inputs (forecasts combine an AR model and a last_value model through "
                 "model.combine instead)"
+            )
+        if self.training.refit is True and (self.task not in ("classification", "regression") or self.text is not None):
+            raise ValueError(
+                "training.refit trains a whole-sequence network again on the training and validation parts: it "
+                "needs task 'classification' or 'regression' without token inputs (a forecast's AR is refitted on "
+                "the validation windows by model.residual 'ar')"
             )
         mixup = self.training.mixup
         if mixup not in ("auto", 0.0) and (self.task != "classification" or self.text is not None):
