@@ -5,8 +5,9 @@
 
 Fields: ``<split>.<metric>`` of final metrics (train/val/test), ``best.<split>.<metric>`` and
 ``last.<split>.<metric>`` for the epoch metrics at the best and at the last epoch (train: loss; val:
-loss and rmse or accuracy), the job columns ``status``,
-``task``, ``name``, ``dataset_id``, ``sweep_id``, ``device``, ``attempts``, and any dotted path of the
+loss and rmse or accuracy), the job columns ``id``, ``status``,
+``task``, ``name``, ``dataset_id``, ``sweep_id``, ``device``, ``attempts``, ``model.cell``, ``created_at``,
+``finished_at``, and any dotted path of the
 normalized spec (``model.hidden_size``, ``training.learning_rate``). Operators: = == != < <= > >= in, not in,
 and ``contains`` (a substring of a text field, any case: ``name contains "lstm"``).
 

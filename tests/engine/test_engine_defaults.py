@@ -989,3 +989,14 @@ def test_correction_share_is_zero_for_an_untrained_correction() -> None:
     with torch.no_grad():
         model.head.bias.fill_(0.5)
     assert engine_module.correction_share(model, spec, prep) > 0.0
+
+
+def test_the_footprint_counts_the_first_networks_weights_kept_during_a_refit() -> None:
+    from worker.engine.footprint import blamed_fields, footprint
+
+    shape = TrainingShape(31, 5, channels=1, steps=251)
+    once = footprint(resolve_defaults(bare_spec(training={"refit": False}), shape), shape)
+    refit = footprint(resolve_defaults(bare_spec(), shape), shape)
+    assert refit.refit and not once.refit and refit.parameters == once.parameters
+    assert refit.training_bytes - once.training_bytes == 4 * refit.parameters
+    assert "training.refit" in blamed_fields(resolve_defaults(bare_spec(), shape), refit)[1]

@@ -313,3 +313,85 @@ def test_a_cancel_during_the_refit_cancels_the_job() -> None:
 
     result = train_and_evaluate(spec, data, on_epoch=reports.append, should_stop=should_stop)
     assert len(reports) == 3 and result.cancelled and result.evaluation is None and asked[0] == 3
+
+
+def _refit_arrays(task: str = "regression") -> tuple[dict[str, np.ndarray], np.ndarray]:
+    data = separable_arrays(n=160, steps=6)
+    y = data["y"] if task == "classification" else data["X"][:, :, 0].mean(axis=1) + 0.1 * data["y"]
+    split = np.array(["train"] * 100 + ["val"] * 30 + ["test"] * 30)
+    return {"X": data["X"], "y": y, "split": split}, y
+
+
+def test_refit_baselines_learn_from_train_and_val_as_the_kept_network_did() -> None:
+    arrays, y = _refit_arrays()
+    body = {"layout": "arrays", "target": "y", "split": {"method": "column"}}
+    refit = train_and_evaluate(make_spec("regression", body, training={"epochs": 2, "refit": True}), arrays)
+    once = train_and_evaluate(make_spec("regression", body, training={"epochs": 2, "refit": False}), arrays)
+    assert refit.evaluation is not None and once.evaluation is not None
+    mean_rmse = lambda fitted: float(np.sqrt(np.mean((y[130:] - fitted.mean()) ** 2)))  # noqa: E731
+    assert refit.evaluation.baselines["mean"]["rmse"] == pytest.approx(mean_rmse(y[:130]), rel=1e-6)
+    assert once.evaluation.baselines["mean"]["rmse"] == pytest.approx(mean_rmse(y[:100]), rel=1e-6)
+    note = "the baselines were fitted on the training and validation parts, as the refitted network was"
+    assert note in refit.evaluation.notes and note not in once.evaluation.notes
+
+
+def test_refit_after_an_early_stop_keeps_the_warm_up_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first run stopped early: the second run's warm-up shrinks with its steps, so one_cycle still
+    anneals (a warm-up as long as the whole refit would end it at the peak learning rate)."""
+    from worker.engine import engine
+
+    calls: list[Any] = []
+    real_fit = engine.fit
+
+    def spy(model: Any, training: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(training)
+        return real_fit(model, training, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "fit", spy)
+    arrays, _ = _refit_arrays("classification")
+    spec = make_spec(
+        "classification",
+        {"layout": "arrays", "target": "y", "split": {"method": "column"}},
+        training={
+            "epochs": 200,
+            "batch_size": 10,
+            "schedule": "one_cycle",
+            "warmup_steps": 400,
+            "early_stopping_patience": 2,
+            "refit": True,
+        },
+    )
+    result = train_and_evaluate(spec, arrays)
+    assert result.epochs_run < 200 and len(calls) == 2
+    first, second = calls
+    assert first.warmup_steps == 400 and second.epochs == result.epochs_run
+    # 400 of 200 × 10 planned steps is a fifth; the refit runs epochs_run × 13 steps.
+    assert second.warmup_steps == round(400 * result.epochs_run * 13 / 2000)
+
+
+def test_a_diverging_refit_keeps_the_first_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    from worker.engine import engine
+
+    real_fit = engine.fit
+    calls: list[int] = []
+
+    def second_diverges(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise TrainingDiverged("the loss became nan in epoch 2; lower training.learning_rate")
+        return real_fit(*args, **kwargs)
+
+    arrays, _ = _refit_arrays("classification")
+    body = {"layout": "arrays", "target": "y", "split": {"method": "column"}}
+    once = train_and_evaluate(make_spec("classification", body, training={"epochs": 3, "refit": False}), arrays)
+    monkeypatch.setattr(engine, "fit", second_diverges)
+    kept = train_and_evaluate(make_spec("classification", body, training={"epochs": 3, "refit": True}), arrays)
+    assert kept.evaluation is not None and once.evaluation is not None and len(calls) == 2
+    for name, tensor in once.artifact["state_dict"].items():
+        assert torch.equal(tensor, kept.artifact["state_dict"][name]), name
+    assert kept.evaluation.metrics == once.evaluation.metrics
+    assert kept.evaluation.baselines == once.evaluation.baselines
+    assert any(
+        n.startswith("training.refit: the second run on the training and validation parts diverged")
+        for n in kept.evaluation.notes
+    )

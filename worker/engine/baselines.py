@@ -132,11 +132,22 @@ def forecast_baselines(
     return preds, notes
 
 
+def fitted_on(prep: PreparedData, parts: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The scaled inputs (flattened per example) and original targets of ``parts``, in that order."""
+    x = np.concatenate([prep.x_scaled(p).reshape(len(prep.y_original(p)), -1) for p in parts])
+    return x, np.concatenate([prep.y_original(p) for p in parts])
+
+
 def regression_baselines(
-    prep: PreparedData, rng: np.random.Generator, x_train: torch.Tensor | None = None
+    prep: PreparedData,
+    rng: np.random.Generator,
+    x_train: torch.Tensor | None = None,
+    parts: tuple[str, ...] = ("train",),
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """``x_train``: the scaled training inputs already on the device, where the least squares is solved."""
-    y_train = prep.y_original("train")
+    """``x_train``: the scaled inputs of ``parts`` already on the device, where the least squares is
+    solved. ``parts``: what the baselines learn from (the training part; with ``training.refit`` the
+    validation part too, as the kept network did)."""
+    flat_train, y_train = fitted_on(prep, parts)
     test = prep.split.test
     preds = {"mean": np.repeat(y_train.mean(axis=0, keepdims=True), len(test), axis=0)}
     ex = prep.examples
@@ -144,8 +155,8 @@ def regression_baselines(
     if inputs > MAX_LINEAR_INPUTS:
         return preds, [f"linear_ar omitted: {inputs} flattened inputs exceed {MAX_LINEAR_INPUTS}"]
     notes = ["linear_ar for regression is least squares on the flattened, scaled inputs"]
-    train = x_train if x_train is not None else torch.from_numpy(prep.x_scaled("train"))
-    coef, capped = fit_least_squares(train.reshape(len(prep.split.train), -1), y_train, rng)
+    train = x_train if x_train is not None else torch.from_numpy(flat_train)
+    coef, capped = fit_least_squares(train.reshape(len(y_train), -1), y_train, rng)
     flat_test = prep.x_scaled("test").reshape(len(test), -1).astype(np.float64)
     preds["linear_ar"] = predict_least_squares(coef, flat_test)
     if capped:
@@ -167,16 +178,15 @@ def nearest_neighbour_labels(train_x: np.ndarray, train_y: np.ndarray, test_x: n
 
 
 def classification_baselines(
-    prep: PreparedData, num_classes: int, rng: np.random.Generator
+    prep: PreparedData, num_classes: int, rng: np.random.Generator, parts: tuple[str, ...] = ("train",)
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Class probabilities [N_test, C] of each baseline."""
-    y_train = prep.y_original("train")
+    """Class probabilities [N_test, C] of each baseline, learnt from ``parts`` (see ``regression_baselines``)."""
+    train_x, y_train = fitted_on(prep, parts)
     n_test = len(prep.split.test)
     frequencies = np.bincount(y_train, minlength=num_classes) / len(y_train)
     # Training class frequencies: argmax is the majority class, and log loss stays meaningful.
     majority = np.repeat(frequencies[None, :], n_test, axis=0)
     notes = []
-    train_x = prep.x_scaled("train").reshape(len(y_train), -1)
     if len(train_x) > MAX_NEIGHBOUR_EXAMPLES:
         rows = rng.choice(len(train_x), MAX_NEIGHBOUR_EXAMPLES, replace=False)
         train_x, y_train = train_x[rows], y_train[rows]

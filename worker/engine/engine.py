@@ -13,7 +13,7 @@ import torch
 
 from .data import PreparedData, prepare_data, training_shape
 from .defaults import resolve_defaults, unresolved_fields
-from .errors import DataError, DeviceUnavailable
+from .errors import DataError, DeviceUnavailable, TrainingDiverged
 from .evaluation import evaluate, predict_original
 from .layouts import Data
 from .models import MAX_AR_LAGS, CombinedForecast, RecurrentModel, build_recurrent_model, recurrent_members
@@ -22,7 +22,7 @@ from .results import Evaluation, Summary
 from .spec import CLASS_TASKS, JobSpec
 from .text import uses_sequence_model
 from .text_evaluation import evaluate_sequences
-from .training import EpochReport, TrainOutcome, fit
+from .training import STUCK_PREFIX, EpochReport, TrainOutcome, fit
 
 
 @dataclass
@@ -428,6 +428,21 @@ def build_artifact(spec: JobSpec, prep: PreparedData, model: torch.nn.Module) ->
     }
 
 
+def _set_up(model: torch.nn.Module, spec: JobSpec, prep: PreparedData, x_train: torch.Tensor) -> torch.nn.Module:
+    """What each network learns from the data before training: the difference scale, the naive, log
+    and AR maps under a forecast."""
+    for member in recurrent_members(model):
+        if member.differences:
+            member.set_difference_scale(x_train)
+        if member.residual:
+            set_naive_map(member, spec, prep)
+        if member.ar_log:
+            set_log_map(member, spec, prep)
+        if member.autoregressive:
+            fit_ar_map(member, spec, prep)
+    return model
+
+
 def _refit(
     spec: JobSpec,
     prep: PreparedData,
@@ -437,38 +452,53 @@ def _refit(
     first: TrainOutcome,
     y_scale: torch.Tensor | None,
     should_stop: Callable[[], bool] | None,
-) -> tuple[torch.nn.Module, TrainOutcome]:
+) -> tuple[torch.nn.Module | None, TrainOutcome]:
     """``training.refit``: the network built again from the job's seed (the first run's initialisation)
     and trained on the training and validation parts together for the epochs the first run ran, its
     final weights kept. Called inside the job's forked RNG. The returned outcome keeps the first run's
-    best epoch and epoch count (its history is the job's) and adds the second run's time."""
+    best epoch and epoch count (its history is the job's) and adds the second run's time. The model is
+    None when the second run diverged (the caller keeps the first network; a note says so)."""
     seed = spec.training.seed
     torch.manual_seed(seed)
-    model = _build_model(spec, prep).to(target)
     x = torch.cat([tensors["train"], tensors["val"]])
     y = torch.cat([targets["train"], targets["val"]])
-    for member in recurrent_members(model):
-        if member.differences:
-            member.set_difference_scale(x)
-    second = fit(
-        model,
-        spec.training.model_copy(update={"epochs": first.epochs_run}),
-        (x, y),
-        None,
-        y_scale=y_scale,
-        generator=torch.Generator(device=target).manual_seed(seed),
-        should_stop=should_stop,
-    )
+    model = _set_up(_build_model(spec, prep).to(target), spec, prep, x)
+    training = spec.training
+    assert isinstance(training.epochs, int) and isinstance(training.batch_size, int)
+    assert isinstance(training.warmup_steps, int)
+    # The warm-up keeps its share of the steps: a first run stopped early must not leave the second
+    # one at the peak learning rate (one_cycle would never anneal).
+    planned = training.epochs * math.ceil(len(tensors["train"]) / training.batch_size)
+    steps = first.epochs_run * math.ceil(len(x) / training.batch_size)
+    warmup = min(training.warmup_steps, round(training.warmup_steps * steps / max(planned, 1)))
+    try:
+        second = fit(
+            model,
+            training.model_copy(update={"epochs": first.epochs_run, "warmup_steps": warmup}),
+            (x, y),
+            None,
+            y_scale=y_scale,
+            generator=torch.Generator(device=target).manual_seed(seed),
+            should_stop=should_stop,
+        )
+    except TrainingDiverged as exc:
+        first.notes.append(
+            f"training.refit: the second run on the training and validation parts diverged ({exc}); the first "
+            "run's network is kept"
+        )
+        return None, first
     outcome = TrainOutcome(
         best_epoch=first.best_epoch,
         epochs_run=first.epochs_run,
         cancelled=second.cancelled,
         train_seconds=first.train_seconds + second.train_seconds,
-        notes=first.notes + [n for n in second.notes if n not in first.notes],
+        # Whether training learned anything is judged on the kept network: the second run's note, if any.
+        notes=[n for n in first.notes if not n.startswith(STUCK_PREFIX)]
+        + [n for n in second.notes if n not in first.notes],
     )
     outcome.notes.append(
-        f"training.refit: after early stopping (best epoch {first.best_epoch} of {first.epochs_run}), the network "
-        f"was trained again from its initialisation on the training and validation parts together "
+        f"training.refit: after the first run (best validation epoch {first.best_epoch} of {first.epochs_run} run), "
+        f"the network was trained again from its initialisation on the training and validation parts together "
         f"({x.shape[0]} examples) for {first.epochs_run} epochs and that network kept; the epoch history and "
         "the val metrics are the first run's (the kept network has seen the validation examples)"
     )
@@ -516,16 +546,7 @@ def train_and_evaluate(
             prep.notes.append(note)
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
-        model = _build_model(spec, prep).to(target)
-        for member in recurrent_members(model):
-            if member.differences:
-                member.set_difference_scale(tensors["train"])
-            if member.residual:
-                set_naive_map(member, spec, prep)
-            if member.ar_log:
-                set_log_map(member, spec, prep)
-            if member.autoregressive:
-                fit_ar_map(member, spec, prep)
+        model = _set_up(_build_model(spec, prep).to(target), spec, prep, tensors["train"])
         generator = torch.Generator(device=target).manual_seed(seed)
         has_val = len(prep.split.val) > 0
         outcome = fit(
@@ -544,7 +565,16 @@ def train_and_evaluate(
             if has_val:
                 # The first run's predictions of the validation part: the kept network will have seen it.
                 val_predictions = predict_original(model, tensors["val"], prep, spec.task)
-                model, outcome = _refit(spec, prep, tensors, targets, target, outcome, y_scale, should_stop)
+                # Only the first network's weights stay, on the host: the device holds one network at a time.
+                first_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                del model
+                refitted, outcome = _refit(spec, prep, tensors, targets, target, outcome, y_scale, should_stop)
+                if refitted is None:  # the second run diverged: the first network is the model
+                    refitted = _build_model(spec, prep).to(target)
+                    refitted.load_state_dict(first_weights)
+                    val_predictions = None  # it never saw the validation part: its own val metrics stand
+                model = refitted
+                del first_weights
             else:
                 outcome.notes.append("training.refit: no validation part to add, the network was trained once")
         if isinstance(model, CombinedForecast) and not outcome.cancelled:

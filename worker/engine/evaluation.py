@@ -157,13 +157,20 @@ def evaluate(
     intervals, interval_notes = intervals_on_test(spec, y_test, predictions["test"], metrics["test"], rng, scale)
     notes += interval_notes
 
+    # With training.refit the kept network learnt from the validation part too: so do the baselines.
+    parts = ("train", "val") if val_predictions is not None else ("train",)
     if task == "forecast":
         baseline_preds, baseline_notes = forecast_baselines(prep, spec.data.season_period, rng, tensors["test"].device)
     elif task == "regression":
-        baseline_preds, baseline_notes = regression_baselines(prep, rng, tensors["train"])
+        x_fit = tensors["train"] if len(parts) == 1 else torch.cat([tensors[p] for p in parts])
+        baseline_preds, baseline_notes = regression_baselines(prep, rng, x_fit, parts)
     else:
         assert num_classes is not None
-        baseline_preds, baseline_notes = classification_baselines(prep, num_classes, rng)
+        baseline_preds, baseline_notes = classification_baselines(prep, num_classes, rng, parts)
+    if val_predictions is not None:
+        baseline_notes.append(
+            "the baselines were fitted on the training and validation parts, as the refitted network was"
+        )
     notes += baseline_notes
     baselines = {name: point_metrics(task, y_test, pred, scale) for name, pred in baseline_preds.items()}
     differences = paired_differences(

@@ -6,7 +6,9 @@ Counted: the recurrent layers' weights and biases (PyTorch's layout: per layer a
 ensemble or a forecast combination, and for training 16 bytes per parameter (float32 weights,
 gradients and Adam's two moments) plus the activations one batch keeps for backpropagation
 (``gates + 2`` values per step, layer, direction and hidden unit: the gates, the cell state and the
-output). The heads and the data are left out; they are small beside a network that is too large.
+output). With ``training.refit`` the first network's weights wait on the host (4 bytes per parameter)
+while the second trains. The heads and the data are left out; they are small beside a network that is
+too large.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ class Footprint:
     parameters: int
     activation_bytes: int
     networks: int
+    refit: bool = False
 
     @property
     def training_bytes(self) -> int:
-        return BYTES_PER_PARAMETER * self.parameters + self.activation_bytes
+        kept = BYTES_PER_VALUE * self.parameters if self.refit else 0  # the first network's weights, with refit
+        return BYTES_PER_PARAMETER * self.parameters + kept + self.activation_bytes
 
 
 def recurrent_parameters(cell: str, inputs: int, hidden: int, layers: int, directions: int) -> int:
@@ -62,7 +66,9 @@ def footprint(spec: JobSpec, shape: TrainingShape) -> Footprint:
     batch = max(1, min(batch, shape.train_examples))
     kept_per_step = (GATES[m.cell] + 2) * m.hidden_size * m.num_layers * directions
     activations = BYTES_PER_VALUE * networks * batch * steps * kept_per_step
-    return Footprint(parameters=networks * per_network, activation_bytes=activations, networks=networks)
+    return Footprint(
+        parameters=networks * per_network, activation_bytes=activations, networks=networks, refit=t.refit is True
+    )
 
 
 def blamed_fields(spec: JobSpec, f: Footprint) -> tuple[str, list[str]]:
@@ -73,6 +79,8 @@ def blamed_fields(spec: JobSpec, f: Footprint) -> tuple[str, list[str]]:
         fields.append("model.bidirectional")
     if f.networks > 1:
         fields.append("model.ensemble" if spec.task != "forecast" else "model.combine")
+    if f.refit:
+        fields.append("training.refit")
     if spec.text is not None:
         fields += ["model.embedding_dim", "text.vocab_size"]
     steps = "text.max_length" if spec.text is not None else "data.lookback" if spec.data.layout == "series" else None

@@ -191,6 +191,9 @@ def constant_prediction_loss(loss_fn: nn.Module, y: torch.Tensor, classification
         return float(loss_fn(out, y))
 
 
+STUCK_PREFIX = "the training loss never moved below that of predicting"
+
+
 def stuck_note(best_train_loss: float, constant_loss: float, classification: bool, scaled: bool = True) -> str | None:
     """A note when training ended no better than a constant prediction, with the likely fixes
     (``scaled``: the inputs are numbers that ``data.scaling`` scales, not token ids)."""
@@ -203,7 +206,7 @@ def stuck_note(best_train_loss: float, constant_loss: float, classification: boo
         else ""
     )
     return (
-        f"the training loss never moved below that of predicting {level} ({best_train_loss:.4g} vs "
+        f"{STUCK_PREFIX} {level} ({best_train_loss:.4g} vs "
         f"{constant_loss:.4g}): the model learned nothing from the inputs. Likely fixes: more optimizer "
         f"steps (training.epochs 'auto', a smaller batch_size), a higher training.learning_rate{scaling}"
     )
