@@ -147,7 +147,7 @@ def regression_baselines(
     """``x_train``: the scaled inputs of ``parts`` already on the device, where the least squares is
     solved. ``parts``: what the baselines learn from (the training part; with ``training.refit`` the
     validation part too, as the kept network did)."""
-    flat_train, y_train = fitted_on(prep, parts)
+    y_train = np.concatenate([prep.y_original(p) for p in parts])
     test = prep.split.test
     preds = {"mean": np.repeat(y_train.mean(axis=0, keepdims=True), len(test), axis=0)}
     ex = prep.examples
@@ -155,7 +155,8 @@ def regression_baselines(
     if inputs > MAX_LINEAR_INPUTS:
         return preds, [f"linear_ar omitted: {inputs} flattened inputs exceed {MAX_LINEAR_INPUTS}"]
     notes = ["linear_ar for regression is least squares on the flattened, scaled inputs"]
-    train = x_train if x_train is not None else torch.from_numpy(flat_train)
+    # The inputs are flattened on the host only when the caller has none on the device.
+    train = x_train if x_train is not None else torch.from_numpy(fitted_on(prep, parts)[0])
     coef, capped = fit_least_squares(train.reshape(len(y_train), -1), y_train, rng)
     flat_test = prep.x_scaled("test").reshape(len(test), -1).astype(np.float64)
     preds["linear_ar"] = predict_least_squares(coef, flat_test)
